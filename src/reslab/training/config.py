@@ -1,0 +1,206 @@
+"""Training configuration: one frozen dataclass, its presets, and validation.
+
+The paper preset is the CIFAR-10 recipe of He et al. 2015, §4.2: SGD with momentum 0.9, weight decay
+1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, stop at 64k, and lr 0.01 for the first
+iterations of networks of 110 layers and more. CLI options are derived from the fields below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+AMP_MODES = ("auto", "bf16", "off")
+SWITCHES = ("auto", "on", "off")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its CLI help text."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Two runs with equal configs compute the same thing."""
+
+    model: str = _f(
+        "resnet20", "model name (see `reslab models`), e.g. resnet20, plain56, resmlp-16"
+    )
+    model_kwargs: dict = _f(
+        {}, "model overrides as KEY=VALUE (e.g. zero_init_residual=True)", cli="model_arg"
+    )
+    data: str = _f(
+        "digits",
+        "dataset: digits (built in), mnist, fashion-mnist, cifar10, cifar100, or a folder path",
+    )
+    data_dir: str | None = _f(None, "data root (default ~/.cache/reslab or $RESLAB_DATA)")
+    val_size: int = _f(0, "hold out this many training images as a validation set (paper: 5000)")
+    train_subset: int = _f(
+        0, "train on the first N images of a seeded shuffle of the training set (0: all)"
+    )
+    iters: int = _f(0, "training iterations (optimizer steps); 0: use --epochs")
+    epochs: float = _f(1.0, "training epochs, used when --iters is 0")
+    batch_size: int = _f(128, "global batch size (split across processes under torchrun)")
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(1e-4, "L2 weight decay")
+    schedule: str = _f("step", f"learning-rate schedule: {', '.join(SCHEDULES)}")
+    milestones: tuple[float, ...] = _f(
+        (0.5, 0.75), "step schedule: fractions of the run at which lr drops"
+    )
+    gamma: float = _f(0.1, "step schedule: lr factor at each milestone")
+    warmup_iters: int = _f(0, "iterations at --warmup-lr before the schedule starts")
+    warmup_lr: float = _f(0.01, "learning rate during warm-up")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    grad_clip: float = _f(0.0, "clip the global gradient norm to this value (0: off)")
+    augment: str = _f("auto", "pad-4 random crop + flip: auto (on for CIFAR-like data), on, off")
+    amp: str = _f("auto", "mixed precision: auto (bf16 where faster), bf16, off")
+    channels_last: str = _f("auto", "channels_last memory format for conv nets: auto, on, off")
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(0, "random seed (initialisation, data order, augmentation)")
+    deterministic: bool = _f(
+        False, "bit-reproducible on the same machine (deterministic algorithms)"
+    )
+    device: str = _f("auto", "cpu, cuda, cuda:N, or auto")
+    num_threads: int = _f(0, "CPU threads for PyTorch (0: PyTorch's default)")
+    log_every: int = _f(50, "iterations between training-metric lines")
+    eval_every: int = _f(0, "iterations between test evaluations (0: about 20 per run)")
+    checkpoint_every: int = _f(0, "iterations between checkpoints (0: at every evaluation)")
+    out: str = _f("runs", "root folder of run folders")
+    name: str = _f("", "run folder name (default MODEL-DATA-sSEED)")
+    resume: bool = _f(False, "continue the run in runs/NAME from its last checkpoint")
+    progress: bool = _f(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("augment", self.augment, SWITCHES)
+        _choice("channels_last", self.channels_last, SWITCHES)
+        for name in ("batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "iters",
+            "val_size",
+            "train_subset",
+            "warmup_iters",
+            "eval_every",
+            "checkpoint_every",
+            "num_threads",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_lr", "grad_clip", "epochs"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.iters == 0 and self.epochs == 0:
+            raise ValueError("give a run length: --iters N or --epochs E (> 0)")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(
+            self.milestones
+        ):
+            raise ValueError(
+                f"milestones must be increasing fractions in (0, 1), got {self.milestones}"
+            )
+        if self.name and not re.fullmatch(r"[\w.+=-]+", self.name):
+            raise ValueError(f"name may hold letters, digits and . _ - + = only, got {self.name!r}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"{self.model}-{_slug(self.data)}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text.rstrip("/").split("/")[-1]) or "data"
+
+
+# Presets: partial configs applied before explicit options. The paper's warm-up for very deep
+# nets (110+ layers, He et al. 2015 §4.2) depends on the model, so it is resolved in `resolve`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        iters=64000,
+        schedule="step",
+        milestones=(0.5, 0.75),
+        gamma=0.1,
+        augment="on",
+    ),
+    "cpu": dict(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=128,
+        epochs=3.0,
+        schedule="onecycle",
+        augment="on",
+    ),
+    "digits": dict(
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=128,
+        epochs=60.0,
+        schedule="constant",
+        augment="off",
+        log_every=10,
+    ),
+}
+
+
+def resolve(preset: str | None = None, **options: Any) -> TrainConfig:
+    """Build a TrainConfig from defaults < preset < options (the CLI passes only options it was given)."""
+    values: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update(options)
+    if "epochs" in options and "iters" not in options:
+        values["iters"] = 0  # an explicit --epochs beats a preset's iteration count
+    if (
+        preset == "paper"
+        and "warmup_iters" not in options
+        and _depth(values.get("model", "")) >= 110
+    ):
+        values.update(
+            warmup_iters=400, warmup_lr=0.01
+        )  # "0.01 until training error is below 80% (about 400 iterations)"
+    return TrainConfig.from_dict(values)
+
+
+def _depth(model: str) -> int:
+    digits = re.findall(r"\d+", model)
+    return int(digits[-1]) if digits else 0

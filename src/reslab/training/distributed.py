@@ -1,0 +1,60 @@
+"""torchrun / DistributedDataParallel helpers: gloo on CPU, NCCL on GPU, one process logs.
+
+`torchrun --nproc_per_node=N -m reslab train ...` sets WORLD_SIZE, RANK and LOCAL_RANK; without them
+everything here degrades to a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> Dist:
+    """Pick the device and, under torchrun, join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} asked for, but CUDA is not available here; use --device cpu"
+        )
+    dev = torch.device(f"cuda:{local}" if device == "cuda" and world > 1 else device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank() if world > 1 else 0, world_size=world, device=dev)
+
+
+def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over processes (identity in a single process)."""
+    if d.world_size > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def teardown(d: Dist) -> None:
+    if d.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,97 @@
+"""Evaluation: loss, top-1 and top-5 error of a model on a whole dataset, in eval mode."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.data import ImageData, Loader, load_dataset
+from reslab.training import distributed
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: ImageData,
+    batch_size: int,
+    d: distributed.Dist,
+    autocast: Callable = contextlib.nullcontext,
+    channels_last: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> dict:
+    """Mean loss, top-1 and top-5 error of `model` on all of `data` (no augmentation), over all ranks.
+
+    `mean`/`std` normalise the pixels (default: the dataset's own statistics)."""
+    was_training = model.training
+    model.eval()
+    loader = Loader(
+        data,
+        batch_size,
+        train=False,
+        augment=False,
+        device=d.device,
+        channels_last=channels_last,
+        rank=d.rank,
+        world_size=d.world_size,
+        mean=mean,
+        std=std,
+    )
+    sums = torch.zeros(
+        4, device=d.device, dtype=torch.float64
+    )  # loss, top-1 errors, top-5 errors, n
+    for x, y in loader.epoch(0):
+        with autocast():
+            logits = model(x).float()  # (B, classes)
+        top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, y, reduction="sum"),
+                (logits.argmax(1) != y).sum(),
+                (~top5).sum(),
+                torch.tensor(len(y), device=d.device),
+            ]
+        ).double()
+    sums = distributed.all_sum(sums, d).tolist()
+    model.train(was_training)
+    n = max(sums[3], 1)
+    return {"loss": sums[0] / n, "error": sums[1] / n, "top5_error": sums[2] / n, "n": int(sums[3])}
+
+
+def evaluate_weights(
+    model: str,
+    weights: str,
+    data: str = "digits",
+    data_dir: str | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: str = "auto",
+    num_threads: int = 0,
+    model_kwargs: dict | None = None,
+) -> dict:
+    """Build `model`, load `weights` (any format `load_weights` reads) and evaluate it on `data`.
+
+    Weights trained with other normalisation constants take them through `mean`/`std`."""
+    from reslab.models import create_model, load_weights
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    ds = load_dataset(data, split, root=data_dir)
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None and len(v) != ds.images.shape[1]:
+            raise ValueError(
+                f"--{name} needs {ds.images.shape[1]} values (one per channel), got {len(v)}"
+            )
+    d = distributed.setup(device)
+    _, c, h, w = ds.images.shape
+    net = create_model(
+        model, num_classes=len(ds.classes), in_chans=c, img_size=(h, w), **(model_kwargs or {})
+    )
+    load_weights(net, weights)
+    return evaluate(net.to(d.device), ds, batch_size, d, mean=mean or ds.mean, std=std or ds.std)

@@ -1,0 +1,382 @@
+"""The training loop: `train(config)` runs one run folder from start (or checkpoint) to summary.
+
+The loop is written out in full, nanoGPT style: data, model, optimizer, then one explicit loop that
+steps, logs, evaluates and checkpoints. The learning rate and the data order are pure functions of the
+step, so resuming needs only the weights, the optimizer state and the step count; a run killed at any
+moment and resumed with `--deterministic` ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from reslab.data import ImageData, Loader, load_dataset, train_val_split
+from reslab.models import count_params, create_model, save_weights
+from reslab.training import distributed
+from reslab.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from reslab.training.config import TrainConfig
+from reslab.training.evaluation import evaluate
+from reslab.training.tracking import RunLog, provenance, write_json
+
+CIFAR_LIKE = ("cifar10", "cifar100")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train `cfg.model` on `cfg.data`; writes `cfg.out/cfg.run_name/` and returns its summary."""
+    d = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+    run_dir = Path(cfg.out) / cfg.run_name
+    done = _existing_run(run_dir, cfg)
+    distributed.barrier(d)  # every rank has looked before the logging rank writes anything
+    if done is not None:
+        return done
+    _set_determinism(cfg)
+    torch.manual_seed(cfg.seed)
+
+    train_data, test_data, val_data = load_data(cfg)
+    model = build_model(cfg, train_data).to(d.device)
+    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    channels_last = conv and (cfg.channels_last == "on" or (cfg.channels_last == "auto"))
+    amp = amp_dtype(cfg, d.device, conv)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+    )
+
+    loader = Loader(
+        train_data,
+        cfg.batch_size,
+        train=True,
+        augment=augment_on(cfg),
+        seed=cfg.seed,
+        device=d.device,
+        channels_last=channels_last,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch size {cfg.batch_size} is larger than the training set "
+            f"({len(train_data.labels)} images); lower --batch-size"
+        )
+    total = cfg.iters or max(1, round(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.eval_every or max(1, total // 20)
+    ckpt_every = cfg.checkpoint_every or eval_every
+
+    step, resume_from = 0, None
+    ckpts = list_checkpoints(run_dir / "checkpoints") if cfg.resume else []
+    if ckpts:
+        resume_from = ckpts[-1]
+        state = load_checkpoint(resume_from, model, optimizer)
+        step = state["step"]
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "env.json", provenance(d.device))
+    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
+
+    net: nn.Module = model
+    if d.world_size > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net)
+
+    def autocast():
+        return torch.autocast(d.device.type, dtype=amp) if amp else contextlib.nullcontext()
+
+    def run_eval(data: ImageData) -> dict:
+        return evaluate(
+            model, data, cfg.batch_size, d, autocast, channels_last, train_data.mean, train_data.std
+        )
+
+    bar = tqdm(
+        total=total,
+        initial=step,
+        disable=not (cfg.progress and d.is_main),
+        desc=cfg.run_name,
+        unit="it",
+        dynamic_ncols=True,
+        leave=False,
+    )
+    stats = torch.zeros(
+        3, device=d.device
+    )  # loss sum, error count, images, since the last log line
+    bad = torch.zeros((), dtype=torch.bool, device=d.device)
+    t_train, t_last, t_start = 0.0, time.perf_counter(), time.perf_counter()
+    images_per_s = 0.0
+    net.train()
+    try:
+        while step < total:
+            epoch, start = divmod(step, steps_per_epoch)
+            for x, y in loader.epoch(epoch, start=start):  # x: (B, C, H, W) normalised, y: (B,)
+                lr = lr_at(step, total, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast():
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                with torch.no_grad():
+                    bad |= ~torch.isfinite(loss)
+                    stats += torch.stack(
+                        [
+                            loss.detach() * len(y),
+                            (logits.argmax(1) != y).sum(),
+                            torch.tensor(len(y), device=d.device),
+                        ]
+                    ).float()
+
+                if step % cfg.log_every == 0 or step == total:
+                    s = distributed.all_sum(torch.cat([stats, bad.float()[None]]), d).tolist()
+                    if s[3] > 0:
+                        raise Diverged(
+                            f"loss is not finite at step {step} (lr {lr:g}); "
+                            "lower --lr or add --grad-clip"
+                        )
+                    now = time.perf_counter()
+                    t_train += now - t_last
+                    images_per_s = s[2] / max(now - t_last, 1e-9)
+                    log.write(
+                        "train",
+                        step,
+                        epoch=step / steps_per_epoch,
+                        train_loss=s[0] / s[2],
+                        train_error=s[1] / s[2],
+                        lr=lr,
+                        images_per_s=images_per_s,
+                        time=now - t_start,
+                    )
+                    bar.set_postfix(
+                        loss=f"{s[0] / s[2]:.3f}",
+                        err=f"{s[1] / s[2]:.1%}",
+                        img_s=f"{images_per_s:.0f}",
+                        refresh=False,
+                    )
+                    stats.zero_()
+                    t_last = time.perf_counter()
+                bar.update(1)
+                if step % eval_every == 0 or step == total:
+                    metrics = {
+                        f"test_{k}": v for k, v in run_eval(test_data).items() if k != "top5_error"
+                    }
+                    if val_data is not None:
+                        metrics.update(
+                            {
+                                f"val_{k}": v
+                                for k, v in run_eval(val_data).items()
+                                if k != "top5_error"
+                            }
+                        )
+                    log.write(
+                        "eval",
+                        step,
+                        epoch=step / steps_per_epoch,
+                        **metrics,
+                        time=time.perf_counter() - t_start,
+                    )
+                    t_last = time.perf_counter()
+                if step % ckpt_every == 0 or step == total:
+                    if distributed.all_sum(bad.float(), d).item() > 0:
+                        raise Diverged(
+                            f"loss is not finite before step {step}; lower --lr or add --grad-clip"
+                        )
+                    if d.is_main:
+                        save_checkpoint(
+                            run_dir / "checkpoints",
+                            step,
+                            model,
+                            optimizer,
+                            {
+                                "torch_rng": torch.get_rng_state().tolist(),
+                                "epoch": epoch,
+                                "total": total,
+                            },
+                        )
+                    distributed.barrier(d)
+                    t_last = time.perf_counter()
+                if step >= total:
+                    break
+    except Diverged:
+        bar.close()
+        log.close()
+        if d.is_main:
+            write_json(
+                run_dir / "summary.json",
+                {"name": cfg.run_name, "status": "diverged", "steps": step},
+            )
+        raise
+    bar.close()
+
+    final_train, final_test = run_eval(train_data), run_eval(test_data)
+    summary = {
+        "name": cfg.run_name,
+        "model": cfg.model,
+        "data": cfg.data,
+        "params": count_params(model),
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "status": "completed",
+        "final_train_loss": final_train["loss"],
+        "final_train_error": final_train["error"],
+        "final_test_loss": final_test["loss"],
+        "final_test_error": final_test["error"],
+        "final_test_top5_error": final_test["top5_error"],
+        "time_s": t_train,
+        "images_per_s": images_per_s,
+        "resumed_from": resume_from and resume_from.name,
+        "amp": str(amp).replace("torch.", "") if amp else "fp32",
+        "channels_last": channels_last,
+        "world_size": d.world_size,
+    }
+    if d.is_main:
+        log.write(
+            "final",
+            step,
+            train_loss=final_train["loss"],
+            train_error=final_train["error"],
+            test_loss=final_test["loss"],
+            test_error=final_test["error"],
+            test_top5_error=final_test["top5_error"],
+        )
+        save_weights(model, run_dir / "model.safetensors")
+        write_json(run_dir / "summary.json", summary)
+    log.close()
+    return summary
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`: warm-up, then the schedule."""
+    if step < cfg.warmup_iters:
+        return cfg.warmup_lr
+    t = (step - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)  # progress in [0, 1)
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "onecycle":  # as torch.optim.lr_scheduler.OneCycleLR: 30% up, cosine down
+        lo, end, up = cfg.lr / 25, cfg.lr / 25e4, 0.3
+        if t < up:
+            return lo + (cfg.lr - lo) * 0.5 * (1 - math.cos(math.pi * t / up))
+        return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up)))
+    return cfg.lr
+
+
+def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]:
+    """Training, test and (optional) validation sets as uint8 tensors."""
+    train_data = load_dataset(cfg.data, "train", root=cfg.data_dir)
+    test_data = load_dataset(cfg.data, "test", root=cfg.data_dir)
+    val_data = None
+    if cfg.val_size:
+        train_data, val_data = train_val_split(train_data, cfg.val_size, seed=cfg.seed)
+    if cfg.train_subset and cfg.train_subset < len(train_data.labels):
+        _, train_data = train_val_split(train_data, cfg.train_subset, seed=cfg.seed)
+    return train_data, test_data, val_data
+
+
+def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+    """The model named in `cfg`, sized for `data` (classes, channels, image size)."""
+    _, c, h, w = data.images.shape
+    return create_model(
+        cfg.model, num_classes=len(data.classes), in_chans=c, img_size=(h, w), **cfg.model_kwargs
+    )
+
+
+def augment_on(cfg: TrainConfig) -> bool:
+    if cfg.augment == "auto":
+        return cfg.data in CIFAR_LIKE
+    return cfg.augment == "on"
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device, conv: bool) -> torch.dtype | None:
+    """bf16 autocast where it pays: conv nets on CPU and GPU; small MLPs stay fp32 on the CPU."""
+    if cfg.amp == "off":
+        return None
+    if cfg.amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and conv else None
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    return [
+        {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}
+    ]
+
+
+def _set_determinism(cfg: TrainConfig) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
+    """Refuse to overwrite a run; on --resume return a finished run's summary or check the config."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None
+    if not cfg.resume:
+        raise FileExistsError(
+            f"run folder {run_dir} already exists; pass --resume to continue it "
+            "or --name to start another"
+        )
+    saved = run_dir / "config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        volatile = {"resume", "progress", "device", "num_threads", "compile"}
+        diff = sorted(
+            k
+            for k in old
+            if k not in volatile and k in cfg.to_dict() and _norm(old[k]) != _norm(cfg.to_dict()[k])
+        )
+        if diff:
+            raise ValueError(
+                f"--resume: config of {run_dir} differs in {diff}; "
+                "resume with the same options or use another --name"
+            )
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        done = json.loads(summary.read_text())
+        if done.get("status") == "completed":
+            return done
+    return None
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,103 @@
+"""What a run leaves behind: metrics as JSON lines, TensorBoard events, provenance, summary.
+
+Only the logging process (rank 0) writes. On resume, metric lines past the checkpoint's step are
+dropped so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import reslab
+
+
+class RunLog:
+    """Appends metrics to `metrics.jsonl` and TensorBoard; a no-op on non-logging ranks."""
+
+    def __init__(self, run_dir: Path, active: bool = True, resume_step: int | None = None):
+        self.run_dir, self.active = run_dir, active
+        self._tb = None
+        if not active:
+            return
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            _truncate_after(self.path, resume_step)
+        elif resume_step is None:
+            self.path.write_text("")
+
+    def write(self, kind: str, step: int, **values: float) -> None:
+        if not self.active:
+            return
+        line = {"kind": kind, "step": step, **values}
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        tb = self._writer()
+        for key, value in values.items():
+            if key not in ("epoch", "time") and isinstance(value, (int, float)):
+                tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def _writer(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when logging
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir))
+        return self._tb
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            break  # a line cut short by a kill: drop it and everything after
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def provenance(device: torch.device) -> dict:
+    """Versions, machine and git commit, for `env.json`."""
+    return {
+        "reslab": reslab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the reslab source tree, when it is a git checkout."""
+    src = Path(reslab.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

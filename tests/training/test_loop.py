@@ -1,0 +1,71 @@
+"""A tiny model trains for real on the built-in digits data; run folders hold what they promise."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from reslab.training import Diverged, TrainConfig, train
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(
+        model="resmlp-4",
+        data="digits",
+        iters=300,
+        lr=0.05,
+        weight_decay=0.0,
+        batch_size=64,
+        schedule="constant",
+        log_every=25,
+        eval_every=100,
+        out=str(tmp_path),
+        progress=False,
+        num_threads=1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_tiny_model_learns_digits_and_writes_run_folder(tmp_path):
+    s = train(_cfg(tmp_path, name="run"))
+    run = tmp_path / "run"
+    # 10 classes: chance is 90% error; a real training run gets far below it
+    assert s["status"] == "completed" and s["steps"] == 300
+    assert s["final_train_error"] < 0.05 and s["final_test_error"] < 0.15
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["kind"] == "train"]
+    assert [x["step"] for x in train_lines] == list(range(25, 301, 25))
+    assert train_lines[0]["train_error"] > train_lines[-1]["train_error"]
+    assert [x["step"] for x in lines if x["kind"] == "eval"] == [100, 200, 300]
+    final = [x for x in lines if x["kind"] == "final"][0]
+    assert final["train_error"] == pytest.approx(s["final_train_error"])
+    assert json.loads((run / "config.json").read_text())["model"] == "resmlp-4"
+    assert "torch" in json.loads((run / "env.json").read_text())
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard event file"
+    assert set(load_file(run / "model.safetensors")) == set(
+        load_file(sorted((run / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+    )
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    train(_cfg(tmp_path, name="keep", iters=30))
+    before = (tmp_path / "keep" / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tmp_path, name="keep", iters=30))
+    with pytest.raises(ValueError, match="differs in"):
+        train(_cfg(tmp_path, name="keep", iters=30, lr=0.5, resume=True))
+    assert (tmp_path / "keep" / "model.safetensors").read_bytes() == before
+    again = train(_cfg(tmp_path, name="keep", iters=30, resume=True))  # finished: nothing to do
+    assert again["steps"] == 30
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = _cfg(
+        tmp_path, name="boom", lr=1e6, iters=200, log_every=1, checkpoint_every=1, eval_every=1000
+    )
+    with pytest.raises(Diverged, match="not finite"):
+        train(cfg)
+    ckpts = sorted((tmp_path / "boom" / "checkpoints").glob("step-*"))
+    for ck in ckpts:  # every checkpoint that exists holds finite weights
+        assert all(t.isfinite().all() for t in load_file(ck / "model.safetensors").values())
+    assert json.loads((tmp_path / "boom" / "summary.json").read_text())["status"] == "diverged"
