@@ -1,0 +1,314 @@
+"""Residual blocks and their plain twins: a[l+2] = g(z[l+2] + a[l]).
+
+- `BasicBlock`, `Bottleneck`: the original post-activation blocks (He et al. 2015, "Deep Residual
+  Learning for Image Recognition", §3-4); ReLU after the addition. The bottleneck puts the stride
+  on the 3x3 conv as torchvision ("v1.5"); `stride_in_1x1=True` gives the paper's "v1" placement.
+- `PreActBasicBlock`, `PreActBottleneck`: full pre-activation (He et al. 2016, "Identity Mappings in
+  Deep Residual Networks", Fig. 4e): norm-ReLU before each conv, nothing after the addition.
+- `MLPBlock`: the fully connected form, relu(norm(fc2(relu(norm(fc1(x))))) + x).
+
+Every block takes the same options:
+  shortcut      "A": parameter-free identity; where the shape changes, subsample x[:, :, ::2, ::2]
+                     and zero-pad the new channels (He et al. 2015, §4.2, CIFAR).
+                "B": identity, projection (1x1 conv + norm) only where the shape changes.
+                "C": projection on every block.
+                "none": plain block, no addition and no projection modules.
+  norm          "batch" | "group" | "none" (GroupNorm uses gcd(32, channels) groups).
+  branch_scale  "none"; "rezero" (Bachlechner et al. 2020: x + alpha * F(x), alpha = 0 at init);
+                "skipinit" (De & Smith 2020: the same scalar at the end of the branch, meant for
+                norm-free nets); "fixup" (Zhang et al. 2019: scalar biases before each layer and
+                after each activation, a scalar multiplier, and the init of `init_residual_branches`).
+Parameter names follow torchvision (conv1, bn1, ..., downsample.0/1) so torchvision weights load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHORTCUTS = ("A", "B", "C", "none")
+NORMS = ("batch", "group", "none")
+BRANCH_SCALES = ("none", "rezero", "skipinit", "fixup")
+
+
+def check_choice(what: str, value: object, allowed: Sequence) -> None:
+    """Raise a one-line ValueError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def norm_layer(norm: str, channels: int, dims: int = 2) -> nn.Module:
+    """A normalisation layer over `channels` for 2-d feature maps (dims=2) or vectors (dims=1)."""
+    check_choice("norm", norm, NORMS)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels)
+    return nn.Identity()
+
+
+def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+
+
+def conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+
+class Bias(nn.Module):
+    """A learnable scalar added to the input (Fixup's scalar bias), zero at init."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier on a residual branch (ReZero/SkipInit alpha, Fixup scale)."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.alpha
+
+
+class PadShortcut(nn.Module):
+    """Option A shortcut: strided subsampling plus zero channels; no parameters (He et al. 2015)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        if c_out < c_in:
+            raise ValueError(f"shortcut 'A' cannot reduce channels ({c_in} -> {c_out}); use 'B'")
+        self.stride, self.pad = stride, c_out - c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
+        x = x[:, :, :: self.stride, :: self.stride]
+        # zero channels on both sides, as the reference CIFAR code (akamaster/pytorch_resnet_cifar10)
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class ResidualBlock(nn.Module):
+    """Base class: builds the shortcut and branch scale, and merges branch and shortcut.
+
+    Subclasses define the branch and call `self.merge(branch_out, x)`; `branch_layers()` and
+    `branch_norms()` list the branch's weight layers and norms in order (used for init).
+    """
+
+    preact = False  # pre-activation blocks: no activation after the addition
+    expansion = 1
+
+    def _setup(self, c_in: int, c_out: int, stride: int, shortcut: str, norm: str, branch_scale: str,
+               conv: bool = True) -> None:  # fmt: skip
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        check_choice("norm", norm, NORMS)
+        check_choice("branch_scale", branch_scale, BRANCH_SCALES)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, c_in, c_out, stride, norm, conv)
+        # ReZero and SkipInit start the branch switched off; Fixup starts its multiplier at 1
+        # and switches the branch off by zeroing its last layer instead.
+        init = {"none": None, "rezero": 0.0, "skipinit": 0.0, "fixup": 1.0}[branch_scale]
+        self.scale = nn.Identity() if init is None else Scale(init)
+        self.fixup = branch_scale == "fixup"
+
+    def bias(self) -> nn.Module:
+        """A Fixup scalar bias, or a no-op when the block does not use Fixup."""
+        return Bias() if self.fixup else nn.Identity()
+
+    def merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """z + a: add the shortcut of the block input `x` to the branch output `out` (unless plain)."""
+        if self.shortcut == "none":
+            return out
+        return out + (x if self.downsample is None else self.downsample(x))
+
+    @property
+    def projects(self) -> bool:
+        """Whether the shortcut is a projection (1x1 conv or Linear, plus norm)."""
+        return isinstance(self.downsample, nn.Sequential)
+
+    def branch_layers(self) -> list[nn.Module]:
+        return [getattr(self, n) for n in self._layers]
+
+    def branch_norms(self) -> list[nn.Module]:
+        return [getattr(self, n) for n in self._norms]
+
+
+def make_shortcut(shortcut: str, c_in: int, c_out: int, stride: int, norm: str, conv: bool = True) -> nn.Module | None:  # fmt: skip
+    """The shortcut module for one block, or None for a plain identity (or for no shortcut)."""
+    same = stride == 1 and c_in == c_out
+    if shortcut == "none" or (same and shortcut in ("A", "B")):
+        return None
+    if shortcut == "A":
+        if not conv:
+            raise ValueError("shortcut 'A' needs feature maps; use 'B' for a width change")
+        return PadShortcut(c_in, c_out, stride)
+    if conv:
+        return nn.Sequential(conv1x1(c_in, c_out, stride), norm_layer(norm, c_out))
+    return nn.Sequential(nn.Linear(c_in, c_out, bias=norm == "none"), norm_layer(norm, c_out, 1))
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+
+    _layers, _norms = ("conv1", "conv2"), ("bn1", "bn2")
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
+        self.conv1, self.bn1 = conv3x3(c_in, planes, stride), norm_layer(norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = conv3x3(planes, planes), norm_layer(norm, planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
+        out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
+        out = self.bias2b(self.scale(self.bn2(self.conv2(self.bias2a(out)))))
+        return self.relu(self.merge(out, x))
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 reduce, 3x3, 1x1 expand (x4), stride on the 3x3 ("v1.5") unless `stride_in_1x1`."""
+
+    expansion = 4
+    _layers, _norms = ("conv1", "conv2", "conv3"), ("bn1", "bn2", "bn3")
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        c_out = planes * self.expansion
+        self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a, self.bias3b = (
+            self.bias() for _ in range(6)
+        )
+        self.conv1, self.bn1 = conv1x1(c_in, planes, s1), norm_layer(norm, planes)
+        self.conv2, self.bn2 = conv3x3(planes, planes, s3), norm_layer(norm, planes)
+        self.conv3, self.bn3 = conv1x1(planes, c_out), norm_layer(norm, c_out)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (B, C_in, H, W) -> (B, 4*planes, H/s, W/s)
+        out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
+        out = self.relu(self.bias2b(self.bn2(self.conv2(self.bias2a(out)))))
+        out = self.bias3b(self.scale(self.bn3(self.conv3(self.bias3a(out)))))
+        return self.relu(self.merge(out, x))
+
+
+class PreActBasicBlock(ResidualBlock):
+    """Full pre-activation basic block: conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x).
+
+    A projection shortcut sees the pre-activated input relu(bn1(x)), as in the reference code.
+    """
+
+    preact = True
+    _layers, _norms = ("conv1", "conv2"), ("bn1", "bn2")
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
+        self.bn1, self.conv1 = norm_layer(norm, c_in), conv3x3(c_in, planes, stride)
+        self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(self.bias1a(pre))
+        out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
+        return self.merge(self.bias2b(self.scale(out)), pre if self.projects else x)
+
+
+class PreActBottleneck(ResidualBlock):
+    """Full pre-activation bottleneck: bn-relu-conv1x1, bn-relu-conv3x3, bn-relu-conv1x1 (x4)."""
+
+    preact = True
+    expansion = 4
+    _layers, _norms = ("conv1", "conv2", "conv3"), ("bn1", "bn2", "bn3")
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        c_out = planes * self.expansion
+        self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a, self.bias3b = (
+            self.bias() for _ in range(6)
+        )
+        self.bn1, self.conv1 = norm_layer(norm, c_in), conv1x1(c_in, planes, s1)
+        self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes, s3)
+        self.bn3, self.conv3 = norm_layer(norm, planes), conv1x1(planes, c_out)
+        self.relu = nn.ReLU()
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (B, C_in, H, W) -> (B, 4*planes, H/s, W/s)
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(self.bias1a(pre))
+        out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
+        out = self.conv3(self.bias3a(self.relu(self.bias2b(self.bn3(out)))))
+        return self.merge(self.bias3b(self.scale(out)), pre if self.projects else x)
+
+
+class MLPBlock(ResidualBlock):
+    """Fully connected residual block: relu(bn2(fc2(relu(bn1(fc1(x))))) + shortcut(x)).
+
+    Linear layers carry a bias only when there is no norm after them (norm="none").
+    """
+
+    _layers, _norms = ("fc1", "fc2"), ("bn1", "bn2")
+
+    def __init__(self, width: int, *, shortcut: str = "B", norm: str = "batch",
+                 branch_scale: str = "none") -> None:  # fmt: skip
+        super().__init__()
+        self._setup(width, width, 1, shortcut, norm, branch_scale, conv=False)
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
+        bias = norm == "none"
+        self.fc1, self.bn1 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
+        self.fc2, self.bn2 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, width)
+        out = self.relu(self.bias1b(self.bn1(self.fc1(self.bias1a(x)))))
+        out = self.bias2b(self.scale(self.bn2(self.fc2(self.bias2a(out)))))
+        return self.relu(self.merge(out, x))
+
+
+@torch.no_grad()
+def init_residual_branches(blocks: Sequence[ResidualBlock], head: nn.Linear, *,
+                           zero_init_residual: bool, branch_scale: str) -> None:  # fmt: skip
+    """Residual-branch init, applied after the usual He init of the whole model.
+
+    zero_init_residual: zero the last norm's weight of each branch (Goyal et al. 2017), or the last
+      layer's weight where the block has no norm, so every block starts as its shortcut.
+    fixup (Zhang et al. 2019, §3): with L branches of m layers, He-init the first m-1 layers of each
+      branch scaled by L^(-1/(2m-2)), zero the last layer, and zero the classifier's weight and bias.
+    """
+    check_choice("branch_scale", branch_scale, BRANCH_SCALES)
+    for block in blocks:
+        if zero_init_residual:
+            last = block.branch_norms()[-1]
+            last = last if getattr(last, "weight", None) is not None else block.branch_layers()[-1]
+            nn.init.zeros_(last.weight)
+        if branch_scale == "fixup":
+            *first, last = block.branch_layers()
+            for layer in first:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                layer.weight.mul_(len(blocks) ** (-1.0 / (2 * len(first))))
+            for layer in block.branch_layers():
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+            nn.init.zeros_(last.weight)
+    if branch_scale == "fixup":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)

@@ -1,0 +1,86 @@
+"""Residual MLPs of any depth and width, and their plain twins (shortcut="none").
+
+The fully connected form of He et al. 2015's block (§3.2, "the above notations are about
+fully-connected layers for simplicity"): flatten, a Linear stem, blocks of two Linears
+(`reslab.models.blocks.MLPBlock`), and a Linear classifier. Depth counts weight layers:
+depth = 2 * blocks + 2. With branch_scale="rezero"/"skipinit"/"fixup" every block is the identity
+at init, which keeps norm-free nets of thousands of layers finite in fp32 and bf16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reslab.models.blocks import MLPBlock, ResidualBlock, init_residual_branches, norm_layer
+from reslab.models.resnet import check_plain_options, default_norm
+
+
+class ResidualMLP(nn.Module):
+    """stem (Linear in->width, norm, ReLU) -> `layers` (MLPBlocks) -> fc (Linear width->classes).
+
+    Args:
+        in_features: flattened input size (C * H * W for images).
+        num_blocks: number of two-layer blocks.
+        width: hidden width.
+        num_classes: classifier outputs.
+        shortcut: "B" (identity; "A" is the same here as the width never changes), "C"
+            (Linear+norm projection on every block), or "none" (plain).
+        norm: "batch" | "group" | "none"; None picks "none" for skipinit/fixup, else "batch".
+        branch_scale: "none" | "rezero" | "skipinit" | "fixup", see `reslab.models.blocks`.
+        zero_init_residual: zero the last norm weight (or last Linear if norm="none") of each branch.
+    """
+
+    def __init__(self, in_features: int, num_blocks: int, width: int = 64, num_classes: int = 10,
+                 *, shortcut: str = "B", norm: str | None = None, branch_scale: str = "none",
+                 zero_init_residual: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        check_plain_options(shortcut, branch_scale, zero_init_residual)
+        norm = default_norm(norm, branch_scale)
+        if width < 1 or num_blocks < 0:
+            raise ValueError(f"width must be >= 1 and num_blocks >= 0; got {width}, {num_blocks}")
+        self.stem = nn.Sequential(
+            nn.Linear(in_features, width, bias=norm == "none"),
+            norm_layer(norm, width, 1),
+            nn.ReLU(),
+        )
+        block_kw = dict(shortcut=shortcut, norm=norm, branch_scale=branch_scale)
+        self.layers = nn.Sequential(*(MLPBlock(width, **block_kw) for _ in range(num_blocks)))
+        self.fc = nn.Linear(width, num_classes)
+        self.num_features = width
+        for m in self.modules():  # He init for ReLU nets (fan_in, as for a forward pass)
+            if isinstance(m, nn.Linear) and m is not self.fc:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        init_residual_branches(self.residual_blocks(), self.fc, zero_init_residual=zero_init_residual,
+                               branch_scale=branch_scale)  # fmt: skip
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """All blocks, in forward order."""
+        return list(self.layers)
+
+    def forward_features(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
+        return self.layers(self.stem(torch.flatten(x, 1)))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
+        return self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def residual_mlp(depth: int, num_classes: int = 10, in_chans: int = 3,
+                 img_size: int | tuple[int, int] | None = None, *, width: int = 64,
+                 shortcut: str = "B", **kwargs) -> ResidualMLP:  # fmt: skip
+    """Residual MLP with `depth` weight layers (even, >= 2) on flattened in_chans x img_size images
+    (img_size defaults to 32, CIFAR)."""
+    if depth < 2 or depth % 2:
+        raise ValueError(
+            "residual MLP depth (weight layers = 2 * blocks + 2) must be even and >= 2"
+        )
+    h, w = (img_size, img_size) if isinstance(img_size, int) else (img_size or (32, 32))
+    return ResidualMLP(in_chans * h * w, (depth - 2) // 2, width, num_classes, shortcut=shortcut,
+                       **kwargs)  # fmt: skip

@@ -1,0 +1,111 @@
+"""Model registry (timm style): `create_model(name, **overrides)` and `list_models(pattern)`.
+
+A name is a family prefix and a depth. Each family registers a few depths by name ("resnet56",
+"plain56") and, where any depth is allowed, accepts "<prefix>-<depth>" ("resnet-74", "plain-302").
+The plain twin of every residual net is the same builder with shortcut="none".
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from reslab.models.mlp import residual_mlp
+from reslab.models.resnet import cifar_resnet, imagenet_resnet, preact_resnet
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family and how its names are formed."""
+
+    name: str  # short family name shown by `reslab models`
+    residual: str  # name prefix of the residual nets
+    plain: str  # name prefix of the plain twins
+    depths: tuple[int, ...]  # depths registered by name (prefix + depth)
+    build: Callable[..., nn.Module]  # build(depth, num_classes, in_chans, [img_size], **overrides)
+    img_size: int  # default input resolution
+    options: tuple[str, ...]  # keyword overrides accepted by `create_model`
+    any_depth: bool = True  # whether "<prefix>-<depth>" is accepted
+
+
+_BRANCH = ("shortcut", "norm", "branch_scale", "zero_init_residual")
+_CONV = (*_BRANCH, "stride_in_1x1")
+FAMILIES = (
+    Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, _CONV),
+    Family(
+        "imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, _CONV, False
+    ),
+    Family(
+        "preact",
+        "preact_resnet",
+        "preact_plain",
+        (110, 164, 1001),
+        preact_resnet,
+        32,
+        (*_CONV, "block"),
+    ),
+    Family("mlp", "resmlp", "plainmlp", (4, 16, 64), residual_mlp, 32, (*_BRANCH, "width")),
+)
+
+# name -> (family, depth, residual?)
+_REGISTRY = {
+    f"{prefix}{d}": (fam, d, prefix == fam.residual)
+    for fam in FAMILIES
+    for prefix in (fam.residual, fam.plain)
+    for d in fam.depths
+}
+_ANY_DEPTH = {p: fam for fam in FAMILIES if fam.any_depth for p in (fam.residual, fam.plain)}
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the fnmatch `pattern`, sorted. Any-depth forms such as
+    "resnet-74", "preact_plain-164" and "resmlp-1000" are accepted by `create_model` too."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def resolve(name: str) -> tuple[Family, int, bool]:
+    """(family, depth, residual?) of a model name; ValueError for an unknown name."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    m = re.fullmatch(r"([a-z_]+)-(\d+)", name)
+    if m and m[1] in _ANY_DEPTH:
+        fam = _ANY_DEPTH[m[1]]
+        return fam, int(m[2]), m[1] == fam.residual
+    raise ValueError(
+        f"unknown model {name!r}; list them with reslab.models.list_models() or `reslab models` "
+        f"(any depth: {', '.join(p + '-N' for p in _ANY_DEPTH)})"
+    )
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3,
+                 img_size: int | tuple[int, int] | None = None, **overrides) -> nn.Module:  # fmt: skip
+    """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
+
+    `img_size` sets the flattened input of the MLP family; conv nets take any size. Overrides
+    are the keyword arguments of the family builder (`cifar_resnet`, `imagenet_resnet`,
+    `preact_resnet`, `residual_mlp`) and of the model class: shortcut, norm, branch_scale,
+    zero_init_residual, stride_in_1x1, block (pre-act), width (MLP).
+    The model gets `model_name` and `default_cfg` (name, family, depth, input_size, overrides).
+    """
+    fam, depth, residual = resolve(name)
+    unknown = sorted(set(overrides) - set(fam.options))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; allowed: {', '.join(fam.options)}")
+    if not residual:
+        if overrides.get("shortcut", "none") != "none":
+            raise ValueError(f"{name} is a plain net; pick its residual twin to choose a shortcut")
+        overrides["shortcut"] = "none"
+    try:
+        model = fam.build(depth, num_classes, in_chans, img_size, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    size = img_size or fam.img_size
+    h, w = (size, size) if isinstance(size, int) else size
+    model.model_name = name
+    model.default_cfg = dict(name=name, family=fam.name, depth=depth, residual=residual,
+                             num_classes=num_classes, input_size=(in_chans, h, w), **overrides)  # fmt: skip
+    return model

@@ -1,0 +1,183 @@
+"""Convolutional ResNets and their plain twins (a plain net is the same class with shortcut="none").
+
+- CIFAR ResNets (He et al. 2015, "Deep Residual Learning for Image Recognition", §4.2): 3x3 stem,
+  three stages of n basic blocks with 16/32/64 channels, depth 6n+2, option A shortcuts.
+- ImageNet ResNets (He et al. 2015, Table 1): exactly torchvision's architecture and parameter
+  names (7x7 stem + max-pool, four stages 64..512, projection shortcuts "B", bottleneck "v1.5").
+- Pre-activation CIFAR ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks"):
+  basic blocks (6n+2) or bottlenecks (9n+2), with a final norm+ReLU before pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from reslab.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResidualBlock,
+    check_choice,
+    init_residual_branches,
+    norm_layer,
+)
+
+
+def check_plain_options(shortcut: str, branch_scale: str, zero_init_residual: bool) -> None:
+    """Branch options that start every block at its shortcut would zero a plain net's output."""
+    if shortcut == "none" and (branch_scale != "none" or zero_init_residual):
+        raise ValueError(
+            "branch_scale and zero_init_residual start each block as its shortcut; "
+            "a plain net (shortcut='none') has none, so use branch_scale='none', zero_init_residual=False"
+        )
+
+
+def default_norm(norm: str | None, branch_scale: str) -> str:
+    """SkipInit and Fixup replace normalisation, so they default to norm="none"; else "batch"."""
+    return (
+        norm if norm is not None else ("none" if branch_scale in ("skipinit", "fixup") else "batch")
+    )
+
+
+class ResNet(nn.Module):
+    """A stem, stages of residual (or plain) blocks, global average pooling and a linear classifier.
+
+    Args:
+        block: block class (`BasicBlock`, `Bottleneck`, `PreActBasicBlock`, `PreActBottleneck`).
+        layers: number of blocks per stage.
+        widths: block `planes` per stage (the stem has widths[0] channels).
+        num_classes, in_chans: classifier outputs and input channels.
+        stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3 conv).
+        shortcut: "A" | "B" | "C" | "none" (plain), see `reslab.models.blocks`.
+        norm: "batch" | "group" | "none"; None picks "none" for skipinit/fixup, else "batch".
+        branch_scale: "none" | "rezero" | "skipinit" | "fixup", see `reslab.models.blocks`.
+        zero_init_residual: zero the last norm weight of every branch.
+        stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
+    """
+
+    def __init__(self, block: type[ResidualBlock], layers: Sequence[int], widths: Sequence[int],
+                 *, num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet",
+                 shortcut: str = "B", norm: str | None = None, branch_scale: str = "none",
+                 zero_init_residual: bool = False, stride_in_1x1: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        check_choice("stem", stem, ("imagenet", "cifar"))
+        check_plain_options(shortcut, branch_scale, zero_init_residual)
+        norm = default_norm(norm, branch_scale)
+        self.preact = block.preact
+        c = widths[0]
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, c, 7, 2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, c, 3, 1, padding=1, bias=False)
+        # pre-activation blocks begin with their own norm+ReLU, so the stem is a bare conv
+        self.bn1 = nn.Identity() if self.preact else norm_layer(norm, c)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, padding=1) if stem == "imagenet" else nn.Identity()
+        kw = dict(
+            shortcut=shortcut, norm=norm, branch_scale=branch_scale, stride_in_1x1=stride_in_1x1
+        )
+        self.num_stages = len(layers)
+        for i, (n, planes) in enumerate(zip(layers, widths, strict=True)):
+            stride = 1 if i == 0 else 2
+            blocks = [block(c, planes, stride, **kw)]
+            c = planes * block.expansion
+            blocks += [block(c, planes, 1, **kw) for _ in range(n - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        if self.preact:  # He et al. 2016: the last block's output is not normalised; do it here
+            self.bn_final = norm_layer(norm, c)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        self.num_features = c
+
+        for m in self.modules():  # torchvision's init
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        init_residual_branches(self.residual_blocks(), self.fc, zero_init_residual=zero_init_residual,
+                               branch_scale=branch_scale)  # fmt: skip
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """All blocks, in forward order."""
+        return [m for m in self.modules() if isinstance(m, ResidualBlock)]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
+        x = self.conv1(x)
+        if not self.preact:
+            x = self.relu(self.bn1(x))
+        x = self.maxpool(x)
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        if self.preact:
+            x = self.relu(self.bn_final(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, h, w) -> (B, num_classes)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
+        return self.forward_head(self.forward_features(x))
+
+
+def cifar_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size: object = None,
+                 *, shortcut: str = "A", **kwargs) -> ResNet:  # fmt: skip
+    """CIFAR ResNet-`depth` (He et al. 2015, §4.2): depth = 6n+2, n basic blocks per stage.
+    `img_size` is ignored (the net takes any size)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError("CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, ...)")
+    n = (depth - 2) // 6
+    return ResNet(BasicBlock, [n] * 3, (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
+                  stem="cifar", shortcut=shortcut, **kwargs)  # fmt: skip
+
+
+IMAGENET_LAYERS = {  # He et al. 2015, Table 1
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def imagenet_resnet(depth: int, num_classes: int = 1000, in_chans: int = 3, img_size: object = None,
+                    *, shortcut: str = "B", **kwargs) -> ResNet:  # fmt: skip
+    """ImageNet ResNet-`depth` as torchvision (depth in 18, 34, 50, 101, 152); `img_size` ignored."""
+    if depth not in IMAGENET_LAYERS:
+        raise ValueError(
+            f"ImageNet ResNet depth must be one of {', '.join(map(str, IMAGENET_LAYERS))}"
+        )
+    block, layers = IMAGENET_LAYERS[depth]
+    return ResNet(block, layers, (64, 128, 256, 512), num_classes=num_classes, in_chans=in_chans,
+                  stem="imagenet", shortcut=shortcut, **kwargs)  # fmt: skip
+
+
+def preact_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size: object = None,
+                  *, block: str | None = None, shortcut: str = "B", **kwargs) -> ResNet:  # fmt: skip
+    """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): 16/32/64 planes per stage.
+    `img_size` is ignored.
+
+    block: "basic" (depth 6n+2) or "bottleneck" (depth 9n+2). None follows the paper: bottlenecks
+    from depth 164 up (ResNet-164, -1001), basic blocks below (ResNet-110); a depth that fits only
+    one of the two forms uses that one.
+    """
+    fits = {"basic": depth >= 8 and (depth - 2) % 6 == 0,
+            "bottleneck": depth >= 11 and (depth - 2) % 9 == 0}  # fmt: skip
+    if block is None:
+        block = (
+            "bottleneck" if fits["bottleneck"] and (depth >= 164 or not fits["basic"]) else "basic"
+        )
+    check_choice("block", block, tuple(fits))
+    if not fits[block]:
+        raise ValueError(
+            "pre-activation ResNet depth must be 6n+2 for basic blocks (8, 14, 20, ...) "
+            "or 9n+2 for bottlenecks (11, 20, 29, ...)"
+        )
+    cls, per_block = (PreActBasicBlock, 2) if block == "basic" else (PreActBottleneck, 3)
+    n = (depth - 2) // (3 * per_block)
+    return ResNet(cls, [n] * 3, (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
+                  stem="cifar", shortcut=shortcut, **kwargs)  # fmt: skip
