@@ -1,0 +1,263 @@
+"""Self-contained HTML pages for study reports, and an index page over a folder of studies.
+
+A `Page` collects blocks (headings, paragraphs, key/value facts, figures, tables, a verdict box) and renders
+one file with inline CSS and figures as base64 PNG data URIs: it opens anywhere, offline, with nothing beside it.
+All text is HTML-escaped; the only markup that passes through is what the builder itself writes.
+`build_index(root)` writes `root/index.html` linking every `report.html` found below `root`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+TONES = ("good", "bad", "warn", "neutral")
+
+CSS = """
+:root { --ink:#1d2430; --muted:#5b6676; --line:#e3e7ed; --bg:#f6f7f9; --card:#fff;
+        --good:#1e7d4f; --bad:#b3261e; --warn:#a86400; --neutral:#3d5a80; }
+* { box-sizing: border-box; }
+body { margin:0; background:var(--bg); color:var(--ink); line-height:1.55;
+       font:15px/1.55 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1040px; margin: 0 auto; padding: 32px 24px 48px; }
+header h1 { font-size: 28px; margin: 0 0 4px; letter-spacing: -0.01em; }
+header p { color: var(--muted); margin: 0 0 24px; }
+h2 { font-size: 19px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h3 { font-size: 16px; margin: 22px 0 8px; }
+p { margin: 8px 0; max-width: 78ch; }
+p.small, .small { color: var(--muted); font-size: 13px; }
+code { font: 13px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background:#eef1f5;
+       padding: 1px 4px; border-radius: 4px; }
+.verdict { background: var(--card); border: 1px solid var(--line); border-left: 6px solid var(--tone);
+           border-radius: 8px; padding: 14px 18px; margin: 8px 0 20px; box-shadow: 0 1px 2px rgba(0,0,0,.04); }
+.verdict .label { display:inline-block; color:#fff; background:var(--tone); border-radius: 999px;
+                  font-size: 12px; font-weight: 600; letter-spacing: .04em; text-transform: uppercase;
+                  padding: 2px 10px; margin-bottom: 6px; }
+.verdict p.text { font-size: 16px; margin: 4px 0; }
+.verdict ul { margin: 6px 0 0; padding-left: 20px; color: var(--muted); font-size: 13.5px; }
+.good { --tone: var(--good); } .bad { --tone: var(--bad); }
+.warn { --tone: var(--warn); } .neutral { --tone: var(--neutral); }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 4px 18px; background: var(--card);
+           border: 1px solid var(--line); border-radius: 8px; padding: 12px 18px; margin: 10px 0; }
+dl.facts dt { color: var(--muted); } dl.facts dd { margin: 0; font-variant-numeric: tabular-nums; }
+figure { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
+         margin: 14px 0; padding: 12px; }
+figure img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
+figcaption { color: var(--muted); font-size: 13.5px; margin-top: 8px; }
+.table-wrap { overflow-x: auto; margin: 10px 0; }
+table { border-collapse: collapse; background: var(--card); border: 1px solid var(--line);
+        border-radius: 8px; font-size: 14px; min-width: 60%; }
+caption { caption-side: bottom; text-align: left; color: var(--muted); font-size: 13px; padding-top: 6px; }
+th, td { padding: 6px 12px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top;
+         white-space: nowrap; }
+td.wrap { white-space: normal; min-width: 24ch; }
+th { background: #eef1f5; font-weight: 600; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+a { color: var(--neutral); }
+ul.plain { margin: 6px 0; }
+footer { color: var(--muted); font-size: 12px; margin-top: 40px; border-top: 1px solid var(--line); padding-top: 10px; }
+"""
+
+# Marks how many figures actually decoded, so a headless-browser test can check the page without other tools.
+SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++;
+  document.body.dataset.figuresLoaded = ok;
+  document.body.dataset.figuresTotal = imgs.length;
+});
+"""
+
+_NUMERIC = re.compile(r"^[-+\u2212]?\.?\d")
+
+
+class Link(NamedTuple):
+    """A table cell that links to `href` (a relative path or URL)."""
+
+    text: str
+    href: str
+
+
+def fmt_pct(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage: 0.0612 -> '6.12%'; None or NaN -> '—'."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    return f"{100 * x:.{digits}f}%"
+
+
+def fmt_mean_std(mean: float | None, std: float | None, digits: int = 2, pct: bool = True) -> str:
+    """'mean ± std' (fractions shown as percentages if `pct`); the ± part is dropped when std is None."""
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    scale, unit = (100.0, "%") if pct else (1.0, "")
+    if std is None or not math.isfinite(std):
+        return f"{scale * mean:.{digits}f}{unit}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}{unit}"
+
+
+def fmt_count(n: int | None) -> str:
+    """A parameter count in short form: 272474 -> '0.27M', 8400 -> '8.4K'."""
+    if n is None:
+        return "—"
+    if n >= 1e5:  # the ResNet paper's convention: 0.27M, 1.7M
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def png_data_uri(png: bytes | str | Path) -> str:
+    """A PNG (bytes or a file path) as a `data:image/png;base64,...` URI."""
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(
+            f"figure is not a PNG file: {png if not isinstance(png, bytes) else 'bytes'}"
+        )
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (list, tuple)) and not isinstance(value, Link):  # one line per item
+        return f"<td>{'<br>'.join(html.escape(str(v)) for v in value)}</td>"
+    if isinstance(value, Link):
+        return f'<td><a href="{html.escape(value.href)}">{html.escape(value.text)}</a></td>'
+    text = str(value)
+    cls = ' class="num"' if _NUMERIC.match(text) else ' class="wrap"' if len(text) > 60 else ""
+    return f"<td{cls}>{html.escape(text)}</td>"
+
+
+class Page:
+    """An HTML report page built block by block; every method returns the page so calls can be chained."""
+
+    def __init__(self, title: str, subtitle: str = ""):
+        self.title = title
+        self.subtitle = subtitle
+        self.blocks: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> Page:
+        if level not in (2, 3):
+            raise ValueError(f"heading level must be 2 or 3 (1 is the page title), got {level}")
+        self.blocks.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        return self
+
+    def paragraph(self, text: str, small: bool = False) -> Page:
+        cls = ' class="small"' if small else ""
+        self.blocks.append(f"<p{cls}>{html.escape(text)}</p>")
+        return self
+
+    def bullets(self, items: Sequence[str]) -> Page:
+        lis = "".join(f"<li>{html.escape(str(i))}</li>" for i in items)
+        self.blocks.append(f'<ul class="plain">{lis}</ul>')
+        return self
+
+    def facts(self, items: Mapping[str, object]) -> Page:
+        """A two-column key/value block (e.g. the study configuration)."""
+        rows = "".join(
+            f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>"
+            for k, v in items.items()
+        )
+        self.blocks.append(f'<dl class="facts">{rows}</dl>')
+        return self
+
+    def figure(
+        self, png: bytes | str | Path, caption: str, alt: str = "", max_width: int = 0
+    ) -> Page:
+        """Embed a PNG (bytes or path) with a caption below it, at most `max_width` CSS pixels wide if set."""
+        size = f' style="max-width: min(100%, {int(max_width)}px)"' if max_width else ""
+        self.blocks.append(
+            f'<figure><img src="{png_data_uri(png)}" alt="{html.escape(alt or caption)}"{size}>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        return self
+
+    def table(
+        self, header: Sequence[str], rows: Sequence[Sequence[object]], caption: str = ""
+    ) -> Page:
+        """A table; cells that read as numbers are right-aligned, `Link` cells become links,
+        list cells show one item per line."""
+        for row in rows:
+            if len(row) != len(header):
+                raise ValueError(
+                    f"table row has {len(row)} cells, header has {len(header)}: {row!r}"
+                )
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.blocks.append(
+            f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
+        return self
+
+    def verdict(
+        self, label: str, text: str, tone: str = "neutral", notes: Sequence[str] = ()
+    ) -> Page:
+        """A coloured box: a short status `label`, a sentence `text`, and optional smaller `notes`."""
+        if tone not in TONES:
+            raise ValueError(f"verdict tone must be one of {TONES}, got {tone!r}")
+        extra = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        self.blocks.append(
+            f'<section class="verdict {tone}"><span class="label">{html.escape(label)}</span>'
+            f'<p class="text">{html.escape(text)}</p>{f"<ul>{extra}</ul>" if extra else ""}</section>'
+        )
+        return self
+
+    def render(self) -> str:
+        """The whole page as one HTML string."""
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        sub = f"<p>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n"
+            f"<body><main><header><h1>{html.escape(self.title)}</h1>{sub}</header>\n"
+            + "\n".join(self.blocks)
+            + f"\n<footer>Generated by reslab on {stamp} from the run folders alone.</footer>"
+            f"</main><script>{SCRIPT}</script></body></html>\n"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        """Render and write the page; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.render(), encoding="utf-8")
+        return path
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def build_index(root: str | Path) -> Path:
+    """Write `root/index.html`: one row per `report.html` found below `root`, with its study and verdict."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report index root is not a directory: {root}")
+    rows = []
+    for report in sorted(root.rglob("report.html")):
+        folder = report.parent
+        summary = _read_json(folder / "summary.json")
+        study = summary.get("study") or _read_json(folder / "study.json").get("study") or "—"
+        verdict = summary.get("verdict") or {}
+        rel = report.relative_to(root).as_posix()
+        name = folder.relative_to(root).as_posix() if folder != root else "."
+        rows.append([study, Link(name, rel), verdict.get("status", "—"), verdict.get("text", "")])
+    page = Page("reslab reports", f"{len(rows)} study report(s) under {root.resolve()}")
+    if rows:
+        page.table(["study", "folder", "status", "verdict"], rows)
+    else:
+        page.paragraph(
+            "No report.html found below this folder yet: run `reslab report <study_dir>` first."
+        )
+    return page.write(root / "index.html")
