@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from reslab.report import build, degradation
+from reslab.report import build_any, degradation
 from reslab.report.degradation import FLOOR, build_report, collect_runs, format_table, verdict
 
 
@@ -222,15 +222,44 @@ def test_bad_folders(tmp_path, study_dir):
 def test_build_dispatches_study_and_root(tmp_path, make_study):
     a = make_study(DEGRADES_SMALL, name="a")
     b = make_study(DEGRADES_SMALL, name="b", with_kind=False)  # kind from runs/degradation/<name>
-    index = build(tmp_path / "runs")
+    index = build_any(tmp_path / "runs")
     assert (a / "report.html").is_file() and (b / "report.html").is_file()
     page = index.read_text()
     assert 'href="degradation/a/report.html"' in page and 'href="degradation/b/report.html"' in page
-    assert build(a) == a / "report.html"
+    assert build_any(a) == a / "report.html"
     (a / "study.json").write_text('{"study": "lesion-of-nothing"}')
     with pytest.raises(ValueError, match="unknown study kind"):
-        build(a)
+        build_any(a)
 
 
 DEGRADES_SMALL = {("plain", 8): [(0.05, 0.08)], ("plain", 20): [(0.09, 0.12)],
                   ("residual", 8): [(0.05, 0.08)], ("residual", 20): [(0.04, 0.07)]}  # fmt: skip
+
+
+def test_diverged_run_is_left_out_and_named(study_dir):
+    run = study_dir / "runs" / "plain-56-s0"
+    (run / "summary.json").write_text('{"name": "plain-56-s0", "status": "diverged", "steps": 120}')
+    with (run / "metrics.jsonl").open("a") as f:  # what json.dumps writes for a NaN loss
+        f.write('{"kind": "train", "step": 210, "train_loss": NaN, "train_error": NaN}\n')
+    build_report(study_dir)
+    s = _strict_json(study_dir / "summary.json")
+    entry = next(r for r in s["runs"] if r["run_dir"] == "runs/plain-56-s0")
+    assert entry["status"] == "diverged" and entry["final_train_error"] is None
+    assert entry["model"] == "plain-56"  # from config.json
+    v = s["verdict"]
+    g56 = next(g for g in v["groups"] if (g["arch"], g["depth"]) == ("plain", 56))
+    assert g56["n"] == 2 and g56["train_error_mean"] == pytest.approx((0.150 + 0.145) / 2)
+    assert v["left_out"] == ["runs/plain-56-s0"] and "runs/plain-56-s0" in v["text"]
+    assert "seed 0: —" in (study_dir / "report.html").read_text()
+
+
+def test_study_json_as_the_study_runner_writes_it(study_dir):
+    """iters 0 (the recipe counts epochs), a full recipe dict and train overrides."""
+    study = json.loads((study_dir / "study.json").read_text())
+    study.update(
+        iters=0, train={"lr": 0.1}, recipe={"lr": 0.1, "epochs": 60.0, "schedule": "constant"}
+    )
+    (study_dir / "study.json").write_text(json.dumps(study))
+    text = build_report(study_dir).read_text()
+    assert "trained for 200 iterations" in text and "<dd>200</dd>" in text
+    assert "<dt>schedule</dt><dd>constant</dd>" in text

@@ -1,7 +1,7 @@
 """Reports rebuilt from run folders alone: a self-contained HTML page builder (`html`), shared matplotlib
 helpers (`figures`) and one module per study (`degradation`, He et al. 2015 Figs 1 and 6).
 
-`build(path)` is what `reslab report <path>` calls: a study folder gets its study's report; any other folder
+`build_any(path)` is what `reslab report <path>` calls: a study folder gets its study's report; any other folder
 gets every study below it rebuilt and an `index.html` linking them.
 """
 
@@ -26,7 +26,7 @@ def study_kind(folder: str | Path) -> str | None:
     return kind if kind in BUILDERS else None
 
 
-def build(path: str | Path) -> Path:
+def build_any(path: str | Path) -> Path:
     """Build the report of the study in `path`, or of every study below `path` plus an index; returns the page."""
     path = Path(path)
     if not path.is_dir():
@@ -45,4 +45,4 @@ def build(path: str | Path) -> Path:
     return build_index(path)
 
 
-__all__ = ["BUILDERS", "build", "build_index", "study_kind"]
+__all__ = ["BUILDERS", "build_any", "build_index", "study_kind"]

@@ -169,8 +169,8 @@ def group_runs(runs: list[dict]) -> list[dict]:
                     "depth": depth,
                     "n": len(train),
                     "seeds": [r["seed"] for r in rs],
-                    "model": rs[0]["model"],
-                    "params": rs[0]["params"],
+                    "model": next((r["model"] for r in rs if r["model"]), None),
+                    "params": next((r["params"] for r in rs if r["params"] is not None), None),
                     "train_errors": [r["final_train_error"] for r in rs],
                     "test_errors": [r["final_test_error"] for r in rs],
                     "train_error_mean": tr_mean,
@@ -230,9 +230,10 @@ def _sentence(status: str, plain: dict | None, residual: dict | None, depths: li
 def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
     """Judge the study from measured final training errors only (rule in the module docstring).
 
-    Returns {"status", "text", "rule", "floor", "plain", "residual", "groups"}: "plain"/"residual" hold the
-    shallowest-vs-deepest comparison (shallow_depth, deep_depth, shallow_mean, deep_mean, margin,
-    pooled_std, tolerance, degrades) or None with fewer than two depths; "groups" the per-(arch, depth) stats.
+    Returns {"status", "text", "rule", "floor", "plain", "residual", "groups", "left_out"}: "plain"/"residual"
+    hold the shallowest-vs-deepest comparison (shallow_depth, deep_depth, shallow_mean, deep_mean, margin,
+    pooled_std, tolerance, degrades) or None with fewer than two depths; "groups" the per-(arch, depth)
+    stats; "left_out" the run_dirs without a finite training error (diverged runs).
     """
     groups = group_runs(runs)
     comps: dict[str, dict | None] = {}
@@ -249,15 +250,20 @@ def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
     else:
         status = "residual_degrades_too" if residual["degrades"] else "shown"
     plain_depths = [g["depth"] for g in groups if g["arch"] == "plain" and g["n"] > 0]
+    left_out = [r["run_dir"] for r in runs if r["final_train_error"] is None]
+    text = _sentence(status, plain, residual, plain_depths)
+    if left_out:
+        text += f" Left out, no finite training error (diverged): {', '.join(left_out)}."
     return {
         "status": status,
-        "text": _sentence(status, plain, residual, plain_depths),
+        "text": text,
         "rule": f"per arch: degrades if mean train error(deepest) - mean(shallowest) > "
         f"max(2 * pooled seed std, {floor})",
         "floor": floor,
         "plain": plain,
         "residual": residual,
         "groups": groups,
+        "left_out": left_out,
     }
 
 
@@ -317,8 +323,9 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path) -> Pa
                 xt, yt, _ = figures.mean_curve(test)
                 ax.plot(xt, yt, color=c, lw=2.2, label=f"{arch}-{depth}")
                 for xs, ys in ((x, y), (xt, yt)):
-                    if len(xs):
-                        late_max.append(float(ys[xs >= 0.25 * xs[-1]].max()))
+                    late = ys[xs >= 0.25 * xs[-1]] if len(xs) else ys
+                    if np.isfinite(late).any():  # a diverged run logs NaN
+                        late_max.append(float(np.nanmax(late)))
             if not depths:
                 ax.text(
                     0.5, 0.5, f"no {arch} runs", ha="center", va="center", transform=ax.transAxes
@@ -401,19 +408,23 @@ def _per_seed(group: dict, key: str) -> list[str]:
     return [f"seed {s}: {fmt_pct(e)}" for s, e in zip(group["seeds"], group[key], strict=True)]
 
 
+def _iters(summary: dict) -> int | None:
+    """Iterations per run as measured (study.json may say 0 when the recipe counts epochs)."""
+    return (
+        max((r["iters"] or 0 for r in summary["runs"]), default=0) or summary.get("iters") or None
+    )
+
+
 def _what_was_run(summary: dict) -> str:
     runs = summary["runs"]
-    archs = [a for a in ARCHS if any(r["arch"] == a for r in runs)] or list(
-        summary.get("archs", [])
-    )
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in runs)] or summary.get("archs", [])
     depths = summary.get("depths") or sorted({r["depth"] for r in runs})
     seeds = summary.get("seeds") or sorted({r["seed"] for r in runs})
-    iters = summary.get("iters") or max((r["iters"] or 0 for r in runs), default=None)
-    recipe = f", recipe: {_join(summary['recipe'])}" if summary.get("recipe") else ""
+    recipe = " with the recipe listed below" if summary.get("recipe") else ""
     return (
         f"{len(runs)} finished training runs: {' and '.join(archs) or 'no'} networks "
         f"({summary.get('family') or 'family not recorded'}) of depth {_join(depths)}, each from seed(s) "
-        f"{_join(seeds)}, trained for {iters} iterations on {summary.get('data')}{recipe}. "
+        f"{_join(seeds)}, trained for {_iters(summary)} iterations on {summary.get('data')}{recipe}. "
         "A plain net is its residual twin with the shortcuts removed: same layers, same parameters. "
         "Training error is measured after training on the whole training set in eval mode, without "
         "augmentation; test error on the test set."
@@ -429,10 +440,12 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
     )
     page.verdict(label, v["text"], tone, [_comparison_note(a, v[a], v["floor"]) for a in ARCHS])
     page.heading("What was run").paragraph(_what_was_run(summary))
-    config = {
-        k: _join(val) for k, val in summary.items() if k not in ("runs", "verdict", "incomplete")
-    }
-    page.facts(config)
+    skip = ("runs", "verdict", "incomplete", "recipe", "train")
+    page.facts(
+        {k: _join(val) for k, val in summary.items() if k not in skip} | {"iters": _iters(summary)}
+    )
+    if isinstance(summary.get("recipe"), dict):
+        page.heading("Recipe", level=3).facts(summary["recipe"])
     if summary.get("incomplete"):
         page.paragraph(
             f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
