@@ -88,9 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list models with depth, parameters and multiply-adds")
     m.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'plain*'")
-    m.add_argument(
-        "--img-size", type=int, default=None, help="input size for MACs (default: the family's)"
-    )
 
     t = sub.add_parser("train", help="train a model; writes runs/NAME/")
     t.add_argument(
@@ -175,7 +172,7 @@ def cmd_models(opts: dict) -> int:
         raise ValueError(
             f"no model matches {opts['pattern']!r}; try `reslab models` for the full list"
         )
-    rows = model_table(names, img_size=opts["img_size"])
+    rows = model_table(names)
     print(f"{'model':<22}{'family':<12}{'depth':>7}{'params':>15}{'MACs':>16}")
     for r in rows:
         print(f"{r['name']:<22}{r['family']:<12}{r['depth']:>7}{r['params']:>15,}{r['macs']:>16,}")

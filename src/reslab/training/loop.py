@@ -209,9 +209,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                     )
                     t_last = time.perf_counter()
                 if step % ckpt_every == 0 or step == total:
+                    # a finite loss can still be followed by an update to inf: check the weights too
+                    bad |= ~torch.stack(
+                        [t.isfinite().all() for t in model.state_dict().values()]
+                    ).all()
                     if distributed.all_sum(bad.float(), d).item() > 0:
                         raise Diverged(
-                            f"loss is not finite before step {step}; lower --lr or add --grad-clip"
+                            f"loss or weights not finite at step {step}; lower --lr or add --grad-clip"
                         )
                     if d.is_main:
                         save_checkpoint(
