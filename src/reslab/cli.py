@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib
 import sys
 import types
 import typing
 from collections.abc import Sequence
 
+from reslab.studies import STUDIES
 from reslab.training.config import PRESETS, TrainConfig
 from reslab.training.loop import Diverged
 
@@ -76,8 +78,6 @@ class _KeyValue(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reslab.studies.degradation import DegradationConfig
-
     p = argparse.ArgumentParser(
         prog="reslab",
         description="Residual networks and their plain twins: "
@@ -122,17 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model overrides, as for train",
     )
 
-    dg = sub.add_parser(
-        "degradation", help="train plain and residual twins across depths (He et al. 2015, Fig. 6)"
-    )
-    dg.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help="digits (default), cpu (CIFAR-10 on a 2-core CPU, ~30 min), paper (GPU)",
-    )
-    add_dataclass_options(dg, DegradationConfig, exclude=("preset", "train"))
-    tg = dg.add_argument_group("training engine options (override the study's recipe)")
-    add_dataclass_options(tg, TrainConfig, exclude=DegradationConfig.OWNED)
+    for command, module in STUDIES.items():
+        study = importlib.import_module(module)
+        study.add_arguments(sub.add_parser(command, help=study.HELP, description=study.HELP))
 
     r = sub.add_parser("report", help="rebuild a study's figures and report.html from its folder")
     r.add_argument("path", help="a study folder (e.g. runs/degradation/NAME) or a runs root")
@@ -149,7 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        return COMMANDS[args.command](opts) or 0
+        if args.command in STUDIES:
+            importlib.import_module(STUDIES[args.command]).main(opts)
+            return 0
+        return COMMANDS[args.command](opts)
     except KeyboardInterrupt:
         print(
             "reslab: interrupted; rerun the same command with --resume to continue", file=sys.stderr
@@ -203,13 +198,6 @@ def cmd_eval(opts: dict) -> int:
     return 0
 
 
-def cmd_degradation(opts: dict) -> int:
-    from reslab.studies.degradation import run_from_options
-
-    run_from_options(opts)
-    return 0
-
-
 def cmd_report(opts: dict) -> int:
     from reslab.report import build_any
 
@@ -217,10 +205,4 @@ def cmd_report(opts: dict) -> int:
     return 0
 
 
-COMMANDS = {
-    "models": cmd_models,
-    "train": cmd_train,
-    "eval": cmd_eval,
-    "degradation": cmd_degradation,
-    "report": cmd_report,
-}
+COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "report": cmd_report}

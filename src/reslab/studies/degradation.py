@@ -8,10 +8,8 @@ resumes an interrupted one from its last checkpoint.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,8 +18,8 @@ from typing import Any
 
 import torch
 
+from reslab.studies.common import claim_study_dir, train_many
 from reslab.training.config import TrainConfig, resolve
-from reslab.training.tracking import write_json
 
 FAMILIES = {  # family -> (plain model name pattern, residual model name pattern)
     "mlp": ("plainmlp-{}", "resmlp-{}"),
@@ -192,7 +190,6 @@ def run(cfg: DegradationConfig) -> dict:
     cells = [(a, d, s) for d in cfg.depths for a in cfg.archs for s in cfg.seeds]
     configs = [cfg.run_config(a, d, s, study_dir) for a, d, s in cells]
     jobs = cfg.jobs or _default_jobs(cfg)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     print(
         f"degradation: {len(configs)} runs ({', '.join(cfg.archs)} x depths {list(cfg.depths)} x "
         f"seeds {list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {study_dir}",
@@ -200,14 +197,8 @@ def run(cfg: DegradationConfig) -> dict:
     )
     t0 = time.perf_counter()
     if jobs == 1:
-        for c in configs:
-            _report_run(_train_one(c, threads, progress=True), time.perf_counter() - t0)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_train_one, c, threads, False) for c in configs]
-            for fut in cf.as_completed(futures):
-                _report_run(fut.result(), time.perf_counter() - t0)
+        configs = [dataclasses.replace(c, progress=True) for c in configs]
+    train_many(configs, jobs, on_done=_report_run)
     report = build_report(study_dir)
     summary = json.loads((study_dir / "summary.json").read_text())
     print(format_table(summary))
@@ -215,20 +206,32 @@ def run(cfg: DegradationConfig) -> dict:
     return summary
 
 
-def run_from_options(opts: dict) -> dict:
+HELP = "train plain and residual twins across depths (He et al. 2015, Fig. 6)"
+
+
+def add_arguments(parser) -> None:
+    """CLI options: the study's own, then the training engine's (which override the recipe)."""
+    import argparse
+
+    from reslab.cli import add_dataclass_options
+
+    parser.add_argument(
+        "--preset",
+        default=argparse.SUPPRESS,
+        help=f"{', '.join(PRESETS)} (default: digits; cpu: CIFAR-10 on a 2-core CPU, "
+        "about 30 min; paper: the paper's grid and recipe, for a GPU)",
+    )
+    add_dataclass_options(parser, DegradationConfig, exclude=("preset", "train"))
+    group = parser.add_argument_group("training engine options (override the study's recipe)")
+    add_dataclass_options(group, TrainConfig, exclude=DegradationConfig.OWNED)
+
+
+def main(opts: dict) -> dict:
     """CLI entry: split the parsed options into study options and training-engine overrides."""
     study_fields = {f.name for f in dataclasses.fields(DegradationConfig)}
     train = {k: v for k, v in opts.items() if k not in study_fields}
     study = {k: v for k, v in opts.items() if k in study_fields}
     return run(make_config(study.pop("preset", "digits"), train=train, **study))
-
-
-def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
-    from reslab.training import train
-
-    torch.set_num_threads(threads)
-    cfg = dataclasses.replace(cfg, progress=progress)
-    return train(cfg)
 
 
 def _report_run(s: dict, elapsed: float) -> None:
@@ -246,36 +249,21 @@ def _default_jobs(cfg: DegradationConfig) -> int:
 
 
 def _claim_study_dir(study_dir: Path, cfg: DegradationConfig) -> None:
-    """Write study.json, or check that an existing study folder was made by the same grid and recipe."""
-    record = {
-        "study": "degradation",
-        **_jsonable(dataclasses.asdict(cfg)),
-        "recipe": _jsonable(
-            cfg.run_config(cfg.archs[0], cfg.depths[0], cfg.seeds[0], study_dir).to_dict()
-        ),
-    }
+    """study.json: the grid and the resolved recipe; a rerun may add depths, seeds or archs, not change the recipe."""
+    recipe = cfg.run_config(cfg.archs[0], cfg.depths[0], cfg.seeds[0], study_dir).to_dict()
     for k in ("model", "model_kwargs", "seed", "name", "out", "resume", "progress"):
-        record["recipe"].pop(k, None)
-    path = study_dir / "study.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        keys = ("data", "family", "width", "residual_args", "recipe")
-        diff = [k for k in keys if old.get(k) != record.get(k)]
-        if diff:
-            raise ValueError(
-                f"{study_dir} holds a study with other settings ({', '.join(diff)}); "
-                "rerun with the same options to resume it, or pass --name for a new study"
-            )
-        record = {
+        recipe.pop(k, None)
+    record = {"study": "degradation", **dataclasses.asdict(cfg), "recipe": recipe}
+
+    def merge(old: dict, new: dict) -> dict:
+        return {
             **old,
-            **record,
-            "depths": sorted(set(old["depths"]) | set(record["depths"])),
-            "seeds": sorted(set(old["seeds"]) | set(record["seeds"])),
-            "archs": [a for a in ARCHS if a in set(old["archs"]) | set(record["archs"])],
+            **new,
+            "depths": sorted(set(old["depths"]) | set(new["depths"])),
+            "seeds": sorted(set(old["seeds"]) | set(new["seeds"])),
+            "archs": [a for a in ARCHS if a in set(old["archs"]) | set(new["archs"])],
         }
-    study_dir.mkdir(parents=True, exist_ok=True)
-    write_json(path, record)
 
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=list))
+    claim_study_dir(
+        study_dir, record, ("data", "family", "width", "residual_args", "recipe"), merge
+    )

@@ -1,0 +1,81 @@
+"""What every study shares: training a list of run configs (in parallel where it pays), claiming a
+study folder without mixing two different studies in it, and JSON-safe records."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reslab.training.config import TrainConfig
+from reslab.training.tracking import write_json
+
+
+def train_many(
+    configs: Sequence[TrainConfig],
+    jobs: int = 1,
+    on_done: Callable[[dict, float], None] | None = None,
+) -> list[dict]:
+    """Train every config (finished runs return at once, unfinished ones resume); returns summaries in order.
+
+    With `jobs` > 1 the runs go to that many spawned processes, each with cores // jobs threads."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    t0 = time.perf_counter()
+    results: list[dict | None] = [None] * len(configs)
+    if jobs <= 1:
+        for i, c in enumerate(configs):
+            results[i] = _train_one(c, threads, c.progress)
+            if on_done:
+                on_done(results[i], time.perf_counter() - t0)
+        return results  # type: ignore[return-value]
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, c, threads, False): i for i, c in enumerate(configs)}
+        for fut in cf.as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if on_done:
+                on_done(results[futures[fut]], time.perf_counter() - t0)
+    return results  # type: ignore[return-value]
+
+
+def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
+    from reslab.training import train
+
+    torch.set_num_threads(threads)
+    return train(dataclasses.replace(cfg, progress=progress))
+
+
+def claim_study_dir(
+    study_dir: Path,
+    record: dict,
+    must_match: Sequence[str],
+    merge: Callable[[dict, dict], dict] | None = None,
+) -> dict:
+    """Write `study.json`; if the folder already holds a study, the keys in `must_match` must agree
+    (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
+    record = jsonable(record)
+    path = study_dir / "study.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [k for k in must_match if old.get(k) != record.get(k)]
+        if diff:
+            raise ValueError(
+                f"{study_dir} holds a study with other settings ({', '.join(diff)}); "
+                "rerun with the same options to resume it, or pass --name for a new study"
+            )
+        record = merge(old, record) if merge else {**old, **record}
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
+    return record
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON types (tuples become lists)."""
+    return json.loads(json.dumps(obj, default=list))
