@@ -1,0 +1,16 @@
+"""Data: dataset formats -> uint8 tensors in memory; batched tensor augmentation; the Loader."""
+
+from reslab.data.datasets import DATASETS, DatasetInfo, ImageData, load_dataset, train_val_split
+from reslab.data.pipeline import EpochPlan, Loader, crop_flip, epoch_plan
+
+__all__ = [
+    "DATASETS",
+    "DatasetInfo",
+    "EpochPlan",
+    "ImageData",
+    "Loader",
+    "crop_flip",
+    "epoch_plan",
+    "load_dataset",
+    "train_val_split",
+]
