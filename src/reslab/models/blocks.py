@@ -106,8 +106,16 @@ class ResidualBlock(nn.Module):
     preact = False  # pre-activation blocks: no activation after the addition
     expansion = 1
 
-    def _setup(self, c_in: int, c_out: int, stride: int, shortcut: str, norm: str, branch_scale: str,
-               conv: bool = True) -> None:  # fmt: skip
+    def _setup(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        shortcut: str,
+        norm: str,
+        branch_scale: str,
+        conv: bool = True,
+    ) -> None:
         check_choice("shortcut", shortcut, SHORTCUTS)
         check_choice("norm", norm, NORMS)
         check_choice("branch_scale", branch_scale, BRANCH_SCALES)
@@ -141,7 +149,9 @@ class ResidualBlock(nn.Module):
         return [getattr(self, n) for n in self._norms]
 
 
-def make_shortcut(shortcut: str, c_in: int, c_out: int, stride: int, norm: str, conv: bool = True) -> nn.Module | None:  # fmt: skip
+def make_shortcut(
+    shortcut: str, c_in: int, c_out: int, stride: int, norm: str, conv: bool = True
+) -> nn.Module | None:
     """The shortcut module for one block, or None for a plain identity (or for no shortcut)."""
     same = stride == 1 and c_in == c_out
     if shortcut == "none" or (same and shortcut in ("A", "B")):
@@ -160,8 +170,17 @@ class BasicBlock(ResidualBlock):
 
     _layers, _norms = ("conv1", "conv2"), ("bn1", "bn2")
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        c_in: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm: str = "batch",
+        branch_scale: str = "none",
+        stride_in_1x1: bool = False,
+    ) -> None:
         super().__init__()
         self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
         self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
@@ -181,8 +200,17 @@ class Bottleneck(ResidualBlock):
     expansion = 4
     _layers, _norms = ("conv1", "conv2", "conv3"), ("bn1", "bn2", "bn3")
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        c_in: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm: str = "batch",
+        branch_scale: str = "none",
+        stride_in_1x1: bool = False,
+    ) -> None:
         super().__init__()
         c_out = planes * self.expansion
         self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
@@ -213,8 +241,17 @@ class PreActBasicBlock(ResidualBlock):
     preact = True
     _layers, _norms = ("conv1", "conv2"), ("bn1", "bn2")
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        c_in: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm: str = "batch",
+        branch_scale: str = "none",
+        stride_in_1x1: bool = False,
+    ) -> None:
         super().__init__()
         self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
         self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
@@ -236,8 +273,17 @@ class PreActBottleneck(ResidualBlock):
     expansion = 4
     _layers, _norms = ("conv1", "conv2", "conv3"), ("bn1", "bn2", "bn3")
 
-    def __init__(self, c_in: int, planes: int, stride: int = 1, *, shortcut: str = "B",
-                 norm: str = "batch", branch_scale: str = "none", stride_in_1x1: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        c_in: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        shortcut: str = "B",
+        norm: str = "batch",
+        branch_scale: str = "none",
+        stride_in_1x1: bool = False,
+    ) -> None:
         super().__init__()
         c_out = planes * self.expansion
         self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
@@ -268,8 +314,9 @@ class MLPBlock(ResidualBlock):
 
     _layers, _norms = ("fc1", "fc2"), ("bn1", "bn2")
 
-    def __init__(self, width: int, *, shortcut: str = "B", norm: str = "batch",
-                 branch_scale: str = "none") -> None:  # fmt: skip
+    def __init__(
+        self, width: int, *, shortcut: str = "B", norm: str = "batch", branch_scale: str = "none"
+    ) -> None:
         super().__init__()
         self._setup(width, width, 1, shortcut, norm, branch_scale, conv=False)
         self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
@@ -285,8 +332,9 @@ class MLPBlock(ResidualBlock):
 
 
 @torch.no_grad()
-def init_residual_branches(blocks: Sequence[ResidualBlock], head: nn.Linear, *,
-                           zero_init_residual: bool, branch_scale: str) -> None:  # fmt: skip
+def init_residual_branches(
+    blocks: Sequence[ResidualBlock], head: nn.Linear, *, zero_init_residual: bool, branch_scale: str
+) -> None:
     """Residual-branch init, applied after the usual He init of the whole model.
 
     zero_init_residual: zero the last norm's weight of each branch (Goyal et al. 2017), or the last

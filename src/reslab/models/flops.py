@@ -50,7 +50,15 @@ def model_table(names: Sequence[str]) -> list[dict]:
         with torch.device("meta"):
             model = create_model(name)
         cfg = model.default_cfg
-        rows.append(dict(name=name, family=cfg["family"], depth=cfg["depth"], residual=cfg["residual"],
-                         params=count_params(model), macs=count_macs(model),
-                         input_size=cfg["input_size"]))  # fmt: skip
+        rows.append(
+            dict(
+                name=name,
+                family=cfg["family"],
+                depth=cfg["depth"],
+                residual=cfg["residual"],
+                params=count_params(model),
+                macs=count_macs(model),
+                input_size=cfg["input_size"],
+            )
+        )
     return rows

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from reslab.models.blocks import MLPBlock, ResidualBlock, init_residual_branches, norm_layer
-from reslab.models.resnet import check_plain_options, default_norm
+from reslab.models.resnet import check_options, check_plain_options, default_norm
 
 
 class ResidualMLP(nn.Module):
@@ -31,10 +31,20 @@ class ResidualMLP(nn.Module):
         zero_init_residual: zero the last norm weight (or last Linear if norm="none") of each branch.
     """
 
-    def __init__(self, in_features: int, num_blocks: int, width: int = 64, num_classes: int = 10,
-                 *, shortcut: str = "B", norm: str | None = None, branch_scale: str = "none",
-                 zero_init_residual: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_features: int,
+        num_blocks: int,
+        width: int = 64,
+        num_classes: int = 10,
+        *,
+        shortcut: str = "B",
+        norm: str | None = None,
+        branch_scale: str = "none",
+        zero_init_residual: bool = False,
+    ) -> None:
         super().__init__()
+        check_options(shortcut, norm, branch_scale)
         check_plain_options(shortcut, branch_scale, zero_init_residual)
         norm = default_norm(norm, branch_scale)
         if width < 1 or num_blocks < 0:
@@ -53,8 +63,12 @@ class ResidualMLP(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        init_residual_branches(self.residual_blocks(), self.fc, zero_init_residual=zero_init_residual,
-                               branch_scale=branch_scale)  # fmt: skip
+        init_residual_branches(
+            self.residual_blocks(),
+            self.fc,
+            zero_init_residual=zero_init_residual,
+            branch_scale=branch_scale,
+        )
 
     def residual_blocks(self) -> list[ResidualBlock]:
         """All blocks, in forward order."""
@@ -72,9 +86,16 @@ class ResidualMLP(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def residual_mlp(depth: int, num_classes: int = 10, in_chans: int = 3,
-                 img_size: int | tuple[int, int] | None = None, *, width: int = 64,
-                 shortcut: str = "B", **kwargs) -> ResidualMLP:  # fmt: skip
+def residual_mlp(
+    depth: int,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    img_size: int | tuple[int, int] | None = None,
+    *,
+    width: int = 64,
+    shortcut: str = "B",
+    **kwargs,
+) -> ResidualMLP:
     """Residual MLP with `depth` weight layers (even, >= 2) on flattened in_chans x img_size images
     (img_size defaults to 32, CIFAR)."""
     if depth < 2 or depth % 2:
@@ -82,5 +103,6 @@ def residual_mlp(depth: int, num_classes: int = 10, in_chans: int = 3,
             "residual MLP depth (weight layers = 2 * blocks + 2) must be even and >= 2"
         )
     h, w = (img_size, img_size) if isinstance(img_size, int) else (img_size or (32, 32))
-    return ResidualMLP(in_chans * h * w, (depth - 2) // 2, width, num_classes, shortcut=shortcut,
-                       **kwargs)  # fmt: skip
+    return ResidualMLP(
+        in_chans * h * w, (depth - 2) // 2, width, num_classes, shortcut=shortcut, **kwargs
+    )

@@ -81,8 +81,13 @@ def resolve(name: str) -> tuple[Family, int, bool]:
     )
 
 
-def create_model(name: str, num_classes: int = 10, in_chans: int = 3,
-                 img_size: int | tuple[int, int] | None = None, **overrides) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    img_size: int | tuple[int, int] | None = None,
+    **overrides,
+) -> nn.Module:
     """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
 
     `img_size` sets the flattened input of the MLP family; conv nets take any size. Overrides
@@ -106,6 +111,13 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3,
     size = img_size or fam.img_size
     h, w = (size, size) if isinstance(size, int) else size
     model.model_name = name
-    model.default_cfg = dict(name=name, family=fam.name, depth=depth, residual=residual,
-                             num_classes=num_classes, input_size=(in_chans, h, w), **overrides)  # fmt: skip
+    model.default_cfg = dict(
+        name=name,
+        family=fam.name,
+        depth=depth,
+        residual=residual,
+        num_classes=num_classes,
+        input_size=(in_chans, h, w),
+        **overrides,
+    )
     return model

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from reslab.models.blocks import (
+    BRANCH_SCALES,
+    NORMS,
+    SHORTCUTS,
     BasicBlock,
     Bottleneck,
     PreActBasicBlock,
@@ -25,6 +28,13 @@ from reslab.models.blocks import (
     init_residual_branches,
     norm_layer,
 )
+
+
+def check_options(shortcut: str, norm: str | None, branch_scale: str) -> None:
+    """One-line ValueErrors for option values outside the allowed sets."""
+    check_choice("shortcut", shortcut, SHORTCUTS)
+    check_choice("norm", norm, (*NORMS, None))
+    check_choice("branch_scale", branch_scale, BRANCH_SCALES)
 
 
 def check_plain_options(shortcut: str, branch_scale: str, zero_init_residual: bool) -> None:
@@ -59,12 +69,24 @@ class ResNet(nn.Module):
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
     """
 
-    def __init__(self, block: type[ResidualBlock], layers: Sequence[int], widths: Sequence[int],
-                 *, num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet",
-                 shortcut: str = "B", norm: str | None = None, branch_scale: str = "none",
-                 zero_init_residual: bool = False, stride_in_1x1: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        block: type[ResidualBlock],
+        layers: Sequence[int],
+        widths: Sequence[int],
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        stem: str = "imagenet",
+        shortcut: str = "B",
+        norm: str | None = None,
+        branch_scale: str = "none",
+        zero_init_residual: bool = False,
+        stride_in_1x1: bool = False,
+    ) -> None:
         super().__init__()
         check_choice("stem", stem, ("imagenet", "cifar"))
+        check_options(shortcut, norm, branch_scale)
         check_plain_options(shortcut, branch_scale, zero_init_residual)
         norm = default_norm(norm, branch_scale)
         self.preact = block.preact
@@ -99,8 +121,12 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        init_residual_branches(self.residual_blocks(), self.fc, zero_init_residual=zero_init_residual,
-                               branch_scale=branch_scale)  # fmt: skip
+        init_residual_branches(
+            self.residual_blocks(),
+            self.fc,
+            zero_init_residual=zero_init_residual,
+            branch_scale=branch_scale,
+        )
 
     def residual_blocks(self) -> list[ResidualBlock]:
         """All blocks, in forward order."""
@@ -124,15 +150,30 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def cifar_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size: object = None,
-                 *, shortcut: str = "A", **kwargs) -> ResNet:  # fmt: skip
+def cifar_resnet(
+    depth: int,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    img_size: object = None,
+    *,
+    shortcut: str = "A",
+    **kwargs,
+) -> ResNet:
     """CIFAR ResNet-`depth` (He et al. 2015, §4.2): depth = 6n+2, n basic blocks per stage.
     `img_size` is ignored (the net takes any size)."""
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError("CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, ...)")
+        raise ValueError("CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...)")
     n = (depth - 2) // 6
-    return ResNet(BasicBlock, [n] * 3, (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
-                  stem="cifar", shortcut=shortcut, **kwargs)  # fmt: skip
+    return ResNet(
+        BasicBlock,
+        [n] * 3,
+        (16, 32, 64),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem="cifar",
+        shortcut=shortcut,
+        **kwargs,
+    )
 
 
 IMAGENET_LAYERS = {  # He et al. 2015, Table 1
@@ -144,20 +185,43 @@ IMAGENET_LAYERS = {  # He et al. 2015, Table 1
 }
 
 
-def imagenet_resnet(depth: int, num_classes: int = 1000, in_chans: int = 3, img_size: object = None,
-                    *, shortcut: str = "B", **kwargs) -> ResNet:  # fmt: skip
+def imagenet_resnet(
+    depth: int,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    img_size: object = None,
+    *,
+    shortcut: str = "B",
+    **kwargs,
+) -> ResNet:
     """ImageNet ResNet-`depth` as torchvision (depth in 18, 34, 50, 101, 152); `img_size` ignored."""
     if depth not in IMAGENET_LAYERS:
         raise ValueError(
             f"ImageNet ResNet depth must be one of {', '.join(map(str, IMAGENET_LAYERS))}"
         )
     block, layers = IMAGENET_LAYERS[depth]
-    return ResNet(block, layers, (64, 128, 256, 512), num_classes=num_classes, in_chans=in_chans,
-                  stem="imagenet", shortcut=shortcut, **kwargs)  # fmt: skip
+    return ResNet(
+        block,
+        layers,
+        (64, 128, 256, 512),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem="imagenet",
+        shortcut=shortcut,
+        **kwargs,
+    )
 
 
-def preact_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size: object = None,
-                  *, block: str | None = None, shortcut: str = "B", **kwargs) -> ResNet:  # fmt: skip
+def preact_resnet(
+    depth: int,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    img_size: object = None,
+    *,
+    block: str | None = None,
+    shortcut: str = "B",
+    **kwargs,
+) -> ResNet:
     """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): 16/32/64 planes per stage.
     `img_size` is ignored.
 
@@ -165,8 +229,10 @@ def preact_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size
     from depth 164 up (ResNet-164, -1001), basic blocks below (ResNet-110); a depth that fits only
     one of the two forms uses that one.
     """
-    fits = {"basic": depth >= 8 and (depth - 2) % 6 == 0,
-            "bottleneck": depth >= 11 and (depth - 2) % 9 == 0}  # fmt: skip
+    fits = {
+        "basic": depth >= 8 and (depth - 2) % 6 == 0,
+        "bottleneck": depth >= 11 and (depth - 2) % 9 == 0,
+    }
     if block is None:
         block = (
             "bottleneck" if fits["bottleneck"] and (depth >= 164 or not fits["basic"]) else "basic"
@@ -179,5 +245,13 @@ def preact_resnet(depth: int, num_classes: int = 10, in_chans: int = 3, img_size
         )
     cls, per_block = (PreActBasicBlock, 2) if block == "basic" else (PreActBottleneck, 3)
     n = (depth - 2) // (3 * per_block)
-    return ResNet(cls, [n] * 3, (16, 32, 64), num_classes=num_classes, in_chans=in_chans,
-                  stem="cifar", shortcut=shortcut, **kwargs)  # fmt: skip
+    return ResNet(
+        cls,
+        [n] * 3,
+        (16, 32, 64),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        stem="cifar",
+        shortcut=shortcut,
+        **kwargs,
+    )
