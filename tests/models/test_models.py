@@ -315,7 +315,7 @@ def test_10000_layer_norm_free_mlp_is_finite(scheme):
 @pytest.mark.parametrize(
     "name, kw",
     [
-        ("resnet20", {}),
+        ("resnet-8", {}),  # basic blocks and option A shortcuts, compiled in seconds
         ("resmlp-6", dict(branch_scale="fixup", norm="none")),
     ],
 )

@@ -41,6 +41,26 @@ def check_choice(what: str, value: object, allowed: Sequence) -> None:
         raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
+def resolve_norm(
+    shortcut: str, norm: str | None, branch_scale: str, zero_init_residual: bool
+) -> str:
+    """Validate the options every model shares and return the norm to use: `norm`, or when it is
+    None, "none" for SkipInit/Fixup (which replace normalisation) and "batch" otherwise."""
+    check_choice("shortcut", shortcut, SHORTCUTS)
+    if norm is not None:
+        check_choice("norm", norm, NORMS)
+    check_choice("branch_scale", branch_scale, BRANCH_SCALES)
+    if shortcut == "none" and (branch_scale != "none" or zero_init_residual):
+        # both start every block as its shortcut: a plain block would start as zero
+        raise ValueError(
+            "branch_scale and zero_init_residual need a shortcut; a plain net (shortcut='none') "
+            "takes branch_scale='none' and zero_init_residual=False"
+        )
+    if norm is None:
+        return "none" if branch_scale in ("skipinit", "fixup") else "batch"
+    return norm
+
+
 def norm_layer(norm: str, channels: int, dims: int = 2) -> nn.Module:
     """A normalisation layer over `channels` for 2-d feature maps (dims=2) or vectors (dims=1)."""
     check_choice("norm", norm, NORMS)

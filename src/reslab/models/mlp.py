@@ -12,8 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reslab.models.blocks import MLPBlock, ResidualBlock, init_residual_branches, norm_layer
-from reslab.models.resnet import check_options, check_plain_options, default_norm
+from reslab.models.blocks import (
+    MLPBlock,
+    ResidualBlock,
+    init_residual_branches,
+    norm_layer,
+    resolve_norm,
+)
 
 
 class ResidualMLP(nn.Module):
@@ -44,9 +49,7 @@ class ResidualMLP(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        check_options(shortcut, norm, branch_scale)
-        check_plain_options(shortcut, branch_scale, zero_init_residual)
-        norm = default_norm(norm, branch_scale)
+        norm = resolve_norm(shortcut, norm, branch_scale, zero_init_residual)
         if width < 1 or num_blocks < 0:
             raise ValueError(f"width must be >= 1 and num_blocks >= 0; got {width}, {num_blocks}")
         self.stem = nn.Sequential(

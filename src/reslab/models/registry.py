@@ -36,20 +36,12 @@ _BRANCH = ("shortcut", "norm", "branch_scale", "zero_init_residual")
 _CONV = (*_BRANCH, "stride_in_1x1")
 FAMILIES = (
     Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, _CONV),
-    Family(
-        "imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, _CONV, False
-    ),
-    Family(
-        "preact",
-        "preact_resnet",
-        "preact_plain",
-        (110, 164, 1001),
-        preact_resnet,
-        32,
-        (*_CONV, "block"),
-    ),
+    Family("imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, _CONV,
+           any_depth=False),
+    Family("preact", "preact_resnet", "preact_plain", (110, 164, 1001), preact_resnet, 32,
+           (*_CONV, "block")),
     Family("mlp", "resmlp", "plainmlp", (4, 16, 64), residual_mlp, 32, (*_BRANCH, "width")),
-)
+)  # fmt: skip
 
 # name -> (family, depth, residual?)
 _REGISTRY = {

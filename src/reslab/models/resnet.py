@@ -16,9 +16,6 @@ import torch
 from torch import nn
 
 from reslab.models.blocks import (
-    BRANCH_SCALES,
-    NORMS,
-    SHORTCUTS,
     BasicBlock,
     Bottleneck,
     PreActBasicBlock,
@@ -27,30 +24,8 @@ from reslab.models.blocks import (
     check_choice,
     init_residual_branches,
     norm_layer,
+    resolve_norm,
 )
-
-
-def check_options(shortcut: str, norm: str | None, branch_scale: str) -> None:
-    """One-line ValueErrors for option values outside the allowed sets."""
-    check_choice("shortcut", shortcut, SHORTCUTS)
-    check_choice("norm", norm, (*NORMS, None))
-    check_choice("branch_scale", branch_scale, BRANCH_SCALES)
-
-
-def check_plain_options(shortcut: str, branch_scale: str, zero_init_residual: bool) -> None:
-    """Branch options that start every block at its shortcut would zero a plain net's output."""
-    if shortcut == "none" and (branch_scale != "none" or zero_init_residual):
-        raise ValueError(
-            "branch_scale and zero_init_residual start each block as its shortcut; "
-            "a plain net (shortcut='none') has none, so use branch_scale='none', zero_init_residual=False"
-        )
-
-
-def default_norm(norm: str | None, branch_scale: str) -> str:
-    """SkipInit and Fixup replace normalisation, so they default to norm="none"; else "batch"."""
-    return (
-        norm if norm is not None else ("none" if branch_scale in ("skipinit", "fixup") else "batch")
-    )
 
 
 class ResNet(nn.Module):
@@ -65,7 +40,7 @@ class ResNet(nn.Module):
         shortcut: "A" | "B" | "C" | "none" (plain), see `reslab.models.blocks`.
         norm: "batch" | "group" | "none"; None picks "none" for skipinit/fixup, else "batch".
         branch_scale: "none" | "rezero" | "skipinit" | "fixup", see `reslab.models.blocks`.
-        zero_init_residual: zero the last norm weight of every branch.
+        zero_init_residual: zero the last norm weight of every branch (last conv if norm="none").
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
     """
 
@@ -86,9 +61,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("stem", stem, ("imagenet", "cifar"))
-        check_options(shortcut, norm, branch_scale)
-        check_plain_options(shortcut, branch_scale, zero_init_residual)
-        norm = default_norm(norm, branch_scale)
+        norm = resolve_norm(shortcut, norm, branch_scale, zero_init_residual)
         self.preact = block.preact
         c = widths[0]
         if stem == "imagenet":
