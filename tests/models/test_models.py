@@ -14,6 +14,9 @@ from reslab.models.blocks import Bias, PadShortcut, Scale
 
 ALL = list_models()
 PLAIN = [n for n in ALL if "plain" in n]
+# ResNet-1202 and pre-act ResNet-1001 run forward and backward below; the structural tests use
+# their shallower siblings (same classes) to keep the suite quick.
+REGULAR = [n for n in ALL if not n.endswith(("1202", "1001"))]
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +84,7 @@ def test_forward_backward_pickle_bf16(name):
     assert yb.shape == (2, 7) and yb.dtype == torch.bfloat16 and torch.isfinite(yb).all()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REGULAR)
 def test_api_and_block_structure(name):
     model = build(name)
     blocks = model.residual_blocks()
@@ -96,7 +99,7 @@ def test_api_and_block_structure(name):
         torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REGULAR)
 def test_zeroed_block_cuts_plain_net_but_not_residual(name):
     """With one block's branch zeroed, a plain net's output no longer depends on its input (no path
     goes around the block), while a residual net's block becomes the identity. Train mode: batch
