@@ -161,16 +161,26 @@ def _one_line(err: BaseException) -> str:
 
 def cmd_models(opts: dict) -> int:
     from reslab.models import list_models, model_table
+    from reslab.models.registry import FAMILIES
 
     names = list_models(opts["pattern"])
     if not names:
         raise ValueError(
             f"no model matches {opts['pattern']!r}; try `reslab models` for the full list"
         )
-    rows = model_table(names)
-    print(f"{'model':<22}{'family':<12}{'depth':>7}{'params':>15}{'MACs':>16}")
+    order = [f.name for f in FAMILIES]
+    rows = sorted(
+        model_table(names), key=lambda r: (order.index(r["family"]), not r["residual"], r["depth"])
+    )
+    print(f"{'model':<20}{'family':<10}{'depth':>6}{'params':>14}{'MACs':>17}  input")
     for r in rows:
-        print(f"{r['name']:<22}{r['family']:<12}{r['depth']:>7}{r['params']:>15,}{r['macs']:>16,}")
+        size = "x".join(map(str, r["input_size"]))
+        print(
+            f"{r['name']:<20}{r['family']:<10}{r['depth']:>6}{r['params']:>14,}{r['macs']:>17,}  {size}"
+        )
+    print(
+        "any depth by name: resnet-N / plain-N (6n+2), preact_resnet-N, resmlp-N (even N >= 2), ..."
+    )
     return 0
 
 

@@ -28,6 +28,7 @@ class Family:
     depths: tuple[int, ...]  # depths registered by name (prefix + depth)
     build: Callable[..., nn.Module]  # build(depth, num_classes, in_chans, [img_size], **overrides)
     img_size: int  # default input resolution
+    num_classes: int  # default number of classes (ImageNet: 1000, as torchvision)
     options: tuple[str, ...]  # keyword overrides accepted by `create_model`
     any_depth: bool = True  # whether "<prefix>-<depth>" is accepted
 
@@ -35,12 +36,12 @@ class Family:
 _BRANCH = ("shortcut", "norm", "branch_scale", "zero_init_residual")
 _CONV = (*_BRANCH, "stride_in_1x1")
 FAMILIES = (
-    Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, _CONV),
-    Family("imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, _CONV,
+    Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, 10, _CONV),
+    Family("imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, 1000, _CONV,
            any_depth=False),
-    Family("preact", "preact_resnet", "preact_plain", (110, 164, 1001), preact_resnet, 32,
+    Family("preact", "preact_resnet", "preact_plain", (110, 164, 1001), preact_resnet, 32, 10,
            (*_CONV, "block")),
-    Family("mlp", "resmlp", "plainmlp", (4, 16, 64), residual_mlp, 32, (*_BRANCH, "width")),
+    Family("mlp", "resmlp", "plainmlp", (4, 16, 64), residual_mlp, 32, 10, (*_BRANCH, "width")),
 )  # fmt: skip
 
 # name -> (family, depth, residual?)
@@ -75,20 +76,22 @@ def resolve(name: str) -> tuple[Family, int, bool]:
 
 def create_model(
     name: str,
-    num_classes: int = 10,
+    num_classes: int | None = None,
     in_chans: int = 3,
     img_size: int | tuple[int, int] | None = None,
     **overrides,
 ) -> nn.Module:
     """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
 
-    `img_size` sets the flattened input of the MLP family; conv nets take any size. Overrides
+    `num_classes` defaults to the family's dataset: 1000 for the ImageNet family (as torchvision),
+    10 otherwise. `img_size` sets the flattened input of the MLP family; conv nets take any size. Overrides
     are the keyword arguments of the family builder (`cifar_resnet`, `imagenet_resnet`,
     `preact_resnet`, `residual_mlp`) and of the model class: shortcut, norm, branch_scale,
     zero_init_residual, stride_in_1x1, block (pre-act), width (MLP).
     The model gets `model_name` and `default_cfg` (name, family, depth, input_size, overrides).
     """
     fam, depth, residual = resolve(name)
+    num_classes = num_classes or fam.num_classes
     unknown = sorted(set(overrides) - set(fam.options))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; allowed: {', '.join(fam.options)}")
