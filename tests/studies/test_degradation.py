@@ -20,7 +20,7 @@ TOY = dict(
 )
 
 
-def test_toy_study_writes_everything(tmp_path, capsys):
+def test_toy_study_writes_everything(tmp_path, capsys, browser):
     summary = run(make_config("digits", out=str(tmp_path), name="toy", **TOY))
     study = tmp_path / "toy"
     for f in ("study.json", "summary.json", "curves.png", "depth.png", "report.html"):
@@ -37,6 +37,9 @@ def test_toy_study_writes_everything(tmp_path, capsys):
     assert isinstance(summary["verdict"], dict) and summary["verdict"]
     out = capsys.readouterr().out
     assert "report.html" in out and "plain" in out
+    loaded, total, dom = browser.figures(study / "report.html")
+    assert loaded == total == 2
+    assert summary["verdict"]["text"] in dom.replace("&amp;", "&")
 
 
 def test_bad_depth_fails_before_training(tmp_path):

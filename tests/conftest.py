@@ -1,0 +1,44 @@
+"""Shared test fixtures: a real headless browser (Debian's chromium) to render HTML reports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--virtual-time-budget=5000",
+]  # fmt: skip
+
+
+class Browser:
+    """Runs chromium headless on local files; reports open their figures with a tiny load script."""
+
+    def __init__(self, profile: Path):
+        self.profile = profile
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True)
+
+    def figures(self, page: Path) -> tuple[int, int, str]:
+        """(figures decoded, figures on the page, rendered DOM) of an HTML report."""
+        dom = self.run("--dump-dom", page.as_uri()).stdout
+        body = re.search(r"<body[^>]*>", dom)[0]
+        loaded = re.search(r'data-figures-loaded="(\d+)"', body)
+        total = re.search(r'data-figures-total="(\d+)"', body)
+        assert loaded and total, f"the page's load script did not run: {body}"
+        return int(loaded[1]), int(total[1]), dom
+
+
+@pytest.fixture
+def browser(tmp_path) -> Browser:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return Browser(tmp_path / "chromium-profile")
