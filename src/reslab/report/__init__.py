@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reslab.report import degradation
+from reslab.report import degradation, lesion, shortcuts
 from reslab.report.html import build_index
 
 # study kind (study.json "study", else the parent folder name as in runs/<kind>/<name>/) -> report builder
 BUILDERS = {"degradation": degradation.build_report}
+BUILDERS["lesion"] = lesion.build_report
+BUILDERS["shortcuts"] = shortcuts.build_report
 
 
 def study_kind(folder: str | Path) -> str | None:

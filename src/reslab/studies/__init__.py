@@ -6,4 +6,6 @@ adds one subcommand per entry of `STUDIES`.
 
 STUDIES = {  # CLI command -> module
     "degradation": "reslab.studies.degradation",
+    "lesion": "reslab.studies.lesion",
+    "shortcuts": "reslab.studies.shortcuts",
 }

@@ -1,0 +1,384 @@
+"""Report for the lesion study (Veit, Wilber and Belongie 2016, "Residual Networks Behave Like
+Ensembles of Relatively Shallow Networks", §4.1-4.2, Figures 3 and 4): deleting one block of a residual
+net barely changes its test error, deleting one layer of a plain net destroys it, and the residual
+net's error rises smoothly as more blocks are deleted.
+
+Works from the study folder alone: `lesions.json` (written by `reslab.studies.lesion`, every measured
+error) and `study.json`. `build_report(study_dir)` writes summary.json, single.png (error per deleted
+block), multi.png (error against the number of deleted blocks) and report.html.
+
+Verdict rule. For a net with intact test error e0 and chance error c = 1 - 1/classes, deleting blocks
+that give error e does damage (e - e0) / (c - e0): 0 is harmless, 1 is as bad as guessing. Per arch,
+over every net and every deletable block:
+    robust  = median single-deletion damage <= ROBUST (0.1)
+    broken  = median single-deletion damage >= BROKEN (0.5)
+Status: "shown" (residual robust, plain broken), "not_shown" (residual not robust), "plain_robust_too"
+(both robust-ish: plain not broken), "residual_robust" (no plain net measured), "insufficient" (no
+residual net, or nothing deletable). The multi-deletion curve is summarised by k_half, the smallest
+number of deleted blocks at which the mean damage reaches 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from reslab.report import figures
+from reslab.report.html import Page, fmt_mean_std, fmt_pct
+
+ARCHS = ("plain", "residual")
+ROBUST, BROKEN = 0.1, 0.5
+_LABELS = {
+    "shown": ("ensemble-like: shown", "good"),
+    "not_shown": ("residual net is fragile", "warn"),
+    "plain_robust_too": ("plain net is robust too", "warn"),
+    "residual_robust": ("residual robust (no plain net)", "neutral"),
+    "insufficient": ("insufficient measurements", "neutral"),
+}
+
+
+def _read(study_dir: Path) -> tuple[dict, list[dict]]:
+    """(study.json, the nets of lesions.json); no nets yet while the study is still training."""
+    path, study = study_dir / "lesions.json", study_dir / "study.json"
+    if not path.is_file() and not study.is_file():
+        raise FileNotFoundError(
+            f"not a lesion study folder (no study.json, no lesions.json): {study_dir}"
+        )
+    nets = json.loads(path.read_text())["nets"] if path.is_file() else []
+    return (json.loads(study.read_text()) if study.is_file() else {}), nets
+
+
+def _damage(net: dict, error: float) -> float:
+    chance = 1 - 1 / net["num_classes"]
+    span = chance - net["intact_error"]
+    return (error - net["intact_error"]) / span if span > 0 else math.inf
+
+
+def arch_stats(nets: list[dict], arch: str) -> dict | None:
+    """Single- and multi-deletion statistics of all nets of one arch, or None if there are none."""
+    nets = [n for n in nets if n["arch"] == arch]
+    if not nets:
+        return None
+    single = [(n, s) for n in nets for s in n["single"] if s["error"] is not None]
+    damage = [_damage(n, s["error"]) for n, s in single]
+    rise = [s["error"] - n["intact_error"] for n, s in single]
+    worst = max(single, key=lambda ns: ns[1]["error"], default=(None, None))[1]
+    by_k: dict[int, list[tuple[float, float]]] = {}
+    for n in nets:
+        for m in n["multi"]:
+            by_k.setdefault(m["k"], []).extend((e, _damage(n, e)) for e in m["errors"])
+    multi = [
+        {
+            "k": k,
+            "n": len(v),
+            "error_mean": float(np.mean([e for e, _ in v])),
+            "error_std": float(np.std([e for e, _ in v])),
+            "damage_mean": float(np.mean([d for _, d in v])),
+        }
+        for k, v in sorted(by_k.items())
+    ]
+    k_half = next((m["k"] for m in multi if m["damage_mean"] >= 0.5), None)
+    return {
+        "arch": arch,
+        "nets": len(nets),
+        "models": sorted({n["model"] for n in nets}),
+        "blocks": max(n["blocks"] for n in nets),
+        "deletable": len({s["block"] for _, s in single}),
+        "intact_error_mean": float(np.mean([n["intact_error"] for n in nets])),
+        "single_error_median": float(np.median([s["error"] for _, s in single]))
+        if single
+        else None,
+        "single_error_max": worst["error"] if worst else None,
+        "worst_block": worst["block"] if worst else None,
+        "single_rise_median": float(np.median(rise)) if rise else None,
+        "single_damage_median": float(np.median(damage)) if damage else None,
+        "multi": multi,
+        "k_half": k_half,
+        "max_k": multi[-1]["k"] if multi else None,
+    }
+
+
+def verdict(nets: list[dict]) -> dict:
+    """Judge the study from the measured errors only (rule in the module docstring)."""
+    res, plain = arch_stats(nets, "residual"), arch_stats(nets, "plain")
+    if res is None or res["single_damage_median"] is None:
+        status = "insufficient"
+    elif res["single_damage_median"] > ROBUST:
+        status = "not_shown"
+    elif plain is None or plain["single_damage_median"] is None:
+        status = "residual_robust"
+    else:
+        status = "shown" if plain["single_damage_median"] >= BROKEN else "plain_robust_too"
+    return {
+        "status": status,
+        "text": _sentence(status, res, plain),
+        "rule": f"damage = (error - intact) / (chance - intact); residual robust if median single-"
+        f"deletion damage <= {ROBUST}; plain broken if >= {BROKEN}",
+        "robust": ROBUST,
+        "broken": BROKEN,
+        "residual": res,
+        "plain": plain,
+    }
+
+
+def _single_clause(arch: str, s: dict) -> str:
+    return (
+        f"deleting one block of the {arch} net moves its test error from {fmt_pct(s['intact_error_mean'])} "
+        f"to a median {fmt_pct(s['single_error_median'])} (worst {fmt_pct(s['single_error_max'])}, "
+        f"block {s['worst_block'] + 1}; median damage {s['single_damage_median']:.2f} of the way to chance)"
+    )
+
+
+def _k_clause(arch: str, s: dict) -> str:
+    if not s["multi"]:
+        return ""
+    if s["k_half"] is None:
+        return (
+            f"the {arch} net stays below half-way to chance even with {s['max_k']} blocks deleted"
+        )
+    return (
+        f"the {arch} net reaches half-way to chance at k = {s['k_half']} of {s['deletable']} blocks"
+    )
+
+
+def _sentence(status: str, res: dict | None, plain: dict | None) -> str:
+    if status == "insufficient":
+        return "Cannot judge: no residual net with a deletable block was lesioned (yet)."
+    parts = [_single_clause("residual", res)]
+    if plain is not None and plain["single_damage_median"] is not None:
+        parts.append(_single_clause("plain", plain))
+    ks = "; ".join(
+        c for c in (_k_clause("residual", res), plain and _k_clause("plain", plain)) if c
+    )
+    head = {
+        "shown": "Ensemble-like behaviour shown: ",
+        "not_shown": "Not shown, the residual net depends on single blocks: ",
+        "plain_robust_too": "Residual robust, but so is the plain net: ",
+        "residual_robust": "Residual net robust (no plain net to compare): ",
+    }[status]
+    return head + "; ".join(parts) + (f". Deleting random sets of k blocks, {ks}." if ks else ".")
+
+
+# ---------------------------------------------------------------------------------------- summary
+
+
+def write_summary(study_dir: str | Path) -> dict:
+    """Judge lesions.json and write `<study_dir>/summary.json`; returns the summary dict."""
+    study_dir = Path(study_dir)
+    study, nets = _read(study_dir)
+    summary = {"study": "lesion"}
+    summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
+    summary["nets"] = [
+        {k: n[k] for k in ("run_dir", "model", "arch", "seed", "data", "blocks", "intact_error")}
+        | {"trained_test_error": n.get("trained_test_error"), "test_images": n["test_images"]}
+        for n in nets
+    ]
+    summary["verdict"] = verdict(nets)
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------- figures
+
+
+def _chance(ax, nets: list[dict]) -> None:
+    chance = 100 * (1 - 1 / nets[0]["num_classes"])
+    ax.axhline(chance, color="#8a8f98", lw=1, ls=":", label="chance")
+
+
+def plot_single(nets: list[dict], path: str | Path) -> Path:
+    """Test error with each single block deleted (Veit et al. Fig. 3), plain vs residual; dashed lines:
+    the intact nets; shaded: blocks that change the shape (not deletable in a plain net)."""
+    with figures.style():
+        fig, (ax,) = figures.figure(1, width=7.0, height=3.8)
+        shaded = set()
+        for arch in ARCHS:
+            group = [n for n in nets if n["arch"] == arch]
+            c = figures.ARCH_COLORS[arch]
+            for j, n in enumerate(group):
+                x = [s["block"] + 1 for s in n["single"]]
+                y = [np.nan if s["error"] is None else 100 * s["error"] for s in n["single"]]
+                label = f"{arch} ({n['model']}), one block deleted" if j == 0 else None
+                lw, alpha = (1.8, 1.0) if len(group) == 1 else (1.0, 0.6)
+                ax.plot(x, y, color=c, marker="o", ms=3, lw=lw, alpha=alpha, label=label)
+                ax.axhline(100 * n["intact_error"], color=c, lw=1, ls="--", alpha=0.7)
+                shaded |= {s["block"] + 1 for s in n["single"] if s["changes_shape"]}
+        for b in sorted(shaded):
+            ax.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
+        if nets:
+            _chance(ax, nets)
+        ax.set_xlabel("deleted block")
+        figures.percent_axis(ax, "test error")
+        ax.set_ylim(bottom=0)
+        if nets:
+            ax.legend(loc="center right")
+        ax.set_title("deleting one block at test time")
+        return figures.save(fig, path)
+
+
+def plot_multi(nets: list[dict], path: str | Path) -> Path:
+    """Test error against the number of blocks deleted together (Veit et al. Fig. 4a): every random
+    set as a faint dot, the mean ± std over sets and nets as a line and band; k = 0 is the intact net."""
+    with figures.style():
+        fig, (ax,) = figures.figure(1, width=6.0, height=3.8)
+        for arch in ARCHS:
+            s = arch_stats(nets, arch)
+            if s is None:
+                continue
+            c = figures.ARCH_COLORS[arch]
+            for n in (n for n in nets if n["arch"] == arch):
+                for m in n["multi"]:
+                    ax.scatter([m["k"]] * len(m["errors"]), 100 * np.array(m["errors"]),
+                               color=c, s=6, alpha=0.2, lw=0)  # fmt: skip
+            k = np.array([0] + [m["k"] for m in s["multi"]])
+            mean = 100 * np.array([s["intact_error_mean"]] + [m["error_mean"] for m in s["multi"]])
+            std = 100 * np.array([0.0] + [m["error_std"] for m in s["multi"]])
+            ax.plot(
+                k, mean, color=c, lw=2, marker="o", ms=3, label=f"{arch} ({', '.join(s['models'])})"
+            )
+            ax.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
+        if nets:
+            _chance(ax, nets)
+        ax.set_xlabel("number of blocks deleted (k)")
+        figures.percent_axis(ax, "test error")
+        ax.set_ylim(bottom=0)
+        if nets:
+            ax.legend(loc="lower right")
+        ax.set_title("deleting random sets of k blocks")
+        return figures.save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------- text + html
+
+
+def _note(arch: str, s: dict | None) -> str:
+    if s is None:
+        return f"{arch}: no net lesioned"
+    if s["single_damage_median"] is None:
+        return f"{arch}: no deletable block"
+    k = f"k_half = {s['k_half']}" if s["k_half"] is not None else f"k_half > {s['max_k']}"
+    return (
+        f"{arch}: intact {fmt_pct(s['intact_error_mean'])}, one block deleted: median "
+        f"{fmt_pct(s['single_error_median'])} (rise {100 * s['single_rise_median']:+.2f} pp, damage "
+        f"{s['single_damage_median']:.2f}), worst {fmt_pct(s['single_error_max'])}; {k}"
+    )
+
+
+def _per_block_rows(nets: list[dict]) -> list[list]:
+    n_blocks = max((n["blocks"] for n in nets), default=0)
+    rows = []
+    for b in range(n_blocks):
+        row: list = [b + 1]
+        shape = any(s["changes_shape"] for n in nets for s in n["single"] if s["block"] == b)
+        row.append("yes" if shape else "")
+        for arch in ARCHS:
+            errs = [
+                s["error"]
+                for n in nets
+                if n["arch"] == arch
+                for s in n["single"]
+                if s["block"] == b and s["error"] is not None
+            ]
+            std = float(np.std(errs, ddof=1)) if len(errs) > 1 else None
+            row.append(fmt_mean_std(float(np.mean(errs)), std) if errs else "—")
+        rows.append(row)
+    return rows
+
+
+def _write_html(
+    study_dir: Path, summary: dict, nets: list[dict], single: Path, multi: Path
+) -> Path:
+    v = summary["verdict"]
+    label, tone = _LABELS[v["status"]]
+    page = Page(
+        "Lesion study: residual networks behave like ensembles",
+        f"{study_dir.name} · {', '.join(sorted({n['data'] for n in nets}))} · Veit et al. 2016, Figures 3 and 4",
+    )
+    page.verdict(label, v["text"], tone, [_note(a, v[a]) for a in ("residual", "plain")])
+    page.heading("What was run").paragraph(
+        f"{len(nets)} trained net(s) were evaluated on the test set ({nets[0]['test_images'] if nets else 0} "
+        "images) intact, with every single block deleted, and with random sets of k blocks deleted "
+        "together. Deleting a residual block keeps its shortcut (identity, or the option-A subsampling / "
+        "projection where the shape changes, as Veit et al. keep the downsampling projection); deleting a "
+        "plain block passes its input to the next block, which is possible only where the shape is kept."
+    )
+    skip = ("verdict", "nets", "train", "recipe")
+    page.facts({k: _join(val) for k, val in summary.items() if k not in skip})
+    if isinstance(summary.get("recipe"), dict):
+        page.heading("Recipe of the trained pair", level=3).facts(summary["recipe"])
+    page.heading("Deleting one block").figure(
+        single,
+        "Test error with one block deleted, per block (solid) and of the intact net (dashed); red: plain, "
+        "blue: residual. Grey bands: blocks that change the shape, which a plain net cannot skip.",
+    )
+    page.heading("Deleting several blocks").figure(
+        multi,
+        "Test error against the number of blocks deleted at once: dots are single random sets, lines the "
+        "mean and bands ± one std over sets (and nets). Veit et al. see the residual error rise smoothly.",
+        max_width=760,
+    )
+    page.heading("Nets").table(
+        ["model", "arch", "seed", "blocks", "intact error", "trained test error", "run"],
+        [
+            [
+                n["model"],
+                n["arch"],
+                n["seed"],
+                n["blocks"],
+                fmt_pct(n["intact_error"]),
+                fmt_pct(n.get("trained_test_error")),
+                n["run_dir"],
+            ]
+            for n in nets
+        ],  # fmt: skip
+        "Intact error is measured here in fp32; the trained test error is the training run's own.",
+    )
+    page.heading("Test error per deleted block").table(
+        ["block", "changes shape", "plain", "residual"],
+        _per_block_rows(nets),
+        "Mean ± std over nets of an arch; — where the block cannot be deleted or no such net was run.",
+    )
+    page.heading("How the verdict is decided").paragraph(
+        f"Damage = (error − intact error) / (chance error − intact error). The residual net counts as robust "
+        f"if the median single-deletion damage is at most {ROBUST}; the plain net as broken if it is at "
+        f"least {BROKEN}. Ensemble-like behaviour is shown when the residual net is robust and the plain "
+        "net broken. k_half is the smallest number of deleted blocks whose mean damage reaches 0.5.",
+        small=True,
+    )
+    return page.write(study_dir / "report.html")
+
+
+def _join(values) -> str:
+    if isinstance(values, dict):
+        return ", ".join(f"{k}={v}" for k, v in values.items())
+    if isinstance(values, (list, tuple)):
+        return ", ".join(map(str, values)) or "—"
+    return str(values)
+
+
+def format_table(summary: dict) -> str:
+    """The nets and the verdict as plain text, for the terminal."""
+    v = summary["verdict"]
+    head = f"{'model':<16}{'arch':<10}{'seed':>5}{'blocks':>8}  {'intact':>8}"
+    lines = [head, "-" * len(head)]
+    for n in summary["nets"]:
+        lines.append(
+            f"{n['model']:<16}{n['arch']:<10}{n['seed']:>5}{n['blocks']:>8}  {fmt_pct(n['intact_error']):>8}"
+        )
+    lines += ["", f"verdict: {v['status']}"]
+    lines += [f"  {_note(a, v[a])}" for a in ("residual", "plain")]
+    lines.append(v["text"])
+    return "\n".join(lines)
+
+
+def build_report(study_dir: str | Path) -> Path:
+    """Write summary.json, single.png, multi.png and report.html into `study_dir`; returns the report."""
+    study_dir = Path(study_dir)
+    summary = write_summary(study_dir)
+    _, nets = _read(study_dir)
+    single = plot_single(nets, study_dir / "single.png")
+    multi = plot_multi(nets, study_dir / "multi.png")
+    return _write_html(study_dir, summary, nets, single, multi)
