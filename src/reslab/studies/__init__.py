@@ -6,6 +6,8 @@ adds one subcommand per entry of `STUDIES`.
 
 STUDIES = {  # CLI command -> module
     "degradation": "reslab.studies.degradation",
+    "gradients": "reslab.studies.gradients",
+    "identity": "reslab.studies.identity",
     "lesion": "reslab.studies.lesion",
     "shortcuts": "reslab.studies.shortcuts",
 }
