@@ -9,16 +9,20 @@ at init, which keeps norm-free nets of thousands of layers finite in fp32 and bf
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from reslab.models.blocks import (
     MLPBlock,
     ResidualBlock,
+    check_choice,
     init_residual_branches,
     norm_layer,
     resolve_norm,
 )
+from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 
 
 class ResidualMLP(nn.Module):
@@ -61,6 +65,9 @@ class ResidualMLP(nn.Module):
         self.layers = nn.Sequential(*(MLPBlock(width, **block_kw) for _ in range(num_blocks)))
         self.fc = nn.Linear(width, num_classes)
         self.num_features = width
+        # feature points: the stem, then every block (an MLP has no stages), all `width` wide
+        names = ["stem"] + [f"layers.{i}" for i in range(num_blocks)]
+        self.feature_info = FeatureInfo(dict(num_chs=width, reduction=1, module=n) for n in names)
         for m in self.modules():  # He init for ReLU nets (fan_in, as for a forward pass)
             if isinstance(m, nn.Linear) and m is not self.fc:
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -77,15 +84,39 @@ class ResidualMLP(nn.Module):
         """All blocks, in forward order."""
         return list(self.layers)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        *,
+        level: str = "stage",
+        norm: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """(features, intermediates) as timm: `features` is `forward_features(x)`; `intermediates`
+        are the stem's and the blocks' outputs chosen by `indices` (see `take_indices`), each
+        (B, width). Point l is the input of block l + 1. Both levels ("stage", "block") are the
+        blocks; `norm` is accepted for timm's signature (the MLP has no final norm).
+        intermediates_only: return just the list, and skip the blocks after the last point taken.
+        """
+        check_choice("level", level, LEVELS)
+        take = take_indices(len(self.layers) + 1, indices)
+        x = self.stem(torch.flatten(x, 1))  # (B, width)
+        x, feats = collect(x, list(self.layers), take, stop_early=intermediates_only)
+        return feats if intermediates_only else (x, feats)
+
     def forward_features(
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
+        """The last block's output, the classifier's input."""
         return self.layers(self.stem(torch.flatten(x, 1)))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
+        """The linear classifier."""
         return self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, classes)
+        """Class logits."""
         return self.forward_head(self.forward_features(x))
 
 
@@ -97,7 +128,7 @@ def residual_mlp(
     *,
     width: int = 64,
     shortcut: str = "B",
-    **kwargs,
+    **kwargs: Any,
 ) -> ResidualMLP:
     """Residual MLP with `depth` weight layers (even, >= 2) on flattened in_chans x img_size images
     (img_size defaults to 32, CIFAR)."""

@@ -11,9 +11,11 @@ import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
+from reslab.models.features import FeatureExtractor, Indices
 from reslab.models.mlp import residual_mlp
 from reslab.models.resnet import cifar_resnet, imagenet_resnet, preact_resnet
 
@@ -79,7 +81,9 @@ def create_model(
     num_classes: int | None = None,
     in_chans: int = 3,
     img_size: int | tuple[int, int] | None = None,
-    **overrides,
+    features_only: bool = False,
+    out_indices: Indices = None,
+    **overrides: Any,
 ) -> nn.Module:
     """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
 
@@ -89,6 +93,9 @@ def create_model(
     `preact_resnet`, `residual_mlp`) and of the model class: shortcut, norm, branch_scale,
     zero_init_residual, stride_in_1x1, block (pre-act), width (MLP).
     The model gets `model_name` and `default_cfg` (name, family, depth, input_size, overrides).
+    `features_only=True` returns a `FeatureExtractor` (timm's semantics): its forward gives the list
+    of the stem's and each stage's outputs chosen by `out_indices` (default: all), described by its
+    `feature_info`.
     """
     fam, depth, residual = resolve(name)
     num_classes = num_classes or fam.num_classes
@@ -115,4 +122,12 @@ def create_model(
         input_size=(in_chans, h, w),
         **overrides,
     )
+    if features_only:
+        model = FeatureExtractor(model, out_indices)
+        model.model_name = name
+        model.default_cfg = dict(
+            model.model.default_cfg, features_only=True, out_indices=out_indices
+        )
+    elif out_indices is not None:
+        raise ValueError("out_indices chooses the features of features_only=True; pass both")
     return model

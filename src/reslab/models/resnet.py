@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from reslab.models.blocks import (
     norm_layer,
     resolve_norm,
 )
+from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 
 
 class ResNet(nn.Module):
@@ -76,12 +78,20 @@ class ResNet(nn.Module):
             shortcut=shortcut, norm=norm, branch_scale=branch_scale, stride_in_1x1=stride_in_1x1
         )
         self.num_stages = len(layers)
+        reduction = 2 if stem == "imagenet" else 1
+        # timm's feature points: the stem (before the max-pool), then each stage
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=c, reduction=reduction, module="conv1" if self.preact else "relu")]
+        )
+        reduction *= 2 if stem == "imagenet" else 1  # max-pool
         for i, (n, planes) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if i == 0 else 2
             blocks = [block(c, planes, stride, **kw)]
             c = planes * block.expansion
             blocks += [block(c, planes, 1, **kw) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            reduction *= stride
+            self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f"layer{i + 1}"))
         if self.preact:  # He et al. 2016: the last block's output is not normalised; do it here
             self.bn_final = norm_layer(norm, c)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -105,21 +115,50 @@ class ResNet(nn.Module):
         """All blocks, in forward order."""
         return [m for m in self.modules() if isinstance(m, ResidualBlock)]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
-        x = self.conv1(x)
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        *,
+        level: str = "stage",
+        norm: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """(features, intermediates) as timm: `features` is `forward_features(x)`, ready for
+        `forward_head`; `intermediates` are the feature points chosen by `indices` (see
+        `take_indices`), each (B, C_i, H_i, W_i). level="stage": stem + each stage (`feature_info`);
+        level="block": stem (after the max-pool) + each block: point l is the input of block l + 1.
+        norm: pre-activation nets pass the last stage's point through the final norm+ReLU.
+        intermediates_only: return just the list, and skip the stages after the last point taken.
+        """
+        check_choice("level", level, LEVELS)
+        stages = [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+        units = stages if level == "stage" else [b for s in stages for b in s]
+        take = take_indices(len(units) + 1, indices)
+        x = self.conv1(x)  # (B, C, H/r, W/r)
         if not self.preact:
             x = self.relu(self.bn1(x))
-        x = self.maxpool(x)
-        for i in range(self.num_stages):
-            x = getattr(self, f"layer{i + 1}")(x)
-        if self.preact:
-            x = self.relu(self.bn_final(x))
-        return x
+        stem, x = x, self.maxpool(x)
+        stem = x if level == "block" else stem  # block level: point 0 is the first block's input
+        x, feats = collect(x, units, [i for i in take if i], stop_early=intermediates_only)
+        feats = [stem, *feats] if 0 in take else feats
+        normed = norm and len(units) in take
+        if self.preact and (normed or not intermediates_only):
+            x = self.relu(self.bn_final(x))  # He et al. 2016: normalise the last block's output
+            if normed:
+                feats[-1] = x
+        return feats if intermediates_only else (x, feats)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
+        """The last feature map, before pooling (pre-activation nets: after the final norm+ReLU)."""
+        return self.forward_intermediates(x, indices=())[0]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, h, w) -> (B, num_classes)
+        """Global average pooling and the linear classifier."""
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
+        """Class logits."""
         return self.forward_head(self.forward_features(x))
 
 
@@ -130,7 +169,7 @@ def cifar_resnet(
     img_size: object = None,
     *,
     shortcut: str = "A",
-    **kwargs,
+    **kwargs: Any,
 ) -> ResNet:
     """CIFAR ResNet-`depth` (He et al. 2015, §4.2): depth = 6n+2, n basic blocks per stage.
     `img_size` is ignored (the net takes any size)."""
@@ -165,7 +204,7 @@ def imagenet_resnet(
     img_size: object = None,
     *,
     shortcut: str = "B",
-    **kwargs,
+    **kwargs: Any,
 ) -> ResNet:
     """ImageNet ResNet-`depth` as torchvision (depth in 18, 34, 50, 101, 152); `img_size` ignored."""
     if depth not in IMAGENET_LAYERS:
@@ -193,7 +232,7 @@ def preact_resnet(
     *,
     block: str | None = None,
     shortcut: str = "B",
-    **kwargs,
+    **kwargs: Any,
 ) -> ResNet:
     """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): 16/32/64 planes per stage.
     `img_size` is ignored.
