@@ -17,6 +17,7 @@ _API = {
     "to_plain": "reslab.models",
     "load_weights": "reslab.models",
     "save_weights": "reslab.models",
+    "export_model": "reslab.export",
     "load_dataset": "reslab.data",
     "Loader": "reslab.data",
     "TrainConfig": "reslab.training",

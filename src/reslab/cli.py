@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import sys
 import types
+import warnings
 import typing
 from collections.abc import Sequence
 
@@ -78,6 +79,7 @@ class _KeyValue(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `reslab` parser: one subcommand per entry of COMMANDS and of STUDIES."""
     p = argparse.ArgumentParser(
         prog="reslab",
         description="Residual networks and their plain twins: "
@@ -86,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"reslab {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    m = sub.add_parser("models", help="list models with depth, parameters and multiply-adds")
+    about = "list models with depth, parameters and multiply-adds"
+    m = sub.add_parser("models", help=about, description=about)
     m.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'plain*'")
 
-    t = sub.add_parser("train", help="train a model; writes runs/NAME/")
+    about = "train a model; writes runs/NAME/ (config, metrics, checkpoints, summary)"
+    t = sub.add_parser("train", help="train a model; writes runs/NAME/", description=about)
     t.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -98,20 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_options(t, TrainConfig)
 
-    e = sub.add_parser("eval", help="evaluate weights on a dataset's test split")
+    about = "evaluate weights on a dataset's test split: loss, top-1 and top-5 error"
+    e = sub.add_parser("eval", help="evaluate weights on a dataset's test split", description=about)
     e.add_argument("--model", required=True, help="model name")
     e.add_argument("--weights", required=True, help="weights file in any format load_weights reads")
     e.add_argument("--data", default="digits", help="dataset (default: digits)")
-    e.add_argument("--data-dir", default=None, help="data root")
-    e.add_argument("--split", default="test", choices=["train", "test"], help="which split")
-    e.add_argument("--batch-size", type=int, default=256, help="batch size")
     e.add_argument(
-        "--mean", type=float, nargs="+", default=None, help="per-channel normalisation mean"
+        "--data-dir", default=None, help="data root (default: ~/.cache/reslab or $RESLAB_DATA)"
     )
     e.add_argument(
-        "--std", type=float, nargs="+", default=None, help="per-channel normalisation std"
+        "--split", default="test", choices=["train", "test"], help="which split (default: test)"
     )
-    e.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    e.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    e.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        default=None,
+        help="per-channel normalisation mean (default: the dataset's)",
+    )
+    e.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        default=None,
+        help="per-channel normalisation std (default: the dataset's)",
+    )
+    e.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     e.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: default)")
     e.add_argument(
         "--model-arg",
@@ -122,11 +139,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="model overrides, as for train",
     )
 
+    x = sub.add_parser(
+        "export",
+        help="export a model to ONNX or torch.export (.pt2) for other runtimes",
+        description="Export a model (random init, or --weights) to ONNX or torch.export (.pt2). "
+        "The batch dimension stays dynamic, and height and width too for conv nets.",
+    )
+    x.add_argument("--model", required=True, help="model name (see `reslab models`)")
+    x.add_argument(
+        "--weights",
+        default=None,
+        help="weights file in any format load_weights reads; a reslab .safetensors file also "
+        "gives the classes, input size and model options it was saved with",
+    )
+    x.add_argument(
+        "--format",
+        choices=["onnx", "torch-export"],
+        default=None,
+        help="onnx or torch-export (default: from the --out suffix, .onnx or .pt2)",
+    )
+    x.add_argument("--out", required=True, help="output file, e.g. resnet20.onnx or resnet20.pt2")
+    x.add_argument(
+        "--num-classes", type=int, default=None, help="classifier outputs (default: the model's)"
+    )
+    x.add_argument("--in-chans", type=int, default=None, help="input channels (default: 3)")
+    x.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="example input size, N or H W (default: the model family's, e.g. 32 or 224)",
+    )
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    x.add_argument(
+        "--model-arg",
+        dest="model_kwargs",
+        action=_KeyValue,
+        default={},
+        metavar="KEY=VALUE",
+        help="model overrides, as for train (e.g. shortcut=B)",
+    )
+
     for command, module in STUDIES.items():
         study = importlib.import_module(module)
         study.add_arguments(sub.add_parser(command, help=study.HELP, description=study.HELP))
 
-    r = sub.add_parser("report", help="rebuild a study's figures and report.html from its folder")
+    about = "rebuild a study's figures and report.html from its folder"
+    r = sub.add_parser("report", help=about, description=about)
     r.add_argument("path", help="a study folder (e.g. runs/degradation/NAME) or a runs root")
     return p
 
@@ -138,6 +198,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the command, and turn bad input into a one-line error (exit status 2)."""
     args = build_parser().parse_args(argv)
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:
@@ -160,6 +221,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def cmd_models(opts: dict) -> int:
+    """`reslab models [PATTERN]`: the table of registered models."""
     from reslab.models import list_models, model_table
     from reslab.models.registry import FAMILIES
 
@@ -185,6 +247,7 @@ def cmd_models(opts: dict) -> int:
 
 
 def cmd_train(opts: dict) -> int:
+    """`reslab train`: one training run from a preset and options."""
     from reslab.training import resolve, train
 
     cfg = resolve(opts.pop("preset", None), **opts)
@@ -198,6 +261,7 @@ def cmd_train(opts: dict) -> int:
 
 
 def cmd_eval(opts: dict) -> int:
+    """`reslab eval`: loss and errors of a weights file on a dataset split."""
     from reslab.training.evaluation import evaluate_weights
 
     r = evaluate_weights(**opts)
@@ -208,11 +272,37 @@ def cmd_eval(opts: dict) -> int:
     return 0
 
 
+def cmd_export(opts: dict) -> int:
+    """`reslab export`: a model (and its weights) as an ONNX or torch.export file."""
+    from reslab.export import export_model
+
+    size = opts.pop("img_size")
+    if size is not None and len(size) not in (1, 2):
+        raise ValueError(f"--img-size takes N or H W, got {len(size)} values")
+    path = export_model(
+        opts.pop("model"),
+        opts.pop("out"),
+        opts.pop("format"),
+        img_size=None if size is None else tuple(size) if len(size) == 2 else size[0],
+        **opts.pop("model_kwargs"),
+        **opts,
+    )
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_report(opts: dict) -> int:
+    """`reslab report PATH`: rebuild a study's figures and report from its folder."""
     from reslab.report import build_any
 
     print(build_any(opts["path"]))
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "report": cmd_report}
+COMMANDS = {
+    "models": cmd_models,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
+    "report": cmd_report,
+}
