@@ -18,6 +18,8 @@ def test_paper_preset_is_he_et_al_recipe():
     # lr divided by 10 at 32k and 48k iterations, 0.01 warm-up for 110 layers
     assert [lr_at(s, cfg.iters, cfg) for s in (0, 399)] == [0.01, 0.01]
     assert lr_at(400, cfg.iters, cfg) == 0.1
+    assert resolve("paper", model="resnet-110+gate-shortcut").warmup_iters == 400
+    assert resolve("paper", model="plain1202").warmup_iters == 400
     shallow = resolve("paper", model="resnet20")
     assert shallow.warmup_iters == 0
     assert lr_at(31999, 64000, shallow) == 0.1

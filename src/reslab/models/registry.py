@@ -96,7 +96,14 @@ def create_model(
     `features_only=True` returns a `FeatureExtractor` (timm's semantics): its forward gives the list
     of the stem's and each stage's outputs chosen by `out_indices` (default: all), described by its
     `feature_info`.
+    A name "<base>+<variant>" builds a shortcut/activation variant of He et al. 2016 (see
+    `reslab.models.variants`), e.g. "resnet-110+gate-shortcut".
     """
+    if "+" in name:
+        from reslab.models.variants import build  # variants import this module
+
+        base, variant = name.split("+", 1)
+        return build(base, variant, num_classes or 10, in_chans, img_size, **overrides)
     fam, depth, residual = resolve(name)
     num_classes = num_classes or fam.num_classes
     unknown = sorted(set(overrides) - set(fam.options))

@@ -248,19 +248,3 @@ def build(
     model.model_name = f"{base}+{variant}"
     model.default_cfg = dict(model.default_cfg, name=model.model_name, variant=variant)
     return model
-
-
-def create(
-    name: str,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    img_size: int | tuple[int, int] | None = None,
-    **overrides,
-) -> nn.Module:
-    """`create_model` that also takes "<base>+<variant>" names, e.g. "resnet-110+gate-shortcut"."""
-    from reslab.models.registry import create_model
-
-    if "+" in name:
-        base, variant = name.split("+", 1)
-        return build(base, variant, num_classes, in_chans, img_size, **overrides)
-    return create_model(name, num_classes, in_chans, img_size, **overrides)

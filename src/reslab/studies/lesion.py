@@ -276,17 +276,14 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     """(model with trained weights, train split, test split, train config, Dist) of a run folder.
 
     The model is built as the engine built it; names of `reslab.models.variants` work too."""
-    from reslab.models import load_weights, variants
+    from reslab.models import load_weights
     from reslab.training import distributed
-    from reslab.training.loop import load_data
+    from reslab.training.loop import build_model, load_data
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     train_data, test_data, _ = load_data(cfg)
-    _, c, h, w = train_data.images.shape
-    model = variants.create(
-        cfg.model, len(train_data.classes), in_chans=c, img_size=(h, w), **cfg.model_kwargs
-    )
+    model = build_model(cfg, train_data)
     load_weights(model, run_dir / "model.safetensors")
     d = distributed.setup(device)
     return model.to(d.device).eval(), train_data, test_data, cfg, d

@@ -15,11 +15,9 @@ recorded as failed (the paper's "fail") and the study goes on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,23 +136,6 @@ def make_config(preset: str = "digits", **options: Any) -> ShortcutsConfig:
     )
 
 
-@contextlib.contextmanager
-def engine_builds_variants() -> Iterator[None]:
-    """Let the training engine build "<base>+<variant>" names while the study trains.
-
-    The engine builds its model with the registry's `create_model`, which knows no variants; for the
-    duration of this block, in this process, it uses `variants.create`, which hands every other name
-    back to the registry. (Remove once `create_model` resolves variant names itself.)"""
-    from reslab.training import loop
-
-    saved = loop.create_model
-    loop.create_model = variants.create
-    try:
-        yield
-    finally:
-        loop.create_model = saved
-
-
 def run(cfg: ShortcutsConfig) -> dict:
     """Train every variant x seed (skipping finished runs), then write summary, figures and report."""
     from reslab.report.shortcuts import build_report, format_table
@@ -168,14 +149,13 @@ def run(cfg: ShortcutsConfig) -> dict:
         flush=True,
     )
     t0 = time.perf_counter()
-    with engine_builds_variants():
-        for c in configs:
-            if _diverged_before(c):
-                continue
-            try:  # in this process: the engine sees variant names only here
-                train_many([c], 1, on_done=lambda s, _: _report_run(s, time.perf_counter() - t0))
-            except Diverged as err:
-                print(f"  {c.run_name:<24} diverged: {err}", flush=True)
+    for c in configs:
+        if _diverged_before(c):
+            continue
+        try:
+            train_many([c], 1, on_done=lambda s, _: _report_run(s, time.perf_counter() - t0))
+        except Diverged as err:
+            print(f"  {c.run_name:<24} diverged: {err}", flush=True)
     report = build_report(study_dir)
     summary = json.loads((study_dir / "summary.json").read_text())
     print(format_table(summary))

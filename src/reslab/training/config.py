@@ -202,5 +202,10 @@ def resolve(preset: str | None = None, **options: Any) -> TrainConfig:
 
 
 def _depth(model: str) -> int:
-    digits = re.findall(r"\d+", model)
-    return int(digits[-1]) if digits else 0
+    """Depth of a model name as the registry reads it ("resnet-110+gate-shortcut" -> 110); 0 if unknown."""
+    from reslab.models.registry import resolve as resolve_name
+
+    try:
+        return resolve_name(model.split("+")[0])[1]
+    except ValueError:
+        return 0
