@@ -12,8 +12,8 @@ import dataclasses
 import importlib
 import sys
 import types
-import warnings
 import typing
+import warnings
 from collections.abc import Sequence
 
 from reslab.studies import STUDIES
@@ -199,6 +199,7 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn bad input into a one-line error (exit status 2)."""
+    warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:
@@ -214,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, Diverged) as err:
         print(f"reslab {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"reslab: warning: {message}\n"
 
 
 def _one_line(err: BaseException) -> str:

@@ -79,3 +79,39 @@ def claim_study_dir(
 def jsonable(obj: Any) -> Any:
     """`obj` as plain JSON types (tuples become lists)."""
     return json.loads(json.dumps(obj, default=list))
+
+
+def study_cli(
+    config_cls: type,
+    presets: dict,
+    make_config: Callable,
+    run: Callable,
+    preset_help: str,
+    engine_help: str = "training engine options (override the study's recipe)",
+):
+    """The CLI half of a study: `add_arguments(parser)` and `main(opts)`.
+
+    Options come from the study's config dataclass, then from `TrainConfig` minus the fields the
+    study sets per run (`config_cls.OWNED`); `main` splits them back and calls `run(make_config(...))`."""
+    import argparse
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from reslab.cli import add_dataclass_options
+
+        parser.add_argument(
+            "--preset",
+            default=argparse.SUPPRESS,
+            help=f"{', '.join(presets)} (default: digits; {preset_help})",
+        )
+        add_dataclass_options(parser, config_cls, exclude=("preset", "train"))
+        add_dataclass_options(
+            parser.add_argument_group(engine_help), TrainConfig, exclude=config_cls.OWNED
+        )
+
+    def main(opts: dict) -> dict:
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        train = {k: v for k, v in opts.items() if k not in fields}
+        study = {k: v for k, v in opts.items() if k in fields}
+        return run(make_config(study.pop("preset", "digits"), train=train, **study))
+
+    return add_arguments, main

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from reslab.studies.common import claim_study_dir, train_many
+from reslab.studies.common import claim_study_dir, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 
 FAMILIES = {  # family -> (plain model name pattern, residual model name pattern)
@@ -211,29 +211,13 @@ def run(cfg: DegradationConfig) -> dict:
 HELP = "train plain and residual twins across depths (He et al. 2015, Fig. 6)"
 
 
-def add_arguments(parser) -> None:
-    """CLI options: the study's own, then the training engine's (which override the recipe)."""
-    import argparse
-
-    from reslab.cli import add_dataclass_options
-
-    parser.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"{', '.join(PRESETS)} (default: digits; cpu: CIFAR-10 on a 2-core CPU, "
-        "about 30 min; paper: the paper's grid and recipe, for a GPU)",
-    )
-    add_dataclass_options(parser, DegradationConfig, exclude=("preset", "train"))
-    group = parser.add_argument_group("training engine options (override the study's recipe)")
-    add_dataclass_options(group, TrainConfig, exclude=DegradationConfig.OWNED)
-
-
-def main(opts: dict) -> dict:
-    """CLI entry: split the parsed options into study options and training-engine overrides."""
-    study_fields = {f.name for f in dataclasses.fields(DegradationConfig)}
-    train = {k: v for k, v in opts.items() if k not in study_fields}
-    study = {k: v for k, v in opts.items() if k in study_fields}
-    return run(make_config(study.pop("preset", "digits"), train=train, **study))
+add_arguments, main = study_cli(
+    DegradationConfig,
+    PRESETS,
+    make_config,
+    run,
+    preset_help="cpu: CIFAR-10 on a 2-core CPU, about 30 min; paper: the paper's grid and recipe, for a GPU",
+)
 
 
 def _report_run(s: dict, elapsed: float) -> None:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.studies.common import claim_study_dir, train_many
+from reslab.studies.common import claim_study_dir, study_cli, train_many
 from reslab.studies.degradation import ARCHS, FAMILIES  # the same twins, named the same way
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.tracking import write_json
@@ -479,26 +479,10 @@ def _claim(study_dir: Path, cfg: GradientsConfig) -> None:
 HELP = "gradient norms per layer and shattered gradients, plain vs residual (Balduzzi et al. 2017)"
 
 
-def add_arguments(parser) -> None:
-    """CLI options: the study's own, then the training engine's (which override the recipe)."""
-    import argparse
-
-    from reslab.cli import add_dataclass_options
-
-    parser.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"{', '.join(PRESETS)} (default: digits, about a minute on 2 cores; cpu: CIFAR-10 on "
-        "a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU)",
-    )
-    add_dataclass_options(parser, GradientsConfig, exclude=("preset", "train"))
-    group = parser.add_argument_group("training engine options (override the study's recipe)")
-    add_dataclass_options(group, TrainConfig, exclude=GradientsConfig.OWNED)
-
-
-def main(opts: dict) -> dict:
-    """CLI entry: split the parsed options into study options and training-engine overrides."""
-    study_fields = {f.name for f in dataclasses.fields(GradientsConfig)}
-    train = {k: v for k, v in opts.items() if k not in study_fields}
-    study = {k: v for k, v in opts.items() if k in study_fields}
-    return run(make_config(study.pop("preset", "digits"), train=train, **study))
+add_arguments, main = study_cli(
+    GradientsConfig,
+    PRESETS,
+    make_config,
+    run,
+    preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.studies.common import claim_study_dir, train_many
+from reslab.studies.common import claim_study_dir, study_cli, train_many
 from reslab.studies.degradation import FAMILIES
 from reslab.studies.gradients import train_recipe
 from reslab.training.config import TrainConfig, resolve
@@ -509,26 +509,11 @@ def run(cfg: IdentityConfig) -> dict:
 HELP = "zeroed residual branches are exact identities; learning and appending them (He et al. 2015)"
 
 
-def add_arguments(parser) -> None:
-    """CLI options: the study's own, then the training engine's (for the trained shallow net)."""
-    import argparse
-
-    from reslab.cli import add_dataclass_options
-
-    parser.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"{', '.join(PRESETS)} (default: digits, about a minute on 2 cores; cpu: CIFAR-10 "
-        "on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU)",
-    )
-    add_dataclass_options(parser, IdentityConfig, exclude=("preset", "train"))
-    group = parser.add_argument_group("training engine options (for the shallow net of check 3)")
-    add_dataclass_options(group, TrainConfig, exclude=IdentityConfig.OWNED)
-
-
-def main(opts: dict) -> dict:
-    """CLI entry: split the parsed options into study options and training-engine overrides."""
-    study_fields = {f.name for f in dataclasses.fields(IdentityConfig)}
-    train = {k: v for k, v in opts.items() if k not in study_fields}
-    study = {k: v for k, v in opts.items() if k in study_fields}
-    return run(make_config(study.pop("preset", "digits"), train=train, **study))
+add_arguments, main = study_cli(
+    IdentityConfig,
+    PRESETS,
+    make_config,
+    run,
+    preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+    engine_help="training engine options (for the shallow net of check 3)",
+)

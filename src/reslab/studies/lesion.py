@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reslab.studies.common import claim_study_dir, train_many
+from reslab.studies.common import claim_study_dir, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.tracking import write_json
 
@@ -419,26 +419,10 @@ def _report_run(s: dict, elapsed: float) -> None:
 HELP = "delete blocks of trained plain and residual nets at test time (Veit et al. 2016)"
 
 
-def add_arguments(parser) -> None:
-    """CLI options: the study's own, then the training engine's (which override the recipe)."""
-    import argparse
-
-    from reslab.cli import add_dataclass_options
-
-    parser.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"{', '.join(PRESETS)} (default: digits, about a minute on 2 cores; cpu: CIFAR-10 "
-        "ResNet-20 and plain-20, about 30 min on 2 cores; paper: ResNet-110 vs plain-20, for a GPU)",
-    )
-    add_dataclass_options(parser, LesionConfig, exclude=("preset", "train"))
-    group = parser.add_argument_group("training engine options (override the study's recipe)")
-    add_dataclass_options(group, TrainConfig, exclude=LesionConfig.OWNED)
-
-
-def main(opts: dict) -> dict:
-    """CLI entry: split the parsed options into study options and training-engine overrides."""
-    fields = {f.name for f in dataclasses.fields(LesionConfig)}
-    train = {k: v for k, v in opts.items() if k not in fields}
-    study = {k: v for k, v in opts.items() if k in fields}
-    return run(make_config(study.pop("preset", "digits"), train=train, **study))
+add_arguments, main = study_cli(
+    LesionConfig,
+    PRESETS,
+    make_config,
+    run,
+    preset_help="cpu: CIFAR-10 ResNet-20 and plain-20, about 30 min on 2 cores; paper: ResNet-110 vs plain-20, for a GPU",
+)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from reslab.models import variants
-from reslab.studies.common import claim_study_dir, train_many
+from reslab.studies.common import claim_study_dir, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.loop import Diverged
 
@@ -198,26 +198,10 @@ def _claim(study_dir: Path, cfg: ShortcutsConfig) -> None:
 HELP = "train every shortcut and activation variant of one net (He et al. 2016, Tables 1 and 2)"
 
 
-def add_arguments(parser) -> None:
-    """CLI options: the study's own, then the training engine's (which override the recipe)."""
-    import argparse
-
-    from reslab.cli import add_dataclass_options
-
-    parser.add_argument(
-        "--preset",
-        default=argparse.SUPPRESS,
-        help=f"{', '.join(PRESETS)} (default: digits, a few minutes on 2 cores; cpu: CIFAR-10 "
-        "ResNet-20, one seed, about an hour on 2 cores; paper: ResNet-110, 5 seeds, for a GPU)",
-    )
-    add_dataclass_options(parser, ShortcutsConfig, exclude=("preset", "train"))
-    group = parser.add_argument_group("training engine options (override the study's recipe)")
-    add_dataclass_options(group, TrainConfig, exclude=ShortcutsConfig.OWNED)
-
-
-def main(opts: dict) -> dict:
-    """CLI entry: split the parsed options into study options and training-engine overrides."""
-    fields = {f.name for f in dataclasses.fields(ShortcutsConfig)}
-    train = {k: v for k, v in opts.items() if k not in fields}
-    study = {k: v for k, v in opts.items() if k in fields}
-    return run(make_config(study.pop("preset", "digits"), train=train, **study))
+add_arguments, main = study_cli(
+    ShortcutsConfig,
+    PRESETS,
+    make_config,
+    run,
+    preset_help="cpu: CIFAR-10 ResNet-20, one seed, about an hour on 2 cores; paper: ResNet-110, 5 seeds, for a GPU",
+)

@@ -131,6 +131,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     )  # loss sum, error count, images, since the last log line
     bad = torch.zeros((), dtype=torch.bool, device=d.device)
     t_train, t_last, t_start = 0.0, time.perf_counter(), time.perf_counter()
+    paused = 0.0  # seconds spent evaluating and checkpointing since the last log line
     images_per_s = 0.0
     net.train()
     try:
@@ -167,8 +168,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                             "lower --lr or add --grad-clip"
                         )
                     now = time.perf_counter()
-                    t_train += now - t_last
-                    images_per_s = s[2] / max(now - t_last, 1e-9)
+                    busy = max(now - t_last - paused, 1e-9)  # training time only
+                    t_train += busy
+                    images_per_s = s[2] / busy
                     log.write(
                         "train",
                         step,
@@ -186,9 +188,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         refresh=False,
                     )
                     stats.zero_()
-                    t_last = time.perf_counter()
+                    t_last, paused = time.perf_counter(), 0.0
                 bar.update(1)
                 if step % eval_every == 0 or step == total:
+                    t_pause = time.perf_counter()
                     metrics = {
                         f"test_{k}": v for k, v in run_eval(test_data).items() if k != "top5_error"
                     }
@@ -207,8 +210,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         **metrics,
                         time=time.perf_counter() - t_start,
                     )
-                    t_last = time.perf_counter()
+                    paused += time.perf_counter() - t_pause
                 if step % ckpt_every == 0 or step == total:
+                    t_pause = time.perf_counter()
                     # a finite loss can still be followed by an update to inf: check the weights too
                     bad |= ~torch.stack(
                         [t.isfinite().all() for t in model.state_dict().values()]
@@ -230,7 +234,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                             },
                         )
                     distributed.barrier(d)
-                    t_last = time.perf_counter()
+                    paused += time.perf_counter() - t_pause
                 if step >= total:
                     break
     except Diverged:
