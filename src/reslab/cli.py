@@ -41,6 +41,10 @@ def add_dataclass_options(
         elif kind is tuple:
             item = typing.get_args(hints[f.name])[0]
             parser.add_argument(flag, nargs="+", type=_typed(item), metavar="X", **common)
+        elif "const" in f.metadata:  # `--flag` alone means `const`
+            parser.add_argument(
+                flag, nargs="?", const=f.metadata["const"], type=_typed(kind), metavar="N", **common
+            )
         else:
             parser.add_argument(flag, type=_typed(kind), metavar=f.name.upper(), **common)
 

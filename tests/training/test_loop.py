@@ -69,3 +69,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     for ck in ckpts:  # every checkpoint that exists holds finite weights
         assert all(t.isfinite().all() for t in load_file(ck / "model.safetensors").values())
     assert json.loads((tmp_path / "boom" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_grad_checkpointing_trains_the_same_weights(tmp_path):
+    """--grad-checkpoint changes memory, not the computation: a conv net with batch norm ends with
+    the same weights and running statistics after 20 steps."""
+    kw = dict(model="resnet-14", iters=20, eval_every=20, amp="off", channels_last="off")
+    a = train(_cfg(tmp_path, name="normal", **kw))
+    b = train(_cfg(tmp_path, name="ckpt", grad_checkpoint=2, **kw))
+    assert a["final_train_error"] == b["final_train_error"]
+    wa, wb = (
+        load_file(tmp_path / "normal" / "model.safetensors"),
+        load_file(tmp_path / "ckpt" / "model.safetensors"),
+    )
+    assert set(wa) == set(wb)
+    for k in wa:
+        assert (wa[k] - wb[k]).abs().max() <= 1e-5, k

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from reslab.models.recompute import run_blocks
+
 Indices = int | Sequence[int] | None
 LEVELS = ("stage", "block")
 
@@ -39,11 +41,18 @@ def take_indices(num: int, indices: Indices) -> list[int]:
 
 
 def collect(
-    x: torch.Tensor, units: Sequence[nn.Module], take: Sequence[int], stop_early: bool
+    x: torch.Tensor,
+    units: Sequence[nn.Module],
+    take: Sequence[int],
+    stop_early: bool,
+    segments: int = 0,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run `x` through `units` in order; return the last output and the feature points in `take`
     (point 0 is `x` itself, point i the output of unit i). `stop_early`: skip units past the last
-    point taken (the returned output is then that point's)."""
+    point taken (the returned output is then that point's). `segments`: when no point is taken,
+    checkpoint the units in that many segments (`reslab.models.recompute`)."""
+    if segments and not take:
+        return run_blocks(units, x, segments), []
     wanted = set(take)
     feats = [x] if 0 in wanted else []
     last = max(take, default=0) if stop_early else len(units)

@@ -23,9 +23,10 @@ from reslab.models.blocks import (
     resolve_norm,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
+from reslab.models.recompute import GradCheckpointing, run_blocks
 
 
-class ResidualMLP(nn.Module):
+class ResidualMLP(GradCheckpointing, nn.Module):
     """stem (Linear in->width, norm, ReLU) -> `layers` (MLPBlocks) -> fc (Linear width->classes).
 
     Args:
@@ -108,8 +109,8 @@ class ResidualMLP(nn.Module):
     def forward_features(
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
-        """The last block's output, the classifier's input."""
-        return self.layers(self.stem(torch.flatten(x, 1)))
+        """The last block's output, the classifier's input (checkpointed if grad checkpointing is on)."""
+        return run_blocks(self.layers, self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
         """The linear classifier."""

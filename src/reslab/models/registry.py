@@ -98,6 +98,9 @@ def create_model(
     `feature_info`.
     A name "<base>+<variant>" builds a shortcut/activation variant of He et al. 2016 (see
     `reslab.models.variants`), e.g. "resnet-110+gate-shortcut".
+    `grad_checkpoint` (every family): True recomputes activations in the backward pass in about
+    sqrt(blocks) segments, an int N >= 2 in N segments (see `reslab.models.recompute`); the same as
+    calling `model.set_grad_checkpointing(...)` afterwards.
     """
     if "+" in name:
         from reslab.models.variants import build  # variants import this module
@@ -106,6 +109,7 @@ def create_model(
         return build(base, variant, num_classes or 10, in_chans, img_size, **overrides)
     fam, depth, residual = resolve(name)
     num_classes = num_classes or fam.num_classes
+    grad_checkpoint = overrides.pop("grad_checkpoint", False)
     unknown = sorted(set(overrides) - set(fam.options))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; allowed: {', '.join(fam.options)}")
@@ -115,6 +119,10 @@ def create_model(
         overrides["shortcut"] = "none"
     try:
         model = fam.build(depth, num_classes, in_chans, img_size, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    try:
+        model.set_grad_checkpointing(grad_checkpoint)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
     size = img_size or fam.img_size

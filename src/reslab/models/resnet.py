@@ -28,9 +28,10 @@ from reslab.models.blocks import (
     resolve_norm,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
+from reslab.models.recompute import GradCheckpointing
 
 
-class ResNet(nn.Module):
+class ResNet(GradCheckpointing, nn.Module):
     """A stem, stages of residual (or plain) blocks, global average pooling and a linear classifier.
 
     Args:
@@ -140,7 +141,8 @@ class ResNet(nn.Module):
             x = self.relu(self.bn1(x))
         stem, x = x, self.maxpool(x)
         stem = x if level == "block" else stem  # block level: point 0 is the first block's input
-        x, feats = collect(x, units, [i for i in take if i], stop_early=intermediates_only)
+        segments = self.grad_checkpoint if level == "block" else 0
+        x, feats = collect(x, units, [i for i in take if i], intermediates_only, segments)
         feats = [stem, *feats] if 0 in take else feats
         normed = norm and len(units) in take
         if self.preact and (normed or not intermediates_only):
@@ -150,8 +152,10 @@ class ResNet(nn.Module):
         return feats if intermediates_only else (x, feats)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
-        """The last feature map, before pooling (pre-activation nets: after the final norm+ReLU)."""
-        return self.forward_intermediates(x, indices=())[0]
+        """The last feature map, before pooling (pre-activation nets: after the final norm+ReLU).
+        With grad checkpointing on, the blocks run in checkpointed segments."""
+        level = "block" if self.grad_checkpoint else "stage"
+        return self.forward_intermediates(x, indices=(), level=level)[0]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, h, w) -> (B, num_classes)
         """Global average pooling and the linear classifier."""

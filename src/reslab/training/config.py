@@ -63,6 +63,12 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision: auto (bf16 where faster), bf16, off")
     channels_last: str = _f("auto", "channels_last memory format for conv nets: auto, on, off")
     compile: bool = _f(False, "torch.compile the model")
+    grad_checkpoint: int = _f(
+        0,
+        "recompute activations in the backward pass to bound memory: 0 off, 1 (or the bare flag) "
+        "in about sqrt(blocks) segments, N in N segments; costs about one more forward pass",
+        const=1,
+    )
     seed: int = _f(0, "random seed (initialisation, data order, augmentation)")
     deterministic: bool = _f(
         False, "bit-reproducible on the same machine (deterministic algorithms)"
@@ -93,6 +99,7 @@ class TrainConfig:
             "eval_every",
             "checkpoint_every",
             "num_threads",
+            "grad_checkpoint",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

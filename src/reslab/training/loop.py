@@ -317,8 +317,11 @@ def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]
 def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
     """The model named in `cfg`, sized for `data` (classes, channels, image size)."""
     _, c, h, w = data.images.shape
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.grad_checkpoint:
+        kwargs["grad_checkpoint"] = cfg.grad_checkpoint
     return create_model(
-        cfg.model, num_classes=len(data.classes), in_chans=c, img_size=(h, w), **cfg.model_kwargs
+        cfg.model, num_classes=len(data.classes), in_chans=c, img_size=(h, w), **kwargs
     )
 
 
