@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 
 from reslab.studies import STUDIES
+from reslab.training import allocator
 from reslab.training.config import PRESETS, TrainConfig
 from reslab.training.loop import Diverged
 
@@ -204,6 +205,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the command, and turn bad input into a one-line error (exit status 2)."""
     warnings.formatwarning = _one_line_warning
+    try:
+        allocator.use_requested()  # may restart the process on tcmalloc/jemalloc
+    except ValueError as err:
+        print(f"reslab: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:

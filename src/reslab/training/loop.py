@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from reslab.data import ImageData, Loader, load_dataset, train_val_split
 from reslab.models import count_params, create_model, save_weights
-from reslab.training import distributed
+from reslab.training import allocator, distributed
 from reslab.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from reslab.training.config import TrainConfig
 from reslab.training.evaluation import evaluate
@@ -55,6 +56,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     train_data, test_data, val_data = load_data(cfg)
     model = build_model(cfg, train_data).to(d.device)
+    if cfg.grad_checkpoint and d.device.type == "cpu" and allocator.current() == "system":
+        warnings.warn(
+            "activation checkpointing on the C library's malloc keeps about 3x the live memory "
+            f"resident (fragmentation); run with {allocator.ENV}=tcmalloc for the bound "
+            "(see reslab.training.allocator)",
+            stacklevel=2,
+        )
     conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     channels_last = conv and (cfg.channels_last == "on" or (cfg.channels_last == "auto"))
     amp = amp_dtype(cfg, d.device, conv)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import reslab
+from reslab.training import allocator
 
 
 class RunLog:
@@ -86,6 +87,7 @@ def provenance(device: torch.device) -> dict:
         if device.type == "cuda"
         else platform.processor(),
         "threads": torch.get_num_threads(),
+        "malloc": allocator.current(),
         "git_commit": git_commit(),
         "argv": sys.argv,
     }
