@@ -71,6 +71,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert json.loads((tmp_path / "boom" / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.filterwarnings("ignore:activation checkpointing on the C library")
 def test_grad_checkpointing_trains_the_same_weights(tmp_path):
     """--grad-checkpoint changes memory, not the computation: a conv net with batch norm ends with
     the same weights and running statistics after 20 steps."""
@@ -85,3 +86,10 @@ def test_grad_checkpointing_trains_the_same_weights(tmp_path):
     assert set(wa) == set(wb)
     for k in wa:
         assert (wa[k] - wb[k]).abs().max() <= 1e-5, k
+
+
+def test_eval_limit_evaluates_the_first_n_images(tmp_path):
+    s = train(_cfg(tmp_path, name="lim", iters=10, eval_every=10, eval_limit=40))
+    # errors over 40 images are multiples of 1/40 (the full test set has 355 images)
+    for key in ("final_train_error", "final_test_error"):
+        assert (s[key] * 40) == pytest.approx(round(s[key] * 40), abs=1e-9), key

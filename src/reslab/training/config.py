@@ -78,6 +78,9 @@ class TrainConfig:
     log_every: int = _f(50, "iterations between training-metric lines")
     eval_every: int = _f(0, "iterations between test evaluations (0: about 20 per run)")
     checkpoint_every: int = _f(0, "iterations between checkpoints (0: at every evaluation)")
+    eval_limit: int = _f(
+        0, "evaluate on the first N images of each split (0: all): a cheaper estimate for huge nets"
+    )
     out: str = _f("runs", "root folder of run folders")
     name: str = _f("", "run folder name (default MODEL-DATA-sSEED)")
     resume: bool = _f(False, "continue the run in runs/NAME from its last checkpoint")
@@ -100,6 +103,7 @@ class TrainConfig:
             "checkpoint_every",
             "num_threads",
             "grad_checkpoint",
+            "eval_limit",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -173,6 +177,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=3.0,
         schedule="onecycle",
         augment="on",
+    ),
+    # ResNet-1202 / pre-activation ResNet-1001 on CIFAR-10 on a laptop CPU: a short one-cycle run with
+    # activation checkpointing; 1,000 evaluation images keep the evaluations from dominating.
+    "cpu-deep": dict(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        batch_size=64,
+        iters=120,
+        schedule="onecycle",
+        augment="on",
+        grad_checkpoint=1,
+        eval_limit=1000,
+        eval_every=60,
+        log_every=5,
     ),
     "digits": dict(
         lr=0.02,

@@ -121,6 +121,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         return torch.autocast(d.device.type, dtype=amp) if amp else contextlib.nullcontext()
 
     def run_eval(data: ImageData) -> dict:
+        if cfg.eval_limit and len(data) > cfg.eval_limit:
+            data = data.subset(torch.arange(cfg.eval_limit))
         return evaluate(
             model, data, cfg.batch_size, d, autocast, channels_last, train_data.mean, train_data.std
         )
