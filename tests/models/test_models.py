@@ -311,6 +311,25 @@ def test_10000_layer_norm_free_mlp_is_finite(scheme):
     run_deep_mlp(10_002, scheme)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["rezero", "skipinit", "fixup"])
+def test_10000_layer_norm_free_cifar_resnet_is_finite(scheme):
+    """ResNet-10004 (5001 basic blocks, no normalisation): the forward pass stays finite and of
+    moderate size in fp32, bf16 autocast and pure bf16 (4x4 inputs keep it to seconds)."""
+    torch.manual_seed(0)
+    model = create_model("resnet-10004", branch_scale=scheme).eval()
+    x = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        for dtype, autocast in (
+            (torch.float32, False),
+            (torch.float32, True),
+            (torch.bfloat16, False),
+        ):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = model.to(dtype)(x.to(dtype)).float()
+            assert torch.isfinite(y).all() and y.abs().max() < 1e3, (scheme, dtype, autocast)
+
+
 # ---- torch.compile ----------------------------------------------------------------------------
 
 
