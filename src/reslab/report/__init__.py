@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reslab.report import degradation, gradients, identity, lesion, shortcuts
+from reslab.report import degradation, depth, gradients, identity, lesion, shortcuts
 from reslab.report.html import build_index
 
 # study kind (study.json "study", else the parent folder name as in runs/<kind>/<name>/) -> report builder
 BUILDERS = {"degradation": degradation.build_report}
+BUILDERS["depth"] = depth.build_report
 BUILDERS["gradients"] = gradients.build_report
 BUILDERS["identity"] = identity.build_report
 BUILDERS["lesion"] = lesion.build_report

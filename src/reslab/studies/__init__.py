@@ -6,6 +6,7 @@ adds one subcommand per entry of `STUDIES`.
 
 STUDIES = {  # CLI command -> module
     "degradation": "reslab.studies.degradation",
+    "depth": "reslab.studies.depth",
     "gradients": "reslab.studies.gradients",
     "identity": "reslab.studies.identity",
     "lesion": "reslab.studies.lesion",
