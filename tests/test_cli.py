@@ -14,7 +14,7 @@ def _run(*args):
     )
 
 
-@pytest.mark.parametrize("command", ["models", "train", "eval", "degradation", "report"])
+@pytest.mark.parametrize("command", ["models", "train", "eval", "degradation", "depth", "report"])
 def test_help_is_complete(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from reslab.cli import main as cli
 from reslab.data import load_dataset
 from reslab.models import create_model
-from reslab.studies.depth import ARMS, PRESETS, make_config, run
+from reslab.studies.depth import ARMS, DEFAULT_ARMS, PRESETS, make_config, run
 
 TOY = ["--depths", "4", "6", "--iters", "12", "--width", "8", "--jobs", "1", "--eval-every", "6"]
 TOY += ["--num-threads", "1"]
@@ -24,7 +24,7 @@ def test_toy_study_end_to_end_through_the_cli(tmp_path, capsys, browser):
         assert (study / f).is_file(), f
     summary = json.loads((study / "summary.json").read_text())
     assert {(r["arm"], r["depth"]) for r in summary["runs"]} == {
-        (a, d) for a in ARMS for d in (4, 6)
+        (a, d) for a in DEFAULT_ARMS for d in (4, 6)
     }
     for r in summary["runs"]:
         assert r["status"] == "completed" and r["iters"] == 12 and r["start_steps"] == 1

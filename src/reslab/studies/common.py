@@ -23,21 +23,27 @@ def train_many(
     configs: Sequence[TrainConfig],
     jobs: int = 1,
     on_done: Callable[[dict, float], None] | None = None,
+    tolerate_divergence: bool = False,
 ) -> list[dict]:
     """Train every config (finished runs return at once, unfinished ones resume); returns summaries in order.
 
-    With `jobs` > 1 the runs go to that many spawned processes, each with cores // jobs threads."""
+    With `jobs` > 1 the runs go to that many spawned processes, each with cores // jobs threads.
+    `tolerate_divergence`: a run whose loss or weights turn non-finite gives its summary (status
+    "diverged", as the engine wrote it) instead of stopping the others."""
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     t0 = time.perf_counter()
     results: list[dict | None] = [None] * len(configs)
     if jobs <= 1:
         for i, c in enumerate(configs):
-            results[i] = _train_one(c, threads, c.progress)
+            results[i] = _train_one(c, threads, c.progress, tolerate_divergence)
             if on_done:
                 on_done(results[i], time.perf_counter() - t0)
         return results  # type: ignore[return-value]
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_one, c, threads, False): i for i, c in enumerate(configs)}
+        futures = {
+            pool.submit(_train_one, c, threads, False, tolerate_divergence): i
+            for i, c in enumerate(configs)
+        }
         for fut in cf.as_completed(futures):
             results[futures[fut]] = fut.result()
             if on_done:
@@ -45,11 +51,18 @@ def train_many(
     return results  # type: ignore[return-value]
 
 
-def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
-    from reslab.training import train
+def _train_one(cfg: TrainConfig, threads: int, progress: bool, tolerate: bool = False) -> dict:
+    from reslab.training import Diverged, train
 
     torch.set_num_threads(threads)
-    return train(dataclasses.replace(cfg, progress=progress))
+    try:
+        return train(dataclasses.replace(cfg, progress=progress))
+    except Diverged as e:
+        if not tolerate:
+            raise
+        summary = Path(cfg.out) / cfg.run_name / "summary.json"
+        written = json.loads(summary.read_text()) if summary.is_file() else {}
+        return {"name": cfg.run_name, "status": "diverged", "error": str(e), **written}
 
 
 def claim_study_dir(
