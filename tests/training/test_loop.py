@@ -1,6 +1,7 @@
 """A tiny model trains for real on the built-in digits data; run folders hold what they promise."""
 
 import json
+import resource
 
 import pytest
 from safetensors.torch import load_file
@@ -32,6 +33,8 @@ def test_tiny_model_learns_digits_and_writes_run_folder(tmp_path):
     # 10 classes: chance is 90% error; a real training run gets far below it
     assert s["status"] == "completed" and s["steps"] == 300
     assert s["final_train_error"] < 0.05 and s["final_test_error"] < 0.15
+    # peak resident memory of this very process, as the OS reports it (KiB on Linux)
+    assert 0.05 < s["peak_memory_gib"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["kind"] == "train"]
     assert [x["step"] for x in train_lines] == list(range(25, 301, 25))

@@ -147,8 +147,8 @@ def _check_model(name: str, kwargs: dict) -> None:
 
 
 # digits: fully connected nets of width 32 on the built-in 8x8 digits, 100 steps of SGD each, in
-# under 10 minutes on 2 cores. With two runs side by side a 10,000-layer step takes 1.4 s (ReZero)
-# to 2.2 s (Fixup: its four scalar biases per block are many tiny ops); 150 steps took 1,260
+# 7 minutes on 2 cores (measured, four arms). With two runs side by side a 10,000-layer step takes
+# 1.4 s (ReZero) to 2.2 s (Fixup: its four scalar biases per block are many tiny ops); 150 steps took 1,260
 # CPU-seconds in all, and at 100 steps every norm-free 10,000-layer net is already below 0.7 from
 # 2.3. One recipe for every cell: the engine's digits recipe (as the degradation study) plus
 # clipping of the global gradient norm at 1, without which ReZero diverges at 10,000 layers even at
@@ -263,5 +263,5 @@ add_arguments, main = study_cli(
     PRESETS,
     make_config,
     run,
-    preset_help="digits: MLPs of width 32 on the built-in digits, about 10 min on 2 cores",
+    preset_help="digits: MLPs of width 32 on the built-in digits, about 7 min on 2 cores",
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -278,6 +279,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         "amp": str(amp).replace("torch.", "") if amp else "fp32",
         "channels_last": channels_last,
         "world_size": d.world_size,
+        "grad_checkpoint": getattr(model, "grad_checkpoint", 0),
+        "peak_memory_gib": peak_memory_gib(d.device),
     }
     if d.is_main:
         log.write(
@@ -293,6 +296,19 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         write_json(run_dir / "summary.json", summary)
     log.close()
     return summary
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak memory of this process so far: the GPU's allocated peak on CUDA, else the peak resident
+    set (RSS) of the process (None where the OS does not report it)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
