@@ -20,6 +20,8 @@ def test_paper_preset_is_he_et_al_recipe():
     assert lr_at(400, cfg.iters, cfg) == 0.1
     assert resolve("paper", model="resnet-110+gate-shortcut").warmup_iters == 400
     assert resolve("paper", model="plain1202").warmup_iters == 400
+    # the GPU recipe of the 1,202- and 1,001-layer nets (He et al. 2015 §4.2, 2016 §4)
+    assert resolve("paper", model="preact_resnet1001").warmup_iters == 400
     shallow = resolve("paper", model="resnet20")
     assert shallow.warmup_iters == 0
     assert lr_at(31999, 64000, shallow) == 0.1

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct
+from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values, read_json
 
 ARCHS = ("plain", "residual")
 FLOOR = 0.01
@@ -42,13 +42,6 @@ _LABELS = {
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -66,7 +59,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def _read_study(study_dir: Path) -> dict:
     if (study_dir / "study.json").is_file():
-        return _read_json(study_dir / "study.json")
+        return read_json(study_dir / "study.json")
     if (study_dir / "runs").is_dir():
         return {}
     raise FileNotFoundError(
@@ -103,7 +96,7 @@ def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int
     return arch, int(depth), int(seed)
 
 
-def _fraction(x) -> float | None:
+def finite_or_none(x) -> float | None:
     """A finite error as float, else None (a diverged run may log NaN)."""
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
@@ -116,8 +109,8 @@ def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
         if not (run_dir / "summary.json").is_file():
             incomplete.append(rel)
             continue
-        summary = _read_json(run_dir / "summary.json")
-        config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        summary = read_json(run_dir / "summary.json")
+        config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
         arch, depth, seed = _identify(run_dir, config, summary)
         runs.append(
             {
@@ -125,8 +118,8 @@ def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
                 "depth": depth,
                 "seed": seed,
                 "model": summary.get("model") or config.get("model"),
-                "final_train_error": _fraction(summary.get("final_train_error")),
-                "final_test_error": _fraction(summary.get("final_test_error")),
+                "final_train_error": finite_or_none(summary.get("final_train_error")),
+                "final_test_error": finite_or_none(summary.get("final_test_error")),
                 "params": summary.get("params"),
                 "iters": summary.get("steps"),
                 "run_dir": rel,
@@ -278,7 +271,7 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "degradation", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     if summary["data"] is None and runs:
-        summary["data"] = _read_json(study_dir / runs[0]["run_dir"] / "summary.json").get("data")
+        summary["data"] = read_json(study_dir / runs[0]["run_dir"] / "summary.json").get("data")
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
@@ -385,14 +378,6 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------- text + html
 
 
-def _join(values) -> str:
-    if isinstance(values, dict):
-        return ", ".join(f"{k}={v}" for k, v in values.items())
-    if isinstance(values, (list, tuple)):
-        return ", ".join(map(str, values))
-    return str(values)
-
-
 def _comparison_note(arch: str, c: dict | None, floor: float) -> str:
     if c is None:
         return f"{arch}: fewer than two depths finished, no comparison"
@@ -423,8 +408,8 @@ def _what_was_run(summary: dict) -> str:
     recipe = " with the recipe listed below" if summary.get("recipe") else ""
     return (
         f"{len(runs)} finished training runs: {' and '.join(archs) or 'no'} networks "
-        f"({summary.get('family') or 'family not recorded'}) of depth {_join(depths)}, each from seed(s) "
-        f"{_join(seeds)}, trained for {_iters(summary)} iterations on {summary.get('data')}{recipe}. "
+        f"({summary.get('family') or 'family not recorded'}) of depth {join_values(depths)}, each from seed(s) "
+        f"{join_values(seeds)}, trained for {_iters(summary)} iterations on {summary.get('data')}{recipe}. "
         "A plain net is its residual twin with the shortcuts removed: same layers, same parameters. "
         "Training error is measured after training on the whole training set in eval mode, without "
         "augmentation; test error on the test set."
@@ -442,7 +427,8 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
     page.heading("What was run").paragraph(_what_was_run(summary))
     skip = ("runs", "verdict", "incomplete", "recipe", "train")
     page.facts(
-        {k: _join(val) for k, val in summary.items() if k not in skip} | {"iters": _iters(summary)}
+        {k: join_values(val) for k, val in summary.items() if k not in skip}
+        | {"iters": _iters(summary)}
     )
     if isinstance(summary.get("recipe"), dict):
         page.heading("Recipe", level=3).facts(summary["recipe"])

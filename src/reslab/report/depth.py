@@ -31,9 +31,8 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 
 from reslab.report import figures
-from reslab.report.degradation import _fraction as _finite
-from reslab.report.degradation import _join, _read_json, read_metrics
-from reslab.report.html import Page, fmt_count, fmt_pct
+from reslab.report.degradation import finite_or_none, read_metrics
+from reslab.report.html import Page, fmt_count, fmt_pct, join_values, read_json
 from reslab.studies.depth import ARMS, NORM_FREE
 
 LEARNED = 0.5
@@ -56,7 +55,7 @@ DASHES = {"skipinit": (0, (4, 2))}
 
 def _read_study(study_dir: Path) -> dict:
     if (study_dir / "study.json").is_file():
-        return _read_json(study_dir / "study.json")
+        return read_json(study_dir / "study.json")
     if (study_dir / "runs").is_dir():
         return {}
     raise FileNotFoundError(f"not a depth study folder (no study.json, no runs/): {study_dir}")
@@ -64,11 +63,11 @@ def _read_study(study_dir: Path) -> dict:
 
 def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict:
     """One run's numbers from its own files (summary.json, metrics.jsonl)."""
-    s = _read_json(run_dir / "summary.json")
-    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    s = read_json(run_dir / "summary.json")
+    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     log = run_dir / "metrics.jsonl"
     train = [ln for ln in (read_metrics(log) if log.is_file() else []) if ln.get("kind") == "train"]
-    train = [ln for ln in train if _finite(ln.get("train_loss")) is not None]
+    train = [ln for ln in train if finite_or_none(ln.get("train_loss")) is not None]
     last = train[-END_WINDOW:]
     diverged = s.get("status") == "diverged"
     return {
@@ -81,14 +80,14 @@ def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict
         "iters": s.get("steps"),
         "start_loss": train[0]["train_loss"] if train else None,
         "start_steps": train[0]["step"] if train else None,
-        "final_train_loss": _finite(s.get("final_train_loss")),
-        "final_train_error": _finite(s.get("final_train_error")),
-        "final_test_error": _finite(s.get("final_test_error")),
+        "final_train_loss": finite_or_none(s.get("final_train_loss")),
+        "final_train_error": finite_or_none(s.get("final_train_error")),
+        "final_test_error": finite_or_none(s.get("final_test_error")),
         "end_batch_loss": _mean([ln["train_loss"] for ln in last]) if not diverged else None,
         "diverged_at": s.get("steps") if diverged else None,
         "last_finite_loss": train[-1]["train_loss"] if diverged and train else None,
         "last_finite_step": train[-1]["step"] if diverged and train else None,
-        "time_s": _finite(s.get("time_s")) or (train[-1].get("time") if train else None),
+        "time_s": finite_or_none(s.get("time_s")) or (train[-1].get("time") if train else None),
         "run_dir": rel,
     }
 
@@ -341,7 +340,7 @@ def _loss_curve(study_dir: Path, run: dict) -> tuple[np.ndarray, np.ndarray]:
     pts = [
         (ln["step"], ln["train_loss"])
         for ln in (read_metrics(log) if log.is_file() else [])
-        if ln.get("kind") == "train" and _finite(ln.get("train_loss")) is not None
+        if ln.get("kind") == "train" and finite_or_none(ln.get("train_loss")) is not None
     ]
     if not pts:
         return np.empty(0), np.empty(0)
@@ -448,15 +447,17 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
     label, tone = _LABELS[v["status"]]
     page = Page(
         "Extreme depth without normalisation",
-        f"{study_dir.name} · {summary.get('data')} · ReZero, SkipInit and Fixup against plain and "
-        "batch-norm nets, 10 to 10,000 layers",
+        f"{study_dir.name} · {summary.get('data')} · norm-free residual nets (ReZero, SkipInit, "
+        "Fixup) against plain and batch-norm nets",
     )
     page.verdict(label, v["text"], tone, [v["rule"]])
     page.heading("What was run").paragraph(_what_was_run(summary))
     keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "model_args")
-    page.facts({k: _join(summary[k]) for k in keep if k in summary})
+    page.facts({k: join_values(summary[k]) for k in keep if k in summary})
     if isinstance(summary.get("arm_models"), dict):
-        page.heading("Arms", level=3).facts({a: _join(m) for a, m in summary["arm_models"].items()})
+        page.heading("Arms", level=3).facts(
+            {a: join_values(m) for a, m in summary["arm_models"].items()}
+        )
     if isinstance(summary.get("recipe"), dict):
         page.heading("Recipe", level=3).facts(summary["recipe"])
     if summary.get("incomplete"):

@@ -232,6 +232,23 @@ class Page:
         return path
 
 
+def read_json(path: Path) -> dict:
+    """A run or study JSON file; a one-line ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def join_values(values) -> str:
+    """A config value for a facts table: dicts as k=v pairs, sequences comma-separated ("—" if empty)."""
+    if isinstance(values, dict):
+        return ", ".join(f"{k}={v}" for k, v in values.items())
+    if isinstance(values, (list, tuple)):
+        return ", ".join(map(str, values)) or "—"
+    return str(values)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

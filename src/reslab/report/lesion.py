@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values
 
 ARCHS = ("plain", "residual")
 ROBUST, BROKEN = 0.1, 0.5
@@ -306,7 +306,7 @@ def _write_html(
         "plain block passes its input to the next block, which is possible only where the shape is kept."
     )
     skip = ("verdict", "nets", "train", "recipe")
-    page.facts({k: _join(val) for k, val in summary.items() if k not in skip})
+    page.facts({k: join_values(val) for k, val in summary.items() if k not in skip})
     if isinstance(summary.get("recipe"), dict):
         page.heading("Recipe of the trained pair", level=3).facts(summary["recipe"])
     page.heading("Deleting one block").figure(
@@ -349,14 +349,6 @@ def _write_html(
         small=True,
     )
     return page.write(study_dir / "report.html")
-
-
-def _join(values) -> str:
-    if isinstance(values, dict):
-        return ", ".join(f"{k}={v}" for k, v in values.items())
-    if isinstance(values, (list, tuple)):
-        return ", ".join(map(str, values)) or "—"
-    return str(values)
 
 
 def format_table(summary: dict) -> str:

@@ -30,7 +30,7 @@ from matplotlib import ticker
 from reslab.models.variants import VARIANTS
 from reslab.report import figures
 from reslab.report.degradation import read_metrics
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values, read_json
 
 FLOOR = 0.01
 _RUN = re.compile(r"^(.+)-s(\d+)$")
@@ -40,13 +40,6 @@ _LABELS = {
     "identity_beaten": ("identity beaten", "warn"),
     "insufficient": ("insufficient runs", "neutral"),
 }
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def _finite(x) -> float | None:
@@ -68,7 +61,7 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
         if not (run_dir / "summary.json").is_file():
             incomplete.append(rel)
             continue
-        s = _read_json(run_dir / "summary.json")
+        s = read_json(run_dir / "summary.json")
         runs.append(
             {
                 "variant": m[1],
@@ -231,7 +224,7 @@ def write_summary(study_dir: str | Path) -> dict:
         raise FileNotFoundError(
             f"not a shortcuts study folder (no study.json, no runs/): {study_dir}"
         )
-    study = _read_json(study_dir / "study.json") if (study_dir / "study.json").is_file() else {}
+    study = read_json(study_dir / "study.json") if (study_dir / "study.json").is_file() else {}
     runs, incomplete = collect_runs(study_dir)
     summary = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
@@ -371,7 +364,7 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
         "for the numbers: the data and network here differ."
     )
     skip = ("runs", "verdict", "incomplete", "recipe", "train")
-    page.facts({k: _join(val) for k, val in summary.items() if k not in skip})
+    page.facts({k: join_values(val) for k, val in summary.items() if k not in skip})
     if isinstance(summary.get("recipe"), dict):
         page.heading("Recipe", level=3).facts(summary["recipe"])
     if summary.get("incomplete"):
@@ -395,14 +388,6 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
         small=True,
     )
     return page.write(study_dir / "report.html")
-
-
-def _join(values) -> str:
-    if isinstance(values, dict):
-        return ", ".join(f"{k}={v}" for k, v in values.items())
-    if isinstance(values, (list, tuple)):
-        return ", ".join(map(str, values))
-    return str(values)
 
 
 def format_table(summary: dict) -> str:

@@ -51,6 +51,12 @@ def train_many(
     return results  # type: ignore[return-value]
 
 
+def default_jobs(mlp: bool) -> int:
+    """Runs to train at once: small fully connected nets scale badly over threads, so on a CPU they
+    run one per core; conv nets (and anything on a GPU) one at a time."""
+    return max(1, os.cpu_count() or 1) if mlp and not torch.cuda.is_available() else 1
+
+
 def _train_one(cfg: TrainConfig, threads: int, progress: bool, tolerate: bool = False) -> dict:
     from reslab.training import Diverged, train
 

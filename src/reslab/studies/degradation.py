@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from reslab.studies.common import claim_study_dir, study_cli, train_many
+from reslab.studies.common import claim_study_dir, default_jobs, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 
 FAMILIES = {  # family -> (plain model name pattern, residual model name pattern)
@@ -191,7 +190,7 @@ def run(cfg: DegradationConfig) -> dict:
     _claim_study_dir(study_dir, cfg)
     cells = [(a, d, s) for d in cfg.depths for a in cfg.archs for s in cfg.seeds]
     configs = [cfg.run_config(a, d, s, study_dir) for a, d, s in cells]
-    jobs = cfg.jobs or _default_jobs(cfg)
+    jobs = cfg.jobs or default_jobs(cfg.family == "mlp")
     print(
         f"degradation: {len(configs)} runs ({', '.join(cfg.archs)} x depths {list(cfg.depths)} x "
         f"seeds {list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {study_dir}",
@@ -226,12 +225,6 @@ def _report_run(s: dict, elapsed: float) -> None:
         f"{s['final_test_error']:7.2%}  [{elapsed:5.0f} s]",
         flush=True,
     )
-
-
-def _default_jobs(cfg: DegradationConfig) -> int:
-    """Small fully connected nets scale badly over threads: run one per core instead."""
-    cores = os.cpu_count() or 1
-    return max(1, cores) if cfg.family == "mlp" and not torch.cuda.is_available() else 1
 
 
 def _claim_study_dir(study_dir: Path, cfg: DegradationConfig) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from reslab.studies.common import claim_study_dir, study_cli, train_many
-from reslab.studies.degradation import ARCHS, FAMILIES, _default_jobs
+from reslab.studies.common import claim_study_dir, default_jobs, study_cli, train_many
+from reslab.studies.degradation import ARCHS, FAMILIES
 from reslab.training.config import TrainConfig, resolve
 
 # arm -> (plain or residual twin of the family, model options). The residual arm's branches start at
@@ -198,7 +198,7 @@ def run(cfg: DepthConfig) -> dict:
         (a, d, s) for d in sorted(cfg.depths, reverse=True) for a in cfg.arms for s in cfg.seeds
     ]
     configs = [cfg.run_config(a, d, s, study_dir) for a, d, s in cells]
-    jobs = cfg.jobs or _default_jobs(cfg)
+    jobs = cfg.jobs or default_jobs(cfg.family == "mlp")
     print(
         f"depth: {len(configs)} runs ({', '.join(cfg.arms)} x depths {list(cfg.depths)} x seeds "
         f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {study_dir}",

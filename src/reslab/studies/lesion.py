@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from reslab.studies.common import claim_study_dir, study_cli, train_many
+from reslab.studies.common import claim_study_dir, default_jobs, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.tracking import write_json
 
@@ -366,7 +365,7 @@ def run(cfg: LesionConfig) -> dict:
         configs = [
             cfg.run_config(a, s, study_dir) for s in cfg.seeds for a in ("plain", "residual")
         ]
-        jobs = cfg.jobs or _default_jobs(cfg)
+        jobs = cfg.jobs or default_jobs("mlp" in cfg.residual)
         print(
             f"lesion: training {len(configs)} runs ({cfg.plain}, {cfg.residual} x seeds "
             f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {study_dir}",
@@ -400,12 +399,6 @@ def _recipe(cfg: LesionConfig, study_dir: Path) -> dict:
     for k in ("model", "model_kwargs", "seed", "name", "out", "resume", "progress"):
         recipe.pop(k, None)
     return recipe
-
-
-def _default_jobs(cfg: LesionConfig) -> int:
-    """Small fully connected nets run one per core; conv nets one at a time on all cores."""
-    mlp = "mlp" in cfg.residual and not torch.cuda.is_available()
-    return max(1, os.cpu_count() or 1) if mlp else 1
 
 
 def _report_run(s: dict, elapsed: float) -> None:
