@@ -269,8 +269,9 @@ def cmd_train(opts: dict) -> int:
     s = train(cfg)
     print(
         f"{s['name']}: {s['steps']} steps, train error {s['final_train_error']:.2%}, "
-        f"test error {s['final_test_error']:.2%} (top-5 {s['final_test_top5_error']:.2%}) -> "
-        f"{cfg.out}/{cfg.run_name}"
+        f"test error {s['final_test_error']:.2%} (top-5 {s['final_test_top5_error']:.2%})"
+        + (f", peak memory {s['peak_memory_gib']:.2f} GiB" if s.get("peak_memory_gib") else "")
+        + f" -> {cfg.out}/{cfg.run_name}"
     )
     return 0
 
