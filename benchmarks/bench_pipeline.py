@@ -1,11 +1,14 @@
 """One CIFAR-10 training epoch of ResNet-20: reslab's pipeline against the one most people copy.
 
 reslab:    load_dataset + Loader (whole dataset one uint8 tensor, batched crop/flip/normalise on
-           tensors) + create_model("resnet20") + bf16 autocast + channels_last.
+           tensors) + create_model("resnet20") + the precision and layout reslab picks on this
+           machine (`reslab.training.precision`: bf16 + channels_last where the CPU computes bf16,
+           fp32 + channels_last where it does not).
 reference: torchvision CIFAR10 on the same files + PIL RandomCrop(32, padding=4) +
            RandomHorizontalFlip + ToTensor + Normalize + DataLoader, fp32, NCHW.
 Same model, same SGD, batch 128, same run. Prints images/s of both and the ratio, the data
-pipelines alone, and (--ablate) what bf16 and channels_last each contribute on this machine.
+pipelines alone, and (--ablate) what each lever contributes on this machine: the tensor data
+pipeline, channels_last, bf16 (where native) and torch.compile.
 
     python benchmarks/bench_pipeline.py --batches 50 --repeats 3 --ablate
 
@@ -15,7 +18,6 @@ This is a benchmark, not a test: on a shared machine, run it when nobody else is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import time
 import warnings
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from reslab.data import Loader, load_dataset
 from reslab.data.integrity import data_root
 from reslab.models import create_model
+from reslab.training import precision
 
 BATCH = 128
 
@@ -45,24 +48,31 @@ def make_model(channels_last: bool) -> tuple[torch.nn.Module, torch.optim.Optimi
     return model.train(), opt
 
 
-def train_images_per_s(batches, n: int, warmup: int, channels_last: bool, bf16: bool) -> float:
+def train_images_per_s(
+    batches, n: int, warmup: int, prec: precision.Precision, compile: bool = False
+) -> float:
     """Train on `warmup` then `n` batches from the iterator `batches`; images/s over the `n`."""
-    model, opt = make_model(channels_last)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    model, opt = make_model(prec.channels_last)
+    net = torch.compile(model) if compile else model
     t0, seen = 0.0, 0
     for i, (x, y) in enumerate(batches):
         if i == warmup:
             t0, seen = time.perf_counter(), 0
         if i == warmup + n:
             break
-        with amp:
-            logits = model(x)  # (B, 10)
+        with prec.autocast("cpu"):
+            logits = net(x)  # (B, 10)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         seen += len(y)
     return seen / (time.perf_counter() - t0)
+
+
+def setting(amp: str, channels_last: bool) -> precision.Precision:
+    """A fixed precision/layout for the ablation (the same rule, forced; no emulation warning)."""
+    return precision.choose(amp, "on" if channels_last else "off", "cpu", conv=True, warn=False)
 
 
 def reslab_batches(loader: Loader):
@@ -128,12 +138,18 @@ def main() -> None:
     p.add_argument(
         "--ablate",
         action="store_true",
-        help="also time fp32/bf16 x NCHW/channels_last (reslab data)",
+        help="also time each lever alone: the data pipeline, channels_last, bf16 (where the CPU "
+        "computes it natively, or with --bf16), torch.compile of the model",
     )
+    p.add_argument("--bf16", action="store_true", help="ablate bf16 even where it is emulated")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    native, evidence = precision.native_bf16("cpu")
+    auto = precision.choose("auto", "auto", "cpu", conv=True)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, data {args.data_dir}"
+        f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, "
+        f"CPU {precision.cpu_name()} ({evidence}), data {args.data_dir}\n"
+        f"reslab's automatic choice here: {auto.describe()}"
     )
 
     t = time.perf_counter()
@@ -145,26 +161,35 @@ def main() -> None:
     def reslab_loader(channels_last: bool = True) -> Loader:
         return Loader(data, BATCH, train=True, augment=True, seed=0, channels_last=channels_last)
 
+    def ours(prec: precision.Precision, compile: bool = False):
+        batches = reslab_batches(reslab_loader(prec.channels_last))
+        return lambda: train_images_per_s(batches, n, w, prec, compile)
+
     ref = reference_loader(args.data_dir, args.workers)
     n, w = args.batches, args.warmup
+    fp32 = setting("off", False)
     runs = {
-        "reslab (Loader, bf16, channels_last)": lambda: train_images_per_s(reslab_batches(reslab_loader()), n, w, True, True),
-        f"reference (PIL + DataLoader x{args.workers}, fp32, NCHW)": lambda: train_images_per_s(reference_batches(ref), n, w, False, False),
+        f"reslab (Loader, {auto.name}, {'channels_last' if auto.channels_last else 'NCHW'})": ours(auto),
+        f"reference (PIL + DataLoader x{args.workers}, fp32, NCHW)": lambda: train_images_per_s(reference_batches(ref), n, w, fp32),
     }  # fmt: skip
     if args.ablate:
-        for bf16 in (False, True):
-            for cl in (False, True):
-                name = f"reslab data, {'bf16' if bf16 else 'fp32'}, {'channels_last' if cl else 'NCHW'}"
-                runs[name] = lambda bf16=bf16, cl=cl: train_images_per_s(
-                    reslab_batches(reslab_loader(cl)), n, w, cl, bf16
-                )
+        levers = [("off", False), ("off", True)]
+        if native or args.bf16:
+            levers += [("bf16", False), ("bf16", True)]
+        for amp, cl in levers:
+            prec = setting(amp, cl)
+            runs[f"reslab data, {prec.name}, {'channels_last' if cl else 'NCHW'}"] = ours(prec)
+        runs[f"reslab data, {auto.name}, channels_last, torch.compile"] = ours(auto, compile=True)
     best = {k: 0.0 for k in runs}
     for _ in range(args.repeats):
         for name, run in runs.items():
             best[name] = max(best[name], run())
     print(f"\nResNet-20 training, batch {BATCH}, {n} timed batches (best of {args.repeats}):")
+    ref_ips = list(best.values())[1]
     for name, ips in best.items():
-        print(f"  {name:55s} {ips:8.0f} images/s")
+        print(f"  {name:58s} {ips:8.0f} images/s  {ips / ref_ips:5.2f}x reference")
+    if args.ablate and not (native or args.bf16):
+        print("  (bf16 not timed: emulated on this CPU; --bf16 times it, `reslab info` too)")
     names = list(best)
     print(f"  speed-up reslab / reference: {best[names[0]] / best[names[1]]:.2f}x")
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from reslab.studies import STUDIES
 from reslab.training import allocator
-from reslab.training.config import PRESETS, TrainConfig
+from reslab.training.config import AMP_MODES, PRESETS, SWITCHES, TrainConfig
 from reslab.training.loop import Diverged
 
 
@@ -136,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     e.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: default)")
     e.add_argument(
+        "--amp",
+        choices=AMP_MODES,
+        default="auto",
+        help="mixed precision: auto (bf16 where the hardware computes it), bf16, off (default: auto)",
+    )
+    e.add_argument(
+        "--channels-last",
+        choices=SWITCHES,
+        default="auto",
+        help="channels_last memory format for conv nets: auto, on, off (default: auto)",
+    )
+    e.add_argument(
         "--model-arg",
         dest="model_kwargs",
         action=_KeyValue,
@@ -185,6 +197,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="model overrides, as for train (e.g. shortcut=B)",
     )
+
+    about = (
+        "the machine, the precision and layout reslab picks on it and why, and measured ResNet-20 "
+        "training speed in each: paste it into a bug report"
+    )
+    i = sub.add_parser(
+        "info", help="the machine, reslab's precision choice, measured speed", description=about
+    )
+    i.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    i.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="seconds of timed training per setting (default: 2.0; each also takes one untimed step)",
+    )
+    i.add_argument(
+        "--batch-size", type=int, default=32, help="batch size of the timed steps (default: 32)"
+    )
+    i.add_argument(
+        "--no-measure",
+        dest="measure_speed",
+        action="store_false",
+        help="skip the speed measurement (instant)",
+    )
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     for command, module in STUDIES.items():
         study = importlib.import_module(module)
@@ -283,7 +320,8 @@ def cmd_eval(opts: dict) -> int:
     r = evaluate_weights(**opts)
     print(
         f"{opts['model']} on {opts['data']} {opts['split']} ({r['n']} images): loss {r['loss']:.4f}, "
-        f"top-1 error {r['error']:.2%}, top-5 error {r['top5_error']:.2%}"
+        f"top-1 error {r['error']:.2%}, top-5 error {r['top5_error']:.2%} "
+        f"[{r['precision']['amp']}]"
     )
     return 0
 
@@ -307,6 +345,18 @@ def cmd_export(opts: dict) -> int:
     return 0
 
 
+def cmd_info(opts: dict) -> int:
+    """`reslab info`: machine, precision choice and measured speed."""
+    import json
+
+    from reslab.info import format_info, info
+
+    as_json = opts.pop("json")
+    r = info(**opts)
+    print(json.dumps(r, indent=2) if as_json else format_info(r))
+    return 0
+
+
 def cmd_report(opts: dict) -> int:
     """`reslab report PATH`: rebuild a study's figures and report from its folder."""
     from reslab.report import build_any
@@ -320,5 +370,6 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "export": cmd_export,
+    "info": cmd_info,
     "report": cmd_report,
 }

@@ -33,9 +33,11 @@ def train_many(
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     t0 = time.perf_counter()
     results: list[dict | None] = [None] * len(configs)
+    eta = Estimate(configs, jobs)
     if jobs <= 1:
         for i, c in enumerate(configs):
             results[i] = _train_one(c, threads, c.progress, tolerate_divergence)
+            eta.done(i, results[i])
             if on_done:
                 on_done(results[i], time.perf_counter() - t0)
         return results  # type: ignore[return-value]
@@ -46,9 +48,52 @@ def train_many(
         }
         for fut in cf.as_completed(futures):
             results[futures[fut]] = fut.result()
+            eta.done(futures[fut], results[futures[fut]])
             if on_done:
                 on_done(results[futures[fut]], time.perf_counter() - t0)
     return results  # type: ignore[return-value]
+
+
+class Estimate:
+    """Says once, after the first run trained here, how long the rest will take when that is more
+    than `quiet_s`: the first run's seconds per unit of cost (layers x iterations or epochs) times
+    the cost left, over the runs trained at once. Runs finished in an earlier invocation count 0."""
+
+    def __init__(self, configs: Sequence[TrainConfig], jobs: int = 1, quiet_s: float = 120.0):
+        self.cost = [_cost(c) for c in configs]
+        self.left = {i for i, c in enumerate(configs) if not _finished(c)}
+        self.jobs, self.quiet_s, self.said = max(1, jobs), quiet_s, False
+
+    def done(self, i: int, summary: dict | None) -> None:
+        if i not in self.left:
+            return
+        self.left.discard(i)
+        wall = (summary or {}).get("wall_s")
+        if self.said or not wall or not self.left:
+            return
+        self.said = True
+        rest = wall / self.cost[i] * sum(self.cost[j] for j in self.left) / self.jobs
+        if rest > self.quiet_s:
+            print(
+                f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs "
+                "(estimated from the first run's speed on this machine)",
+                flush=True,
+            )
+
+
+def _cost(c: TrainConfig) -> float:
+    """A run's cost in arbitrary units: depth (weight layers) x iterations (or epochs)."""
+    from reslab.training.config import _depth
+
+    return max(1, _depth(c.model)) * (c.iters or c.epochs)
+
+
+def _finished(c: TrainConfig) -> bool:
+    path = Path(c.out) / c.run_name / "summary.json"
+    try:
+        return json.loads(path.read_text()).get("status") in ("completed", "diverged")
+    except (OSError, ValueError):
+        return False
 
 
 def default_jobs(mlp: bool) -> int:
@@ -61,8 +106,12 @@ def _train_one(cfg: TrainConfig, threads: int, progress: bool, tolerate: bool = 
     from reslab.training import Diverged, train
 
     torch.set_num_threads(threads)
+    t0 = time.perf_counter()
     try:
-        return train(dataclasses.replace(cfg, progress=progress))
+        return {
+            **train(dataclasses.replace(cfg, progress=progress)),
+            "wall_s": time.perf_counter() - t0,
+        }
     except Diverged as e:
         if not tolerate:
             raise

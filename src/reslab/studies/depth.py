@@ -163,11 +163,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         depths=(10, 100, 1000, 10000),
         seeds=(0,),
         width=32,
-        iters=100,
+        iters=60,
         # the engine's digits recipe (SGD, lr 0.02, momentum 0.9, batch 128, constant lr), plus:
-        train=dict(
-            preset="digits", grad_clip=1.0, log_every=1, eval_every=50, checkpoint_every=100
-        ),
+        train=dict(preset="digits", grad_clip=1.0, log_every=1, eval_every=30, checkpoint_every=60),
     ),
 }
 

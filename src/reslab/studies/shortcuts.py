@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from reslab.models import variants
-from reslab.studies.common import claim_study_dir, study_cli, train_many
+from reslab.studies.common import Estimate, claim_study_dir, study_cli, train_many
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.loop import Diverged
 
@@ -148,12 +148,13 @@ def run(cfg: ShortcutsConfig) -> dict:
         f"{list(cfg.seeds)}) on {cfg.data}, one at a time -> {study_dir}",
         flush=True,
     )
-    t0 = time.perf_counter()
-    for c in configs:
+    t0, eta = time.perf_counter(), Estimate(configs)
+    for i, c in enumerate(configs):
         if _diverged_before(c):
             continue
         try:
-            train_many([c], 1, on_done=lambda s, _: _report_run(s, time.perf_counter() - t0))
+            s = train_many([c], 1, on_done=lambda s, _: _report_run(s, time.perf_counter() - t0))
+            eta.done(i, s[0])
         except Diverged as err:
             print(f"  {c.run_name:<24} diverged: {err}", flush=True)
     report = build_report(study_dir)

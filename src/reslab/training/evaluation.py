@@ -13,7 +13,7 @@ from reslab.data import ImageData, Loader, load_dataset
 from reslab.training import distributed
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     data: ImageData,
@@ -74,11 +74,15 @@ def evaluate_weights(
     device: str = "auto",
     num_threads: int = 0,
     model_kwargs: dict | None = None,
+    amp: str = "auto",
+    channels_last: str = "auto",
 ) -> dict:
     """Build `model`, load `weights` (any format `load_weights` reads) and evaluate it on `data`.
 
-    Weights trained with other normalisation constants take them through `mean`/`std`."""
+    Weights trained with other normalisation constants take them through `mean`/`std`. `amp` and
+    `channels_last` follow the training rule (`reslab.training.precision.choose`)."""
     from reslab.models import create_model, load_weights
+    from reslab.training import precision
 
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -94,4 +98,20 @@ def evaluate_weights(
         model, num_classes=len(ds.classes), in_chans=c, img_size=(h, w), **(model_kwargs or {})
     )
     load_weights(net, weights)
-    return evaluate(net.to(d.device), ds, batch_size, d, mean=mean or ds.mean, std=std or ds.std)
+    prec = precision.choose(amp, channels_last, d.device, precision.has_conv(net))
+    net = net.to(
+        d.device, memory_format=torch.channels_last if prec.channels_last else torch.preserve_format
+    )
+    return {
+        **evaluate(
+            net,
+            ds,
+            batch_size,
+            d,
+            lambda: prec.autocast(d.device),
+            prec.channels_last,
+            mean=mean or ds.mean,
+            std=std or ds.std,
+        ),
+        "precision": prec.to_dict(),
+    }

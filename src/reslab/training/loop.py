@@ -8,7 +8,6 @@ moment and resumed with `--deterministic` ends with bit-identical weights.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from reslab.data import ImageData, Loader, load_dataset, train_val_split
 from reslab.models import count_params, create_model, save_weights
-from reslab.training import allocator, distributed
+from reslab.training import allocator, distributed, precision
 from reslab.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from reslab.training.config import TrainConfig
 from reslab.training.evaluation import evaluate
@@ -64,9 +63,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             "(see reslab.training.allocator)",
             stacklevel=2,
         )
-    conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    channels_last = conv and (cfg.channels_last == "on" or (cfg.channels_last == "auto"))
-    amp = amp_dtype(cfg, d.device, conv)
+    prec = precision.choose(cfg.amp, cfg.channels_last, d.device, precision.has_conv(model))
+    channels_last = prec.channels_last
+    if d.is_main:
+        precision.announce(prec)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -74,6 +74,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
+        # one kernel per step instead of one per op: 2x faster steps for nets of thousands of
+        # small tensors (resmlp-10000: 177 vs 361 ms on a 2-core EPYC), same update
+        fused=d.device.type in ("cpu", "cuda") or None,
     )
 
     loader = Loader(
@@ -107,7 +110,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", provenance(d.device))
+        write_json(run_dir / "env.json", {**provenance(d.device), "precision": prec.to_dict()})
     log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
 
     net: nn.Module = model
@@ -118,14 +121,17 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     if cfg.compile:
         net = torch.compile(net)
 
+    eval_batch = cfg.eval_batch_size or (cfg.batch_size if precision.has_conv(model) else 1024)
+    eval_batch = max(d.world_size, eval_batch - eval_batch % d.world_size)
+
     def autocast():
-        return torch.autocast(d.device.type, dtype=amp) if amp else contextlib.nullcontext()
+        return prec.autocast(d.device)
 
     def run_eval(data: ImageData) -> dict:
         if cfg.eval_limit and len(data) > cfg.eval_limit:
             data = data.subset(torch.arange(cfg.eval_limit))
         return evaluate(
-            model, data, cfg.batch_size, d, autocast, channels_last, train_data.mean, train_data.std
+            model, data, eval_batch, d, autocast, channels_last, train_data.mean, train_data.std
         )
 
     bar = tqdm(
@@ -276,8 +282,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         "time_s": t_train,
         "images_per_s": images_per_s,
         "resumed_from": resume_from and resume_from.name,
-        "amp": str(amp).replace("torch.", "") if amp else "fp32",
+        "amp": prec.name,
         "channels_last": channels_last,
+        "precision_reason": prec.reason,
         "world_size": d.world_size,
         "grad_checkpoint": getattr(model, "grad_checkpoint", 0),
         "peak_memory_gib": peak_memory_gib(d.device),
@@ -355,17 +362,6 @@ def augment_on(cfg: TrainConfig) -> bool:
     if cfg.augment == "auto":
         return cfg.data in CIFAR_LIKE
     return cfg.augment == "on"
-
-
-def amp_dtype(cfg: TrainConfig, device: torch.device, conv: bool) -> torch.dtype | None:
-    """bf16 autocast where it pays: conv nets on CPU and GPU; small MLPs stay fp32 on the CPU."""
-    if cfg.amp == "off":
-        return None
-    if cfg.amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and conv else None
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
