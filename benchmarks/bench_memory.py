@@ -43,6 +43,7 @@ def worker(model: str, segments: int, batch: int, steps: int, amp: str, mlp_widt
     import torch.nn.functional as F
 
     from reslab.models import create_model
+    from reslab.training import precision
     from reslab.training.allocator import current
 
     torch.set_flush_denormal(True)  # as the engine: deep plain nets otherwise crawl on denormals
@@ -52,11 +53,12 @@ def worker(model: str, segments: int, batch: int, steps: int, amp: str, mlp_widt
     net = create_model(model, grad_checkpoint=segments, **kw).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    dtype = torch.bfloat16 if amp == "bf16" else None
+    # the engine's rule (warns when bf16 is emulated on this CPU); layout as the model is built
+    prec = precision.choose("bf16" if amp == "bf16" else "off", "off", "cpu", conv=not mlp)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with prec.autocast("cpu"):
             loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()

@@ -14,7 +14,9 @@ def _run(*args):
     )
 
 
-@pytest.mark.parametrize("command", ["models", "train", "eval", "degradation", "depth", "report"])
+@pytest.mark.parametrize(
+    "command", ["models", "train", "eval", "info", "degradation", "depth", "report"]
+)
 def test_help_is_complete(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

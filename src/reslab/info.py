@@ -145,7 +145,7 @@ def format_info(r: dict) -> str:
         f"GPU: {', '.join(m['cuda']) or 'no CUDA device'}; MPS: {'yes' if m['mps'] else 'no'}",
         f"device: {m['device']}",
         f"conv nets: {_describe(r['auto_conv'])}",
-        f"fully connected nets: {r['auto_mlp']['amp']} ({r['auto_mlp']['reason']})",
+        f"fully connected nets: {r['auto_mlp']['amp']}: {r['auto_mlp']['reason']}",
     ]
     if "speed" in r:
         s = r["speed"]
@@ -163,4 +163,4 @@ def format_info(r: dict) -> str:
 
 
 def _describe(d: dict) -> str:
-    return f"{d['amp']}, {'channels_last' if d['channels_last'] else 'NCHW'} ({d['reason']})"
+    return f"{d['amp']}, {'channels_last' if d['channels_last'] else 'NCHW'}: {d['reason']}"

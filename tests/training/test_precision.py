@@ -35,9 +35,9 @@ def test_auto_picks_bf16_only_where_native(native):
 def test_explicit_choices_are_respected(native):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert precision.choose("off", "off", "cpu", conv=True) == precision.Precision(
-            None, False, "fp32 as asked (--amp off)"
-        )
+        off = precision.choose("off", "off", "cpu", conv=True)
+        assert off == precision.Precision(None, False, "as asked (--amp off)", conv=True)
+        assert off.describe() == "fp32, NCHW: as asked (--amp off)"
         bf16 = precision.choose("bf16", "on", "cpu", conv=False)
     assert bf16.amp == torch.bfloat16 and not bf16.channels_last  # no layout for an MLP
     assert len([w for w in caught if "emulated" in str(w.message)]) == (0 if native else 1)
@@ -87,7 +87,7 @@ def test_training_and_evaluation_follow_the_rule(native, tmp_path, capsys):
         "channels_last": True,
         "reason": s["precision_reason"],
     }
-    assert f"computing in {s['amp']}, channels_last" in capsys.readouterr().err
+    assert f"computing in {s['amp']}, channels_last: " in capsys.readouterr().err
     off = _train(tmp_path, "off", amp="off", channels_last="off")
     assert off["amp"] == "fp32" and off["channels_last"] is False
     r = evaluate_weights("resnet-8", str(tmp_path / "auto" / "model.safetensors"), num_threads=1)

@@ -37,9 +37,9 @@ def train_many(
     if jobs <= 1:
         for i, c in enumerate(configs):
             results[i] = _train_one(c, threads, c.progress, tolerate_divergence)
-            eta.done(i, results[i])
             if on_done:
                 on_done(results[i], time.perf_counter() - t0)
+            eta.done(i, results[i])
         return results  # type: ignore[return-value]
     with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
@@ -48,9 +48,9 @@ def train_many(
         }
         for fut in cf.as_completed(futures):
             results[futures[fut]] = fut.result()
-            eta.done(futures[fut], results[futures[fut]])
             if on_done:
                 on_done(results[futures[fut]], time.perf_counter() - t0)
+            eta.done(futures[fut], results[futures[fut]])
     return results  # type: ignore[return-value]
 
 

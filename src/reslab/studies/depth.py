@@ -146,15 +146,17 @@ def _check_model(name: str, kwargs: dict) -> None:
         create_model(name, num_classes=10, in_chans=1, img_size=(8, 8), **kwargs)
 
 
-# digits: fully connected nets of width 32 on the built-in 8x8 digits, 100 steps of SGD each, in
-# 7 minutes on 2 cores (measured, four arms). With two runs side by side a 10,000-layer step takes
-# 1.4 s (ReZero) to 2.2 s (Fixup: its four scalar biases per block are many tiny ops); 150 steps took 1,260
-# CPU-seconds in all, and at 100 steps every norm-free 10,000-layer net is already below 0.7 from
-# 2.3. One recipe for every cell: the engine's digits recipe (as the degradation study) plus
+# digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each: under
+# 10 minutes on a 2-core AMD EPYC (AVX2; the README's CPU B), four arms, two runs at a time. A
+# 10,000-layer step is overhead-bound, about 3 s (ReZero) to 5 s (Fixup: its four scalar biases per
+# block are many tiny ops) on one of its cores, so the 10,000-layer runs are most of the time. At 60
+# steps every norm-free 10,000-layer net is below half its starting loss (Fixup 2.30 -> 0.97, ReZero
+# 2.45 -> 0.48 on CPU B); at 100 steps (the default before, 6 min 52 s on the README's CPU A and
+# over 15 minutes on an AVX2 CPU) below 0.7. One recipe for every cell: the engine's digits recipe (as the degradation study) plus
 # clipping of the global gradient norm at 1, without which ReZero diverges at 10,000 layers even at
 # lr 0.005 (its 5,000 scalars all move the same way at once) and Fixup at lr 0.01 learns for 25
 # steps, then collapses to chance. The loss is logged at every step (the first line is the loss
-# before any update); evaluating every 50 steps and checkpointing once, at the end, keeps the pauses
+# before any update); evaluating every 30 steps and checkpointing once, at the end, keeps the pauses
 # (and the folder: a 10,000-layer net's checkpoint is ~90 MB) small.
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
@@ -191,10 +193,10 @@ def run(cfg: DepthConfig) -> dict:
 
     study_dir = Path(cfg.out) / cfg.name
     _claim(study_dir, cfg)
-    # deepest first: the longest runs start at once and the short ones fill the gaps
-    cells = [
-        (a, d, s) for d in sorted(cfg.depths, reverse=True) for a in cfg.arms for s in cfg.seeds
-    ]
+    # longest first, so the short runs fill the gaps: deepest first, and at each depth the arms by
+    # step time (Fixup's scalar biases are the most ops per block; plain diverges within steps)
+    arms = sorted(cfg.arms, key=("fixup", "residual", "rezero", "skipinit", "plain").index)
+    cells = [(a, d, s) for d in sorted(cfg.depths, reverse=True) for a in arms for s in cfg.seeds]
     configs = [cfg.run_config(a, d, s, study_dir) for a, d, s in cells]
     jobs = cfg.jobs or default_jobs(cfg.family == "mlp")
     print(
@@ -261,5 +263,5 @@ add_arguments, main = study_cli(
     PRESETS,
     make_config,
     run,
-    preset_help="digits: MLPs of width 32 on the built-in digits, about 7 min on 2 cores",
+    preset_help="digits: MLPs of width 32 on the built-in digits, about 10 min on a 2-core CPU",
 )

@@ -2,14 +2,15 @@
 evaluation, the studies, the benchmarks and `reslab info` share.
 
 bf16 autocast pays only where the hardware computes bf16. On an x86 CPU that means AVX512-BF16 or AMX;
-without them PyTorch emulates bf16 and a ResNet-20 training step is about 8x *slower* than fp32 (2-core
-AMD EPYC, AVX2: fp32 channels_last 202 images/s, bf16 channels_last 24; `reslab info` measures it on
-yours). oneDNN's own answer, `torch.ops.mkldnn._is_mkldnn_bf16_supported()`, says only that bf16
-*runs*: on x86 it is true on any AVX-512 CPU, native bf16 or not, so it is not the test used here;
-the CPU's bf16 instructions are (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`).
-On ARM, oneDNN's check is the CPU's BF16 extension itself. On CUDA, bf16 where the GPU computes it
-(Ampere and later). channels_last is faster for conv nets on CPUs of both kinds (AVX2: 1.9x in fp32)
-and on GPUs under bf16, so "auto" turns it on for conv nets on CPU and CUDA.
+without them PyTorch emulates bf16 and a ResNet-20 training step is about 10x *slower* than fp32
+(2-core AMD EPYC Zen 3, AVX2, `reslab info`: fp32 channels_last 272 images/s, bf16 channels_last 25).
+oneDNN's answer as PyTorch asks it, `torch.ops.mkldnn._is_mkldnn_bf16_supported()`, says only that
+bf16 *runs*: on x86 it is AVX512-BW/VL/DQ, true on every AVX-512 CPU, where bf16 without AVX512-BF16
+is still emulated (3-4x slower than fp32, as onnxruntime's own test notes say). So the test here is
+the CPU's bf16 instructions (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`); on
+ARM, oneDNN's check is the CPU's BF16 extension itself. On CUDA: bf16 where the GPU computes it
+(Ampere and later). channels_last is as fast or faster for conv nets on CPUs of both kinds (AVX2,
+fp32: 1.1x) and on GPUs under bf16, so "auto" turns it on for conv nets on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Precision:
     amp: torch.dtype | None
     channels_last: bool
     reason: str
+    conv: bool = True  # False: a net without convolutions, for which layout means nothing
 
     @property
     def name(self) -> str:
@@ -45,9 +47,9 @@ class Precision:
         return torch.autocast(torch.device(device).type, dtype=self.amp)
 
     def describe(self) -> str:
-        """One line, e.g. "fp32, channels_last (no native bf16 on this CPU (AVX2); ...)"."""
-        layout = "channels_last" if self.channels_last else "NCHW"
-        return f"{self.name}, {layout} ({self.reason})"
+        """One line, e.g. "fp32, channels_last: no native bf16 here (AVX2, no AVX512-BF16 or AMX)"."""
+        layout = ", channels_last" if self.channels_last else ", NCHW" if self.conv else ""
+        return f"{self.name}{layout}: {self.reason}"
 
     def to_dict(self) -> dict:
         return {"amp": self.name, "channels_last": self.channels_last, "reason": self.reason}
@@ -97,9 +99,9 @@ def choose(
     device = torch.device(device)
     native, evidence = native_bf16(device) if amp != "off" else (False, "")
     if amp == "off":
-        dtype, reason = None, "fp32 as asked (--amp off)"
+        dtype, reason = None, "as asked (--amp off)"
     elif amp == "bf16":
-        dtype, reason = torch.bfloat16, f"bf16 as asked (--amp bf16); {evidence}"
+        dtype, reason = torch.bfloat16, f"as asked (--amp bf16); {evidence}"
         if warn and not native and device.type == "cpu":
             _warn_once(
                 "emulated-bf16",
@@ -107,18 +109,15 @@ def choose(
                 "several times slower than fp32; --amp auto picks fp32 here",
             )
     elif not native:
-        dtype, reason = None, f"fp32: no native bf16 ({evidence})"
+        dtype, reason = None, f"no native bf16 here ({evidence})"
     elif device.type == "cpu" and not conv:
-        dtype, reason = (
-            None,
-            f"fp32: small fully connected nets gain nothing from bf16 ({evidence})",
-        )
+        dtype, reason = None, f"fully connected nets gain nothing from bf16 on a CPU ({evidence})"
     else:
-        dtype, reason = torch.bfloat16, f"bf16: {evidence}"
+        dtype, reason = torch.bfloat16, f"native bf16 here ({evidence})"
     cl = conv and (
         channels_last == "on" or (channels_last == "auto" and device.type in ("cpu", "cuda"))
     )
-    return Precision(dtype, cl, reason)
+    return Precision(dtype, cl, reason, conv)
 
 
 _announced: set[str] = set()
