@@ -22,8 +22,10 @@ def test_estimate_scales_the_first_run_by_depth_and_iterations(tmp_path, capsys)
     eta = Estimate(configs, jobs=2, quiet_s=60)
     eta.done(3, {"wall_s": 0.1})  # a finished run says nothing about speed
     assert capsys.readouterr().out == ""
-    eta.done(0, {"wall_s": 10.0})  # 10 s per 1,000 units -> (10,000 + 22,000) units / 2 jobs
-    assert "about 3 min to go for 2 more runs" in capsys.readouterr().out  # 160 s
+    # 10 s per 1,000 units: (10,000 + 22,000) units = 320 s, less the 10 s the other job has run,
+    # over 2 jobs: 155 s
+    eta.done(0, {"wall_s": 10.0})
+    assert "about 3 min to go for 2 more runs" in capsys.readouterr().out
     eta.done(1, {"wall_s": 100.0})
     assert capsys.readouterr().out == ""  # said once
 

@@ -57,7 +57,8 @@ def train_many(
 class Estimate:
     """Says once, after the first run trained here, how long the rest will take when that is more
     than `quiet_s`: the first run's seconds per unit of cost (layers x iterations or epochs) times
-    the cost left, over the runs trained at once. Runs finished in an earlier invocation count 0."""
+    the cost left, less what the other runs in flight have done, over the runs trained at once.
+    Runs finished in an earlier invocation count 0."""
 
     def __init__(self, configs: Sequence[TrainConfig], jobs: int = 1, quiet_s: float = 120.0):
         self.cost = [_cost(c) for c in configs]
@@ -72,7 +73,9 @@ class Estimate:
         if self.said or not wall or not self.left:
             return
         self.said = True
-        rest = wall / self.cost[i] * sum(self.cost[j] for j in self.left) / self.jobs
+        # the other runs in flight have had as long as this one: that much of their cost is done
+        work = wall / self.cost[i] * sum(self.cost[j] for j in self.left) - (self.jobs - 1) * wall
+        rest = max(0.0, work) / self.jobs
         if rest > self.quiet_s:
             print(
                 f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs "

@@ -147,7 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             eval_every=50,
         ),
     ),
-    # CIFAR-10 on a 2-core CPU in about 30 minutes with native bf16 (about 5x longer in fp32 on an
+    # CIFAR-10 on a 2-core CPU in about 30 minutes with native bf16 (about 4x longer in fp32 on an
     # AVX2 CPU): 2.5 epochs of the one-cycle schedule. Residual
     # branches start at zero so that the deeper ResNet is not slower off the mark in so short a run.
     "cpu": dict(
@@ -217,7 +217,7 @@ add_arguments, main = study_cli(
     make_config,
     run,
     preset_help="cpu: CIFAR-10 on a 2-core CPU, about 30 min where it computes bf16 natively and about "
-    "2.5 h where it does not (`reslab info`); paper: the paper's grid and recipe, for a GPU",
+    "2 h where it does not (`reslab info`); paper: the paper's grid and recipe, for a GPU",
 )
 
 

@@ -418,5 +418,5 @@ add_arguments, main = study_cli(
     make_config,
     run,
     preset_help="cpu: CIFAR-10 ResNet-20 and plain-20, about 30 min on 2 cores with native bf16 (about "
-    "5x longer without, `reslab info`); paper: ResNet-110 vs plain-20, for a GPU",
+    "4x longer without, `reslab info`); paper: ResNet-110 vs plain-20, for a GPU",
 )

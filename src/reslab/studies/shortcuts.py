@@ -205,5 +205,5 @@ add_arguments, main = study_cli(
     make_config,
     run,
     preset_help="cpu: CIFAR-10 ResNet-20, one seed, about an hour on 2 cores with native bf16 (about "
-    "5x longer without, `reslab info`); paper: ResNet-110, 5 seeds, for a GPU",
+    "4x longer without, `reslab info`); paper: ResNet-110, 5 seeds, for a GPU",
 )
