@@ -10,8 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-import reslab
-from reslab.training import allocator, precision
+from reslab.training import precision
+from reslab.training.tracking import provenance
 
 # (amp, channels_last) candidates, in the order they are measured and printed
 CANDIDATES = (("off", "off"), ("off", "on"), ("bf16", "off"), ("bf16", "on"))
@@ -28,9 +28,9 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "amx": torch.cpu._is_amx_tile_supported(),
     }
     info = {
+        **provenance(device),
         "cpu": precision.cpu_name(),
         "arch": platform.machine(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
         "isa": [k for k, v in isa.items() if v],
         "native_bf16": native,
         "native_bf16_evidence": evidence,
@@ -39,17 +39,10 @@ def machine(device: torch.device | str = "cpu") -> dict:
         ),
         "cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "malloc": allocator.current(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "reslab": reslab.__version__,
         "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available()
         else [],
         "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-        "device": str(device),
     }
     if device.type == "cuda":
         info["device_native_bf16"] = precision.native_bf16(device)
@@ -138,8 +131,8 @@ def format_info(r: dict) -> str:
     lines = [
         f"reslab {m['reslab']}, torch {m['torch']}, Python {m['python']}, {m['platform']}",
         f"CPU: {m['cpu']} ({m['arch']}), {m['cpus']} CPUs ({m['usable_cpus']} usable), "
-        f"torch threads {m['torch_threads']}, malloc {m['malloc']}",
-        f"CPU instructions: capability {m['capability']}; {', '.join(m['isa']) or 'none of AVX2/AVX-512'}; "
+        f"torch threads {m['threads']}, malloc {m['malloc']}",
+        f"CPU instructions: capability {m['cpu_capability']}; {', '.join(m['isa']) or 'none of AVX2/AVX-512'}; "
         f"native bf16: {'yes' if m['native_bf16'] else 'no'} ({m['native_bf16_evidence']}); "
         f"oneDNN bf16 check: {m['onednn_bf16_check']}",
         f"GPU: {', '.join(m['cuda']) or 'no CUDA device'}; MPS: {'yes' if m['mps'] else 'no'}",

@@ -152,8 +152,8 @@ def _check_model(name: str, kwargs: dict) -> None:
 # block are many tiny ops) on one of its cores, so the 10,000-layer runs are most of the time. At 60
 # steps every norm-free 10,000-layer net is below half its starting loss (Fixup 2.30 -> 0.97, ReZero
 # 2.45 -> 0.48 on CPU B); at 100 steps (the default before, 6 min 52 s on the README's CPU A and
-# over 15 minutes on an AVX2 CPU) below 0.7. One recipe for every cell: the engine's digits recipe (as the degradation study) plus
-# clipping of the global gradient norm at 1, without which ReZero diverges at 10,000 layers even at
+# over 15 minutes on an AVX2 CPU) below 0.7. One recipe for every cell: the engine's digits recipe
+# (as the degradation study) plus clipping of the global gradient norm at 1, without which ReZero diverges at 10,000 layers even at
 # lr 0.005 (its 5,000 scalars all move the same way at once) and Fixup at lr 0.01 learns for 25
 # steps, then collapses to chance. The loss is logged at every step (the first line is the loss
 # before any update); evaluating every 30 steps and checkpointing once, at the end, keeps the pauses

@@ -87,7 +87,7 @@ class TrainConfig:
     eval_batch_size: int = _f(
         0,
         "evaluation batch size (0: the training batch for conv nets; 1024 for fully connected "
-        "nets, whose many small layers cost per call, not per image: 3-4x faster)",
+        "nets, whose many small layers cost per call, not per image)",
     )
     eval_limit: int = _f(
         0, "evaluate on the first N images of each split (0: all): a cheaper estimate for huge nets"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import reslab
-from reslab.training import allocator
+from reslab.training import allocator, precision
 
 
 class RunLog:
@@ -85,7 +85,8 @@ def provenance(device: torch.device) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else platform.processor(),
+        else precision.cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "malloc": allocator.current(),
         "git_commit": git_commit(),
