@@ -7,84 +7,20 @@ so an option is declared once, with its help text, next to the code that uses it
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import importlib
 import sys
-import types
-import typing
 import warnings
 from collections.abc import Sequence
 
-from reslab.studies import STUDIES
+from reslab import studies
+from reslab.options import KeyValue, add_dataclass_options
+from reslab.studies import base
 from reslab.training import allocator
 from reslab.training.config import AMP_MODES, PRESETS, SWITCHES, TrainConfig
 from reslab.training.loop import Diverged
 
 
-def add_dataclass_options(
-    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
-) -> None:
-    """One `--option` per dataclass field, help from its metadata; unset options stay absent."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
-        flag = "--" + f.metadata.get("cli", f.name).replace("_", "-")
-        kind = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
-        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-        elif kind is dict:
-            parser.add_argument(flag, action=_KeyValue, metavar="KEY=VALUE", **common)
-        elif kind is tuple:
-            item = typing.get_args(hints[f.name])[0]
-            parser.add_argument(flag, nargs="+", type=_typed(item), metavar="X", **common)
-        elif "const" in f.metadata:  # `--flag` alone means `const`
-            parser.add_argument(
-                flag, nargs="?", const=f.metadata["const"], type=_typed(kind), metavar="N", **common
-            )
-        else:
-            parser.add_argument(flag, type=_typed(kind), metavar=f.name.upper(), **common)
-
-
-def _base_type(hint) -> type:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        origin = typing.get_origin(hint)
-    return origin or hint
-
-
-def _typed(kind: type):
-    def convert(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-
-    convert.__name__ = kind.__name__
-    return convert
-
-
-class _KeyValue(argparse.Action):
-    """`--model-arg zero_init_residual=True --model-arg width=32` -> {"zero_init_residual": True, "width": 32}."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        key, sep, raw = value.partition("=")
-        if not sep or not key.isidentifier():
-            parser.error(f"{option_string} expects KEY=VALUE, got {value!r}")
-        try:
-            parsed = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            parsed = raw
-        setattr(namespace, self.dest, {**getattr(namespace, self.dest, {}), key: parsed})
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The `reslab` parser: one subcommand per entry of COMMANDS and of STUDIES."""
+    """The `reslab` parser: one subcommand per entry of COMMANDS and per registered study."""
     p = argparse.ArgumentParser(
         prog="reslab",
         description="Residual networks and their plain twins: "
@@ -150,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--model-arg",
         dest="model_kwargs",
-        action=_KeyValue,
+        action=KeyValue,
         default={},
         metavar="KEY=VALUE",
         help="model overrides, as for train",
@@ -192,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument(
         "--model-arg",
         dest="model_kwargs",
-        action=_KeyValue,
+        action=KeyValue,
         default={},
         metavar="KEY=VALUE",
         help="model overrides, as for train (e.g. shortcut=B)",
@@ -223,9 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    for command, module in STUDIES.items():
-        study = importlib.import_module(module)
-        study.add_arguments(sub.add_parser(command, help=study.HELP, description=study.HELP))
+    for name in studies.NAMES:
+        import importlib  # TRANSITION: old-style study modules, until every study is a package
+
+        mod = importlib.import_module(f"reslab.studies.{name}")
+        if not hasattr(mod, "STUDY"):
+            mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
+            continue
+        study = studies.get(name)
+        base.add_arguments(study, sub.add_parser(name, help=study.help, description=study.help))
 
     about = "rebuild a study's figures and report.html from its folder"
     r = sub.add_parser("report", help=about, description=about)
@@ -250,18 +192,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:
-        if args.command in STUDIES:
-            importlib.import_module(STUDIES[args.command]).main(opts)
+        if args.command in studies.NAMES:
+            import importlib  # TRANSITION
+
+            mod = importlib.import_module(f"reslab.studies.{args.command}")
+            if not hasattr(mod, "STUDY"):
+                mod.main(opts)
+                return 0
+            base.main(studies.get(args.command), opts)
             return 0
         return COMMANDS[args.command](opts)
     except KeyboardInterrupt:
-        print(
-            "reslab: interrupted; rerun the same command with --resume to continue", file=sys.stderr
-        )
+        print(f"reslab: interrupted{_resume_hint(args.command)}", file=sys.stderr)
         return 130
     except (ValueError, OSError, Diverged) as err:
         print(f"reslab {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _resume_hint(command: str) -> str:
+    if command == "train":
+        return "; rerun the same command with --resume to continue"
+    if command in studies.NAMES:
+        return "; rerun the same command to continue (finished runs are kept)"
+    return ""
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -359,9 +313,7 @@ def cmd_info(opts: dict) -> int:
 
 def cmd_report(opts: dict) -> int:
     """`reslab report PATH`: rebuild a study's figures and report from its folder."""
-    from reslab.report import build_any
-
-    print(build_any(opts["path"]))
+    print(studies.build_report(opts["path"]))
     return 0
 
 

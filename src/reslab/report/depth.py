@@ -31,7 +31,8 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 
 from reslab.report import figures
-from reslab.report.degradation import finite_or_none, read_metrics
+from reslab.studies.stats import finite_or_none
+from reslab.training.runs import read_metrics
 from reslab.report.html import Page, fmt_count, fmt_pct, join_values, read_json
 from reslab.studies.depth import ARMS, NORM_FREE
 

@@ -29,7 +29,7 @@ from matplotlib import ticker
 
 from reslab.models.variants import VARIANTS
 from reslab.report import figures
-from reslab.report.degradation import read_metrics
+from reslab.training.runs import read_metrics
 from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values, read_json
 
 FLOOR = 0.01

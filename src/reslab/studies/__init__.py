@@ -1,14 +1,70 @@
-"""Studies: experiments that make the claims about residual networks visible, one module each.
+"""Studies: the experiments that make the claims about residual networks visible, one package each.
 
-Each study module exposes `HELP` (one line), `add_arguments(parser)` and `main(opts)`; the CLI
-adds one subcommand per entry of `STUDIES`.
+`NAMES` is the registry: the CLI adds one command per name, `reslab report` finds each study folder's
+report through it, and the tests iterate it. A study package `reslab.studies.<name>` exposes `STUDY`
+(a `reslab.studies.base.Study`), `make_config(preset, **options)` and `run(cfg)`.
 """
 
-STUDIES = {  # CLI command -> module
-    "degradation": "reslab.studies.degradation",
-    "depth": "reslab.studies.depth",
-    "gradients": "reslab.studies.gradients",
-    "identity": "reslab.studies.identity",
-    "lesion": "reslab.studies.lesion",
-    "shortcuts": "reslab.studies.shortcuts",
-}
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from reslab.training import runs
+
+NAMES = ("degradation", "depth", "gradients", "identity", "lesion", "shortcuts")
+
+
+def get(name: str):
+    """The `Study` record of a registered study."""
+    if name not in NAMES:
+        raise ValueError(f"unknown study {name!r}; choose from {', '.join(NAMES)}")
+    return importlib.import_module(f"reslab.studies.{name}").STUDY
+
+
+def list_studies() -> list[str]:
+    """The names of the registered studies (each is also a `reslab` command)."""
+    return list(NAMES)
+
+
+def run_study(name: str, preset: str | None = None, **overrides: Any) -> dict:
+    """Run a study as its CLI command does and return its summary (verdict included):
+    `run_study("degradation", depths=(4, 16), seeds=(0,))`. Finished runs are reused."""
+    from reslab.studies import base
+
+    study = get(name)
+    return study.run(base.make_config(study, preset, **overrides))
+
+
+def study_kind(folder: str | Path) -> str | None:
+    """The registered study held in `folder` (its study.json's "study", else the parent folder's
+    name as in runs/<study>/<name>/), or None if it holds no study.json of a known kind."""
+    folder = Path(folder)
+    if not (folder / runs.STUDY).is_file():
+        return None
+    record = runs.read_json(folder / runs.STUDY)
+    kind = (record.get("study") if isinstance(record, dict) else None) or folder.parent.name
+    return kind if kind in NAMES else None
+
+
+def build_report(path: str | Path) -> Path:
+    """`reslab report PATH`: the report of the study in `path`, or of every study below `path` plus
+    an index page linking them; returns the page written."""
+    from reslab.report.html import build_index
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"report path is not a directory: {path}")
+    kind = study_kind(path)
+    if kind is not None:
+        return get(kind).report(path)
+    if (path / runs.STUDY).is_file():
+        raise ValueError(
+            f"{path}/{runs.STUDY} names an unknown study kind; reports exist for {', '.join(NAMES)}"
+        )
+    for record in sorted(path.rglob(runs.STUDY)):
+        kind = study_kind(record.parent)
+        if kind is not None:
+            get(kind).report(record.parent)
+    return build_index(path)

@@ -167,7 +167,7 @@ def study_cli(
     import argparse
 
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        from reslab.cli import add_dataclass_options
+        from reslab.options import add_dataclass_options
 
         parser.add_argument(
             "--preset",

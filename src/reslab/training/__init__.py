@@ -1,6 +1,25 @@
-"""Training: configuration, the loop, checkpoints, run logs and torchrun support."""
+"""Training: configuration, the loop, checkpoints, run folders, run logs and torchrun support.
 
-from reslab.training.config import PRESETS, TrainConfig, resolve
-from reslab.training.loop import Diverged, evaluate, train
+Names are imported on first use, so that `reslab.training.runs` (the run-folder contract, which the
+report toolkit reads) does not pull in torch."""
 
-__all__ = ["PRESETS", "TrainConfig", "resolve", "train", "evaluate", "Diverged"]
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "PRESETS": "reslab.training.config",
+    "TrainConfig": "reslab.training.config",
+    "resolve": "reslab.training.config",
+    "train": "reslab.training.loop",
+    "evaluate": "reslab.training.loop",
+    "Diverged": "reslab.training.loop",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'reslab.training' has no attribute {name!r}")

@@ -19,19 +19,19 @@ compare), "insufficient" (fewer than two plain depths measured).
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values, read_json
+from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values
+from reslab.studies.stats import finite_or_none, mean_std, pooled_std
+from reslab.training import runs as rf
+from reslab.training.runs import read_json, read_metrics
 
 ARCHS = ("plain", "residual")
 FLOOR = 0.01
-_RUN_NAME = re.compile(r"^(plain|residual)-(\d+)-s(\d+)$")
 _LABELS = {
     "shown": ("degradation shown", "good"),
     "residual_degrades_too": ("residual degrades too", "warn"),
@@ -44,26 +44,13 @@ _LABELS = {
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The lines of a metrics.jsonl file as dicts; a torn last line (run still writing) is skipped."""
-    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
-    out = []
-    for i, line in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path} line {i + 1} is not valid JSON") from None
-    return out
-
-
 def _read_study(study_dir: Path) -> dict:
-    if (study_dir / "study.json").is_file():
-        return read_json(study_dir / "study.json")
-    if (study_dir / "runs").is_dir():
+    if (study_dir / rf.STUDY).is_file():
+        return read_json(study_dir / rf.STUDY)
+    if (study_dir / rf.RUNS).is_dir():
         return {}
     raise FileNotFoundError(
-        f"not a degradation study folder (no study.json, no runs/): {study_dir}"
+        f"not a degradation study folder (no {rf.STUDY}, no {rf.RUNS}/): {study_dir}"
     )
 
 
@@ -73,20 +60,19 @@ def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
     if isinstance(listed, list) and listed:
         names = [(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r for r in listed]
         return [
-            study_dir / n if (study_dir / n).is_dir() else study_dir / "runs" / n for n in names
+            study_dir / n if (study_dir / n).is_dir() else study_dir / rf.RUNS / n for n in names
         ]
-    runs = study_dir / "runs"
-    return sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return rf.run_dirs(study_dir)
 
 
 def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int]:
-    """(arch, depth, seed) from the folder name `<arch>-<depth>-s<seed>`, else from config/model name."""
-    m = _RUN_NAME.match(run_dir.name)
-    if m:
-        return m[1], int(m[2]), int(m[3])
+    """(arch, depth, seed) from the cell name `<arch>-<depth>-s<seed>`, else from the run's config."""
+    cell = rf.parse_cell(run_dir.name, ("arch", "depth"))
+    if cell and cell["arch"] in ARCHS:
+        return cell["arch"], cell["depth"], cell["seed"]
     model = str(summary.get("model") or config.get("model") or "")
     digits = re.search(r"(\d+)$", model)
-    arch = config.get("arch") or ("plain" if "plain" in model else "residual")
+    arch = config.get("arch") or (_arch_of(model) if model else None)
     depth = config.get("depth") or (int(digits[1]) if digits else None)
     seed = config.get("seed")
     if arch not in ARCHS or depth is None or seed is None:
@@ -96,9 +82,10 @@ def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int
     return arch, int(depth), int(seed)
 
 
-def finite_or_none(x) -> float | None:
-    """A finite error as float, else None (a diverged run may log NaN)."""
-    return float(x) if x is not None and math.isfinite(float(x)) else None
+def _arch_of(model: str) -> str:
+    from reslab.models import is_residual  # only for run folders not named as cells
+
+    return "residual" if is_residual(model) else "plain"
 
 
 def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
@@ -106,11 +93,11 @@ def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
     runs, incomplete = [], []
     for run_dir in _run_dirs(study_dir, _read_study(study_dir)):
         rel = run_dir.relative_to(study_dir).as_posix()
-        if not (run_dir / "summary.json").is_file():
+        summary = rf.read_summary(run_dir)
+        if summary is None:
             incomplete.append(rel)
             continue
-        summary = read_json(run_dir / "summary.json")
-        config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        config = rf.read_config(run_dir)
         arch, depth, seed = _identify(run_dir, config, summary)
         runs.append(
             {
@@ -139,14 +126,6 @@ def collect_runs(study_dir: str | Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- verdict
 
 
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    """(mean, sample std); std is None for fewer than two values."""
-    if not values:
-        return None, None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return float(np.mean(values)), std
-
-
 def group_runs(runs: list[dict]) -> list[dict]:
     """Per (arch, depth): n, seeds, per-seed errors and their mean/std over seeds (non-finite errors left out)."""
     groups = []
@@ -155,7 +134,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
             rs = [r for r in runs if r["arch"] == arch and r["depth"] == depth]
             train = [r["final_train_error"] for r in rs if r["final_train_error"] is not None]
             test = [r["final_test_error"] for r in rs if r["final_test_error"] is not None]
-            (tr_mean, tr_std), (te_mean, te_std) = _stats(train), _stats(test)
+            (tr_mean, tr_std), (te_mean, te_std) = mean_std(train), mean_std(test)
             groups.append(
                 {
                     "arch": arch,
@@ -177,9 +156,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
 
 def _compare(shallow: dict, deep: dict, floor: float) -> dict:
     """Deepest vs shallowest group of one arch: margin, pooled seed std, tolerance, degrades."""
-    df = (shallow["n"] - 1) + (deep["n"] - 1)
-    ss = sum((g["n"] - 1) * (g["train_error_std"] or 0.0) ** 2 for g in (shallow, deep))
-    pooled = math.sqrt(ss / df) if df > 0 else 0.0
+    pooled = pooled_std([(g["n"], g["train_error_std"]) for g in (shallow, deep)])
     tolerance = max(2 * pooled, floor)
     margin = deep["train_error_mean"] - shallow["train_error_mean"]
     return {
@@ -271,9 +248,9 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "degradation", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     if summary["data"] is None and runs:
-        summary["data"] = read_json(study_dir / runs[0]["run_dir"] / "summary.json").get("data")
+        summary["data"] = rf.read_summary(study_dir / runs[0]["run_dir"]).get("data")
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
     return summary
 
 
@@ -296,7 +273,7 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path) -> Pa
     """Fig. 6 style: train error (thin dashed) and test error (bold) vs iterations, mean over seeds;
     plain left, residual right, one colour per depth shared by both panels."""
     study_dir = Path(study_dir)
-    metrics = {r["run_dir"]: read_metrics(study_dir / r["run_dir"] / "metrics.jsonl") for r in runs}
+    metrics = {r["run_dir"]: read_metrics(study_dir / r["run_dir"]) for r in runs}
     colors = figures.depth_colors([r["depth"] for r in runs] or [0])
     late_max = [1.0]  # the y range shows the later part of training, as in the paper's 0-20% axes
     with figures.style():
@@ -424,19 +401,6 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
         f"{study_dir.name} · {summary.get('data')} · He et al. 2015, Figures 1 and 6",
     )
     page.verdict(label, v["text"], tone, [_comparison_note(a, v[a], v["floor"]) for a in ARCHS])
-    page.heading("What was run").paragraph(_what_was_run(summary))
-    skip = ("runs", "verdict", "incomplete", "recipe", "train")
-    page.facts(
-        {k: join_values(val) for k, val in summary.items() if k not in skip}
-        | {"iters": _iters(summary)}
-    )
-    if isinstance(summary.get("recipe"), dict):
-        page.heading("Recipe", level=3).facts(summary["recipe"])
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
     page.heading("Training curves").figure(
         curves,
         "Training error (thin dashed) and test error (bold) against iterations, mean over seeds "
@@ -478,6 +442,15 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
         rows,
         "Errors as mean ± sample std over seeds; — marks a missing or non-finite value (diverged run).",
     )
+    if summary.get("incomplete"):
+        page.paragraph(
+            f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
+            small=True,
+        )
+    skip = ("runs", "verdict", "incomplete", "recipe", "train")
+    config = {k: v for k, v in summary.items() if k not in skip} | {"iters": _iters(summary)}
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(_what_was_run(summary), config, recipe)
     page.heading("How the verdict is decided").paragraph(
         "For each architecture, the mean final training error of the deepest finished depth is compared with "
         "that of the shallowest. It degrades if the difference exceeds max(2 × pooled seed std, "

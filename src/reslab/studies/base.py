@@ -1,0 +1,340 @@
+"""What every study shares, as plain functions and one small record.
+
+A study is a package `reslab/studies/<name>/` holding its config dataclass, presets, grid, a short
+`run(cfg)` and a `report.py`; it describes itself with a `Study` record (name, help, config class,
+presets, toy preset, run, report, table) and lists its name in `reslab.studies.NAMES`. Everything
+else is here: the common options, a config from a preset plus overrides, a cell's run config, the
+early check that every model of the grid builds, claiming the study folder, training the grid with
+one divergence policy, and finishing (report, terminal table, the summary).
+
+The divergence policy: a run whose loss turns non-finite stops, and its run folder records the step
+and the last finite loss (status "diverged"). It is never retried on its own (rerunning the study
+keeps it as it is); the study goes on with the other runs, and its report names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reslab.training import runs
+from reslab.training.config import TrainConfig, resolve
+
+# TrainConfig fields a study sets itself for every run (not offered as engine options).
+OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
+OWNED += ("progress",)
+# The model families the studies train (the registry's families that take any depth), plain or residual.
+FAMILIES = ("mlp", "cifar", "preact")
+ARCHS = ("plain", "residual")
+# Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
+PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study, as the CLI, `reslab report`, `reslab.run_study` and the tests see it."""
+
+    name: str
+    help: str  # one line, for `reslab --help`
+    config: type  # frozen dataclass with `preset`, `out`, `name` and `train` fields
+    presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
+    run: Callable[[Any], dict]  # config -> summary (trains what is missing, then reports)
+    report: Callable[[Path], Path]  # study folder -> report.html, from the folder alone
+    table: Callable[[dict], str]  # summary -> plain-text table and verdict, for the terminal
+    toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
+    preset_help: str = ""  # what the non-default presets are for
+    owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
+    default_name: Callable[[str, dict], str] | None = None  # (preset, values) -> folder name
+
+    @property
+    def default_preset(self) -> str:
+        return next(iter(self.presets))
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
+    """defaults < preset < options; `train` overrides are merged, not replaced. The study folder's
+    name defaults to the preset's (`<preset>-<data>` when the data is overridden)."""
+    preset = preset or study.default_preset
+    if preset not in study.presets:
+        raise ValueError(
+            f"unknown {study.name} preset {preset!r}; choose from {', '.join(study.presets)}"
+        )
+    values = dict(study.presets[preset])
+    values["train"] = dict(values.get("train", {}), **options.pop("train", {}))
+    values.update(options)
+    if not values.get("name"):
+        if study.default_name:
+            values["name"] = study.default_name(preset, values)
+        else:
+            values["name"] = preset if "data" not in options else f"{preset}-{options['data']}"
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return study.config(preset=preset, **values)
+
+
+def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> TrainConfig:
+    """The ordinary training config of one cell: the study's `train` recipe (its `preset` key names a
+    TrainConfig preset), the study's data and iterations, then this cell's model, seed and name,
+    written to `<out>/<study name>/runs/<name>/` and resumed if it is there."""
+    values = dict(
+        cfg.train,
+        model=model,
+        data=cfg.data,
+        data_dir=cfg.data_dir,
+        seed=seed,
+        name=name,
+        out=str(study_dir(cfg) / runs.RUNS),
+        resume=True,
+        progress=False,
+    )
+    if getattr(cfg, "iters", 0):
+        values["iters"] = cfg.iters
+    values.update(options)
+    return resolve(values.pop("preset", None), **values)
+
+
+def recipe(run_cfg: TrainConfig) -> dict:
+    """What every run of a study shares: a run config without its per-run fields."""
+    return {k: v for k, v in run_cfg.to_dict().items() if k not in PER_RUN}
+
+
+def study_dir(cfg: Any) -> Path:
+    return Path(cfg.out) / cfg.name
+
+
+def model_name(family: str, arch: str, depth: int) -> str:
+    """The registered name of a `family` net ("mlp", "cifar", "preact": the registry's any-depth
+    families) of `depth` weight layers, plain or residual: model_name("cifar", "plain", 20) == "plain-20"."""
+    from reslab.models.registry import FAMILIES as REGISTERED
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be plain or residual, got {arch!r}")
+    fam = next((f for f in REGISTERED if f.name == family and f.any_depth), None)
+    if fam is None:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    return f"{fam.residual if arch == 'residual' else fam.plain}-{depth}"
+
+
+def check_models(models: Iterable[tuple[str, dict]]) -> None:
+    """Build every (name, overrides) of the grid on the meta device (no memory, no init), so a bad
+    depth or option fails in one line before any training."""
+    import torch
+
+    from reslab.models import create_model
+
+    seen = set()
+    for name, kwargs in models:
+        key = (name, json.dumps(kwargs, sort_keys=True, default=str))
+        if key not in seen:
+            seen.add(key)
+            with torch.device("meta"):
+                create_model(
+                    name, **{"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **kwargs}
+                )
+
+
+def claim(
+    folder: Path,
+    record: dict,
+    must_match: Sequence[str],
+    merge: Callable[[dict, dict], dict] | None = None,
+) -> dict:
+    """Write `study.json`; if the folder already holds a study, the keys in `must_match` must agree
+    (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
+    record = jsonable(record)
+    path = folder / runs.STUDY
+    if path.exists():
+        old = runs.read_json(path)
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} does not hold a study record (a JSON object)")
+        diff = [k for k in must_match if old.get(k) != record.get(k)]
+        if diff:
+            raise ValueError(
+                f"{folder} holds a study with other settings ({', '.join(diff)}); "
+                "rerun with the same options to resume it, or pass --name for a new study"
+            )
+        record = merge(old, record) if merge else {**old, **record}
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json(path, record)
+    return record
+
+
+def union(old: dict, new: dict, **orders: Sequence) -> dict:
+    """A merge for `claim`: the new record, with each named list the union of old and new, in the
+    order given (or sorted when the order is None): union(old, new, seeds=None, archs=ARCHS)."""
+    out = {**old, **new}
+    for key, order in orders.items():
+        both = {*old.get(key, ()), *new.get(key, ())}
+        out[key] = [x for x in order if x in both] if order is not None else sorted(both)
+    return out
+
+
+def jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON types (tuples become lists)."""
+    return json.loads(json.dumps(obj, default=list))
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def default_jobs(mlp: bool) -> int:
+    """Runs to train at once: small fully connected nets scale badly over threads, so on a CPU they
+    run one per core; conv nets (and anything on a GPU) one at a time."""
+    import torch
+
+    return max(1, os.cpu_count() or 1) if mlp and not torch.cuda.is_available() else 1
+
+
+def train_grid(
+    configs: Sequence[TrainConfig],
+    jobs: int = 1,
+    on_done: Callable[[dict, float], None] | None = None,
+) -> list[dict]:
+    """Train every config under the divergence policy (module docstring); returns summaries in order.
+
+    Finished runs return at once, unfinished ones resume. With `jobs` > 1 the runs go to that many
+    spawned processes, each with cores // jobs threads; with one job the runs show a progress bar."""
+    on_done = on_done or print_run
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    t0 = time.perf_counter()
+    results: list[dict | None] = [None] * len(configs)
+    eta = Estimate(configs, jobs)
+
+    def done(i: int, summary: dict) -> None:
+        results[i] = summary
+        on_done(summary, time.perf_counter() - t0)
+        eta.done(i, summary)
+
+    if jobs <= 1:
+        for i, c in enumerate(configs):
+            done(i, _train_one(c, threads, True))
+        return results  # type: ignore[return-value]
+    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_one, c, threads, False): i for i, c in enumerate(configs)}
+        for fut in cf.as_completed(futures):
+            done(futures[fut], fut.result())
+    return results  # type: ignore[return-value]
+
+
+def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
+    import torch
+
+    from reslab.training import Diverged, train
+
+    run_dir = Path(cfg.out) / cfg.run_name
+    if runs.status(run_dir) == "diverged":  # never retried on its own
+        return {"name": cfg.run_name, **runs.read_summary(run_dir), "wall_s": 0.0}
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        summary = train(dataclasses.replace(cfg, progress=progress))
+    except Diverged as e:
+        summary = {"name": cfg.run_name, "status": "diverged", "error": str(e)}
+        summary.update(runs.read_summary(run_dir) or {})
+    return {**summary, "wall_s": time.perf_counter() - t0}
+
+
+def print_run(s: dict, elapsed: float) -> None:
+    """One line per finished run: its errors, or where it diverged."""
+    if s.get("status") == "diverged":
+        step = s.get("diverged_at_step", s.get("steps"))
+        loss = s.get("last_finite_loss")
+        last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+        what = f"diverged at step {step}{last}"
+    else:
+        what = f"train error {s['final_train_error']:7.2%}  test error {s['final_test_error']:7.2%}"
+    print(f"  {s['name']:<24} {what}  [{elapsed:5.0f} s]", flush=True)
+
+
+class Estimate:
+    """Says once, after the first run trained here, how long the rest will take when that is more
+    than `quiet_s`: the first run's seconds per unit of cost (layers x iterations or epochs) times
+    the cost left, less what the other runs in flight have done, over the runs trained at once.
+    Runs finished in an earlier invocation count 0."""
+
+    def __init__(self, configs: Sequence[TrainConfig], jobs: int = 1, quiet_s: float = 120.0):
+        self.cost = [_cost(c) for c in configs]
+        self.left = {
+            i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)
+        }
+        self.jobs, self.quiet_s, self.said = max(1, jobs), quiet_s, False
+
+    def done(self, i: int, summary: dict | None) -> None:
+        if i not in self.left:
+            return
+        self.left.discard(i)
+        wall = (summary or {}).get("wall_s")
+        if self.said or not wall or not self.left:
+            return
+        self.said = True
+        # the other runs in flight have had as long as this one: that much of their cost is done
+        work = wall / self.cost[i] * sum(self.cost[j] for j in self.left) - (self.jobs - 1) * wall
+        rest = max(0.0, work) / self.jobs
+        if rest > self.quiet_s:
+            print(
+                f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs "
+                "(estimated from the first run's speed on this machine)",
+                flush=True,
+            )
+
+
+def _cost(c: TrainConfig) -> float:
+    """A run's cost in arbitrary units: depth (weight layers) x iterations (or epochs)."""
+    from reslab.training.config import _depth
+
+    return max(1, _depth(c.model)) * (c.iters or c.epochs)
+
+
+# ------------------------------------------------------------------------------------ finishing
+
+
+def finish(study: Study, folder: Path, t0: float) -> dict:
+    """Build the report from the folder, print the table and where the report is; return the summary."""
+    report = study.report(folder)
+    summary = runs.read_json(folder / runs.SUMMARY)
+    print(study.table(summary))
+    print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
+    return summary
+
+
+# ------------------------------------------------------------------------------------ command line
+
+
+def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
+    """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
+    less the fields the study sets per run)."""
+    from reslab.options import add_dataclass_options
+
+    others = [p for p in study.presets if p != study.default_preset]
+    parser.add_argument(
+        "--preset",
+        default=argparse.SUPPRESS,
+        help=f"{', '.join(study.presets)} (default: {study.default_preset}"
+        + (f"; {study.preset_help}" if study.preset_help and others else "")
+        + ")",
+    )
+    add_dataclass_options(parser, study.config, exclude=("preset", "train"))
+    add_dataclass_options(
+        parser.add_argument_group("training engine options (override the study's recipe)"),
+        TrainConfig,
+        exclude=OWNED + study.owns,
+    )
+
+
+def main(study: Study, opts: dict) -> dict:
+    """Split parsed options into the study's and the engine's, and run the study."""
+    fields = {f.name for f in dataclasses.fields(study.config)}
+    train = {k: v for k, v in opts.items() if k not in fields}
+    own = {k: v for k, v in opts.items() if k in fields}
+    return study.run(make_config(study, own.pop("preset", None), train=train, **own))

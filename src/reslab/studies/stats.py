@@ -1,0 +1,58 @@
+"""Statistics every study's verdict uses: finite-or-none, mean and sample std over seeds, and the
+pooled-tolerance comparison of two groups of seeds.
+
+The comparison: `margin = mean(b) - mean(a)`, `tolerance = max(2 * pooled std, floor)`, where the
+pooled std is the usual df-weighted one of the two groups' sample stds (0 with one seed per group,
+so only the floor applies); b is "higher" than a when margin > tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def finite_or_none(x: object) -> float | None:
+    """`x` as a float when it is a finite number, else None (a diverged run logs NaN or nothing)."""
+    try:
+        value = float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """(mean, sample std) of the finite values; std is None with fewer than two, both None with none."""
+    xs = [v for v in (finite_or_none(v) for v in values) if v is not None]
+    if not xs:
+        return None, None
+    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+    return float(np.mean(xs)), std
+
+
+def pooled_std(groups: Sequence[tuple[int, float | None]]) -> float:
+    """The df-weighted pooled std of groups given as (n, sample std); 0.0 when no group has two values."""
+    df = sum(n - 1 for n, _ in groups if n > 0)
+    ss = sum((n - 1) * (s or 0.0) ** 2 for n, s in groups if n > 0)
+    return math.sqrt(ss / df) if df > 0 else 0.0
+
+
+def compare(a: Sequence[float | None], b: Sequence[float | None], floor: float) -> dict:
+    """Group b against group a (non-finite values left out): {"mean_a", "mean_b", "margin",
+    "pooled_std", "tolerance", "higher"}; with an empty group the means are None and higher False."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    na = sum(finite_or_none(v) is not None for v in a)
+    nb = sum(finite_or_none(v) is not None for v in b)
+    pooled = pooled_std([(na, sa), (nb, sb)])
+    tolerance = max(2 * pooled, floor)
+    margin = None if ma is None or mb is None else mb - ma
+    return {
+        "mean_a": ma,
+        "mean_b": mb,
+        "margin": margin,
+        "pooled_std": pooled,
+        "tolerance": tolerance,
+        "higher": margin is not None and margin > tolerance,
+    }

@@ -1,0 +1,138 @@
+"""The run-folder contract: what a training run and a study leave on disk, read and written in one place.
+
+A run folder `<out>/<name>/` holds `config.json` (the resolved TrainConfig), `env.json` (provenance),
+`metrics.jsonl` (one JSON object a line: {"kind", "step", ...}), `summary.json` (written last; its
+"status" is "completed" or "diverged"), `model.safetensors` and `checkpoints/`. A study folder holds
+`study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), and what
+its report writes: `summary.json`, figures and `report.html`.
+
+A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2`, `B-s0`);
+`cell_name` writes it and `parse_cell` reads it back. No other module spells these file names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+ENV = "env.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+STUDY = "study.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+RUNS = "runs"  # a study's run folders live in <study>/runs/
+REPORT = "report.html"
+
+FINISHED = ("completed", "diverged")
+
+
+# ------------------------------------------------------------------------------------------ JSON
+
+
+def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
+    """Write JSON atomically (temp file + rename), so a reader never sees half a file.
+
+    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """A run or study JSON file; a one-line ValueError naming the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The lines of a metrics.jsonl file (or of `<run_dir>/metrics.jsonl`) as dicts; a torn last
+    line (a run still writing, or killed) is skipped, a bad line elsewhere is an error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path} line {i + 1} is not valid JSON") from None
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """A run's summary.json, or None while it has none (not started, or still training)."""
+    path = Path(run_dir) / SUMMARY
+    return read_json(path) if path.is_file() else None
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """A run's config.json as a dict ({} when it has none)."""
+    path = Path(run_dir) / CONFIG
+    return read_json(path) if path.is_file() else {}
+
+
+def status(run_dir: str | Path) -> str | None:
+    """ "completed", "diverged", or None for a run that has not finished (or is unreadable)."""
+    try:
+        summary = read_summary(run_dir)
+    except (OSError, ValueError):
+        return None
+    return summary.get("status") if isinstance(summary, dict) else None
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the run ended (completed or diverged): rerunning it would change nothing."""
+    return status(run_dir) in FINISHED
+
+
+def run_dirs(study_dir: str | Path) -> list[Path]:
+    """The run folders of a study, sorted by name (those under `<study_dir>/runs/`)."""
+    root = Path(study_dir) / RUNS
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+# ------------------------------------------------------------------------------------------ cells
+
+_CELL = re.compile(r"^(.+)-s(\d+)$")
+
+
+def cell_name(*parts: object, seed: int) -> str:
+    """The folder name of one cell of a study grid: cell_name("plain", 20, seed=0) == "plain-20-s0"."""
+    if not parts or any("/" in str(p) or not str(p) for p in parts):
+        raise ValueError(f"cell parts must be non-empty names without '/', got {parts!r}")
+    return "-".join(map(str, parts)) + f"-s{int(seed)}"
+
+
+def parse_cell(name: str, fields: tuple[str, ...]) -> dict | None:
+    """The fields of a cell name, or None if it is not one: parse_cell("plain-20-s0", ("arch", "depth"))
+    == {"arch": "plain", "depth": 20, "seed": 0}. With one field, the whole prefix is that field
+    (so it may contain '-'); with several, the prefix splits on its last len(fields) - 1 dashes and
+    a field named "depth" must be an integer."""
+    m = _CELL.match(name)
+    if not m:
+        return None
+    values = m[1].rsplit("-", len(fields) - 1) if len(fields) > 1 else [m[1]]
+    if len(values) != len(fields):
+        return None
+    cell: dict[str, Any] = dict(zip(fields, values, strict=True))
+    if "depth" in cell:
+        if not cell["depth"].isdigit():
+            return None
+        cell["depth"] = int(cell["depth"])
+    cell["seed"] = int(m[2])
+    return cell
