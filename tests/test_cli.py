@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from reslab.cli import build_parser, main
+from reslab.cli import COMMANDS, build_parser, main
+from reslab.studies import NAMES
 
 
 def _run(*args):
@@ -14,9 +15,7 @@ def _run(*args):
     )
 
 
-@pytest.mark.parametrize(
-    "command", ["models", "train", "eval", "info", "degradation", "depth", "report"]
-)
+@pytest.mark.parametrize("command", [*COMMANDS, *NAMES])
 def test_help_is_complete(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -44,11 +43,11 @@ def test_models_table(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--model", "resnet21", "--iters", "1"], "resnet"),
+        (["train", "--model", "resnet21", "--iters", "1"], "unknown model"),
         (["train", "--schedule", "linear"], "schedule must be one of"),
-        (["train", "--data", "nosuchdata", "--iters", "1"], "nosuchdata"),
+        (["train", "--data", "nosuchdata", "--iters", "1"], "unknown dataset"),
         (["models", "nothing*"], "no model matches"),
-        (["degradation", "--depths", "3"], "depth"),
+        (["degradation", "--depths", "3"], "even depth"),
     ],
 )
 def test_bad_input_is_one_line_error(args, message, tmp_path):

@@ -28,8 +28,12 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+                    base = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1] + [base]
+                    ).strip(".")
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names
+                ]
             else:
                 continue
             graph[mod] |= {t for t in targets if t in files and t != mod}
@@ -81,5 +85,9 @@ def test_report_toolkit_imports_no_study_and_no_torch():
     graph = import_graph()
     for mod in (m for m in graph if m.startswith("reslab.report")):
         assert not any(t.startswith("reslab.studies") for t in graph[mod]), mod
-        text = (SRC.parent / (mod.replace(".", "/") + ".py")).read_text() if not mod.endswith("report") else ""
+        text = (
+            (SRC.parent / (mod.replace(".", "/") + ".py")).read_text()
+            if not mod.endswith("report")
+            else ""
+        )
         assert "import torch" not in text, mod

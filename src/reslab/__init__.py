@@ -23,6 +23,8 @@ _API = {
     "TrainConfig": "reslab.training",
     "train": "reslab.training",
     "evaluate": "reslab.training",
+    "run_study": "reslab.studies",
+    "list_studies": "reslab.studies",
     "degradation": "reslab.studies.degradation",
 }
 

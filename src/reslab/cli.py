@@ -160,12 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     for name in studies.NAMES:
-        import importlib  # TRANSITION: old-style study modules, until every study is a package
-
-        mod = importlib.import_module(f"reslab.studies.{name}")
-        if not hasattr(mod, "STUDY"):
-            mod.add_arguments(sub.add_parser(name, help=mod.HELP, description=mod.HELP))
-            continue
         study = studies.get(name)
         base.add_arguments(study, sub.add_parser(name, help=study.help, description=study.help))
 
@@ -193,12 +187,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         if args.command in studies.NAMES:
-            import importlib  # TRANSITION
-
-            mod = importlib.import_module(f"reslab.studies.{args.command}")
-            if not hasattr(mod, "STUDY"):
-                mod.main(opts)
-                return 0
             base.main(studies.get(args.command), opts)
             return 0
         return COMMANDS[args.command](opts)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.models import create_model
+from reslab.models import append_blocks, create_model
 from reslab.models.convert import SequentialBlock, to_plain, to_residual
 
 
@@ -245,7 +245,12 @@ def test_bad_arguments():
 
 @pytest.mark.parametrize(
     "name, plain_name, size",
-    [("resnet20", "plain20", 16), ("resnet18", "plain18", 32), ("resmlp-6", "plainmlp-6", 8)],
+    [
+        ("resnet20", "plain20", 16),
+        ("resnet18", "plain18", 32),
+        ("resmlp-6", "plainmlp-6", 8),
+        ("preact_resnet-20", "preact_plain-20", 16),  # its name from the registry's `twin`
+    ],
 )
 def test_to_plain_equals_the_registered_plain_twin(name, plain_name, size):
     torch.manual_seed(0)
@@ -292,3 +297,44 @@ def test_plain_twin_has_no_path_around_its_layers(make):
         block.shortcut = "B"  # with its shortcut back, the input gets through
         out = model(torch.cat([x1, x2]))
         assert not torch.allclose(out[:2], out[2:])
+
+
+def test_to_plain_keeps_a_name_the_registry_does_not_know():
+    model = create_model("resnet-8")
+    model.model_name = "my-net"
+    assert to_plain(model).model_name == "my-net"
+
+
+# ---------------------------------------------------------------------------------------------
+# appending blocks
+
+
+@pytest.mark.parametrize(
+    "name, deeper, size", [("resnet-8", "resnet-20", 16), ("resmlp-4", "resmlp-8", 4)]
+)
+def test_append_blocks_runs_them_after_the_last_block(name, deeper, size):
+    torch.manual_seed(0)
+    kw = {"img_size": size} if "mlp" in name else {}
+    model = randomize_bn_(create_model(name, **kw)).eval()
+    extra = create_model(deeper, **kw).residual_blocks()[-2:]  # shaped like the last stage
+    for block in extra:  # F = 0 at init, so that each block is the identity on ReLU outputs
+        nn.init.zeros_(block.branch_norms()[-1].weight)
+    longer = append_blocks(model, extra).eval()
+    blocks = longer.residual_blocks()
+    assert len(blocks) == len(model.residual_blocks()) + 2 and blocks[-2:] == extra
+    last = blocks[-3]  # the copy of the model's last block: same stage, before the new ones
+    stage = next(m for m in longer.modules() if isinstance(m, nn.Sequential) and last in list(m))
+    assert list(stage)[-2:] == extra
+    originals = {id(p) for p in model.parameters()}
+    assert not any(id(p) in originals for p in longer.parameters())  # a copy
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(longer(x), model(x))
+        nn.init.ones_(extra[0].branch_norms()[-1].weight)
+        assert not torch.allclose(longer(x), model(x))  # ... and they do run
+
+
+def test_append_blocks_needs_a_stage():
+    res = to_residual(plain_cnn(), example_input=X)  # its blocks sit in the model itself
+    with pytest.raises(ValueError, match="not held in an nn.Sequential stage"):
+        append_blocks(res, [])

@@ -1,11 +1,13 @@
 """Names resolve to the right architectures, and bad names or options say what is allowed."""
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from reslab.models import create_model, list_models
+from reslab.models import create_model, is_residual, list_models, registry, twin
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 
 
@@ -156,3 +158,75 @@ def test_imagenet_names_and_shapes_match_torchvision(depth):
     } == shapes
     plain = {k: v.shape for k, v in meta(f"plain{depth}", num_classes=1000).state_dict().items()}
     assert plain == {k: v for k, v in shapes.items() if ".downsample." not in k}
+
+
+# ---- plain/residual twins ---------------------------------------------------------------------
+
+# the 1202- and 1001-layer nets are their families' classes at depth (see test_models.py); the
+# shape comparison below leaves them out to keep the suite quick, the naming checks do not
+SHALLOW = [n for n in list_models() if not n.endswith(("1202", "1001"))]
+
+
+def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_twin_names():
+    assert twin("resnet-20", False) == "plain-20" and twin("plain-20", True) == "resnet-20"
+    assert twin("plainmlp-64", True) == "resmlp-64" and twin("resmlp64", False) == "plainmlp64"
+    assert twin("preact_resnet-110", False) == "preact_plain-110"
+    assert twin("resnet18", False) == "plain18"  # the ImageNet family's plain twin
+    assert twin("resnet-50", False) == "plain-50"  # the dashed form is the CIFAR family
+    assert twin("resnet-110+gate-shortcut", False) == "plain-110+gate-shortcut"
+    assert twin("resnet20", True) == "resnet20" and twin("plain20", False) == "plain20"
+    with pytest.raises(ValueError, match="unknown model 'vgg16'"):
+        twin("vgg16", False)
+
+
+@pytest.mark.parametrize(
+    "name", [*list_models(), "resnet-74", "preact_plain-29", "resmlp-1000", "resnet-8+identity"]
+)
+def test_twin_is_an_involution_and_agrees_with_is_residual(name):
+    residual = is_residual(name)
+    assert residual == ("plain" not in name)
+    assert twin(name, residual) == name
+    other = twin(name, not residual)
+    assert other != name and is_residual(other) == (not residual)
+    assert twin(other, residual) == name
+    assert ("-" in other) == ("-" in name) and other.partition("+")[2] == name.partition("+")[2]
+    if "-" not in name and "+" not in name:
+        assert other in list_models()
+
+
+@pytest.mark.parametrize("name", SHALLOW)
+def test_twins_have_the_same_parameters_but_the_projections(name):
+    """Plain is the same class with the shortcut off: the same parameter names and shapes, less
+    the projection shortcuts' (".downsample." keys: option B/C nets; none in option A nets)."""
+    with torch.device("meta"):
+        model = create_model(name)
+        res, plain = create_model(twin(name, True)), create_model(twin(name, False))
+    assert type(res) is type(plain) is type(model)
+    assert [type(b) for b in res.residual_blocks()] == [type(b) for b in plain.residual_blocks()]
+    assert shapes(model) == shapes(res if is_residual(name) else plain)
+    assert is_residual(res) and not is_residual(plain)
+    res_shapes, plain_shapes = shapes(res), shapes(plain)
+    assert plain_shapes == {k: v for k, v in res_shapes.items() if ".downsample." not in k}
+    projections = any(b.projects for b in res.residual_blocks())
+    assert (len(res_shapes) > len(plain_shapes)) == projections
+    assert projections == (res.default_cfg["family"] in ("imagenet", "preact"))
+
+
+def test_family_without_a_plain_twin(monkeypatch):
+    fam = dataclasses.replace(registry.FAMILIES[-1], plain=None)
+    monkeypatch.setitem(registry._REGISTRY, "resmlp4", (fam, 4, True))
+    assert twin("resmlp4", True) == "resmlp4"
+    with pytest.raises(ValueError, match="resmlp4: the mlp family has no plain twin"):
+        twin("resmlp4", False)
+
+
+def test_is_residual_of_built_models():
+    assert is_residual(create_model("resnet-8")) and not is_residual(create_model("plain-8"))
+    assert is_residual(create_model("resnet-8+gate-shortcut"))
+    assert is_residual(create_model("resnet-8", features_only=True))  # no residual_blocks()
+    assert not is_residual(create_model("plain-8", features_only=True))
+    assert not is_residual(nn.Sequential(nn.Linear(2, 2)))

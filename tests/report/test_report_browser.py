@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.image import imread
 
-from reslab.report.degradation import build_report
+from reslab.studies.degradation.report import build_report
 
 
 def test_report_renders_with_all_figures(study_dir, tmp_path, browser):

@@ -8,8 +8,15 @@ import statistics
 
 import pytest
 
-from reslab.report import build_any, degradation
-from reslab.report.degradation import FLOOR, build_report, collect_runs, format_table, verdict
+from reslab.studies import build_report as build_any
+from reslab.studies.degradation import report as degradation
+from reslab.studies.degradation.report import (
+    FLOOR,
+    build_report,
+    collect_runs,
+    format_table,
+    verdict,
+)
 
 
 def _strict_json(path):

@@ -1,5 +1,6 @@
-"""The depth study end to end at toy size through the CLI, diverged runs recorded without stopping the
-study, one-line errors for bad options, and a 1,000-layer norm-free residual MLP that learns at once."""
+"""The depth study: each arm's nets and recipe, a diverged run recorded and named without stopping the
+study (and not retried), a rerun that adds cells only, one-line errors for options only this study
+has, and a 1,000-layer norm-free residual MLP that learns at once."""
 
 import json
 import time
@@ -11,75 +12,48 @@ from torch.nn import functional as F
 from reslab.cli import main as cli
 from reslab.data import load_dataset
 from reslab.models import create_model
-from reslab.studies.depth import ARMS, DEFAULT_ARMS, PRESETS, make_config, run
-
-TOY = ["--depths", "4", "6", "--iters", "12", "--width", "8", "--jobs", "1", "--eval-every", "6"]
-TOY += ["--num-threads", "1"]
+from reslab.studies.depth import ARM_MODELS, PRESETS, make_config, run
 
 
-def test_toy_study_end_to_end_through_the_cli(tmp_path, capsys, browser):
-    assert cli(["depth", *TOY, "--out", str(tmp_path), "--name", "toy"]) == 0
-    study = tmp_path / "toy"
-    for f in ("study.json", "summary.json", "depth.png", "curves.png", "report.html"):
-        assert (study / f).is_file(), f
-    summary = json.loads((study / "summary.json").read_text())
-    assert {(r["arm"], r["depth"]) for r in summary["runs"]} == {
-        (a, d) for a in DEFAULT_ARMS for d in (4, 6)
-    }
-    for r in summary["runs"]:
-        assert r["status"] == "completed" and r["iters"] == 12 and r["start_steps"] == 1
-        assert r["start_loss"] > 0 and r["final_train_loss"] > 0
-        config = json.loads((study / r["run_dir"] / "config.json").read_text())
-        assert config["model_kwargs"] == {"width": 8, **ARMS[r["arm"]][1]}
-        assert config["grad_clip"] == PRESETS["digits"]["train"]["grad_clip"]
-    assert summary["verdict"]["status"] in ("shown", "partly_shown", "not_shown")
-    assert summary["verdict"]["deep"] == 6
-    out = capsys.readouterr().out
-    assert "verdict:" in out and "report.html" in out
-    loaded, total, dom = browser.figures(study / "report.html")
-    assert loaded == total == 2
-    assert summary["verdict"]["text"] in dom.replace("&amp;", "&")
-
-    # the report is rebuilt from the folder alone, with the same numbers
-    for f in ("summary.json", "depth.png", "curves.png", "report.html"):
-        (study / f).unlink()
-    assert cli(["report", str(study)]) == 0
-    assert json.loads((study / "summary.json").read_text())["runs"] == summary["runs"]
-
-    # a rerun skips the finished runs and adds the new depth only
-    before = (study / "runs" / "rezero-4-s0" / "summary.json").read_bytes()
-    again = [*TOY[:3], "8", *TOY[3:]]
-    assert cli(["depth", *again, "--arms", "rezero", "--out", str(tmp_path), "--name", "toy"]) == 0
-    assert (study / "runs" / "rezero-4-s0" / "summary.json").read_bytes() == before
-    assert (study / "runs" / "rezero-8-s0" / "summary.json").is_file()
-    assert not (study / "runs" / "plain-8-s0").exists()
-
-
-def test_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path, capsys):
+def test_study_records_arms_and_divergence_and_a_rerun_adds_cells_only(tmp_path, capsys, browser):
     # Without gradient clipping a 200-layer plain net with batch norm meets exploding gradients and
     # its loss is NaN at the second step; the other cells train. Two processes, as the default.
-    cfg = make_config(
-        "digits", out=str(tmp_path), name="div", arms=("plain", "rezero"), depths=(4, 200),
-        iters=6, width=8, jobs=2, train=dict(grad_clip=0.0, eval_every=3),
-    )  # fmt: skip
-    summary = run(cfg)
+    options = dict(out=str(tmp_path), name="div", arms=("plain", "rezero"), iters=6, width=8)
+    options |= dict(jobs=2, train=dict(grad_clip=0.0, eval_every=3))
+    summary = run(make_config("digits", depths=(4, 200), **options))
+    study = tmp_path / "div"
     by = {(r["arm"], r["depth"]): r for r in summary["runs"]}
-    assert len(by) == 4
+    assert set(by) == {(a, d) for a in ("plain", "rezero") for d in (4, 200)}
+    for (arm, _), r in by.items():
+        config = json.loads((study / r["run_dir"] / "config.json").read_text())
+        assert config["model_kwargs"] == {"width": 8, **ARM_MODELS[arm][1]}
+        assert config["grad_clip"] == 0.0 and r["start_steps"] == 1 and r["start_loss"] > 0
     bad = by[("plain", 200)]
     assert bad["status"] == "diverged" and bad["diverged_at"] == 2
     assert bad["last_finite_step"] == 1 and bad["last_finite_loss"] > 0
     assert bad["final_train_loss"] is None
     for cell in (("plain", 4), ("rezero", 4), ("rezero", 200)):
-        assert by[cell]["status"] == "completed", cell
+        assert by[cell]["status"] == "completed" and by[cell]["iters"] == 6, cell
+    assert summary["verdict"]["deep"] == 200
     out = capsys.readouterr().out
     assert out.count("plain-200-s0") == 1 and "diverged at step 2" in out
-    assert "diverged at step 2" in (tmp_path / "div" / "report.html").read_text()
+    loaded, total, dom = browser.figures(study / "report.html")
+    assert loaded == total == 2
+    assert "diverged at step 2 (last finite loss" in dom
+    assert summary["verdict"]["text"] in dom.replace("&amp;", "&")
 
-    # a diverged run is not retried on a rerun
-    path = tmp_path / "div" / "runs" / "plain-200-s0" / "summary.json"
-    before = path.stat().st_mtime_ns
-    run(cfg)
-    assert path.stat().st_mtime_ns == before
+    # a rerun keeps the diverged run and the finished ones as they are and adds the new cell only
+    runs = study / "runs"
+    before = {p.name: (p / "summary.json").stat().st_mtime_ns for p in runs.iterdir()}
+    again = run(make_config("digits", depths=(4, 8), **{**options, "arms": ("rezero",)}))
+    assert {p.name: (p / "summary.json").stat().st_mtime_ns for p in runs.iterdir()} == {
+        **before,
+        "rezero-8-s0": (runs / "rezero-8-s0" / "summary.json").stat().st_mtime_ns,
+    }
+    record = json.loads((study / "study.json").read_text())
+    assert record["depths"] == [4, 8, 200] and record["arms"] == ["plain", "rezero"]
+    assert record["arm_models"]["plain"] == {"model": "plainmlp-D", "width": 8}
+    assert len(again["runs"]) == 5
 
 
 @pytest.mark.parametrize(
@@ -89,7 +63,6 @@ def test_diverged_runs_are_recorded_and_the_study_goes_on(tmp_path, capsys):
         (["--arms", "plain", "batchnorm"], "arms must be among"),
         (["--family", "cifar", "--width", "8"], "width is an option of the mlp family"),
         (["--family", "cifar", "--width", "0", "--depths", "10"], "6n+2"),
-        (["--preset", "imagenet"], "unknown depth preset"),
     ],
 )
 def test_bad_options_are_one_line_errors(args, message, tmp_path, capsys):
@@ -99,8 +72,20 @@ def test_bad_options_are_one_line_errors(args, message, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # nothing written, nothing trained
 
 
+def test_preset_recipe_is_the_engines_digits_recipe_with_clipping():
+    cfg = make_config("digits", depths=(10,))
+    c = cfg.run_config("fixup", 10, 0)
+    assert (c.model, c.model_kwargs) == (
+        "resmlp-10",
+        {"norm": "none", "branch_scale": "fixup", "width": 32},
+    )
+    assert (c.lr, c.momentum, c.batch_size, c.schedule) == (0.02, 0.9, 128, "constant")
+    assert (c.iters, c.grad_clip, c.log_every) == (60, PRESETS["digits"]["train"]["grad_clip"], 1)
+    assert cfg.cells()[0][0] == "fixup"  # the longest runs first
+
+
 @pytest.mark.parametrize("scale", ["rezero", "fixup"])
-def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale, tmp_path):
+def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale):
     d = load_dataset("digits", "train")
     x = (d.images[:128].float() / 255 - d.mean[0]) / d.std[0]  # (128, 1, 8, 8)
     y = d.labels[:128]
@@ -109,7 +94,7 @@ def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale, tmp_path):
     model = create_model(
         "resmlp-1000", in_chans=1, img_size=8, width=32, norm="none", branch_scale=scale
     )
-    recipe = make_config("digits", depths=(10,)).run_config(scale, 10, 0, tmp_path)  # the study's
+    recipe = make_config("digits", depths=(10,)).run_config(scale, 10, 0)  # the study's
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     losses = []
     for _ in range(10):

@@ -1,6 +1,7 @@
-"""The gradients study: its measures against independent computations, and the study end to end."""
-
-import json
+"""The gradients study: its measures against independent computations, its verdict on constructed
+numbers, and what only this study does (init-only measurement of a diverged net, adding depths).
+The toy run end to end, the report rebuilt from the folder and the CLI are tested for every study in
+test_registry.py."""
 
 import numpy as np
 import pytest
@@ -8,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from reslab import create_model
-from reslab.report import build_any
-from reslab.studies.gradients import (
+from reslab.studies.gradients import STUDY, make_config, run
+from reslab.studies.gradients.measure import (
     autocorrelation,
     gradient_norms,
     line_gradients,
-    make_config,
     neighbour_correlation,
-    run,
 )
+from reslab.studies.gradients.report import MEASUREMENTS, verdict
+from reslab.training import runs
 
 
 def _tiny(name: str):
@@ -117,54 +118,43 @@ def test_neighbour_correlation_against_numpy():
     assert neighbour_correlation(torch.stack([row, -row, row])) == pytest.approx(-1.0)
 
 
-TOY = dict(
-    depths=(2, 4),
-    iters=5,
-    width=8,
-    batches=1,
-    lines=2,
-    points=12,
-    max_lag=4,
-    jobs=1,
-    train=dict(num_threads=1, log_every=5),
-)
-
-
-def test_toy_study_end_to_end_and_report_from_folder(tmp_path, capsys):
-    summary = run(make_config("digits", out=str(tmp_path), name="toy", **TOY))
+def test_toy_measures_each_net_and_a_rerun_adds_a_depth(tmp_path):
+    toy = {**STUDY.toy, "depths": (2,)}
+    summary = run(make_config("digits", out=str(tmp_path), name="toy", **toy))
     study = tmp_path / "toy"
-    for f in ("study.json", "summary.json", "report.html", "norms.png", "shattering.png"):
-        assert (study / f).is_file(), f
-    assert {(n["arch"], n["depth"]) for n in summary["nets"]} == {
-        (a, d) for a in ("plain", "residual") for d in (2, 4)
-    }
-    for n in summary["nets"]:
-        assert n["train_status"] == "completed" and n["init"] and n["trained"]
-        assert -1 <= n["init"]["acf1"] <= 1
-        assert (study / n["run_dir"] / "summary.json").is_file()
-    record = json.loads((study / "measurements" / "residual-4.json").read_text())
-    assert len(record["phases"]["init"]["weight_norms"]) == 4  # depth = weight layers
-    assert len(record["phases"]["init"]["block_input_norms"]) == 1
-    assert len(record["phases"]["trained"]["acf"]) == 5
-    verdict = summary["verdict"]
-    assert verdict["status"] in ("shown", "partly", "not_shown") and verdict["text"]
-    assert "report.html" in capsys.readouterr().out
-
-    # the report is rebuilt from the folder alone, with the same verdict
-    for f in ("summary.json", "report.html", "norms.png"):
-        (study / f).unlink()
-    assert build_any(study) == study / "report.html"
-    assert json.loads((study / "summary.json").read_text())["verdict"] == json.loads(
-        json.dumps(verdict)
-    )
+    assert {(n["arch"], n["depth"]) for n in summary["nets"]} == {("plain", 2), ("residual", 2)}
+    before = (study / "runs" / "plain-2-s0" / runs.SUMMARY).read_bytes()
 
     # a rerun may add a depth (finished runs are not retrained), not change the measurement
-    before = (study / "runs" / "plain-2-s0" / "summary.json").read_bytes()
-    again = run(make_config("digits", out=str(tmp_path), name="toy", **{**TOY, "depths": (2, 6)}))
-    assert {n["depth"] for n in again["nets"]} == {2, 4, 6}
-    assert (study / "runs" / "plain-2-s0" / "summary.json").read_bytes() == before
+    again = run(make_config("digits", out=str(tmp_path), name="toy", **{**toy, "depths": (4,)}))
+    assert {(n["arch"], n["depth"]) for n in again["nets"]} == {
+        (a, d) for a in ("plain", "residual") for d in (2, 4)
+    }
+    assert runs.read_json(study / runs.STUDY)["depths"] == [2, 4]
+    assert (study / "runs" / "plain-2-s0" / runs.SUMMARY).read_bytes() == before
+    for n in again["nets"]:
+        assert n["train_status"] == "completed" and n["init"] and n["trained"]
+        assert -1 <= n["init"]["acf1"] <= 1
+        assert runs.is_finished(study / n["run_dir"])
+    record = runs.read_json(study / MEASUREMENTS / "residual-4.json")
+    assert len(record["phases"]["init"]["weight_norms"]) == 4  # depth = weight layers
+    assert len(record["phases"]["init"]["block_input_norms"]) == 1
+    assert len(record["phases"]["trained"]["acf"]) == toy["max_lag"] + 1
     with pytest.raises(ValueError, match="other settings"):
-        run(make_config("digits", out=str(tmp_path), name="toy", **{**TOY, "iters": 6}))
+        run(make_config("digits", out=str(tmp_path), name="toy", **{**toy, "iters": 6}))
+
+
+def test_diverged_net_is_measured_at_init_only_and_named(tmp_path, capsys):
+    toy = {**STUDY.toy, "depths": (2,), "archs": ("plain",)}
+    toy["train"] = {**toy["train"], "lr": 1e30}
+    summary = run(make_config("digits", out=str(tmp_path), name="div", **toy))
+    (net,) = summary["nets"]
+    assert net["train_status"] == "diverged" and net["init"] and net["trained"] is None
+    run_summary = runs.read_summary(tmp_path / "div" / net["run_dir"])
+    assert run_summary["status"] == "diverged"
+    named = f"plain-2-s0 at step {run_summary['diverged_at_step']} (last finite loss"
+    assert named in summary["verdict"]["text"]
+    assert summary["verdict"]["status"] == "insufficient"  # as before: no residual net measured
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):
@@ -191,8 +181,6 @@ def _entry(arch, depth, first, last, acf1s):
 
 
 def test_verdict_follows_the_numbers():
-    from reslab.report.gradients import verdict
-
     shattered = [
         _entry("plain", 8, 1.0, 1.0, [0.90, 0.92]),
         _entry("plain", 64, 1e6, 1.0, [0.01, -0.02]),

@@ -1,22 +1,17 @@
 """The identity study: zeroed branches are exact identities (fp32, torch.equal), appended zero-init
-blocks keep every logit, and the study end to end."""
-
-import json
+blocks keep every logit, the verdict on constructed numbers, and what the toy study must show. The
+toy run end to end, the report rebuilt from the folder and the CLI are tested for every study in
+test_registry.py."""
 
 import pytest
 import torch
 
 from reslab import create_model
-from reslab.models import to_plain
-from reslab.report import build_any
-from reslab.studies.identity import (
-    append_blocks,
-    fresh_blocks,
-    make_config,
-    run,
-    structural_check,
-    zero_branches,
-)
+from reslab.models import append_blocks, to_plain
+from reslab.studies.identity import STUDY, make_config, run
+from reslab.studies.identity.measure import fresh_blocks, structural_check, zero_branches
+from reslab.studies.identity.report import PLAIN, ZERO_INIT, judge_append
+from reslab.training import runs
 
 
 def _io(model, x):
@@ -109,46 +104,29 @@ def test_appended_zero_init_blocks_keep_every_logit(name, shape):
     assert torch.equal(base(x), ref)  # appending copies: the trained net is untouched
 
 
-TOY = dict(
-    check_depth=6,
-    fit_depths=(2, 4),
-    fit_steps=30,
-    fit_width=8,
-    fit_samples=64,
-    fit_batch=32,
-    base_iters=20,
-    append=(1, 2),
-    train=dict(num_threads=1, log_every=10),
-)
-
-
-def test_toy_study_end_to_end_and_report_from_folder(tmp_path, capsys):
-    summary = run(make_config("digits", out=str(tmp_path), name="toy", **TOY))
-    study = tmp_path / "toy"
-    for f in (
-        "study.json",
-        "summary.json",
-        "report.html",
-        "structure.png",
-        "fit.png",
-        "append.png",
-    ):
-        assert (study / f).is_file(), f
+def test_toy_study_shows_exact_identities_and_unchanged_logits(tmp_path):
+    summary = run(make_config("digits", out=str(tmp_path), name="toy", **STUDY.toy))
     v = summary["verdict"]
     assert v["structure"]["shown"] and v["append"]["unchanged"]
     assert v["status"] in ("shown", "partly") and v["text"]
     assert {(r["arch"], r["depth"]) for r in summary["fit_results"]} == {
         (a, d) for a in ("plain", "residual") for d in (2, 4)
     }
-    zero = [r for r in summary["append_results"] if r["variant"] == "residual, zero-init"]
+    zero = [r for r in summary["append_results"] if r["variant"] == ZERO_INIT]
     assert [r["k"] for r in zero] == [1, 2] and all(r["changed_predictions"] == 0 for r in zero)
-    assert (study / "runs" / "base-4-s0" / "summary.json").is_file()
-    assert "report.html" in capsys.readouterr().out
+    assert runs.status(tmp_path / "toy" / "runs" / "base-4-s0") == "completed"
 
-    for f in ("summary.json", "report.html", "fit.png"):
-        (study / f).unlink()
-    assert build_any(study) == study / "report.html"
-    assert json.loads((study / "summary.json").read_text())["verdict"] == v
+
+def test_diverged_training_appends_nothing_and_is_named(tmp_path):
+    toy = {**STUDY.toy, "fit_depths": (2,), "methods": ("norm",)}
+    toy["train"] = {**toy["train"], "lr": 1e30}
+    summary = run(make_config("digits", out=str(tmp_path), name="div", **toy))
+    run_summary = runs.read_summary(tmp_path / "div" / "runs" / "base-4-s0")
+    assert run_summary["status"] == "diverged"
+    v = summary["verdict"]
+    assert "append" not in v and summary["append_results"] == []
+    assert v["status"] == "partly" and "Not run yet: append." in v["text"]
+    assert f"base-4-s0 at step {run_summary['diverged_at_step']} (last finite loss" in v["text"]
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):
@@ -162,16 +140,14 @@ def test_bad_options_fail_before_anything_is_written(tmp_path):
 
 
 def test_append_verdict_follows_the_numbers():
-    from reslab.report.identity import judge_append
-
     def result(variant, error, changed):
         return dict(variant=variant, k=1, test_error=error, changed_predictions=changed,
                     logits_equal=changed == 0)  # fmt: skip
 
     base = dict(base_model="resmlp-4", base_test_error=0.05, chance_error=0.9)
-    ok = [result("residual, zero-init", 0.05, 0), result("plain, default init", 0.8, 300)]
+    ok = [result(ZERO_INIT, 0.05, 0), result(PLAIN, 0.8, 300)]
     assert judge_append(dict(base, results=ok))["shown"]
-    moved = [result("residual, zero-init", 0.05, 1), result("plain, default init", 0.8, 300)]
+    moved = [result(ZERO_INIT, 0.05, 1), result(PLAIN, 0.8, 300)]
     assert not judge_append(dict(base, results=moved))["unchanged"]
-    mild = [result("residual, zero-init", 0.05, 0), result("plain, default init", 0.4, 100)]
+    mild = [result(ZERO_INIT, 0.05, 0), result(PLAIN, 0.4, 100)]
     assert not judge_append(dict(base, results=mild))["destroyed"]  # below half way to chance

@@ -1,7 +1,10 @@
 """The lesion study: a deleted residual block is exactly its shortcut path (checked against forwards
-written out by hand), a deleted plain block passes its input on, and the study runs end to end."""
+written out by hand), a deleted plain block passes its input on, the verdict on constructed numbers,
+and what is specific to it end to end: the intact net reproduces the engine's test error, `--from`
+lesions existing run folders, and a net that diverged in training is named, not lesioned.
+(Every study's toy run, report rebuild, bad options and --help: tests/studies/test_registry.py.)"""
 
-import json
+import shutil
 
 import pytest
 import torch
@@ -9,8 +12,11 @@ import torch.nn.functional as F
 
 from reslab.cli import main as cli
 from reslab.models import create_model
-from reslab.report import build_any
-from reslab.studies.lesion import block_shapes, lesioned, make_config, random_sets, run
+from reslab.studies import build_report
+from reslab.studies.lesion import STUDY, make_config, run
+from reslab.studies.lesion.measure import block_shapes, lesioned, random_sets
+from reslab.studies.lesion.report import LESIONS, verdict
+from reslab.training import runs
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,39 +116,96 @@ def test_random_sets_are_distinct_and_reproducible():
     assert len(random_sets([0, 1, 2], [1], samples=50, seed=0)[1]) == 3  # all there are
 
 
-TOY = dict(residual="resmlp-8", plain="plainmlp-8", width=16, seeds=(0,), iters=40, samples=2)
-TOY |= dict(jobs=1, num_threads=1, train=dict(log_every=10, eval_every=20))
+def _net(arch, single, intact=0.1, model="m"):
+    """A lesioned net as lesions.json holds it: 10 classes (chance error 0.9), these single errors."""
+    return {
+        "arch": arch, "model": model, "blocks": len(single), "intact_error": intact,
+        "num_classes": 10, "single": [{"block": i, "error": e} for i, e in enumerate(single)],
+        "multi": [{"k": 2, "errors": [intact + 0.4]}],
+    }  # fmt: skip
 
 
-def test_toy_study_end_to_end_and_from_run(tmp_path):
-    summary = run(make_config("digits", out=str(tmp_path), name="toy", **TOY))
-    study = tmp_path / "toy"
-    for f in (
-        "study.json",
-        "lesions.json",
-        "summary.json",
-        "single.png",
-        "multi.png",
-        "report.html",
-    ):
-        assert (study / f).is_file(), f
-    nets = json.loads((study / "lesions.json").read_text())["nets"]
+@pytest.mark.parametrize(
+    "nets, status",
+    [
+        ([_net("residual", [0.12, 0.14]), _net("plain", [0.9, 0.8])], "shown"),
+        ([_net("residual", [0.3, 0.4]), _net("plain", [0.9, 0.8])], "not_shown"),
+        ([_net("residual", [0.12, 0.14]), _net("plain", [0.2, 0.3])], "plain_robust_too"),
+        ([_net("residual", [0.12, 0.14])], "residual_robust"),
+        ([_net("plain", [0.9, 0.8])], "insufficient"),
+        ([_net("residual", [None]), _net("plain", [0.9])], "insufficient"),
+    ],
+)
+def test_verdict_on_constructed_numbers(nets, status):
+    v = verdict(nets)
+    assert v["status"] == status
+    if v["residual"] and v["residual"]["single_damage_median"] is not None:
+        # damage = (e - intact) / (chance - intact): (0.13 - 0.1) / 0.8 for the robust residual net
+        median = sorted(s["error"] for s in nets[0]["single"])
+        expected = ((median[0] + median[1]) / 2 - 0.1) / 0.8
+        assert v["residual"]["single_damage_median"] == pytest.approx(expected)
+        assert v["residual"]["k_half"] == 2  # mean damage at k=2 is 0.5
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The toy study folder (a trained plain/residual pair, lesioned) and its summary."""
+    out = tmp_path_factory.mktemp("lesion")
+    return out / "toy", run(make_config("digits", out=str(out), name="toy", **STUDY.toy))
+
+
+def test_toy_lesions_every_block_of_both_nets(toy):
+    study, summary = toy
+    nets = runs.read_json(study / LESIONS)["nets"]
     assert sorted(n["arch"] for n in nets) == ["plain", "residual"]
     for n in nets:  # the intact net evaluated here reproduces the training engine's own test error
         assert n["intact_error"] == pytest.approx(n["trained_test_error"], abs=1e-12)
         assert n["blocks"] == 3 and all(s["error"] is not None for s in n["single"])
         assert [m["k"] for m in n["multi"]] == [1, 2, 3] and len(n["multi"][-1]["errors"]) == 1
     assert summary["verdict"]["status"] in ("shown", "not_shown", "plain_robust_too")
-    assert "residual net" in summary["verdict"]["text"]
+    assert "residual net" in summary["verdict"]["text"] and summary["diverged"] == []
 
-    # the same weights through the CLI's --from path, then `reslab report` rebuilds it from the folder
+
+def test_from_runs_lesions_the_same_weights(toy, tmp_path):
+    study, _ = toy
+    nets = runs.read_json(study / LESIONS)["nets"]
     res = str(study / next(n["run_dir"] for n in nets if n["arch"] == "residual"))
-    out = str(tmp_path / "from")
     args = ["lesion", "--from", res, "--samples", "1", "--ks", "1", "--num-threads", "1"]
-    assert cli([*args, "--out", out]) == 0
-    again = json.loads((tmp_path / "from" / "from-runs" / "lesions.json").read_text())["nets"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "from-runs"  # the default name when run folders are given
+    again = runs.read_json(folder / LESIONS)["nets"]
     assert again[0]["single"] == next(n for n in nets if n["arch"] == "residual")["single"]
-    assert build_any(tmp_path / "from" / "from-runs").name == "report.html"
+    assert build_report(folder) == folder / runs.REPORT
+
+
+def test_diverged_net_is_named_and_not_lesioned(toy, tmp_path):
+    """The one divergence policy: the study goes on, the diverged net is recorded and named."""
+    study, first = toy
+    folder = tmp_path / "div"
+    shutil.copytree(study / runs.RUNS / "residual-s0", folder / runs.RUNS / "residual-s0")
+    plain = folder / runs.RUNS / "plain-s0"
+    shutil.copytree(study / runs.RUNS / "plain-s0", plain)
+    (plain / runs.WEIGHTS).unlink()
+    diverged = {"name": "plain-s0", "model": "plainmlp-8", "status": "diverged", "steps": 30}
+    runs.write_json(
+        plain / runs.SUMMARY, diverged | {"diverged_at_step": 30, "last_finite_loss": 2.5}
+    )
+    for run_dir in folder.glob(f"{runs.RUNS}/*"):  # the copies resume in their new place
+        config = runs.read_config(run_dir) | {"out": str(folder / runs.RUNS)}
+        runs.write_json(run_dir / runs.CONFIG, config)
+    summary = run(make_config("digits", out=str(tmp_path), name="div", **STUDY.toy))
+    assert [n["arch"] for n in summary["nets"]] == ["residual"]
+    d = summary["diverged"]
+    assert d == [dict(run_dir="runs/plain-s0", model="plainmlp-8", arch="plain", seed=0, step=30,
+                      last_finite_loss=2.5)]  # fmt: skip
+    robust = first["verdict"]["status"] != "not_shown"
+    assert summary["verdict"]["status"] == ("residual_robust" if robust else "not_shown")
+    assert summary["verdict"]["residual"] == first["verdict"]["residual"]
+    assert (
+        "diverged in training: plain-s0 (plainmlp-8, diverged at step 30, last finite loss 2.5)"
+        in (summary["verdict"]["text"])
+    )
+    assert "plain-s0" in (folder / runs.REPORT).read_text()
 
 
 def test_bad_options_fail_before_any_work(tmp_path):
@@ -153,3 +216,5 @@ def test_bad_options_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="depth"):
         make_config("digits", residual="resmlp-7", out=str(tmp_path))
     assert not any(tmp_path.iterdir())
+    for preset in ("cpu", "paper"):  # CIFAR nets take no width: the presets must not pass one
+        assert make_config(preset, out=str(tmp_path)).width == 0

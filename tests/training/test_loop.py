@@ -1,6 +1,7 @@
 """A tiny model trains for real on the built-in digits data; run folders hold what they promise."""
 
 import json
+import math
 import resource
 
 import pytest
@@ -72,6 +73,31 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     for ck in ckpts:  # every checkpoint that exists holds finite weights
         assert all(t.isfinite().all() for t in load_file(ck / "model.safetensors").values())
     assert json.loads((tmp_path / "boom" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_divergence_is_recorded_with_its_step_and_last_finite_loss(tmp_path):
+    """summary.json of a diverged run names the first step whose loss was not finite and the last
+    finite loss before it; logged every step, that is the last train line. Logged every 10 steps, the
+    run stops at the line (`steps`) but still names the same step and loss."""
+    kw = dict(model="plainmlp-8", lr=1e4, iters=50, eval_every=1000)
+    with pytest.raises(Diverged, match=r"loss is not finite at step \d+") as err:
+        train(_cfg(tmp_path, name="every", log_every=1, **kw))
+    s = json.loads((tmp_path / "every" / "summary.json").read_text())
+    lines = [json.loads(x) for x in (tmp_path / "every" / "metrics.jsonl").read_text().splitlines()]
+    last = [x for x in lines if x["kind"] == "train"][-1]
+    assert s["name"] == "every" and s["status"] == "diverged"
+    assert s["model"] == "plainmlp-8" and s["data"] == "digits"
+    assert s["diverged_at_step"] == s["steps"] == last["step"] + 1 > 1
+    assert math.isfinite(s["last_finite_loss"]) and s["last_finite_loss"] == last["train_loss"]
+    assert f"step {s['diverged_at_step']} " in str(err.value)
+    assert err.value.step == s["diverged_at_step"]
+    assert err.value.last_finite_loss == s["last_finite_loss"]
+
+    with pytest.raises(Diverged):
+        train(_cfg(tmp_path, name="tenth", log_every=10, **kw))
+    t = json.loads((tmp_path / "tenth" / "summary.json").read_text())
+    assert t["steps"] == 10 > t["diverged_at_step"] == s["diverged_at_step"]
+    assert t["last_finite_loss"] == s["last_finite_loss"]
 
 
 @pytest.mark.filterwarnings("ignore:activation checkpointing on the C library")

@@ -162,6 +162,20 @@ class ResidualBlock(nn.Module):
         """Whether the shortcut is a projection (1x1 conv or Linear, plus norm)."""
         return isinstance(self.downsample, nn.Sequential)
 
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
+        """What is left of the block when its residual branch is deleted (F = 0): the shortcut h(x),
+        then the ReLU after the addition (none in pre-activation blocks). A plain block has no path
+        around its branch; deleting it passes `x` on unchanged."""
+        if self.shortcut == "none":
+            return x
+        if self.downsample is None:
+            h = x
+        elif self.preact and self.projects:  # as in forward: a projection sees relu(bn1(x))
+            h = self.downsample(torch.relu(self.bn1(x)))
+        else:
+            h = self.downsample(x)
+        return h if self.preact else torch.relu(h)  # not in place: h may be x itself
+
     def branch_layers(self) -> list[nn.Module]:
         return [getattr(self, n) for n in self._layers]
 

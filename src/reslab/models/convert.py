@@ -4,6 +4,7 @@
 weight layers becomes a block y = g(F(x) + x) (§3.2, eq. 1), or y = g(F(x) + W_s x) with a projection
 W_s where the block changes the shape (eq. 2, "option B"). `to_plain` removes every shortcut from a
 reslab model or a `to_residual` result, giving its plain twin with the same weights (§4.1).
+`append_blocks` deepens a model by running extra blocks after its last one.
 
 How `to_residual` groups the layers (their shapes come from running `example_input` through them):
 1. Each child of the Sequential is a *weight layer* (nn.Linear, nn.Conv1d/2d/3d), a *norm*
@@ -27,6 +28,7 @@ The layers are reused, not copied: the result shares its weights with `module`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
 
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab.models.blocks import ResidualBlock
+from reslab.models.registry import twin
 
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -56,6 +59,13 @@ class SequentialBlock(ResidualBlock):
     @property
     def projects(self) -> bool:
         return self.downsample is not None
+
+    def shortcut_path(self, x: Tensor) -> Tensor:
+        """The block with its branch deleted: post(shortcut(x)); a plain block passes `x` on."""
+        if self.shortcut == "none":
+            return x
+        h = x if self.downsample is None else self.downsample(x)
+        return self.post(h.clone())  # clone: post may act in place, and h may be x itself
 
     def branch_layers(self) -> list[nn.Module]:
         return [m for m in self.branch if isinstance(m, _WEIGHT)]
@@ -168,12 +178,29 @@ def to_plain(model: nn.Module) -> nn.Module:
             del block.downsample  # drop the projection's parameters from the state dict
             block.downsample = None
     if isinstance(getattr(plain, "model_name", None), str):  # provenance: the plain twin's name
-        plain.model_name = plain.model_name.replace("resnet", "plain").replace("resmlp", "plainmlp")
+        with contextlib.suppress(ValueError):  # a name the registry does not know stays as it is
+            plain.model_name = twin(plain.model_name, residual=False)
     if isinstance(getattr(plain, "default_cfg", None), dict):
         plain.default_cfg = {**plain.default_cfg, "shortcut": "none", "residual": False}
         if "name" in plain.default_cfg and hasattr(plain, "model_name"):
             plain.default_cfg["name"] = plain.model_name
     return plain
+
+
+def append_blocks(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+    """A copy of `model` with `blocks` run after its last block, in the same stage: the
+    nn.Sequential that holds the last block is replaced by one that holds it and then `blocks`,
+    so `residual_blocks()` lists them too. The blocks themselves are not copied."""
+    model = copy.deepcopy(model)
+    last = model.residual_blocks()[-1]
+    for name, module in model.named_modules():
+        if name and isinstance(module, nn.Sequential) and any(c is last for c in module.children()):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.Sequential(*module, *blocks))
+            return model
+    raise ValueError(
+        f"{type(model).__name__}: its last block is not held in an nn.Sequential stage"
+    )
 
 
 def _example(module: nn.Sequential) -> Tensor:

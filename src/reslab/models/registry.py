@@ -2,7 +2,9 @@
 
 A name is a family prefix and a depth. Each family registers a few depths by name ("resnet56",
 "plain56") and, where any depth is allowed, accepts "<prefix>-<depth>" ("resnet-74", "plain-302").
-The plain twin of every residual net is the same builder with shortcut="none".
+"<name>+<variant>" is that net with its units made a variant of He et al. 2016 (`variants.apply`).
+The plain twin of every residual net is the same builder with shortcut="none"; this module is the
+one home of plain/residual naming: `twin(name, residual)` and `is_residual(name_or_model)`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from reslab.models import variants
+from reslab.models.blocks import ResidualBlock
 from reslab.models.features import FeatureExtractor, Indices
 from reslab.models.mlp import residual_mlp
 from reslab.models.resnet import cifar_resnet, imagenet_resnet, preact_resnet
@@ -26,7 +30,7 @@ class Family:
 
     name: str  # short family name shown by `reslab models`
     residual: str  # name prefix of the residual nets
-    plain: str  # name prefix of the plain twins
+    plain: str | None  # name prefix of the plain twins; None: the family has none
     depths: tuple[int, ...]  # depths registered by name (prefix + depth)
     build: Callable[..., nn.Module]  # build(depth, num_classes, in_chans, [img_size], **overrides)
     img_size: int  # default input resolution
@@ -51,9 +55,10 @@ _REGISTRY = {
     f"{prefix}{d}": (fam, d, prefix == fam.residual)
     for fam in FAMILIES
     for prefix in (fam.residual, fam.plain)
+    if prefix
     for d in fam.depths
 }
-_ANY_DEPTH = {p: fam for fam in FAMILIES if fam.any_depth for p in (fam.residual, fam.plain)}
+_ANY_DEPTH = {p: fam for fam in FAMILIES if fam.any_depth for p in (fam.residual, fam.plain) if p}
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -76,6 +81,33 @@ def resolve(name: str) -> tuple[Family, int, bool]:
     )
 
 
+def twin(name: str, residual: bool) -> str:
+    """The name of the residual (residual=True) or plain (False) twin of model `name`, in the same
+    form ("resnet-20" -> "plain-20", "resnet18" -> "plain18") and keeping a "+variant" suffix;
+    `name` itself where it already is that kind. ValueError for a family without a plain twin."""
+    base, plus, variant = name.partition("+")
+    fam, depth, _ = resolve(base)
+    prefix = fam.residual if residual else fam.plain
+    if prefix is None:
+        raise ValueError(f"{name}: the {fam.name} family has no plain twin")
+    sep = "" if base in _REGISTRY else "-"
+    return f"{prefix}{sep}{depth}{plus}{variant}"
+
+
+def is_residual(name_or_model: str | nn.Module) -> bool:
+    """Whether a model name is a residual net (not a plain twin), or whether a built model has a
+    block with a shortcut (any of its `residual_blocks()`, or its `ResidualBlock`s if it has no
+    such method)."""
+    if isinstance(name_or_model, str):
+        return resolve(name_or_model.partition("+")[0])[2]
+    model = name_or_model
+    if hasattr(model, "residual_blocks"):
+        blocks = model.residual_blocks()
+    else:
+        blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+    return any(b.shortcut != "none" for b in blocks)
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -96,18 +128,19 @@ def create_model(
     `features_only=True` returns a `FeatureExtractor` (timm's semantics): its forward gives the list
     of the stem's and each stage's outputs chosen by `out_indices` (default: all), described by its
     `feature_info`.
-    A name "<base>+<variant>" builds a shortcut/activation variant of He et al. 2016 (see
-    `reslab.models.variants`), e.g. "resnet-110+gate-shortcut".
+    A name "<base>+<variant>" builds <base>, with its defaults, options and `features_only`, and
+    makes its units a shortcut/activation variant of He et al. 2016 (see `reslab.models.variants`),
+    e.g. "resnet-110+gate-shortcut".
     `grad_checkpoint` (every family): True recomputes activations in the backward pass in about
     sqrt(blocks) segments, an int N >= 2 in N segments (see `reslab.models.recompute`); the same as
     calling `model.set_grad_checkpointing(...)` afterwards.
     """
-    if "+" in name:
-        from reslab.models.variants import build  # variants import this module
-
-        base, variant = name.split("+", 1)
-        return build(base, variant, num_classes or 10, in_chans, img_size, **overrides)
-    fam, depth, residual = resolve(name)
+    base, plus, variant = name.partition("+")
+    fam, depth, residual = resolve(base)
+    if plus:
+        overrides = variants.base_overrides(variant, overrides)
+        if not residual:
+            raise ValueError(f"{name}: variants need a residual base net; try {twin(name, True)!r}")
     num_classes = num_classes or fam.num_classes
     grad_checkpoint = overrides.pop("grad_checkpoint", False)
     unknown = sorted(set(overrides) - set(fam.options))
@@ -125,6 +158,11 @@ def create_model(
         model.set_grad_checkpointing(grad_checkpoint)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
+    if plus:
+        try:
+            variants.apply(model, variant)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
     size = img_size or fam.img_size
     h, w = (size, size) if isinstance(size, int) else size
     model.model_name = name
@@ -136,6 +174,7 @@ def create_model(
         num_classes=num_classes,
         input_size=(in_chans, h, w),
         **overrides,
+        **({"variant": variant} if plus else {}),
     )
     if features_only:
         model = FeatureExtractor(model, out_indices)

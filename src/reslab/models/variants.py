@@ -1,7 +1,7 @@
 """Shortcut and activation variants of the two-layer residual unit (He et al. 2016, "Identity Mappings
 in Deep Residual Networks": §3.1, Fig. 2 and Table 1; §4.1, Fig. 4 and Table 2).
 
-A unit computes x[l+1] = post(merge(h(x[l]), F(x[l]))). `build(base, variant)` takes a registered
+A unit computes x[l+1] = post(merge(h(x[l]), F(x[l]))). `apply(model, variant)` takes a built
 residual net made of two-layer units (CIFAR `resnet-N`, ImageNet `resnet18/34`, `resmlp-N`) and swaps
 every unit for a `Unit` that reuses that unit's own layers (same names, same initialisation), so the
 variants of one base differ only where the paper's figures differ:
@@ -29,13 +29,14 @@ bias set to b_g. Where a unit changes shape (CIFAR stage transitions), h is the 
 (option A: subsample and zero channels) and the variant acts on it; the gate sees x with the unit's
 stride. Pre-activation units (d, e) leave the sum unactivated, so the last unit gets an extra BN + ReLU
 after its addition (§4.1); the stem keeps its BN + ReLU, which is the paper's "first activation right
-after conv1". Models built here are ordinary nn.Modules; `create("resmlp-34+gate-shortcut")` builds one
-from a single name.
+after conv1". The registry builds them by name: `create_model("resmlp-34+gate-shortcut")` builds the
+base net with `base_overrides` and hands it to `apply`; this module knows nothing of names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -196,7 +197,7 @@ class Unit(ResidualBlock):
         s = x if self.downsample is None else self.downsample(x)  # h(x)
         return self.post(self.merge_paths(s, self.branch(x), x))
 
-    def shortcut_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
         """The unit with F deleted (F = 0): what is left is the shortcut path and the post-activation."""
         s = x if self.downsample is None else self.downsample(x)
         return self.post(self.merge_paths(s, torch.zeros_like(s), x))
@@ -213,38 +214,32 @@ def _merge(v: Variant, c_in: int, c_out: int, stride: int, conv: bool) -> nn.Mod
     return ConstantScale(v.shortcut_scale, v.branch_scale)
 
 
-def build(
-    base: str,
-    variant: str,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    img_size: int | tuple[int, int] | None = None,
-    **overrides,
-) -> nn.Module:
-    """`base` (a registered residual net of two-layer units) with every unit made the `variant`.
-
-    overrides: options of `create_model` for the base (norm, width, shortcut where the shape
-    changes); branch_scale and zero_init_residual are refused (they change what F is at init).
-    """
-    from reslab.models.registry import create_model
-
+def base_overrides(variant: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The `create_model` overrides of the base net of `variant`: `overrides` checked (branch_scale
+    and zero_init_residual are refused, they change what F is at init) plus the variant's shortcut."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
     for key in ("branch_scale", "zero_init_residual"):
         if overrides.get(key) not in (None, False, "none"):
             raise ValueError(f"variants take no {key} (it changes the unit at init); drop it")
-    if v.base_shortcut:
-        if overrides.get("shortcut", v.base_shortcut) != v.base_shortcut:
-            raise ValueError(f"{variant} sets shortcut={v.base_shortcut!r}; drop shortcut=")
-        overrides["shortcut"] = v.base_shortcut
-    model = create_model(base, num_classes, in_chans, img_size, **overrides)
+    if not v.base_shortcut:
+        return dict(overrides)
+    if overrides.get("shortcut", v.base_shortcut) != v.base_shortcut:
+        raise ValueError(f"{variant} sets shortcut={v.base_shortcut!r}; drop shortcut=")
+    return dict(overrides, shortcut=v.base_shortcut)
+
+
+def apply(model: nn.Module, variant: str) -> nn.Module:
+    """`model`, a residual net of two-layer units built with `base_overrides(variant, ...)`, with every
+    unit made the `variant`, in place (the units keep their layers); returns `model`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     names = [n for n, m in model.named_modules() if isinstance(m, ResidualBlock)]
-    if not model.default_cfg.get("residual") or not names:
+    if not any(model.get_submodule(n).shortcut != "none" for n in names):
+        base = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"variants need a residual base net (resnet-N, resmlp-N); got {base!r}")
     for i, name in enumerate(names):
-        unit = Unit(model.get_submodule(name), v, last=i == len(names) - 1)
+        unit = Unit(model.get_submodule(name), VARIANTS[variant], last=i == len(names) - 1)
         model.set_submodule(name, unit)
-    model.model_name = f"{base}+{variant}"
-    model.default_cfg = dict(model.default_cfg, name=model.model_name, variant=variant)
     return model

@@ -28,9 +28,10 @@ def list_studies() -> list[str]:
     return list(NAMES)
 
 
-def run_study(name: str, preset: str | None = None, **overrides: Any) -> dict:
+def run_study(name: str, /, preset: str | None = None, **overrides: Any) -> dict:
     """Run a study as its CLI command does and return its summary (verdict included):
-    `run_study("degradation", depths=(4, 16), seeds=(0,))`. Finished runs are reused."""
+    `run_study("degradation", depths=(4, 16), seeds=(0,))`. Finished runs are reused; the overrides
+    are the study's config fields (`name` among them: the study folder's name)."""
     from reslab.studies import base
 
     study = get(name)

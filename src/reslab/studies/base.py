@@ -158,7 +158,7 @@ def claim(
         old = runs.read_json(path)
         if not isinstance(old, dict):
             raise ValueError(f"{path} does not hold a study record (a JSON object)")
-        diff = [k for k in must_match if old.get(k) != record.get(k)]
+        diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(
                 f"{folder} holds a study with other settings ({', '.join(diff)}); "
@@ -168,6 +168,15 @@ def claim(
     folder.mkdir(parents=True, exist_ok=True)
     runs.write_json(path, record)
     return record
+
+
+def _agree(key: str, old: Any, new: Any) -> bool:
+    """Whether a setting recorded in study.json agrees with the new one. Two recipes agree on the keys
+    both hold: a folder written before "recipe" meant the resolved run config everywhere (gradients and
+    identity recorded only their overrides, shortcuts also the model's options) can still be resumed."""
+    if key == "recipe" and isinstance(old, dict) and isinstance(new, dict):
+        return all(old[k] == new[k] for k in old.keys() & new.keys())
+    return old == new
 
 
 def union(old: dict, new: dict, **orders: Sequence) -> dict:

@@ -8,10 +8,7 @@ moment and resumed with `--deterministic` ends with bit-identical weights.
 
 from __future__ import annotations
 
-import json
 import math
-import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -19,21 +16,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from reslab.data import ImageData, Loader, load_dataset, train_val_split
-from reslab.models import count_params, create_model, save_weights
-from reslab.training import allocator, distributed, precision
-from reslab.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from reslab.models import create_model, save_weights
+from reslab.training import allocator, distributed, precision, runs
+from reslab.training.bookkeeping import (
+    Clock,
+    Diverged,
+    StepStats,
+    checkpoint,
+    completed_summary,
+    diverged_summary,
+    log_eval,
+    log_final,
+    log_train,
+    progress_bar,
+)
+from reslab.training.checkpoint import list_checkpoints, load_checkpoint
 from reslab.training.config import TrainConfig
 from reslab.training.evaluation import evaluate
-from reslab.training.tracking import RunLog, provenance, write_json
+from reslab.training.runs import write_json
+from reslab.training.tracking import RunLog, provenance
 
 CIFAR_LIKE = ("cifar10", "cifar100")
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -56,28 +61,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     train_data, test_data, val_data = load_data(cfg)
     model = build_model(cfg, train_data).to(d.device)
-    if cfg.grad_checkpoint and d.device.type == "cpu" and allocator.current() == "system":
-        warnings.warn(
-            "activation checkpointing on the C library's malloc keeps about 3x the live memory "
-            f"resident (fragmentation); run with {allocator.ENV}=tcmalloc for the bound "
-            "(see reslab.training.allocator)",
-            stacklevel=2,
-        )
+    _warn_if_fragmenting(cfg, d.device)
     prec = precision.choose(cfg.amp, cfg.channels_last, d.device, precision.has_conv(model))
     channels_last = prec.channels_last
     if d.is_main:
         precision.announce(prec)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        # one kernel per step instead of one per op: 2x faster steps for nets of thousands of
-        # small tensors (resmlp-10000: 177 vs 361 ms on a 2-core AVX2 EPYC), same update
-        fused=d.device.type in ("cpu", "cuda") or None,
-    )
+    optimizer = make_optimizer(cfg, model, d.device)
 
     loader = Loader(
         train_data,
@@ -100,26 +91,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     eval_every = cfg.eval_every or max(1, total // 20)
     ckpt_every = cfg.checkpoint_every or eval_every
 
-    step, resume_from = 0, None
-    ckpts = list_checkpoints(run_dir / "checkpoints") if cfg.resume else []
-    if ckpts:
-        resume_from = ckpts[-1]
-        state = load_checkpoint(resume_from, model, optimizer)
-        step = state["step"]
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    step, resume_from = _resume(run_dir, cfg, model, optimizer)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", {**provenance(d.device), "precision": prec.to_dict()})
+        write_json(run_dir / runs.CONFIG, cfg.to_dict())
+        write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
     log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
 
-    net: nn.Module = model
-    if d.world_size > 1:
-        net = DistributedDataParallel(
-            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
-        )
-    if cfg.compile:
-        net = torch.compile(net)
+    net = _wrap(model, cfg, d)  # what the steps call: DDP and torch.compile around `model`
 
     eval_batch = cfg.eval_batch_size or (cfg.batch_size if prec.conv else 1024)
     eval_batch = max(d.world_size, eval_batch - eval_batch % d.world_size)
@@ -134,22 +113,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             model, data, eval_batch, d, autocast, channels_last, train_data.mean, train_data.std
         )
 
-    bar = tqdm(
-        total=total,
-        initial=step,
-        disable=not (cfg.progress and d.is_main),
-        desc=cfg.run_name,
-        unit="it",
-        dynamic_ncols=True,
-        leave=False,
-    )
-    stats = torch.zeros(
-        3, device=d.device
-    )  # loss sum, error count, images, since the last log line
-    bad = torch.zeros((), dtype=torch.bool, device=d.device)
-    t_train, t_last, t_start = 0.0, time.perf_counter(), time.perf_counter()
-    paused = 0.0  # seconds spent evaluating and checkpointing since the last log line
-    images_per_s = 0.0
+    bar = progress_bar(cfg, d, total, step)
+    stats = StepStats(cfg.log_every, d.device, step)  # loss and error since the last train line
+    clock = Clock()
     net.train()
     try:
         while step < total:
@@ -167,155 +133,66 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 step += 1
-                with torch.no_grad():
-                    bad |= ~torch.isfinite(loss)
-                    stats += torch.stack(
-                        [
-                            loss.detach() * len(y),
-                            (logits.argmax(1) != y).sum(),
-                            torch.tensor(len(y), device=d.device),
-                        ]
-                    ).float()
+                stats.add(loss, logits, y, lr)
 
                 if step % cfg.log_every == 0 or step == total:
-                    s = distributed.all_sum(torch.cat([stats, bad.float()[None]]), d).tolist()
-                    if s[3] > 0:
-                        raise Diverged(
-                            f"loss is not finite at step {step} (lr {lr:g}); "
-                            "lower --lr or add --grad-clip"
-                        )
-                    now = time.perf_counter()
-                    busy = max(now - t_last - paused, 1e-9)  # training time only
-                    t_train += busy
-                    images_per_s = s[2] / busy
-                    log.write(
-                        "train",
-                        step,
-                        epoch=step / steps_per_epoch,
-                        train_loss=s[0] / s[2],
-                        train_error=s[1] / s[2],
-                        lr=lr,
-                        images_per_s=images_per_s,
-                        time=now - t_start,
-                    )
-                    bar.set_postfix(
-                        loss=f"{s[0] / s[2]:.3f}",
-                        err=f"{s[1] / s[2]:.1%}",
-                        img_s=f"{images_per_s:.0f}",
-                        refresh=False,
-                    )
-                    stats.zero_()
-                    t_last, paused = time.perf_counter(), 0.0
+                    log_train(log, bar, stats, clock, d, step, step / steps_per_epoch, lr)
                 bar.update(1)
                 if step % eval_every == 0 or step == total:
-                    t_pause = time.perf_counter()
-                    metrics = {
-                        f"test_{k}": v for k, v in run_eval(test_data).items() if k != "top5_error"
-                    }
-                    if val_data is not None:
-                        metrics.update(
-                            {
-                                f"val_{k}": v
-                                for k, v in run_eval(val_data).items()
-                                if k != "top5_error"
-                            }
+                    with clock.pause():
+                        log_eval(
+                            log, run_eval, test_data, val_data, step, step / steps_per_epoch, clock
                         )
-                    log.write(
-                        "eval",
-                        step,
-                        epoch=step / steps_per_epoch,
-                        **metrics,
-                        time=time.perf_counter() - t_start,
-                    )
-                    paused += time.perf_counter() - t_pause
                 if step % ckpt_every == 0 or step == total:
-                    t_pause = time.perf_counter()
-                    # a finite loss can still be followed by an update to inf: check the weights too
-                    bad |= ~torch.stack(
-                        [t.isfinite().all() for t in model.state_dict().values()]
-                    ).all()
-                    if distributed.all_sum(bad.float(), d).item() > 0:
-                        raise Diverged(
-                            f"loss or weights not finite at step {step}; lower --lr or add --grad-clip"
-                        )
-                    if d.is_main:
-                        save_checkpoint(
-                            run_dir / "checkpoints",
-                            step,
-                            model,
-                            optimizer,
-                            {
-                                "torch_rng": torch.get_rng_state().tolist(),
-                                "epoch": epoch,
-                                "total": total,
-                            },
-                        )
-                    distributed.barrier(d)
-                    paused += time.perf_counter() - t_pause
+                    with clock.pause():
+                        checkpoint(run_dir, step, epoch, total, model, optimizer, stats, d)
                 if step >= total:
                     break
-    except Diverged:
+    except Diverged as err:
         bar.close()
         log.close()
         if d.is_main:
-            write_json(
-                run_dir / "summary.json",
-                {"name": cfg.run_name, "status": "diverged", "steps": step},
-            )
+            write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
         raise
     bar.close()
 
     final_train, final_test = run_eval(train_data), run_eval(test_data)
-    summary = {
-        "name": cfg.run_name,
-        "model": cfg.model,
-        "data": cfg.data,
-        "params": count_params(model),
-        "steps": step,
-        "epochs": step / steps_per_epoch,
-        "status": "completed",
-        "final_train_loss": final_train["loss"],
-        "final_train_error": final_train["error"],
-        "final_test_loss": final_test["loss"],
-        "final_test_error": final_test["error"],
-        "final_test_top5_error": final_test["top5_error"],
-        "time_s": t_train,
-        "images_per_s": images_per_s,
-        "resumed_from": resume_from and resume_from.name,
-        "amp": prec.name,
-        "channels_last": channels_last,
-        "precision_reason": prec.reason,
-        "world_size": d.world_size,
-        "grad_checkpoint": getattr(model, "grad_checkpoint", 0),
-        "peak_memory_gib": peak_memory_gib(d.device),
-    }
+    summary = completed_summary(
+        cfg, model, d, prec, step, steps_per_epoch, final_train, final_test, clock, resume_from
+    )
     if d.is_main:
-        log.write(
-            "final",
-            step,
-            train_loss=final_train["loss"],
-            train_error=final_train["error"],
-            test_loss=final_test["loss"],
-            test_error=final_test["error"],
-            test_top5_error=final_test["top5_error"],
-        )
-        save_weights(model, run_dir / "model.safetensors")
-        write_json(run_dir / "summary.json", summary)
+        log_final(log, step, final_train, final_test)
+        save_weights(model, run_dir / runs.WEIGHTS)
+        write_json(run_dir / runs.SUMMARY, summary)
     log.close()
     return summary
 
 
-def peak_memory_gib(device: torch.device) -> float | None:
-    """Peak memory of this process so far: the GPU's allocated peak on CUDA, else the peak resident
-    set (RSS) of the process (None where the OS does not report it)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+def _wrap(model: nn.Module, cfg: TrainConfig, d: distributed.Dist) -> nn.Module:
+    """`model` in DistributedDataParallel under torchrun, and compiled with --compile."""
+    net: nn.Module = model
+    if d.world_size > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
+
+
+def make_optimizer(
+    cfg: TrainConfig, model: nn.Module, device: torch.device
+) -> torch.optim.Optimizer:
+    """SGD with momentum over the trainable parameters; the learning rate is set at every step."""
+    return torch.optim.SGD(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        # one kernel per step instead of one per op: 2x faster steps for nets of thousands of
+        # small tensors (resmlp-10000: 177 vs 361 ms on a 2-core AVX2 EPYC), same update
+        fused=device.type in ("cpu", "cuda") or None,
+    )
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -382,6 +259,28 @@ def _set_determinism(cfg: TrainConfig) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+def _warn_if_fragmenting(cfg: TrainConfig, device: torch.device) -> None:
+    if cfg.grad_checkpoint and device.type == "cpu" and allocator.current() == "system":
+        warnings.warn(
+            "activation checkpointing on the C library's malloc keeps about 3x the live memory "
+            f"resident (fragmentation); run with {allocator.ENV}=tcmalloc for the bound "
+            "(see reslab.training.allocator)",
+            stacklevel=3,
+        )
+
+
+def _resume(
+    run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, Path | None]:
+    """On --resume, restore the newest checkpoint; returns (step, its folder), or (0, None)."""
+    ckpts = list_checkpoints(run_dir / runs.CHECKPOINTS) if cfg.resume else []
+    if not ckpts:
+        return 0, None
+    state = load_checkpoint(ckpts[-1], model, optimizer)
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    return state["step"], ckpts[-1]
+
+
 def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
     """Refuse to overwrite a run; on --resume return a finished run's summary or check the config."""
     if not run_dir.exists() or not any(run_dir.iterdir()):
@@ -391,9 +290,8 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
             f"run folder {run_dir} already exists; pass --resume to continue it "
             "or --name to start another"
         )
-    saved = run_dir / "config.json"
-    if saved.exists():
-        old = json.loads(saved.read_text())
+    if (run_dir / runs.CONFIG).exists():
+        old = runs.read_config(run_dir)
         volatile = {"resume", "progress", "device", "num_threads", "compile"}
         diff = sorted(
             k
@@ -405,12 +303,8 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
                 f"--resume: config of {run_dir} differs in {diff}; "
                 "resume with the same options or use another --name"
             )
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        done = json.loads(summary.read_text())
-        if done.get("status") == "completed":
-            return done
-    return None
+    done = runs.read_summary(run_dir)
+    return done if done and done.get("status") == "completed" else None
 
 
 def _norm(v):

@@ -7,7 +7,6 @@ dropped so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 import torch
 
 import reslab
-from reslab.training import allocator, precision
+from reslab.training import allocator, precision, runs
+from reslab.training.runs import write_json  # noqa: F401  (kept importable from here)
 
 
 class RunLog:
@@ -27,7 +27,7 @@ class RunLog:
         self._tb = None
         if not active:
             return
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / runs.METRICS
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
         elif resume_step is None:
@@ -66,13 +66,6 @@ def _truncate_after(path: Path, step: int) -> None:
         except (ValueError, KeyError):
             break  # a line cut short by a kill: drop it and everything after
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def provenance(device: torch.device) -> dict:

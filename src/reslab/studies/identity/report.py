@@ -1,9 +1,9 @@
 """Report for the identity study (He et al. 2015, §3.1: a block can learn the identity by setting its
 weights to zero): zeroed branches are exact identities, learning the identity, appending blocks.
 
-Works from the study folder alone: `study.json` and `results/{structure,fit,append}.json` written by
-`reslab.studies.identity`. `build_report(study_dir)` writes summary.json, structure.png, fit.png,
-append.png and report.html.
+Works from the study folder alone: `study.json`, `results/{structure,fit,append}.json` written by
+`reslab.studies.identity` and the run folder of check 3 under `runs/`. `build_report(study_dir)` writes
+summary.json, structure.png, fit.png, append.png and report.html.
 
 Verdict rules:
   structure  shown when, for every zeroing method and in both eval and train mode, every block with an
@@ -15,42 +15,46 @@ Verdict rules:
   append     shown when appended zero-init residual blocks leave every logit equal (hence no prediction
              changed) for every k, and appended plain blocks raise the test error at least half way from
              the trained net's error to chance (1 - 1/classes) for every k.
-Status: "shown" (all three), "partly" (some), "not_shown" (none).
+Status: "shown" (all three), "partly" (some), "not_shown" (none). A part without results counts as
+not shown and is named ("Not run yet"); when the training of check 3 diverged, no blocks are appended
+(that part has no results) and the text names the run, its step and its last finite loss.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
-import numpy as np
-
 from reslab.report import figures
-from reslab.report.html import Page, fmt_pct
+from reslab.report.html import Page, fmt_pct, join_values
+from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
+from reslab.studies.stats import finite_or_none
+from reslab.training import runs
 
 PARTS = ("structure", "fit", "append")
+RESULTS = "results"  # <study>/results/<part>.json
 FACTOR = 2.0
+# the blocks appended in check 3, as the results name them, with their colours in the figure
+ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
+VARIANT_COLORS = {
+    ZERO_INIT: figures.ARCH_COLORS["residual"],
+    PLAIN: figures.ARCH_COLORS["plain"],
+    RESIDUAL: "#7f8c8d",
+}
 _LABELS = {
     "shown": ("identity shown", "good"),
     "partly": ("partly shown", "warn"),
     "not_shown": ("not shown", "warn"),
 }
-_VARIANT_COLORS = {
-    "residual, zero-init": figures.ARCH_COLORS["residual"],
-    "plain, default init": figures.ARCH_COLORS["plain"],
-    "residual, default init": "#7f8c8d",
-}
 
 
 def collect(study_dir: str | Path) -> dict:
     """The results of the three checks, {part: dict}; a part not run yet is left out."""
-    folder = Path(study_dir) / "results"
+    folder = Path(study_dir) / RESULTS
     if not folder.is_dir():
-        raise FileNotFoundError(f"not an identity study folder (no results/): {study_dir}")
+        raise FileNotFoundError(f"not an identity study folder (no {RESULTS}/): {study_dir}")
     return {
-        p: json.loads((folder / f"{p}.json").read_text())
-        for p in PARTS
-        if (folder / f"{p}.json").is_file()
+        p: runs.read_json(folder / f"{p}.json") for p in PARTS if (folder / f"{p}.json").is_file()
     }
 
 
@@ -110,8 +114,8 @@ def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
 
 def judge_append(append: dict) -> dict:
     base, chance = append["base_test_error"], append["chance_error"]
-    res = [r for r in append["results"] if r["variant"] == "residual, zero-init"]
-    plain = [r for r in append["results"] if r["variant"] == "plain, default init"]
+    res = [r for r in append["results"] if r["variant"] == ZERO_INIT]
+    plain = [r for r in append["results"] if r["variant"] == PLAIN]
     unchanged = bool(res) and all(r["logits_equal"] and r["changed_predictions"] == 0 for r in res)
     destroyed = bool(plain) and all(r["test_error"] >= base + 0.5 * (chance - base) for r in plain)
     ks = ", ".join(str(r["k"]) for r in res)
@@ -158,132 +162,40 @@ def verdict(results: dict) -> dict:
 
 
 def write_summary(study_dir: str | Path) -> dict:
+    """Collect the results, judge them and write `<study_dir>/summary.json`; returns the summary."""
     study_dir = Path(study_dir)
-    study = json.loads((study_dir / "study.json").read_text())
+    study = runs.read_json(study_dir / runs.STUDY)
     results = collect(study_dir)
     summary = {k: v for k, v in study.items() if k != "verdict"}
     summary.update(study="identity", verdict=verdict(results))
+    diverged = [_diverged(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"]
+    if diverged:
+        summary["verdict"]["text"] += f" The training of check 3 diverged: {'; '.join(diverged)}."
     summary["append_results"] = results.get("append", {}).get("results", [])
     summary["fit_results"] = [
         {k: v for k, v in r.items() if k != "curve"}
         for r in results.get("fit", {}).get("results", [])
     ]
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = _finite(summary)
+    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
     return summary
 
 
-# ---------------------------------------------------------------------------------------------- figures
+def _diverged(run_dir: Path) -> str:
+    """ "<cell> at step N (last finite loss L)", from the folder of a run that diverged."""
+    run = runs.read_summary(run_dir) or {}
+    loss = finite_or_none(run.get("last_finite_loss"))
+    last = f" (last finite loss {loss:.4g})" if loss is not None else ""
+    return f"{run_dir.name} at step {run.get('diverged_at_step', '?')}{last}"
 
 
-def plot_structure(structure: dict, path: str | Path) -> Path:
-    """Mean norm of each block's output (eval mode) with zeroed branches: residual flat, plain zero."""
-    methods = list(structure["methods"])
-    with figures.style():
-        fig, axes = figures.figure(len(methods), width=3.4, height=3.0, sharey=True)
-        for ax, method in zip(axes, methods, strict=True):
-            m = structure["methods"][method]["modes"]["eval"]
-            idx = np.arange(1, m["blocks"] + 1)
-            for arch, key, ls in (
-                ("residual", "residual_norms", "-"),
-                ("plain", "plain_norms", "--"),
-            ):
-                ax.plot(
-                    idx,
-                    m[key],
-                    color=figures.ARCH_COLORS[arch],
-                    ls=ls,
-                    marker="o",
-                    ms=3,
-                    label=arch,
-                )
-            ok = (
-                m["identity_exact"] == m["identity_blocks"]
-                and m["plain_zero_blocks"] == m["blocks"]
-            )
-            ax.set_title(f"{method}: {'exact' if ok else 'NOT exact'}")
-            ax.set_xlabel("block")
-        top = max(max(m["modes"]["eval"]["residual_norms"] + m["modes"]["eval"]["plain_norms"])
-                  for m in structure["methods"].values())  # fmt: skip
-        axes[0].set_ylim(0, 1.1 * top if top > 0 else 1.0)  # set once: the y axis is shared
-        axes[0].set_ylabel("mean ||block output||")
-        axes[0].legend()
-        return figures.save(fig, path)
-
-
-def plot_fit(fit: dict, path: str | Path) -> Path:
-    """Final relative loss against depth, and the training curves of each arch (log y)."""
-    results = fit["results"]
-    colors = figures.depth_colors([r["depth"] for r in results])
-    with figures.style():
-        fig, axes = figures.figure(3, width=4.0, height=3.4)
-        ax = axes[0]
-        for arch in ("plain", "residual"):
-            rs = sorted((r for r in results if r["arch"] == arch), key=lambda r: r["depth"])
-            ax.plot(
-                [r["depth"] for r in rs],
-                [max(r["final_loss"], 1e-12) for r in rs],
-                marker="o",
-                color=figures.ARCH_COLORS[arch],
-                lw=2,
-                label=arch,
-            )
-        figures.depth_axis(ax, [r["depth"] for r in results])
-        ax.set_yscale("log")
-        ax.set_ylabel("MSE / mean square of the data")
-        ax.set_title("loss reached (held-out data)")
-        ax.legend()
-        for ax, arch in zip(axes[1:], ("plain", "residual"), strict=True):
-            for r in results:
-                if r["arch"] == arch:
-                    step, loss = np.asarray(r["curve"], dtype=float).T
-                    ax.plot(
-                        step,
-                        np.maximum(loss, 1e-12),
-                        color=colors[r["depth"]],
-                        label=f"{r['depth']} layers",
-                    )
-            ax.set_yscale("log")
-            ax.set_xlabel("step")
-            ax.set_title(f"{arch} stacks: training loss")
-            ax.legend()
-        axes[2].sharey(axes[1])
-        return figures.save(fig, path)
-
-
-def plot_append(append: dict, path: str | Path) -> Path:
-    """Test error against the number of appended blocks, before any further training."""
-    with figures.style():
-        fig, (ax,) = figures.figure(1, width=5.6, height=3.8)
-        for variant, color in _VARIANT_COLORS.items():
-            rs = sorted(
-                (r for r in append["results"] if r["variant"] == variant), key=lambda r: r["k"]
-            )
-            if rs:
-                ax.plot(
-                    [r["k"] for r in rs],
-                    [100 * r["test_error"] for r in rs],
-                    marker="o",
-                    color=color,
-                    lw=2,
-                    label=f"+k {variant}",
-                )
-        ax.axhline(
-            100 * append["base_test_error"],
-            color="#333",
-            ls=":",
-            label="trained net, nothing appended",
-        )
-        ax.axhline(100 * append["chance_error"], color="#999", ls="--", lw=0.8, label="chance")
-        ks = sorted({r["k"] for r in append["results"]})
-        if ks and ks[-1] > 4 * ks[0]:
-            ax.set_xscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("blocks appended (k)")
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(0, 100)
-        ax.set_title(f"appending to a trained {append['base_model']}")
-        ax.legend(fontsize=7.5)
-        return figures.save(fig, path)
+def _finite(obj):
+    """`obj` with non-finite floats (a stack whose fit diverged) as None, so the JSON stays standard."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 # ---------------------------------------------------------------------------------------------- text + html
@@ -307,8 +219,8 @@ def _fit_rows(summary: dict) -> list[list[str]]:
             r["arch"],
             str(r["depth"]),
             str(r["blocks"]),
-            f"{r['train_loss']:.3g}",
-            f"{r['final_loss']:.3g}",
+            _fmt(r["train_loss"]),
+            _fmt(r["final_loss"]),
         ]
         for r in sorted(summary["fit_results"], key=lambda r: (r["depth"], r["arch"]))
     ]
@@ -320,6 +232,10 @@ def _append_rows(summary: dict) -> list[list[str]]:
          str(r["changed_predictions"]), "yes" if r["logits_equal"] else "no"]
         for r in summary["append_results"]
     ]  # fmt: skip
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3g}"  # None: non-finite (written as null)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -357,9 +273,6 @@ def build_report(study_dir: str | Path) -> Path:
         f"{study_dir.name} · {summary.get('data')} · He et al. 2015, §3.1",
     )
     page.verdict(label, v["text"], tone, [v["rule"]])
-    page.facts({k: summary.get(k) for k in ("data", "family", "seed", "check_depth", "base_depth",
-                                            "base_iters", "append", "fit_depths", "fit_width",
-                                            "fit_steps", "fit_lr", "fit_weight_decay")})  # fmt: skip
     if "structure" in results:
         s = results["structure"]
         page.heading("1. Zeroed branches are exact identities").paragraph(
@@ -367,6 +280,9 @@ def build_report(study_dir: str | Path) -> Path:
             "), then a batch of real training images runs through it and through its plain twin with the "
             "same weights. Counts are of exact fp32 equality (torch.equal), not closeness."
         )
+        page.figure(plot_structure(s, study_dir / "structure.png"), "Mean norm of each block's output "
+                    "(eval mode) with zeroed branches: the residual net carries its input through "
+                    "unchanged, the plain twin outputs zero after the first block.")  # fmt: skip
         page.table(STRUCTURE_HEADER, _structure_rows(s))
         signed = next(
             (r.get("signed_input") for r in s["methods"].values() if "signed_input" in r), None
@@ -378,9 +294,6 @@ def build_report(study_dir: str | Path) -> Path:
                 "identity a[l+2] = g(a[l]) = a[l] needs the non-negative inputs a ReLU leaves behind.",
                 small=True,
             )
-        page.figure(plot_structure(s, study_dir / "structure.png"), "Mean norm of each block's output "
-                    "(eval mode) with zeroed branches: the residual net carries its input through "
-                    "unchanged, the plain twin outputs zero after the first block.")  # fmt: skip
     if "fit" in results:
         page.heading("2. Learning the identity").paragraph(
             f"Stacks of fully connected blocks (width {results['fit']['fit_width']}, default init) trained "
@@ -398,7 +311,25 @@ def build_report(study_dir: str | Path) -> Path:
             f"({a['base_run']}), then k blocks appended after its last block and evaluated on "
             f"{a['test_images']} test images before any further training."
         )
-        page.figure(plot_append(a, study_dir / "append.png"), "Test error against the number of "
-                    "appended blocks.", max_width=760)  # fmt: skip
+        page.figure(
+            plot_append(a, VARIANT_COLORS, study_dir / "append.png"),
+            "Test error against the number of appended blocks.",
+            max_width=760,
+        )
         page.table(APPEND_HEADER, _append_rows(summary))
-    return page.write(study_dir / "report.html")
+    skip = ("study", "verdict", "append_results", "fit_results", "recipe", "train")
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(_what_was_run(summary), {k: v for k, v in summary.items() if k not in skip}, recipe)
+    return page.write(study_dir / runs.REPORT)
+
+
+def _what_was_run(summary: dict) -> str:
+    return (
+        f"Three checks on {summary.get('family')} nets and {summary.get('data')} (seed "
+        f"{summary.get('seed')}): every way of zeroing the branches "
+        f"({join_values(summary.get('methods', []))}) on a {summary.get('check_depth')}-layer net; "
+        f"fully connected stacks of {join_values(summary.get('fit_depths', []))} layers fitting the "
+        f"identity; a {summary.get('base_depth')}-layer residual net trained for "
+        f"{summary.get('base_iters')} iterations with the recipe below, then k = "
+        f"{join_values(summary.get('append', []))} blocks appended."
+    )

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from reslab.report import build_any
-from reslab.report.depth import build_report, collect_runs, format_table, verdict, write_summary
+from reslab.studies import build_report as build_any
+from reslab.studies.depth.report import (
+    build_report,
+    collect_runs,
+    format_table,
+    verdict,
+    write_summary,
+)
 
 ITERS = 40
 

@@ -3,9 +3,10 @@ Ensembles of Relatively Shallow Networks", §4.1-4.2, Figures 3 and 4): deleting
 net barely changes its test error, deleting one layer of a plain net destroys it, and the residual
 net's error rises smoothly as more blocks are deleted.
 
-Works from the study folder alone: `lesions.json` (written by `reslab.studies.lesion`, every measured
-error) and `study.json`. `build_report(study_dir)` writes summary.json, single.png (error per deleted
-block), multi.png (error against the number of deleted blocks) and report.html.
+Works from the study folder alone: `lesions.json` (written by `reslab.studies.lesion`: every measured
+error, and the nets that diverged in training) and `study.json`. `build_report(study_dir)` writes
+summary.json, single.png (error per deleted block), multi.png (error against the number of deleted
+blocks) and report.html.
 
 Verdict rule. For a net with intact test error e0 and chance error c = 1 - 1/classes, deleting blocks
 that give error e does damage (e - e0) / (c - e0): 0 is harmless, 1 is as bad as guessing. Per arch,
@@ -15,21 +16,25 @@ over every net and every deletable block:
 Status: "shown" (residual robust, plain broken), "not_shown" (residual not robust), "plain_robust_too"
 (both robust-ish: plain not broken), "residual_robust" (no plain net measured), "insufficient" (no
 residual net, or nothing deletable). The multi-deletion curve is summarised by k_half, the smallest
-number of deleted blocks at which the mean damage reaches 0.5.
+number of deleted blocks at which the mean damage reaches 0.5. A net that diverged in training has no
+finite weights: it is not lesioned, so it counts for no arch, and the report names it (cell, step,
+last finite loss).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values
+from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.studies.stats import mean_std
+from reslab.training import runs
 
 ARCHS = ("plain", "residual")
+LESIONS = "lesions.json"  # what the study measured: {"nets": [...], "diverged": [...]}
 ROBUST, BROKEN = 0.1, 0.5
 _LABELS = {
     "shown": ("ensemble-like: shown", "good"),
@@ -40,15 +45,16 @@ _LABELS = {
 }
 
 
-def _read(study_dir: Path) -> tuple[dict, list[dict]]:
-    """(study.json, the nets of lesions.json); no nets yet while the study is still training."""
-    path, study = study_dir / "lesions.json", study_dir / "study.json"
+def _read(study_dir: Path) -> tuple[dict, list[dict], list[dict]]:
+    """(study.json, the lesioned nets, the diverged nets); none yet while the study is training."""
+    path, study = study_dir / LESIONS, study_dir / runs.STUDY
     if not path.is_file() and not study.is_file():
         raise FileNotFoundError(
-            f"not a lesion study folder (no study.json, no lesions.json): {study_dir}"
+            f"not a lesion study folder (no {runs.STUDY}, no {LESIONS}): {study_dir}"
         )
-    nets = json.loads(path.read_text())["nets"] if path.is_file() else []
-    return (json.loads(study.read_text()) if study.is_file() else {}), nets
+    lesions = runs.read_json(path) if path.is_file() else {}
+    record = runs.read_json(study) if study.is_file() else {}
+    return record, lesions.get("nets", []), lesions.get("diverged", [])
 
 
 def _damage(net: dict, error: float) -> float:
@@ -101,8 +107,9 @@ def arch_stats(nets: list[dict], arch: str) -> dict | None:
     }
 
 
-def verdict(nets: list[dict]) -> dict:
-    """Judge the study from the measured errors only (rule in the module docstring)."""
+def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
+    """Judge the study from the measured errors only (rule in the module docstring); the nets that
+    diverged in training are named in the text."""
     res, plain = arch_stats(nets, "residual"), arch_stats(nets, "plain")
     if res is None or res["single_damage_median"] is None:
         status = "insufficient"
@@ -114,7 +121,7 @@ def verdict(nets: list[dict]) -> dict:
         status = "shown" if plain["single_damage_median"] >= BROKEN else "plain_robust_too"
     return {
         "status": status,
-        "text": _sentence(status, res, plain),
+        "text": _sentence(status, res, plain) + _diverged_clause(diverged),
         "rule": f"damage = (error - intact) / (chance - intact); residual robust if median single-"
         f"deletion damage <= {ROBUST}; plain broken if >= {BROKEN}",
         "robust": ROBUST,
@@ -162,13 +169,24 @@ def _sentence(status: str, res: dict | None, plain: dict | None) -> str:
     return head + "; ".join(parts) + (f". Deleting random sets of k blocks, {ks}." if ks else ".")
 
 
+def _diverged_name(d: dict) -> str:
+    loss = d.get("last_finite_loss")
+    last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+    return f"{Path(d['run_dir']).name} ({d['model']}, diverged at step {d['step']}{last})"
+
+
+def _diverged_clause(diverged: list[dict]) -> str:
+    names = "; ".join(map(_diverged_name, diverged))
+    return f" Not lesioned, diverged in training: {names}." if diverged else ""
+
+
 # ---------------------------------------------------------------------------------------- summary
 
 
 def write_summary(study_dir: str | Path) -> dict:
     """Judge lesions.json and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    study, nets = _read(study_dir)
+    study, nets, diverged = _read(study_dir)
     summary = {"study": "lesion"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary["nets"] = [
@@ -176,8 +194,9 @@ def write_summary(study_dir: str | Path) -> dict:
         | {"trained_test_error": n.get("trained_test_error"), "test_images": n["test_images"]}
         for n in nets
     ]
-    summary["verdict"] = verdict(nets)
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    summary["diverged"] = diverged
+    summary["verdict"] = verdict(nets, diverged)
+    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
     return summary
 
 
@@ -282,33 +301,35 @@ def _per_block_rows(nets: list[dict]) -> list[list]:
                 for s in n["single"]
                 if s["block"] == b and s["error"] is not None
             ]
-            std = float(np.std(errs, ddof=1)) if len(errs) > 1 else None
-            row.append(fmt_mean_std(float(np.mean(errs)), std) if errs else "—")
+            row.append(fmt_mean_std(*mean_std(errs)) if errs else "—")
         rows.append(row)
     return rows
+
+
+def _what_was_run(nets: list[dict], diverged: list[dict]) -> str:
+    images = nets[0]["test_images"] if nets else 0
+    left_out = (
+        f" {len(diverged)} more diverged in training and were not lesioned." if diverged else ""
+    )
+    return (
+        f"{len(nets)} trained net(s) were evaluated on the test set ({images} images) intact, with "
+        "every single block deleted, and with random sets of k blocks deleted together. Deleting a "
+        "residual block keeps its shortcut (identity, or the option-A subsampling / projection where "
+        "the shape changes, as Veit et al. keep the downsampling projection); deleting a plain block "
+        f"passes its input to the next block, which is possible only where the shape is kept.{left_out}"
+    )
 
 
 def _write_html(
     study_dir: Path, summary: dict, nets: list[dict], single: Path, multi: Path
 ) -> Path:
-    v = summary["verdict"]
+    v, diverged = summary["verdict"], summary.get("diverged", [])
     label, tone = _LABELS[v["status"]]
     page = Page(
         "Lesion study: residual networks behave like ensembles",
         f"{study_dir.name} · {', '.join(sorted({n['data'] for n in nets}))} · Veit et al. 2016, Figures 3 and 4",
     )
     page.verdict(label, v["text"], tone, [_note(a, v[a]) for a in ("residual", "plain")])
-    page.heading("What was run").paragraph(
-        f"{len(nets)} trained net(s) were evaluated on the test set ({nets[0]['test_images'] if nets else 0} "
-        "images) intact, with every single block deleted, and with random sets of k blocks deleted "
-        "together. Deleting a residual block keeps its shortcut (identity, or the option-A subsampling / "
-        "projection where the shape changes, as Veit et al. keep the downsampling projection); deleting a "
-        "plain block passes its input to the next block, which is possible only where the shape is kept."
-    )
-    skip = ("verdict", "nets", "train", "recipe")
-    page.facts({k: join_values(val) for k, val in summary.items() if k not in skip})
-    if isinstance(summary.get("recipe"), dict):
-        page.heading("Recipe of the trained pair", level=3).facts(summary["recipe"])
     page.heading("Deleting one block").figure(
         single,
         "Test error with one block deleted, per block (solid) and of the intact net (dashed); red: plain, "
@@ -320,21 +341,19 @@ def _write_html(
         "mean and bands ± one std over sets (and nets). Veit et al. see the residual error rise smoothly.",
         max_width=760,
     )
+    rows = [
+        [n["model"], n["arch"], n["seed"], n["blocks"], fmt_pct(n["intact_error"]),
+         fmt_pct(n.get("trained_test_error")), n["run_dir"]]
+        for n in nets
+    ] + [
+        [d["model"], d["arch"], d["seed"], "—", "not lesioned", _diverged_name(d), d["run_dir"]]
+        for d in diverged
+    ]  # fmt: skip
     page.heading("Nets").table(
         ["model", "arch", "seed", "blocks", "intact error", "trained test error", "run"],
-        [
-            [
-                n["model"],
-                n["arch"],
-                n["seed"],
-                n["blocks"],
-                fmt_pct(n["intact_error"]),
-                fmt_pct(n.get("trained_test_error")),
-                n["run_dir"],
-            ]
-            for n in nets
-        ],  # fmt: skip
-        "Intact error is measured here in fp32; the trained test error is the training run's own.",
+        rows,
+        "Intact error is measured here in fp32; the trained test error is the training run's own. "
+        "A net that diverged in training has no finite weights and is not lesioned.",
     )
     page.heading("Test error per deleted block").table(
         ["block", "changes shape", "plain", "residual"],
@@ -348,7 +367,12 @@ def _write_html(
         "net broken. k_half is the smallest number of deleted blocks whose mean damage reaches 0.5.",
         small=True,
     )
-    return page.write(study_dir / "report.html")
+    skip = ("verdict", "nets", "diverged", "train", "recipe")
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(
+        _what_was_run(nets, diverged), {k: x for k, x in summary.items() if k not in skip}, recipe
+    )
+    return page.write(study_dir / runs.REPORT)
 
 
 def format_table(summary: dict) -> str:
@@ -360,6 +384,8 @@ def format_table(summary: dict) -> str:
         lines.append(
             f"{n['model']:<16}{n['arch']:<10}{n['seed']:>5}{n['blocks']:>8}  {fmt_pct(n['intact_error']):>8}"
         )
+    for d in summary.get("diverged", []):
+        lines.append(f"{d['model']:<16}{d['arch']:<10}{d['seed']:>5}{'—':>8}  {_diverged_name(d)}")
     lines += ["", f"verdict: {v['status']}"]
     lines += [f"  {_note(a, v[a])}" for a in ("residual", "plain")]
     lines.append(v["text"])
@@ -370,7 +396,7 @@ def build_report(study_dir: str | Path) -> Path:
     """Write summary.json, single.png, multi.png and report.html into `study_dir`; returns the report."""
     study_dir = Path(study_dir)
     summary = write_summary(study_dir)
-    _, nets = _read(study_dir)
+    _, nets, _ = _read(study_dir)
     single = plot_single(nets, study_dir / "single.png")
     multi = plot_multi(nets, study_dir / "multi.png")
     return _write_html(study_dir, summary, nets, single, multi)

@@ -2,10 +2,10 @@
 of iterations, norm-free residual nets (ReZero, SkipInit, Fixup) of 10,000 layers have learned, while
 the plain net of that depth has not (it diverges or stays near its starting loss).
 
-Works from the study folder alone: `study.json` and the run folders `runs/<arm>-<depth>-s<seed>/`
-(config.json, metrics.jsonl, summary.json) that `reslab.studies.depth` writes. `build_report` writes,
-beside study.json: summary.json, depth.png (final training loss and error against depth), curves.png
-(training loss of the deepest nets) and report.html.
+Works from the study folder alone (it imports nothing from the study): `study.json` and the run
+folders `runs/<arm>-<depth>-s<seed>/` (config.json, metrics.jsonl, summary.json) that
+`reslab.studies.depth` writes. `build_report` writes, beside study.json: summary.json, depth.png (final
+training loss and error against depth), curves.png (training loss of the deepest nets) and report.html.
 
 Losses, per run:
     start  = the first logged training loss: with the study's log_every=1, the cross-entropy of the
@@ -22,53 +22,55 @@ if every seed did, and failed if none did. Verdict, at the deepest depth D and t
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
-from matplotlib import ticker
-from matplotlib.axes import Axes
 
-from reslab.report import figures
-from reslab.studies.stats import finite_or_none
-from reslab.training.runs import read_metrics
-from reslab.report.html import Page, fmt_count, fmt_pct, join_values, read_json
-from reslab.studies.depth import ARMS, NORM_FREE
+from reslab.report.html import Page, fmt_count, fmt_pct
+from reslab.studies.depth import plots
+from reslab.studies.stats import finite_or_none, mean_std
+from reslab.training import runs as rf
 
+ARMS = ("plain", "residual", "rezero", "skipinit", "fixup")  # the order of tables and legends
+NORM_FREE = ("rezero", "skipinit", "fixup")
 LEARNED = 0.5
 END_WINDOW = 10  # logged steps averaged into the end-of-training mini-batch loss
-_RUN = re.compile(r"^([a-z]+)-(\d+)-s(\d+)$")
 _LABELS = {
     "shown": ("extreme depth: shown", "good"),
     "partly_shown": ("partly shown", "warn"),
     "not_shown": ("not shown", "bad"),
     "insufficient": ("insufficient runs", "neutral"),
 }
-# plain and batch-norm residual as in every study; the norm-free arms in their own colours. ReZero and
-# SkipInit build the same network when there is no norm, so SkipInit is dashed to stay visible.
-COLORS = {**figures.ARCH_COLORS, "rezero": "#2e8b57", "skipinit": "#d98c00", "fixup": "#7b3294"}
-DASHES = {"skipinit": (0, (4, 2))}
 
 
 # ---------------------------------------------------------------------------------------------- reading
 
 
 def _read_study(study_dir: Path) -> dict:
-    if (study_dir / "study.json").is_file():
-        return read_json(study_dir / "study.json")
-    if (study_dir / "runs").is_dir():
+    if (study_dir / rf.STUDY).is_file():
+        return rf.read_json(study_dir / rf.STUDY)
+    if (study_dir / rf.RUNS).is_dir():
         return {}
-    raise FileNotFoundError(f"not a depth study folder (no study.json, no runs/): {study_dir}")
+    raise FileNotFoundError(f"not a depth study folder (no {rf.STUDY}, no {rf.RUNS}/): {study_dir}")
+
+
+def _train_lines(run_dir: Path) -> list[dict]:
+    """The run's logged training steps with a finite loss (none when it has no metrics yet)."""
+    lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
+    return [
+        ln
+        for ln in lines
+        if ln.get("kind") == "train" and finite_or_none(ln.get("train_loss")) is not None
+    ]
 
 
 def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict:
-    """One run's numbers from its own files (summary.json, metrics.jsonl)."""
-    s = read_json(run_dir / "summary.json")
-    config = read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    log = run_dir / "metrics.jsonl"
-    train = [ln for ln in (read_metrics(log) if log.is_file() else []) if ln.get("kind") == "train"]
-    train = [ln for ln in train if finite_or_none(ln.get("train_loss")) is not None]
+    """One run's numbers from its own files (summary, metrics)."""
+    s, config, train = (
+        rf.read_summary(run_dir) or {},
+        rf.read_config(run_dir),
+        _train_lines(run_dir),
+    )
     last = train[-END_WINDOW:]
     diverged = s.get("status") == "diverged"
     return {
@@ -94,21 +96,20 @@ def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict
 
 
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """(one entry per run with a summary.json, run folders without one yet), relative to study_dir."""
+    """(one entry per run with a summary, run folders without one yet), relative to study_dir."""
     study_dir = Path(study_dir)
     _read_study(study_dir)
-    root = study_dir / "runs"
     runs, incomplete = [], []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        m = _RUN.match(run_dir.name)
-        if not m or m[1] not in ARMS:
+    for run_dir in rf.run_dirs(study_dir):
+        cell = rf.parse_cell(run_dir.name, ("arm", "depth"))
+        if not cell or cell["arm"] not in ARMS:
             continue
         rel = run_dir.relative_to(study_dir).as_posix()
-        if not (run_dir / "summary.json").is_file():
+        if rf.read_summary(run_dir) is None:
             incomplete.append(rel)
             continue
-        runs.append(_run_entry(run_dir, rel, m[1], int(m[2]), int(m[3])))
-    runs.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["depth"], r["seed"]))
+        runs.append(_run_entry(run_dir, rel, cell["arm"], cell["depth"], cell["seed"]))
+    runs.sort(key=lambda r: (ARMS.index(r["arm"]), r["depth"], r["seed"]))
     return runs, incomplete
 
 
@@ -122,8 +123,7 @@ def learned(run: dict, ratio: float = LEARNED) -> bool:
 
 
 def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+    return mean_std(values)[0]
 
 
 def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
@@ -265,120 +265,32 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "depth", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
     return summary
 
 
 # ---------------------------------------------------------------------------------------------- figures
 
 
-def _style(arm: str) -> dict:
-    return {"color": COLORS[arm], "ls": DASHES.get(arm, "-")}
-
-
-def _log_loss_axis(ax: Axes, label: str) -> None:
-    """A log-scale loss axis with plain numbers at 1, 2 and 5 times the powers of ten."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
-    ax.set_ylabel(label)
-
-
-def _crosses(ax: Axes, depths: list[int], y: float, color: str) -> None:
-    """Diverged cells: a labelled cross at height y (the top of the panel), not a measured value."""
-    ax.scatter(depths, [y] * len(depths), marker="x", s=60, color=color, zorder=4)
-    for d in depths:
-        ax.annotate("diverged", (d, y), textcoords="offset points", xytext=(0, -13),
-                    ha="center", fontsize=7.5, color=color)  # fmt: skip
-
-
-def plot_depth(groups: list[dict], path: str | Path) -> Path:
-    """Left: final training loss (solid) and starting loss (hollow, dotted) against depth, log-log;
-    right: final training error. A diverged cell is a cross at the top of the panel."""
-    with figures.style():
-        fig, (ax, ax_err) = figures.figure(2, width=5.0, height=3.9)
-        finite = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
-        top = 2.0 * max(finite, default=10.0)
-        for arm in ARMS:
-            gs = [g for g in groups if g["arm"] == arm]
-            if not gs:
-                continue
-            ok = [g for g in gs if g["final_train_loss"] is not None]
-            bad = [g["depth"] for g in gs if g["final_train_loss"] is None]
-            st = _style(arm)
-            ax.plot([g["depth"] for g in ok], [g["final_train_loss"] for g in ok], marker="o",
-                    lw=2, label=arm, **st)  # fmt: skip
-            starts = [(g["depth"], g["start_loss"]) for g in gs if g["start_loss"]]
-            if starts:
-                ax.plot(*zip(*starts, strict=True), color=st["color"], ls=":", lw=0.8,
-                        marker="o", mfc="none", ms=4, alpha=0.7)  # fmt: skip
-            if bad:
-                _crosses(ax, bad, top, st["color"])
-            err = [(g["depth"], 100 * g["final_train_error"]) for g in gs
-                   if g["final_train_error"] is not None]  # fmt: skip
-            if err:
-                ax_err.plot(*zip(*err, strict=True), marker="o", lw=2, label=arm, **st)
-            if bad:
-                _crosses(ax_err, bad, 100, st["color"])
-        depths = [g["depth"] for g in groups] or [1]
-        for a in (ax, ax_err):
-            figures.depth_axis(a, depths)
-        _log_loss_axis(ax, "training loss")
-        if any(g["final_train_loss"] is None for g in groups):
-            ax.set_ylim(top=top * 1.3)  # room for the crosses
-        ax.set_title("final (solid) and starting (dotted) loss")
-        figures.percent_axis(ax_err, "final training error")
-        ax_err.set_ylim(0, 105)
-        ax_err.set_title("final training error")
-        if groups:  # the error panel has room above its low curves
-            ax_err.legend(loc="best", title="× = diverged", title_fontsize=8)
-        return figures.save(fig, path)
-
-
 def _loss_curve(study_dir: Path, run: dict) -> tuple[np.ndarray, np.ndarray]:
-    log = study_dir / run["run_dir"] / "metrics.jsonl"
-    pts = [
-        (ln["step"], ln["train_loss"])
-        for ln in (read_metrics(log) if log.is_file() else [])
-        if ln.get("kind") == "train" and finite_or_none(ln.get("train_loss")) is not None
-    ]
+    pts = [(ln["step"], ln["train_loss"]) for ln in _train_lines(study_dir / run["run_dir"])]
     if not pts:
         return np.empty(0), np.empty(0)
     x, y = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
     return x, y
 
 
-def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path) -> Path:
-    """Training loss (mini-batch, train mode, lightly smoothed) against iterations for every arm at the
-    deepest depth, mean over seeds; a diverged run ends in a cross at its last finite loss."""
-    study_dir = Path(study_dir)
+def _deepest(study_dir: Path, runs: list[dict]) -> tuple[int | None, list[tuple]]:
+    """(deepest depth, [(arm, loss curve per seed, step it diverged at or None)]) for curves.png."""
     deep = max((r["depth"] for r in runs), default=None)
-    with figures.style():
-        fig, (ax,) = figures.figure(1, width=6.4, height=3.9)
-        for arm in ARMS:
-            rs = [r for r in runs if r["arm"] == arm and r["depth"] == deep]
-            if not rs:
-                continue
-            st = _style(arm)
-            curves = [_loss_curve(study_dir, r) for r in rs]
-            x, y, _ = figures.mean_curve(curves)
-            label = arm
-            if any(r["status"] == "diverged" for r in rs):
-                label += f" (diverged at step {min(r['diverged_at'] or 0 for r in rs)})"
-                for cx, cy in curves:
-                    if len(cx):
-                        ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
-            if len(x):
-                ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=label, **st)
-            else:
-                ax.plot([], [], label=label, **st)
-        _log_loss_axis(ax, "training loss (mini-batch)")
-        ax.set_xlabel("iterations")
-        ax.set_title(f"training loss at {deep} layers" if deep else "no runs")
-        if runs:
-            ax.legend()
-        return figures.save(fig, path)
+    series = []
+    for arm in ARMS:
+        rs = [r for r in runs if r["arm"] == arm and r["depth"] == deep]
+        if rs:
+            diverged = any(r["status"] == "diverged" for r in rs)
+            at = min(r["diverged_at"] or 0 for r in rs) if diverged else None
+            series.append((arm, [_loss_curve(study_dir, r) for r in rs], at))
+    return deep, series
 
 
 # ---------------------------------------------------------------------------------------------- text + html
@@ -452,20 +364,6 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         "Fixup) against plain and batch-norm nets",
     )
     page.verdict(label, v["text"], tone, [v["rule"]])
-    page.heading("What was run").paragraph(_what_was_run(summary))
-    keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "model_args")
-    page.facts({k: join_values(summary[k]) for k in keep if k in summary})
-    if isinstance(summary.get("arm_models"), dict):
-        page.heading("Arms", level=3).facts(
-            {a: join_values(m) for a, m in summary["arm_models"].items()}
-        )
-    if isinstance(summary.get("recipe"), dict):
-        page.heading("Recipe", level=3).facts(summary["recipe"])
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
     page.heading("Loss and error against depth").figure(
         depth_png,
         "Left: final training loss (solid; eval mode on the whole training set) and starting loss "
@@ -487,6 +385,11 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         "steps (train mode, so batch-norm nets use batch statistics); — marks a missing or "
         "non-finite value (diverged run).",
     )
+    if summary.get("incomplete"):
+        page.paragraph(
+            f"Not finished (no {rf.SUMMARY}), left out: {', '.join(summary['incomplete'])}.",
+            small=True,
+        )
     page.heading("How the verdict is decided").paragraph(
         f"A run learned if it finished with a final training loss at most {v['ratio']:g} times its "
         "starting loss; a run that diverged did not. Shown: at the deepest depth every norm-free "
@@ -495,7 +398,13 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         "norm-free arm learned but not all of that holds. Not shown: no norm-free arm learned.",
         small=True,
     )
-    return page.write(study_dir / "report.html")
+    keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "model_args")
+    config = {k: summary[k] for k in keep if k in summary}
+    if isinstance(summary.get("arm_models"), dict):
+        config |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(_what_was_run(summary), config, recipe)
+    return page.write(study_dir / rf.REPORT)
 
 
 def format_table(summary: dict) -> str:
@@ -516,6 +425,7 @@ def build_report(study_dir: str | Path) -> Path:
     """Write summary.json, depth.png, curves.png and report.html into `study_dir`; returns the report."""
     study_dir = Path(study_dir)
     summary = write_summary(study_dir)
-    depth_png = plot_depth(summary["verdict"]["groups"], study_dir / "depth.png")
-    curves_png = plot_curves(study_dir, summary["runs"], study_dir / "curves.png")
+    depth_png = plots.plot_depth(summary["verdict"]["groups"], study_dir / "depth.png")
+    deep, series = _deepest(study_dir, summary["runs"])
+    curves_png = plots.plot_curves(deep, series, study_dir / "curves.png")
     return _write_html(study_dir, summary, depth_png, curves_png)

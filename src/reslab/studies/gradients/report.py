@@ -2,8 +2,9 @@
 "The Shattered Gradients Problem: If resnets are the answer, then what is the question?", Figs. 1-2),
 plain nets vs their residual twins.
 
-Works from the study folder alone: `study.json` and `measurements/<arch>-<depth>.json` written by
-`reslab.studies.gradients`. `build_report(study_dir)` writes summary.json, norms.png, activations.png,
+Works from the study folder alone: `study.json`, `measurements/<arch>-<depth>.json` written by
+`reslab.studies.gradients` and the run folders under `runs/` (for a run that diverged: where, and its
+last finite loss). `build_report(study_dir)` writes summary.json, norms.png, activations.png,
 shattering.png, lines.png and report.html.
 
 Verdict rules (numbers at initialisation, each arch at its deepest measured depth where one is named):
@@ -16,23 +17,21 @@ Verdict rules (numbers at initialisation, each arch at its deepest measured dept
               Shown when decay(plain) - decay(residual) > tolerance = max(2 * se, FLOOR), where se is the
               standard error of that difference from the spread over lines, and FLOOR = 0.05.
 Status: "shown" (both parts), "partly" (one), "not_shown" (neither), "insufficient" (no plain or no
-residual net measured).
+residual net measured). A net whose training diverged is measured at initialisation only (the rules
+above use init numbers); the verdict text names it with its step and last finite loss.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import numpy as np
-from matplotlib.figure import Figure
+from reslab.report.html import Page, fmt_count, join_values
+from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
+from reslab.studies.stats import finite_or_none, mean_std
+from reslab.training import runs
 
-from reslab.report import figures
-from reslab.report.html import Page, fmt_count
-
-ARCHS = ("plain", "residual")
-PHASES = ("init", "trained")
+MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>.json, one record per net
 ORDERS = 1.0
 FLOOR = 0.05
 _LABELS = {
@@ -45,26 +44,26 @@ _LABELS = {
 
 def collect(study_dir: str | Path) -> list[dict]:
     """The measurement records of the study, sorted by arch then depth."""
-    folder = Path(study_dir) / "measurements"
+    folder = Path(study_dir) / MEASUREMENTS
     if not folder.is_dir():
-        raise FileNotFoundError(f"not a gradients study folder (no measurements/): {study_dir}")
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+        raise FileNotFoundError(f"not a gradients study folder (no {MEASUREMENTS}/): {study_dir}")
+    records = [runs.read_json(p) for p in sorted(folder.glob("*.json"))]
     return sorted(records, key=lambda r: (ARCHS.index(r["arch"]), r["depth"]))
 
 
-def _stats(phase: dict) -> dict:
-    """The summary numbers of one measurement phase."""
+def phase_numbers(phase: dict) -> dict:
+    """The summary numbers of one measurement phase (acf(1): mean and sample std over lines)."""
     w, a = phase["weight_norms"], phase["block_input_norms"]
-    acf1 = np.array(phase["acf1_lines"])
+    acf1, acf1_std = mean_std(phase["acf1_lines"])
     return {
         "loss": phase["loss"],
         "first_weight_grad": w[0],
         "last_weight_grad": w[-1],
         "weight_ratio": w[0] / w[-1] if w[-1] > 0 else math.inf,
         "block_input_ratio": (a[0] / a[-1] if a[-1] > 0 else math.inf) if a else None,
-        "acf1": float(acf1.mean()),
-        "acf1_std": float(acf1.std(ddof=1)) if len(acf1) > 1 else 0.0,
-        "acf1_lines": len(acf1),
+        "acf1": acf1,
+        "acf1_std": acf1_std or 0.0,
+        "acf1_lines": len(phase["acf1_lines"]),
         "neighbour_corr": phase["neighbour_corr"],
     }
 
@@ -74,7 +73,7 @@ def nets(records: list[dict]) -> list[dict]:
     keys = ("arch", "depth", "model", "params", "train_status", "run_dir")
     return [
         {k: r.get(k) for k in keys}
-        | {p: _stats(r["phases"][p]) if p in r["phases"] else None for p in PHASES}
+        | {p: phase_numbers(r["phases"][p]) if p in r["phases"] else None for p in PHASES}
         for r in records
     ]
 
@@ -198,13 +197,26 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the measurements, judge them and write `<study_dir>/summary.json`."""
     study_dir = Path(study_dir)
-    study = json.loads((study_dir / "study.json").read_text())
+    study = runs.read_json(study_dir / runs.STUDY)
     entries = nets(collect(study_dir))
     summary = {k: v for k, v in study.items() if k not in ("nets", "verdict")}
     summary.update(study="gradients", nets=entries, verdict=verdict(entries))
-    text = json.dumps(_finite(summary), indent=2, allow_nan=False)
-    (study_dir / "summary.json").write_text(text + "\n")
+    diverged = [_diverged(study_dir, e) for e in entries if e["train_status"] == "diverged"]
+    if diverged:
+        summary["verdict"]["text"] += (
+            f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
+        )
+    summary = _finite(summary)
+    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
     return summary
+
+
+def _diverged(study_dir: Path, entry: dict) -> str:
+    """ "<cell> at step N (last finite loss L)", from the run folder of a net whose training diverged."""
+    run = runs.read_summary(study_dir / entry["run_dir"]) or {}
+    loss = finite_or_none(run.get("last_finite_loss"))
+    last = f" (last finite loss {loss:.4g})" if loss is not None else ""
+    return f"{Path(entry['run_dir']).name} at step {run.get('diverged_at_step', '?')}{last}"
 
 
 def _finite(obj):
@@ -214,115 +226,6 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def _phases(records: list[dict]) -> list[str]:
-    return [p for p in PHASES if any(p in r["phases"] for r in records)]
-
-
-def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> Path:
-    """Gradient norm against layer (or block) index, log y; rows = phases, columns = plain/residual,
-    one line per depth."""
-    phases = _phases(records)
-    colors = figures.depth_colors([r["depth"] for r in records])
-    with figures.style():
-        fig = Figure(figsize=(10.4, 3.5 * len(phases)), layout="constrained")
-        axes = fig.subplots(len(phases), 2, sharey="row", squeeze=False)
-        for row, phase in zip(axes, phases, strict=True):
-            for ax, arch in zip(row, ARCHS, strict=True):
-                for r in records:
-                    if r["arch"] != arch or phase not in r["phases"]:
-                        continue
-                    y = np.asarray(r["phases"][phase][key], dtype=float)
-                    y = np.where(y > 0, y, np.nan)  # an exactly zero gradient has no log
-                    ax.plot(
-                        np.arange(1, len(y) + 1),
-                        y,
-                        color=colors[r["depth"]],
-                        lw=1.6,
-                        label=f"{r['depth']} layers",
-                    )
-                ax.set_yscale("log")
-                ax.set_title(f"{arch}, {'at init' if phase == 'init' else 'after training'}")
-                ax.set_xlabel(xlabel)
-                if ax.lines:
-                    ax.legend()
-            row[0].set_ylabel("gradient norm")
-        return figures.save(fig, path)
-
-
-def plot_shattering(records: list[dict], path: str | Path) -> Path:
-    """acf(1) against depth (init solid, trained dashed; bars = std over lines), and acf(k) against lag
-    at init for plain and residual nets, one line per depth (Balduzzi et al. 2017, Fig. 2)."""
-    colors = figures.depth_colors([r["depth"] for r in records])
-    with figures.style():
-        fig, axes = figures.figure(3, width=4.2, height=3.5)
-        ax = axes[0]
-        for arch in ARCHS:
-            rs = [r for r in records if r["arch"] == arch]
-            for phase, ls in (("init", "-"), ("trained", "--")):
-                pts = [(r["depth"], _stats(r["phases"][phase])) for r in rs if phase in r["phases"]]
-                if not pts:
-                    continue
-                d = [p[0] for p in pts]
-                ax.errorbar(
-                    d,
-                    [p[1]["acf1"] for p in pts],
-                    yerr=[p[1]["acf1_std"] for p in pts],
-                    color=figures.ARCH_COLORS[arch],
-                    ls=ls,
-                    marker="o",
-                    capsize=3,
-                    label=f"{arch}, {'init' if phase == 'init' else 'trained'}",
-                )
-        figures.depth_axis(ax, [r["depth"] for r in records])
-        ax.axhline(0, color="#888", lw=0.8)
-        ax.set_ylabel("acf(1): neighbour correlation")
-        ax.set_title("gradient correlation vs depth")
-        ax.legend()
-        for ax, arch in zip(axes[1:], ARCHS, strict=True):
-            for r in records:
-                if r["arch"] == arch:
-                    acf = r["phases"]["init"]["acf"]
-                    ax.plot(
-                        range(len(acf)),
-                        acf,
-                        color=colors[r["depth"]],
-                        lw=1.6,
-                        label=f"{r['depth']} layers",
-                    )
-            ax.axhline(0, color="#888", lw=0.8)
-            ax.set_xlabel("lag (grid steps along the line)")
-            ax.set_title(f"{arch}: autocorrelation at init")
-            if ax.lines[1:]:
-                ax.legend()
-        axes[1].set_ylabel("acf(lag)")
-        return figures.save(fig, path)
-
-
-def plot_lines(records: list[dict], path: str | Path) -> Path:
-    """Fig. 1 style: the gradient along the first line (standardised), one trace per depth, stacked;
-    brown-noise-like when smooth, white-noise-like when shattered."""
-    colors = figures.depth_colors([r["depth"] for r in records])
-    with figures.style():
-        fig, axes = figures.figure(2, width=5.0, height=3.8, sharey=True)
-        for ax, arch in zip(axes, ARCHS, strict=True):
-            rs = [r for r in records if r["arch"] == arch]
-            for i, r in enumerate(rs):
-                g = np.asarray(r["phases"]["init"]["line_example"], dtype=float)
-                g = (g - g.mean()) / max(g.std(), 1e-30) / 3.0  # +-1 spans +-3 std
-                t = np.linspace(0, 1, len(g))
-                ax.plot(
-                    t, g - 2.5 * i, color=colors[r["depth"]], lw=1.0, label=f"{r['depth']} layers"
-                )
-            ax.set_yticks([-2.5 * i for i in range(len(rs))], [f"{r['depth']}" for r in rs])
-            ax.set_xlabel("t along the line between two test images")
-            ax.set_title(f"{arch}: d logit / dt at init")
-        axes[0].set_ylabel("depth (each trace standardised)")
-        return figures.save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- text + html
@@ -391,7 +294,7 @@ def build_report(study_dir: str | Path) -> Path:
         "activations": plot_norms(
             records, "block_input_norms", "block", study_dir / "activations.png"
         ),
-        "shattering": plot_shattering(records, study_dir / "shattering.png"),
+        "shattering": plot_shattering(records, nets(records), study_dir / "shattering.png"),
         "lines": plot_lines(records, study_dir / "lines.png"),
     }
     v = summary["verdict"]
@@ -402,31 +305,6 @@ def build_report(study_dir: str | Path) -> Path:
         "gradients (Balduzzi et al. 2017, Figs. 1-2)",
     )
     page.verdict(label, v["text"], tone, [v.get("rule", "")])
-    page.heading("What was measured").paragraph(
-        f"Plain nets and their residual twins ({summary.get('family')} family, depths "
-        f"{', '.join(str(d) for d in summary.get('depths', []))}) with the same initial weights, on "
-        f"{summary.get('data')}: at initialisation and after {summary.get('iters')} SGD steps of the "
-        "training engine. Gradient norms: the mean cross-entropy of "
-        f"{summary.get('batches')} real training batches, in train mode. Shattering: the gradient of "
-        f"the logit of the start image's class along {summary.get('lines')} lines between two test "
-        f"images ({summary.get('points')} points each), in eval mode with batch-norm statistics "
-        "re-estimated on the same batches."
-    )
-    page.facts(
-        {
-            k: summary.get(k)
-            for k in (
-                "data",
-                "family",
-                "seed",
-                "iters",
-                "width",
-                "model_args",
-                "residual_args",
-                "train",
-            )
-        }
-    )
     page.heading("Gradient norm per layer").figure(
         figs["norms"],
         "||dL/dW|| of every weight layer on the main path against its index (log scale), "
@@ -456,4 +334,22 @@ def build_report(study_dir: str | Path) -> Path:
         caption="first/last: ratio of the first "
         "to the last layer's gradient norm; ± std over lines.",
     )
-    return page.write(study_dir / "report.html")
+    skip = ("study", "nets", "verdict", "recipe", "train")
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(
+        _what_was_measured(summary), {k: v for k, v in summary.items() if k not in skip}, recipe
+    )
+    return page.write(study_dir / runs.REPORT)
+
+
+def _what_was_measured(summary: dict) -> str:
+    return (
+        f"Plain nets and their residual twins ({summary.get('family')} family, depths "
+        f"{join_values(summary.get('depths', []))}) with the same initial weights, on "
+        f"{summary.get('data')}: at initialisation and after {summary.get('iters')} SGD steps of the "
+        "training engine. Gradient norms: the mean cross-entropy of "
+        f"{summary.get('batches')} real training batches, in train mode. Shattering: the gradient of "
+        f"the logit of the start image's class along {summary.get('lines')} lines between two test "
+        f"images ({summary.get('points')} points each), in eval mode with batch-norm statistics "
+        "re-estimated on the same batches."
+    )

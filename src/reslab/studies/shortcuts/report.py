@@ -1,14 +1,17 @@
 """Report for the shortcut study (He et al. 2016, "Identity Mappings in Deep Residual Networks", Table 1:
 shortcut variants; Table 2: activation placements; Fig. 3: training curves).
 
-Works from the study folder alone: `study.json` and the run folders `runs/<variant>-s<seed>/`
-(config.json, metrics.jsonl, summary.json) that `reslab.studies.shortcuts` writes. `build_report`
-writes summary.json, bars.png (test error per variant), curves.png (training loss) and report.html.
+Works from the study folder alone (it imports nothing from the study): `study.json` and the run
+folders `runs/<variant>-s<seed>/` (config.json, metrics.jsonl, summary.json) that
+`reslab.studies.shortcuts` writes. `build_report` writes summary.json, bars.png (test error per
+variant), curves.png (training loss) and report.html.
 
 Verdict rule (errors are fractions; test error = `final_test_error`). Every variant is compared with
 the identity shortcut, the paper's original unit:
     margin    = mean over seeds(variant) - mean over seeds(identity)
     tolerance = max(2 * pooled seed std of the two, FLOOR)       FLOOR = 0.01 (1 percentage point)
+    (pooled as in `reslab.studies.stats`: a variant none of whose runs finished adds no degree of
+    freedom)
     worse if margin > tolerance or any of its runs diverged; better if margin < -tolerance; else tied.
 Status, from the shortcut variants of Table 1: "shown" (identity worse than none and better than all
 others), "identity_not_beaten" (none better, some tied), "identity_beaten" (some variant better),
@@ -18,9 +21,6 @@ overall and compares full pre-activation with the original unit (Table 2).
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -29,11 +29,11 @@ from matplotlib import ticker
 
 from reslab.models.variants import VARIANTS
 from reslab.report import figures
-from reslab.training.runs import read_metrics
-from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values, read_json
+from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.studies.stats import finite_or_none, mean_std, pooled_std
+from reslab.training import runs as rf
 
 FLOOR = 0.01
-_RUN = re.compile(r"^(.+)-s(\d+)$")
 _LABELS = {
     "shown": ("identity shortcut best", "good"),
     "identity_not_beaten": ("identity not beaten (ties)", "neutral"),
@@ -42,49 +42,36 @@ _LABELS = {
 }
 
 
-def _finite(x) -> float | None:
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(runs with a summary.json, run folders without one yet); a diverged run has errors None."""
     study_dir = Path(study_dir)
     runs, incomplete = [], []
-    folders = sorted(p for p in (study_dir / "runs").iterdir() if p.is_dir()) if (
-        study_dir / "runs"
-    ).is_dir() else []  # fmt: skip
-    for run_dir in folders:
-        m = _RUN.match(run_dir.name)
-        if not m or m[1] not in VARIANTS:
+    for run_dir in rf.run_dirs(study_dir):
+        cell = rf.parse_cell(run_dir.name, ("variant",))
+        if not cell or cell["variant"] not in VARIANTS:
             continue
         rel = run_dir.relative_to(study_dir).as_posix()
-        if not (run_dir / "summary.json").is_file():
+        s = rf.read_summary(run_dir)
+        if s is None:
             incomplete.append(rel)
             continue
-        s = read_json(run_dir / "summary.json")
         runs.append(
             {
-                "variant": m[1],
-                "seed": int(m[2]),
+                "variant": cell["variant"],
+                "seed": cell["seed"],
                 "status": s.get("status", "completed"),
                 "model": s.get("model"),
                 "params": s.get("params"),
                 "iters": s.get("steps"),
-                "final_train_error": _finite(s.get("final_train_error")),
-                "final_train_loss": _finite(s.get("final_train_loss")),
-                "final_test_error": _finite(s.get("final_test_error")),
+                "final_train_error": finite_or_none(s.get("final_train_error")),
+                "final_train_loss": finite_or_none(s.get("final_train_loss")),
+                "final_test_error": finite_or_none(s.get("final_test_error")),
                 "run_dir": rel,
             }
         )
     order = list(VARIANTS)
     runs.sort(key=lambda r: (order.index(r["variant"]), r["seed"]))
     return runs, incomplete
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
@@ -97,7 +84,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
         test = [r["final_test_error"] for r in rs if r["final_test_error"] is not None]
         train = [r["final_train_error"] for r in rs if r["final_train_error"] is not None]
         loss = [r["final_train_loss"] for r in rs if r["final_train_loss"] is not None]
-        (te_mean, te_std), (tr_mean, tr_std) = _stats(test), _stats(train)
+        (te_mean, te_std), (tr_mean, tr_std) = mean_std(test), mean_std(train)
         groups.append(
             {
                 "variant": name,
@@ -122,9 +109,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
 
 def compare(identity: dict, g: dict, floor: float = FLOOR) -> dict:
     """One variant against identity: margin, pooled seed std, tolerance and the call."""
-    df = (identity["n"] - 1) + (g["n"] - 1)
-    ss = sum((x["n"] - 1) * (x["test_error_std"] or 0.0) ** 2 for x in (identity, g) if x["n"])
-    pooled = math.sqrt(ss / df) if df > 0 else 0.0
+    pooled = pooled_std([(x["n"], x["test_error_std"]) for x in (identity, g)])
     tolerance = max(2 * pooled, floor)
     margin = None
     if g["test_error_mean"] is not None:
@@ -220,16 +205,16 @@ def _sentence(status: str, identity: dict, best: dict, t1: list[dict], t2: list[
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    if not (study_dir / "study.json").is_file() and not (study_dir / "runs").is_dir():
+    if not (study_dir / rf.STUDY).is_file() and not (study_dir / rf.RUNS).is_dir():
         raise FileNotFoundError(
-            f"not a shortcuts study folder (no study.json, no runs/): {study_dir}"
+            f"not a shortcuts study folder (no {rf.STUDY}, no {rf.RUNS}/): {study_dir}"
         )
-    study = read_json(study_dir / "study.json") if (study_dir / "study.json").is_file() else {}
+    study = rf.read_json(study_dir / rf.STUDY) if (study_dir / rf.STUDY).is_file() else {}
     runs, incomplete = collect_runs(study_dir)
     summary = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
     return summary
 
 
@@ -275,6 +260,13 @@ def plot_bars(groups: list[dict], path: str | Path) -> Path:
         return figures.save(fig, path)
 
 
+def _train_lines(study_dir: Path, run: dict) -> list[dict]:
+    """The run's logged training steps (none when it diverged before logging any)."""
+    run_dir = study_dir / run["run_dir"]
+    lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
+    return [ln for ln in lines if ln.get("kind") == "train"]
+
+
 def plot_curves(study_dir: Path, runs: list[dict], path: str | Path) -> Path:
     """Training loss against iterations, mean over seeds, one line per variant (log scale; cf. the
     paper's Fig. 3 training curves); left Table 1 variants, right Table 2."""
@@ -286,11 +278,7 @@ def plot_curves(study_dir: Path, runs: list[dict], path: str | Path) -> Path:
             for i, name in enumerate(n for n in names if any(r["variant"] == n for r in runs)):
                 curves = []
                 for r in (r for r in runs if r["variant"] == name):
-                    log = study_dir / r["run_dir"] / "metrics.jsonl"
-                    lines = read_metrics(log) if log.is_file() else []  # diverged at once
-                    pts = [
-                        (ln["step"], ln["train_loss"]) for ln in lines if ln.get("kind") == "train"
-                    ]
+                    pts = [(ln["step"], ln["train_loss"]) for ln in _train_lines(study_dir, r)]
                     if pts:
                         curves.append(tuple(np.array(v, float) for v in zip(*pts, strict=True)))
                 x, y, _ = figures.mean_curve(curves)
@@ -346,6 +334,29 @@ _HEADER = ["variant", "unit", "test error", "median", "train error", "train loss
            "vs identity", "paper (ResNet-110, CIFAR-10)"]  # fmt: skip
 
 
+def _what_was_run(summary: dict) -> str:
+    return (
+        f"{len(summary['runs'])} finished training runs of {summary.get('base')} (width "
+        f"{summary.get('width') or 'default'}) on {summary.get('data')}: every unit replaced by one "
+        "variant, the same recipe for all, seeds "
+        f"{', '.join(map(str, summary.get('seeds', [])))}. Errors are final test errors (train "
+        "errors in eval mode on the whole training set). The paper's column is He et al. 2016's "
+        "ResNet-110 on CIFAR-10 (Table 1: median of 5 runs; Table 2: the ResNet-110 column), for the "
+        "ranking, not for the numbers: the data and network here differ."
+    )
+
+
+def _diverged(study_dir: Path, runs: list[dict]) -> list[str]:
+    """'<cell> at step N, last finite loss L' for every diverged run (the loss from its metrics)."""
+    out = []
+    for r in (r for r in runs if r["status"] == "diverged"):
+        losses = [finite_or_none(ln.get("train_loss")) for ln in _train_lines(study_dir, r)]
+        losses = [x for x in losses if x is not None]
+        last = f", last finite loss {losses[-1]:.3g}" if losses else ""
+        out.append(f"{Path(r['run_dir']).name} at step {r['iters']}{last}")
+    return out
+
+
 def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Path:
     v = summary["verdict"]
     label, tone = _LABELS[v["status"]]
@@ -354,21 +365,6 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
         f"{study_dir.name} · {summary.get('data')} · {summary.get('base')} · He et al. 2016, Tables 1 and 2",
     )
     page.verdict(label, v["text"], tone, [v.get("rule", "")])
-    runs = summary["runs"]
-    page.heading("What was run").paragraph(
-        f"{len(runs)} finished training runs of {summary.get('base')} (width {summary.get('width') or 'default'}) "
-        f"on {summary.get('data')}: every unit replaced by one variant, the same recipe for all, seeds "
-        f"{', '.join(map(str, summary.get('seeds', [])))}. Errors are final test errors (train errors in "
-        "eval mode on the whole training set). The paper's column is He et al. 2016's ResNet-110 on "
-        "CIFAR-10 (Table 1: median of 5 runs; Table 2: the ResNet-110 column), for the ranking, not "
-        "for the numbers: the data and network here differ."
-    )
-    skip = ("runs", "verdict", "incomplete", "recipe", "train")
-    page.facts({k: join_values(val) for k, val in summary.items() if k not in skip})
-    if isinstance(summary.get("recipe"), dict):
-        page.heading("Recipe", level=3).facts(summary["recipe"])
-    if summary.get("incomplete"):
-        page.paragraph(f"Not finished, left out: {', '.join(summary['incomplete'])}.", small=True)
     page.heading("Test error per variant").figure(
         bars,
         "Bars: mean test error over seeds, ± one std; dots: single seeds; red crosses: diverged runs. "
@@ -380,6 +376,13 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
     )
     page.heading("Table 1: shortcut variants").table(_HEADER, _rows(v, 1))
     page.heading("Table 2: activation placements").table(_HEADER, _rows(v, 2))
+    diverged = _diverged(study_dir, summary["runs"])
+    if diverged:
+        page.paragraph(
+            f'Diverged (counted worse than identity, the paper\'s "fail"): {"; ".join(diverged)}.'
+        )
+    if summary.get("incomplete"):
+        page.paragraph(f"Not finished, left out: {', '.join(summary['incomplete'])}.", small=True)
     page.heading("How the verdict is decided").paragraph(
         "Every variant is compared with the identity shortcut: it is worse if one of its runs diverged or its "
         "mean test error is higher by more than max(2 × pooled seed std, "
@@ -387,7 +390,10 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
         "shortcut is shown best when every other shortcut variant of Table 1 is worse.",
         small=True,
     )
-    return page.write(study_dir / "report.html")
+    skip = ("runs", "verdict", "incomplete", "recipe", "train")
+    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
+    page.setup(_what_was_run(summary), {k: v for k, v in summary.items() if k not in skip}, recipe)
+    return page.write(study_dir / rf.REPORT)
 
 
 def format_table(summary: dict) -> str:

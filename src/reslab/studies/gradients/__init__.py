@@ -1,0 +1,233 @@
+"""The gradients study: vanishing/exploding and shattered gradients in plain vs residual twins.
+
+For each depth, a plain net and its residual twin (same class and seed, shortcut off in the plain one;
+the same initial weights where the shortcuts hold none) are measured on real data, at initialisation
+and after `iters` SGD steps of the engine (an ordinary run folder per net under `runs/`); `measure.py`
+defines the measures.
+
+1. Gradient norms per layer and per block input. He et al. 2015 (§1) name vanishing/exploding
+   gradients as the obstacle normalisation largely solved; here one sees how far the gradient norm
+   still drifts from the last layer to the first with and without shortcuts (with batch norm, a deep
+   plain net's gradient explodes toward the input at initialisation: Yang et al. 2019, "A Mean Field
+   Theory of Batch Normalization", ICLR).
+2. Shattered gradients (Balduzzi et al. 2017, "The Shattered Gradients Problem: If resnets are the
+   answer, then what is the question?", ICML, §2, Figs. 1-2). The paper feeds a 1-D input on a grid of
+   256 points through a rectifier net and looks at the gradient of the output with respect to the input
+   along the grid: for a shallow net it is a smooth, brown-noise-like sequence; with depth the
+   feedforward net's gradient turns into white noise, while a resnet's keeps its structure (its
+   abstract: the correlation between gradients decays exponentially with depth in feedforward nets and
+   sublinearly in resnets). Fig. 2 compares the sequences by their autocorrelation function; here the
+   1-D input is a line between two real test images.
+
+Measurements go to `measurements/<arch>-<depth>.json`; `report.py` turns them into summary.json
+(verdict from the numbers), figures and report.html.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reslab.studies import base
+from reslab.studies.base import ARCHS, FAMILIES
+from reslab.studies.gradients import measure, report
+from reslab.studies.gradients.report import MEASUREMENTS
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class GradientsConfig:
+    """Which twins to measure, on what data, and how long to train them between the two measurements."""
+
+    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
+    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
+    data_dir: str | None = field(default=None, metadata={"help": "data root"})
+    family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
+    depths: tuple[int, ...] = field(
+        default=(8, 32, 128), metadata={"help": "depths (weight layers)"}
+    )
+    archs: tuple[str, ...] = field(default=ARCHS, metadata={"help": "plain and/or residual"})
+    seed: int = field(default=0, metadata={"help": "seed of the initial weights and data order"})
+    iters: int = field(
+        default=100, metadata={"help": "SGD steps between the two measurements (0: init only)"}
+    )
+    width: int = field(
+        default=0, metadata={"help": "MLP width (0: the model's default; ignored by conv nets)"}
+    )
+    model_args: dict = field(
+        default_factory=dict,
+        metadata={"help": "model overrides for both archs, KEY=VALUE", "cli": "model_arg"},
+    )
+    residual_args: dict = field(
+        default_factory=dict,
+        metadata={"help": "model overrides for the residual nets only", "cli": "residual_arg"},
+    )
+    batches: int = field(
+        default=4, metadata={"help": "training batches the gradient norms average"}
+    )
+    lines: int = field(default=8, metadata={"help": "lines between test images (shattering)"})
+    points: int = field(default=256, metadata={"help": "inputs on each line"})
+    max_lag: int = field(default=32, metadata={"help": "largest lag of the autocorrelation"})
+    jobs: int = field(
+        default=0, metadata={"help": "runs trained at once (0: one per core for MLPs)"}
+    )
+    out: str = field(default="runs/gradients", metadata={"help": "root of study folders"})
+    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
+    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides"})
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if not self.archs or any(a not in ARCHS for a in self.archs):
+            raise ValueError(f"archs must be plain and/or residual, got {list(self.archs)}")
+        if not self.depths:
+            raise ValueError("give at least one depth")
+        for name in ("iters", "width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batches", "lines", "max_lag"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.points < self.max_lag + 2:
+            raise ValueError(f"points must be >= max_lag + 2, got {self.points} and {self.max_lag}")
+        base.check_models(
+            (self.model_name(a, d), self.model_kwargs(a)) for d in self.depths for a in self.archs
+        )
+
+    def model_name(self, arch: str, depth: int) -> str:
+        return base.model_name(self.family, arch, depth)
+
+    def model_kwargs(self, arch: str) -> dict:
+        mlp = self.width and self.family == "mlp"  # conv families have no width option
+        kwargs = dict(self.model_args, **({"width": self.width} if mlp else {}))
+        return dict(kwargs, **self.residual_args) if arch == "residual" else kwargs
+
+    def cells(self) -> list[tuple[str, int]]:
+        """(arch, depth) of every net, shallowest depth first."""
+        return [(a, d) for d in self.depths for a in self.archs]
+
+    def run_config(self, arch: str, depth: int) -> TrainConfig:
+        """The ordinary training config of one net (its first `iters` steps)."""
+        name = runs.cell_name(arch, depth, seed=self.seed)
+        kwargs = self.model_kwargs(arch)
+        model = self.model_name(arch, depth)
+        return base.run_config(self, name, model, self.seed, model_kwargs=kwargs, iters=self.iters)
+
+
+# Built-in settings. digits: fully connected nets of width 64 with batch norm, 8 to 128 weight layers,
+# trained with TrainConfig's digits recipe for `iters` steps (its `epochs` set back to the default,
+# which a run of `iters` steps does not use, so the run configs are those of earlier versions). The
+# residual nets keep the default init, so at initialisation each plain net and its twin hold exactly
+# the same weights (MLPs and option-A conv nets, which have no projection weights; projections draw
+# from the RNG first).
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        data="digits",
+        family="mlp",
+        depths=(8, 32, 128),
+        width=64,
+        iters=100,
+        train=dict(preset="digits", epochs=1.0, log_every=10),
+    ),
+    "cpu": dict(  # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes
+        data="cifar10",
+        family="cifar",
+        depths=(20, 56, 110),
+        iters=50,
+        batches=2,
+        lines=4,
+        points=128,
+        train=dict(preset="cpu", schedule="constant", log_every=10),
+    ),
+    "paper": dict(  # CIFAR-10 with the paper's recipe (warm-up for 110+ layers), for a GPU
+        data="cifar10",
+        family="cifar",
+        depths=(20, 56, 110),
+        iters=500,
+        batches=8,
+        lines=16,
+        train=dict(preset="paper", schedule="constant", log_every=50),
+    ),
+}
+# A rerun may add depths or archs, not change what a measurement means.
+MUST_MATCH = ("data", "family", "seed", "iters", "width", "model_args", "residual_args", "recipe")
+MUST_MATCH += ("batches", "lines", "points", "max_lag")
+
+
+def run(cfg: GradientsConfig) -> dict:
+    """Train each net `iters` steps (skipping finished runs), measure both phases, write the report."""
+    folder = base.study_dir(cfg)
+    configs = [cfg.run_config(*cell) for cell in cfg.cells()]
+    record = {"study": "gradients", **asdict(cfg), "recipe": base.recipe(configs[0])}
+    base.claim(
+        folder, record, MUST_MATCH, lambda old, new: base.union(old, new, depths=None, archs=ARCHS)
+    )
+    jobs = cfg.jobs or base.default_jobs(cfg.family == "mlp")
+    print(
+        f"gradients: {', '.join(cfg.archs)} x depths {list(cfg.depths)} on {cfg.data}, measured at "
+        f"init and after {cfg.iters} steps -> {folder}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    trained = base.train_grid(configs, jobs) if cfg.iters else [{}] * len(configs)
+    device = measure.device(cfg.train.get("device", "auto"))
+    measure.set_threads(cfg.train.get("num_threads", 0), cfg.family == "mlp")
+    data, batches, lines = measure.inputs(configs[0], cfg.batches, cfg.lines, cfg.seed, device)
+    (folder / MEASUREMENTS).mkdir(exist_ok=True)
+    for (arch, depth), c, summary in zip(cfg.cells(), configs, trained, strict=True):
+        run_dir = Path(c.out) / c.run_name
+        status = summary.get("status", "not_trained")
+        weights = run_dir / runs.WEIGHTS if status == "completed" else None
+        params, phases = measure.net(c, data, batches, lines, cfg.points, cfg.max_lag, weights)
+        runs.write_json(
+            folder / MEASUREMENTS / f"{arch}-{depth}.json",
+            {
+                "arch": arch,
+                "depth": depth,
+                "model": c.model,
+                "model_kwargs": c.model_kwargs,
+                "params": params,
+                "run_dir": run_dir.relative_to(folder).as_posix(),
+                "train_status": status,
+                "iters": cfg.iters,
+                "phases": phases,
+            },
+        )
+        w, acf = phases["init"]["weight_norms"], phases["init"]["acf"]
+        print(
+            f"  {f'{arch}-{depth}':<14} init: |dL/dW| first {w[0]:.3g} last {w[-1]:.3g}, "
+            f"acf(1) {acf[1]:.3f}  [{time.perf_counter() - t0:4.0f} s]",
+            flush=True,
+        )
+    return base.finish(STUDY, folder, t0)
+
+
+def make_config(preset: str = "digits", **options: Any) -> GradientsConfig:
+    """defaults < preset < options; `train` overrides are merged, not replaced."""
+    return base.make_config(STUDY, preset, **options)
+
+
+STUDY = base.Study(
+    name="gradients",
+    help="gradient norms per layer and shattered gradients, plain vs residual (Balduzzi et al. 2017)",
+    config=GradientsConfig,
+    presets=PRESETS,
+    run=run,
+    report=report.build_report,
+    table=report.format_table,
+    toy=dict(
+        depths=(2, 4),
+        iters=5,
+        width=8,
+        batches=1,
+        lines=2,
+        points=12,
+        max_lag=4,
+        jobs=1,
+        train=dict(num_threads=1, eval_every=5),
+    ),
+    preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+)

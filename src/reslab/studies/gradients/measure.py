@@ -1,0 +1,227 @@
+"""The gradients study's measurements of one net, on real data.
+
+1. Gradient norms. ||dL/dW|| of every weight layer on the main path (shortcut projections left out), in
+   the order the forward pass runs them, and ||dL/da|| of the input a of every residual block
+   (`model.residual_blocks()`), for the mean cross-entropy L of `batches` fixed training batches in train
+   mode (the mode training uses them in); norms are averaged over the batches.
+2. Shattered gradients (Balduzzi et al. 2017, §2, Figs. 1-2). The 1-D input is a line through input
+   space between two real test images, x(t) = x_a + t (x_b - x_a), t on a grid of `points` values in
+   [0, 1], and the output is the logit of x_a's class: g(t) = d logit(x(t)) / dt
+   = grad_x logit(x(t)) . (x_b - x_a), the paper's 1-D gradient of the net restricted to that line.
+   Measures, averaged over `lines` lines:
+     acf(k)          = sum_t (g_t - mean g)(g_(t+k) - mean g) / sum_t (g_t - mean g)^2   (k = 0..max_lag;
+                       acf(1) is the correlation between the gradients of neighbouring inputs; a constant
+                       sequence counts as 1)
+     neighbour_corr  = mean over t of the Pearson correlation between the full input-gradient vectors
+                       grad_x logit(x(t)) and grad_x logit(x(t+1)).
+   The net runs in eval mode, so each point's gradient depends on that point only; batch-norm statistics
+   are first re-estimated on the same real training batches (so they normalise as in training).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.training.config import TrainConfig
+
+WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    """||dL/dW|| per main-path weight layer (forward order) and ||dL/da|| per block input a, with L the
+    mean cross-entropy of a batch, in train mode; each averaged over `batches`. The model is not changed
+    (a copy runs, so batch-norm statistics stay as they were)."""
+    model = copy.deepcopy(model).train()
+    layers = {
+        m: n
+        for n, m in model.named_modules()
+        if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
+    }
+    order: list[str] = []
+    inputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(layers[m])) for m in layers]
+    hooks += [
+        b.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+        for b in model.residual_blocks()
+    ]
+    weight_sum, input_sum, loss_sum, names = None, None, 0.0, []
+    try:
+        for x, y in batches:
+            order.clear()
+            inputs.clear()
+            loss = F.cross_entropy(model(x), y)
+            names = list(dict.fromkeys(order))  # a layer run twice is measured once
+            weights = [model.get_submodule(n).weight for n in names]
+            grads = torch.autograd.grad(loss, weights + inputs)
+            norms = torch.stack([g.norm() for g in grads]).double()
+            w, a = norms[: len(weights)], norms[len(weights) :]
+            weight_sum = w if weight_sum is None else weight_sum + w
+            input_sum = a if input_sum is None else input_sum + a
+            loss_sum += loss.item()
+    finally:
+        for h in hooks:
+            h.remove()
+    n = len(batches)
+    return {
+        "loss": loss_sum / n,
+        "weight_names": names,
+        "weight_norms": (weight_sum / n).tolist(),
+        "block_input_norms": (input_sum / n).tolist(),
+    }
+
+
+@torch.no_grad()
+def calibrate_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Re-estimate every batch norm's running statistics as the plain average over `batches` (train-mode
+    forward passes that change no weight); leaves the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for x, _ in batches:
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def line_gradients(
+    model: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, unit: int, points: int, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradients of logit `unit` along x(t) = x_a + t (x_b - x_a), t = linspace(0, 1, points).
+
+    Returns (g, grads): g (points,) = d logit(x(t)) / dt, and grads (points, D) = grad_x logit(x(t)),
+    flattened. The model must be in eval mode (each input's gradient must depend on that input only)."""
+    if model.training:
+        raise ValueError("line_gradients needs the model in eval mode (model.eval())")
+    direction = x_b - x_a  # (C, H, W)
+    t = torch.linspace(0, 1, points, device=x_a.device)
+    grads = []
+    for ts in t.split(chunk):
+        xs = (x_a + ts.view(-1, *[1] * x_a.dim()) * direction).requires_grad_()  # (T, C, H, W)
+        (g,) = torch.autograd.grad(model(xs)[:, unit].sum(), xs)
+        grads.append(g.flatten(1))
+    grads = torch.cat(grads)  # (points, D)
+    return grads @ direction.flatten(), grads
+
+
+def autocorrelation(seq: torch.Tensor, max_lag: int) -> torch.Tensor:
+    """acf(k), k = 0..max_lag, of a 1-D sequence (normalised by its total variance); all ones if constant."""
+    s = seq.double() - seq.double().mean()
+    var = (s * s).sum()
+    if var == 0:
+        return torch.ones(max_lag + 1, dtype=torch.float64)
+    return torch.stack([(s[: len(s) - k] * s[k:]).sum() / var for k in range(max_lag + 1)])
+
+
+def neighbour_correlation(grads: torch.Tensor) -> float:
+    """Mean Pearson correlation between consecutive rows of `grads` (points, D)."""
+    g = grads.double() - grads.double().mean(1, keepdim=True)
+    return F.cosine_similarity(g[:-1], g[1:], dim=1, eps=1e-30).mean().item()
+
+
+def shattering(model: nn.Module, lines: list[tuple], points: int, max_lag: int) -> dict:
+    """acf of the gradient along each line, and the neighbour correlation (see the module docstring)."""
+    acfs, corrs, example = [], [], []
+    for x_a, x_b, unit in lines:
+        g, grads = line_gradients(model, x_a, x_b, unit, points)
+        acfs.append(autocorrelation(g, max_lag))
+        corrs.append(neighbour_correlation(grads))
+        if not example:
+            example = g.tolist()
+    acf = torch.stack(acfs)  # (lines, max_lag + 1)
+    return {
+        "acf": acf.mean(0).tolist(),
+        "acf1_lines": acf[:, 1].tolist(),
+        "neighbour_corr": sum(corrs) / len(corrs),
+        "neighbour_corr_lines": corrs,
+        "line_example": example,
+    }
+
+
+def measure(model: nn.Module, batches: list, lines: list, points: int, max_lag: int) -> dict:
+    """Gradient norms (train mode) and shattering (eval mode, norms calibrated on `batches`) of a copy."""
+    model = copy.deepcopy(model)
+    out = gradient_norms(model, batches)
+    calibrate_norms(model, batches)
+    return out | shattering(model, lines, points, max_lag)
+
+
+def net(
+    c: TrainConfig,
+    data,
+    batches: list,
+    lines: list,
+    points: int,
+    max_lag: int,
+    weights: Path | None,
+) -> tuple[int, dict]:
+    """(parameter count, {"init": ..., "trained": ...}) of the net of run config `c`: measured as the
+    engine initialises it (same seed, same builder) and, given its trained `weights`, after training."""
+    from reslab.models import count_params, load_weights
+    from reslab.training.loop import build_model
+
+    device = batches[0][0].device
+    torch.manual_seed(c.seed)
+    model = build_model(c, data).to(device)
+    phases = {"init": measure(model, batches, lines, points, max_lag)}
+    if weights is not None:
+        load_weights(model, weights)
+        phases["trained"] = measure(model, batches, lines, points, max_lag)
+    return count_params(model), phases
+
+
+def inputs(run_cfg: TrainConfig, n_batches: int, n_lines: int, seed: int, device: torch.device):
+    """(training data, `n_batches` fixed training batches, `n_lines` lines (x_a, x_b, class of x_a)
+    between two test images) for the measures, on `device`."""
+    from reslab.data import Loader
+    from reslab.training.loop import load_data
+
+    train_data, test_data, _ = load_data(run_cfg)
+    loader = Loader(
+        train_data, run_cfg.batch_size, train=True, augment=False, seed=seed, device=device
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"batch size {run_cfg.batch_size} is larger than the training set ({len(train_data)})"
+        )
+    batches = list(itertools.islice(loader.epoch(0), n_batches))
+    if len(test_data) < 2 * n_lines:
+        raise ValueError(f"lines must be <= {len(test_data) // 2} for this test set")
+    test = Loader(
+        test_data,
+        len(test_data),
+        train=False,
+        augment=False,
+        device=device,
+        mean=train_data.mean,
+        std=train_data.std,
+    )
+    x, y = next(iter(test.epoch(0)))  # (N, C, H, W), (N,)
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    pick = pick[: 2 * n_lines].to(device)
+    lines = [(x[a], x[b], int(y[a])) for a, b in pick.view(2, -1).T.tolist()]
+    return train_data, batches, lines
+
+
+def device(want: str = "auto") -> torch.device:
+    """The device the measures run on: the training engine's `device` option."""
+    return torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
+    )
+
+
+def set_threads(num_threads: int, mlp: bool) -> None:
+    """Threads for the measures: the engine's `num_threads` if set; for small fully connected nets on
+    a CPU one, which measures faster than two contending for shared cores; else PyTorch's choice."""
+    threads = num_threads or (1 if mlp and not torch.cuda.is_available() else 0)
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,228 @@
+"""The identity study: "a block can learn the identity by setting its weights to zero".
+
+He et al. 2015 (§3.1): "if identity mappings are optimal, the solvers may simply drive the weights of
+the multiple nonlinear layers toward zero to approach identity mappings"; a residual block computes
+a[l+2] = g(z[l+2] + a[l]), so with z[l+2] = 0 it gives g(a[l]) = a[l] for the non-negative a[l] that a
+ReLU g leaves behind (and a[l] itself for pre-activation blocks, which have no g after the addition).
+Three checks:
+
+1. Structure. Zero every residual branch of a freshly built net and run real images through it:
+   "norm" zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net without
+   norms), "rezero"/"skipinit" set the branch scale alpha to 0 (Bachlechner et al. 2020; De & Smith
+   2020). Every block whose shortcut is the identity must output its input exactly (torch.equal, fp32,
+   train and eval mode); a block that changes shape must output g(shortcut(input)). The plain twin
+   with the same zeroed weights (`to_plain`) must output exactly zero after every block, so its logits
+   are the same for every input.
+2. Learning. Stacks of fully connected blocks (`resmlp-N` / `plainmlp-N` blocks, default init) are
+   trained to fit the identity map on random non-negative data (|N(0, 1)|); the loss each reaches is
+   reported relative to the data's mean square (1 = as bad as outputting zero), on held-out data.
+3. Appending. A shallow residual net is trained on the data with the engine (an ordinary run folder);
+   then k blocks are appended after its last block: zero-initialised residual blocks
+   (zero_init_residual) leave every logit exactly as it was, so the accuracy is unchanged before any
+   further training, while plain blocks with the default init (and, for comparison, residual blocks
+   with the default init) change the predictions.
+
+`measure.py` holds the three checks. Results go to `results/{structure,fit,append}.json`; `report.py`
+turns them into summary.json (verdict from the numbers), figures and report.html.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from reslab.studies import base
+from reslab.studies.identity import measure, report
+from reslab.studies.identity.measure import FAMILY_SHAPE, METHODS
+from reslab.studies.identity.report import RESULTS
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """The three checks: structure (zeroed branches), learning the identity, appending blocks."""
+
+    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
+    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
+    data_dir: str | None = field(default=None, metadata={"help": "data root"})
+    family: str = field(
+        default="mlp", metadata={"help": f"model family: {', '.join(FAMILY_SHAPE)}"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of weights, data and batches"})
+    width: int = field(
+        default=0, metadata={"help": "MLP width (0: the model's default; ignored by conv nets)"}
+    )
+    check_depth: int = field(default=16, metadata={"help": "depth of the nets zeroed in check 1"})
+    methods: tuple[str, ...] = field(
+        default=tuple(METHODS), metadata={"help": f"branch zeroing: {', '.join(METHODS)}"}
+    )
+    fit_depths: tuple[int, ...] = field(
+        default=(4, 16, 64), metadata={"help": "check 2: weight layers per stack (even)"}
+    )
+    fit_width: int = field(default=64, metadata={"help": "check 2: width of the stacks"})
+    fit_samples: int = field(default=1024, metadata={"help": "check 2: random training vectors"})
+    fit_steps: int = field(default=1000, metadata={"help": "check 2: AdamW steps"})
+    fit_batch: int = field(default=128, metadata={"help": "check 2: batch size"})
+    fit_lr: float = field(default=0.01, metadata={"help": "check 2: peak learning rate (cosine)"})
+    fit_weight_decay: float = field(default=0.1, metadata={"help": "check 2: AdamW weight decay"})
+    base_depth: int = field(default=4, metadata={"help": "check 3: depth of the trained net"})
+    base_iters: int = field(default=300, metadata={"help": "check 3: its training iterations"})
+    append: tuple[int, ...] = field(
+        default=(1, 4, 16), metadata={"help": "check 3: blocks appended (per stage for conv nets)"}
+    )
+    out: str = field(default="runs/identity", metadata={"help": "root of study folders"})
+    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
+    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides (check 3)"})
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILY_SHAPE:
+            raise ValueError(
+                f"family must be one of {', '.join(FAMILY_SHAPE)}, got {self.family!r}"
+            )
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(
+                f"methods must be among {', '.join(METHODS)}, got {list(self.methods)}"
+            )
+        if not self.fit_depths or any(d < 2 or d % 2 for d in self.fit_depths):
+            raise ValueError(f"fit_depths must be even and >= 2, got {list(self.fit_depths)}")
+        if not self.append or any(k < 1 for k in self.append):
+            raise ValueError(f"append must be block counts >= 1, got {list(self.append)}")
+        for name in ("fit_width", "fit_samples", "fit_steps", "fit_batch", "base_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fit_batch > self.fit_samples:
+            raise ValueError(f"fit_batch ({self.fit_batch}) must be <= fit_samples")
+        # fail before any work if a depth is invalid for the family
+        base.check_models(
+            (base.model_name(self.family, "residual", d), self.model_kwargs())
+            for d in (self.check_depth, self.base_depth)
+        )
+
+    def model_kwargs(self, **overrides: Any) -> dict:
+        """The overrides every net of the study's family gets (and its width), then `overrides`."""
+        width = {"width": self.width} if self.width and self.family == "mlp" else {}
+        return dict(FAMILY_SHAPE[self.family][1], **width, **overrides)
+
+    def build(self, arch: str, depth: int, num_classes: int, in_chans: int, img_size, **kw):
+        """A net of the study's family (plain or residual) with the study's width and overrides."""
+        from reslab.models import create_model
+
+        name = base.model_name(self.family, arch, depth)
+        return create_model(name, num_classes, in_chans, img_size, **self.model_kwargs(**kw))
+
+    def run_config(self) -> TrainConfig:
+        """The engine run of check 3: the shallow residual net, trained `base_iters` iterations."""
+        return base.run_config(
+            self,
+            runs.cell_name("base", self.base_depth, seed=self.seed),
+            base.model_name(self.family, "residual", self.base_depth),
+            self.seed,
+            model_kwargs=self.model_kwargs(),
+            iters=self.base_iters,
+        )
+
+
+# digits: TrainConfig's digits recipe, its `epochs` set back to the default (a run of `base_iters`
+# steps does not use it), so the run config is that of earlier versions.
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        data="digits",
+        family="mlp",
+        check_depth=16,
+        base_depth=4,
+        train=dict(preset="digits", epochs=1.0, log_every=20),
+    ),
+    "cpu": dict(  # CIFAR-10 on a 2-core CPU: a ResNet-20 trained 2 epochs (about 5-10 minutes)
+        data="cifar10",
+        family="cifar",
+        check_depth=20,
+        base_depth=20,
+        base_iters=780,
+        append=(1, 3, 9),
+        train=dict(preset="cpu", log_every=20),
+    ),
+    "paper": dict(  # CIFAR-10, the paper's recipe for ResNet-20, for a GPU
+        data="cifar10",
+        family="cifar",
+        check_depth=56,
+        base_depth=20,
+        base_iters=64000,
+        append=(1, 3, 9, 18),
+        fit_depths=(4, 16, 64, 128),
+        fit_steps=5000,
+        train=dict(preset="paper", log_every=100, eval_every=2000),
+    ),
+}
+# The trained net of check 3 is reused by a rerun: what it is and how it was trained must match.
+MUST_MATCH = ("data", "family", "seed", "width", "base_depth", "base_iters", "recipe")
+
+
+def run(cfg: IdentityConfig) -> dict:
+    """Run the three checks, write results/*.json, summary.json, figures and report.html."""
+    from reslab.data import Loader, load_dataset
+
+    folder = base.study_dir(cfg)
+    base_cfg = cfg.run_config()
+    base.claim(
+        folder, {"study": "identity", **asdict(cfg), "recipe": base.recipe(base_cfg)}, MUST_MATCH
+    )
+    (folder / RESULTS).mkdir(exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = cfg.train.get("num_threads") or (1 if device.type == "cpu" else 0)
+    if threads:  # the stacks of check 2 are small: one thread beats two contending for the cores
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    print(f"identity: {cfg.family} nets on {cfg.data} -> {folder}", flush=True)
+
+    data = load_dataset(cfg.data, "train", root=cfg.data_dir)
+    x, _ = next(iter(Loader(data, 64, train=False, augment=False, device=device).epoch(0)))
+    runs.write_json(
+        folder / RESULTS / "structure.json", measure.structure(cfg, x, len(data.classes))
+    )
+    _say(f"1 structure: {len(cfg.methods)} ways of zeroing the branches checked", t0)
+    runs.write_json(folder / RESULTS / "fit.json", measure.fit(cfg, device))
+    _say(f"2 fit the identity: depths {list(cfg.fit_depths)}", t0)
+    (trained,) = base.train_grid([base_cfg])
+    if trained["status"] == "completed":  # a diverged net is not appended to; the report names it
+        runs.write_json(
+            folder / RESULTS / "append.json", measure.append(cfg, base_cfg, trained, device)
+        )
+        _say(f"3 append blocks: k = {list(cfg.append)}", t0)
+    return base.finish(STUDY, folder, t0)
+
+
+def _say(what: str, t0: float) -> None:
+    print(f"  {what}  [{time.perf_counter() - t0:4.0f} s]", flush=True)
+
+
+def make_config(preset: str = "digits", **options: Any) -> IdentityConfig:
+    """defaults < preset < options; `train` overrides are merged, not replaced."""
+    return base.make_config(STUDY, preset, **options)
+
+
+STUDY = base.Study(
+    name="identity",
+    help="zeroed residual branches are exact identities; learning and appending them (He et al. 2015)",
+    config=IdentityConfig,
+    presets=PRESETS,
+    run=run,
+    report=report.build_report,
+    table=report.format_table,
+    toy=dict(
+        check_depth=6,
+        fit_depths=(2, 4),
+        fit_steps=30,
+        fit_width=8,
+        fit_samples=64,
+        fit_batch=32,
+        base_iters=20,
+        append=(1, 2),
+        train=dict(num_threads=1, eval_every=20),
+    ),
+    preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+)

@@ -1,0 +1,273 @@
+"""The identity study's three checks, each a function of the study config that returns its results.
+
+1. `structure`: zero every residual branch of a freshly built net (`zero_branches`, by one of
+   METHODS) and count exact equalities on real images (`structural_check`).
+2. `fit`: stacks of fully connected blocks trained to output their input (`fit_identity`).
+3. `append`: blocks appended after the last block of a trained net (`fresh_blocks`), before any
+   further training.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.studies.identity.report import PLAIN, RESIDUAL, ZERO_INIT
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+# family -> (stages of blocks, overrides every model of it gets)
+FAMILY_SHAPE: dict[str, tuple[int, dict]] = {
+    "mlp": (1, {}),
+    "cifar": (3, {}),
+    "preact": (3, {"block": "basic"}),
+}
+METHODS = {  # how a branch is zeroed -> the model overrides it needs
+    "norm": {},
+    "weights": {"norm": "none"},
+    "rezero": {"branch_scale": "rezero"},
+    "skipinit": {"branch_scale": "skipinit"},
+}
+VARIANTS = {  # appended blocks -> (arch, overrides)
+    ZERO_INIT: ("residual", {"zero_init_residual": True}),
+    PLAIN: ("plain", {}),
+    RESIDUAL: ("residual", {}),
+}
+
+
+# ---------------------------------------------------------------------------------------------- check 1
+
+
+@torch.no_grad()
+def zero_branches(model: nn.Module, method: str) -> nn.Module:
+    """Zero the residual branch of every block of `model` in place (see the module docstring for the
+    methods) and return the model."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    for block in model.residual_blocks():
+        if method == "norm":
+            norm = block.branch_norms()[-1]
+            if getattr(norm, "weight", None) is None:
+                raise ValueError("method 'norm' needs affine norms in the branch; use 'weights'")
+            norm.weight.zero_()
+            norm.bias.zero_()
+        elif method == "weights":
+            if not isinstance(block.branch_norms()[-1], nn.Identity):
+                raise ValueError("method 'weights' is exact only in nets built with norm='none'")
+            layer = block.branch_layers()[-1]
+            layer.weight.zero_()
+            if layer.bias is not None:
+                layer.bias.zero_()
+        else:
+            if not hasattr(block.scale, "alpha"):
+                raise ValueError(
+                    f"method {method!r} needs a net built with branch_scale={method!r}"
+                )
+            block.scale.alpha.zero_()
+    return model
+
+
+@torch.no_grad()
+def _block_io(model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """[(block, input, output)] for every block, and the logits, of one forward pass."""
+    seen = []
+    hooks = [
+        b.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out)))
+        for b in model.residual_blocks()
+    ]
+    try:
+        logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen, logits
+
+
+def _g(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The activation after the addition: ReLU for post-activation blocks, none for pre-activation."""
+    return x if getattr(block, "preact", False) else F.relu(x)
+
+
+@torch.no_grad()
+def structural_check(model: nn.Module, x: torch.Tensor) -> dict:
+    """Run `x` through `model` (branches already zeroed) and its plain twin, in eval and train mode,
+    and count exact equalities (see the module docstring)."""
+    from reslab.models import to_plain
+
+    out: dict[str, Any] = {"modes": {}}
+    for mode in ("eval", "train"):
+        res, plain = copy.deepcopy(model).train(mode == "train"), to_plain(model)
+        plain.train(mode == "train")
+        seen, _ = _block_io(res, x)
+        seen_plain, logits_plain = _block_io(plain, x)
+        ident = [(b, a, o) for b, a, o in seen if b.downsample is None]
+        shaped = [(b, a, o) for b, a, o in seen if b.downsample is not None and not b.projects]
+        out["modes"][mode] = {
+            "blocks": len(seen),
+            "identity_blocks": len(ident),
+            "identity_exact": sum(torch.equal(o, a) for _, a, o in ident),
+            "max_abs_diff": max((float((o - a).abs().max()) for _, a, o in ident), default=0.0),
+            "shape_blocks": len(shaped),
+            "shape_exact": sum(torch.equal(o, _g(b, b.downsample(a))) for b, a, o in shaped),
+            "projection_blocks": sum(b.projects for b, _, _ in seen),
+            "plain_zero_blocks": sum(not o.any().item() for _, _, o in seen_plain),
+            "plain_constant_output": torch.equal(
+                logits_plain, logits_plain[:1].expand_as(logits_plain)
+            ),
+            "residual_norms": [_mean_norm(o) for _, _, o in seen],
+            "plain_norms": [_mean_norm(o) for _, _, o in seen_plain],
+        }
+    block = next((b for b, _, _ in seen if b.downsample is None), None)
+    if block is not None:  # a signed input: the block gives g(a), which is a only where a >= 0
+        a = torch.randn_like(next(a for b, a, _ in seen if b is block))
+        o = block.eval()(a)
+        out["signed_input"] = {
+            "g": "identity" if getattr(block, "preact", False) else "relu",
+            "equals_input": torch.equal(o, a),
+            "equals_g_of_input": torch.equal(o, _g(block, a)),
+        }
+    return out
+
+
+def _mean_norm(t: torch.Tensor) -> float:
+    return float(t.flatten(1).norm(dim=1).mean())
+
+
+def structure(cfg, x: torch.Tensor, num_classes: int) -> dict:
+    """Check 1 for every method, on freshly built nets of depth `check_depth`."""
+    results = {}
+    for method in cfg.methods:
+        torch.manual_seed(cfg.seed)
+        _, c, h, w = x.shape
+        model = cfg.build("residual", cfg.check_depth, num_classes, c, (h, w), **METHODS[method])
+        zero_branches(model, method)
+        results[method] = {"overrides": METHODS[method]} | structural_check(model, x)
+    return {"depth": cfg.check_depth, "model": model.model_name, "methods": results}
+
+
+# ---------------------------------------------------------------------------------------------- check 2
+
+
+def fit_identity(arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tensor) -> dict:
+    """Train a stack of `depth` weight layers (depth / 2 fully connected blocks) to output its input.
+
+    Loss = mean squared error / mean square of the data; the final one on `x_test`, with batch
+    statistics over the whole held-out set (the mode the stack is trained in)."""
+    from reslab.models import create_model
+    from reslab.studies.base import model_name
+
+    torch.manual_seed(cfg.seed)
+    name = model_name("mlp", arch, depth + 2)  # the stem and classifier are left out
+    blocks = create_model(name, 1, 1, 1, width=cfg.fit_width).residual_blocks()
+    stack = nn.Sequential(*blocks).to(x.device).train()  # (B, width) -> (B, width)
+    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.fit_lr, weight_decay=cfg.fit_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.fit_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scale = x.pow(2).mean()
+    every = max(1, cfg.fit_steps // 50)
+    curve, recent = [], []
+    for step in range(cfg.fit_steps):
+        xb = x[torch.randint(0, len(x), (cfg.fit_batch,), generator=gen).to(x.device)]
+        loss = F.mse_loss(stack(xb), xb) / scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        recent = (recent + [loss.item()])[-max(1, cfg.fit_steps // 20) :]
+        if step % every == 0 or step == cfg.fit_steps - 1:
+            curve.append([step + 1, loss.item()])
+    with torch.no_grad():
+        final = (F.mse_loss(stack(x_test), x_test) / x_test.pow(2).mean()).item()
+    return {
+        "arch": arch,
+        "depth": depth,
+        "blocks": len(blocks),
+        "final_loss": final,
+        "train_loss": sum(recent) / len(recent),
+        "curve": curve,
+    }
+
+
+def fit(cfg, device: torch.device) -> dict:
+    """Check 2 for every depth, plain and residual, on the same random data."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, x_test = torch.randn(2, cfg.fit_samples, cfg.fit_width, generator=gen).abs().to(device)
+    results = [
+        fit_identity(arch, depth, cfg, x, x_test)
+        for depth in cfg.fit_depths
+        for arch in ("plain", "residual")
+    ]
+    keys = ("fit_width", "fit_samples", "fit_steps", "fit_batch", "fit_lr", "fit_weight_decay")
+    return {k: getattr(cfg, k) for k in keys} | {"results": results}
+
+
+# ---------------------------------------------------------------------------------------------- check 3
+
+
+def fresh_blocks(cfg, arch: str, k: int, like: nn.Module, **kw) -> list[nn.Module]:
+    """k new blocks shaped like the last stage of `like`: the last k blocks of a new net of the
+    family with k + 1 blocks per stage (so none of them changes shape)."""
+    stages = FAMILY_SHAPE[cfg.family][0]
+    c, h, w = like.default_cfg["input_size"]
+    net = cfg.build(
+        arch, 2 * stages * (k + 1) + 2, like.default_cfg["num_classes"], c, (h, w), **kw
+    )
+    return net.residual_blocks()[-k:]
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    xs = [(model(x), y) for x, y in loader.epoch(0)]
+    return torch.cat([a for a, _ in xs]), torch.cat([b for _, b in xs])
+
+
+def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> dict:
+    """Check 3: append k blocks of each variant to the trained net of `base_cfg` (its summary
+    `trained`) and evaluate on the test set before any further training."""
+    from reslab.data import Loader
+    from reslab.models import append_blocks, load_weights
+    from reslab.training.loop import build_model, load_data
+
+    train_data, test_data, _ = load_data(base_cfg)
+    base = build_model(base_cfg, train_data)
+    load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
+    base = base.to(device)
+    test = Loader(
+        test_data, 500, train=False, augment=False, device=device,
+        mean=train_data.mean, std=train_data.std,
+    )  # fmt: skip
+    ref, y = _logits(base, test)
+    chance = 1 - 1 / len(train_data.classes)
+    results = []
+    for variant, (arch, kw) in VARIANTS.items():
+        for k in cfg.append:
+            torch.manual_seed(cfg.seed + k)
+            model = append_blocks(base, fresh_blocks(cfg, arch, k, base, **kw)).to(device)
+            logits, _ = _logits(model, test)
+            results.append(
+                {
+                    "variant": variant,
+                    "k": k,
+                    "blocks": len(model.residual_blocks()),
+                    "test_error": (logits.argmax(1) != y).float().mean().item(),
+                    "changed_predictions": int((logits.argmax(1) != ref.argmax(1)).sum()),
+                    "logits_equal": torch.equal(logits, ref),
+                }
+            )
+    return {
+        "base_model": base_cfg.model,
+        "base_run": (Path(runs.RUNS) / base_cfg.run_name).as_posix(),
+        "base_iters": trained.get("steps"),
+        "base_blocks": len(base.residual_blocks()),
+        "base_test_error": (ref.argmax(1) != y).float().mean().item(),
+        "base_train_error": trained.get("final_train_error"),
+        "test_images": len(y),
+        "chance_error": chance,
+        "results": results,
+    }

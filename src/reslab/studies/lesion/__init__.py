@@ -1,0 +1,200 @@
+"""The lesion study (Veit, Wilber and Belongie 2016, "Residual Networks Behave Like Ensembles of
+Relatively Shallow Networks", §4.1-4.2, Figures 3 and 4): delete blocks of a trained net at test time.
+
+Deleting one block of a residual net barely changes its test error; deleting one layer of a plain net
+destroys it; and the residual net's error rises smoothly as more blocks are deleted together. How a
+block is deleted is in `measure.py`; the verdict rule in `report.py`.
+
+The nets come from trained run folders (`--from runs/...`: config.json + model.safetensors, as the
+training engine writes them) or, by default, from a plain/residual pair per seed trained first with
+the engine. `run(cfg)` writes `runs/lesion/<name>/lesions.json` (every measured error, and the nets
+that diverged in training, which have no finite weights to lesion), and `report.py` turns it into
+summary.json, single.png, multi.png and report.html.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reslab.studies import base
+from reslab.studies.lesion import measure, report
+from reslab.studies.lesion.report import ARCHS, LESIONS
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class LesionConfig:
+    """Which trained nets to lesion (or which pair to train first) and how many deletions to try."""
+
+    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
+    runs: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "trained run folders to lesion (config.json + model.safetensors); "
+            "none: train the plain/residual pair below first",
+            "cli": "from",
+        },
+    )
+    data: str = field(default="digits", metadata={"help": "dataset of the pair trained here"})
+    data_dir: str | None = field(default=None, metadata={"help": "data root"})
+    residual: str = field(default="resmlp-34", metadata={"help": "residual net trained here"})
+    plain: str = field(default="plainmlp-34", metadata={"help": "plain net trained here"})
+    width: int = field(default=64, metadata={"help": "MLP width (0: the model's default)"})
+    seeds: tuple[int, ...] = field(
+        default=(0, 1, 2), metadata={"help": "one trained pair per seed"}
+    )
+    iters: int = field(default=0, metadata={"help": "training iterations (0: the recipe's)"})
+    samples: int = field(default=20, metadata={"help": "random sets of k blocks deleted, per k"})
+    ks: tuple[int, ...] = field(
+        default=(), metadata={"help": "numbers of blocks deleted together (none: 1 to all)"}
+    )
+    test_subset: int = field(
+        default=0, metadata={"help": "evaluate on the first N test images (0: all)"}
+    )
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto (evaluation)"})
+    num_threads: int = field(
+        default=0, metadata={"help": "CPU threads per process (0: PyTorch's default)"}
+    )
+    jobs: int = field(default=0, metadata={"help": "runs trained at once (0: auto)"})
+    out: str = field(default="runs/lesion", metadata={"help": "root of study folders"})
+    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
+    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides"})
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be numbers of blocks >= 1, got {list(self.ks)}")
+        if self.test_subset < 0:
+            raise ValueError(f"test_subset must be >= 0, got {self.test_subset}")
+        if not self.runs:
+            if not self.seeds:
+                raise ValueError("give at least one seed, or trained run folders with --from")
+            kwargs = {"width": self.width} if self.width else {}
+            base.check_models((name, kwargs) for name in (self.residual, self.plain))
+        for run in map(Path, self.runs):
+            if not (run / runs.CONFIG).is_file():
+                raise FileNotFoundError(
+                    f"--from {run}: no {runs.CONFIG} (not a training run folder)"
+                )
+            if not (run / runs.WEIGHTS).is_file() and runs.status(run) != "diverged":
+                raise FileNotFoundError(f"--from {run}: no {runs.WEIGHTS} (run not finished)")
+
+    def cells(self) -> list[tuple[str, int]]:
+        """(arch, seed) of every net trained here: a plain/residual pair per seed."""
+        return [(a, s) for s in self.seeds for a in ARCHS]
+
+    def run_config(self, arch: str, seed: int) -> TrainConfig:
+        """The training config of the `arch` ("plain" | "residual") net of one pair."""
+        model = self.residual if arch == "residual" else self.plain
+        options: dict[str, Any] = {"model_kwargs": {"width": self.width} if self.width else {}}
+        if self.num_threads:
+            options["num_threads"] = self.num_threads
+        return base.run_config(self, runs.cell_name(arch, seed=seed), model, seed, **options)
+
+
+# digits: fully connected nets of 16 blocks (34 weight layers) with batch norm, trained with the
+# digits recipe; cpu/paper: CIFAR nets with He et al.'s recipes. Veit et al. lesion a ResNet-110
+# and compare it with a plain VGG-15; `paper` pairs ResNet-110 with plain-20, the deepest plain
+# CIFAR net that still trains well (He et al. 2015, Fig. 6).
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": dict(
+        data="digits",
+        residual="resmlp-34",
+        plain="plainmlp-34",
+        width=64,
+        seeds=(0, 1, 2),
+        samples=20,
+        num_threads=1,  # tiny matrices: more threads only contend for the cores
+        train=dict(preset="digits", epochs=60.0, log_every=10, eval_every=100),
+    ),
+    "cpu": dict(
+        data="cifar10",
+        residual="resnet-20",
+        plain="plain-20",
+        width=0,  # CIFAR nets have no width option
+        seeds=(0,),
+        samples=10,
+        test_subset=2000,
+        train=dict(preset="cpu", epochs=3.0, log_every=20),
+    ),
+    "paper": dict(
+        data="cifar10",
+        residual="resnet-110",
+        plain="plain-20",
+        width=0,
+        seeds=(0,),
+        samples=20,
+        ks=tuple(range(1, 21)),
+        train=dict(preset="paper", log_every=100, eval_every=1000),
+    ),
+}
+
+
+def run(cfg: LesionConfig) -> dict:
+    """Train the pair(s) unless run folders were given, lesion every net that did not diverge, report."""
+    folder = base.study_dir(cfg)
+    configs = [] if cfg.runs else [cfg.run_config(*cell) for cell in cfg.cells()]
+    record = {"study": "lesion", **asdict(cfg)}
+    if configs:
+        record["recipe"] = base.recipe(configs[0])
+    base.claim(folder, record, ("runs", "data", "residual", "plain", "width", "recipe"))
+    t0 = time.perf_counter()
+    if configs:
+        jobs = cfg.jobs or base.default_jobs("mlp" in cfg.residual)
+        print(
+            f"lesion: training {len(configs)} runs ({cfg.plain}, {cfg.residual} x seeds "
+            f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {folder}",
+            flush=True,
+        )
+        base.train_grid(configs, jobs)
+    run_dirs = [Path(c.out) / c.run_name for c in configs] or [Path(r) for r in cfg.runs]
+    nets, diverged = [], []
+    for run_dir in run_dirs:
+        if runs.status(run_dir) == "diverged":  # no finite weights to lesion
+            diverged.append(measure.diverged(run_dir) | {"run_dir": _rel(run_dir, folder)})
+            continue
+        t = time.perf_counter()
+        n = measure.measure(run_dir, cfg) | {"run_dir": _rel(run_dir, folder)}
+        nets.append(n)
+        print(
+            f"  lesioned {n['model']:<14} s{n['seed']}: intact {n['intact_error']:.2%}, "
+            f"{sum(s['error'] is not None for s in n['single'])} single deletions, "
+            f"{sum(len(m['errors']) for m in n['multi'])} multi [{time.perf_counter() - t:.0f} s]",
+            flush=True,
+        )
+    runs.write_json(folder / LESIONS, {"nets": nets, "diverged": diverged})
+    return base.finish(STUDY, folder, t0)
+
+
+def _rel(run_dir: Path, folder: Path) -> str:
+    """A run folder relative to the study folder where it lies inside it (the pair trained here)."""
+    if run_dir.resolve().is_relative_to(folder.resolve()):
+        return run_dir.resolve().relative_to(folder.resolve()).as_posix()
+    return str(run_dir)
+
+
+def make_config(preset: str = "digits", **options: Any) -> LesionConfig:
+    """defaults < preset < options; `train` overrides are merged, not replaced."""
+    return base.make_config(STUDY, preset, **options)
+
+
+STUDY = base.Study(
+    name="lesion",
+    help="delete blocks of trained plain and residual nets at test time (Veit et al. 2016)",
+    config=LesionConfig,
+    presets=PRESETS,
+    run=run,
+    report=report.build_report,
+    table=report.format_table,
+    toy=dict(residual="resmlp-8", plain="plainmlp-8", width=16, seeds=(0,), iters=40, samples=2)
+    | dict(jobs=1, num_threads=1, train=dict(log_every=10, eval_every=20)),
+    preset_help="cpu: CIFAR-10 ResNet-20 and plain-20, about 30 min on 2 cores with native bf16 "
+    "(about 4x longer without, `reslab info`); paper: ResNet-110 vs plain-20, for a GPU",
+    owns=("device", "num_threads"),
+    default_name=lambda preset, values: "from-runs" if values.get("runs") else preset,
+)

@@ -1,0 +1,189 @@
+"""The lesion study's measurements: delete blocks of a trained net at test time and evaluate it.
+
+Deleting block l of a residual net removes its residual branch and keeps its shortcut, as Veit et al.
+do ("leaving the skip connection (or downsampling projection, if any) untouched", §4.1): the block
+becomes its shortcut path h(x) followed by what comes after the addition (the ReLU of a post-activation
+block, which is the identity on its non-negative input). Where a block changes the shape, that path is
+the option-A subsampling with zero channels or the projection, as the network defines it. Deleting
+block l of a plain net passes its input straight to block l+1, which is possible only where the block
+keeps the shape; blocks that change it are recorded as not deletable. Then random sets of k deletable
+blocks are deleted together (`samples` sets per k), giving test error against k.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reslab.models import create_model, is_residual
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+
+class Lesioned(nn.Module):
+    """A deleted block: its shortcut path (residual) or the identity (plain), `block.shortcut_path`."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.shortcut_path(x)
+
+
+@contextlib.contextmanager
+def lesioned(model: nn.Module, blocks: Sequence[int]) -> Iterator[nn.Module]:
+    """`model` with the blocks at these indices of `model.residual_blocks()` deleted, restored on exit."""
+    all_blocks = model.residual_blocks()
+    names = {id(m): n for n, m in model.named_modules()}
+    swapped = []
+    try:
+        for i in sorted(set(blocks)):
+            if not 0 <= i < len(all_blocks):
+                raise ValueError(f"block index {i} out of range: the model has {len(all_blocks)}")
+            name = names[id(all_blocks[i])]
+            model.set_submodule(name, Lesioned(all_blocks[i]))
+            swapped.append((name, all_blocks[i]))
+        yield model
+    finally:
+        for name, block in swapped:
+            model.set_submodule(name, block)
+
+
+@torch.no_grad()
+def block_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
+    """(input shape, output shape) of every block for the batch `x`, without the batch dimension."""
+    shapes: list[tuple[tuple, tuple]] = []
+    hooks = [
+        b.register_forward_hook(lambda m, a, o: shapes.append((a[0].shape[1:], o.shape[1:])))
+        for b in model.residual_blocks()
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return [(tuple(i), tuple(o)) for i, o in shapes]
+
+
+def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: int) -> dict:
+    """k -> `samples` distinct random sets of k blocks from `eligible` (every set, where there are
+    fewer); k larger than len(eligible) is left out. The same seed gives the same sets."""
+    rng = np.random.default_rng(seed)
+    sets = {}
+    for k in ks:
+        if k > len(eligible):
+            continue
+        if math.comb(len(eligible), k) <= samples:
+            sets[k] = [list(c) for c in itertools.combinations(eligible, k)]
+            continue
+        chosen: list[list[int]] = []
+        while len(chosen) < samples:
+            s = sorted(int(i) for i in rng.choice(eligible, size=k, replace=False))
+            if s not in chosen:
+                chosen.append(s)
+        sets[k] = chosen
+    return sets
+
+
+def load_run(run_dir: str | Path, device: str = "auto"):
+    """(model with trained weights, train split, test split, train config, Dist) of a run folder.
+
+    The model is built as the engine built it; names of `reslab.models.variants` work too."""
+    from reslab.models import load_weights
+    from reslab.training import distributed
+    from reslab.training.loop import build_model, load_data
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(runs.read_config(run_dir))
+    train_data, test_data, _ = load_data(cfg)
+    model = build_model(cfg, train_data)
+    load_weights(model, run_dir / runs.WEIGHTS)
+    d = distributed.setup(device)
+    return model.to(d.device).eval(), train_data, test_data, cfg, d
+
+
+def diverged(run_dir: str | Path) -> dict:
+    """What a net that diverged in training leaves to report: where it stopped and its last finite
+    loss (None where the run folder predates that record); it has no finite weights to lesion."""
+    summary, config = runs.read_summary(run_dir) or {}, runs.read_config(run_dir)
+    model = summary.get("model") or config.get("model")
+    with torch.device("meta"):  # plain or residual as built, model_kwargs included
+        net = create_model(model, **config.get("model_kwargs", {}))
+    return {
+        "run_dir": str(run_dir),
+        "model": model,
+        "arch": "residual" if is_residual(net) else "plain",
+        "seed": config.get("seed"),
+        "step": summary.get("diverged_at_step", summary.get("steps")),
+        "last_finite_loss": summary.get("last_finite_loss"),
+    }
+
+
+def measure(run_dir: str | Path, cfg: Any) -> dict:
+    """Test error of the intact net, with each single block deleted, and with random sets of k
+    (`cfg`: the study's config: ks, samples, test_subset, device, num_threads)."""
+    from reslab.data import Loader
+    from reslab.training.evaluation import evaluate
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    model, train_data, test_data, tcfg, d = load_run(run_dir, cfg.device)
+    if not hasattr(model, "residual_blocks"):
+        raise ValueError(
+            f"{run_dir}: model {tcfg.model} has no residual_blocks(); cannot lesion it"
+        )
+    if cfg.test_subset:
+        test_data = test_data.subset(torch.arange(min(cfg.test_subset, len(test_data.labels))))
+
+    def error() -> float:
+        r = evaluate(model, test_data, 256, d, mean=train_data.mean, std=train_data.std)
+        return r["error"]
+
+    probe = next(iter(Loader(test_data, 2, train=False, augment=False, device=d.device).epoch(0)))
+    shapes = block_shapes(model, probe[0])
+    residual = is_residual(model)
+    changes = [i != o for i, o in shapes]
+    eligible = [i for i, c in enumerate(changes) if residual or not c]
+    intact = error()
+    single = []
+    for i, change in enumerate(changes):
+        e = None
+        if i in eligible:
+            with lesioned(model, [i]):
+                e = error()
+        single.append({"block": i, "changes_shape": change, "error": e})
+    ks = cfg.ks or tuple(range(1, len(eligible) + 1))
+    multi = []
+    for k, sets in random_sets(eligible, ks, cfg.samples, seed=0).items():
+        errors = []
+        for s in sets:
+            with lesioned(model, s):
+                errors.append(error())
+        multi.append({"k": k, "errors": errors, "sets": sets})
+    trained = runs.read_summary(run_dir) or {}
+    return {
+        "run_dir": str(run_dir),
+        "model": tcfg.model,
+        "arch": "residual" if residual else "plain",
+        "seed": tcfg.seed,
+        "data": tcfg.data,
+        "num_classes": len(test_data.classes),
+        "test_images": len(test_data.labels),
+        "blocks": len(changes),
+        "intact_error": intact,
+        "trained_test_error": trained.get("final_test_error"),
+        "single": single,
+        "multi": multi,
+    }
