@@ -22,7 +22,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,21 @@ FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 # Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
 PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The options every study has; a study's config dataclass adds its own fields to these."""
+
+    preset: str = field(default="digits", metadata={"help": "the built-in grid and recipe"})
+    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
+    data_dir: str | None = field(default=None, metadata={"help": "data root"})
+    name: str = field(
+        default="", metadata={"help": "study folder name (default: the preset's name)"}
+    )
+    train: dict = field(
+        default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
+    )
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,20 @@ def is_finished(run_dir: str | Path) -> bool:
     return status(run_dir) in FINISHED
 
 
+def read_study(study_dir: str | Path, kind: str) -> dict:
+    """A `kind` study folder's study.json ({} for a folder that holds only runs/); a one-line
+    FileNotFoundError when it holds neither, or a ValueError when study.json is not a JSON object."""
+    study_dir = Path(study_dir)
+    if (study_dir / STUDY).is_file():
+        record = read_json(study_dir / STUDY)
+        if not isinstance(record, dict):
+            raise ValueError(f"{study_dir / STUDY} does not hold a study record (a JSON object)")
+        return record
+    if (study_dir / RUNS).is_dir():
+        return {}
+    raise FileNotFoundError(f"not a {kind} study folder (no {STUDY}, no {RUNS}/): {study_dir}")
+
+
 def run_dirs(study_dir: str | Path) -> list[Path]:
     """The run folders of a study, sorted by name (those under `<study_dir>/runs/`)."""
     root = Path(study_dir) / RUNS

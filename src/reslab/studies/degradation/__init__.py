@@ -20,12 +20,9 @@ from reslab.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class DegradationConfig:
+class DegradationConfig(base.StudyConfig):
     """What to train: a grid of depths x architectures x seeds, all with one recipe."""
 
-    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
     depths: tuple[int, ...] = field(
         default=(4, 8, 16, 32, 64), metadata={"help": "depths (weight layers)"}
@@ -47,12 +44,6 @@ class DegradationConfig:
         default=0, metadata={"help": "runs trained at once (0: one per 2 cores for small nets)"}
     )
     out: str = field(default="runs/degradation", metadata={"help": "root of study folders"})
-    name: str = field(
-        default="", metadata={"help": "study folder name (default: the preset's name)"}
-    )
-    train: dict = field(
-        default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
-    )
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -48,12 +48,9 @@ _LONGEST_FIRST = ("fixup", "residual", "rezero", "skipinit", "plain")
 
 
 @dataclass(frozen=True)
-class DepthConfig:
+class DepthConfig(base.StudyConfig):
     """What to train: a grid of arms x depths x seeds, all with one recipe and one budget."""
 
-    preset: str = field(default="digits", metadata={"help": "digits"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
     arms: tuple[str, ...] = field(
         default=DEFAULT_ARMS, metadata={"help": f"arms to train: {', '.join(ARMS)}"}
@@ -74,12 +71,6 @@ class DepthConfig:
         default=0, metadata={"help": "runs trained at once (0: one per core for MLPs on a CPU)"}
     )
     out: str = field(default="runs/depth", metadata={"help": "root of study folders"})
-    name: str = field(
-        default="", metadata={"help": "study folder name (default: the preset's name)"}
-    )
-    train: dict = field(
-        default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
-    )
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

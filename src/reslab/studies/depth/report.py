@@ -46,14 +46,6 @@ _LABELS = {
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _read_study(study_dir: Path) -> dict:
-    if (study_dir / rf.STUDY).is_file():
-        return rf.read_json(study_dir / rf.STUDY)
-    if (study_dir / rf.RUNS).is_dir():
-        return {}
-    raise FileNotFoundError(f"not a depth study folder (no {rf.STUDY}, no {rf.RUNS}/): {study_dir}")
-
-
 def _train_lines(run_dir: Path) -> list[dict]:
     """The run's logged training steps with a finite loss (none when it has no metrics yet)."""
     lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
@@ -98,7 +90,7 @@ def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(one entry per run with a summary, run folders without one yet), relative to study_dir."""
     study_dir = Path(study_dir)
-    _read_study(study_dir)
+    rf.read_study(study_dir, "depth")
     runs, incomplete = [], []
     for run_dir in rf.run_dirs(study_dir):
         cell = rf.parse_cell(run_dir.name, ("arm", "depth"))
@@ -260,7 +252,7 @@ def _sentence(
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    study = _read_study(study_dir)
+    study = rf.read_study(study_dir, "depth")
     runs, incomplete = collect_runs(study_dir)
     summary = {"study": "depth", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})

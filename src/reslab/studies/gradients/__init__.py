@@ -39,12 +39,9 @@ from reslab.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class GradientsConfig:
+class GradientsConfig(base.StudyConfig):
     """Which twins to measure, on what data, and how long to train them between the two measurements."""
 
-    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
     depths: tuple[int, ...] = field(
         default=(8, 32, 128), metadata={"help": "depths (weight layers)"}
@@ -75,8 +72,6 @@ class GradientsConfig:
         default=0, metadata={"help": "runs trained at once (0: one per core for MLPs)"}
     )
     out: str = field(default="runs/gradients", metadata={"help": "root of study folders"})
-    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides"})
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

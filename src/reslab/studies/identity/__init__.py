@@ -43,12 +43,9 @@ from reslab.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class IdentityConfig:
+class IdentityConfig(base.StudyConfig):
     """The three checks: structure (zeroed branches), learning the identity, appending blocks."""
 
-    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     family: str = field(
         default="mlp", metadata={"help": f"model family: {', '.join(FAMILY_SHAPE)}"}
     )
@@ -75,8 +72,6 @@ class IdentityConfig:
         default=(1, 4, 16), metadata={"help": "check 3: blocks appended (per stage for conv nets)"}
     )
     out: str = field(default="runs/identity", metadata={"help": "root of study folders"})
-    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides (check 3)"})
 
     def __post_init__(self) -> None:
         if self.family not in FAMILY_SHAPE:

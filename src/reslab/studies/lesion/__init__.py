@@ -27,10 +27,9 @@ from reslab.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class LesionConfig:
+class LesionConfig(base.StudyConfig):
     """Which trained nets to lesion (or which pair to train first) and how many deletions to try."""
 
-    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
     runs: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -39,8 +38,6 @@ class LesionConfig:
             "cli": "from",
         },
     )
-    data: str = field(default="digits", metadata={"help": "dataset of the pair trained here"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     residual: str = field(default="resmlp-34", metadata={"help": "residual net trained here"})
     plain: str = field(default="plainmlp-34", metadata={"help": "plain net trained here"})
     width: int = field(default=64, metadata={"help": "MLP width (0: the model's default)"})
@@ -61,8 +58,6 @@ class LesionConfig:
     )
     jobs: int = field(default=0, metadata={"help": "runs trained at once (0: auto)"})
     out: str = field(default="runs/lesion", metadata={"help": "root of study folders"})
-    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides"})
 
     def __post_init__(self) -> None:
         if self.samples < 1:

@@ -27,12 +27,9 @@ from reslab.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
-class ShortcutsConfig:
+class ShortcutsConfig(base.StudyConfig):
     """One base network and recipe; every variant trained once per seed."""
 
-    preset: str = field(default="digits", metadata={"help": "digits, cpu or paper"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
     base: str = field(
         default="resmlp-110", metadata={"help": "base net: resmlp-N, resnet-N (CIFAR)"}
     )
@@ -45,8 +42,6 @@ class ShortcutsConfig:
     iters: int = field(default=0, metadata={"help": "iterations per run (0: the recipe's)"})
     num_threads: int = field(default=0, metadata={"help": "CPU threads (0: PyTorch's default)"})
     out: str = field(default="runs/shortcuts", metadata={"help": "root of study folders"})
-    name: str = field(default="", metadata={"help": "study folder name (default: the preset's)"})
-    train: dict = field(default_factory=dict, metadata={"help": "TrainConfig overrides"})
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]

@@ -205,11 +205,7 @@ def _sentence(status: str, identity: dict, best: dict, t1: list[dict], t2: list[
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    if not (study_dir / rf.STUDY).is_file() and not (study_dir / rf.RUNS).is_dir():
-        raise FileNotFoundError(
-            f"not a shortcuts study folder (no {rf.STUDY}, no {rf.RUNS}/): {study_dir}"
-        )
-    study = rf.read_json(study_dir / rf.STUDY) if (study_dir / rf.STUDY).is_file() else {}
+    study = rf.read_study(study_dir, "shortcuts")
     runs, incomplete = collect_runs(study_dir)
     summary = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
