@@ -47,7 +47,7 @@ def test_models_table(capsys):
         (["train", "--schedule", "linear"], "schedule must be one of"),
         (["train", "--data", "nosuchdata", "--iters", "1"], "unknown dataset"),
         (["models", "nothing*"], "no model matches"),
-        (["degradation", "--depths", "3"], "even depth"),
+        (["degradation", "--depths", "3"], "must be even"),
     ],
 )
 def test_bad_input_is_one_line_error(args, message, tmp_path):
@@ -63,6 +63,7 @@ def test_argparse_rejects_wrong_types():
         build_parser().parse_args(["train", "--lr", "fast"])
 
 
+@pytest.mark.slow
 def test_train_then_eval_round_trip(tmp_path):
     r = _run(
         "train",

@@ -81,6 +81,7 @@ def run_onnx(path, x: torch.Tensor) -> np.ndarray:
     return session.run(None, {"input": x.numpy()})[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kw", CASES, ids=IDS)
 def test_onnx_matches_pytorch(name, kw, tmp_path):
     model = build(name, **kw)
@@ -106,6 +107,7 @@ def test_torch_export_round_trip_is_identical(name, kw, tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow
 def test_features_export_to_onnx(tmp_path):
     features = create_model("resnet-8", img_size=8, features_only=True, out_indices=(0, 2, 3))
     path = export_model(features.eval(), tmp_path / "features.onnx")
@@ -119,6 +121,7 @@ def test_features_export_to_onnx(tmp_path):
         assert a.shape == b.shape and np.abs(a - b.numpy()).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_torchvision_weights_through_onnx(tmp_path):
     """A torchvision ResNet-18 state dict, exported by name with --weights, runs in onnxruntime
     as torchvision runs it."""

@@ -4,6 +4,7 @@ an empty folder, offline. A `print(...)  # text` line must print that text, so o
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -13,6 +14,7 @@ def python_blocks(text: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", text, re.S | re.M)
 
 
+@pytest.mark.slow
 def test_readme_python_tour_runs(tmp_path, monkeypatch, capsys):
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 5  # build + convert, weights, train + study, features, export

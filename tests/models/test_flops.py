@@ -24,7 +24,9 @@ CIFAR_PARAMS = {
 }
 
 
-@pytest.mark.parametrize("depth", CIFAR_PARAMS)
+@pytest.mark.parametrize(
+    "depth", [pytest.param(d, marks=pytest.mark.slow) if d > 1000 else d for d in CIFAR_PARAMS]
+)
 def test_cifar_params_match_reference_implementation(depth):
     assert count_params(meta(f"resnet{depth}")) == CIFAR_PARAMS[depth]
     assert count_params(meta(f"plain{depth}")) == CIFAR_PARAMS[depth]  # option A has no parameters
@@ -45,6 +47,7 @@ def test_resnet50_numbers_stated_in_the_issue():
     assert round(count_macs(model) / 1e9, 2) == 4.09
 
 
+@pytest.mark.slow
 def test_preact_params_match_he_et_al_2016():
     """He et al. 2016, "Identity Mappings", Table 3 (CIFAR-10): ResNet-164 1.7M, ResNet-1001 10.2M."""
     assert count_params(meta("preact_resnet164")) / 1e6 == pytest.approx(1.7, rel=0.01)

@@ -13,6 +13,12 @@ from reslab.models import create_model, list_models
 from reslab.models.blocks import Bias, PadShortcut, Scale
 
 ALL = list_models()
+
+
+def _depth(name: str) -> int:
+    return int("".join(c for c in name if c.isdigit()) or 0)
+
+
 PLAIN = [n for n in ALL if "plain" in n]
 # ResNet-1202 and pre-act ResNet-1001 run forward and backward below; the structural tests use
 # their shallower siblings (same classes) to keep the suite quick.
@@ -59,7 +65,9 @@ def zero_branch(block: nn.Module) -> None:
                 layer.bias.zero_()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if _depth(n) >= 100 else n for n in ALL]
+)
 def test_forward_backward_pickle_bf16(name):
     model = build(name)
     x = example(model)

@@ -4,11 +4,13 @@ must decode, and the rendered page must not be blank. Skipped where chromium is 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
 from reslab.studies.degradation.report import build_report
 
 
+@pytest.mark.slow
 def test_report_renders_with_all_figures(study_dir, tmp_path, browser):
     report = build_report(study_dir)
     loaded, total, dom = browser.figures(report)

@@ -35,6 +35,7 @@ def width_study(tmp_path, monkeypatch):
     sys.modules.pop("reslab_width_example.report", None)
 
 
+@pytest.mark.slow
 def test_the_documented_study_runs_reports_and_rebuilds(width_study, tmp_path, capsys):
     out = tmp_path / "runs"
     summary = reslab.studies.run_study("width", out=str(out), name="toy", **width_study.toy)

@@ -63,6 +63,7 @@ def test_changed_recipe_refuses_to_mix_with_existing_study(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_rerun_after_interrupt_resumes(tmp_path):
     cmd = [
         sys.executable,

@@ -15,6 +15,7 @@ from reslab.models import create_model
 from reslab.studies.depth import ARM_MODELS, PRESETS, make_config, run
 
 
+@pytest.mark.slow
 def test_study_records_arms_and_divergence_and_a_rerun_adds_cells_only(tmp_path, capsys, browser):
     # Without gradient clipping a 200-layer plain net with batch norm meets exploding gradients and
     # its loss is NaN at the second step; the other cells train. Two processes, as the default.
@@ -84,6 +85,7 @@ def test_preset_recipe_is_the_engines_digits_recipe_with_clipping():
     assert cfg.cells()[0][0] == "fixup"  # the longest runs first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", ["rezero", "fixup"])
 def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale):
     d = load_dataset("digits", "train")

@@ -118,6 +118,7 @@ def test_neighbour_correlation_against_numpy():
     assert neighbour_correlation(torch.stack([row, -row, row])) == pytest.approx(-1.0)
 
 
+@pytest.mark.slow
 def test_toy_measures_each_net_and_a_rerun_adds_a_depth(tmp_path):
     toy = {**STUDY.toy, "depths": (2,)}
     summary = run(make_config("digits", out=str(tmp_path), name="toy", **toy))

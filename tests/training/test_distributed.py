@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -32,6 +33,7 @@ COMMON = [
 ]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
     one = subprocess.run(
         [sys.executable, "-m", "reslab", *COMMON, "--out", str(tmp_path), "--name", "one"],

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -44,6 +45,7 @@ def _reslab(out, name, *extra, **kw):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     ref = _reslab(tmp_path, "ref")
     victim = _reslab(tmp_path, "victim")

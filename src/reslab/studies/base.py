@@ -95,6 +95,8 @@ def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
         else:
             values["name"] = preset if "data" not in options else f"{preset}-{options['data']}"
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    train = dict(values["train"])
+    resolve(train.pop("preset", None), **train)  # a bad engine option fails first, in one line
     return study.config(preset=preset, **values)
 
 

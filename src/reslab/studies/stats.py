@@ -23,6 +23,15 @@ def finite_or_none(x: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def finite_tree(obj: object) -> object:
+    """`obj` (dicts, lists, numbers) with every non-finite float as None, so its JSON stays standard."""
+    if isinstance(obj, dict):
+        return {k: finite_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_tree(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """(mean, sample std) of the finite values; std is None with fewer than two, both None with none."""
     xs = [v for v in (finite_or_none(v) for v in values) if v is not None]

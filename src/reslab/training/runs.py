@@ -114,6 +114,16 @@ def read_study(study_dir: str | Path, kind: str) -> dict:
     raise FileNotFoundError(f"not a {kind} study folder (no {STUDY}, no {RUNS}/): {study_dir}")
 
 
+def diverged_note(run_dir: str | Path) -> str:
+    """'<cell> at step N (last finite loss L)' for a run whose training diverged, from its summary."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir) or {}
+    loss = summary.get("last_finite_loss")
+    last = f" (last finite loss {loss:.4g})" if isinstance(loss, (int, float)) else ""
+    step = summary.get("diverged_at_step", summary.get("steps", "?"))
+    return f"{run_dir.name} at step {step}{last}"
+
+
 def run_dirs(study_dir: str | Path) -> list[Path]:
     """The run folders of a study, sorted by name (those under `<study_dir>/runs/`)."""
     root = Path(study_dir) / RUNS

@@ -69,10 +69,13 @@ def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int
     return arch, int(depth), int(seed)
 
 
-def _arch_of(model: str) -> str:
+def _arch_of(model: str) -> str | None:
     from reslab.models import is_residual  # only for run folders not named as cells
 
-    return "residual" if is_residual(model) else "plain"
+    try:
+        return "residual" if is_residual(model) else "plain"
+    except ValueError:  # not a registered model name
+        return None
 
 
 def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:

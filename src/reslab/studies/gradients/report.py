@@ -28,7 +28,7 @@ from pathlib import Path
 
 from reslab.report.html import Page, fmt_count, join_values
 from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
-from reslab.studies.stats import finite_or_none, mean_std
+from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
 
 MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>.json, one record per net
@@ -201,31 +201,18 @@ def write_summary(study_dir: str | Path) -> dict:
     entries = nets(collect(study_dir))
     summary = {k: v for k, v in study.items() if k not in ("nets", "verdict")}
     summary.update(study="gradients", nets=entries, verdict=verdict(entries))
-    diverged = [_diverged(study_dir, e) for e in entries if e["train_status"] == "diverged"]
+    diverged = [
+        runs.diverged_note(study_dir / e["run_dir"])
+        for e in entries
+        if e["train_status"] == "diverged"
+    ]
     if diverged:
         summary["verdict"]["text"] += (
             f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
         )
-    summary = _finite(summary)
+    summary = finite_tree(summary)
     runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
     return summary
-
-
-def _diverged(study_dir: Path, entry: dict) -> str:
-    """ "<cell> at step N (last finite loss L)", from the run folder of a net whose training diverged."""
-    run = runs.read_summary(study_dir / entry["run_dir"]) or {}
-    loss = finite_or_none(run.get("last_finite_loss"))
-    last = f" (last finite loss {loss:.4g})" if loss is not None else ""
-    return f"{Path(entry['run_dir']).name} at step {run.get('diverged_at_step', '?')}{last}"
-
-
-def _finite(obj):
-    """`obj` with non-finite floats (a zero gradient's ratio) as None, so the JSON stays standard."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 # ---------------------------------------------------------------------------------------------- text + html

@@ -22,13 +22,12 @@ not shown and is named ("Not run yet"); when the training of check 3 diverged, n
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from reslab.report import figures
 from reslab.report.html import Page, fmt_pct, join_values
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
-from reslab.studies.stats import finite_or_none
+from reslab.studies.stats import finite_tree
 from reslab.training import runs
 
 PARTS = ("structure", "fit", "append")
@@ -168,7 +167,9 @@ def write_summary(study_dir: str | Path) -> dict:
     results = collect(study_dir)
     summary = {k: v for k, v in study.items() if k != "verdict"}
     summary.update(study="identity", verdict=verdict(results))
-    diverged = [_diverged(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"]
+    diverged = [
+        runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"
+    ]
     if diverged:
         summary["verdict"]["text"] += f" The training of check 3 diverged: {'; '.join(diverged)}."
     summary["append_results"] = results.get("append", {}).get("results", [])
@@ -176,26 +177,9 @@ def write_summary(study_dir: str | Path) -> dict:
         {k: v for k, v in r.items() if k != "curve"}
         for r in results.get("fit", {}).get("results", [])
     ]
-    summary = _finite(summary)
+    summary = finite_tree(summary)
     runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
     return summary
-
-
-def _diverged(run_dir: Path) -> str:
-    """ "<cell> at step N (last finite loss L)", from the folder of a run that diverged."""
-    run = runs.read_summary(run_dir) or {}
-    loss = finite_or_none(run.get("last_finite_loss"))
-    last = f" (last finite loss {loss:.4g})" if loss is not None else ""
-    return f"{run_dir.name} at step {run.get('diverged_at_step', '?')}{last}"
-
-
-def _finite(obj):
-    """`obj` with non-finite floats (a stack whose fit diverged) as None, so the JSON stays standard."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 # ---------------------------------------------------------------------------------------------- text + html
