@@ -110,3 +110,13 @@ def depth_axis(ax: Axes, depths: Sequence[int]) -> None:
     ax.set_xticks(depths)
     ax.set_xticklabels([str(d) for d in depths])
     ax.set_xlabel("depth (layers)")
+
+
+def log_axis(ax: Axes, label: str = "") -> None:
+    """A log-scale y axis with ticks at 1, 2 and 5 per decade, labelled as plain numbers."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if label:
+        ax.set_ylabel(label)
