@@ -82,6 +82,7 @@ window.addEventListener("load", function () {
 });
 """
 
+GENERATOR = '<meta name="generator" content="reslab">'  # marks the pages reslab may rewrite
 _NUMERIC = re.compile(r"^[-+\u2212]?\.?\d")
 
 
@@ -240,7 +241,7 @@ class Page:
         sub = f"<p>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         return (
             '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}'
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n"
             f"<body><main><header><h1>{html.escape(self.title)}</h1>{sub}</header>\n"
             + "\n".join(self.blocks + self.appendix)
@@ -293,4 +294,7 @@ def build_index(root: str | Path) -> Path:
         page.paragraph(
             "No report.html found below this folder yet: run `reslab report <study_dir>` first."
         )
-    return page.write(root / "index.html")
+    index = root / "index.html"
+    if index.is_file() and GENERATOR not in index.read_text(errors="replace"):
+        raise FileExistsError(f"{index} exists and was not written by reslab; it is left as it is")
+    return page.write(index)

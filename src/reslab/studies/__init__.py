@@ -64,8 +64,9 @@ def build_report(path: str | Path) -> Path:
         raise ValueError(
             f"{path}/{runs.STUDY} names an unknown study kind; reports exist for {', '.join(NAMES)}"
         )
-    for record in sorted(path.rglob(runs.STUDY)):
-        kind = study_kind(record.parent)
-        if kind is not None:
-            get(kind).report(record.parent)
+    found = [r.parent for r in sorted(path.rglob(runs.STUDY)) if study_kind(r.parent)]
+    if not found:
+        raise FileNotFoundError(f"no study folder (with a {runs.STUDY}) below {path}; nothing written")
+    for folder in found:
+        get(study_kind(folder)).report(folder)
     return build_index(path)

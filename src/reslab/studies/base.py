@@ -95,6 +95,7 @@ def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
         else:
             values["name"] = preset if "data" not in options else f"{preset}-{options['data']}"
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    runs.check_name(values["name"], "study name")
     train = dict(values["train"])
     resolve(train.pop("preset", None), **train)  # a bad engine option fails first, in one line
     return study.config(preset=preset, **values)
@@ -127,7 +128,8 @@ def recipe(run_cfg: TrainConfig) -> dict:
 
 
 def study_dir(cfg: Any) -> Path:
-    return Path(cfg.out) / cfg.name
+    """`<out>/<name>/`, where `name` must be one folder name (never `..`)."""
+    return Path(cfg.out) / runs.check_name(cfg.name, "study name")
 
 
 def model_name(family: str, arch: str, depth: int) -> str:

@@ -8,9 +8,12 @@ iterations of networks of 110 layers and more. CLI options are derived from the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from reslab.training.runs import check_name
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 AMP_MODES = ("auto", "bf16", "off")
@@ -120,8 +123,10 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup_lr", "grad_clip", "epochs"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 < self.gamma < math.inf:
+            raise ValueError(f"gamma must be a finite number > 0, got {self.gamma}")
         if self.iters == 0 and self.epochs == 0:
             raise ValueError("give a run length: --iters N or --epochs E (> 0)")
         if not 0 <= self.momentum < 1:
@@ -134,8 +139,8 @@ class TrainConfig:
             raise ValueError(
                 f"milestones must be increasing fractions in (0, 1), got {self.milestones}"
             )
-        if self.name and not re.fullmatch(r"[\w.+=-]+", self.name):
-            raise ValueError(f"name may hold letters, digits and . _ - + = only, got {self.name!r}")
+        if self.name:
+            check_name(self.name)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 

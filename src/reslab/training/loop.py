@@ -45,7 +45,8 @@ def train(cfg: TrainConfig) -> dict:
     """Train `cfg.model` on `cfg.data`; writes `cfg.out/cfg.run_name/` and returns its summary."""
     d = distributed.setup(cfg.device)
     try:
-        return _train(cfg, d)
+        with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
+            return _train(cfg, d)
     finally:
         distributed.teardown(d)
 
@@ -283,7 +284,7 @@ def _resume(
 
 def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
     """Refuse to overwrite a run; on --resume return a finished run's summary or check the config."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or all(p.name == runs.LOCK for p in run_dir.iterdir()):
         return None
     if not cfg.resume:
         raise FileExistsError(

@@ -12,9 +12,11 @@ A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,45 @@ RUNS = "runs"  # a study's run folders live in <study>/runs/
 REPORT = "report.html"
 
 FINISHED = ("completed", "diverged")
+LOCK = ".lock"  # held (flock) by the process writing the run; the OS releases it when that process dies
+
+_NAME = re.compile(r"[\w.+=-]+")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it names one folder (letters, digits and . _ - + =, not "." or ".."), else a one-line
+    ValueError: a run or study name must never lead outside its --out folder."""
+    if not _NAME.fullmatch(name) or set(name) == {"."}:
+        raise ValueError(
+            f"{what} must be one folder name of letters, digits and . _ - + = (not . or ..), "
+            f"got {name!r}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` while a run is written, so a second process started on the same folder
+    stops with one line instead of training into it; released by the OS if this process dies."""
+    if not active:
+        yield
+        return
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(
+                f"run folder {run_dir} is being written by another reslab process; "
+                "wait for it to finish or pick another --name"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------ JSON

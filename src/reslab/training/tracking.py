@@ -58,13 +58,23 @@ class RunLog:
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    """Keep the lines up to `step` (a resumed run rewrites what follows). A torn last line (a kill in
+    mid-write) is dropped; an unreadable line anywhere else stops the resume and the file is kept."""
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     keep = []
-    for line in path.read_text().splitlines():
+    for i, line in enumerate(lines):
         try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError):
-            break  # a line cut short by a kill: drop it and everything after
+            record = json.loads(line)
+            at = record["step"]
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break
+            raise ValueError(
+                f"{path} line {i + 1} is not a metrics record; fix or remove that line to resume "
+                "(the file is left as it is)"
+            ) from None
+        if at <= step:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
 
