@@ -81,6 +81,64 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     argv = ["train", "--model", "resmlp-4", "--iters", "2", "--out", str(tmp_path), "--name", "c1"]
     with runs.lock(run_dir):  # another process writing this run
         _one_line_error(capsys, [*argv, "--no-progress"], "being written by another reslab process")
-    assert [p.name for p in run_dir.iterdir()] == [runs.LOCK]
+        assert [p.name for p in run_dir.iterdir()] == [runs.LOCK]  # the refused run wrote nothing
+    assert not run_dir.exists()  # the holder wrote nothing either: the folder it made is gone
     assert main([*argv, "--no-progress"]) == 0  # released: the run trains
     assert runs.status(run_dir) == "completed"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--model-arg", "zero_init_residual=false", "--iters", "1"], "True or False"),
+        (
+            ["train", "--model", "resmlp-4", "--model-arg", "width=abc", "--iters", "1"],
+            "integer >= 1",
+        ),
+        (["export", "--model", "resnet20", "--in-chans", "-1"], "integer >= 1"),
+        (["export", "--model", "resnet20", "--img-size", "0"], "integers >= 1"),
+        (["eval", "--model", "resmlp-4", "--weights", "w", "--device", "tpu"], "device must be"),
+        (["eval", "--model", "resmlp-4", "--weights", "w", "--num-threads", "-1"], "integer >= 0"),
+        (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "nan"], "finite numbers"),
+        (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "0"], "must be > 0"),
+    ],
+)
+def test_silently_wrong_values_are_refused(argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "export":
+        argv = [*argv, "--out", "m.onnx"]
+    elif argv[0] == "train":
+        argv = [*argv, "--out", "out"]
+    _one_line_error(capsys, argv, expected)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (dict(zero_init_residual="false"), "True or False"),
+        (dict(stride_in_1x1="no"), "True or False"),
+        (dict(num_classes=0), "num_classes must be"),
+        (dict(in_chans=0), "in_chans must be"),
+        (dict(img_size=-8), "img_size must be"),
+    ],
+)
+def test_create_model_checks_what_it_is_given(kwargs, expected):
+    from reslab.models import create_model
+
+    with pytest.raises(ValueError, match=expected):
+        create_model("resnet20", **kwargs)
+    with pytest.raises(ValueError, match="must be a string"):
+        create_model(None)
+
+
+def test_to_residual_says_why_it_formed_no_block():
+    import torch
+
+    from reslab.models import to_residual
+
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match="no block of 4 weight layers"):
+        to_residual(seq, every=4, example_input=torch.randn(2, 4))
+    with pytest.raises(ValueError, match="must be integers"):
+        to_residual(seq, every="2", example_input=torch.randn(2, 4))

@@ -166,9 +166,14 @@ def block_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor,
 def test_zeroed_branches_compute_the_identity():
     torch.manual_seed(0)
     seq = nn.Sequential(
-        *cbr(3, 8), *cbr(8, 8) * 4, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+        *cbr(3, 8),
+        *(m for _ in range(4) for m in cbr(8, 8)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     )
     res = to_residual(randomize_bn_(seq), example_input=X).eval()
+    assert len(res.residual_blocks()) == 2  # (8 -> 8) x 4 after the stem: two blocks of two
     for block in res.residual_blocks():
         last_norm = block.branch_norms()[-1]
         last_norm.weight.data.zero_()

@@ -55,7 +55,7 @@ def test_onecycle_and_cosine_shapes():
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(milestones=(0.8, 0.5)), "milestones"),
         (dict(iters=0, epochs=0), "run length"),
-        (dict(name="a/b"), "name may hold"),
+        (dict(name="a/b"), "one folder name"),
         (dict(device="tpu"), "device must be"),
     ],
 )

@@ -102,6 +102,9 @@ def to_residual(
         raise ValueError(
             f"to_residual: expected a non-empty nn.Sequential, got {type(module).__name__}"
         )
+    counts = {"every": every, "stem": stem, "head": head}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+        raise ValueError(f"to_residual: every, stem and head must be integers, got {counts}")
     if every < 1 or stem < 0 or head < 0:
         raise ValueError(
             f"to_residual: need every >= 1, stem >= 0, head >= 0 (got {every}, {stem}, {head})"
@@ -111,6 +114,12 @@ def to_residual(
     kinds = [_kind(layer, *shape) for layer, shape in zip(layers, shapes, strict=True)]
 
     starts = {group[0]: group for group in _groups(kinds, every, stem, head)}
+    if not starts:
+        weights = kinds.count("weight")
+        raise ValueError(
+            f"to_residual: no block of {every} weight layers can be formed ({weights} weight layers, "
+            f"stem {stem}, head {head}); lower every, stem or head"
+        )
     out, i = [], 0
     while i < len(layers):
         if i in starts:

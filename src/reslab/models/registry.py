@@ -108,6 +108,37 @@ def is_residual(name_or_model: str | nn.Module) -> bool:
     return any(b.shortcut != "none" for b in blocks)
 
 
+# Options whose type a value must have (the others are names, checked by the model itself).
+_BOOL_OPTIONS = ("zero_init_residual", "stride_in_1x1")
+_INT_OPTIONS = ("width",)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_sizes(name: str, num_classes: Any, in_chans: Any, img_size: Any) -> None:
+    """Sizes are whole numbers >= 1, whether typed by a user or read from a file."""
+    if num_classes is not None and not (_is_int(num_classes) and num_classes >= 1):
+        raise ValueError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
+    if not (_is_int(in_chans) and in_chans >= 1):
+        raise ValueError(f"{name}: in_chans must be an integer >= 1, got {in_chans!r}")
+    sizes = img_size if isinstance(img_size, (tuple, list)) else (img_size,)
+    if img_size is not None and not (
+        len(sizes) in (1, 2) and all(_is_int(v) and v >= 1 for v in sizes)
+    ):
+        raise ValueError(f"{name}: img_size must be N or (H, W), integers >= 1, got {img_size!r}")
+
+
+def _check_types(name: str, overrides: dict) -> None:
+    for key in _BOOL_OPTIONS:
+        if key in overrides and not isinstance(overrides[key], bool):
+            raise ValueError(f"{name}: {key} must be True or False, got {overrides[key]!r}")
+    for key in _INT_OPTIONS:
+        if key in overrides and not (_is_int(overrides[key]) and overrides[key] >= 1):
+            raise ValueError(f"{name}: {key} must be an integer >= 1, got {overrides[key]!r}")
+
+
 def create_model(
     name: str,
     num_classes: int | None = None,
@@ -135,6 +166,10 @@ def create_model(
     sqrt(blocks) segments, an int N >= 2 in N segments (see `reslab.models.recompute`); the same as
     calling `model.set_grad_checkpointing(...)` afterwards.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"model name must be a string such as 'resnet20', got {name!r}")
+    _check_sizes(name, num_classes, in_chans, img_size)
+    _check_types(name, overrides)
     base, plus, variant = name.partition("+")
     fam, depth, residual = resolve(base)
     if plus:

@@ -66,7 +66,9 @@ def build_report(path: str | Path) -> Path:
         )
     found = [r.parent for r in sorted(path.rglob(runs.STUDY)) if study_kind(r.parent)]
     if not found:
-        raise FileNotFoundError(f"no study folder (with a {runs.STUDY}) below {path}; nothing written")
+        raise FileNotFoundError(
+            f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
+        )
     for folder in found:
         get(study_kind(folder)).report(folder)
     return build_index(path)

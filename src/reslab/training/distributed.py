@@ -7,6 +7,7 @@ everything here degrades to a single process.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,12 @@ def setup(device: str) -> Dist:
     """Pick the device and, under torchrun, join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(device)):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but MPS is not available here; use --device cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} asked for, but CUDA is not available here; use --device cpu"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -84,6 +85,16 @@ def evaluate_weights(
     from reslab.models import create_model, load_weights
     from reslab.training import precision
 
+    if not (isinstance(num_threads, int) and num_threads >= 0):
+        raise ValueError(f"num_threads must be an integer >= 0, got {num_threads!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError(f"--{name} values must be finite numbers, got {list(v)}")
+    if std is not None and not all(x > 0 for x in std):
+        raise ValueError(f"--std values must be > 0, got {list(std)}")
+    d = distributed.setup(device)  # a bad device fails before any data is read
     if num_threads:
         torch.set_num_threads(num_threads)
     ds = load_dataset(data, split, root=data_dir)
@@ -92,7 +103,6 @@ def evaluate_weights(
             raise ValueError(
                 f"--{name} needs {ds.images.shape[1]} values (one per channel), got {len(v)}"
             )
-    d = distributed.setup(device)
     _, c, h, w = ds.images.shape
     net = create_model(
         model, num_classes=len(ds.classes), in_chans=c, img_size=(h, w), **(model_kwargs or {})

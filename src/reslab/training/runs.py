@@ -57,19 +57,27 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
     import fcntl
 
     run_dir = Path(run_dir)
+    new = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders this call creates
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(
-                f"run folder {run_dir} is being written by another reslab process; "
-                "wait for it to finish or pick another --name"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        with open(run_dir / LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(
+                    f"run folder {run_dir} is being written by another reslab process; "
+                    "wait for it to finish or pick another --name"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        if new and [p.name for p in run_dir.iterdir()] == [LOCK]:  # nothing was written: tidy up
+            (run_dir / LOCK).unlink()
+            for folder in new:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 # ------------------------------------------------------------------------------------------ JSON
