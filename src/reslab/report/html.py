@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from reslab.training import runs
-from reslab.training.runs import read_json  # noqa: F401  (re-exported for the study reports)
 
 TONES = ("good", "bad", "warn", "neutral")
 

@@ -32,10 +32,8 @@ def run_study(name: str, /, preset: str | None = None, **overrides: Any) -> dict
     """Run a study as its CLI command does and return its summary (verdict included):
     `run_study("degradation", depths=(4, 16), seeds=(0,))`. Finished runs are reused; the overrides
     are the study's config fields (`name` among them: the study folder's name)."""
-    from reslab.studies import base
-
     study = get(name)
-    return study.run(base.make_config(study, preset, **overrides))
+    return study.run(study.make_config(preset, **overrides))
 
 
 def study_kind(folder: str | Path) -> str | None:

@@ -74,6 +74,10 @@ class Study:
     def default_preset(self) -> str:
         return next(iter(self.presets))
 
+    def make_config(self, preset: str | None = None, **options: Any) -> Any:
+        """This study's config: defaults < preset < options (see `make_config`)."""
+        return make_config(self, preset, **options)
+
 
 # ------------------------------------------------------------------------------------ configuration
 

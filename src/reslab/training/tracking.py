@@ -16,7 +16,6 @@ import torch
 
 import reslab
 from reslab.training import allocator, precision, runs
-from reslab.training.runs import write_json  # noqa: F401  (kept importable from here)
 
 
 class RunLog:

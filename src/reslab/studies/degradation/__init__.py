@@ -127,11 +127,6 @@ def run(cfg: DegradationConfig) -> dict:
     return base.finish(STUDY, folder, t0)
 
 
-def make_config(preset: str = "digits", **options: Any) -> DegradationConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="degradation",
     help="train plain and residual twins across depths (He et al. 2015, Fig. 6)",
@@ -144,3 +139,4 @@ STUDY = base.Study(
     preset_help="cpu: CIFAR-10 on a 2-core CPU, about 30 min where it computes bf16 natively and "
     "about 2 h where it does not (`reslab info`); paper: the paper's grid and recipe, for a GPU",
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab degradation` does

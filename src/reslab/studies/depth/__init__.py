@@ -170,11 +170,6 @@ def run(cfg: DepthConfig) -> dict:
     return base.finish(STUDY, folder, t0)
 
 
-def make_config(preset: str = "digits", **options: Any) -> DepthConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="depth",
     help="final training loss against depth, 10 to 10,000 layers: plain, batch-norm and norm-free "
@@ -187,3 +182,4 @@ STUDY = base.Study(
     toy=dict(depths=(4, 6), iters=12, width=8, jobs=1, train=dict(eval_every=6, num_threads=1)),
     preset_help="digits: MLPs of width 32 on the built-in digits, about 10 min on a 2-core CPU",
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab depth` does

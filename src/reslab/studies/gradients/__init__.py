@@ -200,11 +200,6 @@ def run(cfg: GradientsConfig) -> dict:
     return base.finish(STUDY, folder, t0)
 
 
-def make_config(preset: str = "digits", **options: Any) -> GradientsConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="gradients",
     help="gradient norms per layer and shattered gradients, plain vs residual (Balduzzi et al. 2017)",
@@ -226,3 +221,4 @@ STUDY = base.Study(
     ),
     preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab gradients` does

@@ -195,11 +195,6 @@ def _say(what: str, t0: float) -> None:
     print(f"  {what}  [{time.perf_counter() - t0:4.0f} s]", flush=True)
 
 
-def make_config(preset: str = "digits", **options: Any) -> IdentityConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="identity",
     help="zeroed residual branches are exact identities; learning and appending them (He et al. 2015)",
@@ -221,3 +216,4 @@ STUDY = base.Study(
     ),
     preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab identity` does

@@ -173,11 +173,6 @@ def _rel(run_dir: Path, folder: Path) -> str:
     return str(run_dir)
 
 
-def make_config(preset: str = "digits", **options: Any) -> LesionConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="lesion",
     help="delete blocks of trained plain and residual nets at test time (Veit et al. 2016)",
@@ -193,3 +188,4 @@ STUDY = base.Study(
     owns=("device", "num_threads"),
     default_name=lambda preset, values: "from-runs" if values.get("runs") else preset,
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab lesion` does

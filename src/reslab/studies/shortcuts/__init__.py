@@ -125,11 +125,6 @@ def run(cfg: ShortcutsConfig) -> dict:
     return base.finish(STUDY, folder, t0)
 
 
-def make_config(preset: str = "digits", **options: Any) -> ShortcutsConfig:
-    """defaults < preset < options; `train` overrides are merged, not replaced."""
-    return base.make_config(STUDY, preset, **options)
-
-
 STUDY = base.Study(
     name="shortcuts",
     help="train every shortcut and activation variant of one net (He et al. 2016, Tables 1 and 2)",
@@ -150,3 +145,4 @@ STUDY = base.Study(
     "4x longer without, `reslab info`); paper: ResNet-110, 5 seeds, for a GPU",
     owns=("num_threads",),
 )
+make_config = STUDY.make_config  # defaults < preset < options, as `reslab shortcuts` does
