@@ -1,11 +1,20 @@
 """The Loader: pure function of (seed, epoch, batch), resumable, shardable, and augmenting exactly
-like torchvision's RandomCrop(padding=4) + RandomHorizontalFlip + Normalize applied per image."""
+like torchvision's RandomCrop(padding=4) + RandomHorizontalFlip + Normalize applied per image; the
+per-pixel mean of He et al. 2015 §4.2 against numpy and torchvision on the mean-subtracted image."""
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from reslab.data import ImageData, Loader, crop_flip, epoch_plan
+from reslab.data import (
+    ImageData,
+    Loader,
+    crop_flip,
+    epoch_plan,
+    mean_image,
+    subtract_mean_image,
+)
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
@@ -156,3 +165,62 @@ def test_bad_start():
     loader = Loader(toy(), 8, train=True, augment=False)
     with pytest.raises(ValueError, match=r"start must be in \[0, 6\]"):
         next(loader.epoch(0, start=7))
+
+
+# He et al. 2015, §4.2: "The network inputs are 32x32 images, with the per-pixel mean subtracted."
+
+
+def _numpy_mean_image(data: ImageData):
+    """The independent computation: numpy float64 over the uint8 images, pixel by pixel."""
+    return torch.from_numpy(data.images.numpy().astype(np.float64).mean(axis=0) / 255.0)
+
+
+def test_mean_image_is_the_pixelwise_mean_of_the_training_images():
+    data = toy(n=23, h=5, w=4)
+    want = _numpy_mean_image(data)
+    for chunk in (1, 5, 1024):  # summed in chunks: the same mean however they fall
+        got = mean_image(data, chunk=chunk)
+        assert got.dtype == torch.float32 and got.shape == (3, 5, 4)
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-7)
+    # a hand-sized case: two 1x1x2 images [[0, 255]] and [[51, 0]] -> [[25.5, 127.5]] / 255
+    images = torch.tensor([[[[0, 255]]], [[[51, 0]]]], dtype=torch.uint8)  # (2, 1, 1, 2)
+    two = ImageData(images, torch.zeros(2, dtype=torch.long), ("a",), (0.5,), (0.2,), "two")
+    assert mean_image(two).flatten().tolist() == pytest.approx([0.1, 0.5], abs=1e-8)
+
+
+def test_subtract_mean_image_shifts_every_split_by_the_training_mean_and_divides_by_nothing():
+    train, test = toy(n=30, seed=1), toy(n=9, seed=2)
+    new_train, new_test, none = subtract_mean_image(train, test, None)
+    assert none is None and new_train.std == new_test.std == (1.0, 1.0, 1.0)
+    assert new_test.mean is new_train.mean  # the test split is shifted by the TRAINING mean
+    want = _numpy_mean_image(train)
+    for data in (new_train, new_test):
+        x = torch.cat([x for x, _ in Loader(data, 4, train=False, augment=False).epoch(0)])
+        expected = data.images.numpy().astype(np.float64) / 255.0 - want.numpy()
+        torch.testing.assert_close(x.double(), torch.from_numpy(expected), rtol=0, atol=1e-6)
+    assert torch.equal(new_train.images, train.images)  # the uint8 images are untouched
+
+
+def test_mean_image_augmentation_subtracts_then_pads_with_the_mean():
+    """torchvision per image on the mean-subtracted float image: zero padding is the mean pixel."""
+    (data,) = subtract_mean_image(toy(n=20))
+    mean = _numpy_mean_image(data).float()
+    loader = Loader(data, 10, train=True, augment=True, seed=4)
+    plan = loader.plan(1)
+    for b, (x, _) in enumerate(loader.epoch(1)):
+        want = []
+        for p in range(10 * b, 10 * b + 10):
+            img = TF.pad(data.images[plan.order[p]].float() / 255 - mean, [4], fill=0.0)
+            img = TF.crop(img, int(plan.dy[p]), int(plan.dx[p]), 8, 6)
+            want.append(TF.horizontal_flip(img) if plan.flip[p] else img)
+        torch.testing.assert_close(x, torch.stack(want), rtol=0, atol=2e-6)
+    assert (plan.dy != 4).any()  # some crops reach into the padding
+
+
+def test_bad_mean_image_shape_is_one_line():
+    data = toy(h=8, w=6)
+    with pytest.raises(ValueError, match=r"mean image must be \(C, H, W\) = \(3, 8, 6\)") as err:
+        Loader(data, 4, train=False, augment=False, mean=torch.zeros(3, 6, 8))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"mean image must be \(C, H, W\) = \(3, 8, 6\)"):
+        ImageData(data.images, data.labels, data.classes, torch.zeros(3, 4, 4), STD, "x")

@@ -1,11 +1,14 @@
 """The lesion study: a deleted residual block is exactly its shortcut path (checked against forwards
-written out by hand), a deleted plain block passes its input on, the verdict on constructed numbers,
-and what is specific to it end to end: the intact net reproduces the engine's test error, `--from`
+written out by hand), a deleted plain block passes its input on, the verdict and the smoothness rule
+on constructed numbers (some shaped like Veit et al.'s Fig. 5(a)), and what is specific to it end to
+end: the intact net reproduces the engine's test error, `--from`
 lesions existing run folders, and a net that diverged in training is named, not lesioned.
 (Every study's toy run, report rebuild, bad options and --help: tests/studies/test_registry.py.)"""
 
+import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +18,7 @@ from reslab.models import create_model
 from reslab.studies import build_report
 from reslab.studies.lesion import STUDY, make_config, run
 from reslab.studies.lesion.measure import block_shapes, lesioned, random_sets
-from reslab.studies.lesion.report import LESIONS, verdict
+from reslab.studies.lesion.report import LESIONS, format_table, smoothness, verdict
 from reslab.training import runs
 
 
@@ -76,19 +79,17 @@ def test_deleted_downsampling_block_keeps_option_a_subsampling():
 
 @torch.no_grad()
 def test_deleted_preact_projection_block_keeps_its_projection():
-    model = _eval_model(
-        "preact_resnet-8", in_chans=3
-    )  # shortcut B: 1x1 conv + BN where shape changes
+    # bottleneck units (9n+2): a bare 1x1 projection where the shape changes, fed relu(bn1(x)) in a
+    # stage's first unit (resnet-pre-act.lua)
+    model = _eval_model("preact_resnet-11", in_chans=3)
     x = torch.randn(4, 3, 16, 16)
-    with lesioned(model, [2]):
+    with lesioned(model, [2]):  # layer3.0: 128 -> 256 channels, stride 2
         got = model(x)
     h = model.layer2(model.layer1(model.conv1(x)))
     b = model.layer3[0]
     pre = F.relu(F.batch_norm(h, b.bn1.running_mean, b.bn1.running_var, b.bn1.weight, b.bn1.bias))
-    proj, bn = b.downsample
-    h = F.batch_norm(
-        F.conv2d(pre, proj.weight, stride=2), bn.running_mean, bn.running_var, bn.weight, bn.bias
-    )  # no activation after the addition in a pre-activation unit
+    (proj,) = b.downsample
+    h = F.conv2d(pre, proj.weight, stride=2)  # no activation after the addition in a pre-act unit
     h = F.relu(model.bn_final(h))
     torch.testing.assert_close(got, model.fc(h.mean((2, 3))), rtol=0, atol=1e-5)
 
@@ -147,6 +148,107 @@ def test_verdict_on_constructed_numbers(nets, status):
         assert v["residual"]["k_half"] == 2  # mean damage at k=2 is 0.5
 
 
+def _curve_net(arch, curve, spread=0.0, sets=20):
+    """A lesioned net whose intact error is curve[0] and whose `sets` random sets of k deleted blocks
+    have errors curve[k] + offsets spread evenly over [-spread, spread] (mean curve[k])."""
+    offsets = np.linspace(-spread, spread, sets) if sets > 1 else np.zeros(1)
+    return {
+        "arch": arch, "model": "m", "blocks": len(curve) - 1, "intact_error": curve[0],
+        "num_classes": 10, "single": [{"block": 0, "error": curve[1]}],
+        "multi": [{"k": k, "errors": (e + offsets).tolist()} for k, e in enumerate(curve[1:], 1)],
+    }  # fmt: skip
+
+
+def _veit_curve(e20):
+    """Test error after deleting k = 0..20 of ResNet-110's 54 blocks, shaped like Veit et al. 2016
+    Fig. 5(a). Anchors from the paper's text: "deleting 10 blocks ... error remains around 0.2"
+    (§4.2) and "for the removal of 20 modules, we observe a severe drop in performance" (§6), here
+    `e20`; intact 6.43%, ResNet-110 on CIFAR-10 in He et al. 2015 Table 6 (Veit et al. give no
+    number in the text). Between them the error grows exponentially, e0 + a (exp(b k) - 1), rising
+    ever faster as the figure does; the figure's own points were not readable from any source."""
+    e0, e10 = 0.0643, 0.20
+    growth = (e20 - e0) / (e10 - e0) - 1  # = exp(10 b), from the two anchors
+    b, a = math.log(growth) / 10, (e10 - e0) / (growth - 1)
+    return [e0 + a * (math.exp(b * k) - 1) for k in range(21)]
+
+
+@pytest.mark.parametrize(
+    "e20", [0.35, 0.55, 0.8]
+)  # "a severe drop": read as anything in this range
+def test_veit_fig5a_shaped_curve_is_smooth(e20):
+    curve = _veit_curve(e20)
+    assert curve[10] == pytest.approx(0.20) and curve[20] == pytest.approx(e20)
+    spreads = [0.3 * (e - curve[0]) for e in curve]  # error bars that widen with k, as in Fig. 5(a)
+    net = _curve_net("residual", curve)
+    for m, sp in zip(net["multi"], spreads[1:], strict=True):
+        m["errors"] = (np.array(m["errors"]) + np.linspace(-sp, sp, 20)).tolist()
+    s = smoothness([net])
+    assert s["status"] == "smooth" and s["ks"] == list(range(1, 21))
+    # by hand: the steepest step of a convex curve is its last, 19 -> 20, per block of the rise
+    share = (curve[20] - curve[19]) / (curve[20] - curve[0])
+    assert (s["steepest"]["from"], s["steepest"]["to"]) == (19, 20)
+    assert s["steepest"]["share_per_block"] == pytest.approx(share) and share < 0.2
+    # measured only at some ks (the study's --ks), the same curve is still smooth
+    sparse = _curve_net("residual", curve)
+    sparse["multi"] = [m for m in sparse["multi"] if m["k"] in (1, 2, 5, 10, 15, 20)]
+    assert smoothness([sparse])["status"] == "smooth"
+
+
+def test_a_cliff_is_not_smooth():
+    """Flat, then one deleted block takes the error to chance: the step 4 -> 5 carries 0.79 of the
+    whole rise of 0.83 (95%), where the rule allows half."""
+    cliff = [0.07, 0.07, 0.08, 0.08, 0.09, 0.88, 0.89, 0.90, 0.90]
+    s = smoothness([_curve_net("residual", cliff, spread=0.01)])
+    assert s["status"] == "cliff" and (s["steepest"]["from"], s["steepest"]["to"]) == (4, 5)
+    assert s["steepest"]["share_per_block"] == pytest.approx(0.79 / 0.83)
+    plain = smoothness([_curve_net("plain", [0.07, 0.9, 0.9, 0.9, 0.9])], "plain")
+    assert plain["status"] == "cliff" and plain["steepest"]["share_per_block"] == pytest.approx(1.0)
+
+
+def test_a_fall_beyond_the_spread_is_not_smooth_and_one_within_it_is_forgiven():
+    falls = [0.07, 0.10, 0.15, 0.30, 0.20, 0.35, 0.45]  # 10 pp down from k = 3 to 4
+    s = smoothness([_curve_net("residual", falls, spread=0.01)])
+    # tolerance by hand: se = std(20 evenly spread over +-0.01, ddof=1) / sqrt(20) at both ks
+    se = np.std(np.linspace(-0.01, 0.01, 20), ddof=1) / math.sqrt(20)
+    assert s["worst_fall"]["tolerance"] == pytest.approx(max(2 * math.sqrt(2) * se, 0.005))
+    assert s["status"] == "not_monotone" and (s["worst_fall"]["from"], s["worst_fall"]["to"]) == (
+        3,
+        4,
+    )
+    assert s["worst_fall"]["fall"] == pytest.approx(0.10)
+    # a 0.3 pp dip is below the 0.5 pp floor: forgiven
+    dip = [0.07, 0.08, 0.10, 0.097, 0.13, 0.16, 0.20]
+    assert smoothness([_curve_net("residual", dip)])["status"] == "smooth"
+
+
+def test_the_seed_spread_widens_the_tolerance():
+    """A 3 pp fall of the mean is noise between two seeds 10 pp apart, and real for one net."""
+    a = [0.07, 0.10, 0.20, 0.30, 0.26, 0.40, 0.60]
+    b = [0.07, 0.08, 0.12, 0.20, 0.18, 0.30, 0.50]  # mean at k = 3 -> 4: 0.25 -> 0.22
+    two = [_curve_net("residual", a, sets=1), _curve_net("residual", b, sets=1)]
+    s = smoothness(two)
+    se3 = np.std([0.30, 0.20], ddof=1) / math.sqrt(2)  # 0.05; at k = 4, 0.04 / sqrt(2)
+    se4 = np.std([0.26, 0.18], ddof=1) / math.sqrt(2)
+    assert 0.03 < 2 * math.hypot(se3, se4)  # by hand: the fall is inside the seeds' band (12.8 pp)
+    assert s["status"] == "smooth"
+    one = [0.07, 0.09, 0.16, 0.25, 0.22, 0.35, 0.55]  # the same means, one net, no spread
+    s = smoothness([_curve_net("residual", one, sets=1)])
+    assert s["status"] == "not_monotone" and s["worst_fall"]["tolerance"] == 0.005  # the floor
+    assert (s["worst_fall"]["from"], s["worst_fall"]["to"]) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "nets, status",
+    [
+        ([_curve_net("residual", [0.07, 0.071, 0.07, 0.072, 0.071])], "no_rise"),
+        ([_curve_net("residual", [0.07, 0.1, 0.2, 0.4])], "insufficient"),  # 3 ks, 4 needed
+        ([_curve_net("plain", [0.07, 0.9, 0.9, 0.9, 0.9])], "insufficient"),  # no residual net
+    ],
+)
+def test_smoothness_cannot_judge_a_flat_or_short_curve(nets, status):
+    assert smoothness(nets)["status"] == status
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """The toy study folder (a trained plain/residual pair, lesioned) and its summary."""
@@ -164,6 +266,10 @@ def test_toy_lesions_every_block_of_both_nets(toy):
         assert [m["k"] for m in n["multi"]] == [1, 2, 3] and len(n["multi"][-1]["errors"]) == 1
     assert summary["verdict"]["status"] in ("shown", "not_shown", "plain_robust_too")
     assert "residual net" in summary["verdict"]["text"] and summary["diverged"] == []
+    smooth = summary["smoothness"]  # ks 1..3 of 3 blocks: too few to judge a shape
+    assert smooth["status"] == "insufficient" and "3 values of k, 4 needed" in smooth["text"]
+    assert smooth["text"] in (study / runs.REPORT).read_text().replace("&#x27;", "'")
+    assert "smoothness: insufficient" in format_table(summary)
 
 
 def test_from_runs_lesions_the_same_weights(toy, tmp_path):

@@ -1,9 +1,16 @@
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from reslab.training import PRESETS, TrainConfig, resolve
-from reslab.training.loop import lr_at
+from reslab.training import PRESETS, TrainConfig, resolve, runs
+from reslab.training.config import PRESET_HELP
+from reslab.training.loop import _existing_run, load_data, lr_at
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a"
 
 
 def test_paper_preset_is_he_et_al_recipe():
@@ -15,18 +22,66 @@ def test_paper_preset_is_he_et_al_recipe():
         128,
         64000,
     )
-    # lr divided by 10 at 32k and 48k iterations, 0.01 warm-up for 110 layers
+    assert (cfg.normalize, cfg.amp, cfg.augment) == ("pixel-mean", "off", "on")
+    # 0.01 warm-up for 110 layers ("about 400 iterations", He et al. 2015 §4.2)
     assert [lr_at(s, cfg.iters, cfg) for s in (0, 399)] == [0.01, 0.01]
     assert lr_at(400, cfg.iters, cfg) == 0.1
     assert resolve("paper", model="resnet-110+gate-shortcut").warmup_iters == 400
     assert resolve("paper", model="plain1202").warmup_iters == 400
     # the GPU recipe of the 1,202- and 1,001-layer nets (He et al. 2015 §4.2, 2016 §4)
     assert resolve("paper", model="preact_resnet1001").warmup_iters == 400
-    shallow = resolve("paper", model="resnet20")
-    assert shallow.warmup_iters == 0
-    assert lr_at(31999, 64000, shallow) == 0.1
-    assert lr_at(32000, 64000, shallow) == pytest.approx(0.01)
-    assert lr_at(48000, 64000, shallow) == pytest.approx(0.001)
+    assert resolve("paper", model="resnet20").warmup_iters == 0
+
+
+@pytest.mark.parametrize("model", ["resnet110", "resnet20"])  # with and without the warm-up
+def test_paper_lr_drops_at_32k_and_48k_counted_from_the_first_step(model):
+    """ "divide it by 10 at 32k and 48k iterations" (He et al. 2015 §4.2): the same iterations with
+    the 400-step warm-up, which once pushed the drops to 32,200 and 48,100."""
+    cfg = resolve("paper", model=model)
+    lrs = [lr_at(s, cfg.iters, cfg) for s in (31999, 32000, 47999, 48000, 63999)]
+    assert lrs == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001], rel=1e-12)
+
+
+def test_paper_preset_computes_in_fp32_where_bf16_is_native(monkeypatch):
+    from reslab.training import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device="cpu": (True, "native bf16 (test)"))
+    assert precision.choose("auto", "auto", "cpu", conv=True).name == "bf16"  # reslab's own pick
+    assert precision.choose(resolve("paper").amp, "auto", "cpu", conv=True).name == "fp32"
+
+
+def test_paper_preset_subtracts_the_mean_image_of_the_images_trained_on():
+    cfg = resolve("paper", data="digits", val_size=300, train_subset=1000)
+    train, test, val = load_data(cfg)
+    # independent: numpy's mean over the very images trained on (after the val split and subset)
+    want = train.images.numpy().astype(np.float64).mean(axis=0) / 255.0  # (1, 8, 8)
+    assert len(train) == 1000 and train.mean.shape == (1, 8, 8) and train.std == (1.0,)
+    torch.testing.assert_close(train.mean.double(), torch.from_numpy(want), rtol=0, atol=1e-7)
+    assert test.mean is train.mean and val.mean is train.mean
+    assert isinstance(load_data(TrainConfig(data="digits"))[0].mean, tuple)  # default: per channel
+
+
+def test_runs_written_before_normalize_read_as_per_channel(tmp_path):
+    old = json.loads((FIXTURES / "lesion/toy/runs/residual-s0/config.json").read_text())
+    assert "normalize" not in old  # written before the option existed
+    assert TrainConfig.from_dict(old).normalize == "channel"
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    (run_dir / runs.CONFIG).write_text(json.dumps(old))
+    again = TrainConfig.from_dict(old | {"resume": True})
+    assert _existing_run(run_dir, again) is None  # resumable: an absent key is its default
+    with pytest.raises(ValueError, match=r"differs in \['normalize'\]"):
+        _existing_run(
+            run_dir, TrainConfig.from_dict(old | {"resume": True, "normalize": "pixel-mean"})
+        )
+
+
+def test_every_preset_has_help_and_the_paper_says_how_to_split_its_batch():
+    assert set(PRESET_HELP) == set(PRESETS)
+    assert (
+        "torchrun --nproc_per_node 2" in PRESET_HELP["paper"]
+        and "64 images" in PRESET_HELP["paper"]
+    )
 
 
 def test_explicit_options_beat_preset():
@@ -57,6 +112,7 @@ def test_onecycle_and_cosine_shapes():
         (dict(iters=0, epochs=0), "run length"),
         (dict(name="a/b"), "one folder name"),
         (dict(device="tpu"), "device must be"),
+        (dict(normalize="pixel"), "normalize must be one of channel, pixel-mean"),
     ],
 )
 def test_bad_values_are_one_line_errors(bad, message):

@@ -1,6 +1,14 @@
 """Data: dataset formats -> uint8 tensors in memory; batched tensor augmentation; the Loader."""
 
-from reslab.data.datasets import DATASETS, DatasetInfo, ImageData, load_dataset, train_val_split
+from reslab.data.datasets import (
+    DATASETS,
+    DatasetInfo,
+    ImageData,
+    load_dataset,
+    mean_image,
+    subtract_mean_image,
+    train_val_split,
+)
 from reslab.data.pipeline import EpochPlan, Loader, crop_flip, epoch_plan
 
 __all__ = [
@@ -12,5 +20,7 @@ __all__ = [
     "crop_flip",
     "epoch_plan",
     "load_dataset",
+    "mean_image",
+    "subtract_mean_image",
     "train_val_split",
 ]

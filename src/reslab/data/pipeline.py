@@ -2,6 +2,8 @@
 
 Augmentation is the CIFAR recipe of He et al. 2015, §4.2: pad 4 pixels with zeros, take a random
 32x32 crop, flip horizontally with probability 1/2; then normalise by the per-channel mean/std.
+With a mean image instead (`subtract_mean_image`, He et al.'s "per-pixel mean subtracted") the order
+is the paper's: subtract the mean where each pixel came from, then pad with 0 (the mean) and crop.
 It runs on whole batches (one gather from the padded batch, one multiply-add), on CPU or GPU,
 with no per-image Python and no PIL (the idea of KellerJordan/cifar10-airbench).
 
@@ -83,7 +85,8 @@ class Loader:
         channels_last: return x in torch.channels_last memory format.
         drop_last: drop the final partial batch (default: `train`).
         rank, world_size: this process' slice of each global batch.
-        mean, std: per-channel normalisation in [0, 1] pixel units (default: data.mean/std).
+        mean, std: per-channel normalisation in [0, 1] pixel units (default: data.mean/std); `mean`
+            may be a mean image (C, H, W) instead, subtracted before the crop.
     """
 
     def __init__(
@@ -99,7 +102,7 @@ class Loader:
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
-        mean: tuple[float, ...] | None = None,
+        mean: tuple[float, ...] | torch.Tensor | None = None,
         std: tuple[float, ...] | None = None,
         pad: int = 4,
         flip: bool = True,
@@ -116,8 +119,15 @@ class Loader:
             )
         if seed < 0 or pad < 0:
             raise ValueError(f"seed and pad must be >= 0, got seed={seed}, pad={pad}")
-        mean, std = mean or data.mean, std or data.std
+        mean = data.mean if mean is None else mean
+        std = data.std if std is None else std
         c = data.images.shape[1]
+        self.mean_image = isinstance(mean, torch.Tensor)
+        if self.mean_image and mean.shape != data.images.shape[1:]:
+            raise ValueError(
+                f"a mean image must be (C, H, W) = {tuple(data.images.shape[1:])}, "
+                f"got {tuple(mean.shape)}"
+            )
         if len(mean) != c or len(std) != c or min(std) <= 0:
             raise ValueError(f"mean/std need {c} values with std > 0, got mean={mean}, std={std}")
         self.device = torch.device(device)
@@ -129,10 +139,9 @@ class Loader:
         self.drop_last = train if drop_last is None else drop_last
         # (x / 255 - mean) / std == x * scale + shift, one fused pass from uint8 to float32
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).to(self.device)
         self.scale = 1.0 / (255.0 * std_t)
-        self.shift = (
-            -torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1) / std_t
-        )
+        self.shift = -(mean_t if self.mean_image else mean_t.view(1, c, 1, 1)) / std_t
 
     def __len__(self) -> int:
         n, b = len(self.labels), self.batch_size
@@ -162,9 +171,12 @@ class Loader:
             s = self.rank_slice(b)
             idx = order[s]
             x = self.images.index_select(0, idx)  # (B, C, H, W) uint8
-            if self.augment:
-                x = crop_flip(x, dy[s], dx[s], flip[s], self.pad)
-            x = (x * self.scale).add_(self.shift)  # float32; uint8 * float promotes
+            if self.augment and self.mean_image:  # mean image off where each pixel came from, pad 0
+                x = crop_flip((x * self.scale).add_(self.shift), dy[s], dx[s], flip[s], self.pad)
+            elif self.augment:  # pad black, as torchvision's RandomCrop(padding), then normalise
+                x = (crop_flip(x, dy[s], dx[s], flip[s], self.pad) * self.scale).add_(self.shift)
+            else:
+                x = (x * self.scale).add_(self.shift)  # float32; uint8 * float promotes
             if self.channels_last:  # after normalising: broadcasting (1, C, 1, 1) is slow in NHWC
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reslab.data import ImageData, Loader, load_dataset, train_val_split
+from reslab.data import ImageData, Loader, load_dataset, subtract_mean_image, train_val_split
 from reslab.models import create_model, save_weights
 from reslab.training import allocator, distributed, precision, runs
 from reslab.training.bookkeeping import (
@@ -200,9 +200,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based) of `total`: warm-up, then the schedule."""
     if step < cfg.warmup_iters:
         return cfg.warmup_lr
+    if cfg.schedule == "step":  # milestones count from step 0, warm-up included: 32k, 48k of 64k
+        return cfg.lr * cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
     t = (step - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)  # progress in [0, 1)
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** sum(t >= m for m in cfg.milestones)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "onecycle":  # as torch.optim.lr_scheduler.OneCycleLR: 30% up, cosine down
@@ -222,6 +222,8 @@ def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]
         train_data, val_data = train_val_split(train_data, cfg.val_size, seed=cfg.seed)
     if cfg.train_subset and cfg.train_subset < len(train_data.labels):
         _, train_data = train_val_split(train_data, cfg.train_subset, seed=cfg.seed)
+    if cfg.normalize == "pixel-mean":  # the mean image of the images trained on (He et al. §4.2)
+        train_data, test_data, val_data = subtract_mean_image(train_data, test_data, val_data)
     return train_data, test_data, val_data
 
 
@@ -292,7 +294,7 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
             "or --name to start another"
         )
     if (run_dir / runs.CONFIG).exists():
-        old = runs.read_config(run_dir)
+        old = {**TrainConfig().to_dict(), **runs.read_config(run_dir)}  # absent key: its default
         volatile = {"resume", "progress", "device", "num_threads", "compile"}
         diff = sorted(
             k

@@ -1,9 +1,11 @@
 """The lesion study (Veit, Wilber and Belongie 2016, "Residual Networks Behave Like Ensembles of
-Relatively Shallow Networks", §4.1-4.2, Figures 3 and 4): delete blocks of a trained net at test time.
+Relatively Shallow Networks", §4.1-4.2, Figures 3 and 5(a)): delete blocks of a trained net at test
+time.
 
-Deleting one block of a residual net barely changes its test error; deleting one layer of a plain net
-destroys it; and the residual net's error rises smoothly as more blocks are deleted together. How a
-block is deleted is in `measure.py`; the verdict rule in `report.py`.
+Deleting one block of a residual net barely changes its test error (Fig. 3); deleting one layer of a
+plain net destroys it; and the residual net's error rises smoothly as more blocks are deleted together
+(Fig. 5(a)). How a block is deleted is in `measure.py`; the verdict and smoothness rules in
+`report.py`.
 
 The nets come from trained run folders (`--from runs/...`: config.json + model.safetensors, as the
 training engine writes them) or, by default, from a plain/residual pair per seed trained first with
