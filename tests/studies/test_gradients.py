@@ -1,7 +1,10 @@
-"""The gradients study: its measures against independent computations, its verdict on constructed
-numbers, and what only this study does (init-only measurement of a diverged net, adding depths).
+"""The gradients study: its measures against independent computations, its verdict, its judgement of
+the two claims (He et al. 2015 vs the study note) and its like-for-like check on constructed numbers,
+and what only this study does (init-only measurement of a diverged net, adding depths).
 The toy run end to end, the report rebuilt from the folder and the CLI are tested for every study in
 test_registry.py."""
+
+import math
 
 import numpy as np
 import pytest
@@ -13,10 +16,18 @@ from reslab.studies.gradients import STUDY, make_config, run
 from reslab.studies.gradients.measure import (
     autocorrelation,
     gradient_norms,
+    init_digest,
     line_gradients,
     neighbour_correlation,
 )
-from reslab.studies.gradients.report import MEASUREMENTS, verdict
+from reslab.studies.gradients.report import (
+    MEASUREMENTS,
+    claims,
+    format_table,
+    like_for_like,
+    profile,
+    verdict,
+)
 from reslab.training import runs
 
 
@@ -141,6 +152,20 @@ def test_toy_measures_each_net_and_a_rerun_adds_a_depth(tmp_path):
     assert len(record["phases"]["init"]["weight_norms"]) == 4  # depth = weight layers
     assert len(record["phases"]["init"]["block_input_norms"]) == 1
     assert len(record["phases"]["trained"]["acf"]) == toy["max_lag"] + 1
+    # like for like: same seed, recipe and initial weights in both arms, from the records alone
+    assert again["like_for_like"]["status"] == "same"
+    assert [p["depth"] for p in again["like_for_like"]["pairs"]] == [2, 4]
+    # the claims read each net's training error from its own run folder
+    for n in again["nets"]:
+        run_error = runs.read_summary(study / n["run_dir"])["final_train_error"]
+        assert again["claims"]["train_errors"][f"{n['arch']}-{n['depth']}"] == run_error
+    assert again["claims"]["status"] in (
+        "supports_he",
+        "supports_note",
+        "neither",
+        "no_degradation",
+    )
+    assert f"claims ({again['claims']['status']})" in format_table(again)
     with pytest.raises(ValueError, match="other settings"):
         run(make_config("digits", out=str(tmp_path), name="toy", **{**toy, "iters": 6}))
 
@@ -168,7 +193,7 @@ def test_bad_options_fail_before_anything_is_written(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _entry(arch, depth, first, last, acf1s):
+def _entry(arch, depth, first, last, acf1s=(0.5, 0.5), trained_ratio=None):
     init = dict(
         loss=2.3,
         weight_ratio=first / last,
@@ -178,7 +203,8 @@ def _entry(arch, depth, first, last, acf1s):
         acf1_lines=len(acf1s),
         neighbour_corr=0.5,
     )
-    return dict(arch=arch, depth=depth, init=init, trained=None)
+    trained = None if trained_ratio is None else dict(init, weight_ratio=trained_ratio)
+    return dict(arch=arch, depth=depth, init=init, trained=trained)
 
 
 def test_verdict_follows_the_numbers():
@@ -198,3 +224,150 @@ def test_verdict_follows_the_numbers():
     same = [dict(e, arch=a) for a in ("plain", "residual") for e in shattered[2:]]
     assert verdict(same)["status"] == "not_shown"
     assert verdict(shattered[:2])["status"] == "insufficient"
+
+
+@pytest.mark.parametrize(
+    "ratio, want",
+    [
+        (0.0, "vanishing"),  # a first layer with no gradient at all
+        (1e-6, "vanishing"),
+        (1e-2, "vanishing"),  # exactly two orders below: vanishing
+        (0.011, "borderline"),
+        (0.099, "borderline"),
+        (0.1, "healthy"),  # exactly one order: still healthy
+        (1.0, "healthy"),
+        (10.0, "healthy"),
+        (11.0, "borderline"),
+        (99.0, "borderline"),
+        (100.0, "exploding"),
+        (1e10, "exploding"),
+        (math.inf, "exploding"),  # the last layer's gradient exactly zero
+        (None, None),
+        (math.nan, None),
+    ],
+)
+def test_profile_classes_the_ratio_by_orders_of_magnitude(ratio, want):
+    assert profile(ratio) == want
+
+
+def _plain_pair(deep_init, deep_trained, shallow_error=0.01, deep_error=0.30):
+    """Constructed numbers: plain and residual nets at 8 and 64 layers, the 64-layer plain net with
+    first/last gradient ratios `deep_init` (at init) and `deep_trained` (after training)."""
+    entries = [
+        _entry("plain", 8, 1.0, 1.0, trained_ratio=1.2),
+        _entry("plain", 64, deep_init, 1.0, trained_ratio=deep_trained),
+        _entry("residual", 8, 1.0, 1.0, trained_ratio=1.0),
+        _entry("residual", 64, 1.0, 1.0, trained_ratio=1.0),
+    ]
+    errors = {"plain-8": shallow_error, "plain-64": deep_error, "residual-8": 0.0}
+    return entries, errors | {"residual-64": 0.005}
+
+
+def test_claims_vanishing_profile_sides_with_the_note_but_names_no_cause():
+    c = claims(*_plain_pair(1e-4, 1e-3))
+    assert c["status"] == "supports_note"
+    assert c["degradation"] == dict(
+        shallow_depth=8,
+        deep_depth=64,
+        shallow_error=0.01,
+        deep_error=0.30,
+        increase=pytest.approx(0.29),
+        margin=0.02,
+        shown=True,
+    )
+    assert [c["profile"][p]["profile"] for p in ("init", "trained")] == ["vanishing"] * 2
+    assert "+29.0 pp" in c["text"] and "1/1e+04" in c["text"]
+    assert "do not show that the vanishing causes the degradation" in c["text"]
+    assert "梯度消失则是导致网络退化的一个重要因素" in c["note"]["original"]
+    assert "healthy norms with BN" in c["he_2015"]["quote"] and "§4.1" in c["he_2015"]["source"]
+
+
+def test_claims_healthy_profile_sides_with_he_et_al():
+    c = claims(*_plain_pair(3.0, 0.2))  # both phases within one order of the last layer
+    assert c["status"] == "supports_he"
+    assert "vanishing gradients do not explain this degradation" in c["text"]
+    assert "not tested here" in c["text"]  # the convergence-rate conjecture is not claimed
+
+
+@pytest.mark.parametrize(
+    "init, trained, want",
+    [
+        (2.0, 1e-3, "supports_note"),  # healthy at init, vanishing after training
+        (1e-3, 2.0, "supports_note"),  # vanishing at init, healthy after training
+        (1e4, 1.0, "neither"),  # exploding at init (batch norm), healthy after training
+        (1e4, 0.03, "neither"),  # exploding, then borderline: no phase vanishes
+        (0.05, 0.05, "neither"),  # borderline throughout: no call either way
+    ],
+)
+def test_claims_mixed_profiles(init, trained, want):
+    c = claims(*_plain_pair(init, trained))
+    assert c["status"] == want
+    if want == "neither":
+        assert "does not vanish" in c["text"] and "not healthy either" in c["text"]
+        assert ("Yang et al. 2019" in c["text"]) == (init >= 100)
+
+
+def test_claims_need_degradation_and_two_trained_plain_nets():
+    # a vanishing gradient without degradation tests neither claim (increase 1.9 pp < 2 pp)
+    c = claims(*_plain_pair(1e-4, 1e-4, shallow_error=0.010, deep_error=0.029))
+    assert c["status"] == "no_degradation" and not c["degradation"]["shown"]
+    assert claims(*_plain_pair(1e-4, 1e-4), margin=0.5)["status"] == "no_degradation"
+    entries, errors = _plain_pair(1e-4, 1e-4)
+    assert claims(entries, errors | {"plain-64": None})["status"] == "insufficient"
+    # the claims are about plain nets: the residual twins' numbers do not move them
+    res = [e for e in entries if e["arch"] == "residual"]
+    wild = [dict(e, init=dict(e["init"], weight_ratio=1e-9)) for e in res]
+    plain = [e for e in entries if e["arch"] == "plain"]
+    assert claims(plain + wild, errors) == claims(entries, errors)
+
+
+def test_init_digest_matches_a_tensor_by_tensor_comparison():
+    def build(name, **kw):
+        torch.manual_seed(0)
+        return create_model(name, num_classes=5, in_chans=1, img_size=4, width=8, **kw)
+
+    plain, res, zero = (
+        build("plainmlp-6"),
+        build("resmlp-6"),
+        build("resmlp-6", zero_init_residual=True),
+    )
+    for other, digest_equal in ((res, True), (zero, False)):
+        sa, sb = plain.state_dict(), other.state_dict()
+        same = sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert same == digest_equal == (init_digest(plain) == init_digest(other))
+    with torch.no_grad():
+        res.layers[1].fc2.weight[0, 0] += 1e-6  # one value, one ulp-scale change
+    assert init_digest(res) != init_digest(plain)
+
+
+def _pair_records(tmp_path, digests, seeds=(0, 0), lr=(0.1, 0.1)):
+    """Measurement records of a plain and a residual 6-layer net and their run configs on disk."""
+    records = []
+    for arch, digest, seed, rate in zip(("plain", "residual"), digests, seeds, lr, strict=True):
+        run_dir = tmp_path / "runs" / f"{arch}-6-s{seed}"
+        run_dir.mkdir(parents=True)
+        config = dict(model=f"{arch}-6", model_kwargs={}, seed=seed, lr=rate, name=run_dir.name)
+        runs.write_json(run_dir / runs.CONFIG, config)
+        records.append(dict(arch=arch, depth=6, run_dir=f"runs/{run_dir.name}", init_digest=digest))
+    return records
+
+
+def test_like_for_like_on_constructed_records(tmp_path):
+    same = like_for_like(tmp_path / "a", _pair_records(tmp_path / "a", ("x", "x")), {})
+    assert same["status"] == "same" and same["text"].startswith("Like for like: at each depth (6)")
+    differ = like_for_like(tmp_path / "b", _pair_records(tmp_path / "b", ("x", "y")), {})
+    assert differ["status"] == "differs" and "initial weights differ at depth 6" in differ["text"]
+    records = _pair_records(tmp_path / "c", ("x", "x"), seeds=(0, 1), lr=(0.1, 0.2))
+    both = like_for_like(tmp_path / "c", records, {})
+    assert "seeds differ" in both["text"] and "training recipes differ" in both["text"]
+    # an option on the residual arm only makes it its own, named arm, even with equal weights
+    named = like_for_like(
+        tmp_path / "d",
+        _pair_records(tmp_path / "d", ("x", "x")),
+        {"residual_args": {"zero_init_residual": True}},
+    )
+    assert named["status"] == "differs"
+    assert "residual (zero_init_residual=True)" in named["text"]
+    old = like_for_like(tmp_path / "e", _pair_records(tmp_path / "e", (None, None)), {})
+    assert old["status"] == "unknown" and "not recorded" in old["text"]
+    assert like_for_like(tmp_path, [], {})["status"] == "unknown"

@@ -19,8 +19,18 @@ defines the measures.
    sublinearly in resnets). Fig. 2 compares the sequences by their autocorrelation function; here the
    1-D input is a line between two real test images.
 
+3. Two claims about degradation, side by side with these numbers: He et al. 2015 (§4.1) find the deep
+   plain nets' gradients healthy with batch norm and the optimization difficulty "unlikely to be
+   caused by vanishing gradients"; the study note reslab starts from names vanishing gradients "an
+   important factor" of degradation. The report judges which one the numbers support here (the plain
+   nets' training error and first/last gradient-norm ratio, by a rule declared in `report.py`).
+
+Like for like: both arms get the same seed, recipe and builder; each record keeps a digest of the
+initial weights so the report can show they are equal. Options for the residual nets alone
+(`residual_args`) make the residual arm a different arm, which the report labels with them.
+
 Measurements go to `measurements/<arch>-<depth>.json`; `report.py` turns them into summary.json
-(verdict from the numbers), figures and report.html.
+(verdicts from the numbers), figures and report.html.
 """
 
 from __future__ import annotations
@@ -60,7 +70,10 @@ class GradientsConfig(base.StudyConfig):
     )
     residual_args: dict = field(
         default_factory=dict,
-        metadata={"help": "model overrides for the residual nets only", "cli": "residual_arg"},
+        metadata={
+            "help": "model overrides for the residual nets only (the report labels that arm with them)",
+            "cli": "residual_arg",
+        },
     )
     batches: int = field(
         default=4, metadata={"help": "training batches the gradient norms average"}
@@ -176,7 +189,9 @@ def run(cfg: GradientsConfig) -> dict:
         run_dir = Path(c.out) / c.run_name
         status = summary.get("status", "not_trained")
         weights = run_dir / runs.WEIGHTS if status == "completed" else None
-        params, phases = measure.net(c, data, batches, lines, cfg.points, cfg.max_lag, weights)
+        params, digest, phases = measure.net(
+            c, data, batches, lines, cfg.points, cfg.max_lag, weights
+        )
         runs.write_json(
             folder / MEASUREMENTS / f"{arch}-{depth}.json",
             {
@@ -185,6 +200,8 @@ def run(cfg: GradientsConfig) -> dict:
                 "model": c.model,
                 "model_kwargs": c.model_kwargs,
                 "params": params,
+                "seed": c.seed,
+                "init_digest": digest,
                 "run_dir": run_dir.relative_to(folder).as_posix(),
                 "train_status": status,
                 "iters": cfg.iters,

@@ -16,11 +16,14 @@
                        grad_x logit(x(t)) and grad_x logit(x(t+1)).
    The net runs in eval mode, so each point's gradient depends on that point only; batch-norm statistics
    are first re-estimated on the same real training batches (so they normalise as in training).
+3. The initial weights, as a digest (`init_digest`), so the report can check that a plain net and its
+   residual twin start from the same weights (like for like) from the measurement records alone.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -147,6 +150,20 @@ def shattering(model: nn.Module, lines: list[tuple], points: int, max_lag: int) 
     }
 
 
+def init_digest(model: nn.Module) -> str:
+    """sha256 of every state-dict tensor (name, dtype, shape, values) except the shortcut projections
+    (`downsample`, which a plain net does not have): equal for two nets exactly when the tensors they
+    share by name hold the same values and neither has one the other lacks."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if "downsample" in name.split("."):
+            continue
+        t = t.detach().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
+    return h.hexdigest()
+
+
 def measure(model: nn.Module, batches: list, lines: list, points: int, max_lag: int) -> dict:
     """Gradient norms (train mode) and shattering (eval mode, norms calibrated on `batches`) of a copy."""
     model = copy.deepcopy(model)
@@ -163,20 +180,22 @@ def net(
     points: int,
     max_lag: int,
     weights: Path | None,
-) -> tuple[int, dict]:
-    """(parameter count, {"init": ..., "trained": ...}) of the net of run config `c`: measured as the
-    engine initialises it (same seed, same builder) and, given its trained `weights`, after training."""
+) -> tuple[int, str, dict]:
+    """(parameter count, `init_digest`, {"init": ..., "trained": ...}) of the net of run config `c`:
+    measured as the engine initialises it (same seed, same builder) and, given its trained `weights`,
+    after training."""
     from reslab.models import count_params, load_weights
     from reslab.training.loop import build_model
 
     device = batches[0][0].device
     torch.manual_seed(c.seed)
     model = build_model(c, data).to(device)
+    digest = init_digest(model)
     phases = {"init": measure(model, batches, lines, points, max_lag)}
     if weights is not None:
         load_weights(model, weights)
         phases["trained"] = measure(model, batches, lines, points, max_lag)
-    return count_params(model), phases
+    return count_params(model), digest, phases
 
 
 def inputs(run_cfg: TrainConfig, n_batches: int, n_lines: int, seed: int, device: torch.device):

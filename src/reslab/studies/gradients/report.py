@@ -19,6 +19,30 @@ Verdict rules (numbers at initialisation, each arch at its deepest measured dept
 Status: "shown" (both parts), "partly" (one), "not_shown" (neither), "insufficient" (no plain or no
 residual net measured). A net whose training diverged is measured at initialisation only (the rules
 above use init numbers); the verdict text names it with its step and last finite loss.
+
+Claims rule (summary["claims"]): which of two claims about vanishing gradients and degradation the
+numbers support in this setting. He et al. 2015 (§4.1): the plain nets' optimization difficulty "is
+unlikely to be caused by vanishing gradients"; the gradients "exhibit healthy norms with BN". The study
+note reslab starts from: vanishing gradients are "an important factor" of degradation (both quoted in
+HE_2015 and NOTE). Numbers: each net's final training error (whole training set, the engine's last
+evaluation, read from its run folder) and, for plain nets, ratio = first/last as in `drift`, at init and
+after training, o = log10 ratio.
+  degradation  the deepest plain net trained to completion ends more than DEGRADE (= 0.02, two percentage
+               points) above the shallowest one in training error (one seed, so no spread across seeds
+               is known: the margin is fixed).
+  profile      of that deepest plain net, per phase: vanishing if o <= -VANISH (= 2: the first layer's
+               gradient norm 100x or more below the last layer's); exploding if o >= VANISH; healthy if
+               |o| <= HEALTHY (= 1: within 10x); in between: borderline (no call either way).
+  status       "insufficient" (fewer than two plain nets trained to completion); "no_degradation"
+               (neither claim is tested here); else "supports_note" if a phase is vanishing (a
+               co-occurrence: the measurement does not show it causes the degradation); "supports_he"
+               if every phase is healthy; "neither" otherwise (exploding or borderline: the gradient does
+               not vanish, and is not healthy either).
+Like for like (summary["like_for_like"]): at each depth the plain net and its residual twin must share
+the seed, the run config apart from the model (name and options) and the initial weights (`init_digest`
+in the measurement records). Options given to the residual arm only (`residual_args`, e.g.
+zero_init_residual) make it its own arm: the table labels it with them and the verdict names them.
+Status "same", "differs" or "unknown" (folders measured before the digest was recorded).
 """
 
 from __future__ import annotations
@@ -27,6 +51,7 @@ import math
 from pathlib import Path
 
 from reslab.report.html import Page, fmt_count, join_values
+from reslab.studies.base import PER_RUN
 from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
@@ -34,10 +59,41 @@ from reslab.training import runs
 MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>.json, one record per net
 ORDERS = 1.0
 FLOOR = 0.05
+VANISH = 2.0
+HEALTHY = 1.0
+DEGRADE = 0.02
+HE_2015 = {
+    "source": 'He et al. 2015, "Deep Residual Learning for Image Recognition", §4.1, Plain Networks '
+    "(ImageNet, 18- vs 34-layer plain nets: Table 2, Fig. 4 left)",
+    "quote": "We argue that this optimization difficulty is unlikely to be caused by vanishing "
+    "gradients. These plain networks are trained with BN [16], which ensures forward propagated "
+    "signals to have non-zero variances. We also verify that the backward propagated gradients "
+    "exhibit healthy norms with BN. So neither forward nor backward signals vanish. [...] We "
+    "conjecture that the deep plain nets may have exponentially low convergence rates, which impact "
+    "the reducing of the training error.",
+}
+NOTE = {
+    "source": "the study note reslab starts from: sheng的学习笔记-AI-残差网络-Residual Networks "
+    "(ResNets), section 退化问题的实质 (what the degradation problem is), "
+    "http://www.kler.cn/a/273362.html",
+    "original": "神经网络在反向传播过程中要不断传播梯度,而当层数加深,梯度在传播过程中逐渐消失"
+    "【而梯度消失则是导致网络退化的一个重要因素】,导致无法对前面网络的权重进行有效调整",
+    "translation": "In back-propagation a network keeps passing gradients backward, and as the "
+    "layers get deeper the gradient gradually vanishes on its way [and vanishing gradients are an "
+    "important factor causing network degradation], so that the weights of the earlier layers "
+    "cannot be adjusted effectively.",
+}
 _LABELS = {
     "shown": ("shortcuts keep gradients in shape", "good"),
     "partly": ("partly shown", "warn"),
     "not_shown": ("effect not shown", "warn"),
+    "insufficient": ("insufficient measurements", "neutral"),
+}
+_CLAIM_LABELS = {
+    "supports_he": ("the numbers side with He et al. 2015", "neutral"),
+    "supports_note": ("the numbers side with the note (co-occurrence)", "neutral"),
+    "neither": ("neither claim as stated", "warn"),
+    "no_degradation": ("no degradation here: neither claim tested", "neutral"),
     "insufficient": ("insufficient measurements", "neutral"),
 }
 
@@ -194,13 +250,215 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------- claims
+
+
+_CLAIMS_RULE = (
+    "degradation: training error of the deepest plain net - the shallowest > {margin:g}; profile of "
+    f"the deepest plain net per phase, o = log10 first/last gradient norm: vanishing o <= -{VANISH:g}, "
+    f"exploding o >= {VANISH:g}, healthy |o| <= {HEALTHY:g}, else borderline; the note if a phase "
+    "vanishes, He et al. if every phase is healthy"
+)
+_PROFILE_WORDS = {
+    "vanishing": f"vanishing: {VANISH:g}+ orders below",
+    "exploding": f"exploding: {VANISH:g}+ orders above",
+    "healthy": f"healthy: within {HEALTHY:g} order",
+    "borderline": f"borderline: {HEALTHY:g} to {VANISH:g} orders away",
+}
+
+
+def profile(ratio: float | None) -> str | None:
+    """'vanishing', 'exploding', 'healthy' or 'borderline' for a first/last gradient-norm ratio (the
+    claims rule in the module docstring); None when there is no finite ratio to judge."""
+    if ratio is None or math.isnan(ratio):
+        return None
+    orders = math.log10(ratio) if 0 < ratio < math.inf else -math.inf if ratio <= 0 else math.inf
+    if orders <= -VANISH:
+        return "vanishing"
+    if orders >= VANISH:
+        return "exploding"
+    return "healthy" if abs(orders) <= HEALTHY else "borderline"
+
+
+def train_errors(study_dir: str | Path, entries: list[dict]) -> dict[str, float | None]:
+    """'<arch>-<depth>' -> the final training error of each net (whole training set, the engine's last
+    evaluation, from its run folder); None where training did not complete."""
+    out = {}
+    for e in entries:
+        done = e["train_status"] == "completed" and e.get("run_dir")
+        summary = (runs.read_summary(Path(study_dir) / e["run_dir"]) if done else None) or {}
+        out[f"{e['arch']}-{e['depth']}"] = summary.get("final_train_error")
+    return out
+
+
+def claims(entries: list[dict], errors: dict[str, float | None], margin: float = DEGRADE) -> dict:
+    """Which claim, He et al. 2015's or the note's, the numbers support (rule in the module docstring)."""
+    out = {"he_2015": HE_2015, "note": NOTE, "rule": _CLAIMS_RULE.format(margin=margin)}
+    out["train_errors"] = errors
+    plain = [
+        e for e in entries if e["arch"] == "plain" and errors.get(f"plain-{e['depth']}") is not None
+    ]
+    plain.sort(key=lambda e: e["depth"])
+    if len(plain) < 2:
+        text = (
+            "Cannot judge the two claims: both are about degradation, which needs plain nets trained "
+            "to completion at two depths or more."
+        )
+        return out | {"status": "insufficient", "text": text, "degradation": None, "profile": None}
+    lo, hi = plain[0], plain[-1]
+    e_lo, e_hi = errors[f"plain-{lo['depth']}"], errors[f"plain-{hi['depth']}"]
+    degradation = {
+        "shallow_depth": lo["depth"],
+        "deep_depth": hi["depth"],
+        "shallow_error": e_lo,
+        "deep_error": e_hi,
+        "increase": e_hi - e_lo,
+        "margin": margin,
+        "shown": e_hi - e_lo > margin,
+    }
+    prof = {"depth": hi["depth"]}
+    for p in PHASES:
+        ratio = (hi[p] or {}).get("weight_ratio")
+        prof[p] = None if ratio is None else {"ratio": ratio, "profile": profile(ratio)}
+    found = [prof[p]["profile"] for p in PHASES if prof[p]]
+    if not degradation["shown"]:
+        status = "no_degradation"
+    elif "vanishing" in found:
+        status = "supports_note"
+    elif found and all(f == "healthy" for f in found):
+        status = "supports_he"
+    else:
+        status = "neither"
+    return out | {
+        "status": status,
+        "text": _claims_text(status, degradation, prof),
+        "degradation": degradation,
+        "profile": prof,
+    }
+
+
+def _claims_text(status: str, d: dict, prof: dict) -> str:
+    phases = [(p, prof[p]) for p in PHASES if prof[p]]
+    seen = "; ".join(
+        f"{'at init' if p == 'init' else 'after training'} {_ratio_text(x['ratio'])} "
+        f"({_PROFILE_WORDS.get(x['profile'], 'no finite ratio')})"
+        for p, x in phases
+    )
+    measured = (
+        f"the {d['deep_depth']}-layer plain net ends training with {d['deep_error']:.1%} training "
+        f"error against {d['shallow_error']:.1%} for the {d['shallow_depth']}-layer one "
+        f"({100 * d['increase']:+.1f} pp; degradation needs more than {100 * d['margin']:g} pp); its "
+        f"first layer's gradient norm is, relative to the last layer's, {seen}"
+    )
+    found = {x["profile"] for _, x in phases}
+    conclusion = {
+        "no_degradation": "No degradation in this setting, so neither claim about its cause is "
+        "tested here.",
+        "supports_he": "The numbers side with He et al. 2015: training error degrades while the "
+        "gradient norm stays healthy, so vanishing gradients do not explain this degradation (their "
+        "conjecture of exponentially low convergence rates is not tested here).",
+        "supports_note": "The numbers side with the note, as a co-occurrence: the early-layer "
+        "gradient vanishes where training error degrades. They do not show that the vanishing causes "
+        "the degradation; that would take an intervention that restores the early-layer gradient and "
+        "removes the degradation.",
+        "neither": "Neither claim as stated: by the rule the early-layer gradient does not vanish "
+        f"(in no phase {VANISH:g}+ orders below; against the note), but it is not healthy either"
+        + (
+            " (with batch norm a deep plain net's gradient grows toward the input at init: Yang et "
+            "al. 2019)"
+            if "exploding" in found
+            else ""
+        )
+        + ".",
+    }[status]
+    return f"{measured[0].upper()}{measured[1:]}. {conclusion}"
+
+
+def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> dict:
+    """Whether each plain net and its residual twin share seed, recipe and initial weights (rule in the
+    module docstring), from the measurement records and the run configs."""
+    by = {(r["arch"], r["depth"]): r for r in records}
+    residual_args = study.get("residual_args") or {}
+    pairs = []
+    for depth in sorted({d for a, d in by if a == "plain" and ("residual", d) in by}):
+        p, r = by["plain", depth], by["residual", depth]
+        cp, cr = (runs.read_config(Path(study_dir) / x["run_dir"]) for x in (p, r))
+        digests = p.get("init_digest"), r.get("init_digest")
+        pairs.append(
+            {
+                "depth": depth,
+                "same_seed": cp.get("seed") == cr.get("seed"),
+                "same_recipe": _recipe(cp) == _recipe(cr),
+                "same_init": None if None in digests else digests[0] == digests[1],
+            }
+        )
+    checks = [x[k] for x in pairs for k in ("same_seed", "same_recipe", "same_init")]
+    if not pairs:
+        status = "unknown"
+    elif residual_args or False in checks:
+        status = "differs"
+    else:
+        status = "unknown" if None in checks else "same"
+    return {
+        "status": status,
+        "residual_args": residual_args,
+        "pairs": pairs,
+        "text": _like_text(status, pairs, residual_args),
+    }
+
+
+def _recipe(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in PER_RUN}
+
+
+def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
+    if not pairs:
+        return "No depth has both a plain and a residual net, so there is no pair to compare."
+    depths = join_values([x["depth"] for x in pairs])
+    if status == "same":
+        return (
+            f"Like for like: at each depth ({depths}) the plain net and its residual twin share the "
+            "seed, the training recipe (run configs equal apart from the model) and the initial "
+            "weights (equal digests of every shared tensor); no option is set on one arm only."
+        )
+    parts = []
+    if residual_args:
+        parts.append(f"the residual arm is its own arm, {_arm('residual', residual_args)}")
+    for key, what in (
+        ("same_seed", "seeds"),
+        ("same_recipe", "training recipes"),
+        ("same_init", "initial weights"),
+    ):
+        bad = [x["depth"] for x in pairs if x[key] is False]
+        if bad:
+            parts.append(f"the {what} differ at depth {join_values(bad)}")
+    unknown = [x["depth"] for x in pairs if x["same_init"] is None]
+    if unknown:
+        parts.append(f"the initial weights were not recorded (depth {join_values(unknown)})")
+    lead = "Not like for like" if status == "differs" else "Like for like not fully checked"
+    return f"{lead}: {'; '.join(parts)}."
+
+
+def _arm(arch: str, residual_args: dict) -> str:
+    """The arm's label: 'residual (zero_init_residual=True)' when options are set on it alone."""
+    if arch != "residual" or not residual_args:
+        return arch
+    return f"{arch} ({', '.join(f'{k}={v}' for k, v in sorted(residual_args.items()))})"
+
+
 def write_summary(study_dir: str | Path) -> dict:
-    """Collect the measurements, judge them and write `<study_dir>/summary.json`."""
+    """Collect the measurements, judge them (verdict, claims, like for like) and write
+    `<study_dir>/summary.json`."""
     study_dir = Path(study_dir)
     study = runs.read_json(study_dir / runs.STUDY)
-    entries = nets(collect(study_dir))
+    records = collect(study_dir)
+    entries = nets(records)
     summary = {k: v for k, v in study.items() if k not in ("nets", "verdict")}
     summary.update(study="gradients", nets=entries, verdict=verdict(entries))
+    summary["claims"] = claims(entries, train_errors(study_dir, entries))
+    summary["like_for_like"] = like_for_like(study_dir, records, study)
+    if summary["like_for_like"]["status"] == "differs":
+        summary["verdict"]["text"] += f" {summary['like_for_like']['text']}"
     diverged = [
         runs.diverged_note(study_dir / e["run_dir"])
         for e in entries
@@ -224,15 +482,20 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
 
 def _rows(summary: dict) -> list[list[str]]:
     rows = []
+    errors = summary.get("claims", {}).get("train_errors", {})
     for e in summary["nets"]:
         i, t = e["init"], e["trained"] or {}
+        error = errors.get(f"{e['arch']}-{e['depth']}")
         rows.append(
             [
-                e["arch"],
+                _arm(e["arch"], summary.get("residual_args") or {}),
                 str(e["depth"]),
                 fmt_count(e["params"]),
+                "—" if error is None else f"{error:.2%}",
                 _fmt(i["weight_ratio"]),
+                profile(i["weight_ratio"]) or "—",
                 _fmt(t.get("weight_ratio")),
+                profile(t.get("weight_ratio")) or "—",
                 _fmt(i["block_input_ratio"]),
                 f"{i['acf1']:.3f} ± {i['acf1_std']:.3f}",
                 _fmt(t.get("acf1"), ".3f"),
@@ -248,8 +511,11 @@ HEADER = [
     "arch",
     "depth",
     "params",
+    "train error",
     "|g| first/last W, init",
+    "profile",
     "trained",
+    "profile",
     "|g| first/last block input, init",
     "acf(1) init ± std",
     "acf(1) trained",
@@ -264,9 +530,11 @@ def format_table(summary: dict) -> str:
     rows = [HEADER, *_rows(summary)]
     widths = [max(len(r[c]) for r in rows) for c in range(len(HEADER))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(
-        [*lines, f"verdict ({summary['verdict']['status']}): {summary['verdict']['text']}"]
-    )
+    v, c = summary["verdict"], summary.get("claims")
+    lines.append(f"verdict ({v['status']}): {v['text']}")
+    if c:  # absent from summaries written before the claims were judged
+        lines.append(f"claims ({c['status']}): {c['text']}")
+    return "\n".join(lines)
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -292,6 +560,18 @@ def build_report(study_dir: str | Path) -> Path:
         "gradients (Balduzzi et al. 2017, Figs. 1-2)",
     )
     page.verdict(label, v["text"], tone, [v.get("rule", "")])
+    c = summary["claims"]
+    label, tone = _CLAIM_LABELS[c["status"]]
+    page.heading("Vanishing gradients and degradation: two claims").verdict(
+        label, c["text"], tone, [c["rule"]]
+    )
+    page.bullets(
+        [
+            f"{HE_2015['source']}: “{HE_2015['quote']}”",
+            f"{NOTE['source']}: “{NOTE['original']}” (“{NOTE['translation']}”)",
+            summary["like_for_like"]["text"],
+        ]
+    )
     page.heading("Gradient norm per layer").figure(
         figs["norms"],
         "||dL/dW|| of every weight layer on the main path against its index (log scale), "
@@ -318,8 +598,9 @@ def build_report(study_dir: str | Path) -> Path:
     page.heading("Numbers").table(
         HEADER,
         _rows(summary),
-        caption="first/last: ratio of the first "
-        "to the last layer's gradient norm; ± std over lines.",
+        caption="train error: the engine's final evaluation on the whole training set; first/last: "
+        "ratio of the first to the last layer's gradient norm, and its profile by the claims rule; "
+        "± std over lines.",
     )
     skip = ("study", "nets", "verdict", "recipe", "train")
     recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
