@@ -15,7 +15,14 @@ from reslab import studies
 from reslab.options import KeyValue, add_dataclass_options
 from reslab.studies import base
 from reslab.training import allocator
-from reslab.training.config import AMP_MODES, PRESETS, SWITCHES, TrainConfig
+from reslab.training.config import (
+    AMP_MODES,
+    NORMALIZATIONS,
+    PRESET_HELP,
+    PRESETS,
+    SWITCHES,
+    TrainConfig,
+)
 from reslab.training.loop import Diverged
 
 
@@ -39,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=sorted(PRESETS),
         default=argparse.SUPPRESS,
-        help="a recipe to start from; explicit options override it",
+        help="a recipe to start from; explicit options override it. "
+        + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
     )
     add_dataclass_options(t, TrainConfig)
 
@@ -68,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help="per-channel normalisation std (default: the dataset's)",
+    )
+    e.add_argument(
+        "--normalize",
+        default="channel",
+        choices=NORMALIZATIONS,
+        help="channel: subtract the mean, divide by the std (--mean/--std); pixel-mean: subtract "
+        "the mean image of the training split, as runs with --normalize pixel-mean (the paper "
+        "preset) were trained (default: channel)",
     )
     e.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     e.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: default)")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.data import ImageData, Loader, load_dataset
+from reslab.data import ImageData, Loader, load_dataset, subtract_mean_image
 from reslab.training import distributed
 
 
@@ -77,11 +77,13 @@ def evaluate_weights(
     model_kwargs: dict | None = None,
     amp: str = "auto",
     channels_last: str = "auto",
+    normalize: str = "channel",
 ) -> dict:
     """Build `model`, load `weights` (any format `load_weights` reads) and evaluate it on `data`.
 
-    Weights trained with other normalisation constants take them through `mean`/`std`. `amp` and
-    `channels_last` follow the training rule (`reslab.training.precision.choose`)."""
+    Weights trained with other normalisation constants take them through `mean`/`std`; weights
+    trained with `normalize="pixel-mean"` need it here too (the mean image of the whole training
+    split). `amp` and `channels_last` follow the training rule (`reslab.training.precision.choose`)."""
     from reslab.models import create_model, load_weights
     from reslab.training import precision
 
@@ -94,10 +96,17 @@ def evaluate_weights(
             raise ValueError(f"--{name} values must be finite numbers, got {list(v)}")
     if std is not None and not all(x > 0 for x in std):
         raise ValueError(f"--std values must be > 0, got {list(std)}")
+    if normalize not in ("channel", "pixel-mean"):
+        raise ValueError(f"normalize must be channel or pixel-mean, got {normalize!r}")
+    if normalize == "pixel-mean" and (mean is not None or std is not None):
+        raise ValueError("--normalize pixel-mean takes no --mean/--std (it uses the mean image)")
     d = distributed.setup(device)  # a bad device fails before any data is read
     if num_threads:
         torch.set_num_threads(num_threads)
     ds = load_dataset(data, split, root=data_dir)
+    if normalize == "pixel-mean":
+        train = ds if split == "train" else load_dataset(data, "train", root=data_dir)
+        ds = subtract_mean_image(train, ds)[1]
     for name, v in (("mean", mean), ("std", std)):
         if v is not None and len(v) != ds.images.shape[1]:
             raise ValueError(
