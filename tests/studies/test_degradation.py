@@ -26,9 +26,9 @@ def test_toy_study_writes_everything(tmp_path, capsys, browser):
     for f in ("study.json", "summary.json", "curves.png", "depth.png", "report.html"):
         assert (study / f).is_file(), f
     runs = summary["runs"]
-    assert len(runs) == 8
+    assert len(runs) == 12
     assert {(r["arch"], r["depth"], r["seed"]) for r in runs} == {
-        (a, d, s) for a in ("plain", "residual") for d in (2, 4) for s in (0, 1)
+        (a, d, s) for a in ("plain", "residual", "zeroinit") for d in (2, 4) for s in (0, 1)
     }
     for r in runs:
         assert 0 <= r["final_train_error"] <= 1 and 0 <= r["final_test_error"] <= 1
@@ -40,6 +40,23 @@ def test_toy_study_writes_everything(tmp_path, capsys, browser):
     loaded, total, dom = browser.figures(study / "report.html")
     assert loaded == total == 2
     assert summary["verdict"]["text"] in dom.replace("&amp;", "&")
+
+
+def test_judged_arms_differ_only_in_the_shortcuts():
+    """Like for like: a plain cell and its residual twin share the recipe, seed and init; only the
+    zeroinit arm zero-initialises its branches."""
+    cfg = make_config("digits", depths=(4, 16), seeds=(3,))
+    plain, residual, zero = (cfg.run_config(a, 16, 3).to_dict() for a in cfg.archs)
+    assert cfg.archs == ("plain", "residual", "zeroinit")
+    differ = {k for k in plain if plain[k] != residual[k]}
+    assert differ == {"model", "name"} and (plain["model"], residual["model"]) == (
+        "plainmlp-16",
+        "resmlp-16",
+    )
+    assert {k for k in residual if residual[k] != zero[k]} == {"model_kwargs", "name"}
+    assert zero["model_kwargs"] == dict(residual["model_kwargs"], zero_init_residual=True)
+    with pytest.raises(ValueError, match="zeroinit arm"):
+        make_config("digits", residual_args={"zero_init_residual": True})
 
 
 def test_bad_depth_fails_before_training(tmp_path):

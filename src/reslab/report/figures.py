@@ -33,7 +33,7 @@ STYLE = {
     "savefig.facecolor": "white",
 }
 # plain = warm, residual = cool, the same in every study
-ARCH_COLORS = {"plain": "#c0392b", "residual": "#1f5f99"}
+ARCH_COLORS = {"plain": "#c0392b", "residual": "#1f5f99", "zeroinit": "#2a9d8f"}
 DPI = 150
 
 

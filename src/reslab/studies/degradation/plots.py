@@ -11,6 +11,7 @@ from reslab.report import figures
 from reslab.training.runs import read_metrics
 
 ARCHS = ("plain", "residual")
+LABELS = {"zeroinit": "zero-init residual"}
 
 
 def _curve(lines: list[dict], kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -27,13 +28,13 @@ def _curve(lines: list[dict], kind: str, key: str) -> tuple[np.ndarray, np.ndarr
 
 def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs=ARCHS) -> Path:
     """Fig. 6 style: train error (thin dashed) and test error (bold) vs iterations, mean over seeds;
-    plain left, residual right, one colour per depth shared by both panels."""
+    one panel per arm (plain left), one colour per depth shared by every panel."""
     study_dir = Path(study_dir)
     metrics = {r["run_dir"]: read_metrics(study_dir / r["run_dir"]) for r in runs}
     colors = figures.depth_colors([r["depth"] for r in runs] or [0])
     late_max = [1.0]  # the y range shows the later part of training, as in the paper's 0-20% axes
     with figures.style():
-        fig, axes = figures.figure(2, width=5.2, height=3.9, sharey=True)
+        fig, axes = figures.figure(len(archs), width=5.2, height=3.9, sharey=True)
         for ax, arch in zip(axes, archs, strict=True):
             depths = sorted({r["depth"] for r in runs if r["arch"] == arch})
             for depth in depths:
@@ -47,7 +48,7 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
                 x, y, _ = figures.mean_curve(train)
                 ax.plot(x, figures.smooth(y, max(1, len(y) // 30)), color=c, lw=1.0, ls="--")
                 xt, yt, _ = figures.mean_curve(test)
-                ax.plot(xt, yt, color=c, lw=2.2, label=f"{arch}-{depth}")
+                ax.plot(xt, yt, color=c, lw=2.2, label=f"{LABELS.get(arch, arch)}-{depth}")
                 for xs, ys in ((x, y), (xt, yt)):
                     late = ys[xs >= 0.25 * xs[-1]] if len(xs) else ys
                     if np.isfinite(late).any():  # a diverged run logs NaN
@@ -58,7 +59,7 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
                 )
             else:
                 ax.legend(loc="upper right", title="test (bold), train (dashed)", title_fontsize=8)
-            ax.set_title(arch)
+            ax.set_title(LABELS.get(arch, arch))
             ax.set_xlabel("iterations")
         figures.percent_axis(axes[0], "error")
         axes[0].set_ylim(0, min(100.0, 1.15 * max(late_max)))
@@ -66,22 +67,27 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
 
 
 def plot_depth(groups: list[dict], path: str | Path, archs=ARCHS) -> Path:
-    """Final training error (solid, error bars = seed std, dots = seeds) and test error (dashed) vs depth."""
+    """Final training error (solid, error bars = seed std, dots = seeds, x = a diverged run drawn at
+    100%) and test error (dashed) vs depth."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=5.6, height=3.9)
         for arch in archs:
             gs = [g for g in groups if g["arch"] == arch and g["n"] > 0]
             if not gs:
                 continue
-            c = figures.ARCH_COLORS[arch]
+            c, name = figures.ARCH_COLORS[arch], LABELS.get(arch, arch)
             d = [g["depth"] for g in gs]
             mean = [100 * g["train_error_mean"] for g in gs]
             std = [100 * (g["train_error_std"] or 0.0) for g in gs]
             ax.errorbar(
-                d, mean, yerr=std, color=c, marker="o", lw=2, capsize=3, label=f"{arch}, train"
+                d, mean, yerr=std, color=c, marker="o", lw=2, capsize=3, label=f"{name}, train"
             )
             seeds = [(g["depth"], 100 * e) for g in gs for e in g["train_errors"] if e is not None]
-            ax.scatter(*zip(*seeds, strict=True), color=c, s=12, alpha=0.35, zorder=3)
+            if seeds:
+                ax.scatter(*zip(*seeds, strict=True), color=c, s=12, alpha=0.35, zorder=3)
+            lost = [(g["depth"], 100.0) for g in gs for e in g["train_errors"] if e is None]
+            if lost:
+                ax.scatter(*zip(*lost, strict=True), color=c, marker="x", s=40, zorder=4)
             test = [
                 (g["depth"], 100 * g["test_error_mean"])
                 for g in gs
@@ -95,7 +101,7 @@ def plot_depth(groups: list[dict], path: str | Path, archs=ARCHS) -> Path:
                     ls="--",
                     marker="s",
                     ms=3,
-                    label=f"{arch}, test",
+                    label=f"{name}, test",
                 )
         figures.depth_axis(ax, [g["depth"] for g in groups] or [1])
         figures.percent_axis(ax, "final error")
