@@ -54,6 +54,17 @@ def conv_proj(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return bn(norm, F.conv2d(x, conv.weight, stride=conv.stride))
 
 
+def bare_proj(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """W_s x: a pre-activation block's projection, a bare 1x1 conv (resnet-pre-act.lua)."""
+    (conv,) = block.downsample
+    return F.conv2d(x, conv.weight, stride=conv.stride)
+
+
+def pre(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """relu(bn1(x)): a pre-activation block's pre-activation."""
+    return relu(bn(block.bn1, x))
+
+
 def pad_a(x: torch.Tensor, c_out: int) -> torch.Tensor:
     """Option A by hand: every second pixel, zero channels split over both sides."""
     x = x[:, :, ::2, ::2]
@@ -68,18 +79,28 @@ CONV = {  # name -> (block factory, shortcut path by hand); each test builds its
     "basic A": (lambda: BasicBlock(8, 16, 2, shortcut="A"), lambda b, x: relu(pad_a(x, 16))),
     "basic B": (lambda: BasicBlock(8, 16, 2, shortcut="B"), lambda b, x: relu(conv_proj(b, x))),
     "basic C": (lambda: BasicBlock(8, 8, shortcut="C"), lambda b, x: relu(conv_proj(b, x))),
-    "basic rezero": (lambda: BasicBlock(8, 8, branch_scale="rezero"), lambda b, x: relu(x)),
+    # ReZero (Bachlechner et al. 2020): x + alpha * relu(F(x)), nothing after the addition
+    "basic rezero": (lambda: BasicBlock(8, 8, branch_scale="rezero"), lambda b, x: x),
+    "bottleneck rezero": (lambda: Bottleneck(8, 2, branch_scale="rezero"), lambda b, x: x),
     "bottleneck B": (lambda: Bottleneck(8, 4, 2), lambda b, x: relu(conv_proj(b, x))),
     "preact identity": (lambda: PreActBasicBlock(8, 8), lambda b, x: x),
-    "preact A": (lambda: PreActBasicBlock(8, 16, 2, shortcut="A"), lambda b, x: pad_a(x, 16)),
+    # a unit that changes shape pre-activates both paths ("both_preact", resnet-pre-act.lua)
+    "preact A": (
+        lambda: PreActBasicBlock(8, 16, 2, shortcut="A"),
+        lambda b, x: pad_a(pre(b, x), 16),
+    ),
     "preact B": (
         lambda: PreActBasicBlock(8, 16, 2, shortcut="B"),
-        lambda b, x: conv_proj(b, relu(bn(b.bn1, x))),  # the projection sees relu(bn1(x))
+        lambda b, x: bare_proj(b, pre(b, x)),
     ),
     "preact bottleneck B": (
         lambda: PreActBottleneck(8, 4, 2, shortcut="B"),
-        lambda b, x: conv_proj(b, relu(bn(b.bn1, x))),
+        lambda b, x: bare_proj(b, pre(b, x)),
     ),
+    # the first unit of a stage pre-activates both paths even with an identity shortcut
+    "preact first unit": (lambda: PreActBasicBlock(8, 8, both_preact=True), pre),
+    # fb.resnet.torch's option C: a unit that is not a stage's first projects its raw input
+    "preact C": (lambda: PreActBasicBlock(8, 8, shortcut="C"), bare_proj),
     "basic plain": (lambda: BasicBlock(8, 16, 2, shortcut="none"), lambda b, x: x),
     "preact plain": (lambda: PreActBasicBlock(8, 8, shortcut="none"), lambda b, x: x),
 }
@@ -92,6 +113,7 @@ def mlp_proj(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 MLP = {
     "mlp identity": (lambda: MLPBlock(8), lambda b, x: relu(x)),
+    "mlp rezero": (lambda: MLPBlock(8, branch_scale="rezero"), lambda b, x: x),
     "mlp C": (lambda: MLPBlock(8, shortcut="C"), lambda b, x: relu(mlp_proj(b, x))),
     "mlp plain": (lambda: MLPBlock(8, shortcut="none"), lambda b, x: x),
 }

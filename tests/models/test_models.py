@@ -115,7 +115,7 @@ def test_zeroed_block_cuts_plain_net_but_not_residual(name):
     model = build(name)
     blocks = model.residual_blocks()
     block = blocks[len(blocks) // 2]
-    while block.downsample is not None:  # pick a block whose shortcut is an identity
+    while block.downsample is not None or block.both_preact:  # a block whose shortcut is x
         block = blocks[blocks.index(block) + 1]
     zero_branch(block)
     h = block_input(block)
@@ -174,6 +174,7 @@ def test_option_b_projection_matches_torchvision_downsample():
 
 def test_preact_projection_sees_preactivated_input():
     block = build("preact_resnet-11").layer1[0].eval()  # bottleneck 16 -> 64 channels
+    assert len(block.downsample) == 1  # resnet-pre-act.lua: a bare 1x1 conv, no norm after it
     zero_branch(block)
     x = torch.randn(2, 16, 4, 4)
     with torch.no_grad():
@@ -197,8 +198,9 @@ def test_zero_init_residual_makes_every_block_its_shortcut(name):
     model = build(name, zero_init_residual=True)
     for block in model.residual_blocks():
         assert torch.count_nonzero(block.branch_norms()[-1].weight) == 0
-        if block.downsample is None:  # identity blocks are exactly the identity, even in train mode
-            h = block_input(block, batch=4)
+        h = block_input(block, batch=4)
+        torch.testing.assert_close(block(h), block.shortcut_path(h))  # even in train mode
+        if block.downsample is None and not block.both_preact:  # these are exactly the identity
             torch.testing.assert_close(block(h), h)
 
 
@@ -215,8 +217,9 @@ def test_rezero_and_skipinit_start_at_identity(scheme):
         assert has_bn == (scheme == "rezero")  # SkipInit defaults to a norm-free net
         for block in model.residual_blocks():
             assert isinstance(block.scale, Scale) and block.scale.alpha.item() == 0.0
-            if block.downsample is None:
-                h = block_input(block)
+            h = block_input(block)
+            torch.testing.assert_close(block(h), block.shortcut_path(h))
+            if block.downsample is None and not block.both_preact:
                 torch.testing.assert_close(block(h), h)
 
 

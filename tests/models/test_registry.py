@@ -49,6 +49,8 @@ def test_registered_names():
         ("preact_resnet-29", "preact", 29, 9, PreActBottleneck),  # only 9n+2
         ("preact_plain164", "preact", 164, 54, PreActBottleneck),
         ("preact_resnet1001", "preact", 1001, 333, PreActBottleneck),
+        ("resnet-164", "cifar", 164, 54, Bottleneck),  # He et al. 2016's original ResNet-164
+        ("plain-29", "cifar", 29, 9, Bottleneck),  # only 9n+2
         ("resmlp-10", "mlp", 10, 4, nn.Module),
         ("plainmlp-2", "mlp", 2, 0, nn.Module),
     ],
@@ -81,6 +83,8 @@ def test_any_depth_equals_registered_depth():
 
 def test_preact_block_override():
     assert isinstance(meta("preact_resnet-20", block="bottleneck").layer1[0], PreActBottleneck)
+    assert isinstance(meta("resnet-20", block="bottleneck").layer1[0], Bottleneck)
+    assert isinstance(meta("resnet-164", block="basic").layer1[0], BasicBlock)
     with pytest.raises(ValueError, match="9n\\+2 for bottlenecks"):
         create_model("preact_resnet-29", block="basic")
 
@@ -101,7 +105,7 @@ def test_classes_channels_and_image_size():
     [
         (
             "resnet-21",
-            "resnet-21: CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...)",
+            "resnet-21: CIFAR ResNet depth must be 6n+2 for basic blocks (8, 14, 20, ...) or 9n+2",
         ),
         ("plain-2", "plain-2: CIFAR ResNet depth must be 6n+2"),
         (
@@ -213,7 +217,9 @@ def test_twins_have_the_same_parameters_but_the_projections(name):
     assert plain_shapes == {k: v for k, v in res_shapes.items() if ".downsample." not in k}
     projections = any(b.projects for b in res.residual_blocks())
     assert (len(res_shapes) > len(plain_shapes)) == projections
-    assert projections == (res.default_cfg["family"] in ("imagenet", "preact"))
+    # option B by default in ImageNet nets and CIFAR bottleneck nets; option A in CIFAR basic nets
+    bottleneck = res.residual_blocks()[0].expansion == 4
+    assert projections == (res.default_cfg["family"] == "imagenet" or bottleneck)
 
 
 def test_family_without_a_plain_twin(monkeypatch):

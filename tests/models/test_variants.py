@@ -88,7 +88,12 @@ def test_bad_variant_names_fail_with_one_line():
     cases = [
         ("resmlp-6+gated", {}, "unknown variant 'gated'"),
         ("plainmlp-6+identity", {}, "variants need a residual base net; try 'resmlp-6+identity'"),
-        ("resnet50+identity", {}, "resnet50+identity: variants need residual BasicBlocks"),
+        (
+            "preact_resnet-20+identity",
+            {},
+            "variants need residual BasicBlocks, Bottlenecks or MLPBlocks without branch_scale; "
+            "got PreActBasicBlock",
+        ),
         ("resmlp-6+scale-both", {"zero_init_residual": True}, "variants take no zero_init"),
         ("resnet-8+conv-shortcut", {"shortcut": "B"}, "conv-shortcut sets shortcut='C'"),
         ("resnet-8+identity", {"widht": 3}, "unknown option(s) ['widht']"),

@@ -4,20 +4,30 @@
   Learning for Image Recognition", §3-4); ReLU after the addition. The bottleneck puts the stride
   on the 3x3 conv as torchvision ("v1.5"); `stride_in_1x1=True` gives the paper's "v1" placement.
 - `PreActBasicBlock`, `PreActBottleneck`: full pre-activation (He et al. 2016, "Identity Mappings in
-  Deep Residual Networks", Fig. 4e): norm-ReLU before each conv, nothing after the addition.
+  Deep Residual Networks", Fig. 4e and appendix), as the authors' code (KaimingHe/resnet-1k-layers,
+  resnet-pre-act.lua): norm-ReLU before each conv, nothing after the addition. A "both_preact" unit
+  (the first of each stage) pre-activates once, before the split, and feeds relu(bn1(x)) to both
+  paths; the others pre-activate the residual path only. A projection shortcut is a bare 1x1 conv.
 - `MLPBlock`: the fully connected form, relu(norm(fc2(relu(norm(fc1(x))))) + x).
 
 Every block takes the same options:
   shortcut      "A": parameter-free identity; where the shape changes, subsample x[:, :, ::2, ::2]
                      and zero-pad the new channels (He et al. 2015, §4.2, CIFAR).
-                "B": identity, projection (1x1 conv + norm) only where the shape changes.
+                "B": identity, projection (1x1 conv + norm; pre-activation: bare 1x1 conv) only
+                     where the shape changes.
                 "C": projection on every block.
                 "none": plain block, no addition and no projection modules.
   norm          "batch" | "group" | "none" (GroupNorm uses gcd(32, channels) groups).
-  branch_scale  "none"; "rezero" (Bachlechner et al. 2020: x + alpha * F(x), alpha = 0 at init);
+  branch_scale  "none";
+                "rezero" (Bachlechner et al. 2020, as the authors' ResNet code, ReZero-examples
+                  "ReZNet" notebook): x + alpha * relu(F(x)), alpha = 0 at init; the ReLU after the
+                  addition moves onto the branch, so nothing follows the sum. Pre-activation blocks
+                  already end in a conv: x + alpha * F(x);
                 "skipinit" (De & Smith 2020: the same scalar at the end of the branch, meant for
-                norm-free nets); "fixup" (Zhang et al. 2019: scalar biases before each layer and
-                after each activation, a scalar multiplier, and the init of `init_residual_branches`).
+                  norm-free nets; the ReLU stays after the addition);
+                "fixup" (Zhang et al. 2019, §3, as hongyi-zhang/Fixup): scalar biases before each
+                  layer and activation, a scalar multiplier, the init of `init_residual_branches`;
+                  an identity shortcut carries x, a downsampling shortcut sees x + bias1a as conv1.
 Parameter names follow torchvision (conv1, bn1, ..., downsample.0/1) so torchvision weights load.
 """
 
@@ -119,11 +129,15 @@ class PadShortcut(nn.Module):
 class ResidualBlock(nn.Module):
     """Base class: builds the shortcut and branch scale, and merges branch and shortcut.
 
-    Subclasses define the branch and call `self.merge(branch_out, x)`; `branch_layers()` and
-    `branch_norms()` list the branch's weight layers and norms in order (used for init).
+    Subclasses define the branch and call `self.merge(branch_out, s)` with `s` the shortcut's input;
+    `branch_layers()` and `branch_norms()` list the branch's weight layers and norms in order (used
+    for init).
     """
 
-    preact = False  # pre-activation blocks: no activation after the addition
+    preact = False  # pre-activation block: norm-ReLU before each conv, nothing after the addition
+    both_preact = False  # the pre-activation relu(bn1(x)) feeds the shortcut too
+    rezero = False  # ReZero: x + alpha * relu(F(x)) in post-activation blocks
+    fixup = False  # Fixup's scalar biases
     expansion = 1
 
     def _setup(
@@ -140,41 +154,64 @@ class ResidualBlock(nn.Module):
         check_choice("norm", norm, NORMS)
         check_choice("branch_scale", branch_scale, BRANCH_SCALES)
         self.shortcut = shortcut
-        self.downsample = make_shortcut(shortcut, c_in, c_out, stride, norm, conv)
+        self.rezero, self.fixup = branch_scale == "rezero", branch_scale == "fixup"
+        # Fixup's scalar bias before a layer replaces that layer's own bias (Zhang et al. 2019)
+        self.linear_bias = norm == "none" and not self.fixup
+        self.downsample = make_shortcut(
+            shortcut, c_in, c_out, stride, norm, conv, preact=self.preact, bias=self.linear_bias
+        )
         # ReZero and SkipInit start the branch switched off; Fixup starts its multiplier at 1
         # and switches the branch off by zeroing its last layer instead.
         init = {"none": None, "rezero": 0.0, "skipinit": 0.0, "fixup": 1.0}[branch_scale]
         self.scale = nn.Identity() if init is None else Scale(init)
-        self.fixup = branch_scale == "fixup"
 
     def bias(self) -> nn.Module:
         """A Fixup scalar bias, or a no-op when the block does not use Fixup."""
         return Bias() if self.fixup else nn.Identity()
 
-    def merge(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """z + a: add the shortcut of the block input `x` to the branch output `out` (unless plain)."""
-        if self.shortcut == "none":
-            return out
-        return out + (x if self.downsample is None else self.downsample(x))
+    def shortcut_of(self, s: torch.Tensor) -> torch.Tensor:
+        """h(s): `s` itself, or the projection / option-A shortcut of `s`. A Fixup block feeds its
+        shortcut module s + bias1a, the input conv1 sees (hongyi-zhang/Fixup, both nets)."""
+        if self.downsample is None:
+            return s
+        return self.downsample(self.bias1a(s) if self.fixup else s)
+
+    def merge(self, out: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """z + h(s): add the shortcut of `s` to the branch output `out` (a plain block: `out`)."""
+        return out if self.shortcut == "none" else out + self.shortcut_of(s)
+
+    def finish(self, z: torch.Tensor, x: torch.Tensor, bias: nn.Module) -> torch.Tensor:
+        """The end of a post-activation block from its branch output `z` (after the last norm):
+        relu(bias(scale * z) + h(x)), or ReZero's x + alpha * relu(z) with nothing after the sum."""
+        if self.rezero:
+            return self.merge(self.scale(self.relu(z)), x)
+        return self.relu(self.merge(bias(self.scale(z)), x))
+
+    @property
+    def relu_after_add(self) -> bool:
+        """Whether a ReLU follows the addition: post-activation blocks, but not ReZero's (its ReLU
+        is on the branch) nor pre-activation blocks."""
+        return not (self.preact or self.rezero)
 
     @property
     def projects(self) -> bool:
-        """Whether the shortcut is a projection (1x1 conv or Linear, plus norm)."""
+        """Whether the shortcut is a projection (1x1 conv or Linear, with a norm after it in
+        post-activation blocks)."""
         return isinstance(self.downsample, nn.Sequential)
 
+    def shortcut_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the shortcut sees: the block input, or its pre-activation in a both_preact unit."""
+        return torch.relu(self.bn1(x)) if self.both_preact else x
+
     def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
-        """What is left of the block when its residual branch is deleted (F = 0): the shortcut h(x),
-        then the ReLU after the addition (none in pre-activation blocks). A plain block has no path
-        around its branch; deleting it passes `x` on unchanged."""
+        """What is left of the block when its residual branch is deleted (F = 0): the shortcut h
+        (of the pre-activated input in both_preact units), then the ReLU after the addition where
+        there is one (`relu_after_add`). A plain block has no path around its branch; deleting it
+        passes `x` on unchanged."""
         if self.shortcut == "none":
             return x
-        if self.downsample is None:
-            h = x
-        elif self.preact and self.projects:  # as in forward: a projection sees relu(bn1(x))
-            h = self.downsample(torch.relu(self.bn1(x)))
-        else:
-            h = self.downsample(x)
-        return h if self.preact else torch.relu(h)  # not in place: h may be x itself
+        h = self.shortcut_of(self.shortcut_input(x))
+        return torch.relu(h) if self.relu_after_add else h  # not in place: h may be x itself
 
     def branch_layers(self) -> list[nn.Module]:
         return [getattr(self, n) for n in self._layers]
@@ -184,9 +221,21 @@ class ResidualBlock(nn.Module):
 
 
 def make_shortcut(
-    shortcut: str, c_in: int, c_out: int, stride: int, norm: str, conv: bool = True
+    shortcut: str,
+    c_in: int,
+    c_out: int,
+    stride: int,
+    norm: str,
+    conv: bool = True,
+    *,
+    preact: bool = False,
+    bias: bool = False,
 ) -> nn.Module | None:
-    """The shortcut module for one block, or None for a plain identity (or for no shortcut)."""
+    """The shortcut module for one block, or None for a plain identity (or for no shortcut).
+
+    A projection is a 1x1 conv + norm (a Linear + norm for vectors, with a bias when `bias`);
+    `preact`: a bare 1x1 conv, as resnet-pre-act.lua (the sum it adds to is not normalised).
+    """
     same = stride == 1 and c_in == c_out
     if shortcut == "none" or (same and shortcut in ("A", "B")):
         return None
@@ -194,9 +243,11 @@ def make_shortcut(
         if not conv:
             raise ValueError("shortcut 'A' needs feature maps; use 'B' for a width change")
         return PadShortcut(c_in, c_out, stride)
+    if conv and preact:
+        return nn.Sequential(conv1x1(c_in, c_out, stride))
     if conv:
         return nn.Sequential(conv1x1(c_in, c_out, stride), norm_layer(norm, c_out))
-    return nn.Sequential(nn.Linear(c_in, c_out, bias=norm == "none"), norm_layer(norm, c_out, 1))
+    return nn.Sequential(nn.Linear(c_in, c_out, bias=bias), norm_layer(norm, c_out, 1))
 
 
 class BasicBlock(ResidualBlock):
@@ -224,8 +275,8 @@ class BasicBlock(ResidualBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
         out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
-        out = self.bias2b(self.scale(self.bn2(self.conv2(self.bias2a(out)))))
-        return self.relu(self.merge(out, x))
+        out = self.bn2(self.conv2(self.bias2a(out)))
+        return self.finish(out, x, self.bias2b)
 
 
 class Bottleneck(ResidualBlock):
@@ -262,14 +313,15 @@ class Bottleneck(ResidualBlock):
     ) -> torch.Tensor:  # (B, C_in, H, W) -> (B, 4*planes, H/s, W/s)
         out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
         out = self.relu(self.bias2b(self.bn2(self.conv2(self.bias2a(out)))))
-        out = self.bias3b(self.scale(self.bn3(self.conv3(self.bias3a(out)))))
-        return self.relu(self.merge(out, x))
+        out = self.bn3(self.conv3(self.bias3a(out)))
+        return self.finish(out, x, self.bias3b)
 
 
 class PreActBasicBlock(ResidualBlock):
-    """Full pre-activation basic block: conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut(x).
+    """Full pre-activation basic block: conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut.
 
-    A projection shortcut sees the pre-activated input relu(bn1(x)), as in the reference code.
+    both_preact: the shortcut sees relu(bn1(x)) too (the first unit of each stage in the reference
+    code); None: where the shape changes, as resnet-pre-act.lua.
     """
 
     preact = True
@@ -285,9 +337,11 @@ class PreActBasicBlock(ResidualBlock):
         norm: str = "batch",
         branch_scale: str = "none",
         stride_in_1x1: bool = False,
+        both_preact: bool | None = None,
     ) -> None:
         super().__init__()
         self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
+        self.both_preact = (stride != 1 or c_in != planes) if both_preact is None else both_preact
         self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
         self.bn1, self.conv1 = norm_layer(norm, c_in), conv3x3(c_in, planes, stride)
         self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes)
@@ -297,11 +351,15 @@ class PreActBasicBlock(ResidualBlock):
         pre = self.relu(self.bn1(x))
         out = self.conv1(self.bias1a(pre))
         out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
-        return self.merge(self.bias2b(self.scale(out)), pre if self.projects else x)
+        return self.merge(self.bias2b(self.scale(out)), pre if self.both_preact else x)
 
 
 class PreActBottleneck(ResidualBlock):
-    """Full pre-activation bottleneck: bn-relu-conv1x1, bn-relu-conv3x3, bn-relu-conv1x1 (x4)."""
+    """Full pre-activation bottleneck: bn-relu-conv1x1, bn-relu-conv3x3, bn-relu-conv1x1 (x4).
+
+    The stride is on the 3x3 conv unless `stride_in_1x1` (resnet-pre-act.lua strides the first 1x1;
+    `preact_resnet` builds it so). both_preact: as `PreActBasicBlock`.
+    """
 
     preact = True
     expansion = 4
@@ -317,10 +375,12 @@ class PreActBottleneck(ResidualBlock):
         norm: str = "batch",
         branch_scale: str = "none",
         stride_in_1x1: bool = False,
+        both_preact: bool | None = None,
     ) -> None:
         super().__init__()
         c_out = planes * self.expansion
         self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
+        self.both_preact = (stride != 1 or c_in != c_out) if both_preact is None else both_preact
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a, self.bias3b = (
             self.bias() for _ in range(6)
@@ -337,13 +397,14 @@ class PreActBottleneck(ResidualBlock):
         out = self.conv1(self.bias1a(pre))
         out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
         out = self.conv3(self.bias3a(self.relu(self.bias2b(self.bn3(out)))))
-        return self.merge(self.bias3b(self.scale(out)), pre if self.projects else x)
+        return self.merge(self.bias3b(self.scale(out)), pre if self.both_preact else x)
 
 
 class MLPBlock(ResidualBlock):
     """Fully connected residual block: relu(bn2(fc2(relu(bn1(fc1(x))))) + shortcut(x)).
 
-    Linear layers carry a bias only when there is no norm after them (norm="none").
+    Linear layers carry a bias only when there is no norm after them (norm="none") and no Fixup
+    scalar bias before them (Fixup's biases replace theirs, as for Fixup's bias-free convs).
     """
 
     _layers, _norms = ("fc1", "fc2"), ("bn1", "bn2")
@@ -354,15 +415,15 @@ class MLPBlock(ResidualBlock):
         super().__init__()
         self._setup(width, width, 1, shortcut, norm, branch_scale, conv=False)
         self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
-        bias = norm == "none"
+        bias = self.linear_bias
         self.fc1, self.bn1 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.fc2, self.bn2 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, width)
         out = self.relu(self.bias1b(self.bn1(self.fc1(self.bias1a(x)))))
-        out = self.bias2b(self.scale(self.bn2(self.fc2(self.bias2a(out)))))
-        return self.relu(self.merge(out, x))
+        out = self.bn2(self.fc2(self.bias2a(out)))
+        return self.finish(out, x, self.bias2b)
 
 
 @torch.no_grad()

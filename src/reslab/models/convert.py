@@ -60,6 +60,11 @@ class SequentialBlock(ResidualBlock):
     def projects(self) -> bool:
         return self.downsample is not None
 
+    @property
+    def relu_after_add(self) -> bool:
+        """Whether a ReLU is among the layers applied after the addition (g)."""
+        return any(isinstance(m, nn.ReLU) for m in self.post)
+
     def shortcut_path(self, x: Tensor) -> Tensor:
         """The block with its branch deleted: post(shortcut(x)); a plain block passes `x` on."""
         if self.shortcut == "none":

@@ -5,6 +5,9 @@ fully-connected layers for simplicity"): flatten, a Linear stem, blocks of two L
 (`reslab.models.blocks.MLPBlock`), and a Linear classifier. Depth counts weight layers:
 depth = 2 * blocks + 2. With branch_scale="rezero"/"skipinit"/"fixup" every block is the identity
 at init, which keeps norm-free nets of thousands of layers finite in fp32 and bf16.
+
+Fixup (Zhang et al. 2019) takes the form of its ResNets (hongyi-zhang/Fixup): bias-free Linears, a
+scalar bias after the stem's Linear (before its ReLU) and one before the classifier (`bias2`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from reslab.models.blocks import (
+    Bias,
     MLPBlock,
     ResidualBlock,
     check_choice,
@@ -27,7 +31,8 @@ from reslab.models.recompute import GradCheckpointing, run_blocks
 
 
 class ResidualMLP(GradCheckpointing, nn.Module):
-    """stem (Linear in->width, norm, ReLU) -> `layers` (MLPBlocks) -> fc (Linear width->classes).
+    """stem (Linear in->width, norm, ReLU) -> `layers` (MLPBlocks) -> fc (Linear width->classes);
+    Fixup adds a scalar bias before the stem's ReLU and one before fc.
 
     Args:
         in_features: flattened input size (C * H * W for images).
@@ -57,13 +62,16 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         norm = resolve_norm(shortcut, norm, branch_scale, zero_init_residual)
         if width < 1 or num_blocks < 0:
             raise ValueError(f"width must be >= 1 and num_blocks >= 0; got {width}, {num_blocks}")
+        fixup = branch_scale == "fixup"
         self.stem = nn.Sequential(
-            nn.Linear(in_features, width, bias=norm == "none"),
+            nn.Linear(in_features, width, bias=norm == "none" and not fixup),
             norm_layer(norm, width, 1),
+            Bias() if fixup else nn.Identity(),
             nn.ReLU(),
         )
         block_kw = dict(shortcut=shortcut, norm=norm, branch_scale=branch_scale)
         self.layers = nn.Sequential(*(MLPBlock(width, **block_kw) for _ in range(num_blocks)))
+        self.bias2 = Bias() if fixup else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
         self.num_features = width
         # feature points: the stem, then every block (an MLP has no stages), all `width` wide
@@ -113,8 +121,8 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         return run_blocks(self.layers, self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
-        """The linear classifier."""
-        return self.fc(x)
+        """The linear classifier (Fixup: a scalar bias before it)."""
+        return self.fc(self.bias2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, classes)
         """Class logits."""

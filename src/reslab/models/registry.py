@@ -42,7 +42,8 @@ class Family:
 _BRANCH = ("shortcut", "norm", "branch_scale", "zero_init_residual")
 _CONV = (*_BRANCH, "stride_in_1x1")
 FAMILIES = (
-    Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, 10, _CONV),
+    Family("cifar", "resnet", "plain", (20, 32, 44, 56, 110, 1202), cifar_resnet, 32, 10,
+           (*_CONV, "block")),
     Family("imagenet", "resnet", "plain", (18, 34, 50, 101, 152), imagenet_resnet, 224, 1000, _CONV,
            any_depth=False),
     Family("preact", "preact_resnet", "preact_plain", (110, 164, 1001), preact_resnet, 32, 10,
@@ -154,7 +155,7 @@ def create_model(
     10 otherwise. `img_size` sets the flattened input of the MLP family; conv nets take any size. Overrides
     are the keyword arguments of the family builder (`cifar_resnet`, `imagenet_resnet`,
     `preact_resnet`, `residual_mlp`) and of the model class: shortcut, norm, branch_scale,
-    zero_init_residual, stride_in_1x1, block (pre-act), width (MLP).
+    zero_init_residual, stride_in_1x1, block (CIFAR, pre-act: "basic" | "bottleneck"), width (MLP).
     The model gets `model_name` and `default_cfg` (name, family, depth, input_size, overrides).
     `features_only=True` returns a `FeatureExtractor` (timm's semantics): its forward gives the list
     of the stem's and each stage's outputs chosen by `out_indices` (default: all), described by its

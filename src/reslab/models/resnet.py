@@ -1,11 +1,19 @@
 """Convolutional ResNets and their plain twins (a plain net is the same class with shortcut="none").
 
 - CIFAR ResNets (He et al. 2015, "Deep Residual Learning for Image Recognition", §4.2): 3x3 stem,
-  three stages of n basic blocks with 16/32/64 channels, depth 6n+2, option A shortcuts.
+  three stages of n basic blocks with 16/32/64 channels, depth 6n+2, option A shortcuts. Or
+  bottlenecks (depth 9n+2, 16/32/64 planes x4, option B, the paper's stride on the first 1x1), by
+  default from depth 164 up (`cifar_stages`): the "original" ResNet-164 of He et al. 2016, Table 2.
 - ImageNet ResNets (He et al. 2015, Table 1): exactly torchvision's architecture and parameter
   names (7x7 stem + max-pool, four stages 64..512, projection shortcuts "B", bottleneck "v1.5").
-- Pre-activation CIFAR ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks"):
-  basic blocks (6n+2) or bottlenecks (9n+2), with a final norm+ReLU before pooling.
+- Pre-activation CIFAR ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks", §4
+  and appendix), as the authors' code (KaimingHe/resnet-1k-layers, resnet-pre-act.lua): a bare
+  3x3 conv stem; the first unit of each stage pre-activates both paths (so the first activation
+  comes right after conv1, before the split); bare 1x1 conv projections; bottlenecks (9n+2) stride
+  their first 1x1; a final norm+ReLU before pooling. Basic-block nets (6n+2, ResNet-110) use
+  option A shortcuts, as the CIFAR nets of He et al. 2015.
+- Fixup (Zhang et al. 2019, as hongyi-zhang/Fixup): scalar biases after the stem's conv (before
+  its ReLU) and before the classifier, `bias1` and `bias2`, on top of the blocks' own.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from torch import nn
 
 from reslab.models.blocks import (
     BasicBlock,
+    Bias,
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
@@ -71,8 +80,9 @@ class ResNet(GradCheckpointing, nn.Module):
             self.conv1 = nn.Conv2d(in_chans, c, 7, 2, padding=3, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_chans, c, 3, 1, padding=1, bias=False)
-        # pre-activation blocks begin with their own norm+ReLU, so the stem is a bare conv
+        # pre-activation nets: the first block's norm+ReLU is the stem's, so the stem is a bare conv
         self.bn1 = nn.Identity() if self.preact else norm_layer(norm, c)
+        self.bias1 = Bias() if branch_scale == "fixup" else nn.Identity()  # Fixup: before the ReLU
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1) if stem == "imagenet" else nn.Identity()
         kw = dict(
@@ -81,13 +91,14 @@ class ResNet(GradCheckpointing, nn.Module):
         self.num_stages = len(layers)
         reduction = 2 if stem == "imagenet" else 1
         # timm's feature points: the stem (before the max-pool), then each stage
-        self.feature_info = FeatureInfo(
-            [dict(num_chs=c, reduction=reduction, module="conv1" if self.preact else "relu")]
-        )
+        stem_out = ("bias1" if branch_scale == "fixup" else "conv1") if self.preact else "relu"
+        self.feature_info = FeatureInfo([dict(num_chs=c, reduction=reduction, module=stem_out)])
         reduction *= 2 if stem == "imagenet" else 1  # max-pool
         for i, (n, planes) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if i == 0 else 2
-            blocks = [block(c, planes, stride, **kw)]
+            # resnet-pre-act.lua: a stage's first unit pre-activates both paths ("both_preact")
+            first = dict(both_preact=True) if self.preact else {}
+            blocks = [block(c, planes, stride, **kw, **first)]
             c = planes * block.expansion
             blocks += [block(c, planes, 1, **kw) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
@@ -96,6 +107,7 @@ class ResNet(GradCheckpointing, nn.Module):
         if self.preact:  # He et al. 2016: the last block's output is not normalised; do it here
             self.bn_final = norm_layer(norm, c)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.bias2 = Bias() if branch_scale == "fixup" else nn.Identity()  # Fixup: before the fc
         self.fc = nn.Linear(c, num_classes)
         self.num_features = c
 
@@ -136,9 +148,9 @@ class ResNet(GradCheckpointing, nn.Module):
         stages = [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
         units = stages if level == "stage" else [b for s in stages for b in s]
         take = take_indices(len(units) + 1, indices)
-        x = self.conv1(x)  # (B, C, H/r, W/r)
+        x = self.bias1(self.bn1(self.conv1(x)))  # (B, C, H/r, W/r)
         if not self.preact:
-            x = self.relu(self.bn1(x))
+            x = self.relu(x)
         stem, x = x, self.maxpool(x)
         stem = x if level == "block" else stem  # block level: point 0 is the first block's input
         segments = self.grad_checkpoint if level == "block" else 0
@@ -158,12 +170,36 @@ class ResNet(GradCheckpointing, nn.Module):
         return self.forward_intermediates(x, indices=(), level=level)[0]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, h, w) -> (B, num_classes)
-        """Global average pooling and the linear classifier."""
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        """Global average pooling and the linear classifier (Fixup: a scalar bias before it)."""
+        return self.fc(self.bias2(torch.flatten(self.avgpool(x), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
         """Class logits."""
         return self.forward_head(self.forward_features(x))
+
+
+def cifar_stages(depth: int, block: str | None, what: str) -> tuple[str, int]:
+    """(block kind, blocks per stage) of a three-stage CIFAR net of `depth` layers.
+
+    block: "basic" (depth 6n+2) or "bottleneck" (depth 9n+2). None follows He et al. 2016:
+    bottlenecks from depth 164 up (ResNet-164, -1001), basic blocks below (ResNet-110); a depth
+    that fits only one of the two forms uses that one.
+    """
+    fits = {
+        "basic": depth >= 8 and (depth - 2) % 6 == 0,
+        "bottleneck": depth >= 11 and (depth - 2) % 9 == 0,
+    }
+    if block is None:
+        block = (
+            "bottleneck" if fits["bottleneck"] and (depth >= 164 or not fits["basic"]) else "basic"
+        )
+    check_choice("block", block, tuple(fits))
+    if not fits[block]:
+        raise ValueError(
+            f"{what} depth must be 6n+2 for basic blocks (8, 14, 20, ...) "
+            "or 9n+2 for bottlenecks (11, 20, 29, ...)"
+        )
+    return block, (depth - 2) // (6 if block == "basic" else 9)
 
 
 def cifar_resnet(
@@ -172,22 +208,29 @@ def cifar_resnet(
     in_chans: int = 3,
     img_size: object = None,
     *,
-    shortcut: str = "A",
+    block: str | None = None,
+    shortcut: str | None = None,
+    stride_in_1x1: bool = True,
     **kwargs: Any,
 ) -> ResNet:
-    """CIFAR ResNet-`depth` (He et al. 2015, §4.2): depth = 6n+2, n basic blocks per stage.
-    `img_size` is ignored (the net takes any size)."""
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError("CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...)")
-    n = (depth - 2) // 6
+    """CIFAR ResNet-`depth` (He et al. 2015, §4.2), 16/32/64 planes per stage; `img_size` ignored.
+
+    block: see `cifar_stages` (basic blocks up to ResNet-110 and for ResNet-1202; bottlenecks for
+    ResNet-164, the "original" unit of He et al. 2016, Table 2). shortcut: None picks "A" for basic
+    blocks (§4.2) and "B" for bottlenecks (whose first unit widens 16 -> 64 channels).
+    stride_in_1x1: bottlenecks stride their first 1x1 conv, as the paper ("v1").
+    """
+    block, n = cifar_stages(depth, block, "CIFAR ResNet")
+    cls = BasicBlock if block == "basic" else Bottleneck
     return ResNet(
-        BasicBlock,
+        cls,
         [n] * 3,
         (16, 32, 64),
         num_classes=num_classes,
         in_chans=in_chans,
         stem="cifar",
-        shortcut=shortcut,
+        shortcut=shortcut or ("A" if block == "basic" else "B"),
+        stride_in_1x1=stride_in_1x1,
         **kwargs,
     )
 
@@ -235,32 +278,20 @@ def preact_resnet(
     img_size: object = None,
     *,
     block: str | None = None,
-    shortcut: str = "B",
+    shortcut: str | None = None,
+    stride_in_1x1: bool = True,
     **kwargs: Any,
 ) -> ResNet:
     """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): 16/32/64 planes per stage.
     `img_size` is ignored.
 
-    block: "basic" (depth 6n+2) or "bottleneck" (depth 9n+2). None follows the paper: bottlenecks
-    from depth 164 up (ResNet-164, -1001), basic blocks below (ResNet-110); a depth that fits only
-    one of the two forms uses that one.
+    block: see `cifar_stages` (bottlenecks from depth 164 up). shortcut: None picks "A" for basic
+    blocks (ResNet-110, as the CIFAR nets of He et al. 2015) and "B" for bottlenecks (a bare 1x1
+    conv where the shape changes, resnet-pre-act.lua). stride_in_1x1: bottlenecks stride their
+    first 1x1 conv, as resnet-pre-act.lua.
     """
-    fits = {
-        "basic": depth >= 8 and (depth - 2) % 6 == 0,
-        "bottleneck": depth >= 11 and (depth - 2) % 9 == 0,
-    }
-    if block is None:
-        block = (
-            "bottleneck" if fits["bottleneck"] and (depth >= 164 or not fits["basic"]) else "basic"
-        )
-    check_choice("block", block, tuple(fits))
-    if not fits[block]:
-        raise ValueError(
-            "pre-activation ResNet depth must be 6n+2 for basic blocks (8, 14, 20, ...) "
-            "or 9n+2 for bottlenecks (11, 20, 29, ...)"
-        )
-    cls, per_block = (PreActBasicBlock, 2) if block == "basic" else (PreActBottleneck, 3)
-    n = (depth - 2) // (3 * per_block)
+    block, n = cifar_stages(depth, block, "pre-activation ResNet")
+    cls = PreActBasicBlock if block == "basic" else PreActBottleneck
     return ResNet(
         cls,
         [n] * 3,
@@ -268,6 +299,7 @@ def preact_resnet(
         num_classes=num_classes,
         in_chans=in_chans,
         stem="cifar",
-        shortcut=shortcut,
+        shortcut=shortcut or ("A" if block == "basic" else "B"),
+        stride_in_1x1=stride_in_1x1,
         **kwargs,
     )

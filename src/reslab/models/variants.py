@@ -1,10 +1,12 @@
-"""Shortcut and activation variants of the two-layer residual unit (He et al. 2016, "Identity Mappings
-in Deep Residual Networks": §3.1, Fig. 2 and Table 1; §4.1, Fig. 4 and Table 2).
+"""Shortcut and activation variants of the residual unit (He et al. 2016, "Identity Mappings in Deep
+Residual Networks": §3.1, Fig. 2 and Table 1; §4.1, Fig. 4, Table 2 and the appendix).
 
 A unit computes x[l+1] = post(merge(h(x[l]), F(x[l]))). `apply(model, variant)` takes a built
-residual net made of two-layer units (CIFAR `resnet-N`, ImageNet `resnet18/34`, `resmlp-N`) and swaps
-every unit for a `Unit` that reuses that unit's own layers (same names, same initialisation), so the
-variants of one base differ only where the paper's figures differ:
+post-activation residual net (CIFAR `resnet-N` with basic blocks or, from depth 164, bottlenecks;
+ImageNet `resnet18..152`; `resmlp-N`) and swaps every unit for a `Unit` that reuses that unit's own
+layers (same names, same initialisation), so the variants of one base differ only where the paper's
+figures differ. Formulas for two-layer units; a bottleneck has three weight layers W1, W2, W3 and
+the same placements:
 
 shortcut variants (Fig. 2, Table 1; post = ReLU after the addition, as in the paper's §3):
   identity          h(x) + F(x)                      (a) the original unit
@@ -24,24 +26,38 @@ activation variants (Fig. 4, Table 2; identity shortcut; `identity` above is the
   relu-preact       x + BN(W2 relu(BN(W1 relu(x))))  (d) ReLU-only pre-activation
   full-preact       x + W2 relu(BN(W1 relu(BN(x))))  (e) full pre-activation
 
-W_g is a 1x1 conv (a Linear in an MLP) with a bias, initialised like the model's other layers, then its
-bias set to b_g. Where a unit changes shape (CIFAR stage transitions), h is the base net's own shortcut
-(option A: subsample and zero channels) and the variant acts on it; the gate sees x with the unit's
-stride. Pre-activation units (d, e) leave the sum unactivated, so the last unit gets an extra BN + ReLU
-after its addition (§4.1); the stem keeps its BN + ReLU, which is the paper's "first activation right
-after conv1". The registry builds them by name: `create_model("resmlp-34+gate-shortcut")` builds the
-base net with `base_overrides` and hands it to `apply`; this module knows nothing of names.
+W_g is a 1x1 conv (a Linear in an MLP) with a bias, initialised like the model's other layers,
+then its bias set to b_g. Where a unit changes shape (stage transitions), h is the base net's own
+shortcut (option A: subsample and zero channels; B: projection) and the variant acts on it; the gate
+sees x with the unit's stride.
+
+Pre-activation units (d, e) follow the authors' code (KaimingHe/resnet-1k-layers,
+resnet-pre-act.lua), so that "resnet-N+full-preact" is the net `preact_resnet-N` builds: the first
+unit takes the stem's BN + ReLU as its pre-activation ("the first activation right after conv1",
+appendix), so it applies none of its own; the first unit of every later stage pre-activates once
+and feeds both paths ("both_preact"); full-preact projections are bare 1x1 convs; the last unit
+gets an extra BN + ReLU after its addition (§4.1). The registry builds them by name:
+`create_model("resmlp-34+gate-shortcut")` builds the base net with `base_overrides` and hands it to
+`apply`; this module knows nothing of names.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from reslab.models.blocks import BasicBlock, MLPBlock, ResidualBlock, norm_layer
+from reslab.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    MLPBlock,
+    ResidualBlock,
+    check_choice,
+    norm_layer,
+)
 
 PLACEMENTS = ("original", "bn-after-add", "relu-before-add", "relu-preact", "full-preact")
 PREACT = ("relu-preact", "full-preact")
@@ -139,71 +155,114 @@ def norm_kind(module: nn.Module) -> str:
     return "group" if isinstance(module, nn.GroupNorm) else "none"
 
 
-class Unit(ResidualBlock):
-    """x[l+1] = post(merge(h(x[l]), F(x[l]))): a two-layer unit with a chosen merge and activation
-    placement, built from an existing `BasicBlock` or `MLPBlock` whose layers it takes over."""
+POSITIONS = ("after-stem", "stage-start", "inner")
 
-    def __init__(self, block: ResidualBlock, variant: Variant, last: bool = False) -> None:
+
+class Unit(ResidualBlock):
+    """x[l+1] = post(merge(h(x[l]), F(x[l]))): a unit with a chosen merge and activation placement,
+    built from an existing `BasicBlock`, `Bottleneck` or `MLPBlock` whose layers it takes over.
+
+    position (pre-activation placements only; see the module docstring): "after-stem" (the net's
+    first unit: the stem's BN + ReLU is its pre-activation), "stage-start" (pre-activates once and
+    feeds both paths), "inner" (pre-activates the residual path).
+    """
+
+    def __init__(
+        self, block: ResidualBlock, variant: Variant, last: bool = False, position: str = "inner"
+    ) -> None:
         super().__init__()
-        if type(block) not in (BasicBlock, MLPBlock) or block.fixup or block.shortcut == "none":
+        check_choice("position", position, POSITIONS)
+        plain_scale = isinstance(getattr(block, "scale", None), nn.Identity)
+        if type(block) not in (BasicBlock, Bottleneck, MLPBlock) or not plain_scale:
             raise ValueError(
-                f"variants need residual BasicBlocks or MLPBlocks without branch_scale; got {type(block).__name__}"
+                "variants need residual BasicBlocks, Bottlenecks or MLPBlocks without "
+                f"branch_scale; got {type(block).__name__}"
             )
+        if block.shortcut == "none":
+            raise ValueError("variants need residual blocks; got a plain block (shortcut='none')")
         self.shortcut, self.downsample = block.shortcut, block.downsample
         self.placement = variant.placement
         self.preact = variant.placement in PREACT  # no activation after the addition
-        self._layers, self._norms = block._layers, block._norms  # conv1/conv2 or fc1/fc2; bn1/bn2
-        w1, w2 = block.branch_layers()
-        n1, n2 = block.branch_norms()
-        for name, layer in zip(self._layers, (w1, w2), strict=True):  # the block's names
+        self.position = position if self.preact else "inner"
+        self.both_preact = self.position == "stage-start"
+        self._layers, self._norms = block._layers, block._norms  # conv1.. or fc1..; bn1..
+        layers, norms = block.branch_layers(), block.branch_norms()
+        for name, layer in zip(self._layers, layers, strict=True):  # the block's names
             setattr(self, name, layer)
-        conv = isinstance(w1, nn.Conv2d)
-        c_in, c_out = (
-            (w1.in_channels, w2.out_channels) if conv else (w1.in_features, w2.out_features)
-        )
-        stride = w1.stride[0] if conv else 1
-        kind, dims = norm_kind(n1), 2 if conv else 1
-        if self.placement == "full-preact":  # BN before W1 sees the input's channels
-            self.bn1, self.bn2 = norm_layer(kind, c_in, dims), n1
-        else:
-            self.bn1, self.bn2 = n1, n2
+        conv = isinstance(layers[0], nn.Conv2d)
+        c_in = layers[0].in_channels if conv else layers[0].in_features
+        c_out = layers[-1].out_channels if conv else layers[-1].out_features
+        stride = math.prod(layer.stride[0] for layer in layers) if conv else 1
+        kind, dims = norm_kind(norms[0]), 2 if conv else 1
+        if self.placement == "full-preact":
+            # norm i comes before layer i: a new one over the input (none after the stem, whose
+            # BN + ReLU is this unit's), then the block's first k-1; its last one is not used
+            first = nn.Identity() if position == "after-stem" else norm_layer(kind, c_in, dims)
+            norms = [first, *norms[:-1]]
+            if self.projects:  # resnet-pre-act.lua: the projection is a bare 1x1 conv
+                self.downsample = nn.Sequential(self.downsample[0])
+        for name, norm in zip(self._norms, norms, strict=True):
+            setattr(self, name, norm)
         self.merge_paths = _merge(variant, c_in, c_out, stride, conv)
         self.relu = nn.ReLU()
         last_act = self.preact and last
         self.final = nn.Sequential(norm_layer(kind, c_out, dims), nn.ReLU()) if last_act else None
 
+    def preactivate(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-activation of the unit input: relu(BN(x)) (full) or relu(x) (ReLU-only)."""
+        return self.relu(self.bn1(x)) if self.placement == "full-preact" else self.relu(x)
+
+    def shortcut_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.preactivate(x) if self.both_preact else x
+
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        """F(x), with the norms and ReLUs where the placement puts them (Fig. 4)."""
-        (w1, w2), relu, p = self.branch_layers(), self.relu, self.placement
-        if p == "full-preact":
-            return w2(relu(self.bn2(w1(relu(self.bn1(x))))))
-        if p == "relu-preact":
-            return self.bn2(w2(relu(self.bn1(w1(relu(x))))))
-        out = w2(relu(self.bn1(w1(x))))
+        """F(x), with the norms and ReLUs where the placement puts them (Fig. 4). A pre-activation
+        unit whose input is pre-activated already (`position` not "inner") skips its first one."""
+        ws, ns, relu, p = self.branch_layers(), self.branch_norms(), self.relu, self.placement
+        skip = self.position != "inner"
+        if p == "full-preact":  # W_k relu(BN_k(... W_1 relu(BN_1(x))))
+            for i, (w, n) in enumerate(zip(ws, ns, strict=True)):
+                x = w(x if i == 0 and skip else relu(n(x)))
+            return x
+        if p == "relu-preact":  # BN_k(W_k relu(... BN_1(W_1 relu(x))))
+            x = x if skip else relu(x)
+            for i, (w, n) in enumerate(zip(ws, ns, strict=True)):
+                x = n(w(x if i == 0 else relu(x)))
+            return x
+        for w, n in zip(ws[:-1], ns[:-1], strict=True):
+            x = relu(n(w(x)))
+        x = ws[-1](x)
         if p == "bn-after-add":
-            return out  # its BN comes after the addition
-        out = self.bn2(out)
-        return relu(out) if p == "relu-before-add" else out
+            return x  # its BN comes after the addition
+        x = ns[-1](x)
+        return relu(x) if p == "relu-before-add" else x
 
     def post(self, y: torch.Tensor) -> torch.Tensor:
         """What follows the addition: ReLU (a), BN + ReLU (b), nothing (c, d, e; last unit BN + ReLU)."""
         if self.placement == "original":
             return self.relu(y)
         if self.placement == "bn-after-add":
-            return self.relu(self.bn2(y))
+            return self.relu(self.branch_norms()[-1](y))
         return y if self.final is None else self.final(y)
 
+    @property
+    def relu_after_add(self) -> bool:
+        return self.placement == "original"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, C_out, H/s, W/s)
+        if self.both_preact:  # a stage's first unit pre-activates both paths
+            x = self.preactivate(x)
         s = x if self.downsample is None else self.downsample(x)  # h(x)
         return self.post(self.merge_paths(s, self.branch(x), x))
 
     def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
         """The unit with F deleted (F = 0): what is left is the shortcut path and the post-activation."""
+        x = self.shortcut_input(x)
         s = x if self.downsample is None else self.downsample(x)
         return self.post(self.merge_paths(s, torch.zeros_like(s), x))
 
     def extra_repr(self) -> str:
-        return f"placement={self.placement!r}"
+        return f"placement={self.placement!r}, position={self.position!r}"
 
 
 def _merge(v: Variant, c_in: int, c_out: int, stride: int, conv: bool) -> nn.Module:
@@ -231,7 +290,7 @@ def base_overrides(variant: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply(model: nn.Module, variant: str) -> nn.Module:
-    """`model`, a residual net of two-layer units built with `base_overrides(variant, ...)`, with every
+    """`model`, a post-activation residual net built with `base_overrides(variant, ...)`, with every
     unit made the `variant`, in place (the units keep their layers); returns `model`."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
@@ -240,6 +299,9 @@ def apply(model: nn.Module, variant: str) -> nn.Module:
         base = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"variants need a residual base net (resnet-N, resmlp-N); got {base!r}")
     for i, name in enumerate(names):
-        unit = Unit(model.get_submodule(name), VARIANTS[variant], last=i == len(names) - 1)
+        # the first unit follows the stem; a stage's first unit is the first child of its stage
+        position = "after-stem" if i == 0 else "stage-start" if name.endswith(".0") else "inner"
+        block = model.get_submodule(name)
+        unit = Unit(block, VARIANTS[variant], last=i == len(names) - 1, position=position)
         model.set_submodule(name, unit)
     return model
