@@ -4,25 +4,33 @@ He et al. 2015 (§3.1): "if identity mappings are optimal, the solvers may simpl
 the multiple nonlinear layers toward zero to approach identity mappings"; a residual block computes
 a[l+2] = g(z[l+2] + a[l]), so with z[l+2] = 0 it gives g(a[l]) = a[l] for the non-negative a[l] that a
 ReLU g leaves behind (and a[l] itself for pre-activation blocks, which have no g after the addition).
-Three checks:
+Two checks of construction, which hold by how the blocks are built (they test the code, not a claim
+about learning), and one measurement:
 
-1. Structure. Zero every residual branch of a freshly built net and run real images through it:
-   "norm" zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net without
-   norms), "rezero"/"skipinit" set the branch scale alpha to 0 (Bachlechner et al. 2020; De & Smith
-   2020). Every block whose shortcut is the identity must output its input exactly (torch.equal, fp32,
-   train and eval mode); a block that changes shape must output g(shortcut(input)). The plain twin
-   with the same zeroed weights (`to_plain`) must output exactly zero after every block, so its logits
-   are the same for every input.
-2. Learning. Stacks of fully connected blocks (`resmlp-N` / `plainmlp-N` blocks, default init) are
-   trained to fit the identity map on random non-negative data (|N(0, 1)|); the loss each reaches is
-   reported relative to the data's mean square (1 = as bad as outputting zero), on held-out data.
-3. Appending. A shallow residual net is trained on the data with the engine (an ordinary run folder);
-   then k blocks are appended after its last block: zero-initialised residual blocks
-   (zero_init_residual) leave every logit exactly as it was, so the accuracy is unchanged before any
-   further training, while plain blocks with the default init (and, for comparison, residual blocks
-   with the default init) change the predictions.
+1. Structure (construction). Zero every residual branch of a freshly built net and run real images
+   through it: "norm" zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net
+   without norms), "rezero"/"skipinit" set the branch scale alpha to 0 (Bachlechner et al. 2020; De &
+   Smith 2020). Every block whose shortcut is the identity must output its input exactly (torch.equal,
+   fp32, train and eval mode); a block whose shortcut is not (option A where the shape changes, a
+   pre-activation stage's first unit, which pre-activates both paths) must output its own
+   `shortcut_path`. The plain twin with the same zeroed weights (`to_plain`) must output exactly zero
+   after every block, so its logits are the same for every input.
+2. Learning the identity (the measurement). Plain and residual stacks of fully connected blocks
+   (`plainmlp-N` / `resmlp-N` blocks) are trained to output their input on random non-negative data
+   (|N(0, 1)|), like with like: the same initial weights (same seed, same parameter names: He normal,
+   BN weight 1 and bias 0), data, batches, Adam steps and cosine schedule. No weight decay: decoupled
+   (AdamW) decay pulls a residual branch toward zero, i.e. the block toward the identity, but a plain
+   layer toward zero, i.e. the block toward outputting nothing, so it favours the residual arm before
+   anything is learned; `fit_weight_decay` > 0 adds both arms again with it, shown apart from the
+   verdict. The loss each reaches is reported relative to the data's mean square (1 = as bad as
+   outputting zero), on held-out data.
+3. Appending (construction). A shallow residual net is trained on the data with the engine (an
+   ordinary run folder); then k blocks are appended after its last block: zero-initialised residual
+   blocks (zero_init_residual) leave every logit exactly as it was, so the accuracy is unchanged before
+   any further training. Plain blocks and residual blocks with the default init are appended too, for
+   contrast; they start from another init, so they are shown, not judged.
 
-`measure.py` holds the three checks. Results go to `results/{structure,fit,append}.json`; `report.py`
+`measure.py` holds the three parts. Results go to `results/{structure,fit,append}.json`; `report.py`
 turns them into summary.json (verdict from the numbers), figures and report.html.
 """
 
@@ -44,7 +52,8 @@ from reslab.training.config import TrainConfig
 
 @dataclass(frozen=True)
 class IdentityConfig(base.StudyConfig):
-    """The three checks: structure (zeroed branches), learning the identity, appending blocks."""
+    """Two checks of construction (zeroed branches, appended zero-init blocks) and one measurement
+    (plain and residual stacks learning the identity)."""
 
     family: str = field(
         default="mlp", metadata={"help": f"model family: {', '.join(FAMILY_SHAPE)}"}
@@ -62,10 +71,16 @@ class IdentityConfig(base.StudyConfig):
     )
     fit_width: int = field(default=64, metadata={"help": "check 2: width of the stacks"})
     fit_samples: int = field(default=1024, metadata={"help": "check 2: random training vectors"})
-    fit_steps: int = field(default=1000, metadata={"help": "check 2: AdamW steps"})
+    fit_steps: int = field(default=1000, metadata={"help": "check 2: Adam steps"})
     fit_batch: int = field(default=128, metadata={"help": "check 2: batch size"})
     fit_lr: float = field(default=0.01, metadata={"help": "check 2: peak learning rate (cosine)"})
-    fit_weight_decay: float = field(default=0.1, metadata={"help": "check 2: AdamW weight decay"})
+    fit_weight_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "check 2: > 0 adds plain and residual arms with this decoupled (AdamW) weight "
+            "decay, shown apart: it pulls a residual block toward the identity, a plain one to zero"
+        },
+    )
     base_depth: int = field(default=4, metadata={"help": "check 3: depth of the trained net"})
     base_iters: int = field(default=300, metadata={"help": "check 3: its training iterations"})
     append: tuple[int, ...] = field(
@@ -90,6 +105,8 @@ class IdentityConfig(base.StudyConfig):
         for name in ("fit_width", "fit_samples", "fit_steps", "fit_batch", "base_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.fit_weight_decay >= 0:
+            raise ValueError(f"fit_weight_decay must be >= 0, got {self.fit_weight_decay}")
         if self.fit_batch > self.fit_samples:
             raise ValueError(f"fit_batch ({self.fit_batch}) must be <= fit_samples")
         # fail before any work if a depth is invalid for the family
@@ -158,7 +175,8 @@ MUST_MATCH = ("data", "family", "seed", "width", "base_depth", "base_iters", "re
 
 
 def run(cfg: IdentityConfig) -> dict:
-    """Run the three checks, write results/*.json, summary.json, figures and report.html."""
+    """Run the two checks of construction and the measurement, write results/*.json, summary.json,
+    figures and report.html."""
     from reslab.data import Loader, load_dataset
 
     folder = base.study_dir(cfg)
@@ -179,15 +197,15 @@ def run(cfg: IdentityConfig) -> dict:
     runs.write_json(
         folder / RESULTS / "structure.json", measure.structure(cfg, x, len(data.classes))
     )
-    _say(f"1 structure: {len(cfg.methods)} ways of zeroing the branches checked", t0)
+    _say(f"1 structure (construction): {len(cfg.methods)} ways of zeroing the branches", t0)
     runs.write_json(folder / RESULTS / "fit.json", measure.fit(cfg, device))
-    _say(f"2 fit the identity: depths {list(cfg.fit_depths)}", t0)
+    _say(f"2 measurement, learning the identity: depths {list(cfg.fit_depths)}", t0)
     (trained,) = base.train_grid([base_cfg])
     if trained["status"] == "completed":  # a diverged net is not appended to; the report names it
         runs.write_json(
             folder / RESULTS / "append.json", measure.append(cfg, base_cfg, trained, device)
         )
-        _say(f"3 append blocks: k = {list(cfg.append)}", t0)
+        _say(f"3 append blocks (construction): k = {list(cfg.append)}", t0)
     return base.finish(STUDY, folder, t0)
 
 
@@ -197,7 +215,7 @@ def _say(what: str, t0: float) -> None:
 
 STUDY = base.Study(
     name="identity",
-    help="zeroed residual branches are exact identities; learning and appending them (He et al. 2015)",
+    help="does a residual block learn the identity more easily than a plain one? (He et al. 2015)",
     config=IdentityConfig,
     presets=PRESETS,
     run=run,

@@ -1,10 +1,11 @@
-"""The identity study's three checks, each a function of the study config that returns its results.
+"""The identity study's three parts, each a function of the study config that returns its results.
 
-1. `structure`: zero every residual branch of a freshly built net (`zero_branches`, by one of
-   METHODS) and count exact equalities on real images (`structural_check`).
-2. `fit`: stacks of fully connected blocks trained to output their input (`fit_identity`).
-3. `append`: blocks appended after the last block of a trained net (`fresh_blocks`), before any
-   further training.
+1. `structure` (a check of construction): zero every residual branch of a freshly built net
+   (`zero_branches`, by one of METHODS) and count exact equalities on real images (`structural_check`).
+2. `fit` (the measurement): plain and residual stacks of fully connected blocks, from the same initial
+   weights and with the same optimiser, trained to output their input (`fit_identity`).
+3. `append` (a check of construction): blocks appended after the last block of a trained net
+   (`fresh_blocks`), before any further training.
 """
 
 from __future__ import annotations
@@ -88,15 +89,18 @@ def _block_io(model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
     return seen, logits
 
 
-def _g(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The activation after the addition: ReLU for post-activation blocks, none for pre-activation."""
-    return x if getattr(block, "preact", False) else F.relu(x)
+def _is_identity(block: nn.Module) -> bool:
+    """Whether the block's shortcut carries its input itself: no shortcut module, and not a
+    pre-activation unit whose shortcut sees relu(bn1(x)) (`both_preact`, a stage's first unit)."""
+    return block.downsample is None and not block.both_preact
 
 
 @torch.no_grad()
 def structural_check(model: nn.Module, x: torch.Tensor) -> dict:
     """Run `x` through `model` (branches already zeroed) and its plain twin, in eval and train mode,
-    and count exact equalities (see the module docstring)."""
+    and count exact equalities (see the module docstring). The blocks whose shortcut is not the
+    identity (option A, `both_preact`; projections are left out) must give the block's own
+    `shortcut_path`."""
     from reslab.models import to_plain
 
     out: dict[str, Any] = {"modes": {}}
@@ -105,15 +109,15 @@ def structural_check(model: nn.Module, x: torch.Tensor) -> dict:
         plain.train(mode == "train")
         seen, _ = _block_io(res, x)
         seen_plain, logits_plain = _block_io(plain, x)
-        ident = [(b, a, o) for b, a, o in seen if b.downsample is None]
-        shaped = [(b, a, o) for b, a, o in seen if b.downsample is not None and not b.projects]
+        ident = [(b, a, o) for b, a, o in seen if _is_identity(b)]
+        shaped = [(b, a, o) for b, a, o in seen if not _is_identity(b) and not b.projects]
         out["modes"][mode] = {
             "blocks": len(seen),
             "identity_blocks": len(ident),
             "identity_exact": sum(torch.equal(o, a) for _, a, o in ident),
             "max_abs_diff": max((float((o - a).abs().max()) for _, a, o in ident), default=0.0),
             "shape_blocks": len(shaped),
-            "shape_exact": sum(torch.equal(o, _g(b, b.downsample(a))) for b, a, o in shaped),
+            "shape_exact": sum(torch.equal(o, b.shortcut_path(a)) for b, a, o in shaped),
             "projection_blocks": sum(b.projects for b, _, _ in seen),
             "plain_zero_blocks": sum(not o.any().item() for _, _, o in seen_plain),
             "plain_constant_output": torch.equal(
@@ -122,14 +126,15 @@ def structural_check(model: nn.Module, x: torch.Tensor) -> dict:
             "residual_norms": [_mean_norm(o) for _, _, o in seen],
             "plain_norms": [_mean_norm(o) for _, _, o in seen_plain],
         }
-    block = next((b for b, _, _ in seen if b.downsample is None), None)
+    block = next((b for b, _, _ in seen if _is_identity(b)), None)
     if block is not None:  # a signed input: the block gives g(a), which is a only where a >= 0
         a = torch.randn_like(next(a for b, a, _ in seen if b is block))
         o = block.eval()(a)
+        g = torch.relu if block.relu_after_add else (lambda t: t)
         out["signed_input"] = {
-            "g": "identity" if getattr(block, "preact", False) else "relu",
+            "g": "relu" if block.relu_after_add else "identity",
             "equals_input": torch.equal(o, a),
-            "equals_g_of_input": torch.equal(o, _g(block, a)),
+            "equals_g_of_input": torch.equal(o, g(a)),
         }
     return out
 
@@ -153,19 +158,34 @@ def structure(cfg, x: torch.Tensor, num_classes: int) -> dict:
 # ---------------------------------------------------------------------------------------------- check 2
 
 
-def fit_identity(arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tensor) -> dict:
-    """Train a stack of `depth` weight layers (depth / 2 fully connected blocks) to output its input.
-
-    Loss = mean squared error / mean square of the data; the final one on `x_test`, with batch
-    statistics over the whole held-out set (the mode the stack is trained in)."""
+def identity_stack(arch: str, depth: int, cfg) -> nn.Sequential:
+    """The blocks of a `depth`-layer plain or residual MLP (stem and classifier left out), built from
+    seed `cfg.seed`: plain and residual twins share parameter names, so they start from the same
+    weights (He normal, BN weight 1 and bias 0)."""
     from reslab.models import create_model
     from reslab.studies.base import model_name
 
     torch.manual_seed(cfg.seed)
-    name = model_name("mlp", arch, depth + 2)  # the stem and classifier are left out
-    blocks = create_model(name, 1, 1, 1, width=cfg.fit_width).residual_blocks()
-    stack = nn.Sequential(*blocks).to(x.device).train()  # (B, width) -> (B, width)
-    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.fit_lr, weight_decay=cfg.fit_weight_decay)
+    name = model_name("mlp", arch, depth + 2)
+    return nn.Sequential(*create_model(name, 1, 1, 1, width=cfg.fit_width).residual_blocks())
+
+
+def same_init(depth: int, cfg) -> bool:
+    """Whether the plain and residual stacks of `depth` layers start from identical weights."""
+    a, b = (identity_stack(arch, depth, cfg).state_dict() for arch in ("plain", "residual"))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def fit_identity(
+    arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tensor, weight_decay: float = 0.0
+) -> dict:
+    """Train a stack of `depth` weight layers (depth / 2 fully connected blocks) to output its input,
+    with Adam (AdamW with `weight_decay`, decoupled) and a cosine schedule.
+
+    Loss = mean squared error / mean square of the data; the final one on `x_test`, with batch
+    statistics over the whole held-out set (the mode the stack is trained in)."""
+    stack = identity_stack(arch, depth, cfg).to(x.device).train()  # (B, width) -> (B, width)
+    opt = torch.optim.AdamW(stack.parameters(), lr=cfg.fit_lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.fit_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     scale = x.pow(2).mean()
@@ -185,8 +205,10 @@ def fit_identity(arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tens
         final = (F.mse_loss(stack(x_test), x_test) / x_test.pow(2).mean()).item()
     return {
         "arch": arch,
+        "arm": arch if not weight_decay else f"{arch}, weight decay {weight_decay:g}",
+        "weight_decay": weight_decay,
         "depth": depth,
-        "blocks": len(blocks),
+        "blocks": len(stack),
         "final_loss": final,
         "train_loss": sum(recent) / len(recent),
         "curve": curve,
@@ -194,16 +216,23 @@ def fit_identity(arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tens
 
 
 def fit(cfg, device: torch.device) -> dict:
-    """Check 2 for every depth, plain and residual, on the same random data."""
+    """The measurement, for every depth: plain and residual stacks from the same initial weights, on
+    the same random data and batches, without weight decay; with `fit_weight_decay` > 0 both again
+    with that (decoupled) decay, as arms of their own that the verdict leaves out."""
     gen = torch.Generator().manual_seed(cfg.seed)
     x, x_test = torch.randn(2, cfg.fit_samples, cfg.fit_width, generator=gen).abs().to(device)
+    decays = (0.0, cfg.fit_weight_decay) if cfg.fit_weight_decay else (0.0,)
     results = [
-        fit_identity(arch, depth, cfg, x, x_test)
+        fit_identity(arch, depth, cfg, x, x_test, wd)
+        for wd in decays
         for depth in cfg.fit_depths
         for arch in ("plain", "residual")
     ]
     keys = ("fit_width", "fit_samples", "fit_steps", "fit_batch", "fit_lr", "fit_weight_decay")
-    return {k: getattr(cfg, k) for k in keys} | {"results": results}
+    return {k: getattr(cfg, k) for k in keys} | {
+        "same_init": {str(d): same_init(d, cfg) for d in cfg.fit_depths},
+        "results": results,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- check 3

@@ -47,41 +47,46 @@ def plot_structure(structure: dict, path: str | Path) -> Path:
 
 
 def plot_fit(fit: dict, path: str | Path) -> Path:
-    """Final relative loss against depth, and the training curves of each arch (log y)."""
+    """Final relative loss against depth, and the training curves of each arch (log y); arms with
+    weight decay (not judged) dashed."""
     results = fit["results"]
     colors = figures.depth_colors([r["depth"] for r in results])
     with figures.style():
         fig, axes = figures.figure(3, width=4.0, height=3.4)
         ax = axes[0]
-        for arch in ("plain", "residual"):
-            rs = sorted((r for r in results if r["arch"] == arch), key=lambda r: r["depth"])
+        arms = dict.fromkeys((r.get("arm", r["arch"]), r["arch"]) for r in results)
+        for arm, arch in arms:
+            rs = sorted((r for r in results if r.get("arm", arch) == arm), key=lambda r: r["depth"])
             ax.plot(
                 [r["depth"] for r in rs],
                 [max(r["final_loss"], 1e-12) for r in rs],
                 marker="o",
                 color=figures.ARCH_COLORS[arch],
+                ls="--" if rs[0].get("weight_decay") else "-",
                 lw=2,
-                label=arch,
+                label=arm,
             )
         figures.depth_axis(ax, [r["depth"] for r in results])
         ax.set_yscale("log")
         ax.set_ylabel("MSE / mean square of the data")
         ax.set_title("loss reached (held-out data)")
-        ax.legend()
+        ax.legend(fontsize=7.5)
         for ax, arch in zip(axes[1:], ("plain", "residual"), strict=True):
             for r in results:
                 if r["arch"] == arch:
                     step, loss = np.asarray(r["curve"], dtype=float).T
+                    decay = bool(r.get("weight_decay"))
                     ax.plot(
                         step,
                         np.maximum(loss, 1e-12),
                         color=colors[r["depth"]],
-                        label=f"{r['depth']} layers",
+                        ls="--" if decay else "-",
+                        label=f"{r['depth']} layers" + (", decay" if decay else ""),
                     )
             ax.set_yscale("log")
             ax.set_xlabel("step")
             ax.set_title(f"{arch} stacks: training loss")
-            ax.legend()
+            ax.legend(fontsize=7.5)
         axes[2].sharey(axes[1])
         return figures.save(fig, path)
 

@@ -1,23 +1,33 @@
 """Report for the identity study (He et al. 2015, §3.1: a block can learn the identity by setting its
-weights to zero): zeroed branches are exact identities, learning the identity, appending blocks.
+weights to zero): one measurement, learning the identity, and two checks of construction, zeroed
+branches and appended zero-init blocks.
 
 Works from the study folder alone: `study.json`, `results/{structure,fit,append}.json` written by
 `reslab.studies.identity` and the run folder of check 3 under `runs/`. `build_report(study_dir)` writes
 summary.json, structure.png, fit.png, append.png and report.html.
 
-Verdict rules:
-  structure  shown when, for every zeroing method and in both eval and train mode, every block with an
-             identity shortcut outputs its input exactly (torch.equal), every shape-changing block
-             outputs g(shortcut(input)) exactly, every block of the plain twin outputs exactly zero and
-             the plain twin's logits are the same for every input.
-  fit        per depth, the residual stack's final loss must be below the plain stack's by at least
-             FACTOR (= 2); shown at every depth -> shown, at some -> partly.
-  append     shown when appended zero-init residual blocks leave every logit equal (hence no prediction
-             changed) for every k, and appended plain blocks raise the test error at least half way from
-             the trained net's error to chance (1 - 1/classes) for every k.
-Status: "shown" (all three), "partly" (some), "not_shown" (none). A part without results counts as
-not shown and is named ("Not run yet"); when the training of check 3 diverged, no blocks are appended
-(that part has no results) and the text names the run, its step and its last finite loss.
+The measurement (`judge_fit`; the study's status). Per depth, from the held-out relative losses of the
+plain and residual stacks trained without weight decay (arms with weight decay are shown, not judged):
+    ratio = max(plain, FLOOR) / max(residual, FLOOR)        FLOOR = 1e-3, FACTOR = 2
+    residual easier if ratio >= FACTOR, plain easier if ratio <= 1 / FACTOR, else tied.
+FLOOR: a relative loss of 0.1% (an rms error of about 3% of the data's) is a fit of the identity;
+below it the two arms are not told apart. FACTOR: a loss at least halved, beyond the changes a seed
+makes to a stack this size.
+Status: "shown" (residual easier at every depth), "partly" (at some depths, plain easier at none),
+"not_shown" (tied at every depth), "reversed" (plain easier at some depth), "insufficient" (no depth
+with both arms, or the two arms did not start from the same weights: not like with like).
+
+The checks of construction (`judge_structure`, `judge_append`; "holds" or "broken", or "not run"):
+they hold by how the blocks are built, so they test the code, never the claim.
+  structure  holds when, for every zeroing method and in both eval and train mode, every block with
+             an identity shortcut outputs its input exactly (torch.equal), every other block
+             without a projection outputs its own shortcut path exactly, every block of the plain
+             twin outputs exactly zero and the plain twin's logits are the same for every input.
+  append     holds when appended zero-init residual blocks leave every logit equal (hence no
+             prediction changed) for every k. The plain and default-init residual blocks appended
+             beside them start from another init, so their errors are shown for contrast only.
+When the training of check 3 diverged, no blocks are appended (that check is "not run") and the text
+names the run, its step and its last finite loss.
 """
 
 from __future__ import annotations
@@ -27,12 +37,15 @@ from pathlib import Path
 from reslab.report import figures
 from reslab.report.html import Page, fmt_pct, join_values
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
-from reslab.studies.stats import finite_tree
+from reslab.studies.stats import finite_or_none, finite_tree
 from reslab.training import runs
 
 PARTS = ("structure", "fit", "append")
+CONSTRUCTION = ("structure", "append")
 RESULTS = "results"  # <study>/results/<part>.json
 FACTOR = 2.0
+FLOOR = 1e-3
+CALLS = {"residual": "residual easier", "plain": "plain easier", "tied": "tied"}  # per depth
 # the blocks appended in check 3, as the results name them, with their colours in the figure
 ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
 VARIANT_COLORS = {
@@ -41,9 +54,11 @@ VARIANT_COLORS = {
     RESIDUAL: "#7f8c8d",
 }
 _LABELS = {
-    "shown": ("identity shown", "good"),
+    "shown": ("residual learns the identity more easily", "good"),
     "partly": ("partly shown", "warn"),
-    "not_shown": ("not shown", "warn"),
+    "not_shown": ("not shown: tied", "warn"),
+    "reversed": ("plain learns it more easily", "warn"),
+    "insufficient": ("insufficient", "neutral"),
 }
 
 
@@ -61,6 +76,7 @@ def collect(study_dir: str | Path) -> dict:
 
 
 def judge_structure(structure: dict) -> dict:
+    """The zeroed-branch check of construction (rule in the module docstring)."""
     failures = []
     for method, r in structure["methods"].items():
         for mode, m in r["modes"].items():
@@ -70,7 +86,7 @@ def judge_structure(structure: dict) -> dict:
                 )
             if m["shape_exact"] != m["shape_blocks"]:
                 failures.append(
-                    f"{method}/{mode}: {m['shape_exact']}/{m['shape_blocks']} shape-changing blocks exact"
+                    f"{method}/{mode}: {m['shape_exact']}/{m['shape_blocks']} other shortcut blocks exact"
                 )
             if m["plain_zero_blocks"] != m["blocks"] or not m["plain_constant_output"]:
                 failures.append(
@@ -83,80 +99,104 @@ def judge_structure(structure: dict) -> dict:
         if not failures
         else f"not every zeroed block is exact: {'; '.join(failures)}"
     )
-    return {"shown": not failures, "failures": failures, "text": text}
-
-
-def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
-    depths = sorted({r["depth"] for r in fit["results"]})
-    rows = []
-    for d in depths:
-        loss = {r["arch"]: r["final_loss"] for r in fit["results"] if r["depth"] == d}
-        if "plain" in loss and "residual" in loss:
-            ok = loss["residual"] * factor <= loss["plain"]
-            rows.append(
-                {"depth": d, "plain": loss["plain"], "residual": loss["residual"], "better": ok}
-            )
-    better = [r["better"] for r in rows]
-    text = "fitting the identity, residual stacks reach relative loss " + ", ".join(
-        f"{r['residual']:.3g} vs plain {r['plain']:.3g} ({r['depth']} layers)" for r in rows
-    )
-    worse = [str(r["depth"]) for r in rows if not r["better"]]
-    if worse:
-        text += f" (not {factor:g}x lower at {', '.join(worse)} layers)"
-    return {
-        "shown": bool(better) and all(better),
-        "some": any(better),
-        "depths": rows,
-        "text": text,
-    }
+    return {"holds": not failures, "failures": failures, "text": text}
 
 
 def judge_append(append: dict) -> dict:
+    """The appended-blocks check of construction (rule in the module docstring)."""
     base, chance = append["base_test_error"], append["chance_error"]
     res = [r for r in append["results"] if r["variant"] == ZERO_INIT]
     plain = [r for r in append["results"] if r["variant"] == PLAIN]
     unchanged = bool(res) and all(r["logits_equal"] and r["changed_predictions"] == 0 for r in res)
-    destroyed = bool(plain) and all(r["test_error"] >= base + 0.5 * (chance - base) for r in plain)
     ks = ", ".join(str(r["k"]) for r in res)
     text = (
         f"appending k = {ks} zero-init residual blocks to the trained {append['base_model']} "
         f"({fmt_pct(base)} test error) {'leaves every logit unchanged' if unchanged else 'changes the logits'}"
-        f", while appended plain blocks give {', '.join(fmt_pct(r['test_error']) for r in plain)} "
-        f"(chance {fmt_pct(chance)})"
+        f" (plain blocks at their default init, for contrast: "
+        f"{', '.join(fmt_pct(r['test_error']) for r in plain)}; chance {fmt_pct(chance)})"
     )
-    return {
-        "shown": unchanged and destroyed,
-        "unchanged": unchanged,
-        "destroyed": destroyed,
-        "text": text,
-    }
+    return {"holds": unchanged, "text": text}
+
+
+def fit_call(plain: float | None, residual: float | None, factor: float = FACTOR) -> str:
+    """ "residual" or "plain" (the arm that reached a loss `factor` times lower, losses below FLOOR
+    counted as FLOOR) or "tied"; a non-finite loss (None) loses to a finite one."""
+    if plain is None or residual is None:
+        return "tied" if plain is residual else "residual" if plain is None else "plain"
+    ratio = max(plain, FLOOR) / max(residual, FLOOR)
+    return "residual" if ratio >= factor else "plain" if ratio <= 1 / factor else "tied"
+
+
+def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
+    """The measurement (rule in the module docstring), from the arms without weight decay."""
+    same = fit.get("same_init", {})
+    rows = []
+    for d in sorted({r["depth"] for r in fit["results"]}):
+        loss = {
+            r["arch"]: finite_or_none(r["final_loss"])
+            for r in fit["results"]
+            if r["depth"] == d and not r.get("weight_decay")
+        }
+        if "plain" in loss and "residual" in loss:
+            call = fit_call(loss["plain"], loss["residual"], factor)
+            row = {"depth": d, "plain": loss["plain"], "residual": loss["residual"], "call": call}
+            rows.append(row | {"same_init": same.get(str(d))})
+    calls = [r["call"] for r in rows]
+    unlike = [str(r["depth"]) for r in rows if r["same_init"] is False]
+    if not rows or unlike:
+        status = "insufficient"
+    elif "plain" in calls:
+        status = "reversed"
+    elif all(c == "residual" for c in calls):
+        status = "shown"
+    else:
+        status = "partly" if "residual" in calls else "not_shown"
+    text = "learning the identity, residual stacks reach relative loss " + ", ".join(
+        f"{_fmt(r['residual'])} vs plain {_fmt(r['plain'])} ({r['depth']} layers: {CALLS[r['call']]})"
+        for r in rows
+    )
+    if unlike:
+        text += (
+            f"; not like with like: the arms start from other weights at {', '.join(unlike)} layers"
+        )
+    return {"status": status, "depths": rows, "text": text}
+
+
+def judge_construction(results: dict) -> dict:
+    """Both checks of construction: "holds", "broken", or "not run" when neither has results."""
+    parts = {p: {"structure": judge_structure, "append": judge_append}[p](results[p])
+             for p in CONSTRUCTION if p in results}  # fmt: skip
+    status = (
+        "not run" if not parts else "holds" if all(v["holds"] for v in parts.values()) else "broken"
+    )
+    missing = [p for p in CONSTRUCTION if p not in parts]
+    lead = {"holds": "Checks of construction hold", "broken": "A check of construction fails",
+            "not run": "Checks of construction not run"}[status]  # fmt: skip
+    text = f"{lead}: " + "; ".join(v["text"] for v in parts.values())
+    text += f" (not run: {', '.join(missing)})." if missing else "."
+    return {"status": status, "text": text, **parts}
 
 
 def verdict(results: dict) -> dict:
-    """Judge each part present from its numbers (rules in the module docstring)."""
-    judges = {"structure": judge_structure, "fit": judge_fit, "append": judge_append}
-    parts = {p: judges[p](results[p]) for p in PARTS if p in results}
-    shown = [v["shown"] for v in parts.values()]
-    status = (
-        "shown"
-        if shown and all(shown) and len(parts) == 3
-        else "partly"
-        if any(shown)
-        else "not_shown"
-    )
-    lead = {"shown": "Identity shown:", "partly": "Partly shown:", "not_shown": "Not shown:"}[
-        status
-    ]
-    text = f"{lead} {'; '.join(v['text'] for v in parts.values())}."
-    missing = [p for p in PARTS if p not in parts]
-    if missing:
-        text += f" Not run yet: {', '.join(missing)}."
+    """The measurement's status and text, with the checks of construction apart."""
+    if "fit" in results:
+        fit = judge_fit(results["fit"])
+    else:
+        fit = {"status": "insufficient", "depths": [], "text": "the measurement has not run yet"}
+    lead = {
+        "shown": "A residual block learns the identity more easily:",
+        "partly": "Partly shown:",
+        "not_shown": "Not shown:",
+        "reversed": "Reversed, plain stacks learn the identity more easily:",
+        "insufficient": "Cannot judge:",
+    }[fit["status"]]
     return {
-        "status": status,
-        "text": text,
-        "rule": f"fit: residual loss x {FACTOR:g} <= plain loss; "
-        "append: plain error >= base + (chance - base) / 2",
-        **parts,
+        "status": fit["status"],
+        "text": f"{lead} {fit['text']}.",
+        "rule": f"per depth, without weight decay: residual easier if max(plain, {FLOOR:g}) / "
+        f"max(residual, {FLOOR:g}) >= {FACTOR:g}, plain easier if <= 1/{FACTOR:g}, else tied",
+        "measurement": fit,
+        "construction": judge_construction(results),
     }
 
 
@@ -171,7 +211,8 @@ def write_summary(study_dir: str | Path) -> dict:
         runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"
     ]
     if diverged:
-        summary["verdict"]["text"] += f" The training of check 3 diverged: {'; '.join(diverged)}."
+        note = f" The training of check 3 diverged: {'; '.join(diverged)}."
+        summary["verdict"]["construction"]["text"] += note
     summary["append_results"] = results.get("append", {}).get("results", [])
     summary["fit_results"] = [
         {k: v for k, v in r.items() if k != "curve"}
@@ -198,15 +239,21 @@ def _structure_rows(structure: dict) -> list[list[str]]:
 
 
 def _fit_rows(summary: dict) -> list[list[str]]:
+    """One row per arm and depth; the arms with weight decay (not judged) after the others."""
+    calls = {r["depth"]: r["call"] for r in summary["verdict"]["measurement"]["depths"]}
+    order = sorted(
+        summary["fit_results"], key=lambda r: (bool(r.get("weight_decay")), r["depth"], r["arch"])
+    )
     return [
         [
-            r["arch"],
+            r.get("arm", r["arch"]),
             str(r["depth"]),
             str(r["blocks"]),
             _fmt(r["train_loss"]),
             _fmt(r["final_loss"]),
+            "not judged" if r.get("weight_decay") else CALLS.get(calls.get(r["depth"]), "—"),
         ]
-        for r in sorted(summary["fit_results"], key=lambda r: (r["depth"], r["arch"]))
+        for r in order
     ]
 
 
@@ -228,21 +275,26 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-FIT_HEADER = ["arch", "layers", "blocks", "train loss", "held-out loss"]
+FIT_HEADER = ["arm", "layers", "blocks", "train loss", "held-out loss", "call at this depth"]
 APPEND_HEADER = ["appended", "k", "blocks", "test error", "predictions changed", "logits equal"]
-STRUCTURE_HEADER = ["zeroing", "mode", "identity blocks exact", "shape blocks exact",
+STRUCTURE_HEADER = ["zeroing", "mode", "identity blocks exact", "other shortcuts exact",
                     "max |out - in|", "plain blocks zero", "plain output constant"]  # fmt: skip
 
 
 def format_table(summary: dict) -> str:
-    """The fit and append numbers and the verdict as plain text for the terminal."""
+    """The measurement, the verdict, then the checks of construction, as plain text."""
+    v = summary["verdict"]
     parts = []
     if summary["fit_results"]:
-        parts.append(_table(FIT_HEADER, _fit_rows(summary)))
+        parts.append(
+            "Measurement: learning the identity\n" + _table(FIT_HEADER, _fit_rows(summary))
+        )
+    parts.append(f"verdict ({v['status']}): {v['text']}")
+    construction = v["construction"]
+    parts.append(f"construction ({construction['status']}): {construction['text']}")
     if summary["append_results"]:
         parts.append(_table(APPEND_HEADER, _append_rows(summary)))
-    v = summary["verdict"]
-    return "\n\n".join([*parts, f"verdict ({v['status']}): {v['text']}"])
+    return "\n\n".join(parts)
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -253,13 +305,39 @@ def build_report(study_dir: str | Path) -> Path:
     v = summary["verdict"]
     label, tone = _LABELS[v["status"]]
     page = Page(
-        "Identity: a block can learn the identity by setting its weights to zero",
+        "Identity: does a residual block learn the identity more easily than a plain one?",
         f"{study_dir.name} · {summary.get('data')} · He et al. 2015, §3.1",
     )
-    page.verdict(label, v["text"], tone, [v["rule"]])
+    construction = v["construction"]
+    page.verdict(label, v["text"], tone, [v["rule"], construction["text"]])
+    if "fit" in results:
+        f = results["fit"]
+        decay = (
+            f" Arms marked with weight decay repeat both with decoupled (AdamW) decay "
+            f"{f['fit_weight_decay']:g}, which pulls a residual block toward the identity and a plain "
+            "one toward zero; they are shown, not judged."
+            if f.get("fit_weight_decay")
+            else ""
+        )
+        page.heading("Measurement: learning the identity").paragraph(
+            f"Plain and residual stacks of fully connected blocks (width {f['fit_width']}) start from "
+            "the same weights (same seed, same parameter names: He normal, BN weight 1, bias 0) and "
+            f"train for {f['fit_steps']} Adam steps (peak lr {f['fit_lr']:g}, cosine, no weight "
+            f"decay) to output their input, on the same {f['fit_samples']} random vectors |N(0, 1)| "
+            "in the same batches; loss = MSE / mean square of the data (1: as good as outputting "
+            f"zero), the held-out one on fresh random vectors.{decay}"
+        )
+        page.figure(plot_fit(f, study_dir / "fit.png"), "Left: the loss each stack reaches "
+                    "against depth. Middle, right: training curves.")  # fmt: skip
+        page.table(FIT_HEADER, _fit_rows(summary))
+    page.heading("Checks of construction").paragraph(
+        "These hold by how the blocks are built: they test the code, not a claim about learning. "
+        + construction["text"],
+        small=True,
+    )
     if "structure" in results:
         s = results["structure"]
-        page.heading("1. Zeroed branches are exact identities").paragraph(
+        page.heading("Zeroed branches are exact identities", level=3).paragraph(
             f"Every residual branch of a freshly built {s['model']} is zeroed ({', '.join(s['methods'])}"
             "), then a batch of real training images runs through it and through its plain twin with the "
             "same weights. Counts are of exact fp32 equality (torch.equal), not closeness."
@@ -278,22 +356,13 @@ def build_report(study_dir: str | Path) -> Path:
                 "identity a[l+2] = g(a[l]) = a[l] needs the non-negative inputs a ReLU leaves behind.",
                 small=True,
             )
-    if "fit" in results:
-        page.heading("2. Learning the identity").paragraph(
-            f"Stacks of fully connected blocks (width {results['fit']['fit_width']}, default init) trained "
-            f"for {results['fit']['fit_steps']} AdamW steps to output their input, on "
-            f"{results['fit']['fit_samples']} random vectors |N(0, 1)|; loss = MSE / mean square of the "
-            "data (1: as good as outputting zero), the held-out one on fresh random vectors."
-        )
-        page.figure(plot_fit(results["fit"], study_dir / "fit.png"), "Left: the loss each stack reaches "
-                    "against depth. Middle, right: training curves.")  # fmt: skip
-        page.table(FIT_HEADER, _fit_rows(summary))
     if "append" in results:
         a = results["append"]
-        page.heading("3. Appending blocks to a trained net").paragraph(
+        page.heading("Appended zero-init blocks change nothing", level=3).paragraph(
             f"{a['base_model']} trained for {a['base_iters']} iterations with the engine "
             f"({a['base_run']}), then k blocks appended after its last block and evaluated on "
-            f"{a['test_images']} test images before any further training."
+            f"{a['test_images']} test images before any further training. Plain and default-init "
+            "residual blocks start from another init than the zero-init ones: shown for contrast."
         )
         page.figure(
             plot_append(a, VARIANT_COLORS, study_dir / "append.png"),
@@ -308,12 +377,15 @@ def build_report(study_dir: str | Path) -> Path:
 
 
 def _what_was_run(summary: dict) -> str:
+    decay = summary.get("fit_weight_decay")
+    arms = f", and again with weight decay {decay:g} (not judged)" if decay else ""
     return (
-        f"Three checks on {summary.get('family')} nets and {summary.get('data')} (seed "
-        f"{summary.get('seed')}): every way of zeroing the branches "
-        f"({join_values(summary.get('methods', []))}) on a {summary.get('check_depth')}-layer net; "
-        f"fully connected stacks of {join_values(summary.get('fit_depths', []))} layers fitting the "
-        f"identity; a {summary.get('base_depth')}-layer residual net trained for "
+        f"On {summary.get('family')} nets and {summary.get('data')} (seed {summary.get('seed')}): "
+        f"the measurement, plain and residual fully connected stacks of "
+        f"{join_values(summary.get('fit_depths', []))} layers fitting the identity{arms}; the checks "
+        f"of construction, every way of zeroing the branches "
+        f"({join_values(summary.get('methods', []))}) on a {summary.get('check_depth')}-layer net, "
+        f"and a {summary.get('base_depth')}-layer residual net trained for "
         f"{summary.get('base_iters')} iterations with the recipe below, then k = "
         f"{join_values(summary.get('append', []))} blocks appended."
     )
