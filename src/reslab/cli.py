@@ -251,7 +251,7 @@ def cmd_models(opts: dict) -> int:
             f"{r['name']:<20}{r['family']:<10}{r['depth']:>6}{r['params']:>14,}{r['macs']:>17,}  {size}"
         )
     print(
-        "any depth by name: resnet-N / plain-N (6n+2), preact_resnet-N, resmlp-N (even N >= 2), ..."
+        "any depth by name: resnet-N / plain-N (6n+2; 9n+2 bottlenecks from 164), preact_resnet-N, resmlp-N (even N >= 2), ..."
     )
     return 0
 
