@@ -16,7 +16,8 @@ from reslab.studies import NAMES
 from reslab.training import runs
 
 # keys of the old summary whose values changed on purpose since (named in the commit that did it)
-CHANGED: dict[str, set[str]] = {"degradation": {"runs"}}  # zero-init residual runs: arm zeroinit
+# zero-init residual runs are the zeroinit arm now (issue 13)
+CHANGED: dict[str, set[str]] = {"degradation": {"runs"}, "depth": {"runs"}}
 OLD = Path(__file__).resolve().parents[1] / "fixtures" / "studies-e7ce78a"
 
 
@@ -30,7 +31,7 @@ def test_old_folder_rebuilds_to_the_old_summary(name, tmp_path, capsys):
     assert isinstance(new["verdict"]["status"], str) and new["verdict"]["text"]
     same = set(before) - {"verdict"} - CHANGED.get(name, set())
     assert {k: new.get(k) for k in same} == {k: before[k] for k in same}
-    if name == "degradation":  # the old residual arm was zero-initialised (residual_args)
-        assert before["residual_args"] == {"zero_init_residual": True}
-        renamed = [dict(r, arch=r["arch"].replace("residual", "zeroinit")) for r in before["runs"]]
+    if name in CHANGED:  # the old residual arm was zero-initialised
+        key = "arch" if name == "degradation" else "arm"
+        renamed = [dict(r, **{key: r[key].replace("residual", "zeroinit")}) for r in before["runs"]]
         assert [{k: r[k] for k in renamed[0]} for r in new["runs"]] == renamed

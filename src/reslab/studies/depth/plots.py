@@ -1,6 +1,6 @@
 """The depth study's figures, drawn from the numbers `report.py` reads out of the study folder:
-depth.png (final and starting training loss, and final training error, against depth) and
-curves.png (training loss against iterations of every arm at the deepest depth)."""
+depth.png (final and starting training loss, final training error and the first step's gradient norm,
+against depth) and curves.png (training loss against iterations of every arm at the deepest depth)."""
 
 from __future__ import annotations
 
@@ -10,72 +10,95 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 
 from reslab.report import figures
+from reslab.studies.depth.arms import CLIP, split_arm
 
-# plain and batch-norm residual as in every study; the norm-free arms in their own colours. ReZero and
-# SkipInit build the same network when there is no norm, so SkipInit is dashed to stay visible.
-COLORS = {**figures.ARCH_COLORS, "rezero": "#2e8b57", "skipinit": "#d98c00", "fixup": "#7b3294"}
-DASHES = {"skipinit": (0, (4, 2))}
+# plain and the batch-norm residual arms as in every study; the negative control in grey, the
+# norm-free methods in their own colours. ReZero and SkipInit build the same network when there is no
+# norm, so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
+COLORS = {**figures.ARCH_COLORS, "nonorm": "#555555", "rezero": "#2e8b57", "skipinit": "#d98c00",
+          "fixup": "#7b3294"}  # fmt: skip
 
 
 def _style(arm: str) -> dict:
-    return {"color": COLORS[arm], "ls": DASHES.get(arm, "-")}
+    base, clipped = split_arm(arm)
+    ls = (0, (4, 2)) if clipped else "-." if base == "skipinit" else "-"
+    return {"color": COLORS.get(base, "#999999"), "ls": ls}
 
 
-def _log_loss_axis(ax: Axes, label: str) -> None:
-    """A log-scale loss axis with plain numbers at 1, 2 and 5 times the powers of ten."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+def _log_axis(ax: Axes, label: str) -> None:
+    """A log y axis: ticks at 1, 2 and 5 per decade over a few decades, at powers of ten (no minor
+    ticks) over many (a first gradient or a starting loss can be 1e9)."""
+    lo, hi = ax.get_ylim()
+    if hi / lo < 1e4:
+        figures.log_axis(ax, label)
+        return
+    ax.yaxis.set_major_locator(ticker.LogLocator(numticks=8))
     ax.yaxis.set_minor_locator(ticker.NullLocator())
     ax.set_ylabel(label)
 
 
 def _crosses(ax: Axes, depths: list[int], y: float, color: str) -> None:
-    """Diverged cells: a labelled cross at height y (the top of the panel), not a measured value."""
-    ax.scatter(depths, [y] * len(depths), marker="x", s=60, color=color, zorder=4)
-    for d in depths:
-        ax.annotate("diverged", (d, y), textcoords="offset points", xytext=(0, -13),
-                    ha="center", fontsize=7.5, color=color)  # fmt: skip
+    """Cells without a value (diverged, or an overflowed gradient): crosses at height y, above the
+    measured values, not a measured value themselves."""
+    ax.scatter(depths, [y] * len(depths), marker="x", s=50, color=color, zorder=4, clip_on=False)
+
+
+def _panel(ax: Axes, groups: list[dict], key: str, top: float, step: float, scale=1.0) -> None:
+    """One value per (arm, depth) against depth; a missing value is a cross, each arm's crosses on
+    their own row from `top` up (rows a factor `step` apart on a log axis, `step` apart on a linear
+    one)."""
+    log = ax.get_yscale() == "log"
+    row = 0
+    for arm in dict.fromkeys(g["arm"] for g in groups):  # the report's arm order
+        gs = [g for g in groups if g["arm"] == arm]
+        pts = [(g["depth"], scale * g[key]) for g in gs if g[key] is not None]
+        st = _style(arm)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", lw=1.8, ms=4, label=arm, **st)
+        else:
+            ax.plot([], [], marker="o", lw=1.8, ms=4, label=arm, **st)
+        bad = [g["depth"] for g in gs if g[key] is None]
+        if bad:
+            _crosses(ax, bad, top * step**row if log else top + step * row, st["color"])
+            row += 1
 
 
 def plot_depth(groups: list[dict], path: str | Path) -> Path:
     """Left: final training loss (solid) and starting loss (hollow, dotted) against depth, log-log;
-    right: final training error. A diverged cell is a cross at the top of the panel."""
+    middle: final training error; right: the first step's gradient norm (an overflow is a cross)."""
     with figures.style():
-        fig, (ax, ax_err) = figures.figure(2, width=5.0, height=3.9)
+        fig, (ax, ax_err, ax_g) = figures.figure(3, width=4.2, height=3.9)
+        for a in (ax, ax_g):  # log scales first: _panel places its crosses by the scale
+            a.set_yscale("log")
         finite = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
-        top = 2.0 * max(finite, default=10.0)
-        for arm in dict.fromkeys(g["arm"] for g in groups):  # groups come in the report's arm order
-            gs = [g for g in groups if g["arm"] == arm]
-            ok = [g for g in gs if g["final_train_loss"] is not None]
-            bad = [g["depth"] for g in gs if g["final_train_loss"] is None]
-            st = _style(arm)
-            ax.plot([g["depth"] for g in ok], [g["final_train_loss"] for g in ok], marker="o",
-                    lw=2, label=arm, **st)  # fmt: skip
-            starts = [(g["depth"], g["start_loss"]) for g in gs if g["start_loss"]]
-            if starts:
-                ax.plot(*zip(*starts, strict=True), color=st["color"], ls=":", lw=0.8,
+        _panel(ax, groups, "final_train_loss", 2.0 * max(finite, default=10.0), 1.35)
+        for arm in dict.fromkeys(g["arm"] for g in groups):
+            starts = [(g["depth"], g["start_loss"]) for g in groups
+                      if g["arm"] == arm and g["start_loss"]]  # fmt: skip
+            if starts and not arm.endswith(CLIP):  # a +clip arm starts where its arm does
+                ax.plot(*zip(*starts, strict=True), color=_style(arm)["color"], ls=":", lw=0.8,
                         marker="o", mfc="none", ms=4, alpha=0.7)  # fmt: skip
-            if bad:
-                _crosses(ax, bad, top, st["color"])
-            err = [(g["depth"], 100 * g["final_train_error"]) for g in gs
-                   if g["final_train_error"] is not None]  # fmt: skip
-            if err:
-                ax_err.plot(*zip(*err, strict=True), marker="o", lw=2, label=arm, **st)
-            if bad:
-                _crosses(ax_err, bad, 100, st["color"])
+        _panel(ax_err, groups, "final_train_error", 104.0, 4.0, scale=100.0)
+        norms = [
+            {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
+            for g in groups
+            if g["first_grad_norm"] is not None or g["first_grad_overflow"]
+        ]
+        finite = [g["first_grad_norm"] for g in norms if g["first_grad_norm"]]
+        _panel(ax_g, norms, "first_grad_norm", 10.0 * max(finite, default=1.0), 4.0)
         depths = [g["depth"] for g in groups] or [1]
-        for a in (ax, ax_err):
+        for a in (ax, ax_err, ax_g):
             figures.depth_axis(a, depths)
-        _log_loss_axis(ax, "training loss")
-        if any(g["final_train_loss"] is None for g in groups):
-            ax.set_ylim(top=top * 1.3)  # room for the crosses
+        _log_axis(ax, "training loss")
         ax.set_title("final (solid) and starting (dotted) loss")
         figures.percent_axis(ax_err, "final training error")
-        ax_err.set_ylim(0, 105)
+        ax_err.set_ylim(0, None)
         ax_err.set_title("final training error")
-        if groups:  # the error panel has room above its low curves
-            ax_err.legend(loc="best", title="× = diverged", title_fontsize=8)
+        _log_axis(ax_g, "gradient norm, first step")
+        ax_g.set_title("first gradient (× = overflow)")
+        if groups:  # nine arms: beside the panels, not over their crosses
+            fig.legend(*ax_err.get_legend_handles_labels(), loc="outside right upper",
+                       title="× = diverged", title_fontsize=8, fontsize=7)  # fmt: skip
         return figures.save(fig, path)
 
 
@@ -88,19 +111,19 @@ def plot_curves(deep: int | None, series: list[tuple], path: str | Path) -> Path
         for arm, curves, diverged_at in series:
             st = _style(arm)
             x, y, _ = figures.mean_curve(curves)
-            label = arm
+            name = arm
             if diverged_at is not None:
-                label += f" (diverged at step {diverged_at})"
+                name += f" (diverged at step {diverged_at})"
                 for cx, cy in curves:
                     if len(cx):
                         ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
             if len(x):
-                ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=label, **st)
+                ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
             else:
-                ax.plot([], [], label=label, **st)
-        _log_loss_axis(ax, "training loss (mini-batch)")
+                ax.plot([], [], label=name, **st)
+        _log_axis(ax, "training loss (mini-batch)")
         ax.set_xlabel("iterations")
         ax.set_title(f"training loss at {deep} layers" if deep else "no runs")
         if series:
-            ax.legend()
+            ax.legend(fontsize=7)
         return figures.save(fig, path)

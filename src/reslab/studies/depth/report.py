@@ -1,43 +1,86 @@
-"""Report for the depth study (issue 6, "extreme depth without normalisation"): after one fixed budget
-of iterations, norm-free residual nets (ReZero, SkipInit, Fixup) of 10,000 layers have learned, while
-the plain net of that depth has not (it diverges or stays near its starting loss).
+"""Report for the depth study (issues 6 and 13, "extreme depth without normalisation"): after one fixed
+budget of iterations, do norm-free residual nets of 10,000 layers learn because of their method
+(ReZero, SkipInit, Fixup), while the same residual net without the method, and the plain net, do not?
 
-Works from the study folder alone (it imports nothing from the study): `study.json` and the run
-folders `runs/<arm>-<depth>-s<seed>/` (config.json, metrics.jsonl, summary.json) that
-`reslab.studies.depth` writes. `build_report` writes, beside study.json: summary.json, depth.png (final
-training loss and error against depth), curves.png (training loss of the deepest nets) and report.html.
+Works from the study folder alone (it imports nothing from the study): `study.json`, the run folders
+`runs/<arm>-<depth>-s<seed>/` (config.json, metrics.jsonl, summary.json) and the replayed first steps
+`first_step/<arm>-<depth>-s<seed>.json` that `reslab.studies.depth` writes. `build_report` writes,
+beside study.json: summary.json, depth.png (final loss, final error and first-step gradient norm
+against depth), curves.png (training loss of the deepest nets) and report.html.
 
-Losses, per run:
+Arms (each differs from its comparison in one thing):
+    plain     the plain net, batch norm, He init (the residual net with its shortcuts removed)
+    residual  its residual twin, batch norm, He init: the like-for-like pair with plain
+    zeroinit  the batch-norm residual net with each branch's last BN weight at zero (Goyal et al.
+              2017), an init a plain net cannot have (it would output zeros): shown, never judged.
+              A `residual` run of an older folder whose branches were zero-initialised counts here.
+    nonorm    the residual net without normalisation at He init, no branch scaling: the negative
+              control, a norm-free residual net less the method
+    rezero, skipinit, fixup   the methods: norm-free, each with its own branch scaling and init
+An arm name ending in "+clip" is that arm with the global gradient norm clipped (the run's
+grad_clip, from its config); the study's recipe clips nothing by default, as neither paper does.
+
+Numbers, per run:
     start  = the first logged training loss: with the study's log_every=1, the cross-entropy of the
              first mini-batch before any update (else the mean over the first log_every steps)
     final  = the engine's final training loss: eval mode, the whole training set, after the last step
-A run "learned" if it finished and final <= LEARNED * start (LEARNED = 0.5: at most half its
-starting loss); a diverged run or a non-finite final loss has not. With several seeds, a cell learned
-if every seed did, and failed if none did. Verdict, at the deepest depth D and the shallowest d:
-    "shown"        every norm-free arm at D learned, the plain net at D failed, and it learned at d
-    "partly_shown" some norm-free arm at D learned, but not all of the above holds
-    "not_shown"    no norm-free arm at D learned
-    "insufficient" no norm-free arm or no plain net finished at D
+    first step = the first step replayed by the study (same seed, model and mini-batch): its loss,
+             the gradient's global L2 norm before any clipping (float64, so a norm beyond fp32's range
+             is still a number), and how many gradient entries are not finite in fp32 (an overflow)
+A run "learned" if it finished and final <= LEARNED * min(start, ln K) (LEARNED = 0.5: at most half
+its starting loss and at most half the loss of a uniform guess over the data's K classes, so a net
+that starts far above chance does not count as learning by falling to chance; K comes from the
+replayed first step, and a folder without replays is judged on the starting loss alone); a diverged
+run or a non-finite final loss has not. Per (arm, depth): "learned" if every seed learned, "failed"
+if no seed did, so a diverged seed always counts against its arm.
+
+Verdict, declared before any numbers, at the deepest depth D and the shallowest d. Methods: rezero,
+skipinit, fixup, each with or without "+clip"; controls: nonorm and plain, with or without "+clip".
+    "insufficient"         no method arm at D, or nonorm or plain missing at D
+    "not_shown"            no method arm learned at D, with or without clipping
+    "not_attributable"     a method learned at D, but so did (any seed of) a control at D: depth D
+                           does not need the method
+    "shown"                every method at D learned without clipping, every control at D failed,
+                           and nonorm and plain learned at d < D (their failure at D is depth's, not
+                           the recipe's)
+    "shown_with_clipping"  as "shown", except that some method learned at D only in its +clip arm
+                           (or was run only with clipping); those methods are named
+    "partly_shown"         otherwise: a method learned at D, but another failed with and without
+                           clipping, or nonorm or plain did not learn at d (or there is no d < D)
+Every diverged run at D is explained from its first step (`diverged_notes`): a non-finite first loss
+is an overflow of the forward pass; a divergence at step 2 after a non-finite first gradient is the
+overflow of that gradient (clipping cannot repair it: an inf norm scales the gradient to NaN).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from reslab.report.html import Page, fmt_count, fmt_pct
 from reslab.studies.depth import plots
+from reslab.studies.depth.arms import (
+    CLIP,
+    CONTROLS,
+    METHODS,
+    arm_order,
+    is_arm,
+    label,
+    split_arm,
+)
 from reslab.studies.stats import finite_or_none, mean_std
 from reslab.training import runs as rf
 
-ARMS = ("plain", "residual", "rezero", "skipinit", "fixup")  # the order of tables and legends
-NORM_FREE = ("rezero", "skipinit", "fixup")
 LEARNED = 0.5
 END_WINDOW = 10  # logged steps averaged into the end-of-training mini-batch loss
-_LABELS = {
+FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
+_STATUS = {
     "shown": ("extreme depth: shown", "good"),
+    "shown_with_clipping": ("shown, with gradient clipping", "warn"),
     "partly_shown": ("partly shown", "warn"),
+    "not_attributable": ("not attributable to the method", "bad"),
     "not_shown": ("not shown", "bad"),
     "insufficient": ("insufficient runs", "neutral"),
 }
@@ -56,8 +99,35 @@ def _train_lines(run_dir: Path) -> list[dict]:
     ]
 
 
-def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict:
-    """One run's numbers from its own files (summary, metrics)."""
+def first_step_path(study_dir: str | Path, run_name: str) -> Path:
+    """Where the study keeps the replayed first step of run `run_name`."""
+    return Path(study_dir) / FIRST_STEP / f"{run_name}.json"
+
+
+def _first_step(study_dir: Path, run_name: str) -> dict:
+    path = first_step_path(study_dir, run_name)
+    s = rf.read_json(path) if path.is_file() else {}
+    return {
+        "first_loss": finite_or_none(s.get("loss")),
+        "first_grad_norm": finite_or_none(s.get("grad_norm")),
+        "first_grad_nonfinite": s.get("grad_nonfinite"),
+        "first_grad_entries": s.get("grad_entries"),
+        "classes": s.get("classes"),
+    }
+
+
+def _arm(name: str, config: dict) -> str:
+    """The cell's arm; a batch-norm residual run with zero-initialised branches (older folders called
+    it "residual") is the zeroinit arm, whatever its folder is called."""
+    base, clipped = split_arm(name)
+    kwargs = config.get("model_kwargs")
+    if base == "residual" and isinstance(kwargs, dict) and kwargs.get("zero_init_residual") is True:
+        return "zeroinit" + (CLIP if clipped else "")
+    return name
+
+
+def _run_entry(study_dir: Path, run_dir: Path, cell: dict) -> dict:
+    """One run's numbers from its own files (summary, config, metrics) and its replayed first step."""
     s, config, train = (
         rf.read_summary(run_dir) or {},
         rf.read_config(run_dir),
@@ -66,11 +136,12 @@ def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict
     last = train[-END_WINDOW:]
     diverged = s.get("status") == "diverged"
     return {
-        "arm": arm,
-        "depth": depth,
-        "seed": seed,
+        "arm": _arm(cell["arm"], config),
+        "depth": cell["depth"],
+        "seed": cell["seed"],
         "model": s.get("model") or config.get("model"),
         "params": s.get("params"),
+        "grad_clip": config.get("grad_clip"),
         "status": s.get("status", "completed"),
         "iters": s.get("steps"),
         "start_loss": train[0]["train_loss"] if train else None,
@@ -79,11 +150,12 @@ def _run_entry(run_dir: Path, rel: str, arm: str, depth: int, seed: int) -> dict
         "final_train_error": finite_or_none(s.get("final_train_error")),
         "final_test_error": finite_or_none(s.get("final_test_error")),
         "end_batch_loss": _mean([ln["train_loss"] for ln in last]) if not diverged else None,
-        "diverged_at": s.get("steps") if diverged else None,
+        "diverged_at": s.get("diverged_at_step", s.get("steps")) if diverged else None,
         "last_finite_loss": train[-1]["train_loss"] if diverged and train else None,
         "last_finite_step": train[-1]["step"] if diverged and train else None,
         "time_s": finite_or_none(s.get("time_s")) or (train[-1].get("time") if train else None),
-        "run_dir": rel,
+        **_first_step(study_dir, run_dir.name),
+        "run_dir": run_dir.relative_to(study_dir).as_posix(),
     }
 
 
@@ -94,14 +166,13 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     runs, incomplete = [], []
     for run_dir in rf.run_dirs(study_dir):
         cell = rf.parse_cell(run_dir.name, ("arm", "depth"))
-        if not cell or cell["arm"] not in ARMS:
+        if not cell or not is_arm(cell["arm"]):
             continue
-        rel = run_dir.relative_to(study_dir).as_posix()
         if rf.read_summary(run_dir) is None:
-            incomplete.append(rel)
+            incomplete.append(run_dir.relative_to(study_dir).as_posix())
             continue
-        runs.append(_run_entry(run_dir, rel, cell["arm"], cell["depth"], cell["seed"]))
-    runs.sort(key=lambda r: (ARMS.index(r["arm"]), r["depth"], r["seed"]))
+        runs.append(_run_entry(study_dir, run_dir, cell))
+    runs.sort(key=lambda r: (arm_order(r["arm"]), r["depth"], r["seed"]))
     return runs, incomplete
 
 
@@ -109,9 +180,13 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def learned(run: dict, ratio: float = LEARNED) -> bool:
-    """Finished with a final training loss at most `ratio` times its starting loss."""
+    """Finished with a final training loss at most `ratio` times its starting loss and, where the
+    number of classes K is known, at most `ratio` times ln K (the loss of a uniform guess)."""
     start, final = run["start_loss"], run["final_train_loss"]
-    return run["status"] == "completed" and None not in (start, final) and final <= ratio * start
+    if run["status"] != "completed" or None in (start, final):
+        return False
+    classes = run.get("classes")
+    return final <= ratio * (min(start, math.log(classes)) if classes else start)
 
 
 def _mean(values: list) -> float | None:
@@ -121,16 +196,18 @@ def _mean(values: list) -> float | None:
 def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
     """Per (arm, depth): seeds, diverged seeds, means over seeds, and whether every/no seed learned."""
     groups = []
-    for arm in ARMS:
+    for arm in sorted({r["arm"] for r in runs}, key=arm_order):
         for depth in sorted({r["depth"] for r in runs if r["arm"] == arm}):
             rs = [r for r in runs if r["arm"] == arm and r["depth"] == depth]
             ok = [learned(r, ratio) for r in rs]
+            overflow = [r["seed"] for r in rs if r.get("first_grad_nonfinite")]
             groups.append(
                 {
                     "arm": arm,
                     "depth": depth,
                     "model": next((r["model"] for r in rs if r["model"]), None),
                     "params": next((r["params"] for r in rs if r["params"]), None),
+                    "grad_clip": next((r["grad_clip"] for r in rs if r.get("grad_clip")), 0.0),
                     "seeds": [r["seed"] for r in rs],
                     "diverged": [r["seed"] for r in rs if r["status"] == "diverged"],
                     "diverged_at": [r["diverged_at"] for r in rs if r["status"] == "diverged"],
@@ -139,6 +216,8 @@ def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
                     "end_batch_loss": _mean([r["end_batch_loss"] for r in rs]),
                     "final_train_error": _mean([r["final_train_error"] for r in rs]),
                     "final_test_error": _mean([r["final_test_error"] for r in rs]),
+                    "first_grad_norm": _mean([r.get("first_grad_norm") for r in rs]),
+                    "first_grad_overflow": overflow,
                     "time_s": _mean([r["time_s"] for r in rs]),
                     "learned": all(ok),
                     "failed": not any(ok),
@@ -162,88 +241,149 @@ def describe(g: dict) -> str:
 
 
 def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
-    """Judge the study from the measured losses only (rule in the module docstring)."""
+    """Judge the study from the measured numbers only (rule in the module docstring)."""
     groups = group_runs(runs, ratio)
     at = {(g["arm"], g["depth"]): g for g in groups}
     depths = sorted({g["depth"] for g in groups})
     deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
-    free = [at[(a, deep)] for a in NORM_FREE if (a, deep) in at]
-    plain, plain_shallow = at.get(("plain", deep)), at.get(("plain", shallow))
-    if shallow == deep:
-        plain_shallow = None
-    base = {
-        "rule": _rule(ratio),
-        "ratio": ratio,
-        "deep": deep,
-        "shallow": shallow,
-        "groups": groups,
-    }
-    if not free or plain is None:
+    out = {"rule": _rule(ratio), "ratio": ratio, "deep": deep, "shallow": shallow}
+    out |= {"groups": groups, "diverged_notes": diverged_notes(runs, deep)}
+    methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
+    controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
+    if not methods or any((c, deep) not in at for c in CONTROLS):
         text = (
-            "Cannot judge: the verdict needs a norm-free residual arm and the plain arm at the "
-            f"deepest depth ({deep or 'none'})."
+            "Cannot judge: the verdict needs a method arm (rezero, skipinit or fixup), the negative "
+            f"control (nonorm) and the plain net at the deepest depth ({deep or 'none'})."
         )
-        return {**base, "status": "insufficient", "text": text, "checks": {}}
+        return {**out, "status": "insufficient", "text": text, "checks": {}}
+
+    def ok(arm: str, depth: int) -> bool | None:
+        return at[(arm, depth)]["learned"] if (arm, depth) in at else None
+
     checks = {
-        "norm_free_learned": {g["arm"]: g["learned"] for g in free},
-        "plain_deep_failed": plain["failed"],
-        "plain_shallow_learned": None if plain_shallow is None else plain_shallow["learned"],
+        "methods_learned": {m: ok(m, deep) for m in methods},
+        "methods_learned_with_clipping": {m: ok(m + CLIP, deep) for m in methods},
+        "controls_failed": {c: at[(c, deep)]["failed"] for c in controls},
+        "controls_learned_shallow": {
+            c: ok(c, shallow) if shallow != deep else None for c in CONTROLS
+        },
     }
-    learned_free = [g for g in free if g["learned"]]
-    if not learned_free:
+    needs_clip = [m for m in methods if not ok(m, deep) and ok(m + CLIP, deep)]
+    unrescued = [m for m in methods if not ok(m, deep) and not ok(m + CLIP, deep)]
+    if len(unrescued) == len(methods):
         status = "not_shown"
-    elif len(learned_free) == len(free) and plain["failed"] and checks["plain_shallow_learned"]:
-        status = "shown"
-    else:
+    elif not all(checks["controls_failed"].values()):
+        status = "not_attributable"
+    elif unrescued or not all(checks["controls_learned_shallow"].values()):
         status = "partly_shown"
-    return {
-        **base,
-        "status": status,
-        "text": _sentence(status, at, free, deep, shallow, ratio),
-        "checks": checks,
-    }
+    else:
+        status = "shown_with_clipping" if needs_clip else "shown"
+    text = _sentence(status, at, methods, deep, shallow, needs_clip, unrescued, ratio)
+    return {**out, "status": status, "text": text, "checks": checks, "needed_clipping": needs_clip}
 
 
 def _rule(ratio: float) -> str:
     return (
-        f"learned: finished and final training loss <= {ratio:g} x starting loss; shown: every "
-        "norm-free arm learned at the deepest depth, the plain net did not (or diverged) there and "
-        "learned at the shallowest depth"
+        f"learned: finished and final training loss <= {ratio:g} x the smaller of its starting "
+        "loss and ln(classes), the loss of a uniform guess (every seed); "
+        "shown: at the deepest depth every method (rezero, skipinit, fixup) learned without "
+        "clipping while the negative control (nonorm) and the plain net failed (a diverged run "
+        "fails), and both learned at the shallowest depth; shown with clipping: the same, but some "
+        "method learned only with gradient clipping; not attributable: a control learned too"
     )
+
+
+def _join(gs: list[dict]) -> str:
+    return ", ".join(f"{g['arm']} {describe(g)}" for g in gs)
 
 
 def _sentence(
-    status: str, at: dict, free: list[dict], deep: int, shallow: int, ratio: float
+    status: str,
+    at: dict,
+    methods: list[str],
+    deep: int,
+    shallow: int,
+    needs_clip: list[str],
+    unrescued: list[str],
+    ratio: float,
 ) -> str:
-    parts = ", ".join(f"{g['arm']} {describe(g)}" for g in free)
-    ok = [g["arm"] for g in free if g["learned"]]
-    plain = at[("plain", deep)]
-    shallow_plain = at.get(("plain", shallow)) if shallow != deep else None
-    p = f"the plain net {describe(plain)}" + (
-        " (did not learn)" if plain["failed"] and not plain["diverged"] else ""
-    )
-    if shallow_plain is not None:
-        p += f", against {describe(shallow_plain)} at {shallow} layers"
-    bn = at.get(("residual", deep))
-    tail = f" The batch-norm residual net: {describe(bn)}." if bn else ""
-    head = f"At {deep} layers (training loss start → final: {parts}; {p})."
+    def present(arms) -> list[dict]:
+        return [at[(a, deep)] for a in arms if (a, deep) in at]
+
+    bare, clipped = present(methods), present(m + CLIP for m in methods)
+    run = f"without clipping: {_join(bare)}" if bare else "no method arm without clipping"
+    if clipped:
+        run += f"; with gradient clipping (at {clipped[0]['grad_clip']:g}): {_join(clipped)}"
+    controls = present(c + s for c in CONTROLS for s in ("", CLIP))
+    ctrl = f"negative control and plain net: {_join(controls)}"
+    if shallow != deep:
+        low = [at[(c, shallow)] for c in CONTROLS if (c, shallow) in at]
+        ctrl += f"; at {shallow} layers {_join(low)}" if low else ""
+    bn = present(("residual", "zeroinit"))
+    tail = f" Batch-norm residual nets (not judged): {_join(bn)}." if bn else ""
+    head = f"At {deep} layers (training loss start → final) — methods {run}; {ctrl}."
     if status == "shown":
-        return f"Shown. {head} Every norm-free residual net learned; the plain net did not.{tail}"
-    if status == "not_shown":
-        return (
-            f"Not shown. {head} No norm-free residual net got down to {ratio:g} times its "
-            f"starting loss.{tail}"
+        lead = (
+            "Shown. Every norm-free method learned without clipping; the control and plain did not."
         )
-    missing = []
-    if len(ok) < len(free):
-        missing.append(f"not every norm-free arm learned (learned: {', '.join(ok)})")
-    if not plain["failed"]:
-        missing.append("the plain net learned too")
-    elif shallow_plain is None:
-        missing.append("no shallower plain net to compare with")
-    elif not shallow_plain["learned"]:
-        missing.append(f"the plain net did not learn at {shallow} layers either")
-    return f"Partly shown: {'; '.join(missing)}. {head}{tail}"
+    elif status == "shown_with_clipping":
+        lead = (
+            f"Shown with gradient clipping: {', '.join(needs_clip)} learned only with clipping; the "
+            "control and plain failed."
+        )
+    elif status == "not_shown":
+        lead = (
+            f"Not shown. No method got down to {ratio:g} times its starting loss (or chance), "
+            "with or without clipping."
+        )
+    elif status == "not_attributable":
+        lead = "Not attributable to the method: a control learned at this depth as well."
+    else:
+        missing = [f"{', '.join(unrescued)} failed with and without clipping"] if unrescued else []
+        bad = [c for c in CONTROLS if not (at.get((c, shallow)) or {}).get("learned")]
+        if shallow == deep:
+            missing.append("no shallower depth to show that the controls can learn")
+        elif bad:
+            missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
+        lead = f"Partly shown: {'; '.join(missing)}."
+    return f"{lead} {head}{tail}"
+
+
+def diverged_notes(runs: list[dict], depth: int | None) -> list[str]:
+    """Why each run at `depth` diverged, from its replayed first step (module docstring)."""
+    notes = []
+    for r in runs:
+        if r["depth"] != depth or r["status"] != "diverged":
+            continue
+        who = f"{r['arm']}-{r['depth']} (seed {r['seed']}) diverged at step {r['diverged_at']}"
+        bad, entries = r.get("first_grad_nonfinite"), r.get("first_grad_entries")
+        if r.get("first_loss") is None and bad is None:
+            notes.append(f"{who}; its first step was not replayed.")
+        elif r.get("first_loss") is None:
+            notes.append(
+                f"{who}: its loss is not finite at the first step, before any update: the forward "
+                "pass overflows fp32."
+            )
+        elif bad:
+            notes.append(
+                f"{who}: an overflow of its first gradient. Replayed, the first loss is "
+                f"{r['first_loss']:.3g} but {bad:,} of {entries:,} gradient entries are not finite "
+                "in fp32, so the first update writes NaN into the weights (clipping cannot help: "
+                "an infinite norm scales the gradient to NaN)."
+            )
+        elif r["diverged_at"] <= 2:
+            notes.append(
+                f"{who}: an exploding first gradient. Replayed, the first loss is "
+                f"{r['first_loss']:.3g} and the gradient is finite but its norm is "
+                f"{r['first_grad_norm']:.3g} before clipping; the first update is that times the "
+                "learning rate, and the loss after it is not finite."
+            )
+        else:
+            notes.append(
+                f"{who}, after a finite first step (loss {r['first_loss']:.3g}, gradient norm "
+                f"{r['first_grad_norm']:.3g} before clipping): not an overflow at init."
+            )
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -276,7 +416,7 @@ def _deepest(study_dir: Path, runs: list[dict]) -> tuple[int | None, list[tuple]
     """(deepest depth, [(arm, loss curve per seed, step it diverged at or None)]) for curves.png."""
     deep = max((r["depth"] for r in runs), default=None)
     series = []
-    for arm in ARMS:
+    for arm in sorted({r["arm"] for r in runs}, key=arm_order):
         rs = [r for r in runs if r["arm"] == arm and r["depth"] == deep]
         if rs:
             diverged = any(r["status"] == "diverged" for r in rs)
@@ -305,13 +445,22 @@ def _status(g: dict, runs: list[dict]) -> list[str]:
     return out
 
 
+def _first_grad(g: dict) -> str:
+    """The first step's gradient norm, or 'overflow' when a seed's gradient was not finite in fp32."""
+    if g["first_grad_overflow"]:
+        return "overflow"
+    return "—" if g["first_grad_norm"] is None else f"{g['first_grad_norm']:.3g}"
+
+
 def _row(g: dict, runs: list[dict]) -> dict[str, object]:
     """One (arm, depth) group as table cells, keyed by column name."""
     return {
         "arm": g["arm"],
         "depth": g["depth"],
         "params": fmt_count(g["params"]),
+        "clip": f"{g['grad_clip']:g}" if g["grad_clip"] else "—",
         "seeds": len(g["seeds"]),
+        "first |g|": _first_grad(g),
         "start loss": _fmt_loss(g["start_loss"]),
         "final loss": _fmt_loss(g["final_train_loss"]),
         "end batch loss": _fmt_loss(g["end_batch_loss"]),
@@ -322,17 +471,22 @@ def _row(g: dict, runs: list[dict]) -> dict[str, object]:
     }
 
 
+def _arm_lines(groups: list[dict]) -> list[str]:
+    """One line per arm present: its name and what it is."""
+    arms = {g["arm"]: g["grad_clip"] for g in groups}
+    return [f"{a}: {label(a, clip)}" for a, clip in arms.items()]
+
+
 def _what_was_run(summary: dict) -> str:
     runs = summary["runs"]
     iters = max((r["iters"] or 0 for r in runs), default=0) or summary.get("iters")
-    arms = ", ".join(a for a in ARMS if any(r["arm"] == a for r in runs)) or "no arms"
+    arms = ", ".join(dict.fromkeys(r["arm"] for r in runs)) or "no arms"
     return (
         f"{len(runs)} finished or diverged training runs ({arms}) of depth "
         f"{', '.join(map(str, sorted({r['depth'] for r in runs})))} on {summary.get('data')}, "
-        f"{iters} iterations each with one recipe (listed below). The plain net is the batch-norm "
-        "residual net with its shortcuts removed; ReZero, SkipInit and Fixup have no normalisation "
-        "layer at all (and with no norm, ReZero and SkipInit put their scalar at the same place, so "
-        "they are the same network). Depth counts weight layers." + _start_note(runs)
+        f"{iters} iterations each with one recipe (listed below; a +clip arm adds gradient "
+        "clipping to it). Depth counts weight layers. The first step of every run is replayed "
+        "(same seed, model and first mini-batch) to measure its gradient." + _start_note(runs)
     )
 
 
@@ -349,19 +503,23 @@ def _start_note(runs: list[dict]) -> str:
 
 def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Path) -> Path:
     v = summary["verdict"]
-    label, tone = _LABELS[v["status"]]
+    name, tone = _STATUS[v["status"]]
     page = Page(
         "Extreme depth without normalisation",
         f"{study_dir.name} · {summary.get('data')} · norm-free residual nets (ReZero, SkipInit, "
-        "Fixup) against plain and batch-norm nets",
+        "Fixup) against the same net without the method, plain and batch-norm nets",
     )
-    page.verdict(label, v["text"], tone, [v["rule"]])
-    page.heading("Loss and error against depth").figure(
+    page.verdict(name, v["text"], tone, [v["rule"]])
+    page.heading("Arms").bullets(_arm_lines(v["groups"]))
+    page.heading("Loss, error and first gradient against depth").figure(
         depth_png,
         "Left: final training loss (solid; eval mode on the whole training set) and starting loss "
-        "(hollow, dotted; the first mini-batch before any update) against depth. Right: final "
-        "training error. Crosses at the top: diverged runs (no final loss).",
+        "(hollow, dotted; the first mini-batch before any update) against depth. Middle: final "
+        "training error. Right: the global gradient norm of the first step, before any clipping. "
+        "Crosses at the top: diverged runs (no final loss) and gradients that overflow fp32.",
     )
+    if v.get("diverged_notes"):
+        page.heading(f"Why runs diverged at {v['deep']} layers").bullets(v["diverged_notes"])
     page.heading("Training curves of the deepest nets").figure(
         curves_png,
         max_width=820,
@@ -372,10 +530,11 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
     page.heading("Runs").table(
         list(rows[0]) if rows else ["arm"],
         [list(r.values()) for r in rows],
-        "Means over seeds. start loss: first mini-batch before any update; final loss: eval mode, "
-        f"whole training set; end batch loss: mean mini-batch loss of the last {END_WINDOW} logged "
-        "steps (train mode, so batch-norm nets use batch statistics); — marks a missing or "
-        "non-finite value (diverged run).",
+        "Means over seeds. first |g|: global gradient norm of the first step before clipping "
+        "(overflow: entries not finite in fp32); start loss: first mini-batch before any update; "
+        "final loss: eval mode, whole training set; end batch loss: mean mini-batch loss of the "
+        f"last {END_WINDOW} logged steps (train mode, so batch-norm nets use batch statistics); — "
+        "marks a missing or non-finite value (diverged run).",
     )
     if summary.get("incomplete"):
         page.paragraph(
@@ -384,13 +543,19 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         )
     page.heading("How the verdict is decided").paragraph(
         f"A run learned if it finished with a final training loss at most {v['ratio']:g} times its "
-        "starting loss; a run that diverged did not. Shown: at the deepest depth every norm-free "
-        "residual arm learned and the plain net did not, while the plain net learned at the "
-        "shallowest depth (so the failure is depth's, not the recipe's). Partly shown: some "
-        "norm-free arm learned but not all of that holds. Not shown: no norm-free arm learned.",
+        "starting loss, and at most that times the loss of a uniform guess (ln of the number of "
+        "classes), so that a net starting far above chance does not count as learning by falling "
+        "to chance; a run that diverged did not, and an arm learned at a depth only if every "
+        "seed did. Shown: at the deepest depth every norm-free method (ReZero, SkipInit, Fixup) "
+        "learned without gradient clipping, while the same residual net without the method (nonorm, "
+        "the negative control) and the plain net failed there and learned at the shallowest depth "
+        "(so their failure is depth's, not the recipe's). Shown with clipping: the same, but some "
+        "method learned only in its +clip arm. Not attributable: a control learned at the deepest "
+        "depth too. Partly shown: a method learned, but not all of the above holds. Not shown: no "
+        "method learned. The batch-norm residual arms are shown, not judged.",
         small=True,
     )
-    keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "model_args")
+    keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "clip", "model_args")
     config = {k: summary[k] for k in keep if k in summary}
     if isinstance(summary.get("arm_models"), dict):
         config |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
@@ -401,8 +566,8 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
 
 def format_table(summary: dict) -> str:
     """The summary as a plain-text table plus the verdict, for the terminal."""
-    cols = {"arm": "<9", "depth": ">6", "params": ">9", "start loss": ">12", "final loss": ">12",
-            "train error": ">13", "test error": ">12", "status": ""}  # fmt: skip
+    cols = {"arm": "<14", "depth": ">6", "clip": ">5", "first |g|": ">10", "start loss": ">11",
+            "final loss": ">11", "train error": ">12", "test error": ">11", "status": ""}  # fmt: skip
     head = "".join(f"{c:{f}}" if f else f"  {c}" for c, f in cols.items())
     lines = [head, "-" * len(head)]
     for g in summary["verdict"]["groups"]:
@@ -410,7 +575,8 @@ def format_table(summary: dict) -> str:
         row["status"] = "; ".join(row["status"])
         lines.append("".join(f"{row[c]:{f}}" if f else f"  {row[c]}" for c, f in cols.items()))
     v = summary["verdict"]
-    return "\n".join([*lines, "", f"verdict: {v['status']}", v["text"]])
+    notes = v.get("diverged_notes") or []
+    return "\n".join([*lines, "", f"verdict: {v['status']}", v["text"], *notes])
 
 
 def build_report(study_dir: str | Path) -> Path:

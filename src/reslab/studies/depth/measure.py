@@ -1,0 +1,47 @@
+"""The depth study's one measurement besides training: a run's first step, replayed, to say why a run
+diverged where it did (an overflow at init, or an instability later).
+
+The replay is the engine's first step (`reslab.training.loop`): the same seed, model builder and first
+mini-batch of the same loader, in train mode, in fp32 with denormals flushed as the engine does. It
+returns that step's loss, the global L2 norm of the gradient before any clipping, summed in float64
+so that a norm beyond fp32's range (3.4e38) is still a number, and how many gradient entries are not
+finite in fp32 (inf or NaN: an overflow of the backward pass, which no clipping can repair).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from reslab.training.config import TrainConfig
+
+
+def first_step(c: TrainConfig) -> dict:
+    """{"loss", "grad_norm", "grad_nonfinite", "grad_entries", "classes"} of the first step of run
+    config `c`; loss and grad_norm are None where not finite (grad_norm: where any entry is not
+    finite); classes: how many the data has (ln classes is the loss of a uniform guess)."""
+    from reslab.data import Loader
+    from reslab.training.loop import augment_on, build_model, load_data
+
+    torch.set_flush_denormal(True)  # as the engine does for every run
+    torch.manual_seed(c.seed)
+    train_data, _, _ = load_data(c)
+    model = build_model(c, train_data).train()  # initialised as the engine's, from the same seed
+    loader = Loader(train_data, c.batch_size, train=True, augment=augment_on(c), seed=c.seed)
+    x, y = next(iter(loader.epoch(0)))  # (B, C, H, W), (B,)
+    loss = F.cross_entropy(model(x).float(), y, label_smoothing=c.label_smoothing)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    nonfinite = sum(int((~g.isfinite()).sum()) for g in grads)
+    norm = (
+        math.sqrt(sum(float(g.double().square().sum()) for g in grads)) if not nonfinite else None
+    )
+    return {
+        "loss": loss.item() if math.isfinite(loss.item()) else None,
+        "grad_norm": norm,
+        "grad_nonfinite": nonfinite,
+        "grad_entries": sum(g.numel() for g in grads),
+        "classes": len(train_data.classes),
+    }
