@@ -1,4 +1,5 @@
-"""Shared test fixtures: a real headless browser (Debian's chromium) to render HTML reports."""
+"""Shared test fixtures: a real headless browser (Debian's chromium) to render HTML reports, and one
+torch thread for the tests of tiny models."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -42,3 +44,12 @@ def browser(tmp_path) -> Browser:
     if CHROMIUM is None:
         pytest.skip("chromium not installed (apt-get install chromium)")
     return Browser(tmp_path / "chromium-profile")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices on a shared 2-core machine: a second thread only contends for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -39,12 +39,7 @@ CASES = [  # every family, each plain twin, each shortcut option, both block kin
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CASES]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(name: str, **kw) -> nn.Module:

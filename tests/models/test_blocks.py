@@ -21,12 +21,7 @@ from reslab.models.variants import VARIANTS
 relu = torch.relu
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomize_norms_(module: nn.Module) -> nn.Module:

@@ -32,12 +32,7 @@ NAMES = [
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in NAMES]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def build(name: str, **kw) -> torch.nn.Module:

@@ -30,12 +30,7 @@ from reslab.models.variants import VARIANTS, Unit
 relu = torch.relu
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def meta(name: str, **kw) -> nn.Module:

@@ -10,13 +10,7 @@ from torch import nn
 from reslab.models import create_model, is_residual, list_models, registry, twin
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def meta(name: str, **kw) -> nn.Module:

@@ -14,13 +14,7 @@ import reslab.models.variants as variants
 from reslab.models import create_model
 from reslab.models.variants import Unit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_variants_never_import_the_registry():

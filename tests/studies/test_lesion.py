@@ -21,14 +21,7 @@ from reslab.studies.lesion.measure import block_shapes, lesioned, random_sets
 from reslab.studies.lesion.report import LESIONS, format_table, smoothness, verdict
 from reslab.training import runs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices on a shared 2-core machine: a second thread only contends for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _eval_model(name, **kw):

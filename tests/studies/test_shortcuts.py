@@ -19,13 +19,7 @@ from reslab.training import runs
 relu = torch.relu
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices on a shared 2-core machine: a second thread only contends for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 BASES = {  # name, build options, input
