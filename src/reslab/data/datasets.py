@@ -26,6 +26,7 @@ image of a training split and std 1: the "per-pixel mean subtracted" of He et al
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -132,11 +133,40 @@ def _parse_imagefolder(spec: str) -> tuple[Path, tuple[int, int] | None]:
     return Path(m[1]).expanduser(), ((int(m[2]), int(m[3] or m[2])) if m[2] else None)
 
 
+def _decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as uint8 (H, W, 3), resized to `size` (H, W) if given. One-line ValueError for an
+    image of more than PIL's `Image.MAX_IMAGE_PIXELS` (PIL only warns up to twice that: a
+    decompression bomb) and for a file PIL cannot decode (truncated, damaged, not an image)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():  # reslab says it below, in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)  # reads the header only
+        with img:
+            shape = f"{img.width}x{img.height}"
+            if limit is None or img.width * img.height <= limit:
+                img = img.convert("RGB")
+                if size is not None and img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                return np.asarray(img)
+    except Image.DecompressionBombError as e:  # above twice the limit PIL opens nothing
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        shape = pixels[1] if pixels else f"more than {2 * limit}"
+    except (OSError, SyntaxError, EOFError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # not found, no permission, ...: the file system's own one line
+        raise ValueError(f"{path} is not a readable image (truncated or damaged)") from None
+    raise ValueError(
+        f"{path}: image of {shape} pixels is larger than reslab decodes (limit {limit} pixels)"
+    )
+
+
 def _decode_folder(
     folder: Path, classes: tuple[str, ...], size: tuple[int, int] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode `<folder>/<class>/<image>` with PIL (at load time only) into uint8 (N, 3, H, W)."""
-    from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     to_idx = {c: i for i, c in enumerate(classes)}
@@ -145,11 +175,7 @@ def _decode_folder(
         raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {folder}/<class>/")
     arrays = []
     for path, _ in samples:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            arrays.append(np.asarray(img))  # (H, W, 3)
+        arrays.append(_decode_image(path, size))  # (H, W, 3)
         if arrays[-1].shape != arrays[0].shape:
             (h0, w0), (h, w) = arrays[0].shape[:2], arrays[-1].shape[:2]
             raise ValueError(

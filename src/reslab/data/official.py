@@ -205,23 +205,28 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(d, dict) or b"data" not in d or label_key not in d:
         keys = sorted(d, key=repr) if isinstance(d, dict) else type(d).__name__
         raise ValueError(f"{path}: expected a dict with keys b'data' and {label_key!r}, got {keys}")
-    x, y = d[b"data"], np.asarray(d[label_key])
+    x, labels = d[b"data"], d[label_key]
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise ValueError(f"{path}: b'data' must be a uint8 array (N, 3072), got {got}")
-    if y.shape != (len(x),) or y.dtype.kind not in "iu":
-        raise ValueError(
-            f"{path}: {label_key!r} must be {len(x)} integers, got {y.dtype} {y.shape}"
-        )
+    # a flat list of ints (or an array) before numpy reads it: nested lists are never expanded
+    flat = isinstance(labels, np.ndarray) or (
+        isinstance(labels, list) and all(isinstance(v, int) for v in labels)
+    )
+    y = np.asarray(labels) if flat else None
+    if y is None or y.shape != (len(x),) or y.dtype.kind not in "iu":
+        got = f"{y.dtype} {y.shape}" if flat else f"a {type(labels).__name__}, not a list of ints"
+        raise ValueError(f"{path}: {label_key!r} must be {len(x)} integers, got {got}")
     return x, y
 
 
 def _read_cifar(name: str, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     label_key, names_key = _CIFAR_KEYS[name]
     meta = load_pickle(paths[-1])
-    if not isinstance(meta, dict) or not isinstance(meta.get(names_key), list):
+    names = meta.get(names_key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
         raise ValueError(f"{paths[-1]}: expected a dict with a list of class names {names_key!r}")
-    classes = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[names_key])
+    classes = tuple(n.decode("latin1") if isinstance(n, bytes) else n for n in names)
     xs, ys = zip(*(_cifar_batch(p, label_key) for p in paths[:-1]), strict=True)
     x = np.concatenate(xs).reshape(-1, 3, 32, 32)  # each row holds the R, G, B planes, row-major
     return x, np.concatenate(ys), classes

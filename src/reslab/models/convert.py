@@ -35,8 +35,16 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from reslab.models.blocks import ResidualBlock
+from reslab.models.blocks import (
+    BasicBlock,
+    Bottleneck,
+    MLPBlock,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResidualBlock,
+)
 from reslab.models.registry import twin
+from reslab.models.variants import Unit
 
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -175,8 +183,17 @@ def _block(
     return SequentialBlock(branch, post, downsample), end
 
 
+# blocks whose forward adds the shortcut through `ResidualBlock.merge`, so shortcut="none" leaves
+# the residual branch alone (a `Unit` merges its paths itself)
+_PLAIN_BLOCKS = (
+    BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, MLPBlock, SequentialBlock
+)  # fmt: skip
+
+
 def to_plain(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every shortcut off (shortcut="none") and no projection modules."""
+    """A copy of `model` with every shortcut off (shortcut="none") and no projection modules: each
+    block then outputs what its residual branch alone gives. Only blocks whose forward honours
+    shortcut="none" (`_PLAIN_BLOCKS`) are converted; any other block is a one-line ValueError."""
     plain = copy.deepcopy(model)
     if hasattr(plain, "residual_blocks"):
         blocks = plain.residual_blocks()
@@ -186,6 +203,19 @@ def to_plain(model: nn.Module) -> nn.Module:
         raise ValueError(
             f"to_plain: {type(model).__name__} has no residual blocks (modules with a `shortcut` attribute)"
         )
+    name = getattr(model, "model_name", type(model).__name__)
+    for block in blocks:
+        if isinstance(block, Unit):
+            raise ValueError(
+                f"to_plain: {name} has Unit blocks (a shortcut/activation variant of He et al. "
+                "2016), which add their shortcut path whatever `shortcut` says, and a variant has "
+                "no plain twin; convert its base net instead"
+            )
+        if type(block) not in _PLAIN_BLOCKS:
+            raise ValueError(
+                f"to_plain: {type(block).__name__} is not a block whose shortcut to_plain can "
+                f"switch off ({', '.join(b.__name__ for b in _PLAIN_BLOCKS)})"
+            )
     for block in blocks:
         block.shortcut = "none"
         if isinstance(getattr(block, "downsample", None), nn.Module):

@@ -13,7 +13,9 @@ import datetime
 import html
 import json
 import math
+import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -265,28 +267,51 @@ def join_values(values) -> str:
     return str(values)
 
 
-def _read_json(path: Path) -> dict:
+def _below(path: Path, top: Path) -> bool:
+    """Whether `path`, with every link followed, is `top` or lies below it (`top` resolved)."""
+    return path.resolve().is_relative_to(top)
+
+
+def _read_json(path: Path, top: Path) -> dict:
+    """A JSON object from a regular file below `top`; {} when it is missing, unreadable, not an
+    object or a link out of `top`, so a broken or hostile file blanks its row, not the index."""
+    if not (_below(path, top) and path.is_file()):
+        return {}
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value: object) -> str:
+    """`value` as text UTF-8 can write: a folder name or a JSON string may hold lone surrogates."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
 def build_index(root: str | Path) -> Path:
-    """Write `root/index.html`: one row per `report.html` found below `root`, with its study and verdict."""
+    """Write `root/index.html`: one row per `report.html` found below `root`, with its study and verdict.
+
+    Only regular files that lie below `root` once links are followed are linked or read; links are
+    relative and percent-encoded, and every name or text read from disk is shown as text.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"report index root is not a directory: {root}")
+    top = root.resolve()
     rows = []
     for report in sorted(root.rglob(runs.REPORT)):
+        if not (_below(report, top) and report.is_file()):
+            continue  # a link to a page outside `root`
         folder = report.parent
-        summary = _read_json(folder / runs.SUMMARY)
-        study = summary.get("study") or _read_json(folder / runs.STUDY).get("study") or "—"
-        verdict = summary.get("verdict") or {}
-        rel = report.relative_to(root).as_posix()
+        summary = _read_json(folder / runs.SUMMARY, top)
+        study = summary.get("study") or _read_json(folder / runs.STUDY, top).get("study") or "—"
+        verdict = summary.get("verdict") if isinstance(summary.get("verdict"), dict) else {}
+        href = urllib.parse.quote(os.fsencode(report.relative_to(root).as_posix()))
         name = folder.relative_to(root).as_posix() if folder != root else "."
-        rows.append([study, Link(name, rel), verdict.get("status", "—"), verdict.get("text", "")])
-    page = Page("reslab reports", f"{len(rows)} study report(s) under {root.resolve()}")
+        status, text = verdict.get("status", "—"), verdict.get("text", "")
+        rows.append([_text(study), Link(_text(name), href), _text(status), _text(text)])
+    page = Page("reslab reports", _text(f"{len(rows)} study report(s) under {top}"))
     if rows:
         page.table(["study", "folder", "status", "verdict"], rows)
     else:
@@ -294,6 +319,8 @@ def build_index(root: str | Path) -> Path:
             "No report.html found below this folder yet: run `reslab report <study_dir>` first."
         )
     index = root / "index.html"
+    if index.is_symlink():  # writing would replace the file it points to, wherever that is
+        raise FileExistsError(f"{index} is a link; it is left as it is")
     if index.is_file() and GENERATOR not in index.read_text(errors="replace"):
         raise FileExistsError(f"{index} exists and was not written by reslab; it is left as it is")
     return page.write(index)
