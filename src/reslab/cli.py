@@ -7,6 +7,7 @@ so an option is declared once, with its help text, next to the code that uses it
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build, train, and run the studies that show why shortcuts work.",
     )
     p.add_argument("--version", action="version", version=f"reslab {_version()}")
+    debug = f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)"
+    p.add_argument("--debug", action="store_true", help=debug)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     about = "list models with depth, parameters and multiply-adds"
@@ -182,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     about = "rebuild a study's figures and report.html from its folder"
     r = sub.add_parser("report", help=about, description=about)
     r.add_argument("path", help="a study folder (e.g. runs/degradation/NAME) or a runs root")
+    for (
+        command
+    ) in sub.choices.values():  # `reslab train ... --debug` as well as `reslab --debug train`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return p
 
 
@@ -192,7 +199,8 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, run the command, and turn bad input into a one-line error (exit status 2)."""
+    """Parse `argv`, run the command, and turn an error into one line: exit status 2 for bad input
+    (a file, an option), 1 for anything else. `--debug` or $RESLAB_DEBUG=1 shows the traceback."""
     warnings.formatwarning = _one_line_warning
     try:
         allocator.use_requested()  # may restart the process on tcmalloc/jemalloc
@@ -200,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reslab: error: {_one_line(err)}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
-    opts = {k: v for k, v in vars(args).items() if k != "command"}
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     try:
         if args.command in studies.NAMES:
             base.main(studies.get(args.command), opts)
@@ -209,9 +218,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reslab: interrupted{_resume_hint(args.command)}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, Diverged) as err:
-        print(f"reslab {args.command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if debug:
+            raise
+        status, message = describe_error(err)
+        print(f"reslab {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+DEBUG_ENV = "RESLAB_DEBUG"
+
+
+def describe_error(err: BaseException) -> tuple[int, str]:
+    """The exit status and one-line message for an error reaching the command line.
+
+    The one place library errors become messages: bad input reslab checks itself raises ValueError
+    or OSError with a message naming the file or option; the errors of the libraries reslab reads
+    files with are named here; anything else is a bug, shown as such."""
+    text = _one_line(err)
+    if isinstance(err, (ValueError, OSError, Diverged)):
+        return 2, text
+    kind = type(err).__name__
+    if kind == "SafetensorError":  # safetensors' own type, not a ValueError
+        return 2, f"a weights file is not readable safetensors ({text})"
+    if kind == "DecompressionBombError":  # PIL's, raised before decoding a huge image
+        return 2, f"an image is larger than reslab decodes ({text})"
+    if isinstance(err, MemoryError):
+        return 2, "out of memory; try a smaller --batch-size, model or dataset"
+    if "out of memory" in text.lower():  # torch.OutOfMemoryError (a RuntimeError) on any device
+        return 2, f"out of memory on the device ({text[:200]}); try a smaller --batch-size or model"
+    return 1, (
+        f"{kind}: {text} (this is a bug in reslab: rerun with --debug or {DEBUG_ENV}=1 "
+        "for the traceback and report it)"
+    )
 
 
 def _resume_hint(command: str) -> str:
