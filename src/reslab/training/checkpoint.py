@@ -4,19 +4,34 @@ A checkpoint is a folder `checkpoints/step-00001234/` holding `model.safetensors
 `optimizer.safetensors` and `trainer.json`. It is written under a temporary name, every file is
 fsynced, and only then renamed into place, so a kill at any moment leaves the previous checkpoint
 whole. The newest complete folder is the one to resume from; older ones are pruned after a new one lands.
+A write that fails (a full disk) removes its temporary folder and leaves the checkpoints already there
+as they were. A folder that does not read back whole raises `DamagedCheckpoint` naming the file;
+`set_aside` renames such a folder `damaged-step-...`, out of the way of pruning and of later saves.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from reslab.models.weights import _few
+from reslab.training.runs import read_json
+
 KEEP = 2  # the newest checkpoint and the one before it
+MODEL, OPTIMIZER, TRAINER = "model.safetensors", "optimizer.safetensors", "trainer.json"
+_STEP = re.compile(r"step-(\d+)")
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that is missing, truncated or garbled; the message names the file."""
 
 
 def save_checkpoint(
@@ -26,26 +41,35 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict,
 ) -> Path:
-    """Write checkpoint `step` under `ckpt_root` atomically and prune old ones; returns its folder."""
+    """Write checkpoint `step` under `ckpt_root` atomically and prune old ones; returns its folder.
+
+    A write that fails (a full disk) removes its temporary folder and raises a one-line OSError
+    naming the checkpoint that is still intact."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    tensors, groups = _flatten_optimizer(optimizer)
-    save_file(_contiguous(model.state_dict()), tmp / "model.safetensors")
-    save_file(tensors, tmp / "optimizer.safetensors")
-    state = dict(trainer_state, step=step, param_groups=groups)
-    (tmp / "trainer.json").write_text(json.dumps(state))
-    for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+    try:
+        tmp.mkdir()
+        tensors, groups = _flatten_optimizer(optimizer)
+        save_file(_contiguous(model.state_dict()), tmp / MODEL)
+        save_file(tensors, tmp / OPTIMIZER)
+        state = dict(trainer_state, step=step, param_groups=groups)
+        (tmp / TRAINER).write_text(json.dumps(state))
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(ckpt_root, final.name, err) from None
     if final.exists():  # a previous attempt at this very step completed; replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync(ckpt_root)
     for old in list_checkpoints(ckpt_root)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
+    # Temporary folders of killed writes. No live writer can own one: training holds the run
+    # folder's lock (reslab.training.runs.lock) and only the logging rank saves.
     for stale in ckpt_root.glob(".tmp-step-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
@@ -55,18 +79,95 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete checkpoint folders, oldest first."""
     if not ckpt_root.is_dir():
         return []
-    done = [p for p in ckpt_root.glob("step-*") if (p / "trainer.json").is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in ckpt_root.iterdir() if _STEP.fullmatch(p.name) and (p / TRAINER).is_file()]
+    return sorted(done, key=lambda p: int(_STEP.fullmatch(p.name)[1]))
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer in place from a checkpoint folder; returns the trainer state."""
-    state = json.loads((path / "trainer.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    optimizer.load_state_dict(
-        _unflatten_optimizer(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
-    )
+    """Restore model and optimizer in place from a checkpoint folder; returns the trainer state.
+
+    Raises DamagedCheckpoint when a file does not read back whole (nothing is restored then),
+    and a ValueError naming the keys or shapes that differ when the weights are another model's."""
+    try:
+        state = read_json(path / TRAINER)
+    except (OSError, ValueError) as err:
+        raise DamagedCheckpoint(str(err)) from None
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("step"), int)
+        and isinstance(state.get("param_groups"), list)
+    ):
+        raise DamagedCheckpoint(f"{path / TRAINER} holds no trainer state (step, param_groups)")
+    weights, optim_tensors = _read_tensors(path / MODEL), _read_tensors(path / OPTIMIZER)
+    try:
+        optim_state = _unflatten_optimizer(optim_tensors, state.pop("param_groups"))
+    except ValueError as err:
+        raise DamagedCheckpoint(f"{path / OPTIMIZER} holds unknown keys ({err})") from None
+    _check_fits(path, weights, model.state_dict())
+    try:  # checks the groups against the optimizer's before it changes anything
+        optimizer.load_state_dict(optim_state)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedCheckpoint(
+            f"{path / TRAINER}: its optimizer state does not fit ({err})"
+        ) from None
+    model.load_state_dict(weights)
     return state
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint folder `damaged-step-...` (kept, never pruned); returns the new path."""
+    aside, n = path.with_name(f"damaged-{path.name}"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"damaged-{path.name}-{n}")
+    os.rename(path, aside)
+    return aside
+
+
+def _write_failed(ckpt_root: Path, name: str, err: Exception) -> OSError:
+    """The one-line error of a checkpoint that could not be written, saying what is left."""
+    if isinstance(err, OSError):
+        code, reason = err.errno, err.strerror or str(err)
+    else:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        m = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(err))
+        code, reason = (int(m[2]), m[1]) if m else (None, str(err))
+    kept = list_checkpoints(ckpt_root)
+    left = (
+        f"the previous checkpoint ({kept[-1].name}) is intact" if kept else "no checkpoint is kept"
+    )
+    fix = "free space" if code in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    out = OSError(
+        f"could not write checkpoint {name} in {ckpt_root}: {reason}; {left}, "
+        f"{fix} and rerun with --resume"
+    )
+    out.errno = code
+    return out
+
+
+def _read_tensors(file: Path) -> dict:
+    try:
+        return load_file(file)
+    except (OSError, SafetensorError) as err:
+        raise DamagedCheckpoint(f"{file} cannot be read ({err})") from None
+
+
+def _check_fits(path: Path, weights: dict, expected: dict) -> None:
+    """A one-line ValueError when `weights` are not the state dict of the model that has `expected`."""
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    problems = [
+        _few("missing keys", missing),
+        _few("unexpected keys", unexpected),
+        _few("shapes differ, checkpoint vs model,", shapes),
+    ]
+    if any(problems):
+        detail = "; ".join(p for p in problems if p)
+        raise ValueError(f"checkpoint {path} holds weights for a different model ({detail})")
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:

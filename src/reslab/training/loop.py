@@ -32,7 +32,13 @@ from reslab.training.bookkeeping import (
     log_train,
     progress_bar,
 )
-from reslab.training.checkpoint import list_checkpoints, load_checkpoint
+from reslab.training.checkpoint import (
+    TRAINER,
+    DamagedCheckpoint,
+    list_checkpoints,
+    load_checkpoint,
+    set_aside,
+)
 from reslab.training.config import TrainConfig
 from reslab.training.evaluation import evaluate
 from reslab.training.runs import write_json
@@ -43,6 +49,11 @@ CIFAR_LIKE = ("cifar10", "cifar100")
 
 def train(cfg: TrainConfig) -> dict:
     """Train `cfg.model` on `cfg.data`; writes `cfg.out/cfg.run_name/` and returns its summary."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(
+            f"train() takes a TrainConfig, got {type(cfg).__name__}; build one with "
+            "TrainConfig.from_dict(d) or reslab.training.resolve(preset, **options)"
+        )
     d = distributed.setup(cfg.device)
     try:
         with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
@@ -92,7 +103,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     eval_every = cfg.eval_every or max(1, total // 20)
     ckpt_every = cfg.checkpoint_every or eval_every
 
-    step, resume_from = _resume(run_dir, cfg, model, optimizer)
+    step, resume_from = _resume(run_dir, cfg, model, optimizer, d.is_main)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
@@ -273,15 +284,42 @@ def _warn_if_fragmenting(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _resume(
-    run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer
+    run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, main: bool
 ) -> tuple[int, Path | None]:
-    """On --resume, restore the newest checkpoint; returns (step, its folder), or (0, None)."""
-    ckpts = list_checkpoints(run_dir / runs.CHECKPOINTS) if cfg.resume else []
-    if not ckpts:
-        return 0, None
-    state = load_checkpoint(ckpts[-1], model, optimizer)
-    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return state["step"], ckpts[-1]
+    """On --resume, restore the newest checkpoint that reads back whole; returns (step, its folder),
+    or (0, None). Newer damaged ones are renamed aside (`main` only), with a warning each."""
+    root = run_dir / runs.CHECKPOINTS
+    damaged: list[tuple[Path, DamagedCheckpoint]] = []
+    for path in reversed(list_checkpoints(root) if cfg.resume else []):
+        try:
+            state = load_checkpoint(path, model, optimizer)
+            _restore_rng(path, state)
+        except DamagedCheckpoint as err:
+            damaged.append((path, err))
+            continue
+        except ValueError as err:  # read back whole, but another model's weights
+            raise ValueError(f"--resume: {err}, so --model {cfg.model} cannot resume it") from None
+        for bad, err in damaged if main else []:
+            aside = set_aside(bad)
+            warnings.warn(
+                f"--resume: {err}; moved {bad.name} aside to {aside} and resumed from {path.name}",
+                stacklevel=4,
+            )
+        return state["step"], path
+    if damaged:
+        raise ValueError(
+            f"--resume: no checkpoint in {root} reads back whole: "
+            + "; ".join(str(err) for _, err in damaged)
+            + "; they are left as they are (delete them and rerun with --resume to start over)"
+        )
+    return 0, None
+
+
+def _restore_rng(path: Path, state: dict) -> None:
+    try:
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise DamagedCheckpoint(f"{path / TRAINER} holds no CPU RNG state ({err})") from None
 
 
 def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
