@@ -178,9 +178,7 @@ def claim(
     record = jsonable(record)
     path = folder / runs.STUDY
     if path.exists():
-        old = runs.read_json(path)
-        if not isinstance(old, dict):
-            raise ValueError(f"{path} does not hold a study record (a JSON object)")
+        old = runs.read_json(path)  # a one-line ValueError unless it holds a JSON object
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(

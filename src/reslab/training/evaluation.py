@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,8 @@ def evaluate_weights(
     if normalize == "pixel-mean" and (mean is not None or std is not None):
         raise ValueError("--normalize pixel-mean takes no --mean/--std (it uses the mean image)")
     d = distributed.setup(device)  # a bad device fails before any data is read
+    if not Path(weights).exists():  # so does a missing weights file
+        raise FileNotFoundError(f"no such weights file: {weights}")
     if num_threads:
         torch.set_num_threads(num_threads)
     ds = load_dataset(data, split, root=data_dir)

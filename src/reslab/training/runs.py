@@ -4,7 +4,8 @@ A run folder `<out>/<name>/` holds `config.json` (the resolved TrainConfig), `en
 `metrics.jsonl` (one JSON object a line: {"kind", "step", ...}), `summary.json` (written last; its
 "status" is "completed" or "diverged"), `model.safetensors` and `checkpoints/`. A study folder holds
 `study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), and what
-its report writes: `summary.json`, figures and `report.html`.
+its report writes: `summary.json`, figures and `report.html`. Each of these JSON files holds one
+JSON object, and `read_json` says so, naming the file, when one does not.
 
 A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2`, `B-s0`);
 `cell_name` writes it and `parse_cell` reads it back. No other module spells these file names.
@@ -94,13 +95,45 @@ def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> Any:
-    """A run or study JSON file; a one-line ValueError naming the file when it is not valid JSON."""
+def read_json(path: str | Path) -> dict:
+    """A run or study JSON file, which holds one JSON object; a one-line ValueError naming the file
+    when it is not valid JSON or holds something else (a list, a string, a number)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except ValueError as e:
+        obj = json.loads(path.read_text())
+    except ValueError as e:  # UnicodeDecodeError is one too
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} should hold a JSON object, got {_JSON_TYPES.get(type(obj))}")
+    return obj
+
+
+_JSON_TYPES = {
+    list: "list",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def metric_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a metrics.jsonl file; a one-line ValueError for
+    a line that is not UTF-8, unless it is the last (torn in mid-write by a kill: its bad bytes
+    become U+FFFD, and its readers drop it as they drop any torn last line)."""
+    path = Path(path)
+    lines = [(i, ln) for i, ln in enumerate(path.read_bytes().split(b"\n"), 1) if ln.strip()]
+    out = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            text = line.decode(errors="replace" if k == len(lines) - 1 else "strict")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} line {i} is not UTF-8 text") from None
+        out.append((i, text))
+    return out
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -109,14 +142,14 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = metric_lines(path)
     out = []
-    for i, line in enumerate(lines):
+    for k, (i, line) in enumerate(lines):
         try:
             out.append(json.loads(line))
         except ValueError:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path} line {i + 1} is not valid JSON") from None
+            if k < len(lines) - 1:
+                raise ValueError(f"{path} line {i} is not valid JSON") from None
     return out
 
 
@@ -154,10 +187,7 @@ def read_study(study_dir: str | Path, kind: str) -> dict:
     FileNotFoundError when it holds neither, or a ValueError when study.json is not a JSON object."""
     study_dir = Path(study_dir)
     if (study_dir / STUDY).is_file():
-        record = read_json(study_dir / STUDY)
-        if not isinstance(record, dict):
-            raise ValueError(f"{study_dir / STUDY} does not hold a study record (a JSON object)")
-        return record
+        return read_json(study_dir / STUDY)
     if (study_dir / RUNS).is_dir():
         return {}
     raise FileNotFoundError(f"not a {kind} study folder (no {STUDY}, no {RUNS}/): {study_dir}")

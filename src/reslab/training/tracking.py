@@ -7,6 +7,7 @@ dropped so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -59,22 +60,23 @@ class RunLog:
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the lines up to `step` (a resumed run rewrites what follows). A torn last line (a kill in
     mid-write) is dropped; an unreadable line anywhere else stops the resume and the file is kept."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = runs.metric_lines(path)  # a line that is not UTF-8 stops here, the file untouched
     keep = []
-    for i, line in enumerate(lines):
+    for k, (i, line) in enumerate(lines):
         try:
-            record = json.loads(line)
-            at = record["step"]
+            before = json.loads(line)["step"] <= step
         except (ValueError, KeyError, TypeError):
-            if i == len(lines) - 1:
+            if k == len(lines) - 1:
                 break
             raise ValueError(
-                f"{path} line {i + 1} is not a metrics record; fix or remove that line to resume "
+                f"{path} line {i} is not a metrics record; fix or remove that line to resume "
                 "(the file is left as it is)"
             ) from None
-        if at <= step:
+        if before:
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+    tmp = path.with_name(f".{path.name}.tmp")  # replaced whole, so a kill now loses no line
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def provenance(device: torch.device) -> dict:
