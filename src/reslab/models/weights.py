@@ -72,22 +72,29 @@ def load_weights(
     for key, value in expected.items():  # files from before PyTorch 0.4.1 have no BN step counter
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = value
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = [_few("shape mismatches, file vs model,", shapes)]
-    if strict:
-        problems += [_few("missing keys", missing), _few("unexpected keys", unexpected)]
-    problems = [p for p in problems if p]
+    problems = mismatches(state, expected, "file", strict)
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"load_weights: {origin} does not fit {name}: " + "; ".join(problems))
     model.load_state_dict(state, strict=strict)
     return model
+
+
+def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = True) -> list[str]:
+    """What keeps `state` from loading into a model whose state dict is `expected`, as short
+    phrases (shapes, then missing and unexpected keys when `strict`); [] when it fits."""
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [_few(f"shape mismatches, {source} vs model,", shapes)]
+    if strict:
+        problems += [
+            _few("missing keys", [k for k in expected if k not in state]),
+            _few("unexpected keys", [k for k in state if k not in expected]),
+        ]
+    return [p for p in problems if p]
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:

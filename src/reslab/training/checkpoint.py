@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reslab.models.weights import _few
+from reslab.models.weights import mismatches
 from reslab.training.runs import read_json
 
 KEEP = 2  # the newest checkpoint and the one before it
@@ -153,20 +153,9 @@ def _read_tensors(file: Path) -> dict:
 
 def _check_fits(path: Path, weights: dict, expected: dict) -> None:
     """A one-line ValueError when `weights` are not the state dict of the model that has `expected`."""
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    shapes = [
-        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in weights and weights[k].shape != v.shape
-    ]
-    problems = [
-        _few("missing keys", missing),
-        _few("unexpected keys", unexpected),
-        _few("shapes differ, checkpoint vs model,", shapes),
-    ]
-    if any(problems):
-        detail = "; ".join(p for p in problems if p)
+    problems = mismatches(weights, expected, "checkpoint")
+    if problems:
+        detail = "; ".join(problems)
         raise ValueError(f"checkpoint {path} holds weights for a different model ({detail})")
 
 
