@@ -93,6 +93,7 @@ def test_damaged_safetensors_is_one_line_everywhere(damage, weights, tmp_path, c
         assert "SafetensorError" not in line
     assert _snapshot(run) == before
     assert not (tmp_path / "m.pt2").exists()
+    assert not any((tmp_path / "out").iterdir()), "the refused study left its folder behind"
 
 
 # ------------------------------------------------------------------------- 2, 3 pickles

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -367,4 +368,13 @@ def main(study: Study, opts: dict) -> dict:
     fields = {f.name for f in dataclasses.fields(study.config)}
     train = {k: v for k, v in opts.items() if k not in fields}
     own = {k: v for k, v in opts.items() if k in fields}
-    return study.run(make_config(study, own.pop("preset", None), train=train, **own))
+    cfg = make_config(study, own.pop("preset", None), train=train, **own)
+    folder = study_dir(cfg)
+    new = not folder.exists()
+    try:
+        return study.run(cfg)
+    except Exception:
+        # a study refused before it wrote anything but its study.json leaves no folder behind
+        if new and [p.name for p in folder.iterdir()] == [runs.STUDY]:
+            shutil.rmtree(folder)
+        raise
