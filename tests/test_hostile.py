@@ -101,6 +101,8 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
         (["eval", "--model", "resmlp-4", "--weights", "w", "--num-threads", "-1"], "integer >= 0"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "nan"], "finite numbers"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "0"], "must be > 0"),
+        (["train", "--model-arg", "num_classes=0", "--iters", "1"], "come from the dataset"),
+        (["eval", "--model", "resmlp-4", "--weights", "w", "--model-arg", "in_chans=3"], "--data"),
     ],
 )
 def test_silently_wrong_values_are_refused(argv, expected, tmp_path, capsys, monkeypatch):
@@ -142,3 +144,13 @@ def test_to_residual_says_why_it_formed_no_block():
         to_residual(seq, every=4, example_input=torch.randn(2, 4))
     with pytest.raises(ValueError, match="must be integers"):
         to_residual(seq, every="2", example_input=torch.randn(2, 4))
+
+
+def test_resume_of_a_finished_run_checks_its_model_without_config_json(tmp_path, capsys):
+    argv = ["train", "--model", "resmlp-4", "--iters", "2", "--out", str(tmp_path), "--name", "r"]
+    assert main([*argv, "--no-progress"]) == 0
+    (tmp_path / "r" / runs.CONFIG).unlink()
+    before = {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    argv[2] = "resmlp-6"
+    _one_line_error(capsys, [*argv, "--resume", "--no-progress"], "not model 'resmlp-6'")
+    assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before

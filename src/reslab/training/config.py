@@ -153,6 +153,7 @@ class TrainConfig:
             )
         if self.name:
             check_name(self.name)
+        check_model_args(self.model_kwargs)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
@@ -282,3 +283,14 @@ def _depth(model: str) -> int:
         return resolve_name(model.split("+")[0])[1]
     except ValueError:
         return 0
+
+
+def check_model_args(model_kwargs: dict) -> dict:
+    """Model options a user may set for a run: not the sizes the dataset gives the model."""
+    sized = sorted({"num_classes", "in_chans", "img_size"} & set(model_kwargs))
+    if sized:
+        raise ValueError(
+            f"model option(s) {sized} come from the dataset (--data); they cannot be set "
+            "with --model-arg"
+        )
+    return model_kwargs

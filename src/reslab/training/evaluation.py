@@ -13,6 +13,7 @@ from torch import nn
 
 from reslab.data import ImageData, Loader, load_dataset, subtract_mean_image
 from reslab.training import distributed
+from reslab.training.config import check_model_args
 
 
 @torch.inference_mode()
@@ -101,6 +102,7 @@ def evaluate_weights(
         raise ValueError(f"normalize must be channel or pixel-mean, got {normalize!r}")
     if normalize == "pixel-mean" and (mean is not None or std is not None):
         raise ValueError("--normalize pixel-mean takes no --mean/--std (it uses the mean image)")
+    check_model_args(model_kwargs or {})
     d = distributed.setup(device)  # a bad device fails before any data is read
     if not Path(weights).exists():  # so does a missing weights file
         raise FileNotFoundError(f"no such weights file: {weights}")

@@ -345,7 +345,18 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
                 "resume with the same options or use another --name"
             )
     done = runs.read_summary(run_dir)
-    return done if done and done.get("status") == "completed" else None
+    if done and done.get("status") == "completed":
+        diff = [k for k in ("model", "data") if done.get(k) not in (None, getattr(cfg, k))]
+        if diff:  # config.json gone: the summary still says what was trained
+            raise ValueError(
+                f"--resume: {run_dir} is a finished run of "
+                + ", ".join(f"{k} {done[k]!r}" for k in diff)
+                + ", not "
+                + ", ".join(f"{k} {getattr(cfg, k)!r}" for k in diff)
+                + "; use another --name"
+            )
+        return done
+    return None
 
 
 def _norm(v):
