@@ -21,20 +21,18 @@ from reslab.models.blocks import Bottleneck
 from reslab.models.registry import resolve
 from reslab.models.resnet import ResNet
 
-CASES = [  # every family, each plain twin, each shortcut option, both block kinds, branch scales
+CASES = [  # every family, a plain twin, each shortcut option, both block kinds, branch scales
     ("resnet-8", {}),  # CIFAR, option A: parameter-free subsample + zero channels
     ("resnet-8", {"shortcut": "B"}),
     ("resnet-8", {"shortcut": "C", "branch_scale": "fixup"}),  # scalar biases/multipliers, no norm
-    ("plain-8", {}),
-    ("resnet18", {}),  # ImageNet, option B
+    # ImageNet's ResNet-18 (option B): test_torchvision_weights_through_onnx
     ("bottleneck-imagenet", {}),  # resnet50's stem and blocks at 1 block per stage, small widths
     ("preact_resnet-8", {"shortcut": "A"}),
     ("preact_resnet-8", {"shortcut": "C", "norm": "group"}),
     ("preact_resnet-11", {}),  # pre-activation bottlenecks, option B
-    ("preact_plain-11", {}),
     ("resmlp4", {}),  # identity shortcut
     ("resmlp4", {"shortcut": "C", "branch_scale": "rezero"}),
-    ("plainmlp4", {}),
+    ("plainmlp4", {}),  # the plain twins are the same classes with the shortcuts off
 ]
 IDS = [n + "".join(f"-{v}" for v in kw.values()) for n, kw in CASES]
 

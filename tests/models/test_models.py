@@ -323,7 +323,7 @@ def test_10000_layer_norm_free_mlp_is_finite(scheme):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme", ["rezero", "skipinit", "fixup"])
+@pytest.mark.parametrize("scheme", ["fixup"])  # the other schemes: the MLP test above
 def test_10000_layer_norm_free_cifar_resnet_is_finite(scheme):
     """ResNet-10004 (5001 basic blocks, no normalisation): the forward pass stays finite and of
     moderate size in fp32, bf16 autocast and pure bf16 (4x4 inputs keep it to seconds)."""

