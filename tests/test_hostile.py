@@ -154,3 +154,23 @@ def test_resume_of_a_finished_run_checks_its_model_without_config_json(tmp_path,
     argv[2] = "resmlp-6"
     _one_line_error(capsys, [*argv, "--resume", "--no-progress"], "not model 'resmlp-6'")
     assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before
+
+
+def test_a_full_disk_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    path = runs.write_json(tmp_path / runs.SUMMARY, {"status": "completed"})
+    before = path.read_bytes()
+
+    def full(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:3])  # part of it lands, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        runs.write_json(path, {"status": "diverged"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [runs.SUMMARY]  # no temp file left

@@ -89,9 +89,13 @@ def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
 
     `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
     path = Path(path)
+    text = json.dumps(obj, indent=2, allow_nan=not strict) + "\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:  # a full disk leaves the old file and no half-written temp behind
+        tmp.unlink(missing_ok=True)
     return path
 
 
