@@ -174,3 +174,36 @@ def test_a_full_disk_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [runs.SUMMARY]  # no temp file left
+
+
+def test_the_lock_holds_across_processes_and_dies_with_its_holder(tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "c1"
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(  # another process writing this run, as a second `reslab train` would
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib; from reslab.training import runs\n"
+            "with runs.lock(sys.argv[1]):\n"
+            "    (pathlib.Path(sys.argv[1]) / 'metrics.jsonl').write_text('')\n"
+            "    pathlib.Path(sys.argv[2]).touch(); time.sleep(60)",
+            str(run_dir),
+            str(ready),
+        ]
+    )
+    try:
+        while not ready.exists():
+            assert holder.poll() is None, "the lock holder died"
+        argv = ["train", "--model", "resmlp-4", "--iters", "2", "--out", str(tmp_path)]
+        _one_line_error(capsys, [*argv, "--name", "c1", "--no-progress"], "another reslab process")
+        assert sorted(p.name for p in run_dir.iterdir()) == [runs.LOCK, runs.METRICS]
+        holder.send_signal(signal.SIGKILL)  # killed mid-run: the OS releases its lock
+        holder.wait()
+        assert main([*argv, "--name", "c1", "--resume", "--no-progress"]) == 0
+    finally:
+        holder.kill()
+    assert runs.status(run_dir) == "completed"
