@@ -166,6 +166,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         if d.is_main:
             write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
         raise
+    except BaseException:  # a failed checkpoint save, Ctrl-C, ...: the log keeps what it has
+        bar.close()
+        log.close()
+        raise
     bar.close()
 
     final_train, final_test = run_eval(train_data), run_eval(test_data)
