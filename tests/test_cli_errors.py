@@ -55,3 +55,19 @@ def test_debug_shows_the_traceback(argv, monkeypatch):
     _fail_with(monkeypatch, TypeError("unsupported operand"))
     with pytest.raises(TypeError, match="unsupported operand"):
         cli.main(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "nosuch"], "invalid choice: 'nosuch' (choose from"),
+        (["train", "--lr", "abc"], "expected float, got 'abc'"),
+        (["trian"], "invalid choice: 'trian'"),
+    ],
+)
+def test_a_usage_error_is_one_line_pointing_to_help(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and fragment in err[0] and err[0].endswith("--help`)"), err

@@ -27,9 +27,16 @@ from reslab.training.config import (
 from reslab.training.loop import Diverged
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `reslab` parser: one subcommand per entry of COMMANDS and per registered study."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="reslab",
         description="Residual networks and their plain twins: "
         "build, train, and run the studies that show why shortcuts work.",
