@@ -60,6 +60,13 @@ def randomize_(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
+def assert_same_outputs(model: nn.Module, ref: nn.Module, x: torch.Tensor) -> None:
+    """The two nets compute the same outputs in eval mode and in train mode (batch statistics)."""
+    for train in (False, True):
+        model.train(train), ref.train(train)
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
 def split_pad(x: torch.Tensor, c_out: int) -> torch.Tensor:
     """Option A's zero channels, split over both sides (reslab and akamaster; see the docstring)."""
     pad = c_out - x.shape[1]
@@ -286,9 +293,7 @@ def test_preact_nets_compute_the_official_model(name, kw, reference):
     ref = reference()
     copy_weights_(ref.weighted(), reslab_preact_weighted(model))
     x = torch.randn(4, 3, 16, 16)
-    for train in (False, True):
-        model.train(train), ref.train(train)
-        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert_same_outputs(model, ref, x)
 
 
 def test_preact_structure():
@@ -337,9 +342,7 @@ def test_full_preact_variant_is_the_preact_net(base, kw):
         state[k] = v
     preact.load_state_dict(state)  # strict: the same parameters, under the preact net's names
     x = torch.randn(4, 3, 16, 16)
-    for train in (False, True):
-        variant.train(train), preact.train(train)
-        torch.testing.assert_close(variant(x), preact(x), rtol=1e-5, atol=1e-5)
+    assert_same_outputs(variant, preact, x)
 
 
 @torch.no_grad()
@@ -584,9 +587,7 @@ def test_rezero_resnet_computes_the_authors_model():
     state = {k.replace("scale.alpha", "resweight"): v for k, v in model.state_dict().items()}
     ref.load_state_dict({re.sub(r"^fc\.", "linear.", k): v for k, v in state.items()})  # strict
     x = torch.randn(4, 3, 16, 16)
-    for train in (False, True):
-        model.train(train), ref.train(train)
-        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert_same_outputs(model, ref, x)
 
 
 @torch.no_grad()

@@ -160,15 +160,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         checkpoint(run_dir, step, epoch, total, model, optimizer, stats, d)
                 if step >= total:
                     break
-    except Diverged as err:
+    except BaseException as err:  # diverged, a failed save, Ctrl-C: the log keeps what it has
         bar.close()
         log.close()
-        if d.is_main:
+        if isinstance(err, Diverged) and d.is_main:
             write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
-        raise
-    except BaseException:  # a failed checkpoint save, Ctrl-C, ...: the log keeps what it has
-        bar.close()
-        log.close()
         raise
     bar.close()
 
