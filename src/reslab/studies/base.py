@@ -375,6 +375,6 @@ def main(study: Study, opts: dict) -> dict:
         return study.run(cfg)
     except Exception:
         # a study refused before it wrote anything but its study.json leaves no folder behind
-        if new and [p.name for p in folder.iterdir()] == [runs.STUDY]:
+        if new and folder.is_dir() and [p.name for p in folder.iterdir()] == [runs.STUDY]:
             shutil.rmtree(folder)
         raise
