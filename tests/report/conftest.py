@@ -13,9 +13,12 @@ RECIPE = {"lr": 0.1, "batch_size": 128, "weight_decay": 0.0001, "momentum": 0.9}
 
 
 def write_run(
-    run_dir: Path, model: str, seed: int, train_err: float, test_err: float, iters: int
-) -> None:
-    """One finished train run whose curves decay from ~90% error to the given final errors."""
+    run_dir: Path, model: str, seed: int, train_err: float, test_err: float, iters: int,
+    late: float | None = None, n_train: int = 1442,
+) -> None:  # fmt: skip
+    """One finished train run whose curves decay from ~90% error to the given final errors. With
+    `late`, its evaluations also score the training set (the engine's eval_train), which then ends at
+    `train_err` and was `late` at 90% of the run (a straight line over the last 20%)."""
     run_dir.mkdir(parents=True)
     lines = []
     for step in range(10, iters + 1, 10):
@@ -33,7 +36,7 @@ def write_run(
                 "time": step / 100,
             }
         )
-        if step % 50 == 0:
+        if step % 50 == 0 or (late is not None and step % 20 == 0):  # 20: one at 90%
             test = test_err + (0.9 - test_err) * decay
             lines.append(
                 {
@@ -45,6 +48,10 @@ def write_run(
                     "time": step / 100,
                 }
             )
+            if late is not None:
+                t = max(0.0, step / iters - 0.8) / 0.1  # 0 up to 80%, 1 at 90%, 2 at the end
+                fit = late + (train_err - late) * (t - 1)
+                lines[-1].update(train_eval_error=max(0.0, fit), train_eval_n=n_train)
     lines.append(
         {
             "kind": "final",
@@ -68,10 +75,11 @@ def write_run(
 
 
 def write_study(
-    root: Path, finals: dict[tuple[str, int], list[tuple[float, float]]], iters: int = 200,
-    name: str = "toy", with_kind: bool = True,
+    root: Path, finals: dict[tuple[str, int], list[tuple]], iters: int = 200,
+    name: str = "toy", with_kind: bool = True, fit_gate: float | None = None,
 ) -> Path:  # fmt: skip
-    """A study folder under root/runs/degradation/<name>; finals[(arch, depth)] = [(train, test) per seed]."""
+    """A study folder under root/runs/degradation/<name>; finals[(arch, depth)] = [(train, test) or
+    (train, test, late) per seed] (late: the training error at 90% of the run, see write_run)."""
     study_dir = root / "runs" / "degradation" / name
     study_dir.mkdir(parents=True)
     seeds = sorted({s for v in finals.values() for s in range(len(v))})
@@ -81,13 +89,16 @@ def write_study(
     }  # fmt: skip
     if with_kind:
         study = {"study": "degradation", **study}
+    if fit_gate is not None:
+        study["fit_gate"] = fit_gate
     (study_dir / "study.json").write_text(json.dumps(study))
     for (arch, depth), per_seed in finals.items():
         model = f"{'plain' if arch == 'plain' else 'resnet'}-{depth}"
-        for seed, (train, test) in enumerate(per_seed):
+        for seed, (train, test, *late) in enumerate(per_seed):
             write_run(
-                study_dir / "runs" / f"{arch}-{depth}-s{seed}", model, seed, train, test, iters
-            )
+                study_dir / "runs" / f"{arch}-{depth}-s{seed}", model, seed, train, test, iters,
+                *late,
+            )  # fmt: skip
     return study_dir
 
 

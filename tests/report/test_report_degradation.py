@@ -12,7 +12,9 @@ from reslab.studies import build_report as build_any
 from reslab.studies.degradation import report as degradation
 from reslab.studies.degradation.report import (
     FAILED,
+    FIT,
     FLOOR,
+    MOVE,
     build_report,
     collect_runs,
     format_table,
@@ -366,3 +368,111 @@ def test_study_json_as_the_study_runner_writes_it(study_dir):
     text = build_report(study_dir).read_text()
     assert "trained for 200 iterations" in text and "<dd>200</dd>" in text
     assert "<dt>schedule</dt><dd>constant</dd>" in text
+
+
+# ---------------------------------------------------------------- the gates (issue 21), declared first
+
+
+def _converged(finals: dict, late: dict | None = None) -> list[dict]:
+    """_runs with a late training error per run: equal to the final one (converged) unless
+    late[(arch, depth)] gives how far above the final error each seed was at 90% of the run."""
+    runs = _runs(finals)
+    for r in runs:
+        fall = (late or {}).get((r["arch"], r["depth"]), 0.0)
+        if r["final_train_error"] is not None:
+            r.update(late_train_error=r["final_train_error"] + fall, n_train=1442)
+    return runs
+
+
+# Figure 6 of He et al. 2015 in shape, on a training set the shallow nets fit: deeper plain nets end
+# higher, deeper residual nets lower.
+FIG_6 = {("plain", 4): [0.0, 0.0, 0.0], ("plain", 16): [0.01, 0.02, 0.015],
+         ("plain", 64): [0.30, 0.35, 0.28], ("residual", 4): [0.004, 0.005, 0.006],
+         ("residual", 16): [0.002, 0.001, 0.002], ("residual", 64): [0.0, 0.0, 0.001]}  # fmt: skip
+
+
+def test_figure_6_shaped_numbers_show_degradation():
+    v = verdict(_converged(FIG_6), fit=FIT)
+    assert v["status"] == "shown" and v["gates"]["moving"] == [] and v["gates"]["unfit"] == []
+    assert v["n_train"] == 1442
+
+
+def test_a_slow_but_converging_deep_net_is_not_converged_not_degraded():
+    """The deep residual nets still fall 3 pp over the last tenth: a slow start, not degradation."""
+    finals = {**FIG_6, ("residual", 64): [0.05, 0.06, 0.04]}
+    v = verdict(_converged(finals, {("residual", 64): 0.03}), fit=FIT)
+    assert v["status"] == "not_converged" and v["residual"]["degrades"]  # what it would have said
+    assert v["gates"]["moving"] == [{"arch": "residual", "depth": 64, "fall": pytest.approx(0.03)}]
+    assert v["text"].startswith("No verdict: not converged") and "residual-64" in v["text"]
+
+
+@pytest.mark.parametrize("fall, status", [(MOVE - 0.001, "shown"), (MOVE + 0.001, "not_converged")])
+def test_the_convergence_gate_is_half_a_point(fall, status):
+    assert verdict(_converged(FIG_6, {("plain", 16): fall}), fit=FIT)["status"] == status
+
+
+def test_a_rising_late_error_is_not_slow_convergence():
+    """Error that went up over the last tenth is not a net still learning: judged as it ends."""
+    v = verdict(_converged(FIG_6, {("plain", 64): -0.05}), fit=FIT)
+    assert v["status"] == "shown"
+
+
+def test_a_truly_degrading_residual_arm_says_so():
+    finals = {**FIG_6, ("residual", 64): [0.20, 0.25, 0.22]}
+    v = verdict(_converged(finals), fit=FIT)
+    assert v["status"] == "residual_degrades_too" and v["text"].startswith("Both degrade")
+
+
+@pytest.mark.parametrize("shallow, status", [(FIT - 0.001, "shown"), (FIT + 0.001, "not_fit")])
+def test_the_fit_gate_asks_the_shallowest_nets_to_fit(shallow, status):
+    finals = {**FIG_6, ("residual", 4): [shallow] * 3}
+    v = verdict(_converged(finals), fit=FIT)
+    assert v["status"] == status
+    if status == "not_fit":
+        assert v["gates"]["unfit"] == [
+            {"arch": "residual", "depth": 4, "mean": pytest.approx(shallow)}
+        ]
+        assert v["text"].startswith("No verdict: the recipe does not fit")
+    assert verdict(_converged(finals))["status"] == "shown"  # no gate unless the study declares one
+
+
+def test_one_seed_cannot_make_an_arm_degrade():
+    """Mean rise 26.7 pp, but two of three seeds fit as well as the shallow nets: the median does
+    not rise, so it is not degradation (a diverged seed would be: it counts against its arm)."""
+    finals = {**FIG_6, ("plain", 64): [0.0, 0.0, 0.80]}
+    v = verdict(_converged(finals), fit=FIT)
+    assert v["plain"]["margin"] > v["plain"]["tolerance"] and v["plain"]["median_margin"] == 0
+    assert not v["plain"]["degrades"] and v["status"] == "not_shown"
+    finals[("plain", 64)] = [0.0, 0.0, None]
+    assert verdict(_converged(finals), fit=FIT)["status"] == "shown"
+
+
+def test_convergence_unknown_is_named_not_gated():
+    v = verdict(_runs(FIG_6), fit=FIT)  # runs written without training-set evaluations
+    assert v["status"] == "shown" and "plain-64" in v["gates"]["unchecked"]
+
+
+@pytest.mark.parametrize(
+    "status, says",
+    [("shown", "shows the effect the paper reports"), ("residual_degrades_too", "does not reproduce"),
+     ("not_converged", "no verdict"), ("not_shown", "does not show")],
+)  # fmt: skip
+def test_the_analogue_sentence_follows_the_verdict(status, says):
+    text = degradation.setting({"data": "digits", "runs": [], "verdict": {"status": status}})
+    assert says in text
+    assert ("shows the effect" in text) == (status == "shown")
+
+
+def test_late_error_read_from_a_real_format_folder(make_study):
+    """eval lines with train_eval_error (the engine's eval_train) give the 90% point; the gate and
+    the fit gate recorded in study.json decide."""
+    finals = {(a, d): [(e, e + 0.03, e + (0.02 if (a, d) == ("plain", 20) else 0.0))] * 2
+              for (a, d), e in {("plain", 8): 0.0, ("plain", 20): 0.2, ("residual", 8): 0.0,
+                                ("residual", 20): 0.0}.items()}  # fmt: skip
+    study_dir = make_study(finals, fit_gate=FIT)
+    runs = collect_runs(study_dir)
+    plain20 = next(r for r in runs if (r["arch"], r["depth"]) == ("plain", 20))
+    assert plain20["late_step"] == 180 and plain20["late_train_error"] == pytest.approx(0.22)
+    assert plain20["n_train"] == 1442
+    s = degradation.write_summary(study_dir)
+    assert s["verdict"]["status"] == "not_converged" and s["verdict"]["gates"]["fit"] == FIT

@@ -45,7 +45,7 @@ def test_toy_study_writes_everything(tmp_path, capsys, browser):
 def test_judged_arms_differ_only_in_the_shortcuts():
     """Like for like: a plain cell and its residual twin share the recipe, seed and init; only the
     zeroinit arm zero-initialises its branches."""
-    cfg = make_config("digits", depths=(4, 16), seeds=(3,))
+    cfg = make_config("digits", depths=(4, 16), seeds=(3,), archs=("plain", "residual", "zeroinit"))
     plain, residual, zero = (cfg.run_config(a, 16, 3).to_dict() for a in cfg.archs)
     assert cfg.archs == ("plain", "residual", "zeroinit")
     differ = {k for k in plain if plain[k] != residual[k]}

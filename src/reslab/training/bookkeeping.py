@@ -182,12 +182,19 @@ def log_eval(
     step: int,
     epoch: float,
     clock: Clock,
+    train: ImageData | None = None,
 ) -> None:
-    """Evaluate on the test (and validation) set and write the `eval` line: loss, error and n of each
-    (top-5 error waits for the final evaluation)."""
-    metrics = {f"test_{k}": v for k, v in run_eval(test).items() if k != "top5_error"}
-    if val is not None:
-        metrics.update({f"val_{k}": v for k, v in run_eval(val).items() if k != "top5_error"})
+    """Evaluate on the test (and validation, and with `train` the training) set and write the `eval`
+    line: loss, error and n of each (top-5 error waits for the final evaluation); the training set's
+    are `train_eval_*`, apart from the `train` lines' running minibatch numbers."""
+    sets = {"test": test, "val": val, "train_eval": train}
+    metrics = {
+        f"{prefix}_{k}": v
+        for prefix, data in sets.items()
+        if data is not None
+        for k, v in run_eval(data).items()
+        if k != "top5_error"
+    }
     log.write("eval", step, epoch=epoch, **metrics, time=clock.elapsed())
 
 

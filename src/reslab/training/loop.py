@@ -153,7 +153,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 if step % eval_every == 0 or step == total:
                     with clock.pause():
                         log_eval(
-                            log, run_eval, test_data, val_data, step, step / steps_per_epoch, clock
+                            log,
+                            run_eval,
+                            test_data,
+                            val_data,
+                            step,
+                            step / steps_per_epoch,
+                            clock,
+                            train_data if cfg.eval_train else None,
                         )
                 if step % ckpt_every == 0 or step == total:
                     with clock.pause():

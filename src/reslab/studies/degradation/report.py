@@ -16,15 +16,28 @@ Scoring. A run's score is its final training error (a fraction, measured in eval
 training set). A run that diverged (or ended without a finite training error) failed to train: it
 scores 1.0, every example wrong, and it makes its arm fail at that depth. It is never left out.
 
-Verdict rule, declared before any numbers (errors are fractions):
+Verdict rule (errors are fractions). This is its third form; the history is at the end.
+    gates, on the judged arms, before anything else:
+        fit          where the study declares a fit gate (the digits preset: FIT = 0.01), the
+                     shallowest nets of each arm must end at mean training error <= the gate; a net
+                     that cannot fit the training set says nothing about depth
+        convergence  per cell, fall = mean over its finished seeds of (training error at the last
+                     evaluation at or before 90% of the run - final training error), both on the
+                     whole training set in eval mode; a cell with fall > MOVE = 0.005 (0.5 pp,
+                     7 of the digits' 1,442 images) is still learning: no verdict. A cell whose
+                     error rose is not learning slowly and is judged as it ends; a cell without
+                     training-set evaluations (older runs) is named as unchecked, not gated
     per arm, shallowest vs deepest depth measured:
-        rise      = mean score(deepest) - mean score(shallowest)
-        tolerance = max(2 * seed std of the shallowest group, FLOOR)          FLOOR = 0.01 (1 pp)
-        degrades  = rise > tolerance, or a run of the arm failed at a depth above the shallowest
+        rise      = mean score(deepest) - mean score(shallowest); the same for the median
+        tolerance = max(2 * seed std of the shallowest group, FLOOR)   FLOOR = 0.01 (1 pp, 14 images)
+        degrades  = (mean rise > tolerance and median rise > tolerance), or a run of the arm
+                    failed at a depth above the shallowest
     at the deepest depth both judged arms reached:
         residual_better = mean plain - mean residual > max(2 * pooled seed std of the two, FLOOR)
-    status:
+    status, in this order:
         insufficient            fewer than two plain depths
+        not_fit                 the fit gate failed
+        not_converged           the convergence gate failed
         not_shown               plain does not degrade
         plain_degrades          plain degrades; fewer than two residual depths to compare
         shown                   plain degrades, residual does not
@@ -33,21 +46,36 @@ Verdict rule, declared before any numbers (errors are fractions):
         residual_degrades_too   plain degrades and residual degrades in any other way
 The question per arm is whether its deepest nets train worse than seed noise explains, and the noise
 is measured where the arm trains reliably, on its shallowest nets: the deep group's own spread is not
-noise to forgive, since seeds that train and seeds that do not are the effect itself (in the first
-run of the three-arm default, the 64-layer residual nets ended at 8.0, 52.6 and 6.9% against 0% at 4
-layers; a tolerance pooled with their spread, 37 pp, called that "does not degrade"). The sample std
-of one seed is 0, so then only the floor applies; the arms' comparison at the deepest depth has no
-reference group, so it pools both (the usual df-weighted pooled std). He et al.'s own table numbers
-are one run each: Table 2's ImageNet top-1 validation errors (plain 18 -> 34 layers: 27.94 -> 28.54%;
-ResNet: 27.88 -> 25.03%) rise 0.60 pp for plain, inside the floor, so this rule does not call them
-degradation; the paper rests that claim on its training curves (Fig. 4, Fig. 6), which it does not
-tabulate.
+noise to forgive, since seeds that train and seeds that do not are the effect itself. The median
+keeps one seed from deciding: with three seeds, two must rise (a diverged seed still counts against
+its arm on its own, as a failed run). The sample std of one seed is 0, so then only the floor
+applies; the arms' comparison at the deepest depth has no reference group, so it pools both (the
+usual df-weighted pooled std). He et al.'s own table numbers are one run each: Table 2's ImageNet
+top-1 validation errors (plain 18 -> 34 layers: 27.94 -> 28.54%; ResNet: 27.88 -> 25.03%) rise
+0.60 pp for plain, inside the floor, so this rule does not call them degradation; the paper rests
+that claim on its training curves (Fig. 4, Fig. 6), which it does not tabulate. (Validation errors
+are not a training set's fit: the fit gate does not apply to them.)
+
+History: what was declared, and what changed after numbers were seen.
+    1. Issue 9: degrades if the mean rise exceeds max(2 * pooled seed std of the shallowest and the
+       deepest group, FLOOR). Declared before any run.
+    2. Issue 13, revised after numbers were seen: the first three-arm default ended with 64-layer
+       residual nets at 8.0, 52.6 and 6.9% against 0% at 4 layers, and the tolerance pooled with that
+       spread (37 pp) called it "does not degrade". The tolerance became the shallowest group's
+       alone, and residual_degrades_less was added. Revised after the numbers: said so here.
+    3. Issue 21, declared before any run of the new recipe and tested on constructed numbers first
+       (tests/report/test_report_degradation.py): the fit and convergence gates (the 64-layer
+       residual nets of rule 2's run were still falling when the constant-lr recipe stopped) and the
+       median beside the mean. Its thresholds (FIT, MOVE) were fixed before the paper-digits recipe
+       trained a deep net.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import numpy as np
 
 from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values
 from reslab.studies.degradation.plots import plot_curves, plot_depth
@@ -63,6 +91,9 @@ ARM_LABELS = {
 }
 FLOOR = 0.01
 FAR_LESS = 0.25
+FIT = 0.01  # the digits preset's fit gate: its shallowest nets must reach <= 1% training error
+MOVE = 0.005  # convergence: training error may fall by at most 0.5 pp over the last 10% of a run
+LATE = 0.9  # ... measured from the last training-set evaluation at or before 90% of the run
 FAILED = 1.0  # the score of a run that diverged: every example wrong
 PAPER_ITERS = 64000  # He et al. 2015 §4.2: CIFAR-10 nets trained for 64k iterations (Fig. 6)
 _LABELS = {
@@ -70,6 +101,8 @@ _LABELS = {
     "residual_degrades_less": ("residual degrades far less than plain", "good"),
     "residual_degrades_too": ("residual degrades too", "warn"),
     "not_shown": ("degradation not shown", "warn"),
+    "not_fit": ("no verdict: the shallow nets do not fit", "warn"),
+    "not_converged": ("no verdict: not converged", "warn"),
     "plain_degrades": ("plain degrades (no residual comparison)", "neutral"),
     "insufficient": ("insufficient runs", "neutral"),
 }
@@ -133,6 +166,7 @@ def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
             continue
         config = rf.read_config(run_dir)
         arm, depth, seed = _identify(run_dir, config, summary)
+        late = _late(rf.read_metrics(run_dir), summary.get("steps"))
         runs.append(
             {
                 "arch": arm,
@@ -145,10 +179,26 @@ def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
                 "iters": summary.get("steps"),
                 "run_dir": rel,
                 "status": summary.get("status", "completed"),
+                **late,
             }
         )
     runs.sort(key=lambda r: (ARMS.index(r["arch"]), r["depth"], r["seed"]))
     return runs, incomplete
+
+
+def _late(lines: list[dict], steps: int | None) -> dict:
+    """The training-set evaluation (`train_eval_error`, written with the engine's `eval_train`) at
+    the last evaluation at or before LATE of the run's `steps`: {"late_step", "late_train_error",
+    "n_train"}, each None when the run has none (older runs, runs without eval_train)."""
+    evals = [ln for ln in lines if ln.get("kind") == "eval" and "train_eval_error" in ln]
+    early = [ln for ln in evals if steps and ln["step"] <= LATE * steps]
+    pick = early[-1] if early else None
+    n = evals[-1].get("train_eval_n") if evals else None
+    return {
+        "late_step": pick and pick["step"],
+        "late_train_error": pick and finite_or_none(pick["train_eval_error"]),
+        "n_train": n if isinstance(n, int) else None,
+    }
 
 
 def collect_runs(study_dir: str | Path) -> list[dict]:
@@ -171,15 +221,23 @@ def score(run: dict) -> float:
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Per (arm, depth): n runs, seeds, per-seed errors (None: failed), how many failed, and the
-    mean/std over seeds of the scores (a failed run counts as FAILED) and of the finite test errors."""
+    """Per (arm, depth): n runs, seeds, per-seed errors (None: failed), how many failed, the mean,
+    median and std over seeds of the scores (a failed run counts as FAILED) and of the finite test
+    errors, and `fall`: the mean over its finished seeds of how far the training error fell over the
+    last tenth of the run (late - final; None when no seed has a late measurement)."""
     groups = []
     for arm in ARMS:
         for depth in sorted({r["depth"] for r in runs if r["arch"] == arm}):
             rs = [r for r in runs if r["arch"] == arm and r["depth"] == depth]
-            (tr_mean, tr_std) = mean_std([score(r) for r in rs])
+            scores = [score(r) for r in rs]
+            (tr_mean, tr_std) = mean_std(scores)
             test = [r["final_test_error"] for r in rs if r["final_test_error"] is not None]
             te_mean, te_std = mean_std(test)
+            falls = [
+                r["late_train_error"] - r["final_train_error"]
+                for r in rs
+                if not failed(r) and r.get("late_train_error") is not None
+            ]
             groups.append(
                 {
                     "arch": arm,
@@ -192,9 +250,11 @@ def group_runs(runs: list[dict]) -> list[dict]:
                     "train_errors": [r["final_train_error"] for r in rs],
                     "test_errors": [r["final_test_error"] for r in rs],
                     "train_error_mean": tr_mean,
+                    "train_error_median": float(np.median(scores)) if scores else None,
                     "train_error_std": tr_std,
                     "test_error_mean": te_mean,
                     "test_error_std": te_std,
+                    "fall": float(np.mean(falls)) if falls else None,
                 }
             )
     return groups
@@ -206,12 +266,13 @@ def _tolerance(a: dict, b: dict, floor: float) -> tuple[float, float]:
 
 
 def _compare(gs: list[dict], floor: float) -> dict:
-    """Deepest vs shallowest group of one arm: rise, the shallow seed std (the noise), tolerance,
-    the depths where a run failed, degrades."""
+    """Deepest vs shallowest group of one arm: rise of the mean and of the median, the shallow seed
+    std (the noise), tolerance, the depths where a run failed, degrades."""
     shallow, deep = gs[0], gs[-1]
     noise = shallow["train_error_std"] or 0.0
     tolerance = max(2 * noise, floor)
     margin = deep["train_error_mean"] - shallow["train_error_mean"]
+    median_margin = deep["train_error_median"] - shallow["train_error_median"]
     lost = [g["depth"] for g in gs[1:] if g["failed"]]
     return {
         "shallow_depth": shallow["depth"],
@@ -219,10 +280,11 @@ def _compare(gs: list[dict], floor: float) -> dict:
         "shallow_mean": shallow["train_error_mean"],
         "deep_mean": deep["train_error_mean"],
         "margin": margin,
+        "median_margin": median_margin,
         "noise_std": noise,
         "tolerance": tolerance,
         "failed_depths": lost,
-        "degrades": margin > tolerance or bool(lost),
+        "degrades": (margin > tolerance and median_margin > tolerance) or bool(lost),
     }
 
 
@@ -246,9 +308,37 @@ def _deepest(groups: list[dict], floor: float) -> dict | None:
     }
 
 
-def _status(plain: dict | None, residual: dict | None, deepest: dict | None) -> str:
+def _gates(groups: list[dict], fit: float | None) -> dict:
+    """The two checks before any verdict, on the judged arms. unfit: the arms whose shallowest nets
+    end above `fit` mean training error (None: no fit gate). moving: the cells whose training error
+    still fell by more than MOVE over the last tenth of the run. unchecked: the cells with no late
+    measurement, whose convergence is not known."""
+    judged = [g for g in groups if g["arch"] in JUDGED and g["n"]]
+    shallowest = {a: min((g for g in judged if g["arch"] == a), key=lambda g: g["depth"])
+                  for a in JUDGED if any(g["arch"] == a for g in judged)}  # fmt: skip
+    unfit = [
+        {"arch": a, "depth": g["depth"], "mean": g["train_error_mean"]}
+        for a, g in shallowest.items()
+        if fit is not None and g["train_error_mean"] > fit
+    ]
+    moving = [
+        {"arch": g["arch"], "depth": g["depth"], "fall": g["fall"]}
+        for g in judged
+        if g["fall"] is not None and g["fall"] > MOVE
+    ]
+    unchecked = [
+        f"{g['arch']}-{g['depth']}" for g in judged if g["fall"] is None and not g["failed"]
+    ]
+    return {"fit": fit, "move": MOVE, "unfit": unfit, "moving": moving, "unchecked": unchecked}
+
+
+def _status(plain: dict | None, residual: dict | None, deepest: dict | None, gates: dict) -> str:
     if plain is None:
         return "insufficient"
+    if gates["unfit"]:
+        return "not_fit"
+    if gates["moving"]:
+        return "not_converged"
     if not plain["degrades"]:
         return "not_shown"
     if residual is None:
@@ -273,7 +363,26 @@ def _clause(arm: str, c: dict) -> str:
     return (
         f"the {c['deep_depth']}-layer {arm} net ends at {fmt_pct(c['deep_mean'])} training error vs "
         f"{fmt_pct(c['shallow_mean'])} at {c['shallow_depth']} layers ({100 * c['margin']:+.2f} pp, "
-        f"tolerance {100 * c['tolerance']:.2f} pp){note}"
+        f"median {100 * c['median_margin']:+.2f} pp, tolerance {100 * c['tolerance']:.2f} pp){note}"
+    )
+
+
+def _gate_sentence(status: str, gates: dict) -> str:
+    if status == "not_fit":
+        nets = ", ".join(f"the {u['depth']}-layer {u['arch']} nets at {fmt_pct(u['mean'])}"
+                         for u in gates["unfit"])  # fmt: skip
+        return (
+            f"No verdict: the recipe does not fit the shallowest nets ({nets}, where the fit gate "
+            f"asks for at most {fmt_pct(gates['fit'])}), so a rise with depth would not be "
+            "degradation of a net that can fit the training set."
+        )
+    cells = ", ".join(
+        f"{m['arch']}-{m['depth']} ({100 * m['fall']:.2f} pp)" for m in gates["moving"]
+    )
+    return (
+        f"No verdict: not converged. The training error still fell by more than "
+        f"{100 * MOVE:.2f} pp over the last tenth of the run in {cells}; a slow start is not "
+        "degradation, so train longer before reading depth against error."
     )
 
 
@@ -285,6 +394,8 @@ def _sentence(status: str, v: dict) -> str:
             f"Cannot judge degradation: plain nets finished at {len(depths)} depth(s) "
             f"({', '.join(map(str, depths)) or 'none'}), at least two are needed."
         )
+    if status in ("not_fit", "not_converged"):
+        return _gate_sentence(status, v["gates"])
     p = _clause("plain", plain)
     r = _clause("residual", residual) if residual else ""
     text = {
@@ -300,7 +411,7 @@ def _sentence(status: str, v: dict) -> str:
         ),
         "plain_degrades": f"Plain nets degrade: {p}; fewer than two residual depths finished, so "
         "no residual comparison.",
-        "not_shown": f"Degradation not shown: {p}, not above the tolerance"
+        "not_shown": f"Degradation not shown: {p}, not above the tolerance in both mean and median"
         + (f"; for comparison {r}." if r else "."),
     }[status]
     if deepest:
@@ -312,15 +423,17 @@ def _sentence(status: str, v: dict) -> str:
     return text
 
 
-def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
-    """Judge the study from measured final training errors (rule in the module docstring).
+def verdict(runs: list[dict], floor: float = FLOOR, fit: float | None = None) -> dict:
+    """Judge the study from measured final training errors (rule in the module docstring); `fit`
+    is the fit gate (None: none, as for validation errors or early training).
 
-    Returns {"status", "text", "rule", "floor", "plain", "residual", "deepest", "extra", "groups",
-    "failed"}: "plain"/"residual" hold the shallowest-vs-deepest comparison (shallow_depth, deep_depth,
-    shallow_mean, deep_mean, margin, noise_std, tolerance, failed_depths, degrades) or None with fewer
-    than two depths; "deepest" the two judged arms at their deepest common depth; "extra" the same
-    comparison for the arms not judged (zeroinit); "groups" the per-(arm, depth) stats; "failed" the
-    run_dirs of runs that diverged or ended without a finite training error (scored FAILED).
+    Returns {"status", "text", "rule", "floor", "plain", "residual", "deepest", "extra", "gates",
+    "groups", "failed"}: "plain"/"residual" hold the shallowest-vs-deepest comparison (shallow_depth,
+    deep_depth, shallow_mean, deep_mean, margin, median_margin, noise_std, tolerance, failed_depths,
+    degrades) or None with fewer than two depths; "deepest" the two judged arms at their deepest
+    common depth; "extra" the same comparison for the arms not judged (zeroinit); "gates" the fit and
+    convergence checks (fit, move, unfit, moving, unchecked); "groups" the per-(arm, depth) stats;
+    "failed" the run_dirs of runs that diverged or ended without a finite training error.
     """
     groups = group_runs(runs)
     comps: dict[str, dict | None] = {}
@@ -332,9 +445,10 @@ def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
         "residual": comps["residual"],
         "deepest": _deepest(groups, floor),
         "extra": {a: comps[a] for a in ARMS if a not in JUDGED and comps[a] is not None},
+        "gates": _gates(groups, fit),
         "groups": groups,
     }
-    status = _status(v["plain"], v["residual"], v["deepest"])
+    status = _status(v["plain"], v["residual"], v["deepest"], v["gates"])
     lost = [r["run_dir"] for r in runs if failed(r)]
     text = _sentence(status, v)
     if lost:
@@ -345,14 +459,18 @@ def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
             f" Extra arm, not judged (its branches start at zero, which a plain net cannot): "
             f"{_clause('zero-init residual', zi)}."
         )
+    n = next((r["n_train"] for r in runs if r.get("n_train")), None)
     return {
         "status": status,
         "text": text,
-        "rule": f"per arm: degrades if mean train error(deepest) - mean(shallowest) > "
-        f"max(2 * seed std of the shallowest, {floor}) or a run failed deeper than the shallowest; "
+        "rule": f"gates: the shallowest nets of both arms at most {fit} mean training error (fit), "
+        f"no judged cell's training error falling more than {MOVE} over the last tenth of the run "
+        f"(convergence); per arm: degrades if mean and median train error(deepest) - (shallowest) "
+        f"> max(2 * seed std of the shallowest, {floor}) or a run failed deeper than the shallowest; "
         f"diverged runs score {FAILED}; far less: rise <= {FAR_LESS} x plain rise, none failed, "
         "and residual clearly below plain at the deepest common depth",
         "floor": floor,
+        "n_train": n,
         **v,
         "failed": lost,
     }
@@ -361,13 +479,29 @@ def verdict(runs: list[dict], floor: float = FLOOR) -> dict:
 # ---------------------------------------------------------------------------------------------- summary
 
 
+# What the analogue's result says next to the paper, by verdict: never "the same effect" unless the
+# verdict found it.
+_ANALOGUE = {
+    "shown": "here it shows the effect the paper reports (Fig. 6), not the paper's numbers.",
+    "residual_degrades_less": "here plain nets degrade and residual nets far less: the paper's "
+    "direction (Fig. 6), though its residual nets did not rise at all.",
+    "residual_degrades_too": "here the residual nets degrade too, which the paper's Fig. 6 does "
+    "not show: this setting does not reproduce the cure.",
+    "not_shown": "here the plain nets do not degrade, so it does not show the paper's effect.",
+    "plain_degrades": "here the plain nets degrade; without residual twins it cannot show the cure.",
+}
+
+
 def setting(summary: dict) -> str:
-    """How the study's setting relates to the paper's Figure 6: what its results may be compared with."""
+    """How the study's setting relates to the paper's Figure 6: what its results may be compared with,
+    and (for the analogue) what this verdict says next to the paper."""
     data, iters = summary.get("data"), _iters(summary) or 0
     if data == "digits" or summary.get("family") == "mlp":
+        status = (summary.get("verdict") or {}).get("status")
+        said = _ANALOGUE.get(status, "here it gives no verdict, so it says nothing either way.")
         return (
             "A small analogue of the paper's experiment: fully connected nets on the 8x8 digits, "
-            "not the paper's CIFAR-10 conv nets; it shows the same effect, not the paper's numbers."
+            f"not the paper's CIFAR-10 conv nets; {said}"
         )
     if data == "cifar10" and iters < PAPER_ITERS:
         return (
@@ -388,7 +522,8 @@ def write_summary(study_dir: str | Path) -> dict:
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     if summary["data"] is None and runs:
         summary["data"] = rf.read_summary(study_dir / runs[0]["run_dir"]).get("data")
-    summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
+    fit = summary.get("fit_gate") or None  # 0 or absent (older folders): no fit gate
+    summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs, fit=fit))
     summary["setting"] = setting(summary)
     rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
     return summary
@@ -405,15 +540,42 @@ def _comparison_note(arm: str, c: dict | None, floor: float) -> str:
     failed = f", failed at {join_values(c['failed_depths'])} layers" if c["failed_depths"] else ""
     return (
         f"{label}: {c['shallow_depth']} → {c['deep_depth']} layers, {fmt_pct(c['shallow_mean'])} → "
-        f"{fmt_pct(c['deep_mean'])} ({100 * c['margin']:+.2f} pp); tolerance {100 * c['tolerance']:.2f} pp "
+        f"{fmt_pct(c['deep_mean'])} ({100 * c['margin']:+.2f} pp, median "
+        f"{100 * c.get('median_margin', c['margin']):+.2f} pp); tolerance {100 * c['tolerance']:.2f} pp "
         f"= max(2 × seed std at {c['shallow_depth']} layers {100 * c['noise_std']:.2f} pp, "
         f"floor {100 * floor:.2f} pp)"
         f"{failed}: {word}"
     )
 
 
+def _images(fraction: float, n: int | None) -> str:
+    """A threshold in percentage points and, where the training set's size is known, in images."""
+    return f"{100 * fraction:.2f} pp" + (f" ({fraction * n:.0f} of {n:,} images)" if n else "")
+
+
+def _gate_notes(v: dict) -> list[str]:
+    g, n = v.get("gates") or {}, v.get("n_train")
+    notes = []
+    if g.get("fit") is not None:
+        bad = ", ".join(f"{u['arch']}-{u['depth']} {fmt_pct(u['mean'])}" for u in g["unfit"])
+        notes.append(
+            f"fit gate: the shallowest nets of both arms at most {_images(g['fit'], n)}: "
+            + (f"failed ({bad})" if bad else "passed")
+        )
+    if g:
+        bad = ", ".join(
+            f"{m['arch']}-{m['depth']} fell {100 * m['fall']:.2f} pp" for m in g["moving"]
+        )
+        unknown = f"; not measured for {', '.join(g['unchecked'])}" if g["unchecked"] else ""
+        notes.append(
+            f"convergence gate: training error falls at most {_images(g['move'], n)} over the last "
+            f"tenth of the run: " + (f"failed ({bad})" if bad else "passed") + unknown
+        )
+    return notes
+
+
 def _notes(v: dict) -> list[str]:
-    notes = [_comparison_note(a, v[a], v["floor"]) for a in JUDGED]
+    notes = _gate_notes(v) + [_comparison_note(a, v[a], v["floor"]) for a in JUDGED]
     d = v["deepest"]
     if d:
         word = "clearly below" if d["residual_better"] else "not clearly below"
@@ -521,10 +683,14 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
     recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
     page.setup(_what_was_run(summary), config, recipe)
     page.heading("How the verdict is decided").paragraph(
-        "Declared before the numbers. For plain and residual nets (the like-for-like pair), the mean "
-        "final training error of the deepest finished depth is compared with that of the shallowest: "
-        "an arm degrades if the rise exceeds max(2 × the seed std of its shallowest nets, "
-        f"{100 * v['floor']:g} percentage point), or if any of its runs diverged at a greater depth "
+        "Declared before the numbers. Two gates come first: where the study declares a fit gate, "
+        "the shallowest nets of both arms must fit the training set (mean training error at most "
+        "the gate), and no judged net's training error may still fall by more than "
+        f"{100 * MOVE:g} pp over the last tenth of its run (measured on the whole training set); "
+        "otherwise there is no verdict. For plain and residual nets (the like-for-like pair), the mean "
+        "and the median final training error of the deepest finished depth are compared with those "
+        "of the shallowest: an arm degrades if both rise by more than max(2 × the seed std of its "
+        f"shallowest nets, {100 * v['floor']:g} percentage point), or if any of its runs diverged at a greater depth "
         f"(a diverged run counts as {FAILED:.0%} error). Degradation is shown when plain nets degrade "
         "and residual nets do not; residual nets degrade far less when they rise by at most "
         f"{FAR_LESS:g} of the plain rise, none diverged, and at the deepest common depth they are "
