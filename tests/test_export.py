@@ -6,6 +6,9 @@ traced; onnx's checker accepts them. torch.export's .pt2 files, loaded back, giv
 Weights travel: a torchvision state dict exported through reslab gives torchvision's outputs.
 """
 
+import base64
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,8 +18,9 @@ import torchvision
 from torch import nn
 
 from reslab.cli import main
-from reslab.export import export_model
-from reslab.models import create_model, save_weights
+from reslab.data import Normalization
+from reslab.export import export_model, read_onnx_metadata
+from reslab.models import create_model, read_metadata, save_weights
 from reslab.models.blocks import Bottleneck
 from reslab.models.registry import resolve
 from reslab.models.resnet import ResNet
@@ -147,6 +151,35 @@ def test_reslab_weights_bring_their_settings(tmp_path, capsys):
     x = torch.randn(4, 1, 6, 4)
     with torch.no_grad():
         assert torch.equal(torch.export.load(out).module()(x), model.eval()(x))
+
+
+def test_onnx_metadata_props_carry_the_weights_record(tmp_path):
+    """An ONNX export records in metadata_props what the weights file records: the model, its sizes
+    and options, and the input normalisation, here a mean image, read back bit for bit, both by
+    `read_onnx_metadata` and by plain base64 + numpy from onnxruntime's custom metadata."""
+    model = build("resmlp-6", num_classes=3, in_chans=1, img_size=(6, 4), width=16, shortcut="C")
+    image = torch.rand(1, 6, 4)
+    weights = save_weights(
+        model, tmp_path / "w.safetensors", normalization=Normalization("digits", image, (1.0,))
+    )
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--model", "resmlp-6", "--weights", str(weights), "--out", str(out)]
+    assert main(argv) == 0
+    meta, want = read_onnx_metadata(out), read_metadata(weights)
+    assert meta.pop("normalization").mean.equal(want.pop("normalization").mean)
+    assert meta == want and meta["default_cfg"]["shortcut"] == "C"
+    raw = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
+    record = json.loads(raw["normalization"])
+    assert record["kind"] == "pixel-mean" and record["data"] == "digits"
+    decoded = np.frombuffer(base64.b64decode(record["mean_image"]), "<f4").reshape(record["shape"])
+    assert np.array_equal(decoded, image.numpy())
+    x = torch.randn(2, 1, 6, 4)  # the graph takes normalised inputs, as the model does
+    with torch.no_grad():
+        assert np.abs(run_onnx(out, x) - model.eval()(x).numpy()).max() < 1e-4
+    plain = tmp_path / "plain.onnx"  # a model with no record: the model's part only
+    export_model(create_model("resmlp-4", num_classes=3, img_size=4), plain)
+    assert read_onnx_metadata(plain)["default_cfg"]["num_classes"] == 3
+    assert "normalization" not in read_onnx_metadata(plain)
 
 
 @pytest.mark.parametrize(

@@ -270,7 +270,7 @@ def _with_metadata(weights: bytes, path: Path, default_cfg) -> Path:
     "default_cfg, expected",
     [
         (dict(input_size=[1, 100000, 100000]), "metadata: input_size [1, 100000, 100000] asks for"),
-        (dict(width=10**7), "parameters, more than the 2,147,483,648 export builds"),
+        (dict(width=10**7), "parameters, more than the 2,147,483,648 reslab builds"),
         (dict(num_classes=10**9), "num_classes=1000000000"),
         (dict(num_classes=0), "metadata: resmlp-4: num_classes must be an integer >= 1"),
         (dict(input_size=[1, 0, 8]), "metadata: resmlp-4: img_size must be"),

@@ -23,6 +23,7 @@ _API = {
     "TrainConfig": "reslab.training",
     "train": "reslab.training",
     "evaluate": "reslab.training",
+    "load_run": "reslab.training",
     "run_study": "reslab.studies",
     "list_studies": "reslab.studies",
     "degradation": "reslab.studies.degradation",

@@ -61,11 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_options(t, TrainConfig)
 
-    about = "evaluate weights on a dataset's test split: loss, top-1 and top-5 error"
-    e = sub.add_parser("eval", help="evaluate weights on a dataset's test split", description=about)
-    e.add_argument("--model", required=True, help="model name")
-    e.add_argument("--weights", required=True, help="weights file in any format load_weights reads")
-    e.add_argument("--data", default="digits", help="dataset (default: digits)")
+    about = (
+        "evaluate a trained run or a weights file on a dataset's test split: loss, top-1 and top-5 "
+        "error. A run folder (or a reslab .safetensors file) records its model, sizes, options, "
+        "dataset and input normalisation: it needs no other option, and options that contradict "
+        "it are ignored with a warning"
+    )
+    e = sub.add_parser("eval", help="evaluate a run or weights on a test split", description=about)
+    e.add_argument(
+        "run", nargs="?", default=None, help="a run folder (runs/NAME) or a reslab weights file"
+    )
+    e.add_argument(
+        "--weights",
+        default=None,
+        help="weights file in any format load_weights reads (instead of a run folder)",
+    )
+    e.add_argument(
+        "--model", default=None, help="model name (default: the one the weights file records)"
+    )
+    e.add_argument("--data", default=None, help="dataset (default: the run's, else digits)")
     e.add_argument(
         "--data-dir", default=None, help="data root (default: ~/.cache/reslab or $RESLAB_DATA)"
     )
@@ -78,22 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=None,
-        help="per-channel normalisation mean (default: the dataset's)",
+        help="per-channel normalisation mean (default: the recorded one, else the dataset's)",
     )
     e.add_argument(
         "--std",
         type=float,
         nargs="+",
         default=None,
-        help="per-channel normalisation std (default: the dataset's)",
+        help="per-channel normalisation std (default: the recorded one, else the dataset's)",
     )
     e.add_argument(
         "--normalize",
-        default="channel",
+        default=None,
         choices=NORMALIZATIONS,
-        help="channel: subtract the mean, divide by the std (--mean/--std); pixel-mean: subtract "
-        "the mean image of the training split, as runs with --normalize pixel-mean (the paper "
-        "preset) were trained (default: channel)",
+        help="for weights that do not record their normalisation (older runs, other projects'): "
+        "channel: subtract the mean, divide by the std (--mean/--std); pixel-mean: subtract the "
+        "mean image of the training split, as runs with --normalize pixel-mean (the paper preset) "
+        "were trained (default: the recorded one, else channel)",
     )
     e.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     e.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: default)")
@@ -318,14 +333,14 @@ def cmd_train(opts: dict) -> int:
 
 
 def cmd_eval(opts: dict) -> int:
-    """`reslab eval`: loss and errors of a weights file on a dataset split."""
-    from reslab.training.evaluation import evaluate_weights
+    """`reslab eval [RUN]`: loss and errors of a run or a weights file on a dataset split."""
+    from reslab.training.trained import evaluate_weights
 
     r = evaluate_weights(**opts)
     print(
-        f"{opts['model']} on {opts['data']} {opts['split']} ({r['n']} images): loss {r['loss']:.4f}, "
-        f"top-1 error {r['error']:.2%}, top-5 error {r['top5_error']:.2%} "
-        f"[{r['precision']['amp']}]"
+        f"{r['model']} on {r['data']} {opts['split']} ({r['n']} images, {r['normalization']} "
+        f"normalisation): loss {r['loss']:.4f}, top-1 error {r['error']:.2%}, "
+        f"top-5 error {r['top5_error']:.2%} [{r['precision']['amp']}]"
     )
     return 0
 

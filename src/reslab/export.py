@@ -3,7 +3,8 @@
 Both go through a `torch.export.export` trace of the model in eval mode on an example input of the
 model's `default_cfg["input_size"]`. The batch dimension stays dynamic (named "batch"); for conv
 nets height and width stay dynamic too (torch.export decides: an MLP's flatten fixes them). ONNX
-export needs the `onnxscript` package (`pip install 'reslab[export]'`); the file holds the weights.
+export needs the `onnxscript` package (`pip install 'reslab[export]'`); the file holds the weights,
+and its metadata_props what a reslab .safetensors file records (model, sizes, input normalisation).
 Sizes read from a weights file's metadata are checked as typed ones are, and bounded: the example
 input to 2**28 elements (typed sizes too), the model the metadata describes to 2**31 parameters.
 """
@@ -24,7 +25,6 @@ from torch.export import Dim
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # format -> file suffix
 _ONNX_MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph
 _MAX_INPUT = 2**28  # elements of the example input, batch included (1 GiB in fp32)
-_MAX_PARAMS = 2**31  # parameters and buffers of the model a file's metadata asks for (8 GiB fp32)
 
 
 def export_model(
@@ -44,7 +44,9 @@ def export_model(
 
     format: "onnx" or "torch-export"; None picks it from the suffix (.onnx, .pt2).
     weights: a weights file `load_weights` reads. A reslab .safetensors file also supplies the
-        num_classes, input size and model options it was saved with, unless given here.
+        num_classes, input size and model options it was saved with, unless given here, and the
+        input normalisation it was trained with, which an ONNX file records in its metadata_props
+        (`read_onnx_metadata`) as a safetensors file does.
     num_classes, in_chans, img_size, overrides: as for `create_model` (when `model` is a name).
     input_size: (C, H, W) of the example input; default the model's `default_cfg["input_size"]`.
     opset: ONNX opset version (default: the exporter's recommended one).
@@ -118,60 +120,21 @@ def _build(
     overrides: dict,
 ) -> nn.Module:
     """create_model(name, ...) with the settings a reslab weights file was saved with as defaults,
-    then its weights loaded."""
-    from reslab.models import create_model, load_weights
+    then its weights loaded (`create_saved`); what is typed wins over the file."""
+    from reslab.models import create_model
+    from reslab.models.weights import create_saved, saved_settings
 
-    saved = _saved_settings(name, weights)
     typed = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
-    typed = {k: v for k, v in typed.items() if v is not None}
-    kwargs = {"in_chans": 3} | saved | typed | overrides  # what is given wins over the file
-    if saved:  # settings from a file: build on the meta device first, so no memory is taken yet
-        asked = f"{weights} metadata: " + ", ".join(f"{k}={v!r}" for k, v in saved.items())
+    typed = {k: v for k, v in typed.items() if v is not None} | overrides
+    if weights is None:
+        return create_model(name, **({"in_chans": 3} | typed))
+    saved = saved_settings(weights)[1]
+    if "img_size" in saved:  # the example input the file asks for is bounded as a typed one
         try:
-            with torch.device("meta"):
-                n = sum(t.numel() for t in create_model(name, **kwargs).state_dict().values())
+            _check_input([saved["in_chans"], *saved["img_size"]], "input_size")
         except ValueError as e:
-            raise ValueError(f"{e} ({asked})") from None
-        if n > _MAX_PARAMS:
-            raise ValueError(
-                f"{name} would have {n:,} parameters, more than the {_MAX_PARAMS:,} export builds "
-                f"({asked})"
-            )
-    model = create_model(name, **kwargs)
-    if weights is not None:
-        load_weights(model, weights)
-    return model
-
-
-def _saved_settings(name: str, weights: str | os.PathLike | None) -> dict:
-    """num_classes, in_chans, img_size and the model options a reslab .safetensors file was saved
-    with ({} for other files), checked as create_model checks typed ones."""
-    from reslab.models import read_metadata
-    from reslab.models.registry import _check_sizes, _check_types, resolve
-
-    if weights is None or not str(weights).endswith(".safetensors"):
-        return {}
-    cfg = read_metadata(weights).get("default_cfg", {})
-    if cfg.get("name") not in (None, name):
-        raise ValueError(f"{weights} holds a {cfg['name']}, not a {name}")
-    saved = {k: v for k, v in cfg.items() if k in resolve(name)[0].options}
-    if "num_classes" in cfg:
-        saved["num_classes"] = cfg["num_classes"]
-    if "input_size" in cfg:
-        size = cfg["input_size"]
-        if not (isinstance(size, list) and len(size) == 3):
-            raise ValueError(f"{weights} metadata: input_size should be [C, H, W], got {size!r}")
-        saved["in_chans"], saved["img_size"] = size[0], tuple(size[1:])
-    try:
-        _check_sizes(
-            name, saved.get("num_classes"), saved.get("in_chans", 3), saved.get("img_size")
-        )
-        _check_types(name, saved)
-        if "input_size" in cfg:
-            _check_input(cfg["input_size"], "input_size")
-    except ValueError as e:
-        raise ValueError(f"{weights} metadata: {e}") from None
-    return saved
+            raise ValueError(f"{weights} metadata: {e}") from None
+    return create_saved(weights, name, **typed)
 
 
 def _check_input(size: Sequence[int], what: str) -> None:
@@ -190,19 +153,35 @@ def _save_onnx(
     model: nn.Module, x: torch.Tensor, shapes: tuple, path: Path, opset: int | None
 ) -> None:
     """torch.onnx.export (through torch.export) with input "input", output "output" (or "output0",
-    "output1", ... for a list of features), and the weights inside the file when they fit."""
+    "output1", ... for a list of features), the weights inside the file when they fit, and in
+    metadata_props what `save_weights` records (`reslab.models.weights.metadata`: the model, its
+    sizes and options, the input normalisation it was trained with; `read_onnx_metadata` reads it)."""
+    from reslab.models.weights import metadata
+
     with torch.no_grad():
         out = model(x)
     n = 1 if isinstance(out, torch.Tensor) else len(out)
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    torch.onnx.export(
+    program = torch.onnx.export(
         model,
         (x,),
-        path,
         input_names=["input"],
         output_names=["output"] if n == 1 else [f"output{i}" for i in range(n)],
         dynamic_shapes=shapes,
         opset_version=opset,
-        external_data=size > _ONNX_MAX_BYTES,
         verbose=False,
     )
+    program.model.metadata_props.update(metadata(model))
+    program.save(path, external_data=size > _ONNX_MAX_BYTES)
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
+    """The reslab metadata of an ONNX file `export_model` wrote, decoded as `read_metadata` decodes
+    a safetensors file's ({} for an ONNX file without it). onnxruntime users have the same strings in
+    `InferenceSession(path).get_modelmeta().custom_metadata_map`."""
+    import onnx
+
+    from reslab.models.weights import decode_metadata
+
+    model = onnx.load(str(path), load_external_data=False)
+    return decode_metadata({p.key: p.value for p in model.metadata_props}, str(path))

@@ -12,7 +12,7 @@ import torch
 
 from reslab.cli import main
 from reslab.training import TrainConfig, precision, train
-from reslab.training.evaluation import evaluate_weights
+from reslab.training.trained import evaluate_weights
 
 
 @pytest.fixture(params=[False, True], ids=["no-native-bf16", "native-bf16"])

@@ -9,6 +9,7 @@ from reslab.data.datasets import (
     subtract_mean_image,
     train_val_split,
 )
+from reslab.data.normalization import Normalization
 from reslab.data.pipeline import EpochPlan, Loader, crop_flip, epoch_plan
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "EpochPlan",
     "ImageData",
     "Loader",
+    "Normalization",
     "crop_flip",
     "epoch_plan",
     "load_dataset",

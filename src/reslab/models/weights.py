@@ -2,7 +2,9 @@
 of akamaster/pytorch_resnet_cifar10 (the CIFAR ResNet-20..1202 of He et al. 2015 §4.2).
 
 Formats `load_weights` reads (told apart by the file's first bytes and by the keys):
-- reslab `.safetensors` written by `save_weights` (metadata: reslab version, model name and config);
+- reslab `.safetensors` written by `save_weights` (metadata: reslab version, model name and config,
+  and for a trained run the input normalisation, `reslab.data.normalization`): `create_saved` builds
+  the model it records, and `load_weights` gives the model its `normalization`;
 - torchvision ResNet `.pth` (torch.save(model.state_dict())): reslab's conv nets use torchvision's
   parameter names, so the keys load as they are;
 - akamaster `.th` ({'state_dict': ..., 'best_prec1': ..., ['epoch': ...]}): keys prefixed `module.`
@@ -32,7 +34,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 import safetensors
 import safetensors.torch
@@ -40,6 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from reslab import __version__
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
 
 # Other projects' names -> reslab's, tried on keys the model does not have.
 _RENAMES = [
@@ -55,9 +60,12 @@ def load_weights(
 ) -> nn.Module:
     """Load `source` (a weights file or a state dict) into `model` in place and return `model`.
 
+    From a file, `model.normalization` becomes the input normalisation the file records (a
+    `reslab.data.Normalization`; None where it records none): what `reslab.evaluate` and export use.
     Raises ValueError naming the offending keys when the weights do not fit: missing or unexpected
-    keys (only if strict) and shape mismatches (always); and one naming the file when it cannot be
-    read (FileNotFoundError / IsADirectoryError for a missing file or a folder).
+    keys (only if strict) and shape mismatches (always), with the model a reslab file records and
+    how to build it; and one naming the file when it cannot be read (FileNotFoundError /
+    IsADirectoryError for a missing file or a folder).
     """
     if not isinstance(model, nn.Module):
         hint = f"; build it with create_model({model!r})" if _is_model_name(model) else ""
@@ -66,7 +74,7 @@ def load_weights(
             f"load_weights takes the model (an nn.Module) first, got {type(model).__name__} "
             f"{shown}{hint}"
         )
-    state, origin = _read(source)
+    state, origin, meta = _read(source)
     expected = model.state_dict()
     state = _rename(state, expected)
     for key, value in expected.items():  # files from before PyTorch 0.4.1 have no BN step counter
@@ -75,9 +83,105 @@ def load_weights(
     problems = mismatches(state, expected, "file", strict)
     if problems:
         name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"load_weights: {origin} does not fit {name}: " + "; ".join(problems))
+        raise ValueError(
+            f"load_weights: {origin} does not fit {name}: "
+            + "; ".join(problems)
+            + _hint(source, meta)
+        )
     model.load_state_dict(state, strict=strict)
+    if isinstance(source, (str, os.PathLike)):
+        model.normalization = meta.get("normalization")
     return model
+
+
+def _hint(source, meta: dict) -> str:
+    """'; it holds create_model('resmlp-4', num_classes=10, ...): build that, or ...' for a file
+    that records its model ("" for others)."""
+    try:
+        name, kwargs = _settings(meta, str(source))
+    except ValueError:
+        return ""
+    if name is None:
+        return ""
+    args = ", ".join([repr(name), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    return (
+        f"; it holds create_model({args}): build that, or load model and settings with "
+        f"reslab.load_run({str(source)!r})"
+    )
+
+
+def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any) -> nn.Module:
+    """The model a reslab weights file records, built and loaded: `create_model(name, ...)` with the
+    classes, input size and model options the file was saved with (`given` keyword arguments win over
+    them), then `load_weights`. `name` defaults to the recorded one and must match it when both exist;
+    a file that records none (torchvision's, akamaster's) needs `name` and the sizes in `given`.
+    The model is first built on the meta device, so that metadata asking for more than 2**31
+    parameters is refused before any memory is taken."""
+    from reslab.models.registry import create_model
+
+    saved_name, saved = saved_settings(path)
+    if saved_name is not None and name not in (None, saved_name):
+        raise ValueError(f"{path} holds a {saved_name}, not a {name}")
+    name = name or saved_name
+    if name is None:
+        raise ValueError(
+            f"{path} does not record its model (not a reslab .safetensors file); build it with "
+            "create_model(name, ...) and load it with load_weights"
+        )
+    kwargs = {"in_chans": 3} | saved | given
+    if saved:  # settings from a file: build on the meta device first, so no memory is taken yet
+        asked = f"{path} metadata: " + ", ".join(f"{k}={v!r}" for k, v in saved.items())
+        try:
+            with torch.device("meta"):
+                n = sum(t.numel() for t in create_model(name, **kwargs).state_dict().values())
+        except ValueError as e:
+            raise ValueError(f"{e} ({asked})") from None
+        if n > _MAX_PARAMS:
+            raise ValueError(
+                f"{name} would have {n:,} parameters, more than the {_MAX_PARAMS:,} reslab builds "
+                f"from a file ({asked})"
+            )
+    return load_weights(create_model(name, **kwargs), path)
+
+
+_MAX_PARAMS = 2**31  # parameters and buffers of the model a file's metadata asks for (8 GiB fp32)
+
+
+def saved_settings(path: str | os.PathLike) -> tuple[str | None, dict]:
+    """(model name, `create_model` keyword arguments: num_classes, in_chans, img_size and the model
+    options) that a reslab .safetensors file was saved with; (None, {}) for other files. Checked as
+    create_model checks typed ones, with a one-line ValueError naming the file."""
+    path = Path(path)
+    if not (path.is_file() and (path.suffix == ".safetensors" or _is_safetensors(path))):
+        return None, {}
+    return _settings(read_metadata(path), str(path))
+
+
+def _settings(meta: dict, origin: str) -> tuple[str | None, dict]:
+    from reslab.models.registry import _check_sizes, _check_types, resolve
+
+    cfg = meta.get("default_cfg") or {}
+    name = cfg.get("name", meta.get("model_name"))
+    if not cfg or name is None:  # a file that does not say how its model was built
+        return None, {}
+    try:
+        if not isinstance(name, str):
+            raise ValueError(f"the model name should be a string, got {reprlib.repr(name)}")
+        saved = {k: v for k, v in cfg.items() if k in resolve(name.partition("+")[0])[0].options}
+        if "num_classes" in cfg:
+            saved["num_classes"] = cfg["num_classes"]
+        if "input_size" in cfg:
+            size = cfg["input_size"]
+            if not (isinstance(size, list) and len(size) == 3):
+                raise ValueError(f"input_size should be [C, H, W], got {reprlib.repr(size)}")
+            saved["in_chans"], saved["img_size"] = size[0], tuple(size[1:])
+        _check_sizes(
+            name, saved.get("num_classes"), saved.get("in_chans", 3), saved.get("img_size")
+        )
+        _check_types(name, saved)
+    except ValueError as e:
+        raise ValueError(f"{origin} metadata: {e}") from None
+    return name, saved
 
 
 def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = True) -> list[str]:
@@ -97,21 +201,20 @@ def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = Tr
     return [p for p in problems if p]
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write `model`'s state dict to a safetensors file, atomically (temp file, fsync, rename)."""
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, normalization: Normalization | None = None
+) -> Path:
+    """Write `model`'s state dict to a safetensors file, atomically (temp file, fsync, rename).
+
+    The metadata (`metadata(model)`) records the model's name, classes, input size and options, and
+    `normalization`, the input normalisation it was trained with (default: `model.normalization`,
+    which `load_weights` sets), so that `reslab.load_run` and `reslab eval` need the file alone."""
     path = Path(path)
     tensors = {
         k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
         for k, v in model.state_dict().items()
     }
-    metadata = {"format": "reslab", "reslab_version": __version__}
-    if getattr(model, "model_name", None) is not None:
-        metadata["model_name"] = str(model.model_name)
-    cfg = getattr(model, "default_cfg", None)
-    if cfg is not None:
-        cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-        metadata["default_cfg"] = json.dumps(cfg, default=str, sort_keys=True)
-    data = safetensors.torch.save(tensors, metadata=metadata)
+    data = safetensors.torch.save(tensors, metadata=metadata(model, normalization))
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -133,30 +236,63 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+def metadata(model: nn.Module, normalization: Normalization | None = None) -> dict[str, str]:
+    """What reslab records with a model's weights, as str -> str (a safetensors header; ONNX
+    metadata_props): format, reslab_version, model_name, default_cfg (JSON: name, classes, input
+    size, options) and normalization (see `reslab.data.normalization`; default `model.normalization`).
+    `decode_metadata` reads it back."""
+    meta = {"format": "reslab", "reslab_version": __version__}
+    if getattr(model, "model_name", None) is not None:
+        meta["model_name"] = str(model.model_name)
+    cfg = getattr(model, "default_cfg", None)
+    if cfg is not None:
+        cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        meta["default_cfg"] = json.dumps(cfg, default=str, sort_keys=True)
+    if normalization is None:
+        normalization = getattr(model, "normalization", None)
+    if normalization is not None:
+        meta |= normalization.to_metadata()
+    return meta
+
+
+def decode_metadata(meta: Mapping[str, str], origin: str) -> dict:
+    """`metadata(...)` read back: default_cfg as a dict, normalization as a `Normalization`; a
+    one-line ValueError naming `origin` for a malformed entry."""
+    from reslab.data.normalization import KEY, Normalization
+
+    meta = dict(meta)
+    if "default_cfg" in meta:
+        try:
+            meta["default_cfg"] = json.loads(meta["default_cfg"])
+        except (ValueError, RecursionError):
+            raise ValueError(f"{origin}: metadata default_cfg is not valid JSON") from None
+        if not isinstance(meta["default_cfg"], dict):
+            got = type(meta["default_cfg"]).__name__
+            raise ValueError(f"{origin}: metadata default_cfg should be a JSON object, got {got}")
+    if KEY in meta:
+        meta[KEY] = Normalization.from_metadata(meta, origin)
+    return meta
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
-    """Metadata of a file written by `save_weights`: model_name, default_cfg (a dict), reslab_version."""
+    """Metadata of a file written by `save_weights`: model_name, default_cfg (a dict),
+    reslab_version and, for a trained run, normalization (see `decode_metadata`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
     with _safetensors_errors(path), safetensors.safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
-    if "default_cfg" in meta:
-        try:
-            meta["default_cfg"] = json.loads(meta["default_cfg"])
-        except ValueError:
-            raise ValueError(f"{path}: metadata default_cfg is not valid JSON") from None
-        if not isinstance(meta["default_cfg"], dict):
-            got = type(meta["default_cfg"]).__name__
-            raise ValueError(f"{path}: metadata default_cfg should be a JSON object, got {got}")
-    return meta
+    return decode_metadata(meta, str(path))
 
 
-def _read(source) -> tuple[dict[str, Tensor], str]:
-    """The state dict in `source` and a short description of where it came from."""
+def _read(source) -> tuple[dict[str, Tensor], str, dict]:
+    """The state dict in `source`, a short description of where it came from, and its metadata
+    (`read_metadata`; {} but for a safetensors file)."""
+    meta: dict = {}
     if isinstance(source, Mapping):
         obj, origin = source, "the state dict"
     elif isinstance(source, (str, os.PathLike)):
-        obj, origin = _read_file(Path(source))
+        obj, origin, meta = _read_file(Path(source))
     else:
         raise ValueError(
             f"load_weights: source must be a path or a state dict, got {type(source).__name__}"
@@ -173,11 +309,12 @@ def _read(source) -> tuple[dict[str, Tensor], str]:
         raise ValueError(
             f"load_weights: {origin} is not a state dict: {_few('entries are not tensors', not_tensors)}"
         )
-    return dict(obj), origin
+    return dict(obj), origin, meta
 
 
-def _read_file(path: Path) -> tuple[object, str]:
-    """What a weights file holds (safetensors, or torch.load with weights_only=True) and its origin."""
+def _read_file(path: Path) -> tuple[object, str, dict]:
+    """What a weights file holds (safetensors, or torch.load with weights_only=True), its origin and
+    its metadata (`read_metadata`; {} but for safetensors)."""
     if path.is_dir():
         from reslab.training import runs
 
@@ -191,12 +328,13 @@ def _read_file(path: Path) -> tuple[object, str]:
     if path.suffix == ".safetensors" or _is_safetensors(path):
         with _safetensors_errors(path):
             obj = safetensors.torch.load_file(path, device="cpu")
-        name = read_metadata(path).get("model_name")
-        return obj, f"{path} ({name})" if name else str(path)
+        meta = read_metadata(path)
+        name = meta.get("model_name")
+        return obj, f"{path} ({name})" if name else str(path), meta
     try:
         with warnings.catch_warnings():  # its note on the pickle protocol: _refused says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True), str(path)
+            return torch.load(path, map_location="cpu", weights_only=True), str(path), {}
     except Exception as e:  # a damaged file fails in many ways: RuntimeError, OSError, EOFError...
         raise _refused(path, e) from None
 

@@ -12,7 +12,8 @@ _API = {
     "TrainConfig": "reslab.training.config",
     "resolve": "reslab.training.config",
     "train": "reslab.training.loop",
-    "evaluate": "reslab.training.loop",
+    "evaluate": "reslab.training.evaluation",
+    "load_run": "reslab.training.trained",
     "Diverged": "reslab.training.loop",
 }
 

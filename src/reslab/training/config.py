@@ -277,7 +277,8 @@ PRESET_HELP: dict[str, str] = {
     "cpu": "3 one-cycle epochs for a CPU",
     "cpu-deep": "120 one-cycle iterations of a 1,000-layer net with activation checkpointing",
     "paper-digits": "He et al. 2015 §4.2 scaled to the built-in digits: 1,980 iterations (180 "
-    "epochs) of batch 128, lr 0.1 after 99 at 0.01, / 10 at 50% and 75%, weight decay 1e-4",
+    "epochs) of batch 128, lr 0.1 after 99 at 0.01, / 10 at half and three quarters of the run, "
+    "weight decay 1e-4",
     "digits": "60 epochs at constant lr on the built-in 8x8 digits",
 }
 

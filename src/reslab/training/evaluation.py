@@ -3,33 +3,42 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.data import ImageData, Loader, load_dataset, subtract_mean_image
+from reslab.data import ImageData, Loader, load_dataset
 from reslab.training import distributed
-from reslab.training.config import check_model_args
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    data: ImageData,
-    batch_size: int,
-    d: distributed.Dist,
+    data: ImageData | str,
+    batch_size: int = 256,
+    d: distributed.Dist | None = None,
     autocast: Callable = contextlib.nullcontext,
     channels_last: bool = False,
-    mean: Sequence[float] | None = None,
+    mean: Sequence[float] | torch.Tensor | None = None,
     std: Sequence[float] | None = None,
 ) -> dict:
-    """Mean loss, top-1 and top-5 error of `model` on all of `data` (no augmentation), over all ranks.
+    """Mean loss, top-1 and top-5 error of `model` on all of `data` (no augmentation), over all ranks:
+    {"loss", "error", "top5_error", "n"}.
 
-    `mean`/`std` normalise the pixels (default: the dataset's own statistics)."""
+    `data`: an ImageData, or a dataset name for its test split. `mean`/`std` normalise the pixels;
+    by default as `model.normalization` records the model was trained (`load_run` and `load_weights`
+    set it from a reslab file), else with `data`'s own statistics. `d`: the device and ranks
+    (default: this process alone, on the model's device)."""
+    if isinstance(data, str):
+        data = load_dataset(data, "test")
+    recorded = getattr(model, "normalization", None)
+    if mean is None and std is None and recorded is not None:
+        data = recorded.apply(data)
+    if d is None:
+        p = next(model.parameters(), None)
+        d = distributed.Dist(0, 1, p.device if p is not None else torch.device("cpu"))
     was_training = model.training
     model.eval()
     loader = Loader(
@@ -63,79 +72,3 @@ def evaluate(
     model.train(was_training)
     n = max(sums[3], 1)
     return {"loss": sums[0] / n, "error": sums[1] / n, "top5_error": sums[2] / n, "n": int(sums[3])}
-
-
-def evaluate_weights(
-    model: str,
-    weights: str,
-    data: str = "digits",
-    data_dir: str | None = None,
-    split: str = "test",
-    batch_size: int = 256,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    device: str = "auto",
-    num_threads: int = 0,
-    model_kwargs: dict | None = None,
-    amp: str = "auto",
-    channels_last: str = "auto",
-    normalize: str = "channel",
-) -> dict:
-    """Build `model`, load `weights` (any format `load_weights` reads) and evaluate it on `data`.
-
-    Weights trained with other normalisation constants take them through `mean`/`std`; weights
-    trained with `normalize="pixel-mean"` need it here too (the mean image of the whole training
-    split). `amp` and `channels_last` follow the training rule (`reslab.training.precision.choose`)."""
-    from reslab.models import create_model, load_weights
-    from reslab.training import precision
-
-    if not (isinstance(num_threads, int) and num_threads >= 0):
-        raise ValueError(f"num_threads must be an integer >= 0, got {num_threads!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None and not all(math.isfinite(x) for x in v):
-            raise ValueError(f"--{name} values must be finite numbers, got {list(v)}")
-    if std is not None and not all(x > 0 for x in std):
-        raise ValueError(f"--std values must be > 0, got {list(std)}")
-    if normalize not in ("channel", "pixel-mean"):
-        raise ValueError(f"normalize must be channel or pixel-mean, got {normalize!r}")
-    if normalize == "pixel-mean" and (mean is not None or std is not None):
-        raise ValueError("--normalize pixel-mean takes no --mean/--std (it uses the mean image)")
-    check_model_args(model_kwargs or {})
-    d = distributed.setup(device)  # a bad device fails before any data is read
-    if not Path(weights).exists():  # so does a missing weights file
-        raise FileNotFoundError(f"no such weights file: {weights}")
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    ds = load_dataset(data, split, root=data_dir)
-    if normalize == "pixel-mean":
-        train = ds if split == "train" else load_dataset(data, "train", root=data_dir)
-        ds = subtract_mean_image(train, ds)[1]
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None and len(v) != ds.images.shape[1]:
-            raise ValueError(
-                f"--{name} needs {ds.images.shape[1]} values (one per channel), got {len(v)}"
-            )
-    _, c, h, w = ds.images.shape
-    net = create_model(
-        model, num_classes=len(ds.classes), in_chans=c, img_size=(h, w), **(model_kwargs or {})
-    )
-    load_weights(net, weights)
-    prec = precision.choose(amp, channels_last, d.device, precision.has_conv(net))
-    net = net.to(
-        d.device, memory_format=torch.channels_last if prec.channels_last else torch.preserve_format
-    )
-    return {
-        **evaluate(
-            net,
-            ds,
-            batch_size,
-            d,
-            lambda: prec.autocast(d.device),
-            prec.channels_last,
-            mean=mean or ds.mean,
-            std=std or ds.std,
-        ),
-        "precision": prec.to_dict(),
-    }

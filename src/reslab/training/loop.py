@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from reslab.data import ImageData, Loader, load_dataset, subtract_mean_image, train_val_split
+from reslab.data import (
+    ImageData,
+    Loader,
+    Normalization,
+    load_dataset,
+    subtract_mean_image,
+    train_val_split,
+)
 from reslab.models import create_model, save_weights
 from reslab.training import allocator, distributed, precision, runs
 from reslab.training.bookkeeping import (
@@ -181,7 +188,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     )
     if d.is_main:
         log_final(log, step, final_train, final_test)
-        save_weights(model, run_dir / runs.WEIGHTS)
+        # the file records the inputs' normalisation too: `reslab eval runs/NAME` needs nothing else
+        norm = Normalization(cfg.data, train_data.mean, train_data.std)
+        save_weights(model, run_dir / runs.WEIGHTS, normalization=norm)
         write_json(run_dir / runs.SUMMARY, summary)
     log.close()
     return summary

@@ -25,7 +25,6 @@ from torch import nn
 
 from reslab.models import create_model, is_residual
 from reslab.training import runs
-from reslab.training.config import TrainConfig
 
 
 class Lesioned(nn.Module):
@@ -98,18 +97,14 @@ def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: 
 
 
 def load_run(run_dir: str | Path, device: str = "auto"):
-    """(model with trained weights, train split, test split, train config, Dist) of a run folder.
-
-    The model is built as the engine built it; names of `reslab.models.variants` work too."""
-    from reslab.models import load_weights
+    """(model with trained weights, train split, test split, train config, Dist) of a run folder:
+    `reslab.load_run` and the run's data."""
     from reslab.training import distributed
-    from reslab.training.loop import build_model, load_data
+    from reslab.training.loop import load_data
+    from reslab.training.trained import load_run as load_trained
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(runs.read_config(run_dir))
+    model, cfg = load_trained(run_dir)
     train_data, test_data, _ = load_data(cfg)
-    model = build_model(cfg, train_data)
-    load_weights(model, run_dir / runs.WEIGHTS)
     d = distributed.setup(device)
     return model.to(d.device).eval(), train_data, test_data, cfg, d
 
