@@ -110,7 +110,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         raise DamagedCheckpoint(
             f"{path / TRAINER}: its optimizer state does not fit ({err})"
         ) from None
-    model.load_state_dict(weights)
+    _lay_out_like_params(optimizer)
+    model.load_state_dict(weights)  # copies into the parameters, which keep their layout
     return state
 
 
@@ -176,6 +177,21 @@ def _unflatten_optimizer(tensors: dict, groups: list) -> dict:
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     return {"state": state, "param_groups": groups}
+
+
+def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Give each state tensor shaped like its parameter the parameter's memory layout.
+
+    A live optimizer makes its buffers like the gradient (`empty_like`, `clone`), which takes the
+    parameter's strides; `Optimizer.load_state_dict` keeps the checkpoint's contiguous (NCHW) ones.
+    For channels_last conv weights the two differ, and the fused CPU SGD kernel walks param, grad
+    and momentum buffer as flat memory: each weight would be updated with another one's momentum."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for key, value in st.items():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    st[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _contiguous(sd: dict) -> dict:
