@@ -8,7 +8,7 @@ import torch
 
 from reslab.training import PRESETS, TrainConfig, resolve, runs
 from reslab.training.config import PRESET_HELP
-from reslab.training.loop import _existing_run, load_data, lr_at
+from reslab.training.loop import _existing_run, load_data, lr_at, warmup_ends
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a"
 
@@ -23,14 +23,24 @@ def test_paper_preset_is_he_et_al_recipe():
         64000,
     )
     assert (cfg.normalize, cfg.amp, cfg.augment) == ("pixel-mean", "off", "on")
-    # 0.01 warm-up for 110 layers ("about 400 iterations", He et al. 2015 §4.2)
-    assert [lr_at(s, cfg.iters, cfg) for s in (0, 399)] == [0.01, 0.01]
-    assert lr_at(400, cfg.iters, cfg) == 0.1
-    assert resolve("paper", model="resnet-110+gate-shortcut").warmup_iters == 400
-    assert resolve("paper", model="plain1202").warmup_iters == 400
-    # the GPU recipe of the 1,202- and 1,001-layer nets (He et al. 2015 §4.2, 2016 §4)
-    assert resolve("paper", model="preact_resnet1001").warmup_iters == 400
+    # 0.01 for 110 layers "until the training error is below 80% (about 400 iterations)" (He et
+    # al. 2015 §4.2): the condition ends it (here at step 350), with a cap at 2,000 iterations
+    assert (cfg.warmup_lr, cfg.warmup_until_error, cfg.warmup_iters) == (0.01, 0.8, 2000)
+    assert [lr_at(s, cfg.iters, cfg) for s in (0, 1999)] == [0.01, 0.01]  # never ended: the cap
+    assert lr_at(2000, cfg.iters, cfg) == 0.1
+    assert [lr_at(s, cfg.iters, cfg, warmup_end=350) for s in (349, 350)] == [0.01, 0.1]
+    for model in ("resnet-110+gate-shortcut", "plain1202", "preact_resnet1001"):
+        assert resolve("paper", model=model).warmup_until_error == 0.8, model
     assert resolve("paper", model="resnet20").warmup_iters == 0
+
+
+@pytest.mark.parametrize(
+    "step, error, ends", [(300, 0.79, 300), (300, 0.80, None), (300, 0.5, 300)]
+)
+def test_the_warm_up_ends_at_the_first_training_line_below_its_error(step, error, ends):
+    cfg = resolve("paper", model="resnet110")
+    assert warmup_ends(step, error, cfg) == ends
+    assert warmup_ends(step, 0.0, resolve("paper", model="resnet110", warmup_until_error=0)) is None
 
 
 @pytest.mark.parametrize("model", ["resnet110", "resnet20"])  # with and without the warm-up

@@ -122,3 +122,31 @@ def test_eval_limit_evaluates_the_first_n_images(tmp_path):
     # errors over 40 images are multiples of 1/40 (the full test set has 355 images)
     for key in ("final_train_error", "final_test_error"):
         assert (s[key] * 40) == pytest.approx(round(s[key] * 40), abs=1e-9), key
+
+
+def test_a_conditional_warm_up_ends_where_the_error_falls_and_resumes_exactly(tmp_path):
+    """--warmup-until-error: lr stays at warmup_lr up to the first training line whose error is
+    below the bound, then follows the schedule; a run resumed after that point (its later files
+    removed, as a kill leaves them) continues at the same lr and ends with the same weights."""
+    cfg = _cfg(tmp_path, name="w", iters=60, log_every=5, eval_every=20, lr=0.2, warmup_lr=0.01,
+               warmup_iters=50, warmup_until_error=0.5, deterministic=True)  # fmt: skip
+    train(cfg)
+    run = tmp_path / "w"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [x for x in lines if x["kind"] == "train"]
+    end = next(x["step"] for x in train_lines if x["train_error"] < 0.5)
+    assert 5 <= end < 50  # the condition, not the cap, ended it
+    # a line's lr is that of its last step: warm-up through `end`, the schedule after it
+    assert all(x["lr"] == (0.01 if x["step"] <= end else 0.2) for x in train_lines)
+    trainer = json.loads((run / "checkpoints" / "step-00000040" / "trainer.json").read_text())
+    assert trainer["warmup_end"] == end
+    # resume from step 40 (after the warm-up ended): same lr from there, same final weights
+    for p in ("model.safetensors", "summary.json"):
+        (run / p).rename(tmp_path / p)
+    for later in sorted((run / "checkpoints").iterdir())[2:]:
+        for f in later.iterdir():
+            f.unlink()
+        later.rmdir()
+    train(TrainConfig(**{**cfg.to_dict(), "resume": True}))
+    again, first = load_file(run / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert all((again[k] == first[k]).all() for k in first)

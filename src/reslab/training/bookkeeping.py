@@ -151,9 +151,9 @@ def log_train(
     step: int,
     epoch: float,
     lr: float,
-) -> None:
+) -> float:
     """Write the `train` line for the steps since the last one, show it on the progress bar, and start
-    the next window; raises Diverged if a loss was not finite."""
+    the next window; returns its training error; raises Diverged if a loss was not finite."""
     loss_sum, errors, images = stats.reduce(d)
     loss, error = loss_sum / images, errors / images
     now = clock.lap(images)
@@ -172,6 +172,7 @@ def log_train(
     )
     stats.reset(step)
     clock.restart()
+    return error
 
 
 def log_eval(
@@ -207,10 +208,13 @@ def checkpoint(
     optimizer: torch.optim.Optimizer,
     stats: StepStats,
     d: distributed.Dist,
+    trainer: dict | None = None,
 ) -> None:
     """Check that loss and weights are finite (else raise Diverged), then save checkpoint `step` of
-    `total` (with the CPU RNG state) on rank 0 while the other ranks wait."""
+    `total` (with the CPU RNG state and the loop's `trainer` values) on rank 0 while the other ranks
+    wait."""
     state = {"torch_rng": torch.get_rng_state().tolist(), "epoch": epoch, "total": total}
+    state.update(trainer or {})
     stats.check_weights(model, d, step)
     if d.is_main:
         save_checkpoint(run_dir / runs.CHECKPOINTS, step, model, optimizer, state)

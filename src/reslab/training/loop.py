@@ -110,7 +110,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     eval_every = cfg.eval_every or max(1, total // 20)
     ckpt_every = cfg.checkpoint_every or eval_every
 
-    step, resume_from = _resume(run_dir, cfg, model, optimizer, d.is_main)
+    step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
@@ -140,7 +140,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         while step < total:
             epoch, start = divmod(step, steps_per_epoch)
             for x, y in loader.epoch(epoch, start=start):  # x: (B, C, H, W) normalised, y: (B,)
-                lr = lr_at(step, total, cfg)
+                lr = lr_at(step, total, cfg, warmup_end)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with autocast():
@@ -155,7 +155,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 stats.add(loss, logits, y, lr)
 
                 if step % cfg.log_every == 0 or step == total:
-                    log_train(log, bar, stats, clock, d, step, step / steps_per_epoch, lr)
+                    error = log_train(log, bar, stats, clock, d, step, step / steps_per_epoch, lr)
+                    if warmup_end is None and step < cfg.warmup_iters:
+                        warmup_end = warmup_ends(step, error, cfg)
                 bar.update(1)
                 if step % eval_every == 0 or step == total:
                     with clock.pause():
@@ -171,7 +173,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                         )
                 if step % ckpt_every == 0 or step == total:
                     with clock.pause():
-                        checkpoint(run_dir, step, epoch, total, model, optimizer, stats, d)
+                        trainer = {"warmup_end": warmup_end}  # lr_at's one piece of history
+                        checkpoint(run_dir, step, epoch, total, model, optimizer, stats, d, trainer)
                 if step >= total:
                     break
     except BaseException as err:  # diverged, a failed save, Ctrl-C: the log keeps what it has
@@ -223,13 +226,15 @@ def make_optimizer(
     )
 
 
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based) of `total`: warm-up, then the schedule."""
-    if step < cfg.warmup_iters:
+def lr_at(step: int, total: int, cfg: TrainConfig, warmup_end: int | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total`: warm-up, then the schedule. The
+    warm-up lasts `cfg.warmup_iters` steps, or `warmup_end` when `warmup_ends` ended it earlier."""
+    end = cfg.warmup_iters if warmup_end is None else min(warmup_end, cfg.warmup_iters)
+    if step < end:
         return cfg.warmup_lr
     if cfg.schedule == "step":  # milestones count from step 0, warm-up included: 32k, 48k of 64k
         return cfg.lr * cfg.gamma ** sum(step >= m * total for m in cfg.milestones)
-    t = (step - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)  # progress in [0, 1)
+    t = (step - end) / max(1, total - end)  # progress in [0, 1)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "onecycle":  # as torch.optim.lr_scheduler.OneCycleLR: 30% up, cosine down
@@ -238,6 +243,12 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
             return lo + (cfg.lr - lo) * 0.5 * (1 - math.cos(math.pi * t / up))
         return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up)))
     return cfg.lr
+
+
+def warmup_ends(step: int, train_error: float, cfg: TrainConfig) -> int | None:
+    """`step` if the training line just written there ends the warm-up by its condition (He et al.
+    2015 §4.2: "until the training error is below 80%"), else None. Every rank sees the same line."""
+    return step if 0 < cfg.warmup_until_error and train_error < cfg.warmup_until_error else None
 
 
 def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]:
@@ -301,15 +312,19 @@ def _warn_if_fragmenting(cfg: TrainConfig, device: torch.device) -> None:
 
 def _resume(
     run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, main: bool
-) -> tuple[int, Path | None]:
-    """On --resume, restore the newest checkpoint that reads back whole; returns (step, its folder),
-    or (0, None). Newer damaged ones are renamed aside (`main` only), with a warning each."""
+) -> tuple[int, Path | None, int | None]:
+    """On --resume, restore the newest checkpoint that reads back whole; returns (step, its folder,
+    the step where a conditional warm-up ended or None), or (0, None, None). Newer damaged ones are
+    renamed aside (`main` only), with a warning each."""
     root = run_dir / runs.CHECKPOINTS
     damaged: list[tuple[Path, DamagedCheckpoint]] = []
     for path in reversed(list_checkpoints(root) if cfg.resume else []):
         try:
             state = load_checkpoint(path, model, optimizer)
             _restore_rng(path, state)
+            warmup_end = state.get("warmup_end")  # absent in checkpoints written before it existed
+            if warmup_end is not None and (type(warmup_end) is not int or warmup_end < 0):
+                raise DamagedCheckpoint(f"{path / TRAINER} holds warmup_end {warmup_end!r}")
         except DamagedCheckpoint as err:
             damaged.append((path, err))
             continue
@@ -321,14 +336,14 @@ def _resume(
                 f"--resume: {err}; moved {bad.name} aside to {aside} and resumed from {path.name}",
                 stacklevel=4,
             )
-        return state["step"], path
+        return state["step"], path, warmup_end
     if damaged:
         raise ValueError(
             f"--resume: no checkpoint in {root} reads back whole: "
             + "; ".join(str(err) for _, err in damaged)
             + "; they are left as they are (delete them and rerun with --resume to start over)"
         )
-    return 0, None
+    return 0, None, None
 
 
 def _restore_rng(path: Path, state: dict) -> None:
