@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     about = "rebuild a study's figures and report.html from its folder"
     r = sub.add_parser("report", help=about, description=about)
     r.add_argument("path", help="a study folder (e.g. runs/degradation/NAME) or a runs root")
+    r.add_argument(
+        "--results",
+        metavar="FILE",
+        help="also write one Markdown page of every study's command, machine, table and verdict "
+        "(docs/results.md is written so)",
+    )
     for (
         command
     ) in sub.choices.values():  # `reslab train ... --debug` as well as `reslab --debug train`
@@ -377,8 +383,13 @@ def cmd_info(opts: dict) -> int:
 
 
 def cmd_report(opts: dict) -> int:
-    """`reslab report PATH`: rebuild a study's figures and report from its folder."""
+    """`reslab report PATH [--results FILE]`: rebuild a study's figures and report from its folder,
+    and with --results the Markdown page of every study's results."""
     print(studies.build_report(opts["path"]))
+    if opts.get("results"):
+        from reslab.studies.results import write_results
+
+        print(write_results(opts["path"], opts["results"]))
     return 0
 
 

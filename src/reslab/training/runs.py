@@ -88,8 +88,12 @@ def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file.
 
     `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically (temp file + rename): a failure leaves the old file whole."""
     path = Path(path)
-    text = json.dumps(obj, indent=2, allow_nan=not strict) + "\n"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_text(text)

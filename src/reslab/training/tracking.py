@@ -91,11 +91,28 @@ def provenance(device: torch.device) -> dict:
         if device.type == "cuda"
         else precision.cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_family_model": _cpu_family_model(),
         "threads": torch.get_num_threads(),
         "malloc": allocator.current(),
         "git_commit": git_commit(),
         "argv": sys.argv,
     }
+
+
+def _cpu_family_model() -> str | None:
+    """"25/1" for an x86 CPU's family and model numbers, which tell CPUs of one brand name apart
+    ("AMD EPYC" is Zen 3 as 25/1 and Zen 4 as 25/17); None where /proc/cpuinfo does not say."""
+    fields = {}
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+            if not line.strip():
+                break  # the first processor is enough
+    except OSError:
+        return None
+    return f"{fields['cpu family']}/{fields['model']}" if len(fields) == 2 else None
 
 
 def git_commit() -> str | None:
