@@ -81,7 +81,9 @@ def write_results(path: str | Path, out: str | Path, command: str | None = None)
     path, out = Path(path), Path(out)
     folders = study_folders(path)
     if not folders:
-        raise FileNotFoundError(f"no study folder (with a {runs.STUDY}) below {path}; nothing written")
+        raise FileNotFoundError(
+            f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
+        )
     command = command or f"reslab report {path} --results {out}"
     text = HEADER.format(command=command) + "\n" + "\n".join(section(f, path) for f in folders)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def provenance(device: torch.device) -> dict:
 
 
 def _cpu_family_model() -> str | None:
-    """"25/1" for an x86 CPU's family and model numbers, which tell CPUs of one brand name apart
+    """The "25/1" of an x86 CPU's family and model numbers, which tell CPUs of one brand name apart
     ("AMD EPYC" is Zen 3 as 25/1 and Zen 4 as 25/17); None where /proc/cpuinfo does not say."""
     fields = {}
     try:
