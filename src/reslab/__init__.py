@@ -32,6 +32,11 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
+def __dir__() -> list[str]:
+    """The public API too, for tab completion (it is imported on first use)."""
+    return sorted({*globals(), *_API})
+
+
 def __getattr__(name: str):
     if name in _API:
         module = importlib.import_module(_API[name])

@@ -7,6 +7,7 @@ so an option is declared once, with its help text, next to the code that uses it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -44,11 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"reslab {_version()}")
     debug = f"show the full traceback of an error instead of one line (or set {DEBUG_ENV}=1)"
     p.add_argument("--debug", action="store_true", help=debug)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     about = "list models with depth, parameters and multiply-adds"
     m = sub.add_parser("models", help=about, description=about)
     m.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. 'plain*'")
+    m.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
 
     about = "train a model; writes runs/NAME/ (config, metrics, checkpoints, summary)"
     t = sub.add_parser("train", help="train a model; writes runs/NAME/", description=about)
@@ -235,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"reslab: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `reslab`: what it can do, as `reslab --help`
+        parser.print_help()
+        return 0
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     try:
@@ -246,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reslab: interrupted{_resume_hint(args.command)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `reslab models | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:
         if debug:
             raise
@@ -298,9 +307,10 @@ def _one_line(err: BaseException) -> str:
 
 
 def cmd_models(opts: dict) -> int:
-    """`reslab models [PATTERN]`: the table of registered models."""
-    from reslab.models import list_models, model_table
-    from reslab.models.registry import FAMILIES
+    """`reslab models [PATTERN] [--json]`: the table of registered models, read from the table stored
+    with the models (nothing is built)."""
+    from reslab.models.flops import stored_table
+    from reslab.models.registry import FAMILIES, list_models
 
     names = list_models(opts["pattern"])
     if not names:
@@ -309,8 +319,12 @@ def cmd_models(opts: dict) -> int:
         )
     order = [f.name for f in FAMILIES]
     rows = sorted(
-        model_table(names), key=lambda r: (order.index(r["family"]), not r["residual"], r["depth"])
+        (r for r in stored_table() if r["name"] in names),
+        key=lambda r: (order.index(r["family"]), not r["residual"], r["depth"]),
     )
+    if opts.get("json"):
+        print(json.dumps(rows, indent=1))
+        return 0
     print(f"{'model':<20}{'family':<10}{'depth':>6}{'params':>14}{'MACs':>17}  input")
     for r in rows:
         size = "x".join(map(str, r["input_size"]))

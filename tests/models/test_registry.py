@@ -18,14 +18,21 @@ def meta(name: str, **kw) -> nn.Module:
         return create_model(name, **kw)
 
 
+def _natural(name):  # timm's order: resnet18 before resnet101
+    head = name.rstrip("0123456789")
+    return head, int(name[len(head) :])
+
+
 def test_registered_names():
     cifar = [20, 32, 44, 56, 110, 1202]
     imagenet = [18, 34, 50, 101, 152]
     expected = [f"{p}{d}" for p in ("resnet", "plain") for d in cifar + imagenet]
     expected += [f"{p}{d}" for p in ("preact_resnet", "preact_plain") for d in (110, 164, 1001)]
     expected += [f"{p}{d}" for p in ("resmlp", "plainmlp") for d in (4, 16, 64)]
-    assert list_models() == sorted(expected)
-    assert list_models("preact_*") == sorted(n for n in expected if n.startswith("preact_"))
+    assert list_models() == sorted(expected, key=_natural)
+    assert list_models("preact_*") == sorted(
+        (n for n in expected if n.startswith("preact_")), key=_natural
+    )
     assert list_models("resnet1?") == ["resnet18"]
     assert list_models("nothing*") == []
 
@@ -107,8 +114,8 @@ def test_classes_channels_and_image_size():
             "preact_resnet-23: pre-activation ResNet depth must be 6n+2 for basic",
         ),
         ("resmlp-7", "resmlp-7: residual MLP depth (weight layers = 2 * blocks + 2) must be even"),
-        ("resnet21", "unknown model 'resnet21'; list them with reslab.models.list_models() or"),
-        ("vgg16", "`reslab models` (any depth: resnet-N, plain-N, preact_resnet-N"),
+        ("resnet21", "unknown model 'resnet21'; did you mean resnet32 or resnet20"),
+        ("vgg16", "list them with `reslab models` or reslab.list_models() (any depth: resnet-N"),
         ("resnet-", "unknown model 'resnet-'"),
     ],
 )

@@ -7,7 +7,9 @@ published figures (He et al. 2015, Table 1; torchvision's "GFLOPS", which are MA
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -62,3 +64,24 @@ def model_table(names: Sequence[str]) -> list[dict]:
             )
         )
     return rows
+
+
+# The registered models' rows, computed once by `write_table` and stored beside this module, as
+# torchvision stores each model's parameter count and GFLOPS with its weights: `reslab models` reads
+# it without building ResNet-1202, and tests/models/test_flops.py checks it against `model_table`.
+TABLE = Path(__file__).with_name("table.json")
+
+
+def stored_table() -> list[dict]:
+    """The stored rows of every registered model (see `write_table`), in registry order."""
+    rows = json.loads(TABLE.read_text())
+    return [dict(r, input_size=tuple(r["input_size"])) for r in rows]
+
+
+def write_table(path: Path = TABLE) -> Path:
+    """Compute `model_table` of every registered model and store it (after changing a model:
+    `python -c "from reslab.models.flops import write_table; write_table()"`)."""
+    from reslab.models.registry import list_models
+    from reslab.training.runs import write_text
+
+    return write_text(path, json.dumps(model_table(list_models()), indent=1) + "\n")

@@ -9,6 +9,7 @@ one home of plain/residual naming: `twin(name, residual)` and `is_residual(name_
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Callable
@@ -62,10 +63,17 @@ _REGISTRY = {
 _ANY_DEPTH = {p: fam for fam in FAMILIES if fam.any_depth for p in (fam.residual, fam.plain) if p}
 
 
+def _natural(name: str) -> tuple[str, int]:
+    """Sort key in timm's order: a name's prefix, then its depth as a number (resnet18 < resnet101)."""
+    head = name.rstrip("0123456789")
+    return head, int(name[len(head) :])
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the fnmatch `pattern`, sorted. Any-depth forms such as
-    "resnet-74", "preact_plain-164" and "resmlp-1000" are accepted by `create_model` too."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    """Registered model names matching the fnmatch `pattern`, in natural order (resnet18 before
+    resnet101). Any-depth forms such as "resnet-74", "preact_plain-164" and "resmlp-1000" are
+    accepted by `create_model` too."""
+    return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=_natural)
 
 
 def resolve(name: str) -> tuple[Family, int, bool]:
@@ -76,8 +84,10 @@ def resolve(name: str) -> tuple[Family, int, bool]:
     if m and m[1] in _ANY_DEPTH:
         fam = _ANY_DEPTH[m[1]]
         return fam, int(m[2]), m[1] == fam.residual
+    close = difflib.get_close_matches(name, _REGISTRY, n=2)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise ValueError(
-        f"unknown model {name!r}; list them with reslab.models.list_models() or `reslab models` "
+        f"unknown model {name!r}; {hint}list them with `reslab models` or reslab.list_models() "
         f"(any depth: {', '.join(p + '-N' for p in _ANY_DEPTH)})"
     )
 

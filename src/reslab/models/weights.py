@@ -219,6 +219,7 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would: mkstemp's 0600 hides it from the group
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -476,3 +477,10 @@ def _few(what: str, keys: list[str], shown: int = 4) -> str:
         return ""
     more = ", ..." if len(keys) > shown else ""
     return f"{len(keys)} {what} ({', '.join(keys[:shown])}{more})"
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -72,6 +72,8 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
             try:
                 yield
             finally:
+                if is_finished(run_dir):  # nothing more will be written: no lock file left behind
+                    (run_dir / LOCK).unlink(missing_ok=True)
                 fcntl.flock(f, fcntl.LOCK_UN)
     finally:
         if new and [p.name for p in run_dir.iterdir()] == [LOCK]:  # nothing was written: tidy up
