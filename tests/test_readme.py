@@ -1,5 +1,6 @@
-"""The README's Python tour runs as written: its ```python blocks, in order, in one namespace, in
-an empty folder, offline. A `print(...)  # text` line must print that text, so outputs stay true."""
+"""The Python tour (docs/guide.md, linked from the README) runs as written: its ```python blocks, in
+order, in one namespace, in an empty folder, offline. A `print(...)  # text` line must print that
+text, so outputs stay true."""
 
 import re
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
 
 
 def python_blocks(text: str) -> list[str]:

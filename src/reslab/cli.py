@@ -25,7 +25,7 @@ from reslab.training.config import (
     SWITCHES,
     TrainConfig,
 )
-from reslab.training.loop import Diverged
+from reslab.training.runs import Diverged
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,46 +1,83 @@
 """What the studies share: the one divergence policy, cell names, the statistics, and the time
-estimate a long study prints after its first run."""
+estimate a long study prints before its runs train."""
 
 import json
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 
 from reslab.studies import base, stats
 from reslab.studies.base import Estimate
 from reslab.training import TrainConfig, runs
+from reslab.training.timing import Timing
 
 
 def _cfg(tmp_path, model, iters, name):
     return TrainConfig(model=model, iters=iters, out=str(tmp_path), name=name)
 
 
-def test_estimate_scales_the_first_run_by_depth_and_iterations(tmp_path, capsys):
+SIZES = {"train": 1000, "test": 100, "val": 0}
+
+
+def test_estimate_times_each_kind_of_run_and_lays_the_runs_out_over_the_jobs(tmp_path, capsys):
     configs = [
-        _cfg(tmp_path, "resmlp-10", 100, "a"),  # cost 10 x 100
-        _cfg(tmp_path, "resmlp-100", 100, "b"),  # 10x the first
-        _cfg(tmp_path, "resnet-110", 200, "c"),  # 22x the first
-        _cfg(tmp_path, "resmlp-1000", 100, "d"),  # finished in an earlier invocation: costs 0
+        _cfg(tmp_path, "resmlp-10", 100, "a"),  # 5 s to start + 100 x 0.1 s = 15 s
+        _cfg(tmp_path, "resmlp-100", 100, "b"),  # 5 + 100 x 1 = 105 s
+        _cfg(tmp_path, "resnet-110", 200, "c"),  # 5 + 200 x 2 = 405 s
+        _cfg(tmp_path, "resmlp-10", 100, "e"),  # the same kind as "a": not timed again
+        _cfg(tmp_path, "resmlp-1000", 100, "d"),  # finished in an earlier invocation: not timed
     ]
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "summary.json").write_text(json.dumps({"status": "completed"}))
-    eta = Estimate(configs, jobs=2, quiet_s=60)
-    eta.done(3, {"wall_s": 0.1})  # a finished run says nothing about speed
+    step_s = {"resmlp-10": 0.1, "resmlp-100": 1.0, "resnet-110": 2.0}
+    timed = []
+
+    def measure(c, threads):
+        timed.append(c.model)
+        return Timing(5.0, step_s[c.model], 0.0, SIZES, 10)
+
+    eta = Estimate(configs, jobs=2, quiet_s=60, measure=measure)
+    assert sorted(timed) == ["resmlp-10", "resmlp-100", "resnet-110"]
+    # two workers: a (15 s) and b (105 s) start; c starts when a ends (15 + 405 = 420 s), e when b
+    # ends: 420 s in all
+    assert eta.total == pytest.approx(420.0)
+    assert "about 7 min for 4 runs, 2 at a time" in capsys.readouterr().out
+    eta.done(4, {"wall_s": 0.1})  # a finished run says nothing about speed
+    eta.done(0, {"wall_s": 16.0})  # within 1.25x of its 15 s: nothing more to say
     assert capsys.readouterr().out == ""
-    # 10 s per 1,000 units: (10,000 + 22,000) units = 320 s, less the 10 s the other job has run,
-    # over 2 jobs: 155 s
-    eta.done(0, {"wall_s": 10.0})
-    assert "about 3 min to go for 2 more runs" in capsys.readouterr().out
-    eta.done(1, {"wall_s": 100.0})
+
+    eta = Estimate(configs, jobs=2, quiet_s=60, measure=measure)
+    capsys.readouterr()
+    eta.done(0, {"wall_s": 30.0})  # twice its prediction: a busier machine, twice the time to go
+    assert "about 14 min to go for 3 more runs (the first took 2x" in capsys.readouterr().out
+    eta.done(1, {"wall_s": 500.0})
     assert capsys.readouterr().out == ""  # said once
 
 
-def test_short_studies_stay_quiet(tmp_path, capsys):
+def test_estimate_counts_the_evaluations(tmp_path):
+    """A run's evaluations are priced by the images they score (`eval_images`): 100 steps of 128
+    with 100 test images score 6-step-apart points of 100 images (16 in the loop), then the whole
+    1,000 training and 100 test images: 2,700 images at 10 ms."""
+    c = _cfg(tmp_path, "resmlp-10", 100, "a")
+    assert Timing(5.0, 0.1, 0.01, SIZES, 10).predict(c) == pytest.approx(5 + 10 + 27)
+    assert Timing(5.0, 0.1, 0.01, SIZES, 10).predict(replace(c, iters=0, epochs=2)) == (
+        pytest.approx(5 + 2 + 0.01 * (3 * 100 + 1100))  # 20 steps: a point every 6, 3 in the loop
+    )
+
+
+def test_short_studies_stay_quiet_and_a_failed_timing_says_nothing(tmp_path, capsys):
     configs = [_cfg(tmp_path, "resmlp-4", 10, "a"), _cfg(tmp_path, "resmlp-8", 10, "b")]
-    eta = Estimate(configs)
-    eta.done(0, {"wall_s": 2.0})  # 4 s to go
+    eta = Estimate(configs, measure=lambda c, threads: Timing(1.0, 0.01, 0.0, SIZES, 10))
+    eta.done(0, {"wall_s": 20.0})  # 18x its prediction, but 4 s to go
     eta.done(1, None)
+
+    def broken(c, threads):
+        raise FileNotFoundError("no data here")
+
+    eta = Estimate(configs, measure=broken)
+    eta.done(0, {"wall_s": 2.0})
     assert capsys.readouterr().out == ""
 
 

@@ -3,6 +3,7 @@ recorded and named without stopping the study (and not retried), a rerun that ad
 one-line errors for options only this study has, the replayed first step checked against the
 engine's own first step, and a 1,000-layer norm-free residual MLP that learns at once."""
 
+import dataclasses
 import json
 import math
 
@@ -12,10 +13,11 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from reslab.cli import main as cli
-from reslab.data import load_dataset
+from reslab.data import Loader, load_dataset
 from reslab.models import create_model
 from reslab.studies.depth import ARM_MODELS, make_config, measure, run
 from reslab.training import train
+from reslab.training.loop import augment_on, build_model, load_data
 
 
 @pytest.mark.slow
@@ -24,7 +26,7 @@ def test_study_records_arms_and_divergence_and_a_rerun_adds_cells_only(tmp_path,
     # gradients and its loss is NaN at the second step; the other cells train. Two processes, as the
     # default.
     arms = ("plain", "rezero", "rezero+clip")
-    options = dict(out=str(tmp_path), name="div", arms=arms, iters=6, width=8)
+    options = dict(out=str(tmp_path), name="div", arms=arms, iters=6, width=8, seeds=(0,))
     options |= dict(jobs=2, train=dict(eval_every=3))
     summary = run(make_config("digits", depths=(4, 200), **options))
     study = tmp_path / "div"
@@ -89,12 +91,16 @@ def test_bad_options_are_one_line_errors(args, message, tmp_path, capsys):
 
 def test_recipe_clips_nothing_but_the_clip_arms_and_the_arms_build_what_they_say():
     cfg = make_config("digits", depths=(10,))
-    assert {"nonorm", "nonorm+clip", "zeroinit", "rezero+clip", "fixup+clip"} <= set(cfg.arms)
+    assert {"nonorm", "nonorm+clip", "plain+clip", "zeroinit", "rezero+clip", "fixup+clip"} <= set(
+        cfg.arms
+    )
     c = cfg.run_config("fixup", 10, 0)
     assert (c.model, c.model_kwargs) == (
         "resmlp-10",
         {"norm": "none", "branch_scale": "fixup", "width": 32},
     )
+    assert c.lr_scales == {"bias": 0.1, "scale": 0.1}  # hongyi-zhang/Fixup's lr/10 groups
+    assert all(cfg.run_config(a, 10, 0).lr_scales == {} for a in cfg.arms if "fixup" not in a)
     assert (c.lr, c.momentum, c.batch_size, c.schedule) == (0.02, 0.9, 128, "constant")
     assert (c.iters, c.grad_clip, c.log_every) == (60, 0.0, 1)
     clipped = cfg.run_config("fixup+clip", 10, 0)
@@ -118,6 +124,44 @@ def test_recipe_clips_nothing_but_the_clip_arms_and_the_arms_build_what_they_say
     assert p.keys() == r.keys() and all(torch.equal(p[k], r[k]) for k in p)  # same init
     assert all(not z[k].any() for k in z if k.endswith("bn2.weight"))
     assert all(r[k].all() for k in r if k.endswith("bn2.weight"))
+
+
+def test_default_has_three_seeds_and_fits_a_cpu_while_digits_10k_goes_to_ten_thousand_layers():
+    cfg, deep = make_config("digits"), make_config("digits-10k")
+    assert cfg.seeds == deep.seeds == (0, 1, 2)
+    assert cfg.depths == (10, 100, 1000) and deep.depths == (10, 100, 1000, 10000)
+    assert cfg.arms == deep.arms and cfg.run_config("plain", 10, 0) == dataclasses.replace(
+        deep.run_config("plain", 10, 0), out=cfg.run_config("plain", 10, 0).out
+    )
+
+
+def test_fixup_scalars_train_at_a_tenth_of_the_rate_as_the_official_code(tmp_path):
+    # hongyi-zhang/Fixup cifar_train.py: SGD with the parameters named "bias" or "scale" in groups at
+    # base_lr / 10. The study's fixup arm must make the engine's updates those of that optimizer,
+    # here replayed step by step from the same init and mini-batches.
+    cfg = make_config("digits", depths=(6,), width=8, iters=3, out=str(tmp_path), name="fx")
+    c = cfg.run_config("fixup", 6, 0)
+    assert train(dataclasses.replace(c, num_threads=1))["status"] == "completed"
+    torch.manual_seed(c.seed)  # the engine's init
+    train_data, _, _ = load_data(c)
+    model = build_model(c, train_data).train()
+    named = list(model.named_parameters())
+    slow = [p for n, p in named if "bias" in n or "scale" in n]
+    assert len(slow) == 2 * 5 + 3  # 4 scalar biases and a multiplier per block, 2 + fc.bias
+    opt = torch.optim.SGD(
+        [{"params": slow, "lr": c.lr / 10},
+         {"params": [p for n, p in named if not ("bias" in n or "scale" in n)]}],
+        lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+    )  # fmt: skip
+    loader = Loader(train_data, c.batch_size, train=True, augment=augment_on(c), seed=c.seed)
+    for (x, y), _ in zip(loader.epoch(0), range(c.iters), strict=False):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    engine = load_file(tmp_path / "fx" / "runs" / c.run_name / "model.safetensors")
+    assert any(engine[n].ne(0).any() for n, _ in named if n.endswith("bias2b.bias"))  # they moved
+    for n, p in named:
+        torch.testing.assert_close(engine[n], p.detach(), rtol=1e-5, atol=1e-7, msg=n)
 
 
 def _one_step_run(tmp_path, arm: str, depth: int):

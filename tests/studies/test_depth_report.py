@@ -26,7 +26,8 @@ ITERS = 40
 
 
 def write_run(study_dir: Path, arm: str, depth: int, seed: int, start: float, final: float | None,
-              diverged_at: int | None = None, kwargs: dict | None = None) -> None:  # fmt: skip
+              diverged_at: int | None = None, kwargs: dict | None = None,
+              lr_scales: dict | None = None) -> None:  # fmt: skip
     """One run folder as the engine writes it: the loss falls from `start` to `final`; a diverged run
     logs finite losses until the step before `diverged_at` and leaves a "diverged" summary."""
     run_dir = study_dir / "runs" / f"{arm}-{depth}-s{seed}"
@@ -50,7 +51,12 @@ def write_run(study_dir: Path, arm: str, depth: int, seed: int, start: float, fi
             "steps": ITERS, "status": "completed", "final_train_loss": final,
             "final_train_error": final / 4, "final_test_error": final / 3, "time_s": 4.0,
         }  # fmt: skip
-    config = {"model": model, "seed": seed, "model_kwargs": kwargs or {}}
+    config = {
+        "model": model,
+        "seed": seed,
+        "model_kwargs": kwargs or {},
+        "lr_scales": lr_scales or {},
+    }
     config["grad_clip"] = 1.0 if arm.endswith("+clip") else 0.0
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(ln) + "\n" for ln in lines))
     (run_dir / "config.json").write_text(json.dumps(config))
@@ -78,6 +84,7 @@ CLIPPED = {
     ("rezero", 1000): (2.4, None, 28),
     ("rezero+clip", 1000): (2.4, 0.4, None),
     ("nonorm+clip", 1000): (2.4, None, 1),
+    ("plain+clip", 1000): (2.4, None, 2),
 }
 
 
@@ -165,8 +172,8 @@ def test_run_entries_hold_what_the_run_folders_say(tmp_path):
     assert plain["last_finite_loss"] == 2.4 and plain["last_finite_step"] == 1
     assert plain["final_train_loss"] is None and plain["final_train_error"] is None
     order = [r["arm"] for r in runs if r["depth"] == 1000]
-    assert order == ["plain", "residual", "zeroinit", "nonorm", "nonorm+clip", "rezero",
-                     "rezero+clip", "fixup"]  # fmt: skip
+    assert order == ["plain", "plain+clip", "residual", "zeroinit", "nonorm", "nonorm+clip",
+                     "rezero", "rezero+clip", "fixup"]  # fmt: skip
 
 
 def test_zero_initialised_residual_runs_of_older_folders_are_the_zeroinit_arm(tmp_path):
@@ -196,7 +203,12 @@ def test_verdict_shown_with_clipping_names_the_methods_that_needed_it():
     assert v["status"] == "shown_with_clipping" and v["needed_clipping"] == ["rezero"]
     assert v["checks"]["methods_learned"] == {"rezero": False, "fixup": True}
     assert v["checks"]["methods_learned_with_clipping"] == {"rezero": True, "fixup": None}
-    assert v["checks"]["controls_failed"] == {"nonorm": True, "nonorm+clip": True, "plain": True}
+    assert v["checks"]["controls_failed"] == {
+        "nonorm": True,
+        "nonorm+clip": True,
+        "plain": True,
+        "plain+clip": True,
+    }
     assert "rezero diverged at step 28" in v["text"] and "rezero+clip 2.4 → 0.4" in v["text"]
     # run only with clipping: it counts as needing it
     only_clipped = {k: v for k, v in CLIPPED.items() if k != ("rezero", 1000)}
@@ -212,6 +224,7 @@ def test_verdict_shown_with_clipping_names_the_methods_that_needed_it():
         ({("nonorm", 1000): (2.4, 0.2, None)}, "not_attributable", "a control learned"),
         ({("plain", 1000): (2.4, 0.2, None)}, "not_attributable", "a control learned"),
         ({("nonorm+clip", 1000): (2.4, 0.2, None)}, "not_attributable", "a control learned"),
+        ({("plain+clip", 1000): (2.4, 0.2, None)}, "not_attributable", "a control learned"),
         (
             {
                 ("rezero", 1000): (2.4, None, 5),
@@ -227,6 +240,32 @@ def test_verdict_shown_with_clipping_names_the_methods_that_needed_it():
 def test_verdict_follows_the_numbers(change, status, phrase):
     v = verdict(_runs({**CLIPPED, **change}))
     assert v["status"] == status and phrase in v["text"], v["text"]
+
+
+def test_verdict_states_the_step_budget_and_the_seeds(tmp_path):
+    v = verdict(_runs(SHOWN))
+    assert v["steps"] == ITERS and v["seeds"] == [0]
+    assert f"a budget of {ITERS} training steps" in v["text"] and "1 seed per arm" in v["text"]
+    # the budget is the completed runs' steps, not a diverged run's
+    assert verdict(_runs({("plain", 1000): (2.4, None, 2), **SHOWN}))["steps"] == ITERS
+    s = write_summary(write_study(tmp_path, SHOWN, seeds=(0, 1, 2)))
+    assert "3 seeds per arm and depth" in s["verdict"]["text"]
+    assert s["verdict"]["seeds"] == [0, 1, 2]
+    assert f"budget of {ITERS} training steps" in format_table(s)
+
+
+def test_an_arm_with_its_own_learning_rates_says_so(tmp_path):
+    study_dir = write_study(tmp_path, {k: v for k, v in SHOWN.items() if k[0] != "fixup"})
+    scales = {"bias": 0.1, "scale": 0.1}
+    for depth in (10, 1000):
+        write_run(study_dir, "fixup", depth, 0, 2.3, 0.5, lr_scales=scales)
+    groups = write_summary(study_dir)["verdict"]["groups"]
+    assert all(g["lr_scales"] == (scales if g["arm"] == "fixup" else {}) for g in groups)
+    page = build_any(study_dir).read_text().replace("&quot;", '"')
+    assert (
+        'Fixup, no norm (scalar biases, rescaled init); parameters whose name holds "bias" 0.1'
+        in (page)
+    )
 
 
 def test_a_diverged_seed_counts_against_its_arm(tmp_path):

@@ -23,6 +23,7 @@ from reslab.studies.gradients.measure import (
 from reslab.studies.gradients.report import (
     MEASUREMENTS,
     claims,
+    combine,
     format_table,
     like_for_like,
     profile,
@@ -148,17 +149,23 @@ def test_toy_measures_each_net_and_a_rerun_adds_a_depth(tmp_path):
         assert n["train_status"] == "completed" and n["init"] and n["trained"]
         assert -1 <= n["init"]["acf1"] <= 1
         assert runs.is_finished(study / n["run_dir"])
-    record = runs.read_json(study / MEASUREMENTS / "residual-4.json")
+    record = runs.read_json(study / MEASUREMENTS / "residual-4-s0.json")
     assert len(record["phases"]["init"]["weight_norms"]) == 4  # depth = weight layers
     assert len(record["phases"]["init"]["block_input_norms"]) == 1
     assert len(record["phases"]["trained"]["acf"]) == toy["max_lag"] + 1
     # like for like: same seed, recipe and initial weights in both arms, from the records alone
     assert again["like_for_like"]["status"] == "same"
-    assert [p["depth"] for p in again["like_for_like"]["pairs"]] == [2, 4]
+    pairs = [(p["depth"], p["seed"]) for p in again["like_for_like"]["pairs"]]
+    assert pairs == [(d, s) for d in (2, 4) for s in toy["seeds"]]
+    # one net per arch, depth and seed, each measured on its own seed's batches and lines
+    assert len(again["seed_nets"]) == 2 * 2 * len(toy["seeds"]) == len(list(study.glob("m*/*")))
+    first = {(n["arch"], n["depth"], n["seed"]): n for n in again["seed_nets"]}
+    assert first["plain", 2, 0]["init"]["loss"] != first["plain", 2, 1]["init"]["loss"]
     # the claims read each net's training error from its own run folder
-    for n in again["nets"]:
+    for n in again["seed_nets"]:
         run_error = runs.read_summary(study / n["run_dir"])["final_train_error"]
-        assert again["claims"]["train_errors"][f"{n['arch']}-{n['depth']}"] == run_error
+        cell = runs.cell_name(n["arch"], n["depth"], seed=n["seed"])
+        assert again["claims"]["train_errors"][cell] == run_error
     assert again["claims"]["status"] in (
         "supports_he",
         "supports_note",
@@ -172,7 +179,7 @@ def test_toy_measures_each_net_and_a_rerun_adds_a_depth(tmp_path):
 
 def test_diverged_net_is_measured_at_init_only_and_named(tmp_path, capsys):
     toy = {**STUDY.toy, "depths": (2,), "archs": ("plain",)}
-    toy["train"] = {**toy["train"], "lr": 1e30}
+    toy["train"] = {**toy["train"], "lr": 1e30, "warmup_iters": 0}  # no warm-up at a small lr
     summary = run(make_config("digits", out=str(tmp_path), name="div", **toy))
     (net,) = summary["nets"]
     assert net["train_status"] == "diverged" and net["init"] and net["trained"] is None
@@ -183,6 +190,17 @@ def test_diverged_net_is_measured_at_init_only_and_named(tmp_path, capsys):
     assert summary["verdict"]["status"] == "insufficient"  # as before: no residual net measured
 
 
+def test_default_measures_three_seeds_after_the_papers_recipe_scaled():
+    cfg = make_config("digits")
+    assert cfg.seeds == (0, 1, 2) and cfg.iters == 1980
+    cells = cfg.cells()
+    assert len(cells) == 3 * 3 * 2 and {s for _, _, s in cells} == {0, 1, 2}
+    c = cfg.run_config("plain", 128, 2)
+    assert (c.seed, c.run_name, c.iters) == (2, "plain-128-s2", 1980)
+    assert (c.lr, c.weight_decay, c.schedule, c.milestones) == (0.1, 1e-4, "step", (0.5, 0.75))
+    assert (c.warmup_iters, c.warmup_lr) == (99, 0.01)
+
+
 def test_bad_options_fail_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="depth"):
         make_config("digits", depths=(3,), out=str(tmp_path))
@@ -190,6 +208,8 @@ def test_bad_options_fail_before_anything_is_written(tmp_path):
         make_config("digits", family="vgg", out=str(tmp_path))
     with pytest.raises(ValueError, match="points"):
         make_config("digits", points=8, max_lag=32, out=str(tmp_path))
+    with pytest.raises(ValueError, match="one seed"):
+        make_config("digits", seeds=(), out=str(tmp_path))
     assert not any(tmp_path.iterdir())
 
 
@@ -273,6 +293,10 @@ def test_claims_vanishing_profile_sides_with_the_note_but_names_no_cause():
         deep_error=0.30,
         increase=pytest.approx(0.29),
         margin=0.02,
+        tolerance=0.02,  # one seed: no spread, the fixed margin alone
+        pooled_std=0.0,
+        shallow_errors={0: 0.01},
+        deep_errors={0: 0.30},
         shown=True,
     )
     assert [c["profile"][p]["profile"] for p in ("init", "trained")] == ["vanishing"] * 2
@@ -319,6 +343,87 @@ def test_claims_need_degradation_and_two_trained_plain_nets():
     wild = [dict(e, init=dict(e["init"], weight_ratio=1e-9)) for e in res]
     plain = [e for e in entries if e["arch"] == "plain"]
     assert claims(plain + wild, errors) == claims(entries, errors)
+
+
+def _seeds(deep_init, deep_errors, deep_trained=None, shallow_errors=(0.01, 0.01, 0.01)):
+    """Constructed numbers of three seeds: plain and residual nets at 8 and 64 layers, the 64-layer
+    plain net with the first/last gradient ratios `deep_init` (and `deep_trained`) per seed."""
+    entries, errors = [], {}
+    for seed, ratio in enumerate(deep_init):
+        trained = None if deep_trained is None else deep_trained[seed]
+        for e in (
+            _entry("plain", 8, 1.0, 1.0, trained_ratio=1.0 if trained else None),
+            _entry("plain", 64, ratio, 1.0, trained_ratio=trained),
+            _entry("residual", 8, 1.0, 1.0),
+            _entry("residual", 64, 1.0, 1.0),
+        ):
+            entries.append(e | {"seed": seed})
+        errors |= {f"plain-8-s{seed}": shallow_errors[seed], f"plain-64-s{seed}": deep_errors[seed]}
+    return entries, errors
+
+
+def test_claims_call_a_profile_only_when_every_seed_has_it():
+    c = claims(*_seeds([1e-4, 1e-3, 1e-5], [0.9, 0.9, 0.9]))
+    assert c["status"] == "supports_note" and c["profile"]["init"]["profile"] == "vanishing"
+    assert c["profile"]["init"]["ratio"] == pytest.approx(1e-4)  # the geometric mean
+    assert c["profile"]["init"]["ratios"] == {0: 1e-4, 1: 1e-3, 2: 1e-5}
+    assert "in every seed" in c["text"] and "seeds 1/1e+05 to 1/1e+03" in c["text"]
+    assert "90.0% ± 0.0% (seeds 0, 1, 2: 90.0, 90.0, 90.0%)" in c["text"]
+    # one seed of three healthy: no call, so neither claim (loosening "every seed" fails here)
+    mixed = claims(*_seeds([1e-4, 1e-4, 0.5], [0.9, 0.9, 0.9]))
+    assert mixed["profile"]["init"]["profile"] == "mixed" and mixed["status"] == "neither"
+    assert mixed["profile"]["init"]["profiles"] == {0: "vanishing", 1: "vanishing", 2: "healthy"}
+    assert "seed 2 healthy" in mixed["text"]
+    healthy = claims(*_seeds([0.5, 2.0, 3.0], [0.9] * 3, deep_trained=[1.0, 0.3, 5.0]))
+    assert healthy["status"] == "supports_he"
+    assert claims(*_seeds([0.5, 2.0, 3.0], [0.9] * 3, [1.0, 0.3, 50.0]))["status"] == "neither"
+
+
+def test_degradation_must_clear_the_spread_over_seeds():
+    # mean increase 4 pp, over the fixed 2 pp, but the deep seeds scatter by 6 pp: not shown
+    c = claims(*_seeds([1e-4] * 3, [0.01, 0.02, 0.12]))
+    d = c["degradation"]
+    assert d["increase"] == pytest.approx(0.04) and d["margin"] == 0.02
+    pooled = math.sqrt(2 * np.var([0.01, 0.02, 0.12], ddof=1) / 4)
+    assert d["pooled_std"] == pytest.approx(pooled) and d["tolerance"] == pytest.approx(2 * pooled)
+    assert not d["shown"] and c["status"] == "no_degradation"
+    assert d["deep_errors"] == {0: 0.01, 1: 0.02, 2: 0.12}
+    tight = claims(*_seeds([1e-4] * 3, [0.05, 0.05, 0.06]))
+    assert tight["degradation"]["shown"] and tight["status"] == "supports_note"
+    assert "needs more than max(2 pp, 2 x pooled seed std 0.8 pp) = 2.0 pp" in tight["text"]
+    # a seed that did not train to completion leaves its depth's mean, not the depth
+    entries, errors = _seeds([1e-4] * 3, [0.05, 0.05, 0.06])
+    assert claims(entries, errors | {"plain-64-s2": None})["degradation"]["deep_errors"] == {
+        0: 0.05,
+        1: 0.05,
+    }
+
+
+def test_drift_is_shown_only_when_every_seed_shows_it():
+    entries, _ = _seeds([1e6, 1e6, 3.0], [0.9] * 3)
+    v = verdict(entries)
+    assert not v["drift"]["shown"] and v["drift"]["seeds"] == [0, 1, 2]
+    assert v["drift"]["orders_differences"] == pytest.approx([6, 6, math.log10(3)])
+    assert "in some seed" in v["text"] and "seeds 3x to 1e+06x" in v["text"]
+    entries, _ = _seeds([1e6, 1e6, 1e3], [0.9] * 3)
+    v = verdict(entries)
+    assert v["drift"]["shown"] and v["drift"]["plain_ratio"] == pytest.approx(1e5)
+    assert "geometric means over 3 seeds" in v["text"] and "3.0 to 6.0 orders more" in v["text"]
+
+
+def test_combine_pools_the_seeds_and_leaves_one_seed_as_it_is():
+    one = [_entry("plain", 8, 2.0, 1.0) | {"seed": 0}]
+    assert combine(one) == [_entry("plain", 8, 2.0, 1.0)]
+    two = [
+        _entry("plain", 8, 1e2, 1.0, acf1s=[0.5, 0.7]) | {"seed": 0, "train_status": "completed"},
+        _entry("plain", 8, 1e4, 1.0, acf1s=[0.1, 0.3]) | {"seed": 1, "train_status": "diverged"},
+    ]
+    for e in two:
+        e["init"] |= {"first_weight_grad": e["init"]["weight_ratio"], "last_weight_grad": 1.0}
+    (c,) = combine([dict(e, model="m", params=1, run_dir="r") for e in two])
+    assert c["init"]["weight_ratio"] == pytest.approx(1e3) and c["train_status"] == "diverged"
+    assert c["init"]["acf1"] == pytest.approx(0.4) and c["init"]["acf1_lines"] == 4
+    assert c["init"]["acf1_std"] == pytest.approx(np.std([0.5, 0.7, 0.1, 0.3], ddof=1))
 
 
 def test_init_digest_matches_a_tensor_by_tensor_comparison():

@@ -141,6 +141,41 @@ def test_verdict_on_constructed_numbers(nets, status):
         assert v["residual"]["k_half"] == 2  # mean damage at k=2 is 0.5
 
 
+def test_verdict_says_when_the_arms_differ_in_more_than_their_shortcuts():
+    recipe = {"lr": 0.1, "warmup_iters": 400}
+    res = _net("residual", [0.12] * 54) | {"recipe": recipe}
+    plain = _net("plain", [0.9] * 9) | {"recipe": recipe | {"warmup_iters": 0}}
+    v = verdict([res, plain])
+    assert v["status"] == "shown"  # the rule does not change, the text says what it rests on
+    assert v["unlike"]["blocks"] == {"residual": [54], "plain": [9]}
+    assert v["unlike"]["recipe"] == {"warmup_iters": {"residual": [400], "plain": [0]}}
+    lead = "Not like for like: the residual and plain nets differ in depth (54 residual blocks "
+    assert lead in v["text"]
+    assert "training recipe (warmup_iters: residual 400, plain 0)" in v["text"]
+    twins = verdict([res, _net("plain", [0.9] * 54) | {"recipe": recipe}])
+    assert "like for like" not in twins["text"] and not twins["unlike"]["blocks"]
+    assert twins["unlike"]["recipe"] == {} and twins["unlike"]["recipe_known"]
+    older = verdict([_net("residual", [0.12] * 3), _net("plain", [0.9] * 3)])  # no recipes
+    assert older["unlike"]["recipe_known"] is False and "like for like" not in older["text"]
+
+
+def test_default_trains_the_pair_with_the_papers_recipe_scaled():
+    cfg = make_config("digits")
+    c = cfg.run_config("residual", 0)
+    assert (c.lr, c.weight_decay, c.iters, c.schedule) == (0.1, 1e-4, 1980, "step")
+    assert (c.warmup_iters, c.milestones) == (99, (0.5, 0.75))
+
+
+def test_paper_preset_gives_both_arms_one_recipe():
+    from reslab.studies.base import recipe
+
+    cfg = make_config("paper")
+    res, plain = (cfg.run_config(a, 0) for a in ("residual", "plain"))
+    assert (res.model, plain.model) == ("resnet-110", "plain-20")
+    assert recipe(res) == recipe(plain) and res.warmup_lr == 0.01
+    assert (res.warmup_until_error, plain.warmup_until_error) == (0.8, 0.8)
+
+
 def _curve_net(arch, curve, spread=0.0, sets=20):
     """A lesioned net whose intact error is curve[0] and whose `sets` random sets of k deleted blocks
     have errors curve[k] + offsets spread evenly over [-spread, spread] (mean curve[k])."""
@@ -259,6 +294,8 @@ def test_toy_lesions_every_block_of_both_nets(toy):
         assert [m["k"] for m in n["multi"]] == [1, 2, 3] and len(n["multi"][-1]["errors"]) == 1
     assert summary["verdict"]["status"] in ("shown", "not_shown", "plain_robust_too")
     assert "residual net" in summary["verdict"]["text"] and summary["diverged"] == []
+    assert summary["verdict"]["unlike"] == {"blocks": {}, "recipe": {}, "recipe_known": True}
+    assert all(n["recipe"]["lr"] == summary["recipe"]["lr"] for n in nets)
     smooth = summary["smoothness"]  # ks 1..3 of 3 blocks: too few to judge a shape
     assert smooth["status"] == "insufficient" and "3 values of k, 4 needed" in smooth["text"]
     assert smooth["text"] in (study / runs.REPORT).read_text().replace("&#x27;", "'")

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from reslab.cli import main as cli
 from reslab.data import load_dataset
 from reslab.models import create_model, variants
+from reslab.studies.base import recipe as base_recipe
 from reslab.studies.shortcuts import PRESETS, make_config, report, run
 from reslab.training import runs
 
@@ -137,7 +138,7 @@ def test_bad_variants_and_bases_fail_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-TOY = dict(base="resmlp-6", width=8, seeds=(0, 1), iters=12, num_threads=1)
+TOY = dict(base="resmlp-6", width=8, seeds=(0, 1), iters=12, num_threads=1, jobs=1)
 TOY |= dict(train=dict(log_every=4, eval_every=6))
 
 
@@ -167,7 +168,8 @@ def test_study_trains_each_variant_and_a_rerun_adds_variants_only(tmp_path, caps
     # rerunning through the CLI skips the finished runs and adds the new variant only
     before = (study / "runs" / "identity-s0" / "summary.json").read_bytes()
     args = ["shortcuts", "--base", "resmlp-6", "--width", "8", "--seeds", "0", "1", "--iters", "12"]
-    args += ["--num-threads", "1", "--log-every", "4", "--eval-every", "6", "--out", str(tmp_path)]
+    args += ["--num-threads", "1", "--jobs", "1", "--log-every", "4", "--eval-every", "6"]
+    args += ["--out", str(tmp_path)]
     args += ["--name", "toy", "--variants", "relu-preact", "identity"]
     assert cli(args) == 0
     assert (study / "runs" / "identity-s0" / "summary.json").read_bytes() == before
@@ -179,7 +181,7 @@ def test_study_trains_each_variant_and_a_rerun_adds_variants_only(tmp_path, caps
 def test_diverged_runs_are_recorded_as_failed(tmp_path):
     cfg = make_config(
         "digits", out=str(tmp_path), name="div", variants=("identity", "scale-both"),
-        **{**TOY, "seeds": (0,), "train": dict(TOY["train"], lr=1e12)},
+        **{**TOY, "seeds": (0,), "train": dict(TOY["train"], lr=1e12, warmup_iters=0)},
     )  # fmt: skip
     summary = run(cfg)
     assert {r["status"] for r in summary["runs"]} == {"diverged"}
@@ -361,6 +363,20 @@ def test_default_and_cpu_presets_say_they_are_far_smaller(tmp_path):
         cfg = make_config(preset, out=str(tmp_path), variants=("identity",))  # builds one net only
         facts = {"data": cfg.data, "base": cfg.base, "width": cfg.width, **cfg.base_facts()}
         assert "Far smaller" in report.scale_note(facts | {"runs": [{"iters": steps}]})
+
+
+def test_default_trains_every_variant_on_the_papers_recipe_scaled(tmp_path):
+    # He et al. 2015 §4.2 on the digits (the engine's paper-digits), at the length and base fixed
+    # on the identity arm alone (PRESETS comment): the same recipe for every variant
+    cfg = make_config("digits", out=str(tmp_path))
+    assert (cfg.base, cfg.width, cfg.seeds, cfg.iters) == ("resmlp-56", 32, (0, 1, 2), 990)
+    configs = [cfg.run_config(v, 0) for v in cfg.variants]
+    c = configs[0]
+    assert (c.lr, c.momentum, c.weight_decay, c.batch_size) == (0.1, 0.9, 1e-4, 128)
+    assert (c.schedule, c.milestones, c.gamma) == ("step", (0.5, 0.75), 0.1)
+    assert (c.iters, c.warmup_iters, c.warmup_lr) == (990, 50, 0.01)  # warm-up: 5% of the run
+    assert len({json.dumps(base_recipe(x), sort_keys=True) for x in configs}) == 1
+    assert cfg.base_facts()["base_units"] == 27
 
 
 def test_paper_presets_hold_resnet_110_and_164_against_their_columns(tmp_path):

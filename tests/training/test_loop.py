@@ -150,3 +150,47 @@ def test_a_conditional_warm_up_ends_where_the_error_falls_and_resumes_exactly(tm
     train(TrainConfig(**{**cfg.to_dict(), "resume": True}))
     again, first = load_file(run / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert all((again[k] == first[k]).all() for k in first)
+
+
+def test_lr_scales_train_fixups_scalars_at_a_tenth_as_the_official_code():
+    """hongyi-zhang/Fixup cifar_train.py: SGD groups of the parameters whose names hold "bias" and
+    "scale" at base_lr/10, the others at base_lr, weight decay in every group. reslab's groups,
+    with the loop's per-step lr, update every parameter as that optimizer does."""
+    import torch
+    import torch.nn.functional as F
+
+    from reslab.models import create_model
+    from reslab.training import resolve
+    from reslab.training.loop import make_optimizer, param_groups
+
+    def net():
+        torch.manual_seed(0)
+        return create_model("resmlp-10", branch_scale="fixup", num_classes=10, in_chans=1,
+                            img_size=(8, 8))  # fmt: skip
+
+    ours, theirs = net(), net()
+    cfg = resolve(None, lr=0.1, weight_decay=1e-4, lr_scales={"bias": 0.1, "scale": 0.1})
+    groups = param_groups(ours, cfg.weight_decay, cfg.lr_scales)
+    named = dict(ours.named_parameters())
+    tenth = {n for n in named if "bias" in n or "scale" in n}
+    assert tenth and tenth == {n for n, p in named.items() if any(p is q for g in groups
+                                                         if g["lr_scale"] == 0.1 for q in g["params"])}  # fmt: skip
+    opt = make_optimizer(cfg, ours, torch.device("cpu"))
+    ref = torch.optim.SGD(
+        [{"params": [p for n, p in theirs.named_parameters() if n in tenth], "lr": 0.01},
+         {"params": [p for n, p in theirs.named_parameters() if n not in tenth]}],
+        lr=0.1, momentum=0.9, weight_decay=1e-4,
+    )  # fmt: skip
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    for _ in range(3):
+        for group in opt.param_groups:  # as the loop sets it
+            group["lr"] = cfg.lr * group["lr_scale"]
+        for model, o in ((ours, opt), (theirs, ref)):
+            o.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            o.step()
+    for (n, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), n
+    assert resolve(None, lr_scales={}).lr_scales == {}
+    with pytest.raises(ValueError, match="finite multiplier > 0"):
+        resolve(None, lr_scales={"bias": 0})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
+import heapq
 import json
 import multiprocessing
 import os
@@ -24,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -289,42 +291,84 @@ def print_run(s: dict, elapsed: float) -> None:
 
 
 class Estimate:
-    """Says once, after the first run trained here, how long the rest will take when that is more
-    than `quiet_s`: the first run's seconds per unit of cost (layers x iterations or epochs) times
-    the cost left, less what the other runs in flight have done, over the runs trained at once.
-    Runs finished in an earlier invocation count 0."""
+    """Says before a grid trains how long it will take, when that is more than `quiet_s`: each run
+    not finished in an earlier invocation, timed on this machine (`_cost`), the runs laid out in
+    order over the `jobs` trained at once. After the first run it checks itself once: when that run
+    took more than CHECK times its prediction, or less than 1/CHECK (a busier or a quieter machine),
+    it says the time to go again, scaled by that ratio. `measure(config, threads)` -> a
+    `reslab.training.timing.Timing` (default: `timing.measure`; tests pass constructed ones)."""
 
-    def __init__(self, configs: Sequence[TrainConfig], jobs: int = 1, quiet_s: float = 120.0):
-        self.cost = [_cost(c) for c in configs]
+    CHECK = 1.25
+
+    def __init__(
+        self,
+        configs: Sequence[TrainConfig],
+        jobs: int = 1,
+        quiet_s: float = 120.0,
+        measure: Callable | None = None,
+    ):
+        self.jobs, self.quiet_s, self.checked = max(1, jobs), quiet_s, False
         self.left = {
             i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)
         }
-        self.jobs, self.quiet_s, self.said = max(1, jobs), quiet_s, False
+        self.predicted: dict[int, float] = {}
+        if not self.left:
+            return
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)  # as train_grid gives each run
+        if measure is None:
+            from reslab.training import timing
+
+            measure = partial(timing.measure, loaded={})  # the data loaded once for every kind
+        timings: dict = {}
+        try:
+            self.predicted = {i: _cost(configs[i], timings, threads, measure) for i in self.left}
+        except (OSError, ValueError, RuntimeError):  # the run itself will say what is wrong
+            return
+        self.start = time.perf_counter()
+        self.total = self.makespan([self.predicted[i] for i in sorted(self.left)], self.jobs)
+        if self.total > quiet_s:
+            print(
+                f"  about {self.total / 60:.0f} min for {len(self.left)} runs, {self.jobs} at a "
+                f"time (timed on this machine: {len(timings)} kinds of run, a few steps each)",
+                flush=True,
+            )
 
     def done(self, i: int, summary: dict | None) -> None:
         if i not in self.left:
             return
         self.left.discard(i)
         wall = (summary or {}).get("wall_s")
-        if self.said or not wall or not self.left:
+        if self.checked or not wall or i not in self.predicted or not self.left:
             return
-        self.said = True
-        # the other runs in flight have had as long as this one: that much of their cost is done
-        work = wall / self.cost[i] * sum(self.cost[j] for j in self.left) - (self.jobs - 1) * wall
-        rest = max(0.0, work) / self.jobs
-        if rest > self.quiet_s:
+        self.checked = True
+        ratio = wall / self.predicted[i]
+        rest = ratio * self.total - (time.perf_counter() - self.start)
+        if not 1 / self.CHECK <= ratio <= self.CHECK and rest > self.quiet_s:
             print(
-                f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs "
-                "(estimated from the first run's speed on this machine)",
+                f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs (the first "
+                f"took {ratio:.2g}x its timed estimate: the machine is busier or quieter now)",
                 flush=True,
             )
 
+    @staticmethod
+    def makespan(seconds: Sequence[float], jobs: int) -> float:
+        """Wall time of runs taking `seconds`, started in order on the first of `jobs` free."""
+        free = [0.0] * jobs  # a heap of the times the workers come free
+        for s in seconds:
+            heapq.heapreplace(free, free[0] + s)
+        return max(free)
 
-def _cost(c: TrainConfig) -> float:
-    """A run's cost in arbitrary units: depth (weight layers) x iterations (or epochs)."""
-    from reslab.training.config import _depth
 
-    return max(1, _depth(c.model)) * (c.iters or c.epochs)
+def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> float:
+    """A run's predicted seconds: its kind of run (`timing.timing_key`) timed by `measure` with
+    `threads` CPU threads, once for each kind (kept in `timings`), scaled to its steps and
+    evaluations (`Timing.predict`)."""
+    from reslab.training.timing import timing_key
+
+    key = timing_key(c)
+    if key not in timings:
+        timings[key] = measure(c, threads)
+    return timings[key].predict(c)
 
 
 # ------------------------------------------------------------------------------------ finishing

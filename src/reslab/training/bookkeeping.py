@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,29 +18,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from reslab.data import ImageData
 from reslab.models import count_params
 from reslab.training import distributed, runs
 from reslab.training.checkpoint import save_checkpoint
 from reslab.training.config import TrainConfig
 from reslab.training.precision import Precision
+from reslab.training.runs import Diverged  # noqa: F401  (raised here; lives where no torch is)
 from reslab.training.tracking import RunLog
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept.
-
-    `step`: the first step whose loss was not finite (or, when only the weights were, the step whose
-    update made them so); `last_finite_loss`: the training loss of the step before it, or None."""
-
-    def __init__(
-        self, message: str, step: int | None = None, last_finite_loss: float | None = None
-    ):
-        super().__init__(message)
-        self.step, self.last_finite_loss = step, last_finite_loss
-
-    def __reduce__(self):  # keep the fields across processes (studies train in a process pool)
-        return type(self), (str(self), self.step, self.last_finite_loss)
 
 
 class StepStats:
@@ -112,23 +96,26 @@ class StepStats:
 
 class Clock:
     """Wall time since the start, and training time between `train` lines less the pauses for
-    evaluation and checkpoints."""
+    evaluation and checkpoints; the pauses' seconds by what they were for (`spent`)."""
 
     def __init__(self):
         self.start = self.last = time.perf_counter()
         self.paused = 0.0  # seconds spent evaluating and checkpointing since the last line
         self.train_s = 0.0
         self.images_per_s = 0.0
+        self.spent: dict[str, float] = {}  # e.g. {"curve_eval_s": ..., "final_eval_s": ...}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     @contextmanager
-    def pause(self) -> Iterator[None]:
-        """Time spent inside does not count as training time."""
+    def pause(self, what: str = "other_s") -> Iterator[None]:
+        """Time spent inside does not count as training time; it adds to `spent[what]`."""
         t = time.perf_counter()
         yield
-        self.paused += time.perf_counter() - t
+        dt = time.perf_counter() - t
+        self.paused += dt
+        self.spent[what] = self.spent.get(what, 0.0) + dt
 
     def lap(self, images: float) -> float:
         """Close a logging interval that trained on `images`; returns the wall time so far."""
@@ -175,26 +162,16 @@ def log_train(
     return error
 
 
-def log_eval(
-    log: RunLog,
-    run_eval: Callable[[ImageData], dict],
-    test: ImageData,
-    val: ImageData | None,
-    step: int,
-    epoch: float,
-    clock: Clock,
-    train: ImageData | None = None,
-) -> None:
-    """Evaluate on the test (and validation, and with `train` the training) set and write the `eval`
-    line: loss, error and n of each (top-5 error waits for the final evaluation); the training set's
-    are `train_eval_*`, apart from the `train` lines' running minibatch numbers."""
-    sets = {"test": test, "val": val, "train_eval": train}
+def log_eval(log: RunLog, point: dict[str, dict], step: int, epoch: float, clock: Clock) -> None:
+    """Write the `eval` line of a curve point: loss, error and n of each split evaluated, keyed
+    "test", "val", "train_eval" (top-5 error waits for the final evaluation). `test_n`/`val_n` say
+    how many images the point scored (TrainConfig.eval_subset); the training set's are
+    `train_eval_*`, apart from the `train` lines' running minibatch numbers."""
     metrics = {
         f"{prefix}_{k}": v
-        for prefix, data in sets.items()
-        if data is not None
-        for k, v in run_eval(data).items()
-        if k != "top5_error"
+        for prefix, result in point.items()
+        for k, v in result.items()
+        if k in ("loss", "error", "n")
     }
     log.write("eval", step, epoch=epoch, **metrics, time=clock.elapsed())
 
@@ -288,6 +265,8 @@ def completed_summary(
         "final_test_top5_error": final_test["top5_error"],
         "time_s": clock.train_s,
         "images_per_s": clock.images_per_s,
+        # seconds of the curve points, the final evaluation and the checkpoints (this invocation)
+        **{k: clock.spent.get(k, 0.0) for k in ("curve_eval_s", "final_eval_s", "checkpoint_s")},
         "resumed_from": resume_from and resume_from.name,
         "amp": prec.name,
         "channels_last": prec.channels_last,

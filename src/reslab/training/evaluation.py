@@ -1,16 +1,45 @@
-"""Evaluation: loss, top-1 and top-5 error of a model on a whole dataset, in eval mode."""
+"""Evaluation: loss, top-1 and top-5 error of a model on a dataset, in eval mode, on a fast path.
+
+The fast path folds each batch norm into the convolution or linear layer before it: in eval mode
+batch norm is a fixed affine map per channel (Ioffe & Szegedy 2015, §3.1), so
+bn(conv(x)) = (g / s) * (W x + b - m) + beta = W' x + b' with W' = (g / s) W and
+b' = (g / s)(b - m) + beta (s = sqrt(running_var + eps)). A CIFAR ResNet then runs one conv per
+weight layer instead of a conv and a normalisation pass over its output. The folded net is a
+`torch.fx` trace of the model that shares every module but the folded pairs; it is traced once per
+model structure and its folded weights are recomputed from the live ones at each evaluation. It
+computes the same function up to rounding (tests/training/test_evaluation.py: within 1e-4 of the
+logits' scale in fp32 over the registry); a model that does not trace, carries hooks, or whose
+folded copy disagrees with it on a probe batch is evaluated as it is.
+
+What the training loop evaluates, and when: curve points during training score a fixed subset of
+each split (`curve_subset`, `TrainConfig.eval_subset`), no more often than keeps them within
+CURVE_BUDGET of the training compute (`curve_every`); the final evaluation scores whole splits, and
+`evaluate(..., subset=index)` scores the curve's images in that same pass, so the last curve point
+comes free.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from reslab.data import ImageData, Loader, load_dataset
 from reslab.training import distributed
+from reslab.training.config import TrainConfig
+
+CURVE_BUDGET = 0.05  # curve points' share of the training compute, counted in forward passes
+STEP_FORWARDS = 3  # a training step costs about three forward passes of its batch (+ backward)
+CURVE_SEED = 0  # the curve's images are the same in every run
+
+FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # a batch norm after these folds into them
+PROBE = 8  # images of the first batch on which a folded net is checked against the model, once
+PROBE_TOL = 1e-3  # of the probe logits' largest magnitude, in fp32 (folding itself errs ~1e-6)
 
 
 @torch.inference_mode()
@@ -23,14 +52,18 @@ def evaluate(
     channels_last: bool = False,
     mean: Sequence[float] | torch.Tensor | None = None,
     std: Sequence[float] | None = None,
+    subset: torch.Tensor | None = None,
+    fold: bool = True,
 ) -> dict:
     """Mean loss, top-1 and top-5 error of `model` on all of `data` (no augmentation), over all ranks:
-    {"loss", "error", "top5_error", "n"}.
+    {"loss", "error", "top5_error", "n"}; with `subset` (indices into `data`) the same four over
+    those images too, from the same pass, as "subset".
 
     `data`: an ImageData, or a dataset name for its test split. `mean`/`std` normalise the pixels;
     by default as `model.normalization` records the model was trained (`load_run` and `load_weights`
     set it from a reslab file), else with `data`'s own statistics. `d`: the device and ranks
-    (default: this process alone, on the model's device)."""
+    (default: this process alone, on the model's device). `fold`: run the net with its batch norms
+    folded into the layers before them (module docstring); False runs `model` itself."""
     if isinstance(data, str):
         data = load_dataset(data, "test")
     recorded = getattr(model, "normalization", None)
@@ -53,22 +86,179 @@ def evaluate(
         mean=mean,
         std=std,
     )
-    sums = torch.zeros(
-        4, device=d.device, dtype=torch.float64
-    )  # loss, top-1 errors, top-5 errors, n
-    for x, y in loader.epoch(0):
+    keep = torch.zeros(len(data), dtype=torch.float64, device=d.device)  # 1: image in `subset`
+    if subset is not None:
+        keep[subset.to(d.device)] = 1.0
+    # rows: all images, the subset's; columns: loss, top-1 errors, top-5 errors, images
+    sums = torch.zeros(2, 4, device=d.device, dtype=torch.float64)
+    net = None
+    for b, (x, y) in enumerate(loader.epoch(0)):  # eval order is the data's: batch b is its slice
+        if net is None:
+            net = inference_net(model, x) if fold else model
         with autocast():
-            logits = model(x).float()  # (B, classes)
+            logits = net(x).float()  # (B, classes)
         top5 = (logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
-        sums += torch.stack(
+        per_image = torch.stack(  # (4, B): loss, top-1 error, top-5 error, 1
             [
-                F.cross_entropy(logits, y, reduction="sum"),
-                (logits.argmax(1) != y).sum(),
-                (~top5).sum(),
-                torch.tensor(len(y), device=d.device),
+                F.cross_entropy(logits, y, reduction="none"),
+                (logits.argmax(1) != y).float(),
+                (~top5).float(),
+                torch.ones_like(y, dtype=torch.float32),
             ]
         ).double()
+        sums += torch.stack([per_image, per_image * keep[loader.rank_slice(b)]]).sum(2)
     sums = distributed.all_sum(sums, d).tolist()
     model.train(was_training)
-    n = max(sums[3], 1)
-    return {"loss": sums[0] / n, "error": sums[1] / n, "top5_error": sums[2] / n, "n": int(sums[3])}
+    out = _mean(sums[0])
+    if subset is not None:
+        out["subset"] = _mean(sums[1])
+    return out
+
+
+def _mean(s: list[float]) -> dict:
+    n = max(s[3], 1)
+    return {"loss": s[0] / n, "error": s[1] / n, "top5_error": s[2] / n, "n": int(s[3])}
+
+
+def curve_subset(n: int, size: int) -> torch.Tensor | None:
+    """Indices (sorted) of the `size` images of a split of `n` that curve points score: the first
+    `size` of a permutation seeded CURVE_SEED, the same in every run; None for all (`size` 0 or at
+    least `n`)."""
+    if not size or size >= n:
+        return None
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(CURVE_SEED))
+    return order[:size].sort().values
+
+
+def curve_every(total: int, batch_size: int, images_per_point: int) -> int:
+    """Steps between curve points of a run of `total` steps of `batch_size` images, when each point
+    scores `images_per_point` images: about 20 per run, but no more often than keeps their forward
+    passes within CURVE_BUDGET of the training's (STEP_FORWARDS per image trained)."""
+    per_step = CURVE_BUDGET * STEP_FORWARDS * batch_size  # images a point may score per step
+    return max(1, total // 20, math.ceil(images_per_point / per_step))
+
+
+def eval_images(cfg: TrainConfig, total: int, sizes: dict[str, int]) -> int:
+    """Images a run of `total` steps scores in its curve points and its final evaluation, by the
+    training loop's rules (eval_limit, eval_subset, eval_train, eval_every or `curve_every`), for
+    splits of `sizes` images ("train", "test" and, with a validation set, "val")."""
+    n = {k: min(v, cfg.eval_limit or v) for k, v in sizes.items() if v}
+    curve = {k: min(n[k], cfg.eval_subset or n[k]) for k in ("test", "val") if k in n}
+    per_point = sum(curve.values()) + (n["train"] if cfg.eval_train else 0)
+    every = cfg.eval_every or curve_every(total, cfg.batch_size, per_point)
+    final = n["train"] + n["test"] + curve.get("val", 0)  # the last point's test images: free
+    return (total - 1) // every * per_point + final
+
+
+# ------------------------------------------------------------------------------ folded batch norm
+
+
+class FoldedNet:
+    """`model` traced with each (layer, batch norm) pair whose layer output feeds only the norm
+    replaced by one layer with a bias; `refresh()` recomputes the folded weights from the live ones."""
+
+    def __init__(self, model: nn.Module) -> None:
+        with torch.inference_mode():  # the branch an evaluation takes (no checkpointing, no grads)
+            self.net = fx.symbolic_trace(model)
+        modules = dict(self.net.named_modules())
+        self.pairs: list[tuple[nn.Module, nn.modules.batchnorm._BatchNorm, nn.Module]] = []
+        for node in list(self.net.graph.nodes):
+            bn = modules.get(node.target) if node.op == "call_module" else None
+            if not (_running_stats(bn) and len(node.args) == 1):
+                continue
+            prev = node.args[0]
+            layer = modules.get(prev.target) if getattr(prev, "op", "") == "call_module" else None
+            if type(layer) not in FOLDABLE or len(prev.users) != 1:  # not a subclass's forward
+                continue
+            folded = _with_bias(layer)
+            self.net.add_submodule(f"folded{len(self.pairs)}", folded)
+            prev.target = f"folded{len(self.pairs)}"
+            node.replace_all_uses_with(prev)
+            self.net.graph.erase_node(node)
+            self.pairs.append((layer, bn, folded))
+        self.net.graph.lint()
+        self.net.recompile()
+        self.net.delete_all_unused_submodules()  # the folded layers and norms
+        self.net.eval()
+
+    @torch.no_grad()
+    def refresh(self) -> nn.Module:
+        """The folded net, with weights from the model's current ones."""
+        for layer, bn, folded in self.pairs:
+            scale = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            folded.weight.copy_(layer.weight * scale.view(shape).to(layer.weight.dtype))
+            bias = -bn.running_mean if layer.bias is None else layer.bias - bn.running_mean
+            bias = bias * scale
+            folded.bias.copy_(bias if bn.bias is None else bias + bn.bias)
+        return self.net
+
+
+def _running_stats(bn: nn.Module | None) -> bool:
+    """A batch norm that eval mode runs as a fixed affine map (running statistics kept)."""
+    return (
+        isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        and bn.track_running_stats
+        and bn.running_mean is not None
+    )
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether a forward hook would run on `m` (its own or a global one)."""
+    glob = nn.modules.module
+    return bool(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or glob._global_forward_hooks
+        or glob._global_forward_pre_hooks
+    )
+
+
+def _with_bias(layer: nn.Module) -> nn.Module:
+    """A layer like `layer` (same type, options, device, dtype, memory format) with a bias."""
+    w = layer.weight
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(layer.in_features, layer.out_features, True, w.device, w.dtype)
+    else:
+        new = type(layer)(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, layer.groups, True, layer.padding_mode, w.device, w.dtype,
+        )  # fmt: skip
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last):
+        new = new.to(memory_format=torch.channels_last)
+    return new.requires_grad_(False)
+
+
+# model -> (structure, FoldedNet or None): traced once per structure (a lesioned block, a swapped
+# module traces anew), refreshed at every evaluation
+_folded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def inference_net(model: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """What an evaluation of `model` (in eval mode) runs: its folded net (module docstring), or
+    `model` itself where folding does not apply or its folded net disagrees with it on `probe`."""
+    structure = tuple((id(m), _hooked(m)) for m in model.modules())
+    cached = _folded.get(model)
+    if cached is None or cached[0] != structure:
+        cached = (structure, _build(model, probe))
+        _folded[model] = cached
+    return model if cached[1] is None else cached[1].refresh()
+
+
+def _build(model: nn.Module, probe: torch.Tensor) -> FoldedNet | None:
+    if any(map(_hooked, model.modules())) or not any(map(_running_stats, model.modules())):
+        return None  # a hook would not be traced; nothing to fold
+    try:
+        folded = FoldedNet(model)
+    except Exception:  # noqa: BLE001 - control flow on values, untraceable modules: run as is
+        return None
+    if not folded.pairs:
+        return None
+    x = probe[:PROBE]
+    with torch.inference_mode():
+        ref, got = model(x).float(), folded.refresh()(x).float()
+    if ref.shape != got.shape or not torch.isfinite(ref).all():
+        return None
+    return folded if (ref - got).abs().max() <= PROBE_TOL * ref.abs().max() + 1e-6 else None

@@ -47,7 +47,7 @@ from reslab.training.checkpoint import (
     set_aside,
 )
 from reslab.training.config import TrainConfig
-from reslab.training.evaluation import evaluate
+from reslab.training.evaluation import curve_every, curve_subset, evaluate
 from reslab.training.runs import write_json
 from reslab.training.tracking import RunLog, provenance
 
@@ -107,7 +107,15 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             f"({len(train_data.labels)} images); lower --batch-size"
         )
     total = cfg.iters or max(1, round(cfg.epochs * steps_per_epoch))
-    eval_every = cfg.eval_every or max(1, total // 20)
+    # what curve points score: a fixed subset of test (and val), the whole training set with
+    # eval_train; the final evaluation scores whole splits (all within eval_limit)
+    splits = {"test": _first(test_data, cfg.eval_limit), "val": _first(val_data, cfg.eval_limit)}
+    splits = {k: v for k, v in splits.items() if v is not None}
+    curve = {k: curve_subset(len(v), cfg.eval_subset) for k, v in splits.items()}
+    on_curve = {k: v if curve[k] is None else v.subset(curve[k]) for k, v in splits.items()}
+    train_split = _first(train_data, cfg.eval_limit)
+    per_point = sum(map(len, on_curve.values())) + (len(train_split) if cfg.eval_train else 0)
+    eval_every = cfg.eval_every or curve_every(total, cfg.batch_size, per_point)
     ckpt_every = cfg.checkpoint_every or eval_every
 
     step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main)
@@ -119,18 +127,19 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     net = _wrap(model, cfg, d)  # what the steps call: DDP and torch.compile around `model`
 
-    eval_batch = cfg.eval_batch_size or (cfg.batch_size if prec.conv else 1024)
+    eval_batch = cfg.eval_batch_size or eval_batch_size(cfg.batch_size, train_data, prec.conv)
     eval_batch = max(d.world_size, eval_batch - eval_batch % d.world_size)
 
     def autocast():
         return prec.autocast(d.device)
 
-    def run_eval(data: ImageData) -> dict:
-        if cfg.eval_limit and len(data) > cfg.eval_limit:
-            data = data.subset(torch.arange(cfg.eval_limit))
-        return evaluate(
-            model, data, eval_batch, d, autocast, channels_last, train_data.mean, train_data.std
-        )
+    def score(data: ImageData, subset: torch.Tensor | None = None) -> dict:
+        mean, std = train_data.mean, train_data.std
+        return evaluate(model, data, eval_batch, d, autocast, channels_last, mean, std, subset)
+
+    def curve_point() -> dict[str, dict]:
+        point = {k: score(v) for k, v in on_curve.items()}
+        return {**point, "train_eval": score(train_split)} if cfg.eval_train else point
 
     bar = progress_bar(cfg, d, total, step)
     stats = StepStats(cfg.log_every, d.device, step)  # loss and error since the last train line
@@ -142,7 +151,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
             for x, y in loader.epoch(epoch, start=start):  # x: (B, C, H, W) normalised, y: (B,)
                 lr = lr_at(step, total, cfg, warmup_end)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)  # absent: a pre-0.2 checkpoint
                 with autocast():
                     logits = net(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -159,20 +168,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                     if warmup_end is None and step < cfg.warmup_iters:
                         warmup_end = warmup_ends(step, error, cfg)
                 bar.update(1)
-                if step % eval_every == 0 or step == total:
-                    with clock.pause():
-                        log_eval(
-                            log,
-                            run_eval,
-                            test_data,
-                            val_data,
-                            step,
-                            step / steps_per_epoch,
-                            clock,
-                            train_data if cfg.eval_train else None,
-                        )
+                if step % eval_every == 0 and step < total:  # the last point: after the loop
+                    with clock.pause("curve_eval_s"):
+                        log_eval(log, curve_point(), step, step / steps_per_epoch, clock)
                 if step % ckpt_every == 0 or step == total:
-                    with clock.pause():
+                    with clock.pause("checkpoint_s"):
                         trainer = {"warmup_end": warmup_end}  # lr_at's one piece of history
                         checkpoint(run_dir, step, epoch, total, model, optimizer, stats, d, trainer)
                 if step >= total:
@@ -185,11 +185,19 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         raise
     bar.close()
 
-    final_train, final_test = run_eval(train_data), run_eval(test_data)
+    with clock.pause("final_eval_s"):  # whole splits; the last curve point from the same passes
+        final_train = score(train_split)
+        final_test = score(splits["test"], curve["test"])
+        point = {"test": final_test.pop("subset", final_test)}
+        if "val" in on_curve:
+            point["val"] = score(on_curve["val"])
+        if cfg.eval_train:
+            point["train_eval"] = final_train
     summary = completed_summary(
         cfg, model, d, prec, step, steps_per_epoch, final_train, final_test, clock, resume_from
     )
     if d.is_main:
+        log_eval(log, point, step, step / steps_per_epoch, clock)
         log_final(log, step, final_train, final_test)
         # the file records the inputs' normalisation too: `reslab eval runs/NAME` needs nothing else
         norm = Normalization(cfg.data, train_data.mean, train_data.std)
@@ -197,6 +205,21 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         write_json(run_dir / runs.SUMMARY, summary)
     log.close()
     return summary
+
+
+def eval_batch_size(batch_size: int, data: ImageData, conv: bool) -> int:
+    """Evaluation batch: 1,024 images, or for conv nets as many as hold about a million pixels
+    (CIFAR: 1,024; 224 x 224 ImageNet: 20), at least the training batch. Larger batches cost less
+    per image, and in eval mode no activations are kept for a backward pass."""
+    h, w = data.images.shape[2:]
+    return max(batch_size, min(1024, 2**20 // (h * w))) if conv else 1024
+
+
+def _first(data: ImageData | None, limit: int) -> ImageData | None:
+    """The first `limit` images of `data` (all when `limit` is 0): `--eval-limit`."""
+    if data is None or not limit or len(data) <= limit:
+        return data
+    return data.subset(torch.arange(limit))
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, d: distributed.Dist) -> nn.Module:
@@ -216,7 +239,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD with momentum over the trainable parameters; the learning rate is set at every step."""
     return torch.optim.SGD(
-        _param_groups(model, cfg.weight_decay),
+        param_groups(model, cfg.weight_decay, cfg.lr_scales),
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov,
@@ -282,9 +305,20 @@ def augment_on(cfg: TrainConfig) -> bool:
     return cfg.augment == "on"
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_scales: dict | None = None
+) -> list[dict]:
+    """The trainable parameters in groups of one learning-rate multiplier (`lr_scale`): a parameter
+    takes the value of the first key of `lr_scales` its name contains, else 1 (hongyi-zhang/Fixup's
+    cifar_train.py: names holding "bias" or "scale" at lr/10). Groups keep the model's order."""
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((v for k, v in (lr_scales or {}).items() if k in name), 1.0)
+            groups.setdefault(float(scale), []).append(p)
     return [
-        {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}
+        {"params": ps, "weight_decay": weight_decay, "lr_scale": scale}
+        for scale, ps in groups.items()
     ]
 
 

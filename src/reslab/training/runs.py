@@ -37,6 +37,22 @@ LOCK = ".lock"  # held (flock) by the process writing the run; the OS releases i
 _NAME = re.compile(r"[\w.+=-]+")
 
 
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept.
+
+    `step`: the first step whose loss was not finite (or, when only the weights were, the step whose
+    update made them so); `last_finite_loss`: the training loss of the step before it, or None."""
+
+    def __init__(
+        self, message: str, step: int | None = None, last_finite_loss: float | None = None
+    ):
+        super().__init__(message)
+        self.step, self.last_finite_loss = step, last_finite_loss
+
+    def __reduce__(self):  # keep the fields across processes (studies train in a process pool)
+        return type(self), (str(self), self.step, self.last_finite_loss)
+
+
 def check_name(name: str, what: str = "name") -> str:
     """`name` if it names one folder (letters, digits and . _ - + =, not "." or ".."), else a one-line
     ValueError: a run or study name must never lead outside its --out folder."""

@@ -8,13 +8,18 @@ one fixed budget of iterations against depth, from 10 to 10,000 layers, for thes
 - nonorm:   the residual net without normalisation at He init, no branch scaling: the negative
             control, the norm-free net less the method;
 - rezero:   norm-free, x + alpha * F(x) with alpha = 0 at init (Bachlechner et al. 2020);
-- fixup:    norm-free, Fixup's scalar biases, multiplier and rescaled init (Zhang et al. 2019, §3);
+- fixup:    norm-free, Fixup's scalar biases, multiplier and rescaled init (Zhang et al. 2019, §3),
+            its scalars trained at lr/10 as the official code does (hongyi-zhang/Fixup,
+            cifar_train.py: every parameter whose name holds "bias" or "scale" in an SGD group at
+            base_lr/10, the classifier's bias included): the engine's `lr_scales` with the same
+            name rule (`ARM_TRAIN`);
 - skipinit: norm-free, the same scalar at the end of the branch (De & Smith 2020): without norms
             it is the same network as ReZero, so it is not in the default arms.
 
 The recipe clips no gradient, as neither the ReZero nor the Fixup paper does. An arm name with
 "+clip" (`rezero+clip`) is that arm with the global gradient norm clipped at `clip`, so an arm that
-trains only with clipping is shown with and without it, next to the control given the same help.
+trains only with clipping is shown with and without it, next to the controls (nonorm, plain) given
+the same help.
 
 Each (arm, depth, seed) cell trains one ordinary run folder `runs/<arm>-<depth>-s<seed>/` with the
 same recipe; a rerun skips finished runs and resumes interrupted ones, and a diverged run is kept as
@@ -52,10 +57,13 @@ ARM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "fixup": ("residual", {"norm": "none", "branch_scale": "fixup"}),
 }
 assert tuple(ARM_MODELS) == ARMS and set(METHODS) <= set(ARMS)
-# skipinit = rezero without norms. ReZero and Fixup diverge or collapse at 10,000 layers without
-# clipping at this recipe's lr (README), so they are shown with and without it, and so is the control.
-DEFAULT_ARMS = ("plain", "residual", "zeroinit", "nonorm", "nonorm+clip", "rezero", "rezero+clip")
-DEFAULT_ARMS += ("fixup", "fixup+clip")
+# arm -> training options of its own (TrainConfig fields), on top of the study's recipe
+ARM_TRAIN: dict[str, dict[str, Any]] = {"fixup": {"lr_scales": {"bias": 0.1, "scale": 0.1}}}
+# skipinit = rezero without norms. Each method is shown with and without clipping, and so is each
+# control (nonorm and plain), so a method that learns only with clipping is held against controls
+# given the same help.
+DEFAULT_ARMS = ("plain", "plain+clip", "residual", "zeroinit", "nonorm", "nonorm+clip")
+DEFAULT_ARMS += ("rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
 # block; plain and nonorm diverge within steps at depth
 _LONGEST_FIRST = ("fixup", "residual", "zeroinit", "rezero", "skipinit", "plain", "nonorm")
@@ -71,10 +79,10 @@ class DepthConfig(base.StudyConfig):
         metadata={"help": f"arms to train: {', '.join(ARMS)}, each also as <arm>{CLIP}"},
     )
     depths: tuple[int, ...] = field(
-        default=(10, 100, 1000, 10000), metadata={"help": "depths (weight layers)"}
+        default=(10, 100, 1000), metadata={"help": "depths (weight layers)"}
     )
     seeds: tuple[int, ...] = field(
-        default=(0,), metadata={"help": "seeds; each cell is trained once per seed"}
+        default=(0, 1, 2), metadata={"help": "seeds; each cell is trained once per seed"}
     )
     iters: int = field(default=0, metadata={"help": "iterations per run (0: the preset's)"})
     width: int = field(default=0, metadata={"help": "MLP width (0: the preset's)"})
@@ -136,29 +144,35 @@ class DepthConfig(base.StudyConfig):
         ]
 
     def run_config(self, arm: str, depth: int, seed: int) -> TrainConfig:
-        """The ordinary training config of one cell of the grid (a +clip arm clips at `clip`)."""
+        """The ordinary training config of one cell of the grid: the recipe, the arm's own training
+        options (`ARM_TRAIN`) and, for a +clip arm, clipping at `clip`."""
         name = runs.cell_name(arm, depth, seed=seed)
         model, kwargs = self.model_name(arm, depth), self.model_kwargs(arm)
-        clip = {"grad_clip": self.clip} if split_arm(arm)[1] else {}
-        return base.run_config(self, name, model, seed, model_kwargs=kwargs, **clip)
+        options = dict(ARM_TRAIN.get(split_arm(arm)[0], {}))
+        if split_arm(arm)[1]:
+            options["grad_clip"] = self.clip
+        return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
 
-# digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each, the
-# engine's digits recipe (lr 0.02, momentum 0.9, batch 128) without gradient clipping. A 10,000-layer
-# step is overhead-bound (seconds on one CPU core), so the 10,000-layer runs are most of the time.
-# The loss is logged at every step (the first line is the loss before any update); evaluating every
-# 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a 10,000-layer net's
-# checkpoint is ~90 MB) small.
+# digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
+# epochs), the engine's digits recipe (lr 0.02, momentum 0.9, batch 128, no weight decay) without
+# gradient clipping, three seeds; 10 to 1,000 layers, which fit in 10 minutes on a 2-core CPU.
+# digits-10k: the same up to 10,000 layers, the depth of the ReZero and Fixup papers' deepest nets:
+# a 10,000-layer step is overhead-bound (seconds on one CPU core), so its runs are most of the time
+# (about 30 core-minutes per seed, 45 minutes or more for three seeds on 2 cores). The loss is logged at every step (the first line is the loss
+# before any update); evaluating every 30 steps and checkpointing once, at the end, keeps the pauses
+# (and the folder: a 10,000-layer net's checkpoint is ~90 MB) small.
+_DIGITS = dict(
+    data="digits",
+    family="mlp",
+    seeds=(0, 1, 2),
+    width=32,
+    iters=60,
+    train=dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60),
+)
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        family="mlp",
-        depths=(10, 100, 1000, 10000),
-        seeds=(0,),
-        width=32,
-        iters=60,
-        train=dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60),
-    ),
+    "digits": dict(_DIGITS, depths=(10, 100, 1000)),
+    "digits-10k": dict(_DIGITS, depths=(10, 100, 1000, 10000)),
 }
 
 
@@ -169,9 +183,10 @@ def run(cfg: DepthConfig) -> dict:
     cells = cfg.cells()
     configs = [cfg.run_config(*cell) for cell in cells]
     arm_models = {a: {"model": cfg.model_name(a, "D"), **cfg.model_kwargs(a)} for a in cfg.arms}
-    record = {"study": "depth", **asdict(cfg), "arm_models": arm_models}
-    # what every run shares: the config of an arm without clipping of its own
-    record["recipe"] = base.recipe(cfg.run_config(split_arm(cells[0][0])[0], *cells[0][1:]))
+    arm_train = {a: ARM_TRAIN[split_arm(a)[0]] for a in cfg.arms if split_arm(a)[0] in ARM_TRAIN}
+    record = {"study": "depth", **asdict(cfg), "arm_models": arm_models, "arm_train": arm_train}
+    # what every run shares: the config of an arm with no clipping and no options of its own
+    record["recipe"] = base.recipe(cfg.run_config("plain", *cells[0][1:]))
     base.claim(
         folder,
         record,
@@ -180,6 +195,7 @@ def run(cfg: DepthConfig) -> dict:
             **base.union(old, new, depths=None, seeds=None),
             "arms": sorted({*old.get("arms", ()), *new["arms"]}, key=_order),
             "arm_models": {**old.get("arm_models", {}), **new["arm_models"]},
+            "arm_train": {**old.get("arm_train", {}), **new["arm_train"]},
         },
     )
     jobs = cfg.jobs or base.default_jobs(cfg.family == "mlp")
@@ -222,8 +238,8 @@ def first_steps(folder: Path, configs: list[TrainConfig], jobs: int) -> None:
 
 STUDY = base.Study(
     name="depth",
-    help="final training loss against depth, 10 to 10,000 layers: plain, batch-norm and norm-free "
-    "residual nets, with a norm-free negative control",
+    help="final training loss against depth, 10 to 1,000 layers (10,000 with --preset digits-10k): "
+    "plain, batch-norm and norm-free residual nets, with a norm-free negative control",
     config=DepthConfig,
     presets=PRESETS,
     run=run,
@@ -232,11 +248,14 @@ STUDY = base.Study(
     toy=dict(
         arms=("plain", "zeroinit", "nonorm", "rezero", "rezero+clip"),  # every kind, fewer runs
         depths=(4, 6),
+        seeds=(0,),
         iters=12,
         width=8,
         jobs=1,
         train=dict(eval_every=6, num_threads=1),
     ),
-    preset_help="digits: MLPs of width 32 on the built-in digits, on a 2-core CPU",
+    owns=("lr_scales",),  # set per arm (ARM_TRAIN)
+    preset_help="digits-10k: the same up to 10,000 layers, about 30 core-minutes per seed (45 "
+    "minutes or more on 2 cores)",
 )
 make_config = STUDY.make_config  # defaults < preset < options, as `reslab depth` does

@@ -37,8 +37,13 @@ def arm_order(arm: str) -> tuple[int, bool]:
     return ARMS.index(base), clipped
 
 
-def label(arm: str, grad_clip: float | None = None) -> str:
-    """What the arm is, in words; a clipped arm names its clip."""
+def label(arm: str, grad_clip: float | None = None, lr_scales: dict | None = None) -> str:
+    """What the arm is, in words; a clipped arm names its clip, an arm with learning-rate multipliers
+    for some parameters (the engine's `lr_scales`) names them."""
     base, clipped = split_arm(arm)
+    text = LABELS[base]
+    if lr_scales:
+        scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
+        text += f"; parameters whose name holds {scales}"
     clip = f" + gradient norm clipped at {grad_clip:g}" if grad_clip else " + clipping"
-    return LABELS[base] + (clip if clipped or grad_clip else "")
+    return text + (clip if clipped or grad_clip else "")

@@ -17,6 +17,8 @@ Arms (each differs from its comparison in one thing):
     nonorm    the residual net without normalisation at He init, no branch scaling: the negative
               control, a norm-free residual net less the method
     rezero, skipinit, fixup   the methods: norm-free, each with its own branch scaling and init
+                              (fixup's scalars at lr/10 where its runs' lr_scales say so, named
+                              in the arm's label)
 An arm name ending in "+clip" is that arm with the global gradient norm clipped (the run's
 grad_clip, from its config); the study's recipe clips nothing by default, as neither paper does.
 
@@ -34,8 +36,10 @@ replayed first step, and a folder without replays is judged on the starting loss
 run or a non-finite final loss has not. Per (arm, depth): "learned" if every seed learned, "failed"
 if no seed did, so a diverged seed always counts against its arm.
 
-Verdict, declared before any numbers, at the deepest depth D and the shallowest d. Methods: rezero,
-skipinit, fixup, each with or without "+clip"; controls: nonorm and plain, with or without "+clip".
+Verdict, declared before any numbers, at the deepest depth D and the shallowest d, after the study's
+step budget (the steps of its completed runs, which the verdict text states: "learned" means learned
+within that many steps). Methods: rezero, skipinit, fixup, each with or without "+clip"; controls:
+nonorm and plain, with or without "+clip".
     "insufficient"         no method arm at D, or nonorm or plain missing at D
     "not_shown"            no method arm learned at D, with or without clipping
     "not_attributable"     a method learned at D, but so did (any seed of) a control at D: depth D
@@ -142,6 +146,7 @@ def _run_entry(study_dir: Path, run_dir: Path, cell: dict) -> dict:
         "model": s.get("model") or config.get("model"),
         "params": s.get("params"),
         "grad_clip": config.get("grad_clip"),
+        "lr_scales": config.get("lr_scales") or {},
         "status": s.get("status", "completed"),
         "iters": s.get("steps"),
         "start_loss": train[0]["train_loss"] if train else None,
@@ -208,6 +213,7 @@ def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
                     "model": next((r["model"] for r in rs if r["model"]), None),
                     "params": next((r["params"] for r in rs if r["params"]), None),
                     "grad_clip": next((r["grad_clip"] for r in rs if r.get("grad_clip")), 0.0),
+                    "lr_scales": rs[0].get("lr_scales") or {},
                     "seeds": [r["seed"] for r in rs],
                     "diverged": [r["seed"] for r in rs if r["status"] == "diverged"],
                     "diverged_at": [r["diverged_at"] for r in rs if r["status"] == "diverged"],
@@ -240,13 +246,21 @@ def describe(g: dict) -> str:
     return text
 
 
+def budget(runs: list[dict]) -> int | None:
+    """The study's step budget: the most steps a completed run took (None when none completed)."""
+    return max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=None) or None
+
+
 def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
     """Judge the study from the measured numbers only (rule in the module docstring)."""
     groups = group_runs(runs, ratio)
     at = {(g["arm"], g["depth"]): g for g in groups}
     depths = sorted({g["depth"] for g in groups})
     deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
+    steps = budget(runs)
+    seeds = sorted({r["seed"] for r in runs})
     out = {"rule": _rule(ratio), "ratio": ratio, "deep": deep, "shallow": shallow}
+    out |= {"steps": steps, "seeds": seeds}
     out |= {"groups": groups, "diverged_notes": diverged_notes(runs, deep)}
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
@@ -279,7 +293,18 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
     else:
         status = "shown_with_clipping" if needs_clip else "shown"
     text = _sentence(status, at, methods, deep, shallow, needs_clip, unrescued, ratio)
+    text += f" {_budget_text(steps, seeds)}"
     return {**out, "status": status, "text": text, "checks": checks, "needed_clipping": needs_clip}
+
+
+def _budget_text(steps: int | None, seeds: list[int]) -> str:
+    """What every "learned" and "failed" of the verdict is relative to: the step budget and seeds."""
+    n = len(seeds)
+    return (
+        f"Every run had a budget of {steps} training steps (a diverged run stops earlier), "
+        f"{n} seed{'s' if n != 1 else ''} per arm and depth; an arm learned only if every seed did: "
+        "a longer budget may let an arm that failed here learn."
+    )
 
 
 def _rule(ratio: float) -> str:
@@ -321,7 +346,9 @@ def _sentence(
         ctrl += f"; at {shallow} layers {_join(low)}" if low else ""
     bn = present(("residual", "zeroinit"))
     tail = f" Batch-norm residual nets (not judged): {_join(bn)}." if bn else ""
-    head = f"At {deep} layers (training loss start → final) — methods {run}; {ctrl}."
+    head = (
+        f"At {deep} layers (training loss start → final, mean over seeds) — methods {run}; {ctrl}."
+    )
     if status == "shown":
         lead = (
             "Shown. Every norm-free method learned without clipping; the control and plain did not."
@@ -473,8 +500,8 @@ def _row(g: dict, runs: list[dict]) -> dict[str, object]:
 
 def _arm_lines(groups: list[dict]) -> list[str]:
     """One line per arm present: its name and what it is."""
-    arms = {g["arm"]: g["grad_clip"] for g in groups}
-    return [f"{a}: {label(a, clip)}" for a, clip in arms.items()]
+    arms = {g["arm"]: (g["grad_clip"], g.get("lr_scales")) for g in groups}
+    return [f"{a}: {label(a, clip, scales)}" for a, (clip, scales) in arms.items()]
 
 
 def _what_was_run(summary: dict) -> str:

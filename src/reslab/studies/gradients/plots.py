@@ -1,6 +1,7 @@
-"""Figures of the gradients study, from its measurement records (`measurements/<arch>-<depth>.json`):
+"""Figures of the gradients study, from its measurement records (`measurements/<arch>-<depth>-s<seed>.json`):
 gradient norm per layer, the autocorrelation of the gradient along a line against depth and lag
-(Balduzzi et al. 2017, Fig. 2), and the gradient along one line (Fig. 1 style)."""
+(Balduzzi et al. 2017, Fig. 2), and the gradient along one line (Fig. 1 style). Several seeds draw
+one line each in their depth's colour; the gradient along one line is the first seed's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from reslab.report import figures
 
 ARCHS = ("plain", "residual")  # columns of the figures; the order of every list in the study
 PHASES = ("init", "trained")  # measured at initialisation and after the training steps
+
+
+def _once(seen: set, label: str) -> str | None:
+    """`label` the first time it is seen (one legend entry for the seeds of one depth), else None."""
+    if label in seen:
+        return None
+    seen.add(label)
+    return label
 
 
 def _phases(records: list[dict]) -> list[str]:
@@ -29,6 +38,7 @@ def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> 
         axes = fig.subplots(len(phases), 2, sharey="row", squeeze=False)
         for row, phase in zip(axes, phases, strict=True):
             for ax, arch in zip(row, ARCHS, strict=True):
+                seen = set()
                 for r in records:
                     if r["arch"] != arch or phase not in r["phases"]:
                         continue
@@ -39,7 +49,7 @@ def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> 
                         y,
                         color=colors[r["depth"]],
                         lw=1.6,
-                        label=f"{r['depth']} layers",
+                        label=_once(seen, f"{r['depth']} layers"),
                     )
                 ax.set_yscale("log")
                 ax.set_title(f"{arch}, {'at init' if phase == 'init' else 'after training'}")
@@ -81,6 +91,7 @@ def plot_shattering(records: list[dict], entries: list[dict], path: str | Path) 
         ax.set_title("gradient correlation vs depth")
         ax.legend()
         for ax, arch in zip(axes[1:], ARCHS, strict=True):
+            seen = set()
             for r in records:
                 if r["arch"] == arch:
                     acf = r["phases"]["init"]["acf"]
@@ -89,7 +100,7 @@ def plot_shattering(records: list[dict], entries: list[dict], path: str | Path) 
                         acf,
                         color=colors[r["depth"]],
                         lw=1.6,
-                        label=f"{r['depth']} layers",
+                        label=_once(seen, f"{r['depth']} layers"),
                     )
             ax.axhline(0, color="#888", lw=0.8)
             ax.set_xlabel("lag (grid steps along the line)")
@@ -106,8 +117,9 @@ def plot_lines(records: list[dict], path: str | Path) -> Path:
     colors = figures.depth_colors([r["depth"] for r in records])
     with figures.style():
         fig, axes = figures.figure(2, width=5.0, height=3.8, sharey=True)
+        first = min((r.get("seed", 0) for r in records), default=0)
         for ax, arch in zip(axes, ARCHS, strict=True):
-            rs = [r for r in records if r["arch"] == arch]
+            rs = [r for r in records if r["arch"] == arch and r.get("seed", 0) == first]
             for i, r in enumerate(rs):
                 g = np.asarray(r["phases"]["init"]["line_example"], dtype=float)
                 g = (g - g.mean()) / max(g.std(), 1e-30) / 3.0  # +-1 spans +-3 std

@@ -7,15 +7,21 @@ Works from the study folder alone: `study.json`, `measurements/<arch>-<depth>.js
 last finite loss). `build_report(study_dir)` writes summary.json, norms.png, activations.png,
 shattering.png, lines.png and report.html.
 
+Every net is measured once per seed (its own initial weights, data order, batches and lines). A
+number "over seeds" is the mean over seeds, for a gradient-norm ratio the geometric mean (the mean of
+its log10), and the report gives every seed's value or the range beside it.
+
 Verdict rules (numbers at initialisation, each arch at its deepest measured depth where one is named):
   drift       ratio = ||dL/dW|| of the first weight layer / ||dL/dW|| of the last (the classifier);
               orders = |log10 ratio|, the orders of magnitude the gradient norm changes across the net.
-              Shown when orders(plain) - orders(residual) >= ORDERS (= 1); the text says whether the plain
-              net's gradient vanishes (ratio < 1) or explodes (ratio > 1) toward the input.
-  shattering  acf(1) (correlation of the gradients of neighbouring inputs, mean over lines) per depth;
-              decay = acf(1) at the shallowest depth - acf(1) at the deepest, per arch.
-              Shown when decay(plain) - decay(residual) > tolerance = max(2 * se, FLOOR), where se is the
-              standard error of that difference from the spread over lines, and FLOOR = 0.05.
+              Shown when orders(plain) - orders(residual) >= ORDERS (= 1) in every seed (the two arms
+              of one seed share its initial weights); the text says whether the plain net's gradient
+              vanishes (ratio < 1) or explodes (ratio > 1) toward the input.
+  shattering  acf(1) (correlation of the gradients of neighbouring inputs, mean over the lines of
+              every seed) per depth; decay = acf(1) at the shallowest depth - acf(1) at the deepest,
+              per arch. Shown when decay(plain) - decay(residual) > tolerance = max(2 * se, FLOOR),
+              where se is the standard error of that difference from the spread over the lines of all
+              seeds, and FLOOR = 0.05.
 Status: "shown" (both parts), "partly" (one), "not_shown" (neither), "insufficient" (no plain or no
 residual net measured). A net whose training diverged is measured at initialisation only (the rules
 above use init numbers); the verdict text names it with its step and last finite loss.
@@ -27,20 +33,27 @@ note reslab starts from: vanishing gradients are "an important factor" of degrad
 HE_2015 and NOTE). Numbers: each net's final training error (whole training set, the engine's last
 evaluation, read from its run folder) and, for plain nets, ratio = first/last as in `drift`, at init and
 after training, o = log10 ratio.
-  degradation  the deepest plain net trained to completion ends more than DEGRADE (= 0.02, two percentage
-               points) above the shallowest one in training error (one seed, so no spread across seeds
-               is known: the margin is fixed).
-  profile      of that deepest plain net, per phase: vanishing if o <= -VANISH (= 2: the first layer's
-               gradient norm 100x or more below the last layer's); exploding if o >= VANISH; healthy if
-               |o| <= HEALTHY (= 1: within 10x); in between: borderline (no call either way).
-  status       "insufficient" (fewer than two plain nets trained to completion); "no_degradation"
+  degradation  the mean training error over seeds of the deepest plain net trained to completion
+               (in at least one seed) exceeds the shallowest one's by more than
+               max(DEGRADE, 2 x pooled seed std of the two) (DEGRADE = 0.02, two percentage points;
+               `reslab.studies.stats.compare`).
+  profile      of that deepest plain net, per phase and seed: vanishing if o <= -VANISH (= 2: the
+               first layer's gradient norm 100x or more below the last layer's); exploding if
+               o >= VANISH; healthy if |o| <= HEALTHY (= 1: within 10x); in between: borderline (no
+               call either way). A phase's profile is the one every seed has; seeds that disagree
+               make it "mixed" (no call either way).
+  status       "insufficient" (fewer than two plain depths trained to completion); "no_degradation"
                (neither claim is tested here); else "supports_note" if a phase is vanishing (a
                co-occurrence: the measurement does not show it causes the degradation); "supports_he"
-               if every phase is healthy; "neither" otherwise (exploding or borderline: the gradient does
-               not vanish, and is not healthy either).
-Like for like (summary["like_for_like"]): at each depth the plain net and its residual twin must share
-the seed, the run config apart from the model (name and options) and the initial weights (`init_digest`
-in the measurement records). Options given to the residual arm only (`residual_args`, e.g.
+               if every phase is healthy; "neither" otherwise (exploding, borderline or mixed: the
+               gradient does not vanish in every seed, and is not healthy in every seed either).
+  History: until issue 21 the study measured one seed, so the degradation margin was the fixed
+  DEGRADE and each profile one seed's. Three seeds, the seed spread in the margin and "every seed"
+  for a profile were declared before any multi-seed number was seen: a rule that rested on one
+  draw.
+Like for like (summary["like_for_like"]): at each depth and seed the plain net and its residual twin
+must share the seed, the run config apart from the model (name and options) and the initial weights
+(`init_digest` in the measurement records). Options given to the residual arm only (`residual_args`, e.g.
 zero_init_residual) make it its own arm: the table labels it with them and the verdict names them.
 Status "same", "differs" or "unknown" (folders measured before the digest was recorded).
 """
@@ -50,10 +63,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from reslab.report.html import Page, fmt_count, join_values
+from reslab.report.html import Page, fmt_count, fmt_mean_std, join_values
 from reslab.studies.base import PER_RUN
 from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
-from reslab.studies.stats import finite_tree, mean_std
+from reslab.studies.stats import compare, finite_tree, mean_std
 from reslab.training import runs
 
 MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>.json, one record per net
@@ -104,7 +117,7 @@ def collect(study_dir: str | Path) -> list[dict]:
     if not folder.is_dir():
         raise FileNotFoundError(f"not a gradients study folder (no {MEASUREMENTS}/): {study_dir}")
     records = [runs.read_json(p) for p in sorted(folder.glob("*.json"))]
-    return sorted(records, key=lambda r: (ARCHS.index(r["arch"]), r["depth"]))
+    return sorted(records, key=lambda r: (ARCHS.index(r["arch"]), r["depth"], r.get("seed", 0)))
 
 
 def phase_numbers(phase: dict) -> dict:
@@ -125,35 +138,123 @@ def phase_numbers(phase: dict) -> dict:
 
 
 def nets(records: list[dict]) -> list[dict]:
-    """One compact entry per measured net (what summary.json lists)."""
+    """One compact entry per measured net and seed (summary.json "seed_nets")."""
     keys = ("arch", "depth", "model", "params", "train_status", "run_dir")
     return [
         {k: r.get(k) for k in keys}
+        | {"seed": r.get("seed", 0)}
         | {p: phase_numbers(r["phases"][p]) if p in r["phases"] else None for p in PHASES}
         for r in records
     ]
 
 
+def _seed(e: dict) -> int:
+    return e.get("seed", 0)
+
+
+def combine(entries: list[dict]) -> list[dict]:
+    """One entry per (arch, depth) over its seeds (summary.json "nets"): the numbers over seeds as
+    the module docstring says, acf(1) and its std over the lines of every seed. A net measured with
+    one seed is its own entry (less its seed)."""
+    out = []
+    for arch, depth in dict.fromkeys((e["arch"], e["depth"]) for e in entries):
+        es = sorted((e for e in entries if (e["arch"], e["depth"]) == (arch, depth)), key=_seed)
+        if len(es) == 1:
+            out.append({k: v for k, v in es[0].items() if k != "seed"})
+            continue
+        status = [e.get("train_status", "completed") for e in es]
+        entry = {k: es[0].get(k) for k in ("arch", "depth", "model", "params")}
+        entry["train_status"] = next((x for x in status if x != "completed"), "completed")
+        entry["run_dir"] = es[0].get("run_dir")
+        for p in PHASES:
+            phases = [e[p] for e in es if e[p]]
+            entry[p] = _combine_phase(phases) if phases else None
+        out.append(entry)
+    return out
+
+
+def _combine_phase(phases: list[dict]) -> dict:
+    """The numbers of one phase over seeds: means, geometric means of the norms and their ratios,
+    acf(1) mean and sample std over all lines (pooled from each seed's mean, std and count)."""
+    n = sum(x["acf1_lines"] for x in phases)
+    acf1 = sum(x["acf1"] * x["acf1_lines"] for x in phases) / n
+    ss = sum((x["acf1_lines"] - 1) * x["acf1_std"] ** 2 for x in phases)
+    ss += sum(x["acf1_lines"] * (x["acf1"] - acf1) ** 2 for x in phases)
+    geo = ("first_weight_grad", "last_weight_grad", "weight_ratio", "block_input_ratio")
+    return {
+        "loss": _mean([x["loss"] for x in phases]),
+        **{k: geomean([x.get(k) for x in phases]) for k in geo},
+        "acf1": acf1,
+        "acf1_std": math.sqrt(ss / (n - 1)) if n > 1 else 0.0,
+        "acf1_lines": n,
+        "neighbour_corr": _mean([x["neighbour_corr"] for x in phases]),
+    }
+
+
+def _mean(xs: list) -> float | None:
+    return mean_std(xs)[0]
+
+
+def _log10(x: float) -> float:
+    return math.log10(x) if 0 < x < math.inf else -math.inf if x <= 0 else math.inf
+
+
+def geomean(xs: list[float | None]) -> float | None:
+    """The geometric mean of the positive numbers `xs` (0 and inf allowed, None left out); NaN when
+    they hold both 0 and inf."""
+    logs = [_log10(x) for x in xs if x is not None and not math.isnan(x)]
+    if not logs:
+        return None
+    if len(logs) == 1:
+        return next(x for x in xs if x is not None)
+    m = sum(logs) / len(logs)
+    return math.nan if math.isnan(m) else 0.0 if m == -math.inf else 10**m if m < 308 else math.inf
+
+
 # ---------------------------------------------------------------------------------------------- verdict
 
 
+def _by_seed(entries: list[dict]) -> dict[int, list[dict]]:
+    return {s: [e for e in entries if _seed(e) == s] for s in sorted({_seed(e) for e in entries})}
+
+
 def _drift(entries: list[dict]) -> dict | None:
-    plain, res = (_deepest(entries, a) for a in ARCHS)
-    if plain is None or res is None:
+    """The drift rule over the seeds that measured both arms (the numbers over seeds, the call on
+    every seed)."""
+    pairs = {}
+    for seed, es in _by_seed(entries).items():
+        plain, res = (_deepest(es, a) for a in ARCHS)
+        if plain is not None and res is not None:
+            pairs[seed] = (plain, res)
+    if not pairs:
         return None
-    p, r = plain["init"]["weight_ratio"], res["init"]["weight_ratio"]
-    orders_p, orders_r = _orders(p), _orders(r)
+    ratios = {
+        f"{arch}_{phase}": [(pr[i][phase] or {}).get("weight_ratio") for pr in pairs.values()]
+        for i, arch in enumerate(ARCHS)
+        for phase in PHASES
+    }
+    diffs = [_orders(p["init"]["weight_ratio"]) - _orders(r["init"]["weight_ratio"])
+             for p, r in pairs.values()]  # fmt: skip
+    p, r = geomean(ratios["plain_init"]), geomean(ratios["residual_init"])
+    plain, res = next(iter(pairs.values()))
+    trained = {a: ratios[f"{a}_trained"] for a in ARCHS}
     return {
         "plain_depth": plain["depth"],
         "residual_depth": res["depth"],
         "plain_ratio": p,
         "residual_ratio": r,
-        "plain_orders": orders_p,
-        "residual_orders": orders_r,
+        "plain_orders": _orders(p),
+        "residual_orders": _orders(r),
         "plain_direction": "explode" if p > 1 else "vanish",
-        "shown": orders_p - orders_r >= ORDERS,
-        "plain_ratio_trained": (plain["trained"] or {}).get("weight_ratio"),
-        "residual_ratio_trained": (res["trained"] or {}).get("weight_ratio"),
+        "shown": all(d >= ORDERS for d in diffs),
+        "plain_ratio_trained": None if None in trained["plain"] else geomean(trained["plain"]),
+        "residual_ratio_trained": None
+        if None in trained["residual"]
+        else geomean(trained["residual"]),
+        "seeds": list(pairs),
+        "plain_ratios": ratios["plain_init"],
+        "residual_ratios": ratios["residual_init"],
+        "orders_differences": diffs,
     }
 
 
@@ -189,26 +290,42 @@ def _deepest(entries: list[dict], arch: str) -> dict | None:
     return max(es, key=lambda e: e["depth"]) if es else None
 
 
-def _ratio_text(x: float) -> str:
+def _ratio_text(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return "—"
     return f"{x:.3g}x" if x >= 0.01 else f"1/{1 / x:.3g}" if x > 0 else "0"
+
+
+def _range(ratios: list[float | None]) -> str:
+    """', seeds 1/40 to 1/90' for ratios of several seeds; '' for one."""
+    xs = sorted(x for x in ratios if x is not None and not math.isnan(x))
+    if len(xs) < 2:
+        return ""
+    return f", seeds {_ratio_text(xs[0])} to {_ratio_text(xs[-1])}"
 
 
 def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
     """Judge the study from the measured numbers (rules in the module docstring)."""
-    drift, shatter = _drift(entries), _shatter(entries, floor)
+    drift, shatter = _drift(entries), _shatter(combine(entries), floor)
     if drift is None:
         status = "insufficient"
         text = "Cannot judge: the study needs at least one plain and one residual net measured."
         return {"status": status, "text": text, "drift": None, "shattering": None}
     parts = []
     d = drift
+    n = len(d["seeds"])
+    over = f"geometric means over {n} seeds: " if n > 1 else ""
     parts.append(
-        f"at initialisation the first layer's gradient norm is {_ratio_text(d['plain_ratio'])} the "
-        f"last layer's in the {d['plain_depth']}-layer plain net (gradients {d['plain_direction']} "
-        f"toward the input over {d['plain_orders']:.1f} orders of magnitude) vs "
-        f"{_ratio_text(d['residual_ratio'])} in the {d['residual_depth']}-layer residual net "
-        f"({d['residual_orders']:.1f} orders)"
+        f"at initialisation ({over}first layer / last layer) the gradient norm ratio is "
+        f"{_ratio_text(d['plain_ratio'])} in the {d['plain_depth']}-layer plain net (gradients "
+        f"{d['plain_direction']} toward the input over {d['plain_orders']:.1f} orders of "
+        f"magnitude{_range(d['plain_ratios'])}) vs {_ratio_text(d['residual_ratio'])} in the "
+        f"{d['residual_depth']}-layer residual net ({d['residual_orders']:.1f} orders"
+        f"{_range(d['residual_ratios'])})"
     )
+    if n > 1:
+        lo, hi = min(d["orders_differences"]), max(d["orders_differences"])
+        parts.append(f"the plain net drifts {lo:.1f} to {hi:.1f} orders more, seed by seed")
     if d["plain_ratio_trained"] is not None and d["residual_ratio_trained"] is not None:
         parts.append(
             f"after training the ratios are {_ratio_text(d['plain_ratio_trained'])} (plain) and "
@@ -232,7 +349,10 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
     }[status]
     tail = []
     if not d["shown"]:
-        tail.append(f"the drift differs by less than {ORDERS:g} order of magnitude")
+        tail.append(
+            f"the drift differs by less than {ORDERS:g} order of magnitude"
+            + (" in some seed" if n > 1 else "")
+        )
     if shatter is None:
         tail.append("shattering needs two depths per arch")
     elif not shatter["shown"]:
@@ -243,8 +363,9 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
     return {
         "status": status,
         "text": text,
-        "rule": f"drift: |log10 first/last| plain - residual >= {ORDERS:g}; shattering: decay of "
-        f"acf(1) plain - residual > max(2 * se, {floor})",
+        "rule": f"drift: |log10 first/last| plain - residual >= {ORDERS:g} in every seed; "
+        f"shattering: decay of acf(1) plain - residual > max(2 * se, {floor}), over the lines of "
+        "every seed",
         "drift": drift,
         "shattering": shatter,
     }
@@ -254,16 +375,18 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
 
 
 _CLAIMS_RULE = (
-    "degradation: training error of the deepest plain net - the shallowest > {margin:g}; profile of "
-    f"the deepest plain net per phase, o = log10 first/last gradient norm: vanishing o <= -{VANISH:g}, "
-    f"exploding o >= {VANISH:g}, healthy |o| <= {HEALTHY:g}, else borderline; the note if a phase "
-    "vanishes, He et al. if every phase is healthy"
+    "degradation: mean training error over seeds of the deepest plain net - the shallowest > "
+    "max({margin:g}, 2 x pooled seed std); profile of the deepest plain net per phase and seed, o = "
+    f"log10 first/last gradient norm: vanishing o <= -{VANISH:g}, exploding o >= {VANISH:g}, healthy "
+    f"|o| <= {HEALTHY:g}, else borderline; a phase's profile is every seed's, else mixed; the note "
+    "if a phase vanishes, He et al. if every phase is healthy"
 )
 _PROFILE_WORDS = {
     "vanishing": f"vanishing: {VANISH:g}+ orders below",
     "exploding": f"exploding: {VANISH:g}+ orders above",
     "healthy": f"healthy: within {HEALTHY:g} order",
     "borderline": f"borderline: {HEALTHY:g} to {VANISH:g} orders away",
+    "mixed": "mixed: the seeds fall in different classes",
 }
 
 
@@ -281,45 +404,68 @@ def profile(ratio: float | None) -> str | None:
 
 
 def train_errors(study_dir: str | Path, entries: list[dict]) -> dict[str, float | None]:
-    """'<arch>-<depth>' -> the final training error of each net (whole training set, the engine's last
-    evaluation, from its run folder); None where training did not complete."""
+    """'<arch>-<depth>-s<seed>' (the run's cell name) -> the final training error of each net and seed
+    (whole training set, the engine's last evaluation, from its run folder); None where training did
+    not complete."""
     out = {}
     for e in entries:
         done = e["train_status"] == "completed" and e.get("run_dir")
         summary = (runs.read_summary(Path(study_dir) / e["run_dir"]) if done else None) or {}
-        out[f"{e['arch']}-{e['depth']}"] = summary.get("final_train_error")
+        out[runs.cell_name(e["arch"], e["depth"], seed=_seed(e))] = summary.get("final_train_error")
     return out
 
 
+def _error(errors: dict, e: dict) -> float | None:
+    """A net's training error by its cell name (or, as summaries of one seed had it, '<arch>-<depth>')."""
+    cell = runs.cell_name(e["arch"], e["depth"], seed=_seed(e))
+    return errors[cell] if cell in errors else errors.get(f"{e['arch']}-{e['depth']}")
+
+
 def claims(entries: list[dict], errors: dict[str, float | None], margin: float = DEGRADE) -> dict:
-    """Which claim, He et al. 2015's or the note's, the numbers support (rule in the module docstring)."""
+    """Which claim, He et al. 2015's or the note's, the numbers support (rule in the module docstring).
+    `entries`: one per net and seed; `errors`: `train_errors`."""
     out = {"he_2015": HE_2015, "note": NOTE, "rule": _CLAIMS_RULE.format(margin=margin)}
     out["train_errors"] = errors
-    plain = [
-        e for e in entries if e["arch"] == "plain" and errors.get(f"plain-{e['depth']}") is not None
-    ]
-    plain.sort(key=lambda e: e["depth"])
+    plain = {}  # depth -> [(seed, entry, training error)] of the plain nets trained to completion
+    for e in sorted(
+        (e for e in entries if e["arch"] == "plain"), key=lambda e: (e["depth"], _seed(e))
+    ):
+        if _error(errors, e) is not None:
+            plain.setdefault(e["depth"], []).append((_seed(e), e, _error(errors, e)))
     if len(plain) < 2:
         text = (
             "Cannot judge the two claims: both are about degradation, which needs plain nets trained "
             "to completion at two depths or more."
         )
         return out | {"status": "insufficient", "text": text, "degradation": None, "profile": None}
-    lo, hi = plain[0], plain[-1]
-    e_lo, e_hi = errors[f"plain-{lo['depth']}"], errors[f"plain-{hi['depth']}"]
+    lo, hi = min(plain), max(plain)
+    e_lo, e_hi = ([x[2] for x in plain[d]] for d in (lo, hi))
+    c = compare(e_lo, e_hi, margin)
     degradation = {
-        "shallow_depth": lo["depth"],
-        "deep_depth": hi["depth"],
-        "shallow_error": e_lo,
-        "deep_error": e_hi,
-        "increase": e_hi - e_lo,
+        "shallow_depth": lo,
+        "deep_depth": hi,
+        "shallow_error": c["mean_a"],
+        "deep_error": c["mean_b"],
+        "increase": c["margin"],
         "margin": margin,
-        "shown": e_hi - e_lo > margin,
+        "tolerance": c["tolerance"],
+        "pooled_std": c["pooled_std"],
+        "shallow_errors": {s: err for s, _, err in plain[lo]},
+        "deep_errors": {s: err for s, _, err in plain[hi]},
+        "shown": c["higher"],
     }
-    prof = {"depth": hi["depth"]}
+    prof = {"depth": hi}
     for p in PHASES:
-        ratio = (hi[p] or {}).get("weight_ratio")
-        prof[p] = None if ratio is None else {"ratio": ratio, "profile": profile(ratio)}
+        seeds = {s: (e[p] or {}).get("weight_ratio") for s, e, _ in plain[hi]}
+        seeds = {s: r for s, r in seeds.items() if r is not None}
+        found = {s: profile(r) for s, r in seeds.items()}
+        calls = set(found.values())
+        prof[p] = None if not seeds else {
+            "ratio": geomean(list(seeds.values())),
+            "ratios": seeds,
+            "profiles": found,
+            "profile": calls.pop() if len(calls) == 1 else "mixed",
+        }  # fmt: skip
     found = [prof[p]["profile"] for p in PHASES if prof[p]]
     if not degradation["shown"]:
         status = "no_degradation"
@@ -337,18 +483,47 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
     }
 
 
+def _errors_text(errors: dict) -> str:
+    """'90.0 ± 0.1% (seeds 0, 1, 2: 90.0, 89.9, 90.1%)', or '90.0%' for one seed."""
+    mean, std = mean_std(list(errors.values()))
+    if len(errors) < 2:
+        return f"{mean:.1%}"
+    each = ", ".join(f"{100 * x:.1f}" for x in errors.values())
+    return f"{mean:.1%} ± {std:.1%} (seeds {', '.join(map(str, errors))}: {each}%)"
+
+
+def _phase_text(x: dict) -> str:
+    """'1e+10x (exploding: 2+ orders above), seeds 9e+09x to 2e+10x, every seed' and the like."""
+    words = _PROFILE_WORDS.get(x["profile"], "no finite ratio")
+    text = f"{_ratio_text(x['ratio'])} ({words})"
+    ratios = list(x.get("ratios", {}).values())
+    if len(ratios) > 1:
+        text += _range(ratios)
+        if x["profile"] == "mixed":
+            text += " (" + ", ".join(f"seed {s} {f}" for s, f in x["profiles"].items()) + ")"
+        else:
+            text += ", in every seed"
+    return text
+
+
 def _claims_text(status: str, d: dict, prof: dict) -> str:
     phases = [(p, prof[p]) for p in PHASES if prof[p]]
     seen = "; ".join(
-        f"{'at init' if p == 'init' else 'after training'} {_ratio_text(x['ratio'])} "
-        f"({_PROFILE_WORDS.get(x['profile'], 'no finite ratio')})"
-        for p, x in phases
+        f"{'at init' if p == 'init' else 'after training'} {_phase_text(x)}" for p, x in phases
     )
+    deep = d.get("deep_errors") or {0: d["deep_error"]}
+    shallow = d.get("shallow_errors") or {0: d["shallow_error"]}
+    need = f"more than {100 * d['margin']:g} pp"
+    if len(deep) > 1 or len(shallow) > 1:
+        need = (
+            f"more than max({100 * d['margin']:g} pp, 2 x pooled seed std "
+            f"{200 * d['pooled_std']:.1f} pp) = {100 * d['tolerance']:.1f} pp"
+        )
     measured = (
-        f"the {d['deep_depth']}-layer plain net ends training with {d['deep_error']:.1%} training "
-        f"error against {d['shallow_error']:.1%} for the {d['shallow_depth']}-layer one "
-        f"({100 * d['increase']:+.1f} pp; degradation needs more than {100 * d['margin']:g} pp); its "
-        f"first layer's gradient norm is, relative to the last layer's, {seen}"
+        f"the {d['deep_depth']}-layer plain net ends training with {_errors_text(deep)} training "
+        f"error against {_errors_text(shallow)} for the {d['shallow_depth']}-layer one "
+        f"({100 * d['increase']:+.1f} pp; degradation needs {need}); its first layer's gradient "
+        f"norm is, relative to the last layer's, {seen}"
     )
     found = {x["profile"] for _, x in phases}
     conclusion = {
@@ -362,7 +537,8 @@ def _claims_text(status: str, d: dict, prof: dict) -> str:
         "the degradation; that would take an intervention that restores the early-layer gradient and "
         "removes the degradation.",
         "neither": "Neither claim as stated: by the rule the early-layer gradient does not vanish "
-        f"(in no phase {VANISH:g}+ orders below; against the note), but it is not healthy either"
+        f"(in no phase {VANISH:g}+ orders below in every seed; against the note), but it is not "
+        "healthy either"
         + (
             " (with batch norm a deep plain net's gradient grows toward the input at init: Yang et "
             "al. 2019)"
@@ -375,18 +551,19 @@ def _claims_text(status: str, d: dict, prof: dict) -> str:
 
 
 def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> dict:
-    """Whether each plain net and its residual twin share seed, recipe and initial weights (rule in the
-    module docstring), from the measurement records and the run configs."""
-    by = {(r["arch"], r["depth"]): r for r in records}
+    """Whether each plain net and its residual twin (same depth, same seed) share seed, recipe and
+    initial weights (rule in the module docstring), from the measurement records and the run configs."""
+    by = {(r["arch"], r["depth"], _seed(r)): r for r in records}
     residual_args = study.get("residual_args") or {}
     pairs = []
-    for depth in sorted({d for a, d in by if a == "plain" and ("residual", d) in by}):
-        p, r = by["plain", depth], by["residual", depth]
+    for _, depth, seed in sorted(k for k in by if k[0] == "plain" and ("residual", *k[1:]) in by):
+        p, r = by["plain", depth, seed], by["residual", depth, seed]
         cp, cr = (runs.read_config(Path(study_dir) / x["run_dir"]) for x in (p, r))
         digests = p.get("init_digest"), r.get("init_digest")
         pairs.append(
             {
                 "depth": depth,
+                "seed": seed,
                 "same_seed": cp.get("seed") == cr.get("seed"),
                 "same_recipe": _recipe(cp) == _recipe(cr),
                 "same_init": None if None in digests else digests[0] == digests[1],
@@ -414,12 +591,12 @@ def _recipe(config: dict) -> dict:
 def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
     if not pairs:
         return "No depth has both a plain and a residual net, so there is no pair to compare."
-    depths = join_values([x["depth"] for x in pairs])
+    depths = join_values(sorted({x["depth"] for x in pairs}))
     if status == "same":
         return (
-            f"Like for like: at each depth ({depths}) the plain net and its residual twin share the "
-            "seed, the training recipe (run configs equal apart from the model) and the initial "
-            "weights (equal digests of every shared tensor); no option is set on one arm only."
+            f"Like for like: at each depth ({depths}) and seed the plain net and its residual twin "
+            "share the seed, the training recipe (run configs equal apart from the model) and the "
+            "initial weights (equal digests of every shared tensor); no option is set on one arm only."
         )
     parts = []
     if residual_args:
@@ -429,10 +606,10 @@ def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
         ("same_recipe", "training recipes"),
         ("same_init", "initial weights"),
     ):
-        bad = [x["depth"] for x in pairs if x[key] is False]
+        bad = sorted({x["depth"] for x in pairs if x[key] is False})
         if bad:
             parts.append(f"the {what} differ at depth {join_values(bad)}")
-    unknown = [x["depth"] for x in pairs if x["same_init"] is None]
+    unknown = sorted({x["depth"] for x in pairs if x["same_init"] is None})
     if unknown:
         parts.append(f"the initial weights were not recorded (depth {join_values(unknown)})")
     lead = "Not like for like" if status == "differs" else "Like for like not fully checked"
@@ -453,8 +630,9 @@ def write_summary(study_dir: str | Path) -> dict:
     study = runs.read_json(study_dir / runs.STUDY)
     records = collect(study_dir)
     entries = nets(records)
-    summary = {k: v for k, v in study.items() if k not in ("nets", "verdict")}
-    summary.update(study="gradients", nets=entries, verdict=verdict(entries))
+    summary = {k: v for k, v in study.items() if k not in ("nets", "seed_nets", "verdict")}
+    summary.update(study="gradients", nets=combine(entries), seed_nets=entries)
+    summary["verdict"] = verdict(entries)
     summary["claims"] = claims(entries, train_errors(study_dir, entries))
     summary["like_for_like"] = like_for_like(study_dir, records, study)
     if summary["like_for_like"]["status"] == "differs":
@@ -480,30 +658,54 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+def _seed_entries(summary: dict, e: dict) -> list[dict]:
+    """The per-seed entries of one (arch, depth) entry (a summary without them: the entry itself)."""
+    es = [
+        x
+        for x in summary.get("seed_nets") or []
+        if (x["arch"], x["depth"]) == (e["arch"], e["depth"])
+    ]
+    return es or [e]
+
+
+def _ratio_cell(es: list[dict], phase: str) -> tuple[str, str]:
+    """(ratio over seeds with the seeds' range, profile of every seed or 'mixed') of one phase."""
+    ratios = [(x[phase] or {}).get("weight_ratio") for x in es if x[phase]]
+    if not ratios:
+        return "—", "—"
+    calls = {profile(r) for r in ratios}
+    ratio = geomean(ratios)
+    spread = sorted(r for r in ratios if r is not None and not math.isnan(r))
+    text = _fmt(ratio) + (f" [{_fmt(spread[0])}, {_fmt(spread[-1])}]" if len(spread) > 1 else "")
+    return text, (calls.pop() or "—") if len(calls) == 1 else "mixed"
+
+
 def _rows(summary: dict) -> list[list[str]]:
     rows = []
     errors = summary.get("claims", {}).get("train_errors", {})
     for e in summary["nets"]:
         i, t = e["init"], e["trained"] or {}
-        error = errors.get(f"{e['arch']}-{e['depth']}")
+        es = _seed_entries(summary, e)
+        error = mean_std([_error(errors, x) for x in es])
+        statuses = [x["train_status"] for x in es]
         rows.append(
             [
                 _arm(e["arch"], summary.get("residual_args") or {}),
                 str(e["depth"]),
                 fmt_count(e["params"]),
-                "—" if error is None else f"{error:.2%}",
-                _fmt(i["weight_ratio"]),
-                profile(i["weight_ratio"]) or "—",
-                _fmt(t.get("weight_ratio")),
-                profile(t.get("weight_ratio")) or "—",
+                str(len(es)),
+                "—" if error[0] is None else fmt_mean_std(*error),
+                *_ratio_cell(es, "init"),
+                *_ratio_cell(es, "trained"),
                 _fmt(i["block_input_ratio"]),
                 f"{i['acf1']:.3f} ± {i['acf1_std']:.3f}",
                 _fmt(t.get("acf1"), ".3f"),
                 f"{i['neighbour_corr']:.3f}",
                 _fmt(t.get("loss"), ".3f"),
-                e["train_status"],
+                ", ".join(f"{k} x{statuses.count(k)}" if len(es) > 1 else k
+                          for k in dict.fromkeys(statuses)),
             ]
-        )
+        )  # fmt: skip
     return rows
 
 
@@ -511,6 +713,7 @@ HEADER = [
     "arch",
     "depth",
     "params",
+    "seeds",
     "train error",
     "|g| first/last W, init",
     "profile",
@@ -575,8 +778,9 @@ def build_report(study_dir: str | Path) -> Path:
     page.heading("Gradient norm per layer").figure(
         figs["norms"],
         "||dL/dW|| of every weight layer on the main path against its index (log scale), "
-        "one line per depth; left plain, right residual; top at init, bottom after training. A flat "
-        "line is a gradient that neither vanishes nor explodes on its way to the input.",
+        "one line per depth and seed; left plain, right residual; top at init, bottom after "
+        "training. A flat line is a gradient that neither vanishes nor explodes on its way to the "
+        "input.",
     )
     page.figure(
         figs["activations"],
@@ -585,24 +789,25 @@ def build_report(study_dir: str | Path) -> Path:
     page.heading("Shattered gradients").figure(
         figs["shattering"],
         "Left: acf(1), the correlation between the gradients of neighbouring inputs "
-        "on a line, against depth (bars: std over lines). Middle and right: the autocorrelation "
-        "against lag at init. In the paper (Fig. 2) feedforward nets fall to white noise (acf ≈ 0) "
+        "on a line, against depth (bars: std over the lines of every seed). Middle and right: the "
+        "autocorrelation against lag at init, one line per depth and seed. In the paper (Fig. 2) feedforward nets fall to white noise (acf ≈ 0) "
         "with depth, resnets keep their correlation.",
     )
     page.figure(
         figs["lines"],
-        "The gradient along one line at init, one trace per depth (Fig. 1 "
+        "The gradient along one line at init (the first seed), one trace per depth (Fig. 1 "
         "style): smooth (brown-noise-like) for a structured gradient, jagged (white-noise-like) "
         "for a shattered one.",
     )
     page.heading("Numbers").table(
         HEADER,
         _rows(summary),
-        caption="train error: the engine's final evaluation on the whole training set; first/last: "
-        "ratio of the first to the last layer's gradient norm, and its profile by the claims rule; "
-        "± std over lines.",
+        caption="Over seeds: train error is the mean ± std of the engine's final evaluation on the "
+        "whole training set; first/last is the ratio of the first to the last layer's gradient norm, "
+        "its geometric mean over seeds [lowest, highest seed], and its profile by the claims rule "
+        "when every seed has it (else mixed); acf(1) ± std over the lines of every seed.",
     )
-    skip = ("study", "nets", "verdict", "recipe", "train")
+    skip = ("study", "nets", "seed_nets", "verdict", "recipe", "train")
     recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
     page.setup(
         _what_was_measured(summary), {k: v for k, v in summary.items() if k not in skip}, recipe
@@ -613,8 +818,9 @@ def build_report(study_dir: str | Path) -> Path:
 def _what_was_measured(summary: dict) -> str:
     return (
         f"Plain nets and their residual twins ({summary.get('family')} family, depths "
-        f"{join_values(summary.get('depths', []))}) with the same initial weights, on "
-        f"{summary.get('data')}: at initialisation and after {summary.get('iters')} SGD steps of the "
+        f"{join_values(summary.get('depths', []))}, seeds "
+        f"{join_values(summary.get('seeds', [summary.get('seed', 0)]))}) with the same initial "
+        f"weights, on {summary.get('data')}, each seed on its own batches and lines: at initialisation and after {summary.get('iters')} SGD steps of the "
         "training engine. Gradient norms: the mean cross-entropy of "
         f"{summary.get('batches')} real training batches, in train mode. Shattering: the gradient of "
         f"the logit of the start image's class along {summary.get('lines')} lines between two test "

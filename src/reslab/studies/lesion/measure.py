@@ -167,10 +167,13 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
             with lesioned(model, s):
                 errors.append(error())
         multi.append({"k": k, "errors": errors, "sets": sets})
+    from reslab.studies.base import recipe
+
     trained = runs.read_summary(run_dir) or {}
     return {
         "run_dir": str(run_dir),
         "model": tcfg.model,
+        "recipe": recipe(tcfg),  # how it was trained, less what differs per run (model, seed)
         "arch": "residual" if residual else "plain",
         "seed": tcfg.seed,
         "data": tcfg.data,

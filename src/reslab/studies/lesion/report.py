@@ -16,7 +16,10 @@ over every net and every deletable block:
     broken  = median single-deletion damage >= BROKEN (0.5)
 Status: "shown" (residual robust, plain broken), "not_shown" (residual not robust), "plain_robust_too"
 (both robust-ish: plain not broken), "residual_robust" (no plain net measured), "insufficient" (no
-residual net, or nothing deletable). The multi-deletion curve is summarised by k_half, the smallest
+residual net, or nothing deletable). Like for like: when the residual and the plain nets differ in
+more than their shortcuts (in number of blocks, or in training recipe: any run config setting but
+the model and seed, as recorded in lesions.json), the verdict text says in what (`unlike`); Veit et al.
+themselves set ResNet-110 against a 15-layer VGG. The multi-deletion curve is summarised by k_half, the smallest
 number of deleted blocks at which the mean damage reaches 0.5. A net that diverged in training has no
 finite weights: it is not lesioned, so it counts for no arch, and the report names it (cell, step,
 last finite loss).
@@ -57,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values
 from reslab.studies.stats import mean_std
 from reslab.training import runs
 
@@ -161,9 +164,11 @@ def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
         status = "residual_robust"
     else:
         status = "shown" if plain["single_damage_median"] >= BROKEN else "plain_robust_too"
+    unlike = unlike_arms(nets)
     return {
         "status": status,
-        "text": _sentence(status, res, plain) + _diverged_clause(diverged),
+        "text": _sentence(status, res, plain) + _unlike_clause(unlike) + _diverged_clause(diverged),
+        "unlike": unlike,
         "rule": f"damage = (error - intact) / (chance - intact); residual robust if median single-"
         f"deletion damage <= {ROBUST}; plain broken if >= {BROKEN}",
         "robust": ROBUST,
@@ -171,6 +176,58 @@ def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
         "residual": res,
         "plain": plain,
     }
+
+
+def unlike_arms(nets: list[dict]) -> dict:
+    """What, besides the shortcuts, differs between the residual and the plain nets: {"blocks":
+    {arch: [counts]}} where their block counts differ, {"recipe": {setting: {arch: [values]}}} for
+    every training setting (run config less model and seed) the arms do not share. Nets recorded
+    without a recipe (older folders) leave the recipe unknown ("recipe_known": False)."""
+    by = {a: [n for n in nets if n["arch"] == a] for a in ARCHS}
+    out: dict = {"blocks": {}, "recipe": {}, "recipe_known": True}
+    if not all(by.values()):
+        return out
+    blocks = {a: sorted({n["blocks"] for n in ns}) for a, ns in by.items()}
+    if blocks["plain"] != blocks["residual"]:
+        out["blocks"] = blocks
+    if not all("recipe" in n for n in nets):
+        return out | {"recipe_known": False}
+    keys = sorted({k for n in nets for k in n["recipe"]})
+    for k in keys:
+        values = {a: _distinct(n["recipe"].get(k) for n in ns) for a, ns in by.items()}
+        if values["plain"] != values["residual"]:
+            out["recipe"][k] = values
+    return out
+
+
+def _distinct(values) -> list:
+    seen = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def _unlike_clause(u: dict) -> str:
+    parts = []
+    if u["blocks"]:
+        b = u["blocks"]
+        parts.append(
+            f"depth ({join_values(b['residual'])} residual blocks against {join_values(b['plain'])} "
+            "plain blocks)"
+        )
+    if u["recipe"]:
+        settings = "; ".join(
+            f"{k}: residual {join_values(v['residual'])}, plain {join_values(v['plain'])}"
+            for k, v in u["recipe"].items()
+        )
+        parts.append(f"training recipe ({settings})")
+    if not parts:
+        return ""
+    return (
+        f" Not like for like: the residual and plain nets differ in {' and '.join(parts)}, not "
+        "in their shortcuts alone."
+    )
 
 
 def error_curve(nets: list[dict], arch: str) -> list[tuple[int, float, float]]:
