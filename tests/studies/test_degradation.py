@@ -21,7 +21,8 @@ TOY = dict(
 
 
 def test_toy_study_writes_everything(tmp_path, capsys, browser):
-    summary = run(make_config("digits", out=str(tmp_path), name="toy", **TOY))
+    arms = ("plain", "residual", "zeroinit")  # the default's two judged arms and the extra one
+    summary = run(make_config("digits", out=str(tmp_path), name="toy", archs=arms, **TOY))
     study = tmp_path / "toy"
     for f in ("study.json", "summary.json", "curves.png", "depth.png", "report.html"):
         assert (study / f).is_file(), f
