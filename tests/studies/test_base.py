@@ -21,6 +21,12 @@ def _cfg(tmp_path, model, iters, name):
 SIZES = {"train": 1000, "test": 100, "val": 0}
 
 
+def _summary(train_s: float, wall_s: float = 0.0) -> dict:
+    """A finished run's summary.json, with the parts of its time the engine records."""
+    parts = dict(time_s=train_s, curve_eval_s=0.0, final_eval_s=0.0, checkpoint_s=0.0)
+    return {"status": "completed", "wall_s": wall_s or train_s, **parts}
+
+
 def test_estimate_times_each_kind_of_run_and_lays_the_runs_out_over_the_jobs(tmp_path, capsys):
     configs = [
         _cfg(tmp_path, "resmlp-10", 100, "a"),  # 5 s to start + 100 x 0.1 s = 15 s
@@ -43,16 +49,20 @@ def test_estimate_times_each_kind_of_run_and_lays_the_runs_out_over_the_jobs(tmp
     # two workers: a (15 s) and b (105 s) start; c starts when a ends (15 + 405 = 420 s), e when b
     # ends: 420 s in all
     assert eta.total == pytest.approx(420.0)
-    assert "about 7 min for 4 runs, 2 at a time" in capsys.readouterr().out
-    eta.done(4, {"wall_s": 0.1})  # a finished run says nothing about speed
-    eta.done(0, {"wall_s": 16.0})  # within 1.25x of its 15 s: nothing more to say
+    assert "about 7.0 min for 4 runs, 2 at a time" in capsys.readouterr().out
+    eta.done(4, _summary(0.1))  # a run finished before says nothing about speed
+    eta.done(0, _summary(11.0, wall_s=30.0))  # its work within 1.25x of 10 s: nothing more to say
     assert capsys.readouterr().out == ""
 
     eta = Estimate(configs, jobs=2, quiet_s=60, measure=measure)
     capsys.readouterr()
-    eta.done(0, {"wall_s": 30.0})  # twice its prediction: a busier machine, twice the time to go
-    assert "about 14 min to go for 3 more runs (the first took 2x" in capsys.readouterr().out
-    eta.done(1, {"wall_s": 500.0})
+    # its work took twice its 10 s (its wall time also holds a worker's imports): a busier machine.
+    # Every run's work doubled: a 25 s, b 205 s, then c 805 s after a, e after b: 830 s to go
+    eta.done(0, _summary(20.0, wall_s=40.0))
+    assert "about 14 min to go for 3 more runs (the first run's work took 2x" in (
+        capsys.readouterr().out
+    )
+    eta.done(1, _summary(500.0))
     assert capsys.readouterr().out == ""  # said once
 
 
@@ -70,14 +80,14 @@ def test_estimate_counts_the_evaluations(tmp_path):
 def test_short_studies_stay_quiet_and_a_failed_timing_says_nothing(tmp_path, capsys):
     configs = [_cfg(tmp_path, "resmlp-4", 10, "a"), _cfg(tmp_path, "resmlp-8", 10, "b")]
     eta = Estimate(configs, measure=lambda c, threads: Timing(1.0, 0.01, 0.0, SIZES, 10))
-    eta.done(0, {"wall_s": 20.0})  # 18x its prediction, but 4 s to go
+    eta.done(0, _summary(2.0))  # 20x its prediction, but 2 s to go
     eta.done(1, None)
 
     def broken(c, threads):
         raise FileNotFoundError("no data here")
 
     eta = Estimate(configs, measure=broken)
-    eta.done(0, {"wall_s": 2.0})
+    eta.done(0, _summary(2.0))
     assert capsys.readouterr().out == ""
 
 

@@ -34,14 +34,17 @@ def test_eval_images_counts_what_a_run_scores(tmp_path, kw):
     assert scored == eval_images(cfg, cfg.iters, {"train": 1242, "test": 355, "val": 200})
 
 
-def test_measure_times_the_parts_of_a_run_and_restores_the_state():
-    cfg = TrainConfig(model="resmlp-4", data="digits", batch_size=64, iters=100)
+def test_measure_times_the_parts_of_a_run_and_restores_the_state(tmp_path):
+    cfg = TrainConfig(model="resmlp-4", data="digits", batch_size=64, iters=100, out=str(tmp_path))
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     t = measure(cfg, threads=1, steps=3)
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
     assert t.sizes == {"train": 1442, "test": 355, "val": 0} and t.steps_per_epoch == 1442 // 64
-    assert t.step_s > 0 and t.eval_image_s > 0 and t.start_s > 0
-    assert t.predict(cfg) > 100 * t.step_s
-    other = TrainConfig(model="resmlp-4", data="digits", batch_size=64, iters=5, seed=3, lr=1.0)
+    assert t.step_s > 0 and t.eval_image_s > 0 and t.start_s > 0 and t.checkpoint_s > 0
+    assert list(tmp_path.iterdir()) == []  # the timed checkpoint is gone
+    assert t.predict(cfg) == t.start_s + t.work(cfg) > 100 * t.step_s + 5 * t.checkpoint_s
+    other = TrainConfig(
+        model="resmlp-4", data="digits", batch_size=64, iters=5, seed=3, lr=1.0, out=str(tmp_path)
+    )
     assert timing_key(other) == timing_key(cfg)  # the same kind of run: timed once
     assert timing_key(TrainConfig(model="resmlp-8", batch_size=64)) != timing_key(cfg)

@@ -292,13 +292,16 @@ def print_run(s: dict, elapsed: float) -> None:
 
 class Estimate:
     """Says before a grid trains how long it will take, when that is more than `quiet_s`: each run
-    not finished in an earlier invocation, timed on this machine (`_cost`), the runs laid out in
-    order over the `jobs` trained at once. After the first run it checks itself once: when that run
-    took more than CHECK times its prediction, or less than 1/CHECK (a busier or a quieter machine),
-    it says the time to go again, scaled by that ratio. `measure(config, threads)` -> a
+    not finished in an earlier invocation, timed on this machine (`_cost`: its start-up and its
+    work, the steps, evaluations and checkpoints), the runs laid out in order over the `jobs`
+    trained at once. After the first run it checks itself once: when that run's work took more than
+    CHECK times its prediction, or less than 1/CHECK (a busier or a quieter machine; the first run
+    of a worker process also pays its imports, which the check leaves out), it says the time to go
+    again with every run's work scaled by that ratio. `measure(config, threads)` -> a
     `reslab.training.timing.Timing` (default: `timing.measure`; tests pass constructed ones)."""
 
     CHECK = 1.25
+    WORK = ("time_s", "curve_eval_s", "final_eval_s", "checkpoint_s")  # a summary's timed work
 
     def __init__(
         self,
@@ -311,7 +314,7 @@ class Estimate:
         self.left = {
             i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)
         }
-        self.predicted: dict[int, float] = {}
+        self.parts: dict[int, tuple[float, float]] = {}  # run -> (start-up, work) seconds
         if not self.left:
             return
         threads = max(1, (os.cpu_count() or 1) // self.jobs)  # as train_grid gives each run
@@ -321,14 +324,15 @@ class Estimate:
             measure = partial(timing.measure, loaded={})  # the data loaded once for every kind
         timings: dict = {}
         try:
-            self.predicted = {i: _cost(configs[i], timings, threads, measure) for i in self.left}
+            self.parts = {i: _cost(configs[i], timings, threads, measure) for i in self.left}
         except (OSError, ValueError, RuntimeError):  # the run itself will say what is wrong
             return
+        self.order = sorted(self.left)
         self.start = time.perf_counter()
-        self.total = self.makespan([self.predicted[i] for i in sorted(self.left)], self.jobs)
+        self.total = self.makespan([sum(self.parts[i]) for i in self.order], self.jobs)
         if self.total > quiet_s:
             print(
-                f"  about {self.total / 60:.0f} min for {len(self.left)} runs, {self.jobs} at a "
+                f"  about {self.minutes(self.total)} for {len(self.left)} runs, {self.jobs} at a "
                 f"time (timed on this machine: {len(timings)} kinds of run, a few steps each)",
                 flush=True,
             )
@@ -337,18 +341,32 @@ class Estimate:
         if i not in self.left:
             return
         self.left.discard(i)
-        wall = (summary or {}).get("wall_s")
-        if self.checked or not wall or i not in self.predicted or not self.left:
+        s = summary or {}
+        if self.checked or i not in self.parts or not self.left or s.get("status") != "completed":
             return
         self.checked = True
-        ratio = wall / self.predicted[i]
-        rest = ratio * self.total - (time.perf_counter() - self.start)
-        if not 1 / self.CHECK <= ratio <= self.CHECK and rest > self.quiet_s:
+        start, work = self.parts[i]
+        if all(k in s for k in self.WORK):
+            worked = sum(s[k] for k in self.WORK)
+        else:  # a summary without the parts: its wall time less the predicted start-up
+            worked = s.get("wall_s", 0.0) - start
+        ratio = worked / max(work, 1e-9)
+        if 1 / self.CHECK <= ratio <= self.CHECK:
+            return
+        revised = [self.parts[j][0] + ratio * self.parts[j][1] for j in self.order]
+        rest = self.makespan(revised, self.jobs) - (time.perf_counter() - self.start)
+        if rest > self.quiet_s:
             print(
-                f"  about {rest / 60:.0f} min to go for {len(self.left)} more runs (the first "
-                f"took {ratio:.2g}x its timed estimate: the machine is busier or quieter now)",
+                f"  about {self.minutes(rest)} to go for {len(self.left)} more runs (the first "
+                f"run's work took {ratio:.2g}x its timed estimate: the machine is busier or "
+                "quieter now)",
                 flush=True,
             )
+
+    @staticmethod
+    def minutes(seconds: float) -> str:
+        """ "2.3 min" under ten minutes, "14 min" above."""
+        return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
 
     @staticmethod
     def makespan(seconds: Sequence[float], jobs: int) -> float:
@@ -359,16 +377,16 @@ class Estimate:
         return max(free)
 
 
-def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> float:
-    """A run's predicted seconds: its kind of run (`timing.timing_key`) timed by `measure` with
-    `threads` CPU threads, once for each kind (kept in `timings`), scaled to its steps and
-    evaluations (`Timing.predict`)."""
+def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> tuple[float, float]:
+    """A run's predicted (start-up, work) seconds: its kind of run (`timing.timing_key`) timed by
+    `measure` with `threads` CPU threads, once for each kind (kept in `timings`), scaled to its
+    steps, evaluations and checkpoints (`Timing.work`)."""
     from reslab.training.timing import timing_key
 
     key = timing_key(c)
     if key not in timings:
         timings[key] = measure(c, threads)
-    return timings[key].predict(c)
+    return timings[key].start_s, timings[key].work(c)
 
 
 # ------------------------------------------------------------------------------------ finishing

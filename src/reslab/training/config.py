@@ -119,8 +119,8 @@ class TrainConfig:
     checkpoint_every: int = _f(0, "iterations between checkpoints (0: at every evaluation)")
     eval_batch_size: int = _f(
         0,
-        "evaluation batch size (0: 1,024 images, or for conv nets as many as hold about a "
-        "million pixels, at least the training batch: larger batches cost less per image)",
+        "evaluation batch size (0: the training batch for conv nets; 1024 for fully connected "
+        "nets, whose many small layers cost per call, not per image)",
     )
     eval_train: bool = _f(
         False,

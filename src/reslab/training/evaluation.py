@@ -138,16 +138,23 @@ def curve_every(total: int, batch_size: int, images_per_point: int) -> int:
     return max(1, total // 20, math.ceil(images_per_point / per_step))
 
 
-def eval_images(cfg: TrainConfig, total: int, sizes: dict[str, int]) -> int:
-    """Images a run of `total` steps scores in its curve points and its final evaluation, by the
-    training loop's rules (eval_limit, eval_subset, eval_train, eval_every or `curve_every`), for
-    splits of `sizes` images ("train", "test" and, with a validation set, "val")."""
+def eval_plan(cfg: TrainConfig, total: int, sizes: dict[str, int]) -> tuple[int, int, int]:
+    """(steps between curve points, images a point scores, images the final evaluation scores) of
+    a run of `total` steps on splits of `sizes` images ("train", "test" and, with a validation set,
+    "val"), by the rules of eval_limit, eval_subset, eval_train and eval_every (or `curve_every`).
+    The final evaluation scores the whole training and test sets and the validation curve images;
+    the last point's test images come free with it."""
     n = {k: min(v, cfg.eval_limit or v) for k, v in sizes.items() if v}
     curve = {k: min(n[k], cfg.eval_subset or n[k]) for k in ("test", "val") if k in n}
     per_point = sum(curve.values()) + (n["train"] if cfg.eval_train else 0)
     every = cfg.eval_every or curve_every(total, cfg.batch_size, per_point)
-    final = n["train"] + n["test"] + curve.get("val", 0)  # the last point's test images: free
-    return (total - 1) // every * per_point + final
+    return every, per_point, n["train"] + n["test"] + curve.get("val", 0)
+
+
+def eval_images(cfg: TrainConfig, total: int, sizes: dict[str, int]) -> int:
+    """Images a run of `total` steps scores in its curve points and its final evaluation."""
+    every, per_point, final = eval_plan(cfg, total, sizes)
+    return (total - 1) // every * per_point + final  # the points before the last step, the final
 
 
 # ------------------------------------------------------------------------------ folded batch norm

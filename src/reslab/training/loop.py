@@ -47,7 +47,7 @@ from reslab.training.checkpoint import (
     set_aside,
 )
 from reslab.training.config import TrainConfig
-from reslab.training.evaluation import curve_every, curve_subset, evaluate
+from reslab.training.evaluation import curve_subset, eval_plan, evaluate
 from reslab.training.runs import write_json
 from reslab.training.tracking import RunLog, provenance
 
@@ -114,8 +114,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     curve = {k: curve_subset(len(v), cfg.eval_subset) for k, v in splits.items()}
     on_curve = {k: v if curve[k] is None else v.subset(curve[k]) for k, v in splits.items()}
     train_split = _first(train_data, cfg.eval_limit)
-    per_point = sum(map(len, on_curve.values())) + (len(train_split) if cfg.eval_train else 0)
-    eval_every = cfg.eval_every or curve_every(total, cfg.batch_size, per_point)
+    sizes = {"train": len(train_data), "test": len(test_data), "val": len(val_data or ())}
+    eval_every = eval_plan(cfg, total, sizes)[0]
     ckpt_every = cfg.checkpoint_every or eval_every
 
     step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main)
@@ -127,7 +127,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
 
     net = _wrap(model, cfg, d)  # what the steps call: DDP and torch.compile around `model`
 
-    eval_batch = cfg.eval_batch_size or eval_batch_size(cfg.batch_size, train_data, prec.conv)
+    eval_batch = cfg.eval_batch_size or (cfg.batch_size if prec.conv else 1024)
     eval_batch = max(d.world_size, eval_batch - eval_batch % d.world_size)
 
     def autocast():
@@ -205,14 +205,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         write_json(run_dir / runs.SUMMARY, summary)
     log.close()
     return summary
-
-
-def eval_batch_size(batch_size: int, data: ImageData, conv: bool) -> int:
-    """Evaluation batch: 1,024 images, or for conv nets as many as hold about a million pixels
-    (CIFAR: 1,024; 224 x 224 ImageNet: 20), at least the training batch. Larger batches cost less
-    per image, and in eval mode no activations are kept for a backward pass."""
-    h, w = data.images.shape[2:]
-    return max(batch_size, min(1024, 2**20 // (h * w))) if conv else 1024
 
 
 def _first(data: ImageData | None, limit: int) -> ImageData | None:

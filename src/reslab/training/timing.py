@@ -1,32 +1,36 @@
 """How long a training run will take on this machine, timed before it starts: a few training steps
-of its model on its data, one evaluation batch, and the loading of its data, scaled to the run's
-steps and to the images its evaluations score. What `reslab.studies.base.Estimate` says before a
-grid of runs trains.
+of its model on its data, one evaluation batch, one checkpoint and the loading of its data, scaled
+to the run's steps, to the images its evaluations score and to its checkpoints. What
+`reslab.studies.base.Estimate` says before a grid of runs trains.
 
-Not timed: `--compile` (its compile time would cost as much as the measurement saves) and
-checkpoints (a write of the weights and momentum at each curve point, small beside the steps).
+Not timed: `--compile` (its compile time would cost as much as the measurement saves), and what a
+process pays once (importing torch, spawning a study's worker processes).
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from reslab.data import ImageData, Loader
 from reslab.training import distributed, precision
+from reslab.training.checkpoint import save_checkpoint
 from reslab.training.config import TrainConfig
-from reslab.training.evaluation import eval_images, evaluate
-from reslab.training.loop import augment_on, build_model, eval_batch_size, load_data, make_optimizer
+from reslab.training.evaluation import eval_images, eval_plan, evaluate
+from reslab.training.loop import augment_on, build_model, load_data, make_optimizer
 
-# the config fields that decide how long a step, an evaluated image or the start-up takes
+# the config fields that decide how long a step, an evaluated image, a checkpoint (on the disk of
+# `out`) or the start-up takes
 TIMED = (
     "model", "model_kwargs", "data", "data_dir", "val_size", "train_subset", "normalize",
     "batch_size", "augment", "amp", "channels_last", "grad_checkpoint", "device", "num_threads",
-    "eval_batch_size",
+    "eval_batch_size", "out",
 )  # fmt: skip
 
 
@@ -34,19 +38,31 @@ TIMED = (
 class Timing:
     """One run's measured parts: `start_s` once per run (loading the data, building the model, the
     first step's and first evaluation's set-up), `step_s` per training step, `eval_image_s` per image
-    evaluated; `sizes` of its splits ("train", "test", "val") and its `steps_per_epoch`."""
+    evaluated, `checkpoint_s` per checkpoint; `sizes` of its splits ("train", "test", "val") and
+    its `steps_per_epoch`."""
 
     start_s: float
     step_s: float
     eval_image_s: float
     sizes: dict[str, int]
     steps_per_epoch: int
+    checkpoint_s: float = 0.0
 
     def predict(self, cfg: TrainConfig) -> float:
-        """Seconds a run of `cfg` takes at these speeds: start-up, its steps, its evaluations."""
+        """Seconds a run of `cfg` takes at these speeds: its start-up and its `work`."""
+        return self.start_s + self.work(cfg)
+
+    def work(self, cfg: TrainConfig) -> float:
+        """Seconds of a run's steps, evaluations and checkpoints (what its summary.json times as
+        time_s, curve_eval_s, final_eval_s and checkpoint_s)."""
         total = cfg.iters or max(1, round(cfg.epochs * self.steps_per_epoch))
-        images = eval_images(cfg, total, self.sizes)
-        return self.start_s + total * self.step_s + images * self.eval_image_s
+        ckpt_every = cfg.checkpoint_every or eval_plan(cfg, total, self.sizes)[0]
+        checkpoints = -(-total // ckpt_every)  # at each multiple, and at the last step
+        return (
+            total * self.step_s
+            + eval_images(cfg, total, self.sizes) * self.eval_image_s
+            + checkpoints * self.checkpoint_s
+        )
 
 
 def timing_key(cfg: TrainConfig) -> str:
@@ -114,7 +130,7 @@ def _measure(cfg: TrainConfig, steps: int, budget_s: float, loaded: dict[str, Lo
     step_s = statistics.median(times[1:] or times)
     start_s += times[0] - step_s  # the first step's set-up
 
-    batch = cfg.eval_batch_size or eval_batch_size(cfg.batch_size, train_data, prec.conv)
+    batch = cfg.eval_batch_size or (cfg.batch_size if prec.conv else 1024)  # as the loop's
     part = test_data.subset(torch.arange(min(batch, len(test_data))))
     spent = []
     for _ in range(2):  # the first call traces the folded net and sets up its kernels
@@ -126,8 +142,15 @@ def _measure(cfg: TrainConfig, steps: int, budget_s: float, loaded: dict[str, Lo
         _sync(device)
         spent.append(time.perf_counter() - t)
     start_s += spent[0] - spent[1]
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)  # where the runs write: the same disk
+    with tempfile.TemporaryDirectory(dir=out, prefix=".timing-") as tmp:
+        t = time.perf_counter()
+        save_checkpoint(Path(tmp), 1, model, optimizer, {"step": 1})
+        checkpoint_s = time.perf_counter() - t
     sizes = {"train": len(train_data), "test": len(test_data), "val": len(val_data or ())}
-    return Timing(start_s, step_s, spent[1] / len(part), sizes, len(loader))
+    return Timing(start_s, step_s, spent[1] / len(part), sizes, len(loader), checkpoint_s)
 
 
 def _sync(device: torch.device) -> None:
