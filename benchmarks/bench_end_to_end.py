@@ -140,11 +140,13 @@ def end_to_end(args: argparse.Namespace) -> None:
             s = parts[label]
             if label == "reference":
                 split = f"training {s['train_s']:.0f} s, final evaluation {s['eval_s']:.0f} s"
+            elif "curve_eval_s" not in s:  # an older reslab: training time only
+                split = f"training {s['time_s']:.0f} s, {s['amp']}; evaluations not timed apart"
             else:
                 split = (
-                    f"training {s['time_s']:.0f} s, curve points {s.get('curve_eval_s', 0):.0f} s "
-                    f"({s.get('curve_eval_s', 0) / wall:.1%} of the wall time), final evaluation "
-                    f"{s.get('final_eval_s', float('nan')):.0f} s, {s['amp']}"
+                    f"training {s['time_s']:.0f} s, curve points {s['curve_eval_s']:.0f} s "
+                    f"({s['curve_eval_s'] / wall:.1%} of the wall time), final evaluation "
+                    f"{s['final_eval_s']:.0f} s, {s['amp']}"
                 )
             ratio = best["reference"] / wall
             print(f"  {label:18s} {wall:6.0f} s  {ratio:5.2f}x reference   ({split})")

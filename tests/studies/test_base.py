@@ -46,10 +46,12 @@ def test_estimate_times_each_kind_of_run_and_lays_the_runs_out_over_the_jobs(tmp
 
     eta = Estimate(configs, jobs=2, quiet_s=60, measure=measure)
     assert sorted(timed) == ["resmlp-10", "resmlp-100", "resnet-110"]
-    # two workers: a (15 s) and b (105 s) start; c starts when a ends (15 + 405 = 420 s), e when b
-    # ends: 420 s in all
-    assert eta.total == pytest.approx(420.0)
-    assert "about 7.0 min for 4 runs, 2 at a time" in capsys.readouterr().out
+    # the longest first (in the order given they would take 15 + 405 = 420 s): c (405 s) and b
+    # (105 s) start; a and e run after b while c goes on: 405 s in all
+    assert eta.order == [2, 1, 0, 3]
+    assert eta.total == pytest.approx(405.0)
+    assert eta.makespan([15, 105, 405, 15], 2) == pytest.approx(420.0)
+    assert "about 6.8 min for 4 runs, 2 at a time" in capsys.readouterr().out
     eta.done(4, _summary(0.1))  # a run finished before says nothing about speed
     eta.done(0, _summary(11.0, wall_s=30.0))  # its work within 1.25x of 10 s: nothing more to say
     assert capsys.readouterr().out == ""
@@ -57,9 +59,9 @@ def test_estimate_times_each_kind_of_run_and_lays_the_runs_out_over_the_jobs(tmp
     eta = Estimate(configs, jobs=2, quiet_s=60, measure=measure)
     capsys.readouterr()
     # its work took twice its 10 s (its wall time also holds a worker's imports): a busier machine.
-    # Every run's work doubled: a 25 s, b 205 s, then c 805 s after a, e after b: 830 s to go
+    # Every run's work doubled: c 805 s beside b 205 s, a and e (25 s each): 805 s to go
     eta.done(0, _summary(20.0, wall_s=40.0))
-    assert "about 14 min to go for 3 more runs (the first run's work took 2x" in (
+    assert "about 13 min to go for 3 more runs (the first run's work took 2x" in (
         capsys.readouterr().out
     )
     eta.done(1, _summary(500.0))
