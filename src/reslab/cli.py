@@ -275,6 +275,8 @@ def describe_error(err: BaseException) -> tuple[int, str]:
     text = _one_line(err)
     if isinstance(err, (ValueError, OSError, Diverged)):
         return 2, text
+    if type(err).__name__ == "CellsFailed":  # some Slurm jobs of a study ended without their run
+        return 1, text
     kind = type(err).__name__
     if kind == "SafetensorError":  # safetensors' own type, not a ValueError
         return 2, f"a weights file is not readable safetensors ({text})"

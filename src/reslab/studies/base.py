@@ -24,17 +24,21 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from reslab.studies.slurm import SlurmOptions, launcher_options
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
 OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
 OWNED += ("progress",)
+# --launcher slurm (set by `main` for the study it runs): train_grid submits the cells as Slurm jobs
+LAUNCH: ContextVar[SlurmOptions | None] = ContextVar("LAUNCH", default=None)
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
@@ -242,6 +246,17 @@ def train_grid(
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     t0 = time.perf_counter()
     results: list[dict | None] = [None] * len(configs)
+    if (launch := LAUNCH.get()) is not None:  # --launcher slurm: each cell a Slurm job
+        from reslab.studies import slurm
+
+        slurm.check(launch, mlp=all(c.model.startswith(("resmlp", "plainmlp")) for c in configs))
+
+        def finished(i: int, summary: dict) -> None:
+            results[i] = summary
+            on_done(summary, time.perf_counter() - t0)
+
+        slurm.run_grid(configs, launch, finished)
+        return results  # type: ignore[return-value]
     eta = Estimate(configs, jobs)
 
     def done(i: int, summary: dict) -> None:
@@ -429,16 +444,24 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
         TrainConfig,
         exclude=OWNED + study.owns,
     )
+    add_dataclass_options(
+        parser.add_argument_group(
+            "where the runs train (a Slurm cluster: pip install -e '.[slurm]')"
+        ),
+        SlurmOptions,
+    )
 
 
 def main(study: Study, opts: dict) -> dict:
     """Split parsed options into the study's and the engine's, and run the study."""
+    launch = launcher_options(opts)  # where the runs train changes none of them
     fields = {f.name for f in dataclasses.fields(study.config)}
     train = {k: v for k, v in opts.items() if k not in fields}
     own = {k: v for k, v in opts.items() if k in fields}
     cfg = make_config(study, own.pop("preset", None), train=train, **own)
     folder = study_dir(cfg)
     new = not folder.exists()
+    token = LAUNCH.set(launch if launch.launcher == "slurm" else None)
     try:
         return study.run(cfg)
     except Exception:
@@ -446,3 +469,5 @@ def main(study: Study, opts: dict) -> dict:
         if new and folder.is_dir() and [p.name for p in folder.iterdir()] == [runs.STUDY]:
             shutil.rmtree(folder)
         raise
+    finally:
+        LAUNCH.reset(token)

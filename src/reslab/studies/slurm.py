@@ -1,0 +1,280 @@
+"""A study's grid on a Slurm cluster: every unfinished cell one job, submitted through submitit.
+
+`reslab <study> ... --launcher slurm` trains the same cells as a local run, into the same run folders
+(the same lock, the same checkpoints), but each as a job of one Slurm job array. The study folder
+stays the one source of truth:
+
+- `<study>/slurm/jobs.json` records the job id of every submitted cell. Rerunning the command (after
+  the submitting process died, or from another login node) submits only cells that are neither
+  finished (their run folder says so) nor still queued or running (`squeue` says so); a cell whose
+  job failed, was cancelled or vanished is submitted again, and resumes from its last checkpoint.
+- A job that Slurm preempts or stops at its time limit is requeued by submitit (its `Checkpointable`
+  signal handler) and resumes from the run's last checkpoint.
+- The submitting process waits, printing finished / running / pending / failed whenever they change,
+  and hands each finished run to the study as a local run would; a failed cell prints its job's log
+  tail and the others go on. The report is built only when every cell has finished.
+
+Accounting (`sacct`) is not needed: a cell's state is its run folder's, and a job's is `squeue`'s.
+submitit is an optional extra: `pip install -e ".[slurm]"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+JOBS = "jobs.json"  # in <study>/slurm/: {run name: Slurm job id}
+LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+class CellsFailed(RuntimeError):
+    """Some cells' jobs ended without finishing their runs."""
+
+
+@dataclass
+class SlurmOptions:
+    """How a study's cells are launched; nothing here changes what a run computes."""
+
+    launcher: str = field(
+        default="local",
+        metadata=dict(help="local: train here, --jobs at a time; slurm: one Slurm job per cell"),
+    )
+    slurm_partition: str | None = field(
+        default=None, metadata=dict(help="Slurm partition (sbatch -p)")
+    )
+    slurm_time: int = field(
+        default=0,
+        metadata=dict(
+            cli="slurm-time",
+            help="time limit per job in minutes; 0: 24 h for conv nets, 1 h for MLPs",
+        ),
+    )
+    slurm_gpus: int | None = field(
+        default=None,
+        metadata=dict(help="GPUs per job; default 1 for conv nets, 0 for MLPs"),
+    )
+    slurm_cpus: int | None = field(
+        default=None,
+        metadata=dict(help="CPUs per job; default 8 for conv nets, 1 for MLPs"),
+    )
+    slurm_mem: str | None = field(
+        default=None, metadata=dict(help="memory per job, e.g. 16G (sbatch --mem)")
+    )
+    slurm_account: str | None = field(default=None, metadata=dict(help="Slurm account (sbatch -A)"))
+    slurm_qos: str | None = field(default=None, metadata=dict(help="quality of service"))
+    slurm_sbatch: dict = field(
+        default_factory=dict,
+        metadata=dict(help="more sbatch options, e.g. constraint=a100"),
+    )
+    slurm_poll: float = field(
+        default=15.0, metadata=dict(help="seconds between looks at the queue")
+    )
+
+    def __post_init__(self) -> None:
+        if self.launcher not in ("local", "slurm"):
+            raise ValueError(f"--launcher must be local or slurm, got {self.launcher!r}")
+        for name in ("time", "gpus", "cpus"):
+            value = getattr(self, f"slurm_{name}")
+            if value is not None and not 0 <= value <= 1_000_000:
+                raise ValueError(f"--slurm-{name} must be between 0 and 1000000, got {value}")
+        if not 0.1 <= self.slurm_poll <= 3600:
+            raise ValueError(f"--slurm-poll must be between 0.1 and 3600 s, got {self.slurm_poll}")
+
+
+class TrainCell:
+    """What a job runs: one cell's training, resumed from its checkpoint when requeued."""
+
+    def __init__(self, cfg: TrainConfig, threads: int) -> None:
+        self.cfg, self.threads = cfg, threads
+
+    def __call__(self) -> dict:
+        from reslab.studies.base import _train_one
+
+        return _train_one(self.cfg, self.threads, False)
+
+    def checkpoint(self):  # submitit calls it on preemption or at the time limit: requeue as is
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def run_grid(
+    configs: Sequence[TrainConfig],
+    opts: SlurmOptions,
+    done: Callable[[int, dict], None],
+) -> None:
+    """Train `configs` as Slurm jobs; `done(i, summary)` for each finished run, finished ones first.
+    CellsFailed (after the others finished) when some cells' jobs ended without their run."""
+    folder = Path(configs[0].out).parent / "slurm"
+    recorded = _read_jobs(folder)
+    live = _queue(recorded.values())
+    todo = []
+    for i, c in enumerate(configs):
+        run_dir = Path(c.out) / c.run_name
+        if runs.is_finished(run_dir):
+            done(i, {"name": c.run_name, **(runs.read_summary(run_dir) or {}), "wall_s": 0.0})
+        elif live.get(recorded.get(c.run_name, "")) is None:
+            todo.append(i)
+    mlp = all(c.model.startswith(("resmlp", "plainmlp")) for c in configs)
+    if todo:
+        executor = _executor(folder / "logs", opts, mlp, name=Path(configs[0].out).parent.name)
+        threads = opts.slurm_cpus or (1 if mlp else 8)
+        submitted = _submit(executor, [TrainCell(configs[i], threads) for i in todo])
+        recorded.update({configs[i].run_name: job for i, job in zip(todo, submitted, strict=True)})
+        runs.write_json(folder / JOBS, recorded)
+        print(f"  submitted {len(todo)} jobs to Slurm (logs in {folder / 'logs'})", flush=True)
+    waiting = {i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)}
+    failed: list[str] = []
+    last = None
+    while waiting:
+        queue = _queue(recorded[configs[i].run_name] for i in waiting)
+        for i in sorted(waiting):
+            c = configs[i]
+            run_dir = Path(c.out) / c.run_name
+            if runs.is_finished(run_dir):
+                waiting.discard(i)
+                done(i, {"name": c.run_name, **(runs.read_summary(run_dir) or {}), "wall_s": 0.0})
+            elif recorded[c.run_name] not in queue:  # its job ended, its run did not
+                waiting.discard(i)
+                failed.append(c.run_name)
+                job = recorded[c.run_name]
+                print(f"  {c.run_name}: job {job} ended without finishing the run; "
+                      f"{_log_tail(folder / 'logs', job)}", flush=True)  # fmt: skip
+        states = list(queue.values())
+        counts = (
+            len(configs) - len(waiting) - len(failed),
+            sum(s == "RUNNING" for s in states),
+            sum(s == "PENDING" for s in states),
+            len(failed),
+        )
+        if counts != last and waiting:
+            print("  slurm: {} finished, {} running, {} pending, {} failed".format(*counts), flush=True)  # fmt: skip
+            last = counts
+        if waiting:
+            time.sleep(opts.slurm_poll)
+    if failed:
+        raise CellsFailed(
+            f"{len(failed)} of {len(configs)} cells did not finish on Slurm ({', '.join(failed)}); "
+            "rerun the same command to submit them again"
+        )
+
+
+def check(opts: SlurmOptions, mlp: bool) -> None:
+    """One line before anything is submitted when Slurm is missing or refuses the request (an
+    unknown partition, more GPUs than any node has): `sbatch --test-only` with the same options."""
+    if shutil.which("sbatch") is None:
+        raise ValueError("--launcher slurm: sbatch not found; run on a Slurm login node")
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            '--launcher slurm needs submitit: pip install -e ".[slurm]" (or pip install submitit)'
+        ) from None
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in _sbatch_flags(opts, mlp).items()]
+    out = subprocess.run(
+        ["sbatch", "--test-only", *flags, "--wrap=true"], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        why = (out.stderr.strip().splitlines() or ["sbatch failed"])[-1]
+        raise ValueError(f"--launcher slurm: Slurm refuses {' '.join(flags)}: {why}")
+
+
+# ------------------------------------------------------------------------------------ internals
+
+
+def _sbatch_flags(opts: SlurmOptions, mlp: bool) -> dict[str, str]:
+    """The resources every job asks for, as sbatch long options."""
+    gpus = opts.slurm_gpus if opts.slurm_gpus is not None else (0 if mlp else 1)
+    flags = {
+        "time": str(opts.slurm_time or (60 if mlp else 24 * 60)),
+        "cpus_per_task": str(opts.slurm_cpus or (1 if mlp else 8)),
+        "partition": opts.slurm_partition,
+        "gpus_per_node": str(gpus) if gpus else None,
+        "mem": opts.slurm_mem,
+        "account": opts.slurm_account,
+        "qos": opts.slurm_qos,
+        **{k.replace("-", "_"): str(v) for k, v in opts.slurm_sbatch.items()},
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def _executor(folder: Path, opts: SlurmOptions, mlp: bool, name: str):
+    """A submitit SlurmExecutor asking for `_sbatch_flags`; logs in `folder/<job id>/`."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=10)
+    flags = _sbatch_flags(opts, mlp)
+    params = dict(
+        job_name=f"reslab-{name}",
+        time=int(flags.pop("time")),
+        cpus_per_task=int(flags.pop("cpus_per_task")),
+        array_parallelism=256,
+    )
+    for key in ("partition", "mem", "account", "qos"):
+        if key in flags:
+            params[key] = flags.pop(key)
+    if "gpus_per_node" in flags:
+        params["gpus_per_node"] = int(flags.pop("gpus_per_node"))
+    if flags:
+        params["additional_parameters"] = flags
+    executor.update_parameters(**params)
+    return executor
+
+
+def _submit(executor, cells: list[TrainCell]) -> list[str]:
+    """Submit the cells as one job array (one job when there is one); their job ids."""
+    if len(cells) == 1:
+        return [executor.submit(cells[0]).job_id]
+    with executor.batch():
+        jobs = [executor.submit(cell) for cell in cells]
+    return [j.job_id for j in jobs]
+
+
+def _queue(job_ids) -> dict[str, str]:
+    """{job id: state} of those of `job_ids` Slurm still holds (pending, running, ...)."""
+    ids = sorted({j for j in job_ids if j})
+    if not ids or shutil.which("squeue") is None:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in ids})
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:  # every job of the list has left the queue (squeue then errs)
+        return {}
+    states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
+    return {j: s for j, s in states.items() if j in ids and s in LIVE}
+
+
+def _read_jobs(folder: Path) -> dict[str, str]:
+    path = folder / JOBS
+    if not path.is_file():
+        return {}
+    jobs = runs.read_json(path)
+    if not isinstance(jobs, dict) or not all(isinstance(v, str) for v in jobs.values()):
+        raise ValueError(f"{path} is not a {{run name: job id}} object; delete it to resubmit")
+    return jobs
+
+
+def _log_tail(logs: Path, job: str, lines: int = 3) -> str:
+    """The last lines of a job's stderr (submitit's `<job>_0_log.err`), or where to look."""
+    err = logs / job / f"{job}_0_log.err"
+    if not err.is_file():
+        return f"no log at {err}"
+    tail = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
+    return "log: " + " | ".join(tail[-lines:]) if tail else f"its log {err} is empty"
+
+
+def launcher_options(opts: dict) -> SlurmOptions:
+    """Take the launcher's options out of parsed study options (they change no run's config)."""
+    names = {f.name for f in dataclasses.fields(SlurmOptions)}
+    return SlurmOptions(**{k: opts.pop(k) for k in list(opts) if k in names})
