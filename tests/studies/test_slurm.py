@@ -120,3 +120,44 @@ def test_a_request_slurm_cannot_meet_is_one_line_and_submits_nothing(slurm, tmp_
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "digits").exists()  # the refused study leaves no folder
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == queued
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path):
+    args = [
+        "--archs",
+        "plain",
+        "--iters",
+        "5000",
+        "--eval-every",
+        "250",
+        "--checkpoint-every",
+        "250",
+    ]
+    submitter = subprocess.Popen(
+        [sys.executable, "-m", "reslab", *TOY, *args, "--out", str(tmp_path), "--launcher", "slurm",
+         "--slurm-poll", "0.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    run = tmp_path / "digits" / "runs" / "plain-2-s0"
+    for _ in range(1200):  # until the run has a checkpoint to resume from
+        if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+            break
+        time.sleep(0.1)
+    job = json.loads((tmp_path / "digits" / "slurm" / "jobs.json").read_text())["plain-2-s0"]
+    # what Slurm sends before it preempts a job or stops it at its time limit (--signal=USR2@90)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    for _ in range(100):  # submitit requeues it; Slurm holds a requeued job ~2 min: release it now
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True
+        )
+        if "BeginTime" in state.stdout:
+            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], check=True)
+            break
+        time.sleep(0.1)
+    out, _ = submitter.communicate(timeout=300)
+    assert submitter.returncode == 0, out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 5000
+    assert summary["resumed_from"].startswith("step-")  # it did not start again from step 0
