@@ -34,12 +34,12 @@ from reslab.training.config import TrainConfig, resolve
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
 OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
-OWNED += ("progress",)
+OWNED += ("progress", "log_lines")
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 # Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
-PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress")
+PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> Tr
         out=str(study_dir(cfg) / runs.RUNS),
         resume=True,
         progress=False,
+        log_lines=False,  # the study prints a line per run
     )
     if getattr(cfg, "iters", 0):
         values["iters"] = cfg.iters
