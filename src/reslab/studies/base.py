@@ -407,7 +407,7 @@ def finish(study: Study, folder: Path, t0: float) -> dict:
 
 def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
-    less the fields the study sets per run)."""
+    less the fields the study sets per run), each showing its default preset's value."""
     from reslab.options import add_dataclass_options
 
     others = [p for p in study.presets if p != study.default_preset]
@@ -416,22 +416,38 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=f"{', '.join(study.presets)} (default: {study.default_preset}"
         + (f"; {study.preset_help}" if study.preset_help and others else "")
-        + ")",
+        + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
-    add_dataclass_options(parser, study.config, exclude=("preset", "train"))
+    cfg = make_config(study)
+    shown = dataclasses.asdict(cfg)
+    add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
     add_dataclass_options(
         parser.add_argument_group("training engine options (override the study's recipe)"),
         TrainConfig,
         exclude=OWNED + study.owns,
+        shown=engine_recipe(cfg),
     )
+
+
+def engine_recipe(cfg: Any) -> dict:
+    """The engine options every run of study config `cfg` trains with (its `train` recipe resolved
+    over TrainConfig's defaults; the cells set the model, seed and name)."""
+    train = dict(cfg.train)
+    return resolve(train.pop("preset", None), **train).to_dict()
+
+
+def config_from_options(study: Study, opts: dict) -> Any:
+    """The study config of parsed options: the study's own fields, the rest engine overrides."""
+    fields = {f.name for f in dataclasses.fields(study.config)}
+    train = {k: v for k, v in opts.items() if k not in fields}
+    own = {k: v for k, v in opts.items() if k in fields}
+    train = {**own.pop("train", {}), **train}
+    return make_config(study, own.pop("preset", None), train=train, **own)
 
 
 def main(study: Study, opts: dict) -> dict:
     """Split parsed options into the study's and the engine's, and run the study."""
-    fields = {f.name for f in dataclasses.fields(study.config)}
-    train = {k: v for k, v in opts.items() if k not in fields}
-    own = {k: v for k, v in opts.items() if k in fields}
-    cfg = make_config(study, own.pop("preset", None), train=train, **own)
+    cfg = config_from_options(study, opts)
     folder = study_dir(cfg)
     new = not folder.exists()
     try:

@@ -46,7 +46,7 @@ class TrainConfig:
         "digits",
         "dataset: digits (built in), mnist, fashion-mnist, cifar10, cifar100, or a folder path",
     )
-    data_dir: str | None = _f(None, "data root (default ~/.cache/reslab or $RESLAB_DATA)")
+    data_dir: str | None = _f(None, "data root (default: ~/.cache/reslab or $RESLAB_DATA)")
     val_size: int = _f(0, "hold out this many training images as a validation set (paper: 5000)")
     train_subset: int = _f(
         0, "train on the first N images of a seeded shuffle of the training set (0: all)"
