@@ -394,8 +394,12 @@ def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> tup
 
 
 def finish(study: Study, folder: Path, t0: float) -> dict:
-    """Build the report from the folder, print the table and where the report is; return the summary."""
+    """Build the report from the folder, write results.csv (a row per run), print the table and
+    where the report is; return the summary."""
+    from reslab.training.tracking import write_results_csv
+
     report = study.report(folder)
+    write_results_csv(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
