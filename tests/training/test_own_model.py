@@ -168,3 +168,20 @@ def test_metrics_csv_and_tensorboard_hparams(tmp_path):
     assert b"weight_decay" in hparams["_hparams_/session_start_info"]  # the config
     assert b"final/test_error" in hparams["_hparams_/experiment"]  # the metrics shown beside it
     assert events.Scalars("final/test_error")[0].value == pytest.approx(r["final_test_error"])
+
+
+def test_on_a_terminal_the_bar_shows_the_last_test_error_and_no_lines(monkeypatch, capsys):
+    import sys
+
+    from reslab.training.bookkeeping import Progress
+    from reslab.training.distributed import Dist
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = Progress(TrainConfig(name="t"), Dist(0, 1, torch.device("cpu")), total=10, step=0)
+    line = dict(train_loss=0.5, train_error=0.25, lr=0.1, images_per_s=1000.0)
+    progress.train_line(line)
+    progress.eval_line(5, {"test": {"error": 0.123}})
+    assert not progress.bar.disable and "test_err=12.3%" in progress.bar.postfix
+    assert "err=25.0%" in progress.bar.postfix
+    progress.close()
+    assert "step" not in capsys.readouterr().out  # the bar, not lines
