@@ -27,7 +27,7 @@ from reslab.data import (
     subtract_mean_image,
     train_val_split,
 )
-from reslab.models import create_model, save_weights
+from reslab.models import create_model, create_saved, load_weights, save_weights
 from reslab.training import allocator, distributed, precision, runs
 from reslab.training.bookkeeping import (
     Clock,
@@ -131,7 +131,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
     done = _existing_run(run_dir, cfg)
     distributed.barrier(d)  # every rank has looked before the logging rank writes anything
     if done is not None:
-        return TrainResult(done, run_dir, partial_load(run_dir, given))
+        return TrainResult(done, run_dir, lambda: load_trained(run_dir / runs.WEIGHTS, cfg, given))
     _set_determinism(cfg)
     torch.manual_seed(cfg.seed)
 
@@ -285,19 +285,18 @@ def _first(data: ImageData | None, limit: int) -> ImageData | None:
     return data.subset(torch.arange(limit))
 
 
-def partial_load(run_dir: Path, given: nn.Module | None) -> Callable[[], nn.Module]:
-    """What loads the model of a finished run: `load_run`, or for a module the caller gave, its
-    weights loaded into it."""
-
-    def load() -> nn.Module:
-        from reslab.models import load_weights
-        from reslab.training.trained import load_run
-
-        if given is None:
-            return load_run(run_dir)[0]
-        return load_weights(given, run_dir / runs.WEIGHTS).eval()
-
-    return load
+def load_trained(
+    weights: Path, cfg: TrainConfig | None, model: nn.Module | None = None
+) -> nn.Module:
+    """The trained model of a weights file, in eval mode: `model` with the weights loaded into it,
+    else the model the file records (`create_saved`). Its `normalization` is the input
+    normalisation the file records, else (a run saved before reslab recorded it) recomputed from
+    `cfg`'s data."""
+    model = create_saved(weights) if model is None else load_weights(model, weights)
+    if model.normalization is None and cfg is not None:
+        train_data = load_data(cfg)[0]
+        model.normalization = Normalization(cfg.data, train_data.mean, train_data.std)
+    return model.eval()
 
 
 def _check_module(model: nn.Module, data: ImageData, grad_checkpoint: int) -> nn.Module:
