@@ -146,7 +146,7 @@ def test_a_run_resumed_with_more_iterations_goes_on_with_the_longer_schedule(tmp
     lines = runs.read_metrics(tmp_path / "r")
     assert [x["step"] for x in lines if x["kind"] == "final"] == [40]  # the old final line is gone
     assert runs.read_config(tmp_path / "r")["iters"] == 40
-    assert first["steps"] == 20
+    assert runs.read_json(tmp_path / "r" / "summary-20.json") == dict(first)  # kept, not lost
     with pytest.raises(ValueError, match="longer, not shorter"):
         train(_cfg(tmp_path, name="r", iters=30, schedule="cosine", resume=True))
 

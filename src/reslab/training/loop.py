@@ -181,6 +181,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
 
     step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main, total)
     if d.is_main:
+        _keep_earlier_summary(run_dir, step, total)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
@@ -515,6 +516,15 @@ def _warn_if_rescheduled(
         f"{total} steps (lr {now:g} now; the {old}-step schedule was at {was:g})",
         stacklevel=5,
     )
+
+
+def _keep_earlier_summary(run_dir: Path, step: int, total: int) -> None:
+    """A finished run made longer keeps the summary of its first length beside it, as
+    `summary-<steps>.json`: the run is unfinished again until the new summary is written."""
+    done = runs.read_summary(run_dir) if step < total else None
+    if done and done.get("status") == "completed" and isinstance(done.get("steps"), int):
+        summary = run_dir / runs.SUMMARY
+        summary.replace(summary.with_name(f"{summary.stem}-{done['steps']}{summary.suffix}"))
 
 
 def _restore_rng(path: Path, state: dict) -> None:
