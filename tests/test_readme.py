@@ -17,9 +17,12 @@ def python_blocks(text: str) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_python_tour_runs(tmp_path, monkeypatch, capsys):
+    from reslab.models import registry
+
     blocks = python_blocks(README.read_text())
-    assert len(blocks) >= 5  # build + convert, weights, train + study, features, export
+    assert len(blocks) >= 6  # build + convert, weights, train + study, own model, features, export
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # tiny_mlp stays here
     monkeypatch.setenv("RESLAB_DATA", str(tmp_path / "data"))  # nothing outside the temp folder
     threads = torch.get_num_threads()
     namespace: dict = {"__name__": "__readme__"}
@@ -36,5 +39,9 @@ def test_readme_python_tour_runs(tmp_path, monkeypatch, capsys):
     # the files the tour says it writes, it writes
     written = ["resnet20.safetensors", "resnet20.onnx", "resmlp4.pt2", "resnet18-torchvision.pth"]
     written += ["runs/degradation/tour/report.html", "runs/resmlp-4-digits-s0/model.safetensors"]
+    written += [
+        "runs/ResidualSequential-digits-s0/metrics.csv",
+        "runs/tiny_mlp-digits-s0/config.json",
+    ]
     for f in written:
         assert (tmp_path / f).is_file(), f

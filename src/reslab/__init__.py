@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _API = {
     "create_model": "reslab.models",
     "list_models": "reslab.models",
+    "register_model": "reslab.models",
     "count_params": "reslab.models",
     "count_macs": "reslab.models",
     "to_residual": "reslab.models",
@@ -22,6 +23,7 @@ _API = {
     "Loader": "reslab.data",
     "TrainConfig": "reslab.training",
     "train": "reslab.training",
+    "TrainResult": "reslab.training",
     "evaluate": "reslab.training",
     "load_run": "reslab.training",
     "run_study": "reslab.studies",

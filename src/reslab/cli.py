@@ -1,12 +1,15 @@
 """The `reslab` command line: it parses and dispatches; each command is a plain Python function.
 
-Training options are derived from `TrainConfig`'s fields (and study options from the study's config),
-so an option is declared once, with its help text, next to the code that uses it.
+Training options are derived from `TrainConfig`'s fields (and study options from the study's config;
+`eval` and `export` take the TrainConfig fields they share), so an option is declared once, with its
+help text, next to the code that uses it. `train` and every study also read `--config FILE` (the same
+options as JSON or YAML, under the flags given) and show the resolved recipe with `--print-config`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -14,17 +17,10 @@ import warnings
 from collections.abc import Sequence
 
 from reslab import studies
-from reslab.options import KeyValue, add_dataclass_options
+from reslab.options import Text, add_dataclass_options, check_options, read_config_file
 from reslab.studies import base
 from reslab.training import allocator
-from reslab.training.config import (
-    AMP_MODES,
-    NORMALIZATIONS,
-    PRESET_HELP,
-    PRESETS,
-    SWITCHES,
-    TrainConfig,
-)
+from reslab.training.config import PRESET_HELP, PRESETS, TrainConfig
 from reslab.training.runs import Diverged
 
 
@@ -62,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
     )
     add_dataclass_options(t, TrainConfig)
+    _add_config_options(t)
 
     about = (
         "evaluate a trained run or a weights file on a dataset's test split: loss, top-1 and top-5 "
@@ -79,16 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights file in any format load_weights reads (instead of a run folder)",
     )
     e.add_argument(
-        "--model", default=None, help="model name (default: the one the weights file records)"
-    )
-    e.add_argument("--data", default=None, help="dataset (default: the run's, else digits)")
-    e.add_argument(
-        "--data-dir", default=None, help="data root (default: ~/.cache/reslab or $RESLAB_DATA)"
-    )
-    e.add_argument(
         "--split", default="test", choices=["train", "test"], help="which split (default: test)"
     )
-    e.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     e.add_argument(
         "--mean",
         type=float,
@@ -103,37 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="per-channel normalisation std (default: the recorded one, else the dataset's)",
     )
-    e.add_argument(
-        "--normalize",
-        default=None,
-        choices=NORMALIZATIONS,
-        help="for weights that do not record their normalisation (older runs, other projects'): "
-        "channel: subtract the mean, divide by the std (--mean/--std); pixel-mean: subtract the "
-        "mean image of the training split, as runs with --normalize pixel-mean (the paper preset) "
-        "were trained (default: the recorded one, else channel)",
-    )
-    e.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    e.add_argument("--num-threads", type=int, default=0, help="CPU threads (0: default)")
-    e.add_argument(
-        "--amp",
-        choices=AMP_MODES,
-        default="auto",
-        help="mixed precision: auto (bf16 where the hardware computes it), bf16, off (default: auto)",
-    )
-    e.add_argument(
-        "--channels-last",
-        choices=SWITCHES,
-        default="auto",
-        help="channels_last memory format for conv nets: auto, on, off (default: auto)",
-    )
-    e.add_argument(
-        "--model-arg",
-        dest="model_kwargs",
-        action=KeyValue,
-        default={},
-        metavar="KEY=VALUE",
-        help="model overrides, as for train",
-    )
+    add_dataclass_options(e, TrainConfig, only=EVAL_OPTIONS, shown=EVAL_SHOWN)
 
     x = sub.add_parser(
         "export",
@@ -141,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a model (random init, or --weights) to ONNX or torch.export (.pt2). "
         "The batch dimension stays dynamic, and height and width too for conv nets.",
     )
-    x.add_argument("--model", required=True, help="model name (see `reslab models`)")
+    add_dataclass_options(x, TrainConfig, only=("model",), required=("model",))
     x.add_argument(
         "--weights",
         default=None,
@@ -168,14 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="example input size, N or H W (default: the model family's, e.g. 32 or 224)",
     )
     x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    x.add_argument(
-        "--model-arg",
-        dest="model_kwargs",
-        action=KeyValue,
-        default={},
-        metavar="KEY=VALUE",
-        help="model overrides, as for train (e.g. shortcut=B)",
-    )
+    add_dataclass_options(x, TrainConfig, only=("model_kwargs",), shown={"model_kwargs": {}})
 
     about = (
         "the machine, the precision and layout reslab picks on it and why, and measured ResNet-20 "
@@ -204,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in studies.NAMES:
         study = studies.get(name)
-        base.add_arguments(study, sub.add_parser(name, help=study.help, description=study.help))
+        parser = sub.add_parser(name, help=study.help, description=study.help)
+        base.add_arguments(study, parser)
+        _add_config_options(parser)
 
     about = "rebuild a study's figures and report.html from its folder"
     r = sub.add_parser("report", help=about, description=about)
@@ -220,6 +174,36 @@ def build_parser() -> argparse.ArgumentParser:
     ) in sub.choices.values():  # `reslab train ... --debug` as well as `reslab --debug train`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return p
+
+
+# The TrainConfig fields `reslab eval` takes, with its own defaults where they differ.
+EVAL_OPTIONS = ("model", "model_kwargs", "data", "data_dir", "batch_size", "normalize", "amp")
+EVAL_OPTIONS += ("channels_last", "device", "num_threads")
+EVAL_SHOWN = {
+    "model": Text("the one the weights file records"),
+    "data": Text("the run's, else digits"),
+    "batch_size": 256,
+    "normalize": Text(
+        "the recorded one; for weights that record none (older runs, other projects'): channel, "
+        "or pixel-mean for runs trained so, such as the paper preset's"
+    ),
+}
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="read options from a JSON or YAML file (YAML needs PyYAML: pip install "
+        "'reslab[yaml]'); options given as flags override it. --print-config writes such a file",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the resolved configuration as JSON (a file --config reads) and exit",
+    )
 
 
 def _version() -> str:
@@ -246,8 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     try:
         if args.command in studies.NAMES:
-            base.main(studies.get(args.command), opts)
+            study = studies.get(args.command)
+            opts = with_config_file(opts, study)
+            if opts.pop("print_config", False):
+                cfg = base.config_from_options(study, opts)
+                print(json.dumps(study_config(cfg), indent=2))
+                return 0
+            base.main(study, opts)
             return 0
+        if args.command == "train":
+            opts = with_config_file(opts)
         return COMMANDS[args.command](opts)
     except KeyboardInterrupt:
         print(f"reslab: interrupted{_resume_hint(args.command)}", file=sys.stderr)
@@ -339,11 +331,72 @@ def cmd_models(opts: dict) -> int:
     return 0
 
 
+def with_config_file(opts: dict, study: base.Study | None = None) -> dict:
+    """`opts` over the options of its `--config` file (those of `train`, or of `study`: its own, the
+    engine's it does not set itself, and `train`, a mapping of engine options); model_kwargs and the
+    like merge key by key."""
+    if "config" not in opts:
+        return opts
+    path = opts.pop("config")
+    values = read_config_file(path)
+    origin = f"--config {path}"
+    if study is None:
+        values = _engine_options(values, origin)
+    else:
+        own = [f.name for f in dataclasses.fields(study.config)]
+        engine = [f.name for f in dataclasses.fields(TrainConfig)]
+        engine = [k for k in engine if k not in base.OWNED + study.owns]
+        train = _engine_options(values.pop("train", {}), f"{origin} (train)")
+        values = {
+            **check_options({k: v for k, v in values.items() if k in own}, study.config, origin),
+            **check_options(
+                {k: v for k, v in values.items() if k not in own}, TrainConfig, origin, engine
+            ),
+        }
+        if train:
+            values["train"] = train
+    merged = dict(values)
+    for key, value in opts.items():  # the flags win; a mapping (--model-arg) merges key by key
+        old = merged.get(key)
+        merged[key] = (
+            {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
+        )
+    return merged
+
+
+def _engine_options(values: object, origin: str) -> dict:
+    """TrainConfig options and a `preset` from a config file, checked."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{origin} should be a mapping of options, got {type(values).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    preset = values.pop("preset", None)
+    values = check_options(values, TrainConfig, origin)
+    if preset is not None:
+        if preset not in PRESETS:
+            choices = ", ".join(PRESETS)
+            raise ValueError(f"{origin}: unknown preset {preset!r}; choose from {choices}")
+        values["preset"] = preset
+    return values
+
+
+def study_config(cfg) -> dict:
+    """What `reslab STUDY --print-config` prints: the study's settings, with `train` its runs'
+    whole engine recipe (less what each cell sets from the study: model, seed, name, data, ...)."""
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    per_cell = (*base.PER_RUN, "data", "data_dir")
+    out["train"] = {k: v for k, v in base.engine_recipe(cfg).items() if k not in per_cell}
+    return out
+
+
 def cmd_train(opts: dict) -> int:
     """`reslab train`: one training run from a preset and options."""
     from reslab.training import resolve, train
 
+    print_config = opts.pop("print_config", False)
     cfg = resolve(opts.pop("preset", None), **opts)
+    if print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     s = train(cfg)
     print(
         f"{s['name']}: {s['steps']} steps, train error {s['final_train_error']:.2%}, "
@@ -379,7 +432,7 @@ def cmd_export(opts: dict) -> int:
         opts.pop("out"),
         opts.pop("format"),
         img_size=None if size is None else tuple(size) if len(size) == 2 else size[0],
-        **opts.pop("model_kwargs"),
+        **opts.pop("model_kwargs", {}),
         **opts,
     )
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -107,6 +107,37 @@ def test_build_index_links_every_report(tmp_path):
     assert checker.sources == ["degradation/a/report.html", "degradation/b/report.html"]
     for src in checker.sources:
         assert (tmp_path / src).is_file()
-    assert "not_shown" in text and "because degradation/b" in text and "loose" not in text
+    assert "not shown" in text and "not_shown" not in text  # the status in words, not its key
+    assert "because degradation/b" in text and "loose" not in text
     with pytest.raises(FileNotFoundError, match="not a directory"):
         build_index(tmp_path / "missing")
+
+
+def test_index_shows_each_studys_own_status_words_and_the_single_training_runs(tmp_path):
+    from reslab.studies import status_label
+
+    assert status_label("degradation", "residual_degrades_too") == "residual degrades too"
+    assert status_label("lesion", "shown") == "ensemble-like: shown"
+    assert status_label("nosuch", "some_key") == "some key"
+    study = tmp_path / "degradation" / "d"
+    (study / "runs" / "plain-4-s0").mkdir(parents=True)
+    (study / "study.json").write_text('{"study": "degradation"}')
+    (study / "runs" / "plain-4-s0" / "config.json").write_text('{"model": "plainmlp-4"}')
+    Page("d").write(study / "report.html")
+    verdict = '{"status": "residual_degrades_too", "text": "t"}'
+    (study / "summary.json").write_text(f'{{"study": "degradation", "verdict": {verdict}}}')
+    run = tmp_path / "resmlp-4-digits-s0"  # what `reslab train` leaves
+    run.mkdir()
+    (run / "config.json").write_text('{"model": "resmlp-4", "data": "digits"}')
+    (run / "summary.json").write_text(
+        '{"status": "completed", "steps": 30, "final_test_error": 0.0845}'
+    )
+    (run / "metrics.csv").write_text("kind,step\n")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.json").write_text('{"model": "resnet20"}')
+    text = build_index(tmp_path, status_label).read_text()
+    checker = TagChecker()
+    checker.feed(text)
+    assert "resmlp-4-digits-s0/metrics.csv" in checker.sources
+    assert "residual degrades too" in text and "8.45%" in text and "unfinished" in text
+    assert "plain-4-s0" not in text  # a study's runs are its report's business

@@ -3,6 +3,7 @@ folder alone, rejects bad options in one line before writing anything, and docum
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 
@@ -40,6 +41,14 @@ def test_toy_study_writes_its_folder(toy):
     assert summary["verdict"]["status"], summary["verdict"]
     assert json.loads((folder / runs.SUMMARY).read_text()) == summary
     assert '<section class="verdict' in (folder / runs.REPORT).read_text()
+    with open(folder / "results.csv", newline="") as f:  # one row per run, for pandas or a sheet
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [p.name for p in runs.run_dirs(folder)]
+    for row in rows:
+        s = runs.read_summary(folder / runs.RUNS / row["run"])
+        assert row["status"] == s["status"]
+        if s["status"] == "completed":
+            assert float(row["final_test_error"]) == s["final_test_error"]
 
 
 def test_report_rebuilds_from_the_folder_alone(toy, tmp_path):

@@ -5,12 +5,14 @@ A name is a family prefix and a depth. Each family registers a few depths by nam
 "<name>+<variant>" is that net with its units made a variant of He et al. 2016 (`variants.apply`).
 The plain twin of every residual net is the same builder with shortcut="none"; this module is the
 one home of plain/residual naming: `twin(name, residual)` and `is_residual(name_or_model)`.
+`@register_model` adds a model of your own from user code, as timm's decorator does.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +68,7 @@ _ANY_DEPTH = {p: fam for fam in FAMILIES if fam.any_depth for p in (fam.residual
 def _natural(name: str) -> tuple[str, int]:
     """Sort key in timm's order: a name's prefix, then its depth as a number (resnet18 < resnet101)."""
     head = name.rstrip("0123456789")
-    return head, int(name[len(head) :])
+    return head, int(name[len(head) :] or 0)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -117,6 +119,60 @@ def is_residual(name_or_model: str | nn.Module) -> bool:
     else:
         blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
     return any(b.shortcut != "none" for b in blocks)
+
+
+USER = "user"  # the family of the models registered from user code
+_SIZES = ("num_classes", "in_chans", "img_size")
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a model builder under its function's name, from your own code (timm's decorator):
+
+        @reslab.register_model
+        def tiny_mlp(num_classes=10, in_chans=3, img_size=32, width=32):
+            ...
+            return module
+
+    `create_model("tiny_mlp", ...)`, `list_models()`, `train(TrainConfig(model="tiny_mlp"))` and
+    `load_run` then know it (in this process). The builder is called with the sizes the data gives,
+    `num_classes`, `in_chans` and `img_size` (an int or (H, W)), as keywords, and with the
+    `create_model` overrides: its other named parameters (`model_kwargs` in a TrainConfig).
+    Registering the same name again replaces it (a notebook cell run twice); a built-in name is
+    refused. The registry knows nothing of its shortcuts: `is_residual(model)` on a built model
+    tells."""
+    name = getattr(fn, "__name__", "")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"register_model: a model name is lowercase a-z, 0-9 and _, got {name!r}")
+    if name in _REGISTRY and _REGISTRY[name][0].name != USER:
+        raise ValueError(f"register_model: {name!r} is a built-in model name; pick another")
+    params = inspect.signature(fn).parameters
+    missing = [k for k in _SIZES if k not in params]
+    if missing:
+        raise ValueError(
+            f"register_model: {name} must take {', '.join(_SIZES)} (it lacks {', '.join(missing)})"
+        )
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    classes, size = params["num_classes"].default, params["img_size"].default
+    if size is inspect.Parameter.empty:
+        size = 32
+
+    def build(depth, num_classes, in_chans, img_size, **overrides):
+        size_ = size if img_size is None else img_size
+        return fn(num_classes=num_classes, in_chans=in_chans, img_size=size_, **overrides)
+
+    family = Family(
+        name=USER,
+        residual=name,
+        plain=None,
+        depths=(),
+        build=build,
+        img_size=size,
+        num_classes=classes if _is_int(classes) else 10,
+        options=tuple(k for k, p in params.items() if k not in _SIZES and p.kind in named),
+        any_depth=False,
+    )
+    _REGISTRY[name] = (family, 0, False)
+    return fn
 
 
 # Options whose type a value must have (the others are names, checked by the model itself).
@@ -192,7 +248,7 @@ def create_model(
     unknown = sorted(set(overrides) - set(fam.options))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; allowed: {', '.join(fam.options)}")
-    if not residual:
+    if not residual and fam.name != USER:
         if overrides.get("shortcut", "none") != "none":
             raise ValueError(f"{name} is a plain net; pick its residual twin to choose a shortcut")
         overrides["shortcut"] = "none"
@@ -201,8 +257,9 @@ def create_model(
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
     try:
-        model.set_grad_checkpointing(grad_checkpoint)
-    except ValueError as e:
+        if grad_checkpoint or hasattr(model, "set_grad_checkpointing"):
+            model.set_grad_checkpointing(grad_checkpoint)
+    except (ValueError, AttributeError) as e:
         raise ValueError(f"{name}: {e}") from None
     if plus:
         try:

@@ -3,7 +3,8 @@
 A `Page` collects blocks (headings, paragraphs, key/value facts, figures, tables, a verdict box) and renders
 one file with inline CSS and figures as base64 PNG data URIs: it opens anywhere, offline, with nothing beside it.
 All text is HTML-escaped; the only markup that passes through is what the builder itself writes.
-`build_index(root)` writes `root/index.html` linking every `report.html` found below `root`.
+`build_index(root)` writes `root/index.html` linking every `report.html` found below `root`, and listing
+the single training runs (`reslab train`) found there.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -289,8 +290,53 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
-def build_index(root: str | Path) -> Path:
-    """Write `root/index.html`: one row per `report.html` found below `root`, with its study and verdict.
+def _status(study: str, status: str, label: Callable[[str, str], str] | None) -> str:
+    if label is not None:
+        return label(study, status)
+    return status.replace("_", " ")
+
+
+def _href(path: Path, root: Path) -> str:
+    return urllib.parse.quote(os.fsencode(path.relative_to(root).as_posix()))
+
+
+def _training_runs(root: Path, top: Path) -> list[list[object]]:
+    """Index rows of the run folders below `root` outside any study folder: (name linked to its
+    metrics.csv or summary.json, model, data, status, steps, final train and test error)."""
+    studies = {p.parent for p in root.rglob(runs.STUDY)}
+    rows: list[list[object]] = []
+    for config in sorted(root.rglob(runs.CONFIG)):
+        folder = config.parent
+        if not (_below(config, top) and config.is_file()) or studies & {*folder.parents, folder}:
+            continue
+        summary = _read_json(folder / runs.SUMMARY, top)
+        cfg = _read_json(config, top)
+        files = [folder / f for f in ("metrics.csv", runs.SUMMARY)]
+        target = next((f for f in files if _below(f, top) and f.is_file()), None)
+        name = _text(folder.relative_to(root).as_posix())
+        status = summary.get("status", "unfinished")
+        rows.append(
+            [
+                Link(name, _href(target, root)) if target else name,
+                _text(cfg.get("model", "—")),
+                _text(cfg.get("data", "—")),
+                _text(status),
+                _text(summary.get("steps", "—")),
+                fmt_pct(_number(summary.get("final_train_error"))),
+                fmt_pct(_number(summary.get("final_test_error"))),
+            ]
+        )
+    return rows
+
+
+def _number(x: object) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def build_index(root: str | Path, label: Callable[[str, str], str] | None = None) -> Path:
+    """Write `root/index.html`: one row per `report.html` found below `root`, with its study and verdict
+    (its status in words: `label(study, status)`, default the status key with spaces), then one row
+    per training run below `root` that belongs to no study (`reslab train`'s run folders).
 
     Only regular files that lie below `root` once links are followed are linked or read; links are
     relative and percent-encoded, and every name or text read from disk is shown as text.
@@ -307,17 +353,24 @@ def build_index(root: str | Path) -> Path:
         summary = _read_json(folder / runs.SUMMARY, top)
         study = summary.get("study") or _read_json(folder / runs.STUDY, top).get("study") or "—"
         verdict = summary.get("verdict") if isinstance(summary.get("verdict"), dict) else {}
-        href = urllib.parse.quote(os.fsencode(report.relative_to(root).as_posix()))
+        href = _href(report, root)
         name = folder.relative_to(root).as_posix() if folder != root else "."
-        status, text = verdict.get("status", "—"), verdict.get("text", "")
-        rows.append([_text(study), Link(_text(name), href), _text(status), _text(text)])
-    page = Page("reslab reports", _text(f"{len(rows)} study report(s) under {top}"))
+        status, text = verdict.get("status"), verdict.get("text", "")
+        shown = "—" if status is None else _status(str(study), str(status), label)
+        rows.append([_text(study), Link(_text(name), href), _text(shown), _text(text)])
+    single = _training_runs(root, top)
+    counts = f"{len(rows)} study report(s) and {len(single)} training run(s) under {top}"
+    page = Page("reslab reports", _text(counts))
     if rows:
         page.table(["study", "folder", "status", "verdict"], rows)
     else:
         page.paragraph(
             "No report.html found below this folder yet: run `reslab report <study_dir>` first."
         )
+    if single:
+        page.heading("Training runs")
+        header = ["run", "model", "data", "status", "steps", "train error", "test error"]
+        page.table(header, single)
     index = root / "index.html"
     if index.is_symlink():  # writing would replace the file it points to, wherever that is
         raise FileExistsError(f"{index} is a link; it is left as it is")

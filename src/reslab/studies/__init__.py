@@ -63,10 +63,21 @@ def build_report(path: str | Path) -> Path:
             f"{path}/{runs.STUDY} names an unknown study kind; reports exist for {', '.join(NAMES)}"
         )
     found = [r.parent for r in sorted(path.rglob(runs.STUDY)) if study_kind(r.parent)]
-    if not found:
+    if not found and not any(path.rglob(runs.CONFIG)):
         raise FileNotFoundError(
-            f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
+            f"no study folder (with a {runs.STUDY}) or run folder below {path}; nothing written"
         )
     for folder in found:
         get(study_kind(folder)).report(folder)
-    return build_index(path)
+    return build_index(path, status_label)
+
+
+def status_label(study: str, status: str) -> str:
+    """A verdict's status key in the words of its study's report ("residual_degrades_too" ->
+    "residual degrades too"), for the index page; the key with spaces for one it does not know."""
+    if study in NAMES:
+        report = importlib.import_module(f"reslab.studies.{study}.report")
+        labels = getattr(report, "_LABELS", {})  # status -> (label, tone), as its page shows it
+        if status in labels:
+            return labels[status][0]
+    return status.replace("_", " ")

@@ -36,14 +36,14 @@ from reslab.training.config import TrainConfig, resolve
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
 OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
-OWNED += ("progress",)
+OWNED += ("progress", "log_lines")
 # --launcher slurm (set by `main` for the study it runs): train_grid submits the cells as Slurm jobs
 LAUNCH: ContextVar[SlurmOptions | None] = ContextVar("LAUNCH", default=None)
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 # Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
-PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress")
+PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> Tr
         out=str(study_dir(cfg) / runs.RUNS),
         resume=True,
         progress=False,
+        log_lines=False,  # the study prints a line per run
     )
     if getattr(cfg, "iters", 0):
         values["iters"] = cfg.iters
@@ -414,8 +415,12 @@ def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> tup
 
 
 def finish(study: Study, folder: Path, t0: float) -> dict:
-    """Build the report from the folder, print the table and where the report is; return the summary."""
+    """Build the report from the folder, write results.csv (a row per run), print the table and
+    where the report is; return the summary."""
+    from reslab.training.tracking import write_results_csv
+
     report = study.report(folder)
+    write_results_csv(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
@@ -427,7 +432,7 @@ def finish(study: Study, folder: Path, t0: float) -> dict:
 
 def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
-    less the fields the study sets per run)."""
+    less the fields the study sets per run), each showing its default preset's value."""
     from reslab.options import add_dataclass_options
 
     others = [p for p in study.presets if p != study.default_preset]
@@ -436,13 +441,16 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=f"{', '.join(study.presets)} (default: {study.default_preset}"
         + (f"; {study.preset_help}" if study.preset_help and others else "")
-        + ")",
+        + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
-    add_dataclass_options(parser, study.config, exclude=("preset", "train"))
+    cfg = make_config(study)
+    shown = dataclasses.asdict(cfg)
+    add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
     add_dataclass_options(
         parser.add_argument_group("training engine options (override the study's recipe)"),
         TrainConfig,
         exclude=OWNED + study.owns,
+        shown=engine_recipe(cfg),
     )
     add_dataclass_options(
         parser.add_argument_group(
@@ -452,13 +460,29 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(study: Study, opts: dict) -> dict:
-    """Split parsed options into the study's and the engine's, and run the study."""
-    launch = launcher_options(opts)  # where the runs train changes none of them
+def engine_recipe(cfg: Any) -> dict:
+    """The engine options every run of study config `cfg` trains with (its `train` recipe resolved
+    over TrainConfig's defaults; the cells set the model, seed and name)."""
+    train = dict(cfg.train)
+    return resolve(train.pop("preset", None), **train).to_dict()
+
+
+def config_from_options(study: Study, opts: dict) -> Any:
+    """The study config of parsed options: the study's own fields, the rest engine overrides (the
+    launcher's options, which change no run, left out)."""
+    launcher = {f.name for f in dataclasses.fields(SlurmOptions)}
+    opts = {k: v for k, v in opts.items() if k not in launcher}
     fields = {f.name for f in dataclasses.fields(study.config)}
     train = {k: v for k, v in opts.items() if k not in fields}
     own = {k: v for k, v in opts.items() if k in fields}
-    cfg = make_config(study, own.pop("preset", None), train=train, **own)
+    train = {**own.pop("train", {}), **train}
+    return make_config(study, own.pop("preset", None), train=train, **own)
+
+
+def main(study: Study, opts: dict) -> dict:
+    """Split parsed options into the study's and the engine's, and run the study."""
+    launch = launcher_options(opts)  # where the runs train changes none of them
+    cfg = config_from_options(study, opts)
     folder = study_dir(cfg)
     new = not folder.exists()
     token = LAUNCH.set(launch if launch.launcher == "slurm" else None)

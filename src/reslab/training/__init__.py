@@ -12,6 +12,7 @@ _API = {
     "TrainConfig": "reslab.training.config",
     "resolve": "reslab.training.config",
     "train": "reslab.training.loop",
+    "TrainResult": "reslab.training.loop",
     "evaluate": "reslab.training.evaluation",
     "load_run": "reslab.training.trained",
     "Diverged": "reslab.training.loop",

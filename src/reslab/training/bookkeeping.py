@@ -131,35 +131,31 @@ class Clock:
 
 def log_train(
     log: RunLog,
-    bar: tqdm,
+    progress: Progress,
     stats: StepStats,
     clock: Clock,
     d: distributed.Dist,
     step: int,
     epoch: float,
     lr: float,
-) -> float:
+) -> dict:
     """Write the `train` line for the steps since the last one, show it on the progress bar, and start
-    the next window; returns its training error; raises Diverged if a loss was not finite."""
+    the next window; returns the line's values; raises Diverged if a loss was not finite."""
     loss_sum, errors, images = stats.reduce(d)
-    loss, error = loss_sum / images, errors / images
     now = clock.lap(images)
-    log.write(
-        "train",
-        step,
+    values = dict(
         epoch=epoch,
-        train_loss=loss,
-        train_error=error,
+        train_loss=loss_sum / images,
+        train_error=errors / images,
         lr=lr,
         images_per_s=clock.images_per_s,
         time=now,
     )
-    bar.set_postfix(
-        loss=f"{loss:.3f}", err=f"{error:.1%}", img_s=f"{clock.images_per_s:.0f}", refresh=False
-    )
+    log.write("train", step, **values)
+    progress.train_line(values)
     stats.reset(step)
     clock.restart()
-    return error
+    return values
 
 
 def log_eval(log: RunLog, point: dict[str, dict], step: int, epoch: float, clock: Clock) -> None:
@@ -211,17 +207,69 @@ def diverged_summary(cfg: TrainConfig, steps: int, err: Diverged) -> dict:
     }
 
 
-def progress_bar(cfg: TrainConfig, d: distributed.Dist, total: int, step: int) -> tqdm:
-    """The terminal progress bar of the logging rank (none with --no-progress); starts at `step`."""
-    return tqdm(
-        total=total,
-        initial=step,
-        disable=not (cfg.progress and d.is_main),
-        desc=cfg.run_name,
-        unit="it",
-        dynamic_ncols=True,
-        leave=False,
-    )
+class Progress:
+    """What a person watching the run sees, on the logging rank: a tqdm bar on a terminal, showing
+    the last training line's loss, error and speed and the last curve point's test error; else (with
+    --no-progress, or output that is not a terminal: a Slurm or CI log) one line per evaluation on
+    stdout, as timm prints them, unless `cfg.log_lines` is off (studies print their own lines)."""
+
+    def __init__(self, cfg: TrainConfig, d: distributed.Dist, total: int, step: int):
+        self.name, self.total = cfg.run_name, total
+        bar = cfg.progress and d.is_main and sys.stderr.isatty()
+        self.lines = d.is_main and cfg.log_lines and not bar
+        self.bar = tqdm(
+            total=total,
+            initial=step,
+            disable=not bar,
+            desc=cfg.run_name,
+            unit="it",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        self.train: dict = {}  # the last training line
+        self.test_error: float | None = None  # the last curve point's
+
+    def update(self, steps: int = 1) -> None:
+        self.bar.update(steps)
+
+    def train_line(self, values: dict) -> None:
+        self.train = values
+        self._postfix()
+
+    def eval_line(self, step: int, point: dict[str, dict]) -> None:
+        """A curve point (or the final one) was scored: show its test error; print its line."""
+        self.test_error = point["test"]["error"]
+        self._postfix()
+        if self.lines:
+            t = self.train
+            parts = [f"{self.name}  step {step}/{self.total}"]
+            if t:
+                parts += [
+                    f"lr {t['lr']:.4g}",
+                    f"loss {t['train_loss']:.4f}",
+                    f"train error {t['train_error']:.2%}",
+                ]
+            parts.append(f"test error {self.test_error:.2%}")
+            if "val" in point:
+                parts.append(f"val error {point['val']['error']:.2%}")
+            if t:
+                parts.append(f"{t['images_per_s']:.0f} img/s")
+            print("  ".join(parts), flush=True)
+
+    def _postfix(self) -> None:
+        t, shown = self.train, {}
+        if t:
+            shown = dict(
+                loss=f"{t['train_loss']:.3f}",
+                err=f"{t['train_error']:.1%}",
+                img_s=f"{t['images_per_s']:.0f}",
+            )
+        if self.test_error is not None:
+            shown["test_err"] = f"{self.test_error:.1%}"
+        self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def log_final(log: RunLog, step: int, final_train: dict, final_test: dict) -> None:

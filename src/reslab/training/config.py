@@ -46,7 +46,7 @@ class TrainConfig:
         "digits",
         "dataset: digits (built in), mnist, fashion-mnist, cifar10, cifar100, or a folder path",
     )
-    data_dir: str | None = _f(None, "data root (default ~/.cache/reslab or $RESLAB_DATA)")
+    data_dir: str | None = _f(None, "data root (default: ~/.cache/reslab or $RESLAB_DATA)")
     val_size: int = _f(0, "hold out this many training images as a validation set (paper: 5000)")
     train_subset: int = _f(
         0, "train on the first N images of a seeded shuffle of the training set (0: all)"
@@ -143,7 +143,12 @@ class TrainConfig:
     out: str = _f("runs", "root folder of run folders")
     name: str = _f("", "run folder name (default MODEL-DATA-sSEED)")
     resume: bool = _f(False, "continue the run in runs/NAME from its last checkpoint")
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "show a progress bar (on a terminal)")
+    log_lines: bool = _f(
+        True,
+        "when no progress bar shows (--no-progress, or output that is not a terminal), print one "
+        "line per evaluation: step, lr, loss, training and test error, images/s",
+    )
 
     def __post_init__(self) -> None:
         _choice("schedule", self.schedule, SCHEDULES)

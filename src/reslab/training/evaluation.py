@@ -45,7 +45,7 @@ PROBE_TOL = 1e-3  # of the probe logits' largest magnitude, in fp32 (folding its
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    data: ImageData | str,
+    data: ImageData | str | tuple[torch.Tensor, torch.Tensor],
     batch_size: int = 256,
     d: distributed.Dist | None = None,
     autocast: Callable = contextlib.nullcontext,
@@ -59,40 +59,49 @@ def evaluate(
     {"loss", "error", "top5_error", "n"}; with `subset` (indices into `data`) the same four over
     those images too, from the same pass, as "subset".
 
-    `data`: an ImageData, or a dataset name for its test split. `mean`/`std` normalise the pixels;
-    by default as `model.normalization` records the model was trained (`load_run` and `load_weights`
-    set it from a reslab file), else with `data`'s own statistics. `d`: the device and ranks
+    `data`: a dataset name for its test split, an ImageData, or tensors (images, labels) with
+    labels int64 (N,): uint8 images (N, C, H, W) are normalised as an ImageData's, float images are
+    taken as already normalised and go into the model as they are. `mean`/`std` normalise the
+    pixels; by default as `model.normalization` records the model was trained (`load_run`,
+    `load_weights` and `train` set it), else with `data`'s own statistics. `d`: the device and ranks
     (default: this process alone, on the model's device). `fold`: run the net with its batch norms
     folded into the layers before them (module docstring); False runs `model` itself."""
     if isinstance(data, str):
         data = load_dataset(data, "test")
+    elif isinstance(data, (tuple, list)):
+        data = _from_tensors(data)
     recorded = getattr(model, "normalization", None)
-    if mean is None and std is None and recorded is not None:
+    if mean is None and std is None and recorded is not None and isinstance(data, ImageData):
         data = recorded.apply(data)
     if d is None:
         p = next(model.parameters(), None)
         d = distributed.Dist(0, 1, p.device if p is not None else torch.device("cpu"))
     was_training = model.training
     model.eval()
-    loader = Loader(
-        data,
-        batch_size,
-        train=False,
-        augment=False,
-        device=d.device,
-        channels_last=channels_last,
-        rank=d.rank,
-        world_size=d.world_size,
-        mean=mean,
-        std=std,
-    )
-    keep = torch.zeros(len(data), dtype=torch.float64, device=d.device)  # 1: image in `subset`
+    if isinstance(data, ImageData):
+        loader = Loader(
+            data,
+            batch_size,
+            train=False,
+            augment=False,
+            device=d.device,
+            channels_last=channels_last,
+            rank=d.rank,
+            world_size=d.world_size,
+            mean=mean,
+            std=std,
+        )
+        batches, rank_slice = loader.epoch(0), loader.rank_slice
+    else:  # float tensors, already normalised: batches as they are, in this process
+        batches, rank_slice = _float_batches(data, batch_size, d.device, channels_last)
+    n = len(data) if isinstance(data, ImageData) else len(data[1])
+    keep = torch.zeros(n, dtype=torch.float64, device=d.device)  # 1: image in `subset`
     if subset is not None:
         keep[subset.to(d.device)] = 1.0
     # rows: all images, the subset's; columns: loss, top-1 errors, top-5 errors, images
     sums = torch.zeros(2, 4, device=d.device, dtype=torch.float64)
     net = None
-    for b, (x, y) in enumerate(loader.epoch(0)):  # eval order is the data's: batch b is its slice
+    for b, (x, y) in enumerate(batches):  # eval order is the data's: batch b is its slice
         if net is None:
             net = inference_net(model, x) if fold else model
         with autocast():
@@ -106,13 +115,51 @@ def evaluate(
                 torch.ones_like(y, dtype=torch.float32),
             ]
         ).double()
-        sums += torch.stack([per_image, per_image * keep[loader.rank_slice(b)]]).sum(2)
+        sums += torch.stack([per_image, per_image * keep[rank_slice(b)]]).sum(2)
     sums = distributed.all_sum(sums, d).tolist()
     model.train(was_training)
     out = _mean(sums[0])
     if subset is not None:
         out["subset"] = _mean(sums[1])
     return out
+
+
+def _from_tensors(data) -> ImageData | tuple[torch.Tensor, torch.Tensor]:
+    """`evaluate`'s (images, labels): uint8 images as an ImageData (normalised by its own per-channel
+    statistics unless the model or the caller says otherwise), float images as they are."""
+    if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+        raise ValueError("evaluate takes tensors as (images, labels), two tensors")
+    images, labels = data
+    if labels.dtype != torch.int64 or labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"labels must be int64 (N,) for {len(images)} images, got {labels.dtype} "
+            f"{tuple(labels.shape)}"
+        )
+    if images.dtype == torch.uint8:
+        if images.ndim != 4:
+            raise ValueError(f"uint8 images must be (N, C, H, W), got {tuple(images.shape)}")
+        pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255  # (C, N*H*W)
+        classes = tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 1))
+        mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-6)
+        return ImageData(
+            images, labels, classes, tuple(mean.tolist()), tuple(std.tolist()), "tensors"
+        )
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    return images, labels
+
+
+def _float_batches(data, batch_size: int, device: torch.device, channels_last: bool):
+    """(batches of `data`'s float (images, labels) on `device`, batch index -> its slice)."""
+    images, labels = data
+    layout = torch.channels_last if channels_last and images.ndim == 4 else torch.preserve_format
+
+    def batches():
+        for i in range(0, len(labels), batch_size):
+            x = images[i : i + batch_size].to(device, torch.float32, memory_format=layout)
+            yield x, labels[i : i + batch_size].to(device)
+
+    return batches(), lambda b: slice(b * batch_size, (b + 1) * batch_size)
 
 
 def _mean(s: list[float]) -> dict:

@@ -8,8 +8,10 @@ moment and resumed with `--deterministic` ends with bit-identical weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,11 +27,12 @@ from reslab.data import (
     subtract_mean_image,
     train_val_split,
 )
-from reslab.models import create_model, save_weights
+from reslab.models import create_model, create_saved, load_weights, save_weights
 from reslab.training import allocator, distributed, precision, runs
 from reslab.training.bookkeeping import (
     Clock,
     Diverged,
+    Progress,
     StepStats,
     checkpoint,
     completed_summary,
@@ -37,7 +40,6 @@ from reslab.training.bookkeeping import (
     log_eval,
     log_final,
     log_train,
-    progress_bar,
 )
 from reslab.training.checkpoint import (
     TRAINER,
@@ -54,32 +56,91 @@ from reslab.training.tracking import RunLog, provenance
 CIFAR_LIKE = ("cifar10", "cifar100")
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train `cfg.model` on `cfg.data`; writes `cfg.out/cfg.run_name/` and returns its summary."""
+class TrainResult(dict):
+    """What `train` returns: the run's summary, a dict as summary.json holds it
+    (`result["final_test_error"]`), with the trained model as `result.model` (in eval mode, with the
+    input normalisation it was trained with as `model.normalization`, so that
+    `reslab.evaluate(result.model, data)` scores it as the run did) and the run folder as
+    `result.run_dir`. For a run that had finished before the call, the model is loaded from its
+    folder on first use. It pickles as the plain summary (a study's workers send back only that)."""
+
+    def __init__(self, summary: dict, run_dir: Path, load: Callable[[], nn.Module]):
+        super().__init__(summary)
+        self.run_dir = run_dir
+        self._load: Callable[[], nn.Module] | None = load
+        self._model: nn.Module | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        if self._model is None and self._load is not None:
+            self._model, self._load = self._load(), None
+        assert self._model is not None
+        return self._model
+
+    def __reduce__(self):
+        return dict, (dict(self),)
+
+
+def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
+    """Train `cfg.model` on `cfg.data`; writes `cfg.out/cfg.run_name/` and returns its summary, with
+    the trained model as `.model` (`TrainResult`).
+
+    `model`: train this module instead of building `cfg.model`, in place, as Lightning's
+    `Trainer.fit(model)` does: any nn.Module that maps a batch of images (B, C, H, W), normalised
+    as `cfg.normalize` says, to logits (B, classes) of the data's classes (a reslab model, the
+    tutorial's `to_residual(nn.Sequential(...))`, or a model of your own). The run records it as
+    `model.model_name` if it has one, else by its class name (`cfg.model` is replaced by that);
+    `load_run` rebuilds only registered models, so load a custom module's weights back with
+    `load_weights(module, run_dir / "model.safetensors")`."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(
             f"train() takes a TrainConfig, got {type(cfg).__name__}; build one with "
             "TrainConfig.from_dict(d) or reslab.training.resolve(preset, **options)"
         )
+    if model is not None:
+        cfg = _for_module(cfg, model)
     d = distributed.setup(cfg.device)
     try:
         with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
-            return _train(cfg, d)
+            return _train(cfg, d, model)
     finally:
         distributed.teardown(d)
 
 
-def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
+def _for_module(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
+    """`cfg` for training the given `model`: `cfg.model` becomes its name; options that only a
+    registry model takes are refused."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"train(cfg, model=...) takes an nn.Module, got {type(model).__name__}")
+    if cfg.model_kwargs:
+        raise ValueError(
+            f"model_kwargs {cfg.model_kwargs} configure a registry model; build your module "
+            "with those options instead"
+        )
+    if cfg.grad_checkpoint and not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(
+            f"grad_checkpoint needs a model with set_grad_checkpointing (reslab's models have "
+            f"it); {type(model).__name__} has none"
+        )
+    name = getattr(model, "model_name", None) or type(model).__name__
+    return dataclasses.replace(cfg, model=str(name))
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None) -> TrainResult:
     run_dir = Path(cfg.out) / cfg.run_name
     done = _existing_run(run_dir, cfg)
     distributed.barrier(d)  # every rank has looked before the logging rank writes anything
     if done is not None:
-        return done
+        return TrainResult(done, run_dir, lambda: load_trained(run_dir / runs.WEIGHTS, cfg, given))
     _set_determinism(cfg)
     torch.manual_seed(cfg.seed)
 
     train_data, test_data, val_data = load_data(cfg)
-    model = build_model(cfg, train_data).to(d.device)
+    if given is None:
+        model = build_model(cfg, train_data)
+    else:
+        model = _check_module(given, train_data, cfg.grad_checkpoint)
+    model = model.to(d.device)
     _warn_if_fragmenting(cfg, d.device)
     prec = precision.choose(cfg.amp, cfg.channels_last, d.device, precision.has_conv(model))
     channels_last = prec.channels_last
@@ -118,8 +179,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     eval_every = eval_plan(cfg, total, sizes)[0]
     ckpt_every = cfg.checkpoint_every or eval_every
 
-    step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main)
+    step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main, total)
     if d.is_main:
+        _keep_earlier_summary(run_dir, step, total)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
@@ -141,7 +203,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         point = {k: score(v) for k, v in on_curve.items()}
         return {**point, "train_eval": score(train_split)} if cfg.eval_train else point
 
-    bar = progress_bar(cfg, d, total, step)
+    progress = Progress(cfg, d, total, step)
     stats = StepStats(cfg.log_every, d.device, step)  # loss and error since the last train line
     clock = Clock()
     net.train()
@@ -164,13 +226,17 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 stats.add(loss, logits, y, lr)
 
                 if step % cfg.log_every == 0 or step == total:
-                    error = log_train(log, bar, stats, clock, d, step, step / steps_per_epoch, lr)
+                    line = log_train(
+                        log, progress, stats, clock, d, step, step / steps_per_epoch, lr
+                    )
                     if warmup_end is None and step < cfg.warmup_iters:
-                        warmup_end = warmup_ends(step, error, cfg)
-                bar.update(1)
+                        warmup_end = warmup_ends(step, line["train_error"], cfg)
+                progress.update(1)
                 if step % eval_every == 0 and step < total:  # the last point: after the loop
                     with clock.pause("curve_eval_s"):
-                        log_eval(log, curve_point(), step, step / steps_per_epoch, clock)
+                        point = curve_point()
+                        log_eval(log, point, step, step / steps_per_epoch, clock)
+                    progress.eval_line(step, point)
                 if step % ckpt_every == 0 or step == total:
                     with clock.pause("checkpoint_s"):
                         trainer = {"warmup_end": warmup_end}  # lr_at's one piece of history
@@ -178,12 +244,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
                 if step >= total:
                     break
     except BaseException as err:  # diverged, a failed save, Ctrl-C: the log keeps what it has
-        bar.close()
+        progress.close()
         log.close()
         if isinstance(err, Diverged) and d.is_main:
             write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
         raise
-    bar.close()
 
     with clock.pause("final_eval_s"):  # whole splits; the last curve point from the same passes
         final_train = score(train_split)
@@ -196,15 +261,22 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     summary = completed_summary(
         cfg, model, d, prec, step, steps_per_epoch, final_train, final_test, clock, resume_from
     )
+    progress.eval_line(step, point)
+    progress.close()
+    # the weights file records the inputs' normalisation: `reslab eval runs/NAME` needs nothing else
+    model.normalization = Normalization(cfg.data, train_data.mean, train_data.std)
     if d.is_main:
         log_eval(log, point, step, step / steps_per_epoch, clock)
         log_final(log, step, final_train, final_test)
-        # the file records the inputs' normalisation too: `reslab eval runs/NAME` needs nothing else
-        norm = Normalization(cfg.data, train_data.mean, train_data.std)
-        save_weights(model, run_dir / runs.WEIGHTS, normalization=norm)
+        log.hparams(
+            cfg.to_dict(),
+            {f"final/{k[6:]}": v for k, v in summary.items() if k.startswith("final_")},
+        )
+        save_weights(model, run_dir / runs.WEIGHTS)
         write_json(run_dir / runs.SUMMARY, summary)
     log.close()
-    return summary
+    model.eval()
+    return TrainResult(summary, run_dir, lambda: model)
 
 
 def _first(data: ImageData | None, limit: int) -> ImageData | None:
@@ -212,6 +284,49 @@ def _first(data: ImageData | None, limit: int) -> ImageData | None:
     if data is None or not limit or len(data) <= limit:
         return data
     return data.subset(torch.arange(limit))
+
+
+def load_trained(
+    weights: Path, cfg: TrainConfig | None, model: nn.Module | None = None
+) -> nn.Module:
+    """The trained model of a weights file, in eval mode: `model` with the weights loaded into it,
+    else the model the file records (`create_saved`). Its `normalization` is the input
+    normalisation the file records, else (a run saved before reslab recorded it) recomputed from
+    `cfg`'s data."""
+    model = create_saved(weights) if model is None else load_weights(model, weights)
+    if model.normalization is None and cfg is not None:
+        train_data = load_data(cfg)[0]
+        model.normalization = Normalization(cfg.data, train_data.mean, train_data.std)
+    return model.eval()
+
+
+def _check_module(model: nn.Module, data: ImageData, grad_checkpoint: int) -> nn.Module:
+    """A one-line ValueError unless `model` takes `data`'s images and gives one logit per class (two
+    images through it in eval mode, which changes no running statistics)."""
+    if grad_checkpoint:
+        model.set_grad_checkpointing(grad_checkpoint)  # type: ignore[operator]
+    p = next(model.parameters(), None)
+    x = data.images[:2].float().to(p.device if p is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as err:
+        shape = "x".join(map(str, data.images.shape[1:]))
+        raise ValueError(
+            f"{type(model).__name__} cannot take {data.name}'s {shape} images (C x H x W): "
+            f"{' '.join(str(err).split())[:200]}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.shape != (len(x), len(data.classes)):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{type(model).__name__} gives {got} for 2 images; training on {data.name} needs "
+            f"logits of shape (2, {len(data.classes)}), one per class"
+        )
+    return model
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, d: distributed.Dist) -> nn.Module:
@@ -337,11 +452,18 @@ def _warn_if_fragmenting(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def _resume(
-    run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, main: bool
+    run_dir: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    main: bool,
+    total: int,
 ) -> tuple[int, Path | None, int | None]:
     """On --resume, restore the newest checkpoint that reads back whole; returns (step, its folder,
     the step where a conditional warm-up ended or None), or (0, None, None). Newer damaged ones are
-    renamed aside (`main` only), with a warning each."""
+    renamed aside (`main` only), with a warning each. A run resumed with another length (`total`
+    steps, from --iters or --epochs) goes on with the schedule of the new length, with a warning
+    that says how its learning rate moves; one past the new length is refused."""
     root = run_dir / runs.CHECKPOINTS
     damaged: list[tuple[Path, DamagedCheckpoint]] = []
     for path in reversed(list_checkpoints(root) if cfg.resume else []):
@@ -362,6 +484,12 @@ def _resume(
                 f"--resume: {err}; moved {bad.name} aside to {aside} and resumed from {path.name}",
                 stacklevel=4,
             )
+        if state["step"] > total:
+            raise ValueError(
+                f"--resume: {path} is at step {state['step']}, past the {total} steps asked for; "
+                "a run can be made longer, not shorter (use another --name)"
+            )
+        _warn_if_rescheduled(path, state, total, cfg, warmup_end, main)
         return state["step"], path, warmup_end
     if damaged:
         raise ValueError(
@@ -370,6 +498,33 @@ def _resume(
             + "; they are left as they are (delete them and rerun with --resume to start over)"
         )
     return 0, None, None
+
+
+def _warn_if_rescheduled(
+    path: Path, state: dict, total: int, cfg: TrainConfig, warmup_end: int | None, main: bool
+) -> None:
+    """A warning when a run resumes with another length than its checkpoint was written for: the
+    learning rate is a pure function of (step, total), so the rest of the run follows the schedule
+    of the new length, from the checkpoint's step on (timm's --resume with more --epochs does too)."""
+    old, step = state.get("total"), state["step"]
+    if not main or not isinstance(old, int) or old == total:
+        return
+    was, now = lr_at(min(step, old - 1), old, cfg, warmup_end), lr_at(step, total, cfg, warmup_end)
+    warnings.warn(
+        f"--resume: {path.parent.parent.name} was scheduled for {old} steps and goes on to "
+        f"{total}: from step {step} the learning rate follows the {cfg.schedule} schedule of "
+        f"{total} steps (lr {now:g} now; the {old}-step schedule was at {was:g})",
+        stacklevel=5,
+    )
+
+
+def _keep_earlier_summary(run_dir: Path, step: int, total: int) -> None:
+    """A finished run made longer keeps the summary of its first length beside it, as
+    `summary-<steps>.json`: the run is unfinished again until the new summary is written."""
+    done = runs.read_summary(run_dir) if step < total else None
+    if done and done.get("status") == "completed" and isinstance(done.get("steps"), int):
+        summary = run_dir / runs.SUMMARY
+        summary.replace(summary.with_name(f"{summary.stem}-{done['steps']}{summary.suffix}"))
 
 
 def _restore_rng(path: Path, state: dict) -> None:
@@ -388,9 +543,14 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
             f"run folder {run_dir} already exists; pass --resume to continue it "
             "or --name to start another"
         )
+    old = {**TrainConfig().to_dict(), **runs.read_config(run_dir)}  # absent key: its default
+    # the run's length may change: a longer run goes on from its last checkpoint (`_resume`)
+    longer = (run_dir / runs.CONFIG).exists() and any(
+        _norm(old[k]) != _norm(getattr(cfg, k)) for k in ("iters", "epochs")
+    )
     if (run_dir / runs.CONFIG).exists():
-        old = {**TrainConfig().to_dict(), **runs.read_config(run_dir)}  # absent key: its default
-        volatile = {"resume", "progress", "device", "num_threads", "compile"}
+        volatile = {"resume", "progress", "log_lines", "device", "num_threads", "compile"}
+        volatile |= {"iters", "epochs"}
         diff = sorted(
             k
             for k in old
@@ -412,7 +572,7 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
                 + ", ".join(f"{k} {getattr(cfg, k)!r}" for k in diff)
                 + "; use another --name"
             )
-        return done
+        return None if longer else done
     return None
 
 

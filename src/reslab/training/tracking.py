@@ -1,11 +1,17 @@
-"""What a run leaves behind: metrics as JSON lines, TensorBoard events, provenance, summary.
+"""What a run leaves behind: metrics as JSON lines and as CSV, TensorBoard events (scalars, and the
+config with the final numbers as hparams), provenance, summary.
 
-Only the logging process (rank 0) writes. On resume, metric lines past the checkpoint's step are
-dropped so the file reads as one uninterrupted run.
+Only the logging process (rank 0) writes. On resume, metric lines past the checkpoint's step (and a
+`final` line, which the resumed run writes anew) are dropped so the file reads as one uninterrupted
+run. `metrics.csv` is the same lines as a table (one column per key, empty where a line has none, as
+Lightning's CSVLogger writes it), rewritten from the JSON lines whenever the log closes; a study's
+`results.csv` is one row per run (`write_results_csv`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -51,10 +57,62 @@ class RunLog:
             self._tb = SummaryWriter(log_dir=str(self.run_dir))
         return self._tb
 
+    def hparams(self, config: dict, metrics: dict[str, float]) -> None:
+        """The run's config and final numbers in TensorBoard's HParams tab (the metrics' tags are
+        scalars this log wrote, e.g. "final/test_error"), in the run's own event file."""
+        if not self.active:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        plain = (bool, int, float, str)
+        values = {
+            k: v if isinstance(v, plain) else json.dumps(v)
+            for k, v in config.items()
+            if v is not None
+        }
+        writer = self._writer().file_writer
+        for part in hparams(values, metrics):
+            writer.add_summary(part)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.active and self.path.exists():
+            write_metrics_csv(self.run_dir)
+
+
+def write_metrics_csv(run_dir: Path) -> Path:
+    """`<run_dir>/metrics.csv` from its metrics.jsonl: one row per line, columns kind, step, then
+    every other key in the order first seen."""
+    rows = runs.read_metrics(run_dir)
+    return runs.write_text(run_dir / METRICS_CSV, _csv(rows, ["kind", "step"]))
+
+
+def write_results_csv(study_dir: Path) -> Path:
+    """`<study_dir>/results.csv`: one row per run of a study, its config's model and seed and its
+    summary's numbers (final errors and losses, steps, status, time), for a spreadsheet or pandas."""
+    rows = []
+    for run_dir in runs.run_dirs(study_dir):
+        summary = runs.read_summary(run_dir) or {"status": "unfinished"}
+        config = runs.read_config(run_dir)
+        row = {"run": run_dir.name, "model": config.get("model"), "seed": config.get("seed")}
+        row.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+        rows.append(row)
+    return runs.write_text(study_dir / RESULTS_CSV, _csv(rows, ["run", "model", "seed"]))
+
+
+METRICS_CSV = "metrics.csv"
+RESULTS_CSV = "results.csv"
+
+
+def _csv(rows: list[dict], first: list[str]) -> str:
+    columns = list(dict.fromkeys([*first, *(k for row in rows for k in row)]))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def _truncate_after(path: Path, step: int) -> None:
@@ -64,7 +122,8 @@ def _truncate_after(path: Path, step: int) -> None:
     keep = []
     for k, (i, line) in enumerate(lines):
         try:
-            before = json.loads(line)["step"] <= step
+            record = json.loads(line)
+            before = record["step"] <= step and record.get("kind") != "final"  # written anew
         except (ValueError, KeyError, TypeError):
             if k == len(lines) - 1:
                 break

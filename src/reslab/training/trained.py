@@ -18,7 +18,7 @@ from reslab.data import ImageData, Normalization, load_dataset, subtract_mean_im
 from reslab.training import distributed, runs
 from reslab.training.config import TrainConfig, check_model_args
 from reslab.training.evaluation import evaluate
-from reslab.training.loop import load_data
+from reslab.training.loop import load_trained
 
 
 def load_run(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig | None]:
@@ -30,7 +30,7 @@ def load_run(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig | None]:
     the weights file, or for a run from before reslab recorded it, recomputed from the run's config
     and data. `path` may also be a weights file: its run folder's config comes with it when it is
     one's model.safetensors, else the config is None."""
-    from reslab.models.weights import create_saved
+    from reslab.models.weights import saved_settings
 
     path = Path(path)
     weights = path / runs.WEIGHTS if path.is_dir() else path
@@ -42,11 +42,13 @@ def load_run(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig | None]:
     cfg = None
     if run_dir is not None and (run_dir / runs.CONFIG).is_file():
         cfg = TrainConfig.from_dict(runs.read_config(run_dir))
-    model = create_saved(weights)
-    if model.normalization is None and cfg is not None:  # saved before reslab recorded it
-        train_data = load_data(cfg)[0]
-        model.normalization = Normalization(cfg.data, train_data.mean, train_data.std)
-    return model.eval(), cfg
+    if cfg is not None and saved_settings(weights)[0] is None:  # train(cfg, model=your_module)
+        raise ValueError(
+            f"{run_dir} holds the weights of a {cfg.model} trained with train(cfg, model=...), "
+            f"which reslab cannot rebuild: build that module again and load them with "
+            f"reslab.load_weights(module, {str(weights)!r})"
+        )
+    return load_trained(weights, cfg), cfg
 
 
 def evaluate_weights(
