@@ -163,13 +163,13 @@ def test_a_full_disk_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch
     path = runs.write_json(tmp_path / runs.SUMMARY, {"status": "completed"})
     before = path.read_bytes()
 
-    def full(self, text, *args, **kwargs):
-        with open(self, "w") as f:
-            f.write(text[:3])  # part of it lands, then the disk is full
+    def full(self, data, *args, **kwargs):
+        with open(self, "wb") as f:
+            f.write(data[:3])  # part of it lands, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=f"^could not write {path}: No space left"):
         runs.write_json(path, {"status": "diverged"})
     monkeypatch.undo()
     assert path.read_bytes() == before

@@ -29,7 +29,6 @@ import pickle
 import pickletools
 import re
 import reprlib
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -41,7 +40,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from reslab import __version__
+from reslab import __version__, atomic
 
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
@@ -204,7 +203,7 @@ def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = Tr
 def save_weights(
     model: nn.Module, path: str | os.PathLike, normalization: Normalization | None = None
 ) -> Path:
-    """Write `model`'s state dict to a safetensors file, atomically (temp file, fsync, rename).
+    """Write `model`'s state dict to a safetensors file, atomically (`reslab.atomic`).
 
     The metadata (`metadata(model)`) records the model's name, classes, input size and options, and
     `normalization`, the input normalisation it was trained with (default: `model.normalization`,
@@ -215,26 +214,7 @@ def save_weights(
         for k, v in model.state_dict().items()
     }
     data = safetensors.torch.save(tensors, metadata=metadata(model, normalization))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() would: mkstemp's 0600 hides it from the group
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    return atomic.write_bytes(path, data)
 
 
 def metadata(model: nn.Module, normalization: Normalization | None = None) -> dict[str, str]:
@@ -477,10 +457,3 @@ def _few(what: str, keys: list[str], shown: int = 4) -> str:
         return ""
     more = ", ..." if len(keys) > shown else ""
     return f"{len(keys)} {what} ({', '.join(keys[:shown])}{more})"
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

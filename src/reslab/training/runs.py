@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from reslab import atomic
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -106,19 +107,12 @@ def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file.
 
     `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
-    return write_text(path, json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
+    return atomic.write_text(path, json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (temp file + rename): a failure leaves the old file whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:  # a full disk leaves the old file and no half-written temp behind
-        tmp.unlink(missing_ok=True)
-    return path
+write_text = (
+    atomic.write_text
+)  # atomically: a failure leaves the old file whole, one line naming it
 
 
 def read_json(path: str | Path) -> dict:

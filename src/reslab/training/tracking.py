@@ -7,7 +7,6 @@ dropped so the file reads as one uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 import reslab
+from reslab import atomic
 from reslab.training import allocator, precision, runs
 
 
@@ -31,14 +31,13 @@ class RunLog:
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
         elif resume_step is None:
-            self.path.write_text("")
+            atomic.write_text(self.path, "")
 
     def write(self, kind: str, step: int, **values: float) -> None:
         if not self.active:
             return
         line = {"kind": kind, "step": step, **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        atomic.append_text(self.path, json.dumps(line) + "\n")
         tb = self._writer()
         for key, value in values.items():
             if key not in ("epoch", "time") and isinstance(value, (int, float)):
@@ -74,9 +73,7 @@ def _truncate_after(path: Path, step: int) -> None:
             ) from None
         if before:
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")  # replaced whole, so a kill now loses no line
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line in keep))  # a kill now loses no line
 
 
 def provenance(device: torch.device) -> dict:
