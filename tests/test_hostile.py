@@ -93,10 +93,10 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
         (["train", "--model-arg", "zero_init_residual=false", "--iters", "1"], "True or False"),
         (
             ["train", "--model", "resmlp-4", "--model-arg", "width=abc", "--iters", "1"],
-            "integer >= 1",
+            "integer from 1 to 65,536",
         ),
-        (["export", "--model", "resnet20", "--in-chans", "-1"], "integer >= 1"),
-        (["export", "--model", "resnet20", "--img-size", "0"], "integers >= 1"),
+        (["export", "--model", "resnet20", "--in-chans", "-1"], "integer from 1 to 4,096"),
+        (["export", "--model", "resnet20", "--img-size", "0"], "integers from 1 to 8,192"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--device", "tpu"], "device must be"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--num-threads", "-1"], "integer >= 0"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "nan"], "finite numbers"),

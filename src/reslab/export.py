@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from reslab import atomic
+from reslab import atomic, limits
 
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # format -> file suffix
 _ONNX_MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph
@@ -133,7 +133,9 @@ def _build(
     typed = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
     typed = {k: v for k, v in typed.items() if v is not None} | overrides
     if weights is None:
-        return create_model(name, **({"in_chans": 3} | typed))
+        typed = {"in_chans": 3} | typed
+        limits.check_model(lambda: create_model(name, **typed), name, training=False)
+        return create_model(name, **typed)
     saved = saved_settings(weights)[1]
     if "img_size" in saved:  # the example input the file asks for is bounded as a typed one
         try:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+MAX_SIDE = 8192  # pixels a side of an image or a model's input
+
 
 def available_memory() -> int | None:
     """Bytes of memory this process may still allocate, or None where the system does not say."""
@@ -42,7 +44,7 @@ def available_memory() -> int | None:
 
 
 def check_memory(nbytes: int, what: str, hint: str = "") -> None:
-    """A one-line MemoryError-free refusal: ValueError when `nbytes` exceed the memory available."""
+    """A one-line refusal before allocating: ValueError when `nbytes` exceed the memory available."""
     free = available_memory()
     if free is not None and nbytes > free:
         raise ValueError(
@@ -78,6 +80,40 @@ def model_size(build: Callable[[], nn.Module], input_size=None) -> tuple[int, in
             for h in hooks:
                 h.remove()
     return params, acts
+
+
+def check_model(
+    build: Callable[[], nn.Module],
+    what: str,
+    input_size=None,
+    batch: int = 0,
+    device: torch.device | str = "cpu",
+    training: bool = True,
+) -> tuple[int, int]:
+    """Refuse, in one line and before the real build, a model that cannot fit: its parameters (4
+    bytes each, three times over when training: weights, gradients, momentum) and, for `batch` > 0,
+    the activations of `batch` images of `input_size` (C, H, W), against the memory of `device`.
+    Returns (parameters, activation elements of one image)."""
+    params, acts = model_size(build, input_size if batch else None)
+    need = 4 * params * (3 if training else 1) + 4 * acts * batch
+    free = device_memory(device)
+    if free is not None and need > free:
+        doing = f"training it at batch {batch}" if training else "building it"
+        size = f"{params:,} parameters" + (f" and {acts:,} activations an image" if batch else "")
+        hint = "; try a smaller model" + (", --batch-size or --grad-checkpoint" if batch else "")
+        raise ValueError(
+            f"{what} has {size}: {doing} needs about {_gib(need)}, more than the {_gib(free)} "
+            f"{torch.device(device)} has free{hint}"
+        )
+    return params, acts
+
+
+def device_memory(device: torch.device | str = "cpu") -> int | None:
+    """Free bytes on `device`: a GPU's own memory, else the memory this process may allocate."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory()
 
 
 def check_int(value: int, name: str, low: int, high: int) -> int:

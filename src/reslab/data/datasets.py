@@ -130,9 +130,6 @@ def _load_digits(split: str) -> ImageData:
     )
 
 
-MAX_SIDE = 8192  # pixels a side an imagefolder may be resized to
-
-
 def _parse_imagefolder(spec: str) -> tuple[Path, tuple[int, int] | None]:
     """'<path>', '<path>@32' or '<path>@32x48' -> (path, (H, W) or None)."""
     m = re.fullmatch(r"(.+?)(?:@(\d+)(?:x(\d+))?)?", spec)
@@ -141,10 +138,10 @@ def _parse_imagefolder(spec: str) -> tuple[Path, tuple[int, int] | None]:
             f"bad imagefolder spec {spec!r}; use imagefolder:<path>, <path>@32 or <path>@32x48"
         )
     size = (int(m[2]), int(m[3] or m[2])) if m[2] else None
-    if size is not None and not all(1 <= s <= MAX_SIDE for s in size):
+    if size is not None and not all(1 <= s <= limits.MAX_SIDE for s in size):
         raise ValueError(
             f"imagefolder size {m[2]}{'x' + m[3] if m[3] else ''} in {spec!r}: each side must be "
-            f"1 to {MAX_SIDE} pixels"
+            f"1 to {limits.MAX_SIDE} pixels"
         )
     return Path(m[1]).expanduser(), size
 

@@ -40,7 +40,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from reslab import __version__, atomic
+from reslab import __version__, atomic, limits
 
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
@@ -131,8 +131,7 @@ def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any)
     if saved:  # settings from a file: build on the meta device first, so no memory is taken yet
         asked = f"{path} metadata: " + ", ".join(f"{k}={v!r}" for k, v in saved.items())
         try:
-            with torch.device("meta"):
-                n = sum(t.numel() for t in create_model(name, **kwargs).state_dict().values())
+            n = limits.model_size(lambda: create_model(name, **kwargs))[0]
         except ValueError as e:
             raise ValueError(f"{e} ({asked})") from None
         if n > _MAX_PARAMS:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from reslab import limits
 from reslab.data import (
     ImageData,
     Loader,
@@ -79,6 +80,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     torch.manual_seed(cfg.seed)
 
     train_data, test_data, val_data = load_data(cfg)
+    limits.check_model(  # on the meta device first: a typo such as width=1000000 fails at once
+        lambda: build_model(cfg, train_data),
+        f"model {cfg.model}",
+        tuple(train_data.images.shape[1:]),
+        0 if cfg.grad_checkpoint else -(-cfg.batch_size // d.world_size),
+        d.device,
+    )
     model = build_model(cfg, train_data).to(d.device)
     _warn_if_fragmenting(cfg, d.device)
     prec = precision.choose(cfg.amp, cfg.channels_last, d.device, precision.has_conv(model))
@@ -142,7 +150,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
         return {**point, "train_eval": score(train_split)} if cfg.eval_train else point
 
     bar = progress_bar(cfg, d, total, step)
-    stats = StepStats(cfg.log_every, d.device, step)  # loss and error since the last train line
+    stats = StepStats(
+        min(cfg.log_every, total), d.device, step
+    )  # loss and error since the last train line
     clock = Clock()
     net.train()
     try:
