@@ -190,13 +190,32 @@ def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = Tr
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
-    problems = [_few(f"shape mismatches, {source} vs model,", shapes)]
+    dtypes = [  # a float parameter from bool, int8 or complex values would load as garbage
+        f"{k} {str(state[k].dtype).removeprefix('torch.')} vs {str(v.dtype).removeprefix('torch.')}"
+        for k, v in expected.items()
+        if k in state and _kind(state[k].dtype) != _kind(v.dtype)
+    ]
+    problems = [
+        _few(f"shape mismatches, {source} vs model,", shapes),
+        _few(f"dtype mismatches, {source} vs model,", dtypes),
+    ]
     if strict:
         problems += [
             _few("missing keys", [k for k in expected if k not in state]),
             _few("unexpected keys", [k for k in state if k not in expected]),
         ]
     return [p for p in problems if p]
+
+
+def _kind(dtype: torch.dtype) -> str:
+    """What values a dtype holds, as far as loading goes: any float loads into a float parameter
+    (load_state_dict casts), any whole number into an integer buffer; bool and complex only into
+    their own kind."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
 
 
 def save_weights(
@@ -289,6 +308,15 @@ def _read(source) -> tuple[dict[str, Tensor], str, dict]:
         raise ValueError(
             f"load_weights: {origin} is not a state dict: {_few('entries are not tensors', not_tensors)}"
         )
+    problems = [  # legal in a torch.save file, but no model's state dict
+        _few("keys are not strings", [reprlib.repr(k) for k in obj if not isinstance(k, str)]),
+        _few("tensors are sparse", [str(k) for k, v in obj.items() if v.layout != torch.strided]),
+        _few("tensors hold no data (meta)", [str(k) for k, v in obj.items() if v.is_meta]),
+    ]
+    if any(problems):
+        raise ValueError(
+            f"load_weights: {origin} is not a state dict: " + "; ".join(p for p in problems if p)
+        )
     return dict(obj), origin, meta
 
 
@@ -314,6 +342,7 @@ def _read_file(path: Path) -> tuple[object, str, dict]:
     try:
         with warnings.catch_warnings():  # its note on the pickle protocol: _refused says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message="Validating sparse tensor")  # refused below
             return torch.load(path, map_location="cpu", weights_only=True), str(path), {}
     except Exception as e:  # a damaged file fails in many ways: RuntimeError, OSError, EOFError...
         raise _refused(path, e) from None

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from reslab.limits import check_int
+from reslab.options import _base_type
 from reslab.training.runs import check_name
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -169,6 +171,7 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp", self.amp, AMP_MODES)
         _choice("augment", self.augment, SWITCHES)
@@ -228,9 +231,35 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
         d = dict(d)
-        if "milestones" in d:
+        if isinstance(d.get("milestones"), list):
             d["milestones"] = tuple(d["milestones"])
         return cls(**d)
+
+
+_KINDS = {  # a field's type -> (the values it takes, how a message names them)
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    bool: ((bool,), "true or false"),
+    dict: ((dict,), "a JSON object of KEY: VALUE"),
+    tuple: ((tuple, list), "a list of numbers"),
+}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds a value of its type (a config.json edited by hand, or from a --config file,
+    may hold "six" for a number): a one-line ValueError naming the field, before any range check."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None and type(None) in typing.get_args(hints[f.name]):
+            continue
+        kinds, what = _KINDS[_base_type(hints[f.name])]
+        ok = isinstance(value, kinds) and (kinds == (bool,) or not isinstance(value, bool))
+        if ok and kinds == (tuple, list):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ValueError(f"{f.name} must be {what}, got {value!r}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -129,9 +129,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     step, resume_from, warmup_end = _resume(run_dir, cfg, model, optimizer, d.is_main)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    # the metrics first: a line that is not a record stops a resume before anything is rewritten
+    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
+    if d.is_main:
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
-    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
 
     net = _wrap(model, cfg, d)  # what the steps call: DDP and torch.compile around `model`
 
@@ -400,11 +402,18 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
         )
     if (run_dir / runs.CONFIG).exists():
         old = {**TrainConfig().to_dict(), **runs.read_config(run_dir)}  # absent key: its default
-        volatile = {"resume", "progress", "device", "num_threads", "compile"}
+        try:  # its values checked as typed ones, naming the file (a hand-edited "lr": "abc")
+            TrainConfig.from_dict({k: v for k, v in old.items() if k in TrainConfig().to_dict()})
+        except ValueError as err:
+            raise ValueError(f"--resume: {run_dir / runs.CONFIG}: {err}") from None
+        # what the run computes, not where it lives: --out and --name found the folder, which may
+        # have moved since, and a data path may be spelled another way ($PWD/data or data)
+        volatile = {"resume", "progress", "device", "num_threads", "compile", "out", "name"}
+        new = cfg.to_dict()
         diff = sorted(
             k
             for k in old
-            if k not in volatile and k in cfg.to_dict() and _norm(old[k]) != _norm(cfg.to_dict()[k])
+            if k not in volatile and k in new and _same(k, old[k]) != _same(k, new[k])
         )
         if diff:
             raise ValueError(
@@ -426,5 +435,16 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
     return None
 
 
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
+def _same(key: str, v):
+    """A config value in the form two spellings of the same setting compare equal in."""
+    if isinstance(v, tuple):
+        return list(v)
+    if key == "data_dir" and isinstance(v, str):
+        return str(Path(v).expanduser().resolve())
+    if key == "data" and isinstance(v, str):
+        kind, colon, spec = v.rpartition(":")
+        if (kind == "imagefolder" and colon) or "/" in v:  # a folder path, not a dataset name
+            path, at, size = (spec if colon else v).rpartition("@")
+            path, size = (path, at + size) if at else (size, "")
+            return f"imagefolder:{Path(path).expanduser().resolve()}{size}"
+    return v

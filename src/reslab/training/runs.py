@@ -158,19 +158,46 @@ def metric_lines(path: str | Path) -> list[tuple[int, str]]:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The lines of a metrics.jsonl file (or of `<run_dir>/metrics.jsonl`) as dicts; a torn last
-    line (a run still writing, or killed) is skipped, a bad line elsewhere is an error."""
+    line (a run still writing, or killed) is skipped, a bad line elsewhere is an error naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
     lines = metric_lines(path)
     out = []
     for k, (i, line) in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            if k < len(lines) - 1:
-                raise ValueError(f"{path} line {i} is not valid JSON") from None
+        record = metric_record(line)
+        if record is not None:
+            out.append(record)
+        elif k < len(lines) - 1:
+            raise ValueError(f"{path} line {i} {NOT_A_RECORD}")
     return out
+
+
+NOT_A_RECORD = "is not a metrics record (a JSON object with a kind, a step and numbers)"
+
+
+def metric_record(line: str) -> dict | None:
+    """The record a metrics line holds, or None when it holds none: not JSON (or nested past what
+    the parser takes), or not an object with a "kind" string, a whole "step" >= 0 and numbers (or
+    null) for its other values, as `RunLog.write` writes them."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+    def number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get("kind"), str)
+        and isinstance(rec.get("step"), int)
+        and not isinstance(rec["step"], bool)
+        and rec["step"] >= 0
+        and all(number(v) for k, v in rec.items() if k not in ("kind", "step"))
+    ):
+        return None
+    return rec
 
 
 # ------------------------------------------------------------------------------------------ run folders

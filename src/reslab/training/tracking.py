@@ -62,16 +62,15 @@ def _truncate_after(path: Path, step: int) -> None:
     lines = runs.metric_lines(path)  # a line that is not UTF-8 stops here, the file untouched
     keep = []
     for k, (i, line) in enumerate(lines):
-        try:
-            before = json.loads(line)["step"] <= step
-        except (ValueError, KeyError, TypeError):
+        record = runs.metric_record(line)
+        if record is None:
             if k == len(lines) - 1:
                 break
             raise ValueError(
-                f"{path} line {i} is not a metrics record; fix or remove that line to resume "
-                "(the file is left as it is)"
-            ) from None
-        if before:
+                f"{path} line {i} {runs.NOT_A_RECORD}; fix or remove that line to resume "
+                "(nothing in the run folder was changed)"
+            )
+        if record["step"] <= step:
             keep.append(line)
     atomic.write_text(path, "".join(line + "\n" for line in keep))  # a kill now loses no line
 

@@ -1,0 +1,171 @@
+"""The second probe of hostile input (issue 23, causes 4 to 9): weights files with legal but
+unexpected contents, JSON read from disk of the wrong shape, messages that do not name the culprit,
+the same folder spelled differently, the process pool, and the small ones. Each case: one line,
+exit 2, and every file that existed before keeps its bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from reslab.cli import main
+from reslab.models import create_model, load_weights
+from reslab.training import runs
+
+DIGITS_NET = dict(num_classes=10, in_chans=1, img_size=8)
+EVAL = ["eval", "--model", "resmlp-4", "--data", "digits"]
+
+
+def one_line_error(capsys, argv) -> str:
+    """The one line of a refused command (exit 2, no traceback, not called a bug)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "Traceback" not in err[0] and "bug in reslab" not in err[0], err
+    return err[0]
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    """Every file under `folder` and its bytes (the empty lock an unfinished run keeps aside)."""
+    files = sorted(folder.rglob("*"))
+    return {p: p.read_bytes() for p in files if p.is_file() and p.name != runs.LOCK}
+
+
+# ------------------------------------------------------------------ 4 weights: legal, unexpected
+
+
+@pytest.fixture(scope="module")
+def state() -> dict:
+    return create_model("resmlp-4", **DIGITS_NET).state_dict()
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8, torch.complex64])
+def test_safetensors_of_the_wrong_dtype_are_refused_not_evaluated(dtype, state, tmp_path, capsys):
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file({k: v.to(dtype) for k, v in state.items()}, path)
+    line = one_line_error(capsys, [*EVAL, "--weights", str(path)])
+    name = str(dtype).removeprefix("torch.")
+    assert f"dtype mismatches, file vs model, (stem.0.weight {name} vs float32" in line
+
+
+def test_a_half_precision_file_still_loads(state, tmp_path):
+    path = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(
+        {k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path
+    )
+    load_weights(create_model("resmlp-4", **DIGITS_NET), path)  # load_state_dict casts
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda sd: {0: torch.zeros(1), **sd}, "1 keys are not strings (0)"),
+        (lambda sd: {(1, 2): torch.zeros(1), **sd}, "1 keys are not strings ((1, 2))"),
+        (lambda sd: {**sd, "x": torch.zeros(3).to_sparse()}, "1 tensors are sparse (x)"),
+        (lambda sd: {k: v.to("meta") for k, v in sd.items()}, "tensors hold no data (meta)"),
+    ],
+    ids=["int-key", "tuple-key", "sparse", "meta"],
+)
+def test_pth_files_with_odd_keys_or_tensors_are_refused(change, expected, state, tmp_path, capsys):
+    path = tmp_path / "w.pth"
+    torch.save(change(dict(state)), path)
+    before = path.read_bytes()
+    line = one_line_error(capsys, [*EVAL, "--weights", str(path)])
+    assert f"{path} is not a state dict: " in line and expected in line
+    assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ 5 JSON read from disk
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> Path:
+    """A run folder as a kill at step 4 of 6 leaves it: checkpoints, metrics, no summary."""
+    out = tmp_path_factory.mktemp("killed")
+    argv = ["train", "--model", "resmlp-4", "--iters", "4", "--eval-every", "2", "--no-progress"]
+    assert main([*argv, "--out", str(out), "--name", "r"]) == 0
+    (out / "r" / runs.SUMMARY).unlink()
+    (out / "r" / runs.WEIGHTS).unlink()
+    return out / "r"
+
+
+RESUME = ["train", "--model", "resmlp-4", "--iters", "4", "--eval-every", "2", "--no-progress"]
+
+
+def resume_argv(run: Path) -> list[str]:
+    return [*RESUME, "--out", str(run.parent), "--name", run.name, "--resume"]
+
+
+@pytest.mark.parametrize(
+    "line", ["[5]", '{"kind": "train", "step": "six"}', '{"step": 1}', "[" * 100_000, '"text"']
+)
+def test_a_metrics_line_of_the_wrong_shape_stops_the_resume_and_changes_nothing(
+    line, killed_run, tmp_path, capsys
+):
+    import shutil
+
+    run = shutil.copytree(killed_run, tmp_path / "r")
+    lines = (run / runs.METRICS).read_text().splitlines()
+    (run / runs.METRICS).write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    before = snapshot(run)
+    err = one_line_error(capsys, resume_argv(run))
+    assert f"{run / runs.METRICS} line 2 is not a metrics record" in err
+    assert snapshot(run) == before  # config.json was rewritten before the check
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("lr", "abc", "lr must be a number, got 'abc'"),
+        ("iters", "six", "iters must be an integer, got 'six'"),
+        ("milestones", 5, "milestones must be a list of numbers, got 5"),
+        ("model_kwargs", [5], "model_kwargs must be a JSON object of KEY: VALUE, got [5]"),
+        ("seed", 1e300, "seed must be an integer, got 1e+300"),
+    ],
+)
+def test_a_config_field_of_the_wrong_type_is_named(
+    field, value, expected, killed_run, tmp_path, capsys
+):
+    import shutil
+
+    run = shutil.copytree(killed_run, tmp_path / "r")
+    cfg = json.loads((run / runs.CONFIG).read_text())
+    (run / runs.CONFIG).write_text(json.dumps({**cfg, field: value}))
+    before = snapshot(run)
+    assert expected in one_line_error(capsys, resume_argv(run))
+    assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------ 7 the same folder, spelled otherwise
+
+
+def test_resume_with_the_out_folder_spelled_otherwise(killed_run, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(killed_run, tmp_path / "runs" / "r")
+    monkeypatch.chdir(tmp_path)
+    argv = [*RESUME, "--name", "r", "--resume"]
+    assert main([*argv, "--out", f"{tmp_path}/runs/"]) == 0  # written with --out <elsewhere>
+    assert runs.status(tmp_path / "runs" / "r") == "completed"
+
+
+def test_a_moved_run_folder_resumes_where_it_now_is(killed_run, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(killed_run, tmp_path / "moved" / "renamed")
+    assert main([*RESUME, "--out", str(moved.parent), "--name", "renamed", "--resume"]) == 0
+    assert runs.read_config(moved)["out"] == str(moved.parent)
+    steps = [m["step"] for m in runs.read_metrics(moved) if m["kind"] == "train"]
+    assert steps == sorted(set(steps))  # resumed, not restarted
+
+
+def test_a_real_difference_is_still_refused(killed_run, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(killed_run, tmp_path / "r")
+    line = one_line_error(capsys, [*resume_argv(run), "--lr", "0.5"])
+    assert f"config of {run} differs in ['lr']" in line
