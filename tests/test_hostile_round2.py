@@ -169,3 +169,64 @@ def test_a_real_difference_is_still_refused(killed_run, tmp_path, capsys):
     run = shutil.copytree(killed_run, tmp_path / "r")
     line = one_line_error(capsys, [*resume_argv(run), "--lr", "0.5"])
     assert f"config of {run} differs in ['lr']" in line
+
+
+# ------------------------------------------------------------------ 8 the process pool
+
+
+def test_a_cell_named_twice_is_trained_once(tmp_path):
+    argv = ["degradation", "--depths", "2", "2", "--seeds", "0", "--archs", "plain", "residual"]
+    argv += ["--iters", "4", "--width", "8", "--jobs", "2", "--log-every", "2", "--eval-every", "2"]
+    with pytest.warns(UserWarning, match="^--depths lists a value twice; each is used once$"):
+        assert main([*argv, "--num-threads", "1", "--out", str(tmp_path), "--name", "d"]) == 0
+    cells = sorted(p.name for p in (tmp_path / "d" / runs.RUNS).iterdir())
+    assert cells == ["plain-2-s0", "residual-2-s0"]
+
+
+def test_train_grid_trains_one_folder_once(tmp_path):
+    from reslab.studies.base import train_grid
+    from reslab.training.config import TrainConfig
+
+    cfg = TrainConfig(model="resmlp-2", iters=2, out=str(tmp_path), name="c", progress=False)
+    seen = []
+    summaries = train_grid([cfg, cfg], jobs=1, on_done=lambda s, t: seen.append(s["name"]))
+    assert seen == ["c"] and summaries[0] is summaries[1]
+
+
+def test_workers_die_with_the_study_process(tmp_path):
+    """kill -9 of a study's main process (the OOM killer) once left its workers training on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys, time\n"
+        "from reslab.studies.base import worker_pool\n"
+        "pool = worker_pool(1)\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "pool.submit(time.sleep, 120)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return False
+            return state != "Z"  # a zombie is dead, waiting for init to reap it
+
+        deadline = time.monotonic() + 20
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(worker)
+    finally:
+        parent.kill()
+        if "worker" in locals() and alive(worker):
+            os.kill(worker, signal.SIGKILL)
