@@ -230,3 +230,56 @@ def test_workers_die_with_the_study_process(tmp_path):
         parent.kill()
         if "worker" in locals() and alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ 6 messages that name the culprit
+
+
+def test_a_summary_with_nan_names_the_file_and_the_field(tmp_path):
+    path = runs.write_json(tmp_path / runs.SUMMARY, {"ok": 1})
+    with pytest.raises(ValueError) as info:
+        runs.write_json(path, {"runs": [{"error": 0.1}, {"error": float("nan")}]}, strict=True)
+    assert str(info.value) == f"cannot write {path}: runs[1].error is nan, which JSON cannot hold"
+    assert json.loads(path.read_text()) == {"ok": 1}
+
+
+def test_a_huge_seed_names_the_option(tmp_path, capsys):
+    argv = [
+        "train",
+        "--model",
+        "resmlp-4",
+        "--iters",
+        "1",
+        "--seed",
+        str(2**64),
+        "--out",
+        str(tmp_path),
+    ]
+    assert "seed must be an integer from 0 to" in one_line_error(capsys, argv)
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ 9 the small ones
+
+
+@pytest.mark.parametrize("where", ["name", "out"])
+def test_an_over_long_name_leaves_no_folder_behind(where, tmp_path, capsys):
+    long = "a" * 300
+    out, name = (tmp_path / "o" / "deep", long) if where == "name" else (tmp_path / "o" / long, "x")
+    argv = ["train", "--model", "resmlp-4", "--iters", "1", "--no-progress"]
+    line = one_line_error(capsys, [*argv, "--out", str(out), "--name", name])
+    assert "at most 255 characters" in line or "File name too long" in line
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "value, on", [("no", False), ("0", False), ("off", False), ("1", True), ("yes", True)]
+)
+def test_reslab_debug_means_what_it_says(value, on, monkeypatch, capsys):
+    monkeypatch.setenv("RESLAB_DEBUG", value)
+    argv = ["train", "--model", "nosuch", "--iters", "1"]
+    if on:
+        with pytest.raises(ValueError, match="unknown model 'nosuch'"):
+            main(argv)
+    else:
+        assert "unknown model 'nosuch'" in one_line_error(capsys, argv)

@@ -40,7 +40,8 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        prefix = f".{path.name[:200]}."  # a long name stays a legal name with the suffixes
+        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     except OSError as err:
         raise _failed(path, err) from None
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,14 +56,22 @@ class Diverged(RuntimeError):
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """`name` if it names one folder (letters, digits and . _ - + =, not "." or ".."), else a one-line
-    ValueError: a run or study name must never lead outside its --out folder."""
+    """`name` if it names one folder (letters, digits and . _ - + =, not "." or "..", at most
+    NAME_MAX bytes), else a one-line ValueError: a run or study name must never lead outside its
+    --out folder, nor fail only when its folder is made."""
     if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise ValueError(
             f"{what} must be one folder name of letters, digits and . _ - + = (not . or ..), "
             f"got {name!r}"
         )
+    if len(name.encode()) > NAME_MAX:
+        raise ValueError(
+            f"{what} must be at most {NAME_MAX} characters (a folder name), got {len(name)}"
+        )
     return name
+
+
+NAME_MAX = 255  # bytes of one file or folder name (Linux, macOS, Windows)
 
 
 @contextlib.contextmanager
@@ -76,8 +85,8 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
 
     run_dir = Path(run_dir)
     new = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders this call creates
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # may fail half way: those made are tidied
         with open(run_dir / LOCK, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,8 +102,9 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
                     (run_dir / LOCK).unlink(missing_ok=True)
                 fcntl.flock(f, fcntl.LOCK_UN)
     finally:
-        if new and [p.name for p in run_dir.iterdir()] == [LOCK]:  # nothing was written: tidy up
-            (run_dir / LOCK).unlink()
+        if new and (not os.path.isdir(run_dir) or [p.name for p in run_dir.iterdir()] == [LOCK]):
+            with contextlib.suppress(OSError):  # nothing was written: tidy up
+                (run_dir / LOCK).unlink()
             for folder in new:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
@@ -106,8 +116,36 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
 def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file.
 
-    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
-    return atomic.write_text(path, json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
+    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader), in one line
+    naming the file and the field."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=not strict)
+    except ValueError:
+        where, value = _not_finite(obj)
+        raise ValueError(
+            f"cannot write {path}: {where} is {value}, which JSON cannot hold"
+        ) from None
+    return atomic.write_text(path, text + "\n")
+
+
+def _not_finite(obj: Any, where: str = "") -> tuple[str, float] | tuple[None, None]:
+    """The first NaN or infinity in a JSON-like `obj`, as ("runs[2].train_error", nan)."""
+    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
+        return where or "the value", obj
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else ()
+    )
+    for k, v in items:
+        found = _not_finite(
+            v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}".lstrip(".")
+        )
+        if found[0] is not None:
+            return found
+    return None, None
 
 
 write_text = (
