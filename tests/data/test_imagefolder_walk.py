@@ -61,9 +61,10 @@ def test_links_out_of_the_folder_are_not_followed(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "outside.png")
     os.symlink(tmp_path / "outside.png", root / "train" / "cat" / "o.png")
     os.symlink(root / "gone.png", root / "train" / "cat" / "m.png")  # inside, but broken
+    os.symlink("self.png", root / "train" / "cat" / "self.png")  # a link to itself
     data, said = _load(root)
     assert len(data) == 6
-    assert f"1 links out of {root.resolve()}" in said[0] and "1 broken links" in said[0]
+    assert f"1 links out of {root.resolve()}" in said[0] and "2 broken links" in said[0]
 
 
 def test_the_same_file_twice_is_read_once_or_refused_across_classes(tmp_path):

@@ -204,7 +204,7 @@ def _image_files(folder: Path, classes: tuple[str, ...], root: Path) -> list[tup
     over is said in one warning; an unreadable folder is an error, not a silent gap."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    root, present = root.resolve(), set(_class_folders(folder))
+    root, present = Path(os.path.realpath(root)), set(_class_folders(folder))
     samples, seen, skipped = [], {}, {}
 
     def skip(why: str, path: str) -> None:
@@ -224,12 +224,13 @@ def _image_files(folder: Path, classes: tuple[str, ...], root: Path) -> list[tup
                 path = os.path.join(top, file)
                 if not file.lower().endswith(IMG_EXTENSIONS):
                     continue
-                if os.path.islink(path) and not Path(path).resolve().is_relative_to(root):
+                # realpath, not resolve(): a link to itself is passed over, not an error
+                if os.path.islink(path) and not Path(os.path.realpath(path)).is_relative_to(root):
                     skip(f"links out of {root}", path)
                     continue
                 try:
                     st = os.stat(path)
-                except FileNotFoundError:
+                except OSError:  # a link to nothing, or to itself
                     skip("broken links", path)
                     continue
                 if not stat.S_ISREG(st.st_mode):
