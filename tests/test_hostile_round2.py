@@ -283,3 +283,16 @@ def test_reslab_debug_means_what_it_says(value, on, monkeypatch, capsys):
             main(argv)
     else:
         assert "unknown model 'nosuch'" in one_line_error(capsys, argv)
+
+
+def test_a_moved_and_renamed_study_folder_is_rerun_without_retraining(tmp_path, monkeypatch):
+    """A study folder is relocatable: its cells resume wherever it now is, however --out is typed."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["degradation", "--depths", "2", "--seeds", "0", "--iters", "4", "--width", "8"]
+    argv += ["--jobs", "1", "--log-every", "2", "--eval-every", "2", "--num-threads", "1"]
+    assert main([*argv, "--out", "runs", "--name", "d"]) == 0
+    (tmp_path / "runs" / "d").rename(tmp_path / "elsewhere")
+    cells = tmp_path / "elsewhere" / runs.RUNS
+    before = {p: p.read_bytes() for p in cells.rglob(runs.METRICS)}
+    assert main([*argv, "--out", str(tmp_path), "--name", "elsewhere"]) == 0
+    assert {p: p.read_bytes() for p in cells.rglob(runs.METRICS)} == before  # nothing retrained
