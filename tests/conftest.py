@@ -1,5 +1,5 @@
-"""Shared test fixtures: a real headless browser (Debian's chromium) to render HTML reports, and one
-torch thread for the tests of tiny models."""
+"""Shared test fixtures: a real headless browser (Debian's chromium) to render HTML reports, one
+torch thread for the tests of tiny models, and a small real disk that fills up."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB tmpfs (needs root, or a container that allows mount)."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(fs)]
+    if shutil.which("mount") is None or subprocess.run(cmd, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield fs
+    finally:
+        subprocess.run(["umount", "--lazy", str(fs)], check=True)  # loaded tensors map its files

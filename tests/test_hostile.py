@@ -93,10 +93,10 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
         (["train", "--model-arg", "zero_init_residual=false", "--iters", "1"], "True or False"),
         (
             ["train", "--model", "resmlp-4", "--model-arg", "width=abc", "--iters", "1"],
-            "integer >= 1",
+            "integer from 1 to 65,536",
         ),
-        (["export", "--model", "resnet20", "--in-chans", "-1"], "integer >= 1"),
-        (["export", "--model", "resnet20", "--img-size", "0"], "integers >= 1"),
+        (["export", "--model", "resnet20", "--in-chans", "-1"], "integer from 1 to 4,096"),
+        (["export", "--model", "resnet20", "--img-size", "0"], "integers from 1 to 8,192"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--device", "tpu"], "device must be"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--num-threads", "-1"], "integer >= 0"),
         (["eval", "--model", "resmlp-4", "--weights", "w", "--std", "nan"], "finite numbers"),
@@ -163,13 +163,13 @@ def test_a_full_disk_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch
     path = runs.write_json(tmp_path / runs.SUMMARY, {"status": "completed"})
     before = path.read_bytes()
 
-    def full(self, text, *args, **kwargs):
-        with open(self, "w") as f:
-            f.write(text[:3])  # part of it lands, then the disk is full
+    def full(self, data, *args, **kwargs):
+        with open(self, "wb") as f:
+            f.write(data[:3])  # part of it lands, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
-    monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=f"^could not write {path}: No space left"):
         runs.write_json(path, {"status": "diverged"})
     monkeypatch.undo()
     assert path.read_bytes() == before

@@ -269,13 +269,16 @@ def _with_metadata(weights: bytes, path: Path, default_cfg) -> Path:
 @pytest.mark.parametrize(
     "default_cfg, expected",
     [
-        (dict(input_size=[1, 100000, 100000]), "metadata: input_size [1, 100000, 100000] asks for"),
-        (dict(width=10**7), "parameters, more than the 2,147,483,648 reslab builds"),
-        (dict(num_classes=10**9), "num_classes=1000000000"),
-        (dict(num_classes=0), "metadata: resmlp-4: num_classes must be an integer >= 1"),
+        (dict(input_size=[1, 100000, 100000]), "metadata: resmlp-4: img_size must be N or (H, W)"),
+        (dict(width=65536), "parameters, more than the 2,147,483,648 reslab builds"),
+        (dict(num_classes=10**9), "num_classes must be an integer from 1 to 1,000,000, got 10"),
+        (
+            dict(num_classes=0),
+            "metadata: resmlp-4: num_classes must be an integer from 1 to 1,000,000",
+        ),
         (dict(input_size=[1, 0, 8]), "metadata: resmlp-4: img_size must be"),
         (dict(input_size=[1, 8]), "metadata: input_size should be [C, H, W]"),
-        (dict(width="wide"), "metadata: resmlp-4: width must be an integer >= 1"),
+        (dict(width="wide"), "metadata: resmlp-4: width must be an integer from 1 to 65,536"),
         (dict(zero_init_residual="no"), "zero_init_residual must be True or False"),
         (dict(shortcut="Z"), "shortcut='Z'"),
         ("{not json", "metadata default_cfg is not valid JSON"),
@@ -296,8 +299,8 @@ def test_export_checks_what_a_weights_file_asks_for(
 
 def test_export_bounds_a_typed_example_input(tmp_path, capsys):
     out = str(tmp_path / "m.pt2")
-    argv = ["export", "--model", "resnet20", "--img-size", "100000", "--out", out]
-    _one_line_error(capsys, argv, "input size [3, 100000, 100000] asks for an example input of")
+    argv = ["export", "--model", "resnet20", "--img-size", "8000", "--in-chans", "8", "--out", out]
+    _one_line_error(capsys, argv, "input size [8, 8000, 8000] asks for an example input of")
     assert not any(tmp_path.iterdir())
 
 

@@ -226,7 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # a bare `reslab`: what it can do, as `reslab --help`
         parser.print_help()
         return 0
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
     opts = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     try:
         if args.command in studies.NAMES:

@@ -12,6 +12,7 @@ input to 2**28 elements (typed sizes too), the model the metadata describes to 2
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.export import Dim
+
+from reslab import atomic, limits
 
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}  # format -> file suffix
 _ONNX_MAX_BYTES = 2**31 - 2**26  # protobuf's 2 GB limit, with room for the graph
@@ -81,14 +84,17 @@ def export_model(
 
     # the batch stays dynamic; height and width too where the model allows (torch.export decides)
     shapes = ({0: Dim("batch")} | ({2: Dim.AUTO, 3: Dim.AUTO} if x.dim() == 4 else {}),)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         if format == "torch-export":
-            torch.export.save(torch.export.export(model, (x,), dynamic_shapes=shapes), path)
+            # into memory first: torch's zip writer aborts the process when the disk fills up
+            buffer = io.BytesIO()
+            torch.export.save(torch.export.export(model, (x,), dynamic_shapes=shapes), buffer)
+            atomic.write_bytes(path, buffer.getvalue())
         else:
-            _save_onnx(model, x, shapes, path, opset)
+            with atomic.replacing(path) as tmp:
+                _save_onnx(model, x, shapes, tmp, opset)
     finally:
         model.train(was_training)
     return path
@@ -127,7 +133,9 @@ def _build(
     typed = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
     typed = {k: v for k, v in typed.items() if v is not None} | overrides
     if weights is None:
-        return create_model(name, **({"in_chans": 3} | typed))
+        typed = {"in_chans": 3} | typed
+        limits.check_model(lambda: create_model(name, **typed), name, training=False)
+        return create_model(name, **typed)
     saved = saved_settings(weights)[1]
     if "img_size" in saved:  # the example input the file asks for is bounded as a typed one
         try:

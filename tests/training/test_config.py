@@ -117,7 +117,7 @@ def test_onecycle_and_cosine_shapes():
     "bad, message",
     [
         (dict(schedule="linear"), "schedule must be one of"),
-        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(batch_size=0), "batch_size must be an integer from 1 to 1,048,576, got 0"),
         (dict(milestones=(0.8, 0.5)), "milestones"),
         (dict(iters=0, epochs=0), "run length"),
         (dict(name="a/b"), "one folder name"),

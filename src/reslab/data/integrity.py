@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +20,8 @@ import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from reslab import atomic
 
 CACHE_NAME = ".reslab-md5.json"
 _memo: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> md5, for this process
@@ -44,12 +47,8 @@ def _write_cache(folder: Path, cache: dict) -> None:
     # too, since root may write anywhere but should leave a folder marked read-only alone.
     if not os.access(folder, os.W_OK) or not folder.stat().st_mode & stat.S_IWUSR:
         return
-    tmp = folder / f"{CACHE_NAME}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, folder / CACHE_NAME)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        atomic.write_text(folder / CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True))
 
 
 def cached_md5(path: Path, content: Callable[[], bytes] | None = None) -> str:

@@ -81,7 +81,7 @@ def stored_table() -> list[dict]:
 def write_table(path: Path = TABLE) -> Path:
     """Compute `model_table` of every registered model and store it (after changing a model:
     `python -c "from reslab.models.flops import write_table; write_table()"`)."""
+    from reslab import atomic
     from reslab.models.registry import list_models
-    from reslab.training.runs import write_text
 
-    return write_text(path, json.dumps(model_table(list_models()), indent=1) + "\n")
+    return atomic.write_text(path, json.dumps(model_table(list_models()), indent=1) + "\n")

@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from reslab.limits import MAX_SIDE
 from reslab.models import variants
 from reslab.models.blocks import ResidualBlock
 from reslab.models.features import FeatureExtractor, Indices
@@ -78,13 +79,23 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted((n for n in _REGISTRY if fnmatch.fnmatch(n, pattern)), key=_natural)
 
 
+MAX_DEPTH = 20_000  # layers: twice the deepest net a study builds (the depth study's 10,000)
+# sizes a model may be asked for (the memory they need is checked before building: reslab.limits)
+MAX_CLASSES, MAX_CHANS, MAX_WIDTH = 1_000_000, 4096, 65536
+
+
 def resolve(name: str) -> tuple[Family, int, bool]:
-    """(family, depth, residual?) of a model name; ValueError for an unknown name."""
+    """(family, depth, residual?) of a model name; ValueError for an unknown name or a depth over
+    MAX_DEPTH (a net of two billion layers would take hours to build before failing)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     m = re.fullmatch(r"([a-z_]+)-(\d+)", name)
     if m and m[1] in _ANY_DEPTH:
         fam = _ANY_DEPTH[m[1]]
+        if int(m[2]) > MAX_DEPTH:
+            raise ValueError(
+                f"{name}: depth {int(m[2]):,} is more than the {MAX_DEPTH:,} reslab builds"
+            )
         return fam, int(m[2]), m[1] == fam.residual
     close = difflib.get_close_matches(name, _REGISTRY, n=2)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -185,16 +196,23 @@ def _is_int(x: Any) -> bool:
 
 
 def _check_sizes(name: str, num_classes: Any, in_chans: Any, img_size: Any) -> None:
-    """Sizes are whole numbers >= 1, whether typed by a user or read from a file."""
-    if num_classes is not None and not (_is_int(num_classes) and num_classes >= 1):
-        raise ValueError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
-    if not (_is_int(in_chans) and in_chans >= 1):
-        raise ValueError(f"{name}: in_chans must be an integer >= 1, got {in_chans!r}")
+    """Sizes are whole numbers in a sane range, whether typed by a user or read from a file."""
+    if num_classes is not None and not (_is_int(num_classes) and 1 <= num_classes <= MAX_CLASSES):
+        raise ValueError(
+            f"{name}: num_classes must be an integer from 1 to {MAX_CLASSES:,}, got {num_classes!r}"
+        )
+    if not (_is_int(in_chans) and 1 <= in_chans <= MAX_CHANS):
+        raise ValueError(
+            f"{name}: in_chans must be an integer from 1 to {MAX_CHANS:,}, got {in_chans!r}"
+        )
     sizes = img_size if isinstance(img_size, (tuple, list)) else (img_size,)
     if img_size is not None and not (
-        len(sizes) in (1, 2) and all(_is_int(v) and v >= 1 for v in sizes)
+        len(sizes) in (1, 2) and all(_is_int(v) and 1 <= v <= MAX_SIDE for v in sizes)
     ):
-        raise ValueError(f"{name}: img_size must be N or (H, W), integers >= 1, got {img_size!r}")
+        raise ValueError(
+            f"{name}: img_size must be N or (H, W), integers from 1 to {MAX_SIDE:,}, "
+            f"got {img_size!r}"
+        )
 
 
 def _check_types(name: str, overrides: dict) -> None:
@@ -202,8 +220,10 @@ def _check_types(name: str, overrides: dict) -> None:
         if key in overrides and not isinstance(overrides[key], bool):
             raise ValueError(f"{name}: {key} must be True or False, got {overrides[key]!r}")
     for key in _INT_OPTIONS:
-        if key in overrides and not (_is_int(overrides[key]) and overrides[key] >= 1):
-            raise ValueError(f"{name}: {key} must be an integer >= 1, got {overrides[key]!r}")
+        if key in overrides and not (_is_int(overrides[key]) and 1 <= overrides[key] <= MAX_WIDTH):
+            raise ValueError(
+                f"{name}: {key} must be an integer from 1 to {MAX_WIDTH:,}, got {overrides[key]!r}"
+            )
 
 
 def create_model(

@@ -29,7 +29,6 @@ import pickle
 import pickletools
 import re
 import reprlib
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -41,7 +40,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from reslab import __version__
+from reslab import __version__, atomic, limits
 
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
@@ -132,8 +131,7 @@ def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any)
     if saved:  # settings from a file: build on the meta device first, so no memory is taken yet
         asked = f"{path} metadata: " + ", ".join(f"{k}={v!r}" for k, v in saved.items())
         try:
-            with torch.device("meta"):
-                n = sum(t.numel() for t in create_model(name, **kwargs).state_dict().values())
+            n = limits.model_size(lambda: create_model(name, **kwargs))[0]
         except ValueError as e:
             raise ValueError(f"{e} ({asked})") from None
         if n > _MAX_PARAMS:
@@ -192,7 +190,15 @@ def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = Tr
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
-    problems = [_few(f"shape mismatches, {source} vs model,", shapes)]
+    dtypes = [  # a float parameter from bool, int8 or complex values would load as garbage
+        f"{k} {str(state[k].dtype).removeprefix('torch.')} vs {str(v.dtype).removeprefix('torch.')}"
+        for k, v in expected.items()
+        if k in state and _kind(state[k].dtype) != _kind(v.dtype)
+    ]
+    problems = [
+        _few(f"shape mismatches, {source} vs model,", shapes),
+        _few(f"dtype mismatches, {source} vs model,", dtypes),
+    ]
     if strict:
         problems += [
             _few("missing keys", [k for k in expected if k not in state]),
@@ -201,10 +207,21 @@ def mismatches(state: Mapping, expected: Mapping, source: str, strict: bool = Tr
     return [p for p in problems if p]
 
 
+def _kind(dtype: torch.dtype) -> str:
+    """What values a dtype holds, as far as loading goes: any float loads into a float parameter
+    (load_state_dict casts), any whole number into an integer buffer; bool and complex only into
+    their own kind."""
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
 def save_weights(
     model: nn.Module, path: str | os.PathLike, normalization: Normalization | None = None
 ) -> Path:
-    """Write `model`'s state dict to a safetensors file, atomically (temp file, fsync, rename).
+    """Write `model`'s state dict to a safetensors file, atomically (`reslab.atomic`).
 
     The metadata (`metadata(model)`) records the model's name, classes, input size and options, and
     `normalization`, the input normalisation it was trained with (default: `model.normalization`,
@@ -215,26 +232,7 @@ def save_weights(
         for k, v in model.state_dict().items()
     }
     data = safetensors.torch.save(tensors, metadata=metadata(model, normalization))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as open() would: mkstemp's 0600 hides it from the group
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    return atomic.write_bytes(path, data)
 
 
 def metadata(model: nn.Module, normalization: Normalization | None = None) -> dict[str, str]:
@@ -310,6 +308,15 @@ def _read(source) -> tuple[dict[str, Tensor], str, dict]:
         raise ValueError(
             f"load_weights: {origin} is not a state dict: {_few('entries are not tensors', not_tensors)}"
         )
+    problems = [  # legal in a torch.save file, but no model's state dict
+        _few("keys are not strings", [reprlib.repr(k) for k in obj if not isinstance(k, str)]),
+        _few("tensors are sparse", [str(k) for k, v in obj.items() if v.layout != torch.strided]),
+        _few("tensors hold no data (meta)", [str(k) for k, v in obj.items() if v.is_meta]),
+    ]
+    if any(problems):
+        raise ValueError(
+            f"load_weights: {origin} is not a state dict: " + "; ".join(p for p in problems if p)
+        )
     return dict(obj), origin, meta
 
 
@@ -335,6 +342,7 @@ def _read_file(path: Path) -> tuple[object, str, dict]:
     try:
         with warnings.catch_warnings():  # its note on the pickle protocol: _refused says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            warnings.filterwarnings("ignore", message="Validating sparse tensor")  # refused below
             return torch.load(path, map_location="cpu", weights_only=True), str(path), {}
     except Exception as e:  # a damaged file fails in many ways: RuntimeError, OSError, EOFError...
         raise _refused(path, e) from None
@@ -477,10 +485,3 @@ def _few(what: str, keys: list[str], shown: int = 4) -> str:
         return ""
     more = ", ..." if len(keys) > shown else ""
     return f"{len(keys)} {what} ({', '.join(keys[:shown])}{more})"
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

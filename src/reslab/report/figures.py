@@ -17,6 +17,8 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from reslab import atomic
+
 STYLE = {
     "font.size": 9.5,
     "axes.titlesize": 11,
@@ -53,10 +55,9 @@ def figure(ncols: int = 1, *, width: float = 5.0, height: float = 3.6, sharey: b
 
 def save(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as a PNG at the shared resolution and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return Path(path)
 
 
 def depth_colors(depths: Sequence[int]) -> dict[int, tuple]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from reslab import atomic
 from reslab.training import runs
 
 TONES = ("good", "bad", "warn", "neutral")
@@ -253,10 +254,7 @@ class Page:
 
     def write(self, path: str | Path) -> Path:
         """Render and write the page; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.render(), encoding="utf-8")
-        return path
+        return atomic.write_text(path, self.render())
 
 
 def join_values(values) -> str:

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
         else:
             values["name"] = preset if "data" not in options else f"{preset}-{options['data']}"
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    for key, value in values.items():  # `--depths 2 2`: a cell named twice is one cell
+        if isinstance(value, tuple) and len(set(map(repr, value))) < len(value):
+            values[key] = tuple({repr(v): v for v in value}.values())
+            warnings.warn(
+                f"--{key.replace('_', '-')} lists a value twice; each is used once", stacklevel=2
+            )
     runs.check_name(values["name"], "study name")
     train = dict(values["train"])
     resolve(train.pop("preset", None), **train)  # a bad engine option fails first, in one line
@@ -242,7 +249,13 @@ def train_grid(
     """Train every config under the divergence policy (module docstring); returns summaries in order.
 
     Finished runs return at once, unfinished ones resume. With `jobs` > 1 the runs go to that many
-    spawned processes, each with cores // jobs threads; with one job the runs show a progress bar."""
+    spawned processes, each with cores // jobs threads; with one job the runs show a progress bar.
+    Configs of one run folder (a grid that names a cell twice) are trained once."""
+    folders = [Path(c.out) / c.run_name for c in configs]
+    if len(set(folders)) < len(folders):  # two workers on one folder would fail on its lock
+        unique = {f: c for f, c in zip(folders, configs, strict=True)}
+        by_folder = dict(zip(unique, train_grid(list(unique.values()), jobs, on_done), strict=True))
+        return [by_folder[f] for f in folders]
     on_done = on_done or print_run
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     t0 = time.perf_counter()
@@ -272,13 +285,36 @@ def train_grid(
     # the longest runs first (their timed estimates), so that no core idles at the end while one
     # deep run finishes alone: 10-15% less wall time for a depth grid on two cores
     first = [i for i in range(len(configs)) if i not in eta.order]
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(jobs) as pool:
         futures = {
             pool.submit(_train_one, configs[i], threads, False): i for i in first + eta.order
         }
         for fut in cf.as_completed(futures):
             done(futures[fut], fut.result())
     return results  # type: ignore[return-value]
+
+
+def worker_pool(jobs: int) -> cf.ProcessPoolExecutor:
+    """`jobs` spawned worker processes that exit when this process is gone: killed with -9 (what
+    the OOM killer does), it cannot tell them to stop, and they would train on into its folder."""
+    context = multiprocessing.get_context("spawn")
+    return cf.ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: a thread that ends the process within half a second of its parent's death (the
+    worker is then re-parented, so its parent id changes). Its run keeps its last checkpoint, and
+    the lock the OS releases lets the rerun resume it."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:

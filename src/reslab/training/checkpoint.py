@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from reslab import atomic
 from reslab.models.weights import mismatches
 from reslab.training.runs import read_json
 
@@ -47,30 +48,21 @@ def save_checkpoint(
     naming the checkpoint that is still intact."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        tensors, groups = _flatten_optimizer(optimizer)
-        save_file(_contiguous(model.state_dict()), tmp / MODEL)
-        save_file(tensors, tmp / OPTIMIZER)
-        state = dict(trainer_state, step=step, param_groups=groups)
-        (tmp / TRAINER).write_text(json.dumps(state))
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
-        shutil.rmtree(tmp, ignore_errors=True)
+    try:  # a previous attempt at this very step that completed is replaced
+        with atomic.replacing(final) as tmp:
+            tmp.mkdir()
+            tensors, groups = _flatten_optimizer(optimizer)
+            save_file(_contiguous(model.state_dict()), tmp / MODEL)
+            save_file(tensors, tmp / OPTIMIZER)  # a full disk: SafetensorError, read by atomic
+            state = dict(trainer_state, step=step, param_groups=groups)
+            (tmp / TRAINER).write_text(json.dumps(state))
+    except atomic.WriteFailed as err:
         raise _write_failed(ckpt_root, final.name, err) from None
-    if final.exists():  # a previous attempt at this very step completed; replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync(ckpt_root)
     for old in list_checkpoints(ckpt_root)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     # Temporary folders of killed writes. No live writer can own one: training holds the run
     # folder's lock (reslab.training.runs.lock) and only the logging rank saves.
-    for stale in ckpt_root.glob(".tmp-step-*"):
+    for stale in ckpt_root.glob(".step-*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
 
@@ -125,13 +117,9 @@ def set_aside(path: Path) -> Path:
     return aside
 
 
-def _write_failed(ckpt_root: Path, name: str, err: Exception) -> OSError:
+def _write_failed(ckpt_root: Path, name: str, err: atomic.WriteFailed) -> OSError:
     """The one-line error of a checkpoint that could not be written, saying what is left."""
-    if isinstance(err, OSError):
-        code, reason = err.errno, err.strerror or str(err)
-    else:  # "Error while serializing: I/O error: No space left on device (os error 28)"
-        m = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(err))
-        code, reason = (int(m[2]), m[1]) if m else (None, str(err))
+    code, reason = err.errno, err.reason
     kept = list_checkpoints(ckpt_root)
     left = (
         f"the previous checkpoint ({kept[-1].name}) is intact" if kept else "no checkpoint is kept"
@@ -196,11 +184,3 @@ def _lay_out_like_params(optimizer: torch.optim.Optimizer) -> None:
 
 def _contiguous(sd: dict) -> dict:
     return {k: v.detach().contiguous() for k, v in sd.items()}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

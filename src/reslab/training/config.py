@@ -14,15 +14,40 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from reslab.limits import check_int
+from reslab.options import _base_type
 from reslab.training.runs import check_name
 
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCHES = ("auto", "on", "off")
 NORMALIZATIONS = ("channel", "pixel-mean")
+
+
+# Whole-number options and their sane ranges: a typo such as 10**12 iterations between log lines is
+# refused before anything is allocated or run. Counts of steps up to a billion; of images up to 2**31.
+_STEPS, _IMAGES = 10**9, 2**31
+INT_RANGES = {
+    "val_size": (0, _IMAGES),
+    "train_subset": (0, _IMAGES),
+    "iters": (0, _STEPS),
+    "batch_size": (1, 2**20),
+    "warmup_iters": (0, _STEPS),
+    "grad_checkpoint": (0, 100_000),
+    "seed": (0, 2**63 - 1),  # what torch.manual_seed and numpy take
+    "num_threads": (0, 4096),
+    "log_every": (1, _STEPS),
+    "eval_every": (0, _STEPS),
+    "checkpoint_every": (0, _STEPS),
+    "eval_batch_size": (0, 2**20),
+    "eval_limit": (0, _IMAGES),
+    "eval_subset": (0, _IMAGES),
+}
+MAX_EPOCHS = 1e6
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -151,29 +176,14 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("amp", self.amp, AMP_MODES)
         _choice("augment", self.augment, SWITCHES)
         _choice("normalize", self.normalize, NORMALIZATIONS)
         _choice("channels_last", self.channels_last, SWITCHES)
-        for name in ("batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "iters",
-            "val_size",
-            "train_subset",
-            "warmup_iters",
-            "eval_every",
-            "checkpoint_every",
-            "num_threads",
-            "grad_checkpoint",
-            "eval_limit",
-            "eval_subset",
-            "eval_batch_size",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, (low, high) in INT_RANGES.items():
+            check_int(getattr(self, name), name, low, high)
         if not 0 <= self.warmup_until_error <= 1:
             raise ValueError(
                 f"warmup_until_error must be a fraction in [0, 1], got {self.warmup_until_error}"
@@ -181,6 +191,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup_lr", "grad_clip", "epochs"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise ValueError(f"epochs must be at most {MAX_EPOCHS:,.0f}, got {self.epochs}")
         if not 0 < self.gamma < math.inf:
             raise ValueError(f"gamma must be a finite number > 0, got {self.gamma}")
         if self.iters == 0 and self.epochs == 0:
@@ -224,9 +236,35 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(known)}")
         d = dict(d)
-        if "milestones" in d:
+        if isinstance(d.get("milestones"), list):
             d["milestones"] = tuple(d["milestones"])
         return cls(**d)
+
+
+_KINDS = {  # a field's type -> (the values it takes, how a message names them)
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+    bool: ((bool,), "true or false"),
+    dict: ((dict,), "a JSON object of KEY: VALUE"),
+    tuple: ((tuple, list), "a list of numbers"),
+}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each field holds a value of its type (a config.json edited by hand, or from a --config file,
+    may hold "six" for a number): a one-line ValueError naming the field, before any range check."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None and type(None) in typing.get_args(hints[f.name]):
+            continue
+        kinds, what = _KINDS[_base_type(hints[f.name])]
+        ok = isinstance(value, kinds) and (kinds == (bool,) or not isinstance(value, bool))
+        if ok and kinds == (tuple, list):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise ValueError(f"{f.name} must be {what}, got {value!r}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

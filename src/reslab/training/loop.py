@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from reslab import limits
 from reslab.data import (
     ImageData,
     Loader,
@@ -137,6 +138,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
 
     train_data, test_data, val_data = load_data(cfg)
     if given is None:
+        limits.check_model(  # on the meta device first: a typo such as width=1000000 fails at once
+            lambda: build_model(cfg, train_data),
+            f"model {cfg.model}",
+            tuple(train_data.images.shape[1:]),
+            0 if cfg.grad_checkpoint else -(-cfg.batch_size // d.world_size),
+            d.device,
+        )
         model = build_model(cfg, train_data)
     else:
         model = _check_module(given, train_data, cfg.grad_checkpoint)
@@ -183,9 +191,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
     if d.is_main:
         _keep_earlier_summary(run_dir, step, total)
         run_dir.mkdir(parents=True, exist_ok=True)
+    # the metrics first: a line that is not a record stops a resume before anything is rewritten
+    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
+    if d.is_main:
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
-    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
 
     net = _wrap(model, cfg, d)  # what the steps call: DDP and torch.compile around `model`
 
@@ -204,7 +214,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
         return {**point, "train_eval": score(train_split)} if cfg.eval_train else point
 
     progress = Progress(cfg, d, total, step)
-    stats = StepStats(cfg.log_every, d.device, step)  # loss and error since the last train line
+    # loss and error since the last train line
+    stats = StepStats(min(cfg.log_every, total), d.device, step)
     clock = Clock()
     net.train()
     try:
@@ -546,15 +557,23 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
     old = {**TrainConfig().to_dict(), **runs.read_config(run_dir)}  # absent key: its default
     # the run's length may change: a longer run goes on from its last checkpoint (`_resume`)
     longer = (run_dir / runs.CONFIG).exists() and any(
-        _norm(old[k]) != _norm(getattr(cfg, k)) for k in ("iters", "epochs")
+        _same(k, old[k]) != _same(k, getattr(cfg, k)) for k in ("iters", "epochs")
     )
     if (run_dir / runs.CONFIG).exists():
+        try:  # its values checked as typed ones, naming the file (a hand-edited "lr": "abc")
+            TrainConfig.from_dict({k: v for k, v in old.items() if k in TrainConfig().to_dict()})
+        except ValueError as err:
+            raise ValueError(f"--resume: {run_dir / runs.CONFIG}: {err}") from None
+        # what the run computes, not where it lives: --out and --name found the folder, which may
+        # have moved since, and a data path may be spelled another way ($PWD/data or data); its
+        # length may grow (a longer run goes on from its last checkpoint)
         volatile = {"resume", "progress", "log_lines", "device", "num_threads", "compile"}
-        volatile |= {"iters", "epochs"}
+        volatile |= {"out", "name", "iters", "epochs"}
+        new = cfg.to_dict()
         diff = sorted(
             k
             for k in old
-            if k not in volatile and k in cfg.to_dict() and _norm(old[k]) != _norm(cfg.to_dict()[k])
+            if k not in volatile and k in new and _same(k, old[k]) != _same(k, new[k])
         )
         if diff:
             raise ValueError(
@@ -576,5 +595,16 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
     return None
 
 
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
+def _same(key: str, v):
+    """A config value in the form two spellings of the same setting compare equal in."""
+    if isinstance(v, tuple):
+        return list(v)
+    if key == "data_dir" and isinstance(v, str):
+        return str(Path(v).expanduser().resolve())
+    if key == "data" and isinstance(v, str):
+        kind, colon, spec = v.rpartition(":")
+        if (kind == "imagefolder" and colon) or "/" in v:  # a folder path, not a dataset name
+            path, at, size = (spec if colon else v).rpartition("@")
+            path, size = (path, at + size) if at else (size, "")
+            return f"imagefolder:{Path(path).expanduser().resolve()}{size}"
+    return v

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from reslab import atomic
+
 CONFIG = "config.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
@@ -54,14 +56,22 @@ class Diverged(RuntimeError):
 
 
 def check_name(name: str, what: str = "name") -> str:
-    """`name` if it names one folder (letters, digits and . _ - + =, not "." or ".."), else a one-line
-    ValueError: a run or study name must never lead outside its --out folder."""
+    """`name` if it names one folder (letters, digits and . _ - + =, not "." or "..", at most
+    NAME_MAX bytes), else a one-line ValueError: a run or study name must never lead outside its
+    --out folder, nor fail only when its folder is made."""
     if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise ValueError(
             f"{what} must be one folder name of letters, digits and . _ - + = (not . or ..), "
             f"got {name!r}"
         )
+    if len(name.encode()) > NAME_MAX:
+        raise ValueError(
+            f"{what} must be at most {NAME_MAX} characters (a folder name), got {len(name)}"
+        )
     return name
+
+
+NAME_MAX = 255  # bytes of one file or folder name (Linux, macOS, Windows)
 
 
 @contextlib.contextmanager
@@ -75,8 +85,8 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
 
     run_dir = Path(run_dir)
     new = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders this call creates
-    run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # may fail half way: those made are tidied
         with open(run_dir / LOCK, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,8 +102,9 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
                     (run_dir / LOCK).unlink(missing_ok=True)
                 fcntl.flock(f, fcntl.LOCK_UN)
     finally:
-        if new and [p.name for p in run_dir.iterdir()] == [LOCK]:  # nothing was written: tidy up
-            (run_dir / LOCK).unlink()
+        if new and (not os.path.isdir(run_dir) or [p.name for p in run_dir.iterdir()] == [LOCK]):
+            with contextlib.suppress(OSError):  # nothing was written: tidy up
+                (run_dir / LOCK).unlink()
             for folder in new:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
@@ -105,20 +116,41 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
 def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file.
 
-    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader)."""
-    return write_text(path, json.dumps(obj, indent=2, allow_nan=not strict) + "\n")
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically (temp file + rename): a failure leaves the old file whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader), in one line
+    naming the file and the field."""
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:  # a full disk leaves the old file and no half-written temp behind
-        tmp.unlink(missing_ok=True)
-    return path
+        text = json.dumps(obj, indent=2, allow_nan=not strict)
+    except ValueError:
+        where, value = _not_finite(obj)
+        raise ValueError(
+            f"cannot write {path}: {where} is {value}, which JSON cannot hold"
+        ) from None
+    return atomic.write_text(path, text + "\n")
+
+
+def _not_finite(obj: Any, where: str = "") -> tuple[str, float] | tuple[None, None]:
+    """The first NaN or infinity in a JSON-like `obj`, as ("runs[2].train_error", nan)."""
+    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
+        return where or "the value", obj
+    items = (
+        obj.items()
+        if isinstance(obj, dict)
+        else enumerate(obj)
+        if isinstance(obj, (list, tuple))
+        else ()
+    )
+    for k, v in items:
+        found = _not_finite(
+            v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}".lstrip(".")
+        )
+        if found[0] is not None:
+            return found
+    return None, None
+
+
+write_text = (
+    atomic.write_text
+)  # atomically: a failure leaves the old file whole, one line naming it
 
 
 def read_json(path: str | Path) -> dict:
@@ -164,19 +196,46 @@ def metric_lines(path: str | Path) -> list[tuple[int, str]]:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The lines of a metrics.jsonl file (or of `<run_dir>/metrics.jsonl`) as dicts; a torn last
-    line (a run still writing, or killed) is skipped, a bad line elsewhere is an error."""
+    line (a run still writing, or killed) is skipped, a bad line elsewhere is an error naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS
     lines = metric_lines(path)
     out = []
     for k, (i, line) in enumerate(lines):
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            if k < len(lines) - 1:
-                raise ValueError(f"{path} line {i} is not valid JSON") from None
+        record = metric_record(line)
+        if record is not None:
+            out.append(record)
+        elif k < len(lines) - 1:
+            raise ValueError(f"{path} line {i} {NOT_A_RECORD}")
     return out
+
+
+NOT_A_RECORD = "is not a metrics record (a JSON object with a kind, a step and numbers)"
+
+
+def metric_record(line: str) -> dict | None:
+    """The record a metrics line holds, or None when it holds none: not JSON (or nested past what
+    the parser takes), or not an object with a "kind" string, a whole "step" >= 0 and numbers (or
+    null) for its other values, as `RunLog.write` writes them."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+
+    def number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get("kind"), str)
+        and isinstance(rec.get("step"), int)
+        and not isinstance(rec["step"], bool)
+        and rec["step"] >= 0
+        and all(number(v) for k, v in rec.items() if k not in ("kind", "step"))
+    ):
+        return None
+    return rec
 
 
 # ------------------------------------------------------------------------------------------ run folders

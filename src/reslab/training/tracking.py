@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 import reslab
+from reslab import atomic
 from reslab.training import allocator, precision, runs
 
 
@@ -37,14 +37,13 @@ class RunLog:
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
         elif resume_step is None:
-            self.path.write_text("")
+            atomic.write_text(self.path, "")
 
     def write(self, kind: str, step: int, **values: float) -> None:
         if not self.active:
             return
         line = {"kind": kind, "step": step, **values}
-        with self.path.open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        atomic.append_text(self.path, json.dumps(line) + "\n")
         tb = self._writer()
         for key, value in values.items():
             if key not in ("epoch", "time") and isinstance(value, (int, float)):
@@ -121,21 +120,19 @@ def _truncate_after(path: Path, step: int) -> None:
     lines = runs.metric_lines(path)  # a line that is not UTF-8 stops here, the file untouched
     keep = []
     for k, (i, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-            before = record["step"] <= step and record.get("kind") != "final"  # written anew
-        except (ValueError, KeyError, TypeError):
+        record = runs.metric_record(line)
+        if record is None:
             if k == len(lines) - 1:
                 break
             raise ValueError(
-                f"{path} line {i} is not a metrics record; fix or remove that line to resume "
-                "(the file is left as it is)"
-            ) from None
-        if before:
+                f"{path} line {i} {runs.NOT_A_RECORD}; fix or remove that line to resume "
+                "(nothing in the run folder was changed)"
+            )
+        if (
+            record["step"] <= step and record.get("kind") != "final"
+        ):  # the final line is written anew
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")  # replaced whole, so a kill now loses no line
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line in keep))  # a kill now loses no line
 
 
 def provenance(device: torch.device) -> dict:
