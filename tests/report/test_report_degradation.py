@@ -9,10 +9,10 @@ import statistics
 import pytest
 
 from reslab.studies import build_report as build_any
+from reslab.studies.degradation import FIT
 from reslab.studies.degradation import report as degradation
 from reslab.studies.degradation.report import (
     FAILED,
-    FIT,
     FLOOR,
     MOVE,
     build_report,

@@ -14,7 +14,7 @@ from reslab.cli import main as cli
 from reslab.data import load_dataset
 from reslab.models import create_model, variants
 from reslab.studies.base import recipe as base_recipe
-from reslab.studies.shortcuts import PRESETS, make_config, report, run
+from reslab.studies.shortcuts import PRESETS, TABLE_2, make_config, report, run
 from reslab.training import runs
 
 relu = torch.relu
@@ -361,7 +361,7 @@ def test_scale_note_when_far_smaller_than_the_paper(facts, iters, note):
 def test_default_and_cpu_presets_say_they_are_far_smaller(tmp_path):
     for preset, steps in (("digits", 230), ("cpu", 780)):  # far below half of the paper's 64k
         cfg = make_config(preset, out=str(tmp_path), variants=("identity",))  # builds one net only
-        facts = {"data": cfg.data, "base": cfg.base, "width": cfg.width, **cfg.base_facts()}
+        facts = {"data": cfg.data, "base": cfg.base, "width": cfg.width, **cfg.facts([])}
         assert "Far smaller" in report.scale_note(facts | {"runs": [{"iters": steps}]})
 
 
@@ -376,15 +376,16 @@ def test_default_trains_every_variant_on_the_papers_recipe_scaled(tmp_path):
     assert (c.schedule, c.milestones, c.gamma) == ("step", (0.5, 0.75), 0.1)
     assert (c.iters, c.warmup_iters, c.warmup_lr) == (990, 50, 0.01)  # warm-up: 5% of the run
     assert len({json.dumps(base_recipe(x), sort_keys=True) for x in configs}) == 1
-    assert cfg.base_facts()["base_units"] == 27
+    assert cfg.facts([])["base_units"] == 27
 
 
 def test_paper_presets_hold_resnet_110_and_164_against_their_columns(tmp_path):
     cfg = make_config("paper", out=str(tmp_path), variants=("identity",))
-    assert cfg.base_facts() == {"base_units": 54, "paper_column": 110}
+    assert cfg.facts([]) == {"base_units": 54, "paper_column": 110}
     cfg = make_config("paper-164", out=str(tmp_path), variants=("identity",))
-    assert cfg.base_facts() == {"base_units": 54, "paper_column": 164}  # 18 bottlenecks a stage
+    assert cfg.facts([]) == {"base_units": 54, "paper_column": 164}  # 18 bottlenecks a stage
     assert set(PRESETS["paper-164"]["variants"]) == {"identity", *report.FINDINGS[164]}
+    assert TABLE_2 == tuple(n for n, v in variants.VARIANTS.items() if v.table == 2)
     with torch.device("meta"):
         model = create_model("resnet-164+full-preact")
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(1.7e6, rel=0.02)  # Table 4

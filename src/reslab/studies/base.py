@@ -1,11 +1,12 @@
-"""What every study shares, as plain functions and one small record.
+"""What every study shares: one `Study` record, one runner, and the plain functions they use.
 
-A study is a package `reslab/studies/<name>/` holding its config dataclass, presets, grid, a short
-`run(cfg)` and a `report.py`; it describes itself with a `Study` record (name, help, config class,
-presets, toy preset, run, report, table) and lists its name in `reslab.studies.NAMES`. Everything
-else is here: the common options, a config from a preset plus overrides, a cell's run config, the
-early check that every model of the grid builds, claiming the study folder, training the grid with
-one divergence policy, and finishing (report, terminal table, the summary).
+A study is a package `reslab/studies/<name>/`: its config dataclass (its fields, `cells()` and
+`run_config(*cell)`) and presets in `__init__.py` with a `Study` record, the verdict rule, table and
+page in `report.py` (`build_report(folder)`, `format_table(summary)`), and, when it measures the
+trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, jobs)`. `run(study,
+cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid -> measure ->
+report. `report.py` and `measure.py` are imported only when used, so the CLI can list every study
+and its options without importing torch or matplotlib.
 
 The divergence policy: a run whose loss turns non-finite stops, and its run folder records the step
 and the last finite loss (status "diverged"). It is never retried on its own (rerunning the study
@@ -18,6 +19,7 @@ import argparse
 import concurrent.futures as cf
 import dataclasses
 import heapq
+import importlib
 import json
 import multiprocessing
 import os
@@ -56,19 +58,36 @@ class StudyConfig:
         default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
     )
 
+    def cells(self) -> list[tuple]:
+        """The cells of the grid, each the arguments of `run_config` (none: nothing to train)."""
+        return []
+
+    def run_config(self, *cell: Any) -> TrainConfig:
+        raise NotImplementedError(f"{type(self).__name__} has no run_config for {cell}")
+
+    def facts(self, configs: Sequence[TrainConfig]) -> dict:
+        """What study.json records beside the config's fields: the recipe the runs share."""
+        return {"recipe": recipe(configs[0])} if configs else {}
+
+    @property
+    def trains(self) -> bool:
+        """Whether the grid is trained (a study may measure its nets at initialisation only)."""
+        return True
+
 
 @dataclass(frozen=True)
 class Study:
-    """One study, as the CLI, `reslab report`, `reslab.run_study` and the tests see it."""
+    """One study, as the CLI, `reslab report`, `reslab.run_study` and the tests see it: what it is
+    called, its config and presets, and what its study.json must keep across reruns."""
 
     name: str
     help: str  # one line, for `reslab --help`
-    config: type  # frozen dataclass with `preset`, `out`, `name` and `train` fields
+    config: type  # frozen StudyConfig subclass with `out`, `cells()` and `run_config(*cell)`
     presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
-    run: Callable[[Any], dict]  # config -> summary (trains what is missing, then reports)
-    report: Callable[[Path], Path]  # study folder -> report.html, from the folder alone
-    table: Callable[[dict], str]  # summary -> plain-text table and verdict, for the terminal
     toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
+    must_match: tuple[str, ...] = ()  # study.json keys a rerun in the same folder must agree on
+    grows: dict[str, Any] = field(default_factory=dict)  # keys a rerun extends (see `union`)
+    measures: bool = False  # measure.py's after_training runs once the grid is trained
     preset_help: str = ""  # what the non-default presets are for
     owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
     default_name: Callable[[str, dict], str] | None = None  # (preset, values) -> folder name
@@ -77,9 +96,25 @@ class Study:
     def default_preset(self) -> str:
         return next(iter(self.presets))
 
+    def part(self, module: str) -> Any:
+        """The study package's `report` or `measure` module, imported on first use."""
+        return importlib.import_module(f"{self.config.__module__}.{module}")
+
     def make_config(self, preset: str | None = None, **options: Any) -> Any:
         """This study's config: defaults < preset < options (see `make_config`)."""
         return make_config(self, preset, **options)
+
+    def run(self, cfg: Any) -> dict:
+        """Train what is missing, measure, report; returns the summary (see `run`)."""
+        return run(self, cfg)
+
+    def report(self, folder: Path) -> Path:
+        """Write summary.json, the figures and report.html from the study folder alone."""
+        return self.part("report").build_report(folder)
+
+    def table(self, summary: dict) -> str:
+        """The summary as plain text (table and verdict), for the terminal."""
+        return self.part("report").format_table(summary)
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -203,13 +238,20 @@ def _agree(key: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-def union(old: dict, new: dict, **orders: Sequence) -> dict:
-    """A merge for `claim`: the new record, with each named list the union of old and new, in the
-    order given (or sorted when the order is None): union(old, new, seeds=None, archs=ARCHS)."""
+def union(old: dict, new: dict, **orders: Any) -> dict:
+    """A merge for `claim`: the new record, with each named key the union of old and new. A list is
+    kept in the order given (a sequence to follow, a sort key, or None: sorted); a dict is merged:
+    union(old, new, seeds=None, archs=ARCHS)."""
     out = {**old, **new}
     for key, order in orders.items():
+        if isinstance(new.get(key), dict):
+            out[key] = {**old.get(key, {}), **new[key]}
+            continue
         both = {*old.get(key, ()), *new.get(key, ())}
-        out[key] = [x for x in order if x in both] if order is not None else sorted(both)
+        if order is None or callable(order):
+            out[key] = sorted(both, key=order)
+        else:
+            out[key] = [x for x in order if x in both]
     return out
 
 
@@ -392,8 +434,27 @@ def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> tup
 # ------------------------------------------------------------------------------------ finishing
 
 
-def finish(study: Study, folder: Path, t0: float) -> dict:
-    """Build the report from the folder, print the table and where the report is; return the summary."""
+def run(study: Study, cfg: Any) -> dict:
+    """The one runner: claim the study folder (study.json), train every cell of the grid that is not
+    finished, let the study measure its nets, then build the report from the folder, print the
+    table and return the summary."""
+    folder = study_dir(cfg)
+    configs = [cfg.run_config(*cell) for cell in cfg.cells()]
+    record = {"study": study.name, **dataclasses.asdict(cfg), **cfg.facts(configs)}
+    claim(folder, record, study.must_match, lambda old, new: union(old, new, **study.grows))
+    jobs = getattr(cfg, "jobs", 1) or default_jobs(all("mlp" in c.model for c in configs))
+    t0 = time.perf_counter()
+    if configs and cfg.trains:
+        print(
+            f"{study.name}: {len(configs)} runs on {cfg.data}, {jobs} at a time -> {folder}",
+            flush=True,
+        )
+        trained = train_grid(configs, jobs)
+    else:
+        print(f"{study.name}: on {cfg.data} -> {folder}", flush=True)
+        trained = [{} for _ in configs]
+    if study.measures:
+        study.part("measure").after_training(cfg, folder, configs, trained, jobs)
     report = study.report(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))

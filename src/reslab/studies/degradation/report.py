@@ -78,12 +78,11 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values
+from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
 from reslab.studies.stats import finite_or_none, mean_std, pooled_std
 from reslab.training import runs as rf
 
-ARMS = ("plain", "residual", "zeroinit")
-JUDGED = ("plain", "residual")
 ARM_LABELS = {
     "plain": "plain",
     "residual": "residual",
@@ -91,7 +90,6 @@ ARM_LABELS = {
 }
 FLOOR = 0.01
 FAR_LESS = 0.25
-FIT = 0.01  # the digits preset's fit gate: its shallowest nets must reach <= 1% training error
 MOVE = 0.005  # convergence: training error may fall by at most 0.5 pp over the last 10% of a run
 LATE = 0.9  # ... measured from the last training-set evaluation at or before 90% of the run
 FAILED = 1.0  # the score of a run that diverged: every example wrong

@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report.html import Page, fmt_count, fmt_pct
-from reslab.studies.depth import plots
+from reslab.studies.depth import first_step_path, plots
 from reslab.studies.depth.arms import (
     CLIP,
     CONTROLS,
@@ -79,7 +79,6 @@ from reslab.training import runs as rf
 
 LEARNED = 0.5
 END_WINDOW = 10  # logged steps averaged into the end-of-training mini-batch loss
-FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 _STATUS = {
     "shown": ("extreme depth: shown", "good"),
     "shown_with_clipping": ("shown, with gradient clipping", "warn"),
@@ -101,11 +100,6 @@ def _train_lines(run_dir: Path) -> list[dict]:
         for ln in lines
         if ln.get("kind") == "train" and finite_or_none(ln.get("train_loss")) is not None
     ]
-
-
-def first_step_path(study_dir: str | Path, run_name: str) -> Path:
-    """Where the study keeps the replayed first step of run `run_name`."""
-    return Path(study_dir) / FIRST_STEP / f"{run_name}.json"
 
 
 def _first_step(study_dir: Path, run_name: str) -> dict:

@@ -65,11 +65,11 @@ from pathlib import Path
 
 from reslab.report.html import Page, fmt_count, fmt_mean_std, join_values
 from reslab.studies.base import PER_RUN
+from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
 from reslab.studies.stats import compare, finite_tree, mean_std
 from reslab.training import runs
 
-MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>.json, one record per net
 ORDERS = 1.0
 FLOOR = 0.05
 VANISH = 2.0

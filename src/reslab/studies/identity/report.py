@@ -36,18 +36,17 @@ from pathlib import Path
 
 from reslab.report import figures
 from reslab.report.html import Page, fmt_pct, join_values
+from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
 from reslab.studies.stats import finite_or_none, finite_tree
 from reslab.training import runs
 
 PARTS = ("structure", "fit", "append")
 CONSTRUCTION = ("structure", "append")
-RESULTS = "results"  # <study>/results/<part>.json
 FACTOR = 2.0
 FLOOR = 1e-3
 CALLS = {"residual": "residual easier", "plain": "plain easier", "tied": "tied"}  # per depth
 # the blocks appended in check 3, as the results name them, with their colours in the figure
-ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
 VARIANT_COLORS = {
     ZERO_INIT: figures.ARCH_COLORS["residual"],
     PLAIN: figures.ARCH_COLORS["plain"],

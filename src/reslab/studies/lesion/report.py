@@ -61,11 +61,11 @@ import numpy as np
 
 from reslab.report import figures
 from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values
+from reslab.studies.base import ARCHS
+from reslab.studies.lesion import LESIONS
 from reslab.studies.stats import mean_std
 from reslab.training import runs
 
-ARCHS = ("plain", "residual")
-LESIONS = "lesions.json"  # what the study measured: {"nets": [...], "diverged": [...]}
 ROBUST, BROKEN = 0.1, 0.5
 MIN_KS, FLOOR, CLIFF = 4, 0.005, 0.5  # the smoothness rule (module docstring)
 SMOOTH_RULE = (
