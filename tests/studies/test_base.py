@@ -1,10 +1,12 @@
 """What the studies share: the one divergence policy, cell names, the statistics, and the time
 estimate a long study prints before its runs train."""
 
+import ast
 import json
 import math
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +143,24 @@ def test_statistics_against_the_statistics_module():
         0.12 > max(2 * pooled, 0.01)
     )
     assert stats.compare([0.1], [0.105], floor=0.01)["higher"] is False  # within the floor
+
+
+def test_one_tolerance_for_every_rule():
+    assert stats.tolerance(0.02, floor=0.01) == 0.04  # twice the spread
+    assert stats.tolerance(0.004, floor=0.01) == 0.01  # never below the floor
+    assert stats.tolerance(0.0, floor=0.01) == 0.01  # one seed: the floor alone
+    assert stats.tolerance(0.02, floor=0.01, k=3) == pytest.approx(0.06)
+    # no study writes its own max(k * spread, floor) in code: each calls stats.tolerance
+    own = [
+        f"{path.name}:{node.lineno}"
+        for path in Path(stats.__file__).parent.rglob("*.py")
+        if path.name != "stats.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "max"
+        and any(isinstance(a, ast.BinOp) and isinstance(a.op, ast.Mult) for a in node.args)
+    ]
+    assert not own
 
 
 def test_model_names_come_from_the_registry():

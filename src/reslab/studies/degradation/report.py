@@ -80,7 +80,7 @@ import numpy as np
 from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
-from reslab.studies.stats import finite_or_none, mean_std, pooled_std
+from reslab.studies.stats import finite_or_none, mean_std, pooled_std, tolerance
 from reslab.training import runs as rf
 
 ARM_LABELS = {
@@ -258,17 +258,12 @@ def group_runs(runs: list[dict]) -> list[dict]:
     return groups
 
 
-def _tolerance(a: dict, b: dict, floor: float) -> tuple[float, float]:
-    pooled = pooled_std([(g["n"], g["train_error_std"]) for g in (a, b)])
-    return pooled, max(2 * pooled, floor)
-
-
 def _compare(gs: list[dict], floor: float) -> dict:
     """Deepest vs shallowest group of one arm: rise of the mean and of the median, the shallow seed
     std (the noise), tolerance, the depths where a run failed, degrades."""
     shallow, deep = gs[0], gs[-1]
     noise = shallow["train_error_std"] or 0.0
-    tolerance = max(2 * noise, floor)
+    tol = tolerance(noise, floor)
     margin = deep["train_error_mean"] - shallow["train_error_mean"]
     median_margin = deep["train_error_median"] - shallow["train_error_median"]
     lost = [g["depth"] for g in gs[1:] if g["failed"]]
@@ -280,9 +275,9 @@ def _compare(gs: list[dict], floor: float) -> dict:
         "margin": margin,
         "median_margin": median_margin,
         "noise_std": noise,
-        "tolerance": tolerance,
+        "tolerance": tol,
         "failed_depths": lost,
-        "degrades": (margin > tolerance and median_margin > tolerance) or bool(lost),
+        "degrades": (margin > tol and median_margin > tol) or bool(lost),
     }
 
 
@@ -294,15 +289,15 @@ def _deepest(groups: list[dict], floor: float) -> dict | None:
         return None
     depth = max(common)
     p, r = by["plain", depth], by["residual", depth]
-    _, tolerance = _tolerance(p, r, floor)
+    tol = tolerance(pooled_std([(g["n"], g["train_error_std"]) for g in (p, r)]), floor)
     diff = p["train_error_mean"] - r["train_error_mean"]
     return {
         "depth": depth,
         "plain_mean": p["train_error_mean"],
         "residual_mean": r["train_error_mean"],
         "difference": diff,
-        "tolerance": tolerance,
-        "residual_better": diff > tolerance,
+        "tolerance": tol,
+        "residual_better": diff > tol,
     }
 
 

@@ -67,7 +67,7 @@ from reslab.report.html import Page, fmt_count, fmt_mean_std, join_values
 from reslab.studies.base import PER_RUN
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.plots import ARCHS, PHASES, plot_lines, plot_norms, plot_shattering
-from reslab.studies.stats import compare, finite_tree, mean_std
+from reslab.studies.stats import compare, finite_tree, mean_std, tolerance
 from reslab.training import runs
 
 ORDERS = 1.0
@@ -281,8 +281,8 @@ def _shatter(entries: list[dict], floor: float) -> dict | None:
         }
     margin = decays["plain"]["decay"] - decays["residual"]["decay"]
     se = math.sqrt(decays["plain"].pop("var") + decays["residual"].pop("var"))
-    tolerance = max(2 * se, floor)
-    return decays | {"margin": margin, "tolerance": tolerance, "shown": margin > tolerance}
+    tol = tolerance(se, floor)
+    return decays | {"margin": margin, "tolerance": tol, "shown": margin > tol}
 
 
 def _deepest(entries: list[dict], arch: str) -> dict | None:

@@ -63,7 +63,7 @@ from reslab.report import figures
 from reslab.report.html import Page, fmt_mean_std, fmt_pct, join_values
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
-from reslab.studies.stats import mean_std
+from reslab.studies.stats import mean_std, tolerance
 from reslab.training import runs
 
 ROBUST, BROKEN = 0.1, 0.5
@@ -257,7 +257,7 @@ def smoothness(nets: list[dict], arch: str = "residual") -> dict:
         return out
 
     def tol(a: tuple, b: tuple) -> float:
-        return max(2 * math.hypot(a[2], b[2]), FLOOR)
+        return tolerance(math.hypot(a[2], b[2]), FLOOR)
 
     (_, m0, _), (k1, m1, _) = pts[0], pts[-1]
     steps = list(itertools.pairwise(pts))

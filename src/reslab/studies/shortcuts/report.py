@@ -62,7 +62,7 @@ import numpy as np
 from reslab.models.variants import VARIANTS
 from reslab.report.html import Page, fmt_mean_std, fmt_pct
 from reslab.studies.shortcuts.plots import plot_bars, plot_curves, train_lines
-from reslab.studies.stats import finite_or_none, mean_std, pooled_std
+from reslab.studies.stats import finite_or_none, mean_std, pooled_std, tolerance
 from reslab.training import runs as rf
 
 FAIL_RATIO = 3.0
@@ -186,21 +186,21 @@ def classify(identity: dict, g: dict, equal: float = EQUAL, fail_ratio: float = 
     class (rule in the module docstring)."""
     e0 = identity["test_error_mean"]
     pooled = pooled_std([(x["n"], x["test_error_std"]) for x in (identity, g)])
-    tolerance = max(equal * e0, 2 * pooled)
+    tol = tolerance(pooled, floor=equal * e0)
     e = g["test_error_mean"]
     margin = None if e is None else e - e0
     if g["diverged"] or e is None or (e0 > 0 and e > fail_ratio * e0):
         cls = "fails"
-    elif margin > tolerance:
+    elif margin > tol:
         cls = "worse"
     else:
-        cls = "better" if margin < -tolerance else "equal"
+        cls = "better" if margin < -tol else "equal"
     return {
         "variant": g["variant"],
         "margin": margin,
         "relative": None if margin is None or e0 == 0 else margin / e0,
         "pooled_std": pooled,
-        "tolerance": tolerance,
+        "tolerance": tol,
         "class": cls,
     }
 
