@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reslab.studies import base, stats
-from reslab.studies.base import Estimate
+from reslab.studies.grid import Estimate, train_grid
 from reslab.training import TrainConfig, runs
 from reslab.training.timing import Timing
 
@@ -101,13 +101,13 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
         TrainConfig(model="plainmlp-8", lr=1e6, name="boom", **common),  # overflows at once
         TrainConfig(model="resmlp-4", lr=0.02, name="fine", **common),
     ]
-    boom, fine = base.train_grid(configs, jobs=1)
+    boom, fine = train_grid(configs, jobs=1)
     assert boom["status"] == "diverged" and fine["status"] == "completed"
     assert runs.status(tmp_path / "boom") == "diverged"
     assert "boom" in capsys.readouterr().out
     # never retried on its own: a rerun leaves the diverged folder as it was
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "boom").iterdir()}
-    again = base.train_grid(configs, jobs=1)
+    again = train_grid(configs, jobs=1)
     assert (
         again[0]["status"] == "diverged"
         and again[1]["final_train_error"] == fine["final_train_error"]

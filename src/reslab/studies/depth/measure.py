@@ -26,7 +26,7 @@ from reslab.training.config import TrainConfig
 def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
     """Replay the first step of every run not replayed yet (`first_step`) into the study folder,
     where the report reads it. Each replay uses the threads its run had (the engine's num_threads,
-    else cores // jobs as `base.train_grid` gives them): a deep plain net amplifies rounding, so
+    else cores // jobs as `grid.train_grid` gives them): a deep plain net amplifies rounding, so
     another summation order would give it another first loss."""
     t0, done, threads = time.perf_counter(), 0, torch.get_num_threads()
     try:
