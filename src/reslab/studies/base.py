@@ -206,10 +206,10 @@ def claim(
 ) -> dict:
     """Write `study.json`; if the folder already holds a study, the keys in `must_match` must agree
     (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
-    record = jsonable(record)
+    record = jsonable({**record, "schema": runs.SCHEMA})
     path = folder / runs.STUDY
-    if path.exists():
-        old = runs.read_json(path)  # a one-line ValueError unless it holds a JSON object
+    if path.exists():  # read in today's form, whichever reslab wrote it
+        old = runs.upgrade(runs.read_json(path), record.get("study", ""))
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(

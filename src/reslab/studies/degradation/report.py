@@ -521,11 +521,10 @@ def write_summary(study_dir: str | Path) -> dict:
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     if summary["data"] is None and runs:
         summary["data"] = rf.read_summary(study_dir / runs[0]["run_dir"]).get("data")
-    fit = summary.get("fit_gate") or None  # 0 or absent (older folders): no fit gate
+    fit = summary.get("fit_gate") or None  # 0: no fit gate
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs, fit=fit))
     summary["setting"] = setting(summary)
-    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
-    return summary
+    return rf.write_study_summary(study_dir, summary)
 
 
 # ---------------------------------------------------------------------------------------------- text + html

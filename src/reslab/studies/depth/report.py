@@ -418,8 +418,7 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "depth", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
-    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
-    return summary
+    return rf.write_study_summary(study_dir, summary)
 
 
 # ---------------------------------------------------------------------------------------------- figures

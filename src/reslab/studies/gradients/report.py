@@ -627,8 +627,8 @@ def write_summary(study_dir: str | Path) -> dict:
     """Collect the measurements, judge them (verdict, claims, like for like) and write
     `<study_dir>/summary.json`."""
     study_dir = Path(study_dir)
-    study = runs.read_json(study_dir / runs.STUDY)
     records = collect(study_dir)
+    study = runs.read_study(study_dir, "gradients")
     entries = nets(records)
     summary = {k: v for k, v in study.items() if k not in ("nets", "seed_nets", "verdict")}
     summary.update(study="gradients", nets=combine(entries), seed_nets=entries)
@@ -646,9 +646,7 @@ def write_summary(study_dir: str | Path) -> dict:
         summary["verdict"]["text"] += (
             f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
         )
-    summary = finite_tree(summary)
-    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
-    return summary
+    return runs.write_study_summary(study_dir, finite_tree(summary))
 
 
 # ---------------------------------------------------------------------------------------------- text + html

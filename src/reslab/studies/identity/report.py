@@ -202,8 +202,8 @@ def verdict(results: dict) -> dict:
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the results, judge them and write `<study_dir>/summary.json`; returns the summary."""
     study_dir = Path(study_dir)
-    study = runs.read_json(study_dir / runs.STUDY)
     results = collect(study_dir)
+    study = runs.read_study(study_dir, "identity")
     summary = {k: v for k, v in study.items() if k != "verdict"}
     summary.update(study="identity", verdict=verdict(results))
     diverged = [
@@ -217,9 +217,7 @@ def write_summary(study_dir: str | Path) -> dict:
         {k: v for k, v in r.items() if k != "curve"}
         for r in results.get("fit", {}).get("results", [])
     ]
-    summary = finite_tree(summary)
-    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
-    return summary
+    return runs.write_study_summary(study_dir, finite_tree(summary))
 
 
 # ---------------------------------------------------------------------------------------------- text + html

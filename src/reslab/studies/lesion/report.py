@@ -98,7 +98,7 @@ def _read(study_dir: Path) -> tuple[dict, list[dict], list[dict]]:
             f"not a lesion study folder (no {runs.STUDY}, no {LESIONS}): {study_dir}"
         )
     lesions = runs.read_json(path) if path.is_file() else {}
-    record = runs.read_json(study) if study.is_file() else {}
+    record = runs.read_study(study_dir, "lesion") if study.is_file() else {}
     return record, lesions.get("nets", []), lesions.get("diverged", [])
 
 
@@ -393,8 +393,7 @@ def write_summary(study_dir: str | Path) -> dict:
     summary["diverged"] = diverged
     summary["verdict"] = verdict(nets, diverged)
     summary["smoothness"] = smoothness_verdict(nets)
-    runs.write_json(study_dir / runs.SUMMARY, summary, strict=True)
-    return summary
+    return runs.write_study_summary(study_dir, summary)
 
 
 # ---------------------------------------------------------------------------------------- figures

@@ -302,10 +302,9 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary.update(runs=runs, incomplete=incomplete)
-    summary["verdict"] = verdict(runs, int(study.get("paper_column", 110)))
+    summary["verdict"] = verdict(runs, int(study["paper_column"]))
     summary["verdict"]["scale_note"] = scale_note(summary)
-    rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
-    return summary
+    return rf.write_study_summary(study_dir, summary)
 
 
 # ---------------------------------------------------------------------------------------- text + html
