@@ -302,7 +302,7 @@ class RunSummary(TypedDict, total=False):
 class Verdict:
     """What a study's rule decided from its rows: one of the study's `status` words, the `numbers` it
     compared, the `thresholds` it compared them with, and the `rule` and the `text` rendered from
-    those. In summary.json it is one flat object: status, text, rule, then thresholds and numbers."""
+    those. In summary.json it is one object: status, text, rule, thresholds, then the numbers."""
 
     status: str
     numbers: dict[str, Any]
@@ -312,7 +312,7 @@ class Verdict:
 
     def to_json(self) -> dict:
         head = {"status": self.status, "text": self.text, "rule": self.rule}
-        return head | self.thresholds | self.numbers
+        return head | {"thresholds": self.thresholds} | self.numbers
 
 
 # What each study's study.json gained at schema 1 over the folders written before it: the value an
@@ -329,13 +329,17 @@ _ADDED_IN_1: dict[str, dict[str, Any]] = {
 def upgrade(record: dict, kind: str) -> dict:
     """A `kind` study's study.json or summary.json, as written by any reslab, in today's form: its
     kind under "study", the keys added since with the values the older study ran with, renamed keys
-    under today's names (gradients: one "seed" became "seeds"), and "schema": SCHEMA."""
+    under today's names (gradients: one "seed" became "seeds"; a degradation verdict's "floor" is
+    one of its "thresholds"), and "schema": SCHEMA."""
     out = {"study": kind, **record}
     if out.get("schema", 0) < 1:
         for key, value in _ADDED_IN_1.get(kind, {}).items():
             out.setdefault(key, value)
         if kind == "gradients" and "seed" in out and "seeds" not in out:
             out["seeds"] = [out.pop("seed")]
+        verdict = out.get("verdict")
+        if kind == "degradation" and isinstance(verdict, dict) and "floor" in verdict:
+            out["verdict"] = {**verdict, "thresholds": {"floor": verdict["floor"]}}
     out["schema"] = SCHEMA
     return out
 
