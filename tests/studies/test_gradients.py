@@ -2,7 +2,7 @@
 the two claims (He et al. 2015 vs the study note) and its like-for-like check on constructed numbers,
 and what only this study does (init-only measurement of a diverged net, adding depths).
 The toy run end to end, the report rebuilt from the folder and the CLI are tested for every study in
-test_registry.py."""
+test_every_study.py."""
 
 import math
 
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from reslab import create_model
-from reslab.studies.gradients import STUDY, make_config, run
+from reslab.studies.gradients import MEASUREMENTS, STUDY, make_config, run
+from reslab.studies.gradients.claims import claims, profile
 from reslab.studies.gradients.measure import (
     autocorrelation,
     gradient_norms,
@@ -20,15 +21,8 @@ from reslab.studies.gradients.measure import (
     line_gradients,
     neighbour_correlation,
 )
-from reslab.studies.gradients.report import (
-    MEASUREMENTS,
-    claims,
-    combine,
-    format_table,
-    like_for_like,
-    profile,
-    verdict,
-)
+from reslab.studies.gradients.report import format_table, like_for_like
+from reslab.studies.gradients.rule import combine, verdict
 from reslab.training import runs
 
 

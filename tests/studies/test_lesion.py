@@ -3,7 +3,7 @@ written out by hand), a deleted plain block passes its input on, the verdict and
 on constructed numbers (some shaped like Veit et al.'s Fig. 5(a)), and what is specific to it end to
 end: the intact net reproduces the engine's test error, `--from`
 lesions existing run folders, and a net that diverged in training is named, not lesioned.
-(Every study's toy run, report rebuild, bad options and --help: tests/studies/test_registry.py.)"""
+(Every study's toy run, report rebuild, bad options and --help: tests/studies/test_every_study.py.)"""
 
 import math
 import shutil
