@@ -12,15 +12,8 @@ from pathlib import Path
 import pytest
 
 from reslab.studies import build_report as build_any
-from reslab.studies.depth.report import (
-    collect_runs,
-    diverged_notes,
-    first_step_path,
-    format_table,
-    learned,
-    verdict,
-    write_summary,
-)
+from reslab.studies.depth.report import collect_runs, first_step_path, format_table, write_summary
+from reslab.studies.depth.rule import diverged_notes, learned, verdict
 
 ITERS = 40
 

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from reslab.cli import main as cli
 from reslab.models import create_model
 from reslab.studies import build_report
-from reslab.studies.lesion import STUDY, make_config, run
+from reslab.studies.lesion import LESIONS, STUDY, make_config, run
 from reslab.studies.lesion.measure import block_shapes, lesioned, random_sets
-from reslab.studies.lesion.report import LESIONS, format_table, smoothness, verdict
+from reslab.studies.lesion.report import format_table
+from reslab.studies.lesion.rule import smoothness, verdict
 from reslab.training import runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
