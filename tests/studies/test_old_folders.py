@@ -29,7 +29,11 @@ def test_old_folder_rebuilds_to_the_old_summary(name, tmp_path, capsys):
     (folder / runs.SUMMARY).unlink()
     assert main(["report", str(folder)]) == 0
     new, before = runs.read_json(folder / runs.SUMMARY), runs.read_json(old / runs.SUMMARY)
-    before = runs.upgrade(before, name)  # in today's form: renamed keys, "schema"
+    raw, before = before, runs.upgrade(before, name)  # today's form: renamed keys, "schema"...
+    assert raw == runs.read_json(old / runs.SUMMARY)  # ... and what it was given left as it was
+    if "thresholds" in new["verdict"]:  # the rule's thresholds, apart from its numbers
+        assert before["verdict"]["thresholds"].items() <= new["verdict"]["thresholds"].items()
+        assert not before["verdict"].keys() & new["verdict"]["thresholds"].keys()
     assert isinstance(new["verdict"]["status"], str) and new["verdict"]["text"]
     same = set(before) - {"verdict"} - CHANGED.get(name, set())
     assert {k: new.get(k) for k in same} == {k: before[k] for k in same}

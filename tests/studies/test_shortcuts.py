@@ -335,11 +335,9 @@ def test_classes_against_identity(identity, errors, cls, tolerance):
 
 
 def test_insufficient_without_a_finished_identity():
-    assert rule.verdict(_runs({"identity": [None], "scale-both": [0.1]}))["status"] == (
-        "insufficient"
-    )
-    assert rule.verdict(_runs({"identity": [0.1, 0.1]}))["status"] == "insufficient"
-    assert rule.verdict(_runs({"scale-both": [0.1]}))["status"] == "insufficient"
+    assert rule.verdict(_runs({"identity": [None], "scale-both": [0.1]})).status == ("insufficient")
+    assert rule.verdict(_runs({"identity": [0.1, 0.1]})).status == "insufficient"
+    assert rule.verdict(_runs({"scale-both": [0.1]})).status == "insufficient"
 
 
 @pytest.mark.parametrize(

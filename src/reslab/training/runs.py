@@ -326,20 +326,25 @@ _ADDED_IN_1: dict[str, dict[str, Any]] = {
 }
 
 
+# The verdict keys that were thresholds before a Verdict held them apart.
+_THRESHOLDS_IN_0 = {"degradation": ("floor",), "shortcuts": ("equal", "fail_ratio")}
+
+
 def upgrade(record: dict, kind: str) -> dict:
     """A `kind` study's study.json or summary.json, as written by any reslab, in today's form: its
     kind under "study", the keys added since with the values the older study ran with, renamed keys
-    under today's names (gradients: one "seed" became "seeds"; a degradation verdict's "floor" is
-    one of its "thresholds"), and "schema": SCHEMA."""
+    under today's names (gradients: one "seed" became "seeds"; a verdict's thresholds are under
+    "thresholds"), and "schema": SCHEMA."""
     out = {"study": kind, **record}
     if out.get("schema", 0) < 1:
         for key, value in _ADDED_IN_1.get(kind, {}).items():
             out.setdefault(key, value)
         if kind == "gradients" and "seed" in out and "seeds" not in out:
             out["seeds"] = [out.pop("seed")]
-        verdict = out.get("verdict")
-        if kind == "degradation" and isinstance(verdict, dict) and "floor" in verdict:
-            out["verdict"] = {**verdict, "thresholds": {"floor": verdict["floor"]}}
+        verdict, keys = out.get("verdict"), _THRESHOLDS_IN_0.get(kind, ())
+        if isinstance(verdict, dict) and keys and "thresholds" not in verdict:
+            rest = {k: v for k, v in verdict.items() if k not in keys}
+            out["verdict"] = rest | {"thresholds": {k: verdict[k] for k in keys if k in verdict}}
     out["schema"] = SCHEMA
     return out
 

@@ -72,7 +72,7 @@ def write_summary(study_dir: str | Path) -> dict:
     summary = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary.update(runs=runs, incomplete=incomplete)
-    summary["verdict"] = verdict(runs, int(study["paper_column"]))
+    summary["verdict"] = verdict(runs, int(study["paper_column"])).to_json()
     summary["verdict"]["scale_note"] = scale_note(summary)
     return rf.write_study_summary(study_dir, summary)
 
@@ -175,12 +175,8 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
     if summary.get("incomplete"):
         page.paragraph(f"Not finished, left out: {', '.join(summary['incomplete'])}.", small=True)
     page.heading("How the verdict is decided").paragraph(
-        f"Every variant is compared with the identity shortcut: it fails if one of its runs diverged "
-        f"or its mean test error is over {v['fail_ratio']:g}x the identity's (the paper's 'fail' is "
-        "over 20% against 6.61%); it is clearly worse or better when its mean is higher or lower by "
-        f"more than max({100 * v['equal']:g}% of the identity's error, 2 × pooled seed std), else "
-        "about equal. The paper's numbers fall into the same classes (its column here); a variant "
-        "agrees when both classes are the same.",
+        f"Declared before the numbers ({__package__}.rule): {v['rule']} (the paper's 'fail' is "
+        "over 20% against 6.61%).",
         small=True,
     )
     skip = ("runs", "verdict", "incomplete", "recipe", "train")

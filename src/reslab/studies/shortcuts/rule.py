@@ -56,9 +56,15 @@ import numpy as np
 from reslab.models.variants import VARIANTS
 from reslab.report.html import fmt_mean_std
 from reslab.studies.stats import mean_std, pooled_std, tolerance
+from reslab.training.runs import Verdict
 
 FAIL_RATIO = 3.0
 EQUAL = 0.03
+RULE = (
+    "vs identity: fails if a run diverged or error > {fail_ratio:g}x identity's; clearly worse / "
+    "better if higher / lower by more than max({equal:g}% of identity's error, 2 x pooled seed "
+    "std); else about equal. Agrees: the class the paper's numbers fall in."
+)
 CLASSES = {"fails": "fails", "worse": "clearly worse", "equal": "about equal", "better": "better"}
 # Table 2's ResNet-164 column (%); the ResNet-110 column of both tables is `VARIANTS[v].paper`.
 PAPER_164 = {
@@ -159,20 +165,19 @@ def classify(identity: dict, g: dict, equal: float = EQUAL, fail_ratio: float = 
     }
 
 
-def verdict(runs: list[dict], column: int = 110) -> dict:
-    """Judge every variant against the paper's finding for it in the ResNet-`column` column."""
+def verdict(runs: list[dict], column: int = 110) -> Verdict:
+    """Judge every variant against the paper's finding for it in the ResNet-`column` column: a
+    `Verdict` whose numbers are the column, the variants' groups, how each judged variant compares
+    ("judged"), how many agree with the paper and the best variant."""
     groups = group_runs(runs)
     by = {g["variant"]: g for g in groups}
     identity = by.get("identity")
-    rule = (
-        f"vs identity: fails if a run diverged or error > {FAIL_RATIO:g}x identity's; clearly worse "
-        f"/ better if higher / lower by more than max({100 * EQUAL:g}% of identity's error, 2 x "
-        "pooled seed std); else about equal. Agrees: the class the paper's numbers fall in."
-    )
-    out = {"rule": rule, "column": column, "equal": EQUAL, "fail_ratio": FAIL_RATIO}
+    thresholds = {"equal": EQUAL, "fail_ratio": FAIL_RATIO}
+    rule = RULE.format(fail_ratio=FAIL_RATIO, equal=100 * EQUAL)
     if identity is None or not identity["n"] or identity["diverged"]:
         text = "Cannot judge: the identity shortcut has no finished run to compare with."
-        return {"status": "insufficient", "text": text, "groups": groups, "judged": [], **out}
+        numbers = {"groups": groups, "judged": [], "column": column}
+        return Verdict("insufficient", numbers, thresholds, rule, text)
     judged = []
     for g in groups:
         if g["variant"] != "identity":
@@ -188,15 +193,9 @@ def verdict(runs: list[dict], column: int = 110) -> dict:
         status = "mostly_agrees" if agree > len(judged) / 2 else "disagrees"
     finished = [g for g in groups if g["n"] and not g["diverged"]]
     best = min(finished, key=lambda g: g["test_error_mean"])
-    return {
-        "status": status,
-        "text": _sentence(status, identity, best, judged, column),
-        "agree": agree,
-        "best": best["variant"],
-        "groups": groups,
-        "judged": judged,
-        **out,
-    }
+    numbers = {"agree": agree, "best": best["variant"], "groups": groups, "judged": judged}
+    text = _sentence(status, identity, best, judged, column)
+    return Verdict(status, numbers | {"column": column}, thresholds, rule, text)
 
 
 def _delta(j: dict) -> str:
