@@ -326,8 +326,12 @@ _ADDED_IN_1: dict[str, dict[str, Any]] = {
 }
 
 
-# The verdict keys that were thresholds before a Verdict held them apart.
-_THRESHOLDS_IN_0 = {"degradation": ("floor",), "shortcuts": ("equal", "fail_ratio")}
+# The keys of each verdict of a summary that were thresholds before a Verdict held them apart.
+_THRESHOLDS_IN_0: dict[str, dict[str, tuple[str, ...]]] = {
+    "degradation": {"verdict": ("floor",)},
+    "shortcuts": {"verdict": ("equal", "fail_ratio")},
+    "lesion": {"verdict": ("robust", "broken"), "smoothness": ("min_ks", "floor", "cliff")},
+}
 
 
 def upgrade(record: dict, kind: str) -> dict:
@@ -341,10 +345,11 @@ def upgrade(record: dict, kind: str) -> dict:
             out.setdefault(key, value)
         if kind == "gradients" and "seed" in out and "seeds" not in out:
             out["seeds"] = [out.pop("seed")]
-        verdict, keys = out.get("verdict"), _THRESHOLDS_IN_0.get(kind, ())
-        if isinstance(verdict, dict) and keys and "thresholds" not in verdict:
-            rest = {k: v for k, v in verdict.items() if k not in keys}
-            out["verdict"] = rest | {"thresholds": {k: verdict[k] for k in keys if k in verdict}}
+        for part, keys in _THRESHOLDS_IN_0.get(kind, {}).items():
+            v = out.get(part)
+            if isinstance(v, dict) and "thresholds" not in v:
+                rest = {k: x for k, x in v.items() if k not in keys}
+                out[part] = rest | {"thresholds": {k: v[k] for k in keys if k in v}}
     out["schema"] = SCHEMA
     return out
 

@@ -23,9 +23,6 @@ from reslab.report.html import Page, fmt_mean_std, fmt_pct
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
 from reslab.studies.lesion.rule import (
-    BROKEN,
-    ROBUST,
-    SMOOTH_RULE,
     _diverged_name,
     arch_stats,
     smoothness_verdict,
@@ -70,8 +67,8 @@ def write_summary(study_dir: str | Path) -> dict:
         for n in nets
     ]
     summary["diverged"] = diverged
-    summary["verdict"] = verdict(nets, diverged)
-    summary["smoothness"] = smoothness_verdict(nets)
+    summary["verdict"] = verdict(nets, diverged).to_json()
+    summary["smoothness"] = smoothness_verdict(nets).to_json()
     return runs.write_study_summary(study_dir, summary)
 
 
@@ -238,11 +235,10 @@ def _write_html(
         "Mean ± std over nets of an arch; — where the block cannot be deleted or no such net was run.",
     )
     page.heading("How the verdict is decided").paragraph(
-        f"Damage = (error − intact error) / (chance error − intact error). The residual net counts as robust "
-        f"if the median single-deletion damage is at most {ROBUST}; the plain net as broken if it is at "
-        f"least {BROKEN}. Ensemble-like behaviour is shown when the residual net is robust and the plain "
-        "net broken. k_half is the smallest number of deleted blocks whose mean damage reaches 0.5. "
-        f"Smoothness of the multi-deletion curve: {SMOOTH_RULE}.",
+        f"Declared before the numbers ({__package__}.rule): {v['rule']}. Ensemble-like behaviour "
+        "is shown when the residual net is robust and the plain net broken. k_half is the smallest "
+        "number of deleted blocks whose mean damage reaches 0.5. Smoothness of the multi-deletion "
+        f"curve: {summary['smoothness']['rule']}.",
         small=True,
     )
     skip = ("verdict", "smoothness", "nets", "diverged", "train", "recipe")

@@ -55,13 +55,18 @@ import numpy as np
 from reslab.report.html import fmt_pct, join_values
 from reslab.studies.base import ARCHS
 from reslab.studies.stats import tolerance
+from reslab.training.runs import Verdict
 
 ROBUST, BROKEN = 0.1, 0.5
 MIN_KS, FLOOR, CLIFF = 4, 0.005, 0.5  # the smoothness rule (module docstring)
+RULE = (
+    "damage = (error - intact) / (chance - intact); residual robust if median single-deletion "
+    "damage <= {robust}; plain broken if >= {broken}"
+)
 SMOOTH_RULE = (
-    f"m(k) = mean error over the random sets of k deleted blocks (k = 0: intact); smooth if at "
-    f"least {MIN_KS} ks are measured, m rises by more than tol = max(2 * combined standard error, "
-    f"{FLOOR}), no step falls by more than tol, and no step carries more than {CLIFF:.0%} of the "
+    "m(k) = mean error over the random sets of k deleted blocks (k = 0: intact); smooth if at "
+    "least {min_ks} ks are measured, m rises by more than tol = max(2 * combined standard error, "
+    "{floor}), no step falls by more than tol, and no step carries more than {cliff:.0%} of the "
     "whole rise per deleted block"
 )
 _SMOOTH_HEADS = {
@@ -123,9 +128,10 @@ def arch_stats(nets: list[dict], arch: str) -> dict | None:
     }
 
 
-def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
+def verdict(nets: list[dict], diverged: list[dict] = ()) -> Verdict:
     """Judge the study from the measured errors only (rule in the module docstring); the nets that
-    diverged in training are named in the text."""
+    diverged in training are named in the text. Numbers: how unlike the arms are ("unlike") and
+    each arm's damage statistics."""
     res, plain = arch_stats(nets, "residual"), arch_stats(nets, "plain")
     if res is None or res["single_damage_median"] is None:
         status = "insufficient"
@@ -136,17 +142,10 @@ def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
     else:
         status = "shown" if plain["single_damage_median"] >= BROKEN else "plain_robust_too"
     unlike = unlike_arms(nets)
-    return {
-        "status": status,
-        "text": _sentence(status, res, plain) + _unlike_clause(unlike) + _diverged_clause(diverged),
-        "unlike": unlike,
-        "rule": f"damage = (error - intact) / (chance - intact); residual robust if median single-"
-        f"deletion damage <= {ROBUST}; plain broken if >= {BROKEN}",
-        "robust": ROBUST,
-        "broken": BROKEN,
-        "residual": res,
-        "plain": plain,
-    }
+    thresholds = {"robust": ROBUST, "broken": BROKEN}
+    text = _sentence(status, res, plain) + _unlike_clause(unlike) + _diverged_clause(diverged)
+    numbers = {"unlike": unlike, "residual": res, "plain": plain}
+    return Verdict(status, numbers, thresholds, RULE.format(**thresholds), text)
 
 
 def unlike_arms(nets: list[dict]) -> dict:
@@ -280,22 +279,15 @@ def _smooth_clause(s: dict) -> str:
     return f"the {arch} error rises from {span}; {steepest}"
 
 
-def smoothness_verdict(nets: list[dict]) -> dict:
+def smoothness_verdict(nets: list[dict]) -> Verdict:
     """summary.json's "smoothness": the residual curve's status, and the plain curve's for contrast."""
     res, plain = smoothness(nets, "residual"), smoothness(nets, "plain")
     text = f"{_SMOOTH_HEADS[res['status']]} (Veit et al. Fig. 5(a)): {_smooth_clause(res)}."
     if plain["ks"]:
         text += f" Plain net: {plain['status'].replace('_', ' ')}, {_smooth_clause(plain)}."
-    return {
-        "status": res["status"],
-        "text": text,
-        "rule": SMOOTH_RULE,
-        "min_ks": MIN_KS,
-        "floor": FLOOR,
-        "cliff": CLIFF,
-        "residual": res,
-        "plain": plain,
-    }
+    thresholds = {"min_ks": MIN_KS, "floor": FLOOR, "cliff": CLIFF}
+    numbers = {"residual": res, "plain": plain}
+    return Verdict(res["status"], numbers, thresholds, SMOOTH_RULE.format(**thresholds), text)
 
 
 def _single_clause(arch: str, s: dict) -> str:
