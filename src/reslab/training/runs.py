@@ -331,6 +331,7 @@ _THRESHOLDS_IN_0: dict[str, dict[str, tuple[str, ...]]] = {
     "degradation": {"verdict": ("floor",)},
     "shortcuts": {"verdict": ("equal", "fail_ratio")},
     "lesion": {"verdict": ("robust", "broken"), "smoothness": ("min_ks", "floor", "cliff")},
+    "depth": {"verdict": ("ratio",)},
 }
 
 

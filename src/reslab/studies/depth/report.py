@@ -159,7 +159,7 @@ def write_summary(study_dir: str | Path) -> dict:
     runs, incomplete = collect_runs(study_dir)
     summary = {"study": "depth", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
-    summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
+    summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs).to_json())
     return rf.write_study_summary(study_dir, summary)
 
 
@@ -304,7 +304,7 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
             small=True,
         )
     page.heading("How the verdict is decided").paragraph(
-        f"A run learned if it finished with a final training loss at most {v['ratio']:g} times its "
+        f"A run learned if it finished with a final training loss at most {v['thresholds']['ratio']:g} times its "
         "starting loss, and at most that times the loss of a uniform guess (ln of the number of "
         "classes), so that a net starting far above chance does not count as learning by falling "
         "to chance; a run that diverged did not, and an arm learned at a depth only if every "

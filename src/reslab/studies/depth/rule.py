@@ -34,8 +34,17 @@ import math
 
 from reslab.studies.depth.arms import CLIP, CONTROLS, METHODS, arm_order
 from reslab.studies.stats import mean_std
+from reslab.training.runs import Verdict
 
 LEARNED = 0.5
+RULE = (
+    "learned: finished and final training loss <= {ratio:g} x the smaller of its starting loss and "
+    "ln(classes), the loss of a uniform guess (every seed); shown: at the deepest depth every "
+    "method (rezero, skipinit, fixup) learned without clipping while the negative control (nonorm) "
+    "and the plain net failed (a diverged run fails), and both learned at the shallowest depth; "
+    "shown with clipping: the same, but some method learned only with gradient clipping; not "
+    "attributable: a control learned too"
+)
 
 
 def learned(run: dict, ratio: float = LEARNED) -> bool:
@@ -105,16 +114,18 @@ def budget(runs: list[dict]) -> int | None:
     return max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=None) or None
 
 
-def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
-    """Judge the study from the measured numbers only (rule in the module docstring)."""
+def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
+    """Judge the study from the measured numbers only (rule in the module docstring). Numbers: the
+    deepest and shallowest depth, the step budget, the seeds, the groups, why runs diverged, the
+    checks the status rests on and the methods that needed clipping."""
     groups = group_runs(runs, ratio)
     at = {(g["arm"], g["depth"]): g for g in groups}
     depths = sorted({g["depth"] for g in groups})
     deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
     steps = budget(runs)
     seeds = sorted({r["seed"] for r in runs})
-    out = {"rule": _rule(ratio), "ratio": ratio, "deep": deep, "shallow": shallow}
-    out |= {"steps": steps, "seeds": seeds}
+    thresholds, rule = {"ratio": ratio}, RULE.format(ratio=ratio)
+    out = {"deep": deep, "shallow": shallow, "steps": steps, "seeds": seeds}
     out |= {"groups": groups, "diverged_notes": diverged_notes(runs, deep)}
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
@@ -123,7 +134,7 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
             "Cannot judge: the verdict needs a method arm (rezero, skipinit or fixup), the negative "
             f"control (nonorm) and the plain net at the deepest depth ({deep or 'none'})."
         )
-        return {**out, "status": "insufficient", "text": text, "checks": {}}
+        return Verdict("insufficient", {**out, "checks": {}}, thresholds, rule, text)
 
     def ok(arm: str, depth: int) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None
@@ -148,7 +159,8 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
         status = "shown_with_clipping" if needs_clip else "shown"
     text = _sentence(status, at, methods, deep, shallow, needs_clip, unrescued, ratio)
     text += f" {_budget_text(steps, seeds)}"
-    return {**out, "status": status, "text": text, "checks": checks, "needed_clipping": needs_clip}
+    numbers = {**out, "checks": checks, "needed_clipping": needs_clip}
+    return Verdict(status, numbers, thresholds, rule, text)
 
 
 def _budget_text(steps: int | None, seeds: list[int]) -> str:
@@ -158,17 +170,6 @@ def _budget_text(steps: int | None, seeds: list[int]) -> str:
         f"Every run had a budget of {steps} training steps (a diverged run stops earlier), "
         f"{n} seed{'s' if n != 1 else ''} per arm and depth; an arm learned only if every seed did: "
         "a longer budget may let an arm that failed here learn."
-    )
-
-
-def _rule(ratio: float) -> str:
-    return (
-        f"learned: finished and final training loss <= {ratio:g} x the smaller of its starting "
-        "loss and ln(classes), the loss of a uniform guess (every seed); "
-        "shown: at the deepest depth every method (rezero, skipinit, fixup) learned without "
-        "clipping while the negative control (nonorm) and the plain net failed (a diverged run "
-        "fails), and both learned at the shallowest depth; shown with clipping: the same, but some "
-        "method learned only with gradient clipping; not attributable: a control learned too"
     )
 
 
