@@ -229,15 +229,15 @@ def test_verdict_follows_the_numbers():
         _entry("residual", 64, 3.0, 1.0, [0.80, 0.84]),
     ]
     v = verdict(shattered)
-    assert v["status"] == "shown"
+    assert v.status == "shown"
     assert (
-        v["drift"]["plain_orders"] == pytest.approx(6)
-        and v["drift"]["plain_direction"] == "explode"
+        v.numbers["drift"]["plain_orders"] == pytest.approx(6)
+        and v.numbers["drift"]["plain_direction"] == "explode"
     )
-    assert v["shattering"]["margin"] == pytest.approx((0.91 + 0.005) - (0.94 - 0.82))
+    assert v.numbers["shattering"]["margin"] == pytest.approx((0.91 + 0.005) - (0.94 - 0.82))
     same = [dict(e, arch=a) for a in ("plain", "residual") for e in shattered[2:]]
-    assert verdict(same)["status"] == "not_shown"
-    assert verdict(shattered[:2])["status"] == "insufficient"
+    assert verdict(same).status == "not_shown"
+    assert verdict(shattered[:2]).status == "insufficient"
 
 
 @pytest.mark.parametrize(
@@ -396,13 +396,13 @@ def test_degradation_must_clear_the_spread_over_seeds():
 def test_drift_is_shown_only_when_every_seed_shows_it():
     entries, _ = _seeds([1e6, 1e6, 3.0], [0.9] * 3)
     v = verdict(entries)
-    assert not v["drift"]["shown"] and v["drift"]["seeds"] == [0, 1, 2]
-    assert v["drift"]["orders_differences"] == pytest.approx([6, 6, math.log10(3)])
-    assert "in some seed" in v["text"] and "seeds 3x to 1e+06x" in v["text"]
+    assert not v.numbers["drift"]["shown"] and v.numbers["drift"]["seeds"] == [0, 1, 2]
+    assert v.numbers["drift"]["orders_differences"] == pytest.approx([6, 6, math.log10(3)])
+    assert "in some seed" in v.text and "seeds 3x to 1e+06x" in v.text
     entries, _ = _seeds([1e6, 1e6, 1e3], [0.9] * 3)
     v = verdict(entries)
-    assert v["drift"]["shown"] and v["drift"]["plain_ratio"] == pytest.approx(1e5)
-    assert "geometric means over 3 seeds" in v["text"] and "3.0 to 6.0 orders more" in v["text"]
+    assert v.numbers["drift"]["shown"] and v.numbers["drift"]["plain_ratio"] == pytest.approx(1e5)
+    assert "geometric means over 3 seeds" in v.text and "3.0 to 6.0 orders more" in v.text
 
 
 def test_combine_pools_the_seeds_and_leaves_one_seed_as_it_is():

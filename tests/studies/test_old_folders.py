@@ -32,7 +32,9 @@ def test_old_folder_rebuilds_to_the_old_summary(name, tmp_path, capsys):
     raw, before = before, runs.upgrade(before, name)  # today's form: renamed keys, "schema"...
     assert raw == runs.read_json(old / runs.SUMMARY)  # ... and what it was given left as it was
     if "thresholds" in new["verdict"]:  # the rule's thresholds, apart from its numbers
-        assert before["verdict"]["thresholds"].items() <= new["verdict"]["thresholds"].items()
+        assert (
+            before["verdict"].get("thresholds", {}).items() <= new["verdict"]["thresholds"].items()
+        )
         assert not before["verdict"].keys() & new["verdict"]["thresholds"].keys()
     assert isinstance(new["verdict"]["status"], str) and new["verdict"]["text"]
     same = set(before) - {"verdict"} - CHANGED.get(name, set())

@@ -151,20 +151,15 @@ def write_summary(study_dir: str | Path) -> dict:
     entries = nets(records)
     summary = {k: v for k, v in study.items() if k not in ("nets", "seed_nets", "verdict")}
     summary.update(study="gradients", nets=combine(entries), seed_nets=entries)
-    summary["verdict"] = verdict(entries)
-    summary["claims"] = claims(entries, train_errors(study_dir, entries))
-    summary["like_for_like"] = like_for_like(study_dir, records, study)
-    if summary["like_for_like"]["status"] == "differs":
-        summary["verdict"]["text"] += f" {summary['like_for_like']['text']}"
+    like = like_for_like(study_dir, records, study)
     diverged = [
         runs.diverged_note(study_dir / e["run_dir"])
         for e in entries
         if e["train_status"] == "diverged"
     ]
-    if diverged:
-        summary["verdict"]["text"] += (
-            f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
-        )
+    summary["verdict"] = verdict(entries, like=like, diverged=diverged).to_json()
+    summary["claims"] = claims(entries, train_errors(study_dir, entries))
+    summary["like_for_like"] = like
     return runs.write_study_summary(study_dir, finite_tree(summary))
 
 

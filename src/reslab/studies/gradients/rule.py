@@ -21,12 +21,18 @@ above use init numbers); the verdict text names it with its step and last finite
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from reslab.studies.gradients.plots import ARCHS, PHASES
 from reslab.studies.stats import mean_std, tolerance
+from reslab.training.runs import Verdict
 
 ORDERS = 1.0
 FLOOR = 0.05
+RULE = (
+    "drift: |log10 first/last| plain - residual >= {orders:g} in every seed; shattering: decay of "
+    "acf(1) plain - residual > max(2 * se, {floor}), over the lines of every seed"
+)
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -216,13 +222,29 @@ def _range(ratios: list[float | None]) -> str:
     return f", seeds {_ratio_text(xs[0])} to {_ratio_text(xs[-1])}"
 
 
-def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
-    """Judge the study from the measured numbers (rules in the module docstring)."""
+def verdict(
+    entries: list[dict],
+    floor: float = FLOOR,
+    like: dict | None = None,
+    diverged: Sequence[str] = (),
+) -> Verdict:
+    """Judge the study from the measured numbers (rules in the module docstring). Numbers: "drift"
+    and "shattering"; the text also names a like-for-like check that failed (`like`, from
+    `report.like_for_like`) and the nets whose training diverged (`diverged`, one note each)."""
+    thresholds = {"orders": ORDERS, "floor": floor}
+    rule = RULE.format(**thresholds)
     drift, shatter = _drift(entries), _shatter(combine(entries), floor)
+
+    def judged(status: str, text: str) -> Verdict:
+        if like and like["status"] == "differs":
+            text += f" {like['text']}"
+        if diverged:
+            text += f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
+        return Verdict(status, {"drift": drift, "shattering": shatter}, thresholds, rule, text)
+
     if drift is None:
-        status = "insufficient"
         text = "Cannot judge: the study needs at least one plain and one residual net measured."
-        return {"status": status, "text": text, "drift": None, "shattering": None}
+        return judged("insufficient", text)
     parts = []
     d = drift
     n = len(d["seeds"])
@@ -272,12 +294,4 @@ def verdict(entries: list[dict], floor: float = FLOOR) -> dict:
     text = f"{lead} {'; '.join(parts)}."
     if tail:
         text += f" ({'; '.join(tail)}.)"
-    return {
-        "status": status,
-        "text": text,
-        "rule": f"drift: |log10 first/last| plain - residual >= {ORDERS:g} in every seed; "
-        f"shattering: decay of acf(1) plain - residual > max(2 * se, {floor}), over the lines of "
-        "every seed",
-        "drift": drift,
-        "shattering": shatter,
-    }
+    return judged(status, text)
