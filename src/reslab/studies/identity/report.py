@@ -32,6 +32,7 @@ names the run, its step and its last finite loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from reslab.report import figures
@@ -40,11 +41,16 @@ from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
 from reslab.studies.stats import finite_or_none, finite_tree
 from reslab.training import runs
+from reslab.training.runs import Verdict
 
 PARTS = ("structure", "fit", "append")
 CONSTRUCTION = ("structure", "append")
 FACTOR = 2.0
 FLOOR = 1e-3
+RULE = (
+    "per depth, without weight decay: residual easier if max(plain, {floor:g}) / max(residual, "
+    "{floor:g}) >= {factor:g}, plain easier if <= 1/{factor:g}, else tied"
+)
 CALLS = {"residual": "residual easier", "plain": "plain easier", "tied": "tied"}  # per depth
 # the blocks appended in check 3, as the results name them, with their colours in the figure
 VARIANT_COLORS = {
@@ -176,8 +182,9 @@ def judge_construction(results: dict) -> dict:
     return {"status": status, "text": text, **parts}
 
 
-def verdict(results: dict) -> dict:
-    """The measurement's status and text, with the checks of construction apart."""
+def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
+    """The measurement's status and text (numbers: "measurement"), with the checks of construction
+    apart ("construction", whose text names a trained net of check 3 that diverged: `diverged`)."""
     if "fit" in results:
         fit = judge_fit(results["fit"])
     else:
@@ -189,14 +196,15 @@ def verdict(results: dict) -> dict:
         "reversed": "Reversed, plain stacks learn the identity more easily:",
         "insufficient": "Cannot judge:",
     }[fit["status"]]
-    return {
-        "status": fit["status"],
-        "text": f"{lead} {fit['text']}.",
-        "rule": f"per depth, without weight decay: residual easier if max(plain, {FLOOR:g}) / "
-        f"max(residual, {FLOOR:g}) >= {FACTOR:g}, plain easier if <= 1/{FACTOR:g}, else tied",
-        "measurement": fit,
-        "construction": judge_construction(results),
-    }
+    construction = judge_construction(results)
+    if diverged:
+        note = f" The training of check 3 diverged: {'; '.join(diverged)}."
+        construction["text"] += note
+    thresholds = {"floor": FLOOR, "factor": FACTOR}
+    numbers = {"measurement": fit, "construction": construction}
+    return Verdict(
+        fit["status"], numbers, thresholds, RULE.format(**thresholds), f"{lead} {fit['text']}."
+    )
 
 
 def write_summary(study_dir: str | Path) -> dict:
@@ -205,13 +213,10 @@ def write_summary(study_dir: str | Path) -> dict:
     results = collect(study_dir)
     study = runs.read_study(study_dir, "identity")
     summary = {k: v for k, v in study.items() if k != "verdict"}
-    summary.update(study="identity", verdict=verdict(results))
     diverged = [
         runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"
     ]
-    if diverged:
-        note = f" The training of check 3 diverged: {'; '.join(diverged)}."
-        summary["verdict"]["construction"]["text"] += note
+    summary.update(study="identity", verdict=verdict(results, diverged).to_json())
     summary["append_results"] = results.get("append", {}).get("results", [])
     summary["fit_results"] = [
         {k: v for k, v in r.items() if k != "curve"}
