@@ -1,15 +1,17 @@
 """What the studies share: the one divergence policy, cell names, the statistics, and the time
 estimate a long study prints before its runs train."""
 
+import ast
 import json
 import math
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from reslab.studies import base, stats
-from reslab.studies.base import Estimate
+from reslab.studies.grid import Estimate, train_grid
 from reslab.training import TrainConfig, runs
 from reslab.training.timing import Timing
 
@@ -101,13 +103,13 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
         TrainConfig(model="plainmlp-8", lr=1e6, name="boom", **common),  # overflows at once
         TrainConfig(model="resmlp-4", lr=0.02, name="fine", **common),
     ]
-    boom, fine = base.train_grid(configs, jobs=1)
+    boom, fine = train_grid(configs, jobs=1)
     assert boom["status"] == "diverged" and fine["status"] == "completed"
     assert runs.status(tmp_path / "boom") == "diverged"
     assert "boom" in capsys.readouterr().out
     # never retried on its own: a rerun leaves the diverged folder as it was
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "boom").iterdir()}
-    again = base.train_grid(configs, jobs=1)
+    again = train_grid(configs, jobs=1)
     assert (
         again[0]["status"] == "diverged"
         and again[1]["final_train_error"] == fine["final_train_error"]
@@ -145,6 +147,24 @@ def test_statistics_against_the_statistics_module():
     assert stats.compare([0.1], [0.105], floor=0.01)["higher"] is False  # within the floor
 
 
+def test_one_tolerance_for_every_rule():
+    assert stats.tolerance(0.02, floor=0.01) == 0.04  # twice the spread
+    assert stats.tolerance(0.004, floor=0.01) == 0.01  # never below the floor
+    assert stats.tolerance(0.0, floor=0.01) == 0.01  # one seed: the floor alone
+    assert stats.tolerance(0.02, floor=0.01, k=3) == pytest.approx(0.06)
+    # no study writes its own max(k * spread, floor) in code: each calls stats.tolerance
+    own = [
+        f"{path.name}:{node.lineno}"
+        for path in Path(stats.__file__).parent.rglob("*.py")
+        if path.name != "stats.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "max"
+        and any(isinstance(a, ast.BinOp) and isinstance(a.op, ast.Mult) for a in node.args)
+    ]
+    assert not own
+
+
 def test_model_names_come_from_the_registry():
     from reslab.models import create_model
 
@@ -159,17 +179,17 @@ def test_model_names_come_from_the_registry():
 
 
 @pytest.mark.parametrize("writes_study_json", [False, True])
-def test_a_refused_study_keeps_its_message_and_leaves_no_folder(writes_study_json, tmp_path):
-    import dataclasses
-
+def test_a_refused_study_keeps_its_message_and_leaves_no_folder(
+    writes_study_json, tmp_path, monkeypatch
+):
     from reslab import studies
 
-    def refuse(cfg):
+    def refuse(study, cfg):
         if writes_study_json:
             base.claim(base.study_dir(cfg), {"study": "lesion"}, ())
         raise ValueError("the study's own reason")
 
-    study = dataclasses.replace(studies.get("lesion"), run=refuse)
+    monkeypatch.setattr(base, "run", refuse)
     with pytest.raises(ValueError, match="the study's own reason"):
-        base.main(study, {"out": str(tmp_path), "name": "s"})
+        base.main(studies.get("lesion"), {"out": str(tmp_path), "name": "s"})
     assert not (tmp_path / "s").exists()

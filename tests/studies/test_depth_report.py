@@ -12,15 +12,8 @@ from pathlib import Path
 import pytest
 
 from reslab.studies import build_report as build_any
-from reslab.studies.depth.report import (
-    collect_runs,
-    diverged_notes,
-    first_step_path,
-    format_table,
-    learned,
-    verdict,
-    write_summary,
-)
+from reslab.studies.depth.report import collect_runs, first_step_path, format_table, write_summary
+from reslab.studies.depth.rule import diverged_notes, learned, verdict
 
 ITERS = 40
 
@@ -186,33 +179,33 @@ def test_zero_initialised_residual_runs_of_older_folders_are_the_zeroinit_arm(tm
 
 def test_verdict_shown_names_the_numbers():
     v = verdict(_runs(SHOWN))
-    assert v["status"] == "shown" and (v["deep"], v["shallow"]) == (1000, 10)
-    assert v["checks"] == {
+    assert v.status == "shown" and (v.numbers["deep"], v.numbers["shallow"]) == (1000, 10)
+    assert v.numbers["checks"] == {
         "methods_learned": {"rezero": True, "fixup": True},
         "methods_learned_with_clipping": {"rezero": None, "fixup": None},
         "controls_failed": {"nonorm": True, "plain": True},
         "controls_learned_shallow": {"nonorm": True, "plain": True},
     }
-    assert "rezero 2.4 → 0.3" in v["text"] and "plain diverged at step 2" in v["text"]
-    assert "nonorm diverged at step 1" in v["text"] and "zeroinit 2.4 → 0.03" in v["text"]
-    assert v["needed_clipping"] == []
+    assert "rezero 2.4 → 0.3" in v.text and "plain diverged at step 2" in v.text
+    assert "nonorm diverged at step 1" in v.text and "zeroinit 2.4 → 0.03" in v.text
+    assert v.numbers["needed_clipping"] == []
 
 
 def test_verdict_shown_with_clipping_names_the_methods_that_needed_it():
     v = verdict(_runs(CLIPPED))
-    assert v["status"] == "shown_with_clipping" and v["needed_clipping"] == ["rezero"]
-    assert v["checks"]["methods_learned"] == {"rezero": False, "fixup": True}
-    assert v["checks"]["methods_learned_with_clipping"] == {"rezero": True, "fixup": None}
-    assert v["checks"]["controls_failed"] == {
+    assert v.status == "shown_with_clipping" and v.numbers["needed_clipping"] == ["rezero"]
+    assert v.numbers["checks"]["methods_learned"] == {"rezero": False, "fixup": True}
+    assert v.numbers["checks"]["methods_learned_with_clipping"] == {"rezero": True, "fixup": None}
+    assert v.numbers["checks"]["controls_failed"] == {
         "nonorm": True,
         "nonorm+clip": True,
         "plain": True,
         "plain+clip": True,
     }
-    assert "rezero diverged at step 28" in v["text"] and "rezero+clip 2.4 → 0.4" in v["text"]
+    assert "rezero diverged at step 28" in v.text and "rezero+clip 2.4 → 0.4" in v.text
     # run only with clipping: it counts as needing it
     only_clipped = {k: v for k, v in CLIPPED.items() if k != ("rezero", 1000)}
-    assert verdict(_runs(only_clipped))["status"] == "shown_with_clipping"
+    assert verdict(_runs(only_clipped)).status == "shown_with_clipping"
 
 
 @pytest.mark.parametrize(
@@ -239,15 +232,15 @@ def test_verdict_shown_with_clipping_names_the_methods_that_needed_it():
 )
 def test_verdict_follows_the_numbers(change, status, phrase):
     v = verdict(_runs({**CLIPPED, **change}))
-    assert v["status"] == status and phrase in v["text"], v["text"]
+    assert v.status == status and phrase in v.text, v.text
 
 
 def test_verdict_states_the_step_budget_and_the_seeds(tmp_path):
     v = verdict(_runs(SHOWN))
-    assert v["steps"] == ITERS and v["seeds"] == [0]
-    assert f"a budget of {ITERS} training steps" in v["text"] and "1 seed per arm" in v["text"]
+    assert v.numbers["steps"] == ITERS and v.numbers["seeds"] == [0]
+    assert f"a budget of {ITERS} training steps" in v.text and "1 seed per arm" in v.text
     # the budget is the completed runs' steps, not a diverged run's
-    assert verdict(_runs({("plain", 1000): (2.4, None, 2), **SHOWN}))["steps"] == ITERS
+    assert verdict(_runs({("plain", 1000): (2.4, None, 2), **SHOWN})).numbers["steps"] == ITERS
     s = write_summary(write_study(tmp_path, SHOWN, seeds=(0, 1, 2)))
     assert "3 seeds per arm and depth" in s["verdict"]["text"]
     assert s["verdict"]["seeds"] == [0, 1, 2]
@@ -290,8 +283,8 @@ def test_learned_means_at_most_half_the_starting_loss():
           ("nonorm", 10): (2.0, 0.1, None), ("nonorm", 100): (2.0, 1.5, None)}  # fmt: skip
     for final, ok in ((1.0, True), (1.01, False)):
         v = verdict(_runs({**at, ("rezero", 100): (2.0, final, None)}))
-        assert v["checks"]["methods_learned"]["rezero"] is ok
-        assert v["status"] == ("shown" if ok else "not_shown")
+        assert v.numbers["checks"]["methods_learned"]["rezero"] is ok
+        assert v.status == ("shown" if ok else "not_shown")
 
 
 def test_falling_to_chance_from_far_above_it_is_not_learning():
@@ -303,9 +296,9 @@ def test_falling_to_chance_from_far_above_it_is_not_learning():
 
 @pytest.mark.parametrize("missing", [("plain",), ("nonorm",), ("rezero", "fixup")])
 def test_insufficient_without_a_method_the_control_or_plain_at_the_deepest_depth(missing):
-    assert verdict([])["status"] == "insufficient"
+    assert verdict([]).status == "insufficient"
     cells = {k: v for k, v in SHOWN.items() if not (k[0] in missing and k[1] == 1000)}
-    assert verdict(_runs(cells))["status"] == "insufficient"
+    assert verdict(_runs(cells)).status == "insufficient"
 
 
 def test_diverged_runs_are_explained_from_their_first_step():

@@ -2,7 +2,7 @@
 the two claims (He et al. 2015 vs the study note) and its like-for-like check on constructed numbers,
 and what only this study does (init-only measurement of a diverged net, adding depths).
 The toy run end to end, the report rebuilt from the folder and the CLI are tested for every study in
-test_registry.py."""
+test_every_study.py."""
 
 import math
 
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from reslab import create_model
-from reslab.studies.gradients import STUDY, make_config, run
+from reslab.studies.gradients import MEASUREMENTS, STUDY, make_config, run
+from reslab.studies.gradients.claims import claims, profile
 from reslab.studies.gradients.measure import (
     autocorrelation,
     gradient_norms,
@@ -20,15 +21,8 @@ from reslab.studies.gradients.measure import (
     line_gradients,
     neighbour_correlation,
 )
-from reslab.studies.gradients.report import (
-    MEASUREMENTS,
-    claims,
-    combine,
-    format_table,
-    like_for_like,
-    profile,
-    verdict,
-)
+from reslab.studies.gradients.report import format_table, like_for_like
+from reslab.studies.gradients.rule import combine, verdict
 from reslab.training import runs
 
 
@@ -235,15 +229,15 @@ def test_verdict_follows_the_numbers():
         _entry("residual", 64, 3.0, 1.0, [0.80, 0.84]),
     ]
     v = verdict(shattered)
-    assert v["status"] == "shown"
+    assert v.status == "shown"
     assert (
-        v["drift"]["plain_orders"] == pytest.approx(6)
-        and v["drift"]["plain_direction"] == "explode"
+        v.numbers["drift"]["plain_orders"] == pytest.approx(6)
+        and v.numbers["drift"]["plain_direction"] == "explode"
     )
-    assert v["shattering"]["margin"] == pytest.approx((0.91 + 0.005) - (0.94 - 0.82))
+    assert v.numbers["shattering"]["margin"] == pytest.approx((0.91 + 0.005) - (0.94 - 0.82))
     same = [dict(e, arch=a) for a in ("plain", "residual") for e in shattered[2:]]
-    assert verdict(same)["status"] == "not_shown"
-    assert verdict(shattered[:2])["status"] == "insufficient"
+    assert verdict(same).status == "not_shown"
+    assert verdict(shattered[:2]).status == "insufficient"
 
 
 @pytest.mark.parametrize(
@@ -402,13 +396,13 @@ def test_degradation_must_clear_the_spread_over_seeds():
 def test_drift_is_shown_only_when_every_seed_shows_it():
     entries, _ = _seeds([1e6, 1e6, 3.0], [0.9] * 3)
     v = verdict(entries)
-    assert not v["drift"]["shown"] and v["drift"]["seeds"] == [0, 1, 2]
-    assert v["drift"]["orders_differences"] == pytest.approx([6, 6, math.log10(3)])
-    assert "in some seed" in v["text"] and "seeds 3x to 1e+06x" in v["text"]
+    assert not v.numbers["drift"]["shown"] and v.numbers["drift"]["seeds"] == [0, 1, 2]
+    assert v.numbers["drift"]["orders_differences"] == pytest.approx([6, 6, math.log10(3)])
+    assert "in some seed" in v.text and "seeds 3x to 1e+06x" in v.text
     entries, _ = _seeds([1e6, 1e6, 1e3], [0.9] * 3)
     v = verdict(entries)
-    assert v["drift"]["shown"] and v["drift"]["plain_ratio"] == pytest.approx(1e5)
-    assert "geometric means over 3 seeds" in v["text"] and "3.0 to 6.0 orders more" in v["text"]
+    assert v.numbers["drift"]["shown"] and v.numbers["drift"]["plain_ratio"] == pytest.approx(1e5)
+    assert "geometric means over 3 seeds" in v.text and "3.0 to 6.0 orders more" in v.text
 
 
 def test_combine_pools_the_seeds_and_leaves_one_seed_as_it_is():

@@ -9,7 +9,7 @@ import torch
 
 from reslab import create_model
 from reslab.models import append_blocks, to_plain
-from reslab.studies.identity import STUDY, make_config, report, run
+from reslab.studies.identity import PLAIN, STUDY, ZERO_INIT, make_config, rule, run
 from reslab.studies.identity.measure import (
     fresh_blocks,
     identity_stack,
@@ -17,7 +17,7 @@ from reslab.studies.identity.measure import (
     structural_check,
     zero_branches,
 )
-from reslab.studies.identity.report import PLAIN, ZERO_INIT, judge_append
+from reslab.studies.identity.rule import judge_append
 from reslab.training import runs
 
 
@@ -247,12 +247,12 @@ def _fit(losses: dict, same: bool = True, decayed: dict | None = None) -> dict:
     ],
 )
 def test_measurement_statuses_on_constructed_numbers(losses, status, calls):
-    m = report.judge_fit(_fit(losses))
+    m = rule.judge_fit(_fit(losses))
     assert m["status"] == status and [r["call"] for r in m["depths"]] == calls
 
 
 def test_measurement_ignores_decay_arms_and_needs_like_with_like():
     tied = {4: (0.1, 0.1)}
-    assert report.judge_fit(_fit(tied, decayed={4: (1.0, 1e-6)}))["status"] == "not_shown"
-    m = report.judge_fit(_fit({4: (0.5, 0.01)}, same=False))
+    assert rule.judge_fit(_fit(tied, decayed={4: (1.0, 1e-6)}))["status"] == "not_shown"
+    m = rule.judge_fit(_fit({4: (0.5, 0.01)}, same=False))
     assert m["status"] == "insufficient" and "not like with like" in m["text"]

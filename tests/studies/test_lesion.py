@@ -3,7 +3,7 @@ written out by hand), a deleted plain block passes its input on, the verdict and
 on constructed numbers (some shaped like Veit et al.'s Fig. 5(a)), and what is specific to it end to
 end: the intact net reproduces the engine's test error, `--from`
 lesions existing run folders, and a net that diverged in training is named, not lesioned.
-(Every study's toy run, report rebuild, bad options and --help: tests/studies/test_registry.py.)"""
+(Every study's toy run, report rebuild, bad options and --help: tests/studies/test_every_study.py.)"""
 
 import math
 import shutil
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from reslab.cli import main as cli
 from reslab.models import create_model
 from reslab.studies import build_report
-from reslab.studies.lesion import STUDY, make_config, run
+from reslab.studies.lesion import LESIONS, STUDY, make_config, run
 from reslab.studies.lesion.measure import block_shapes, lesioned, random_sets
-from reslab.studies.lesion.report import LESIONS, format_table, smoothness, verdict
+from reslab.studies.lesion.report import format_table
+from reslab.studies.lesion.rule import smoothness, verdict
 from reslab.training import runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -132,13 +133,13 @@ def _net(arch, single, intact=0.1, model="m"):
 )
 def test_verdict_on_constructed_numbers(nets, status):
     v = verdict(nets)
-    assert v["status"] == status
-    if v["residual"] and v["residual"]["single_damage_median"] is not None:
+    assert v.status == status
+    if v.numbers["residual"] and v.numbers["residual"]["single_damage_median"] is not None:
         # damage = (e - intact) / (chance - intact): (0.13 - 0.1) / 0.8 for the robust residual net
         median = sorted(s["error"] for s in nets[0]["single"])
         expected = ((median[0] + median[1]) / 2 - 0.1) / 0.8
-        assert v["residual"]["single_damage_median"] == pytest.approx(expected)
-        assert v["residual"]["k_half"] == 2  # mean damage at k=2 is 0.5
+        assert v.numbers["residual"]["single_damage_median"] == pytest.approx(expected)
+        assert v.numbers["residual"]["k_half"] == 2  # mean damage at k=2 is 0.5
 
 
 def test_verdict_says_when_the_arms_differ_in_more_than_their_shortcuts():
@@ -146,17 +147,17 @@ def test_verdict_says_when_the_arms_differ_in_more_than_their_shortcuts():
     res = _net("residual", [0.12] * 54) | {"recipe": recipe}
     plain = _net("plain", [0.9] * 9) | {"recipe": recipe | {"warmup_iters": 0}}
     v = verdict([res, plain])
-    assert v["status"] == "shown"  # the rule does not change, the text says what it rests on
-    assert v["unlike"]["blocks"] == {"residual": [54], "plain": [9]}
-    assert v["unlike"]["recipe"] == {"warmup_iters": {"residual": [400], "plain": [0]}}
+    assert v.status == "shown"  # the rule does not change, the text says what it rests on
+    assert v.numbers["unlike"]["blocks"] == {"residual": [54], "plain": [9]}
+    assert v.numbers["unlike"]["recipe"] == {"warmup_iters": {"residual": [400], "plain": [0]}}
     lead = "Not like for like: the residual and plain nets differ in depth (54 residual blocks "
-    assert lead in v["text"]
-    assert "training recipe (warmup_iters: residual 400, plain 0)" in v["text"]
+    assert lead in v.text
+    assert "training recipe (warmup_iters: residual 400, plain 0)" in v.text
     twins = verdict([res, _net("plain", [0.9] * 54) | {"recipe": recipe}])
-    assert "like for like" not in twins["text"] and not twins["unlike"]["blocks"]
-    assert twins["unlike"]["recipe"] == {} and twins["unlike"]["recipe_known"]
+    assert "like for like" not in twins.text and not twins.numbers["unlike"]["blocks"]
+    assert twins.numbers["unlike"]["recipe"] == {} and twins.numbers["unlike"]["recipe_known"]
     older = verdict([_net("residual", [0.12] * 3), _net("plain", [0.9] * 3)])  # no recipes
-    assert older["unlike"]["recipe_known"] is False and "like for like" not in older["text"]
+    assert older.numbers["unlike"]["recipe_known"] is False and "like for like" not in older.text
 
 
 def test_default_trains_the_pair_with_the_papers_recipe_scaled():

@@ -14,7 +14,7 @@ from reslab.cli import main as cli
 from reslab.data import load_dataset
 from reslab.models import create_model, variants
 from reslab.studies.base import recipe as base_recipe
-from reslab.studies.shortcuts import PRESETS, make_config, report, run
+from reslab.studies.shortcuts import PRESETS, TABLE_2, make_config, report, rule, run
 from reslab.training import runs
 
 relu = torch.relu
@@ -257,7 +257,7 @@ def test_the_papers_own_numbers_agree_with_the_paper(tmp_path, base, column, err
     assert v["status"] == "agrees" and v["agree"] == len(errors) - 1 == len(v["judged"]), v["text"]
     assert v["column"] == column and v["best"] == "full-preact" and v["scale_note"] is None
     got = {j["variant"]: j["class"] for j in v["judged"]}
-    assert got == {k: report.FINDINGS[column][k] for k in errors if k != "identity"}
+    assert got == {k: rule.FINDINGS[column][k] for k in errors if k != "identity"}
     assert f"{len(errors) - 1} of {len(errors) - 1} variants" in v["text"]
 
 
@@ -266,20 +266,20 @@ def test_findings_follow_the_papers_words():
     BN and ReLU after/before addition worse, ReLU-only pre-activation "very similar", full
     pre-activation "improved by healthy margins", at both depths."""
     t1 = {n for n, v in variants.VARIANTS.items() if v.table == 1 and n != "identity"}
-    f110 = report.FINDINGS[110]
+    f110 = rule.FINDINGS[110]
     assert {n for n in t1 if variants.VARIANTS[n].paper == "fail"} == {
         n for n in t1 if f110[n] == "fails"
     } and all(f110[n] in ("worse", "fails") for n in t1)
     for column in (110, 164):
-        f = report.FINDINGS[column]
+        f = rule.FINDINGS[column]
         assert (f["bn-after-add"], f["relu-before-add"]) == ("worse", "worse")
         assert (f["relu-preact"], f["full-preact"]) == ("equal", "better")
-    assert report.paper_finding("scale-both", 164) == {
+    assert rule.paper_finding("scale-both", 164) == {
         "column": 110,
         "error": "12.35",
         "class": "worse",
     }
-    assert report.paper_finding("full-preact", 164) == {
+    assert rule.paper_finding("full-preact", 164) == {
         "column": 164,
         "error": "5.46",
         "class": "better",
@@ -326,8 +326,8 @@ def test_numbers_unlike_the_papers_do_not_agree(tmp_path, change, status, agree)
     ],
 )
 def test_classes_against_identity(identity, errors, cls, tolerance):
-    groups = report.group_runs(_runs({"identity": identity, "gate-shortcut": errors}))
-    c = report.classify(*groups)
+    groups = rule.group_runs(_runs({"identity": identity, "gate-shortcut": errors}))
+    c = rule.classify(*groups)
     assert c["class"] == cls and c["tolerance"] == pytest.approx(tolerance)
     if None not in errors:
         mean = sum(errors) / len(errors)
@@ -335,11 +335,9 @@ def test_classes_against_identity(identity, errors, cls, tolerance):
 
 
 def test_insufficient_without_a_finished_identity():
-    assert report.verdict(_runs({"identity": [None], "scale-both": [0.1]}))["status"] == (
-        "insufficient"
-    )
-    assert report.verdict(_runs({"identity": [0.1, 0.1]}))["status"] == "insufficient"
-    assert report.verdict(_runs({"scale-both": [0.1]}))["status"] == "insufficient"
+    assert rule.verdict(_runs({"identity": [None], "scale-both": [0.1]})).status == ("insufficient")
+    assert rule.verdict(_runs({"identity": [0.1, 0.1]})).status == "insufficient"
+    assert rule.verdict(_runs({"scale-both": [0.1]})).status == "insufficient"
 
 
 @pytest.mark.parametrize(
@@ -354,15 +352,15 @@ def test_insufficient_without_a_finished_identity():
     ],
 )  # fmt: skip
 def test_scale_note_when_far_smaller_than_the_paper(facts, iters, note):
-    got = report.scale_note(facts | {"runs": [{"iters": iters}]})
+    got = rule.scale_note(facts | {"runs": [{"iters": iters}]})
     assert got == note if note is None else note in got
 
 
 def test_default_and_cpu_presets_say_they_are_far_smaller(tmp_path):
     for preset, steps in (("digits", 230), ("cpu", 780)):  # far below half of the paper's 64k
         cfg = make_config(preset, out=str(tmp_path), variants=("identity",))  # builds one net only
-        facts = {"data": cfg.data, "base": cfg.base, "width": cfg.width, **cfg.base_facts()}
-        assert "Far smaller" in report.scale_note(facts | {"runs": [{"iters": steps}]})
+        facts = {"data": cfg.data, "base": cfg.base, "width": cfg.width, **cfg.facts([])}
+        assert "Far smaller" in rule.scale_note(facts | {"runs": [{"iters": steps}]})
 
 
 def test_default_trains_every_variant_on_the_papers_recipe_scaled(tmp_path):
@@ -376,15 +374,16 @@ def test_default_trains_every_variant_on_the_papers_recipe_scaled(tmp_path):
     assert (c.schedule, c.milestones, c.gamma) == ("step", (0.5, 0.75), 0.1)
     assert (c.iters, c.warmup_iters, c.warmup_lr) == (990, 50, 0.01)  # warm-up: 5% of the run
     assert len({json.dumps(base_recipe(x), sort_keys=True) for x in configs}) == 1
-    assert cfg.base_facts()["base_units"] == 27
+    assert cfg.facts([])["base_units"] == 27
 
 
 def test_paper_presets_hold_resnet_110_and_164_against_their_columns(tmp_path):
     cfg = make_config("paper", out=str(tmp_path), variants=("identity",))
-    assert cfg.base_facts() == {"base_units": 54, "paper_column": 110}
+    assert cfg.facts([]) == {"base_units": 54, "paper_column": 110}
     cfg = make_config("paper-164", out=str(tmp_path), variants=("identity",))
-    assert cfg.base_facts() == {"base_units": 54, "paper_column": 164}  # 18 bottlenecks a stage
-    assert set(PRESETS["paper-164"]["variants"]) == {"identity", *report.FINDINGS[164]}
+    assert cfg.facts([]) == {"base_units": 54, "paper_column": 164}  # 18 bottlenecks a stage
+    assert set(PRESETS["paper-164"]["variants"]) == {"identity", *rule.FINDINGS[164]}
+    assert TABLE_2 == tuple(n for n, v in variants.VARIANTS.items() if v.table == 2)
     with torch.device("meta"):
         model = create_model("resnet-164+full-preact")
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(1.7e6, rel=0.02)  # Table 4

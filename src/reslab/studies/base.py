@@ -1,45 +1,37 @@
-"""What every study shares, as plain functions and one small record.
+"""What every study shares: one `Study` record, one runner, and the plain functions they use.
 
-A study is a package `reslab/studies/<name>/` holding its config dataclass, presets, grid, a short
-`run(cfg)` and a `report.py`; it describes itself with a `Study` record (name, help, config class,
-presets, toy preset, run, report, table) and lists its name in `reslab.studies.NAMES`. Everything
-else is here: the common options, a config from a preset plus overrides, a cell's run config, the
-early check that every model of the grid builds, claiming the study folder, training the grid with
-one divergence policy, and finishing (report, terminal table, the summary).
-
-The divergence policy: a run whose loss turns non-finite stops, and its run folder records the step
-and the last finite loss (status "diverged"). It is never retried on its own (rerunning the study
-keeps it as it is); the study goes on with the other runs, and its report names it.
+A study is a package `reslab/studies/<name>/`: its config dataclass (its fields, `cells()` and
+`run_config(*cell)`) and presets in `__init__.py` with a `Study` record, the verdict rule, table and
+page in `report.py` (`build_report(folder)`, `format_table(summary)`), and, when it measures the
+trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, jobs)`. `run(study,
+cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid -> measure ->
+report. `report.py` and `measure.py` are imported only when used, so the CLI can list every study
+and its options without importing torch or matplotlib.
+Training the grid, under one divergence policy, is `reslab.studies.grid`.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import dataclasses
-import heapq
+import importlib
 import json
-import multiprocessing
-import os
 import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from reslab.studies.slurm import SlurmOptions, launcher_options
+from reslab.studies.grid import default_jobs, train_grid
+from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
 OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
 OWNED += ("progress", "log_lines")
-# --launcher slurm (set by `main` for the study it runs): train_grid submits the cells as Slurm jobs
-LAUNCH: ContextVar[SlurmOptions | None] = ContextVar("LAUNCH", default=None)
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
@@ -61,19 +53,36 @@ class StudyConfig:
         default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
     )
 
+    def cells(self) -> list[tuple]:
+        """The cells of the grid, each the arguments of `run_config` (none: nothing to train)."""
+        return []
+
+    def run_config(self, *cell: Any) -> TrainConfig:
+        raise NotImplementedError(f"{type(self).__name__} has no run_config for {cell}")
+
+    def facts(self, configs: Sequence[TrainConfig]) -> dict:
+        """What study.json records beside the config's fields: the recipe the runs share."""
+        return {"recipe": recipe(configs[0])} if configs else {}
+
+    @property
+    def trains(self) -> bool:
+        """Whether the grid is trained (a study may measure its nets at initialisation only)."""
+        return True
+
 
 @dataclass(frozen=True)
 class Study:
-    """One study, as the CLI, `reslab report`, `reslab.run_study` and the tests see it."""
+    """One study, as the CLI, `reslab report`, `reslab.run_study` and the tests see it: what it is
+    called, its config and presets, and what its study.json must keep across reruns."""
 
     name: str
     help: str  # one line, for `reslab --help`
-    config: type  # frozen dataclass with `preset`, `out`, `name` and `train` fields
+    config: type  # frozen StudyConfig subclass with `out`, `cells()` and `run_config(*cell)`
     presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
-    run: Callable[[Any], dict]  # config -> summary (trains what is missing, then reports)
-    report: Callable[[Path], Path]  # study folder -> report.html, from the folder alone
-    table: Callable[[dict], str]  # summary -> plain-text table and verdict, for the terminal
     toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
+    must_match: tuple[str, ...] = ()  # study.json keys a rerun in the same folder must agree on
+    grows: dict[str, Any] = field(default_factory=dict)  # keys a rerun extends (see `union`)
+    measures: bool = False  # measure.py's after_training runs once the grid is trained
     preset_help: str = ""  # what the non-default presets are for
     owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
     default_name: Callable[[str, dict], str] | None = None  # (preset, values) -> folder name
@@ -82,9 +91,25 @@ class Study:
     def default_preset(self) -> str:
         return next(iter(self.presets))
 
+    def part(self, module: str) -> Any:
+        """The study package's `report` or `measure` module, imported on first use."""
+        return importlib.import_module(f"{self.config.__module__}.{module}")
+
     def make_config(self, preset: str | None = None, **options: Any) -> Any:
         """This study's config: defaults < preset < options (see `make_config`)."""
         return make_config(self, preset, **options)
+
+    def run(self, cfg: Any) -> dict:
+        """Train what is missing, measure, report; returns the summary (see `run`)."""
+        return run(self, cfg)
+
+    def report(self, folder: Path) -> Path:
+        """Write summary.json, the figures and report.html from the study folder alone."""
+        return self.part("report").build_report(folder)
+
+    def table(self, summary: dict) -> str:
+        """The summary as plain text (table and verdict), for the terminal."""
+        return self.part("report").format_table(summary)
 
 
 # ------------------------------------------------------------------------------------ configuration
@@ -190,10 +215,10 @@ def claim(
 ) -> dict:
     """Write `study.json`; if the folder already holds a study, the keys in `must_match` must agree
     (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
-    record = jsonable(record)
+    record = jsonable({**record, "schema": runs.SCHEMA})
     path = folder / runs.STUDY
-    if path.exists():
-        old = runs.read_json(path)  # a one-line ValueError unless it holds a JSON object
+    if path.exists():  # read in today's form, whichever reslab wrote it
+        old = runs.upgrade(runs.read_json(path), record.get("study", ""))
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(
@@ -215,13 +240,20 @@ def _agree(key: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-def union(old: dict, new: dict, **orders: Sequence) -> dict:
-    """A merge for `claim`: the new record, with each named list the union of old and new, in the
-    order given (or sorted when the order is None): union(old, new, seeds=None, archs=ARCHS)."""
+def union(old: dict, new: dict, **orders: Any) -> dict:
+    """A merge for `claim`: the new record, with each named key the union of old and new. A list is
+    kept in the order given (a sequence to follow, a sort key, or None: sorted); a dict is merged:
+    union(old, new, seeds=None, archs=ARCHS)."""
     out = {**old, **new}
     for key, order in orders.items():
+        if isinstance(new.get(key), dict):
+            out[key] = {**old.get(key, {}), **new[key]}
+            continue
         both = {*old.get(key, ()), *new.get(key, ())}
-        out[key] = [x for x in order if x in both] if order is not None else sorted(both)
+        if order is None or callable(order):
+            out[key] = sorted(both, key=order)
+        else:
+            out[key] = [x for x in order if x in both]
     return out
 
 
@@ -230,232 +262,33 @@ def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=list))
 
 
-# ------------------------------------------------------------------------------------ training
+# ------------------------------------------------------------------------------------ the runner
 
 
-def default_jobs(mlp: bool) -> int:
-    """Runs to train at once: small fully connected nets scale badly over threads, so on a CPU they
-    run one per core; conv nets (and anything on a GPU) one at a time."""
-    import torch
-
-    return max(1, os.cpu_count() or 1) if mlp and not torch.cuda.is_available() else 1
-
-
-def train_grid(
-    configs: Sequence[TrainConfig],
-    jobs: int = 1,
-    on_done: Callable[[dict, float], None] | None = None,
-) -> list[dict]:
-    """Train every config under the divergence policy (module docstring); returns summaries in order.
-
-    Finished runs return at once, unfinished ones resume. With `jobs` > 1 the runs go to that many
-    spawned processes, each with cores // jobs threads; with one job the runs show a progress bar.
-    Configs of one run folder (a grid that names a cell twice) are trained once."""
-    folders = [Path(c.out) / c.run_name for c in configs]
-    if len(set(folders)) < len(folders):  # two workers on one folder would fail on its lock
-        unique = {f: c for f, c in zip(folders, configs, strict=True)}
-        by_folder = dict(zip(unique, train_grid(list(unique.values()), jobs, on_done), strict=True))
-        return [by_folder[f] for f in folders]
-    on_done = on_done or print_run
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+def run(study: Study, cfg: Any) -> dict:
+    """The one runner: claim the study folder (study.json), train every cell of the grid that is not
+    finished, let the study measure its nets, then build the report from the folder, print the
+    table and return the summary."""
+    folder = study_dir(cfg)
+    configs = [cfg.run_config(*cell) for cell in cfg.cells()]
+    record = {"study": study.name, **dataclasses.asdict(cfg), **cfg.facts(configs)}
+    claim(folder, record, study.must_match, lambda old, new: union(old, new, **study.grows))
+    jobs = getattr(cfg, "jobs", 1) or default_jobs(all("mlp" in c.model for c in configs))
     t0 = time.perf_counter()
-    results: list[dict | None] = [None] * len(configs)
-    if (launch := LAUNCH.get()) is not None:  # --launcher slurm: each cell a Slurm job
-        from reslab.studies import slurm
-
-        slurm.check(launch, mlp=all(c.model.startswith(("resmlp", "plainmlp")) for c in configs))
-
-        def finished(i: int, summary: dict) -> None:
-            results[i] = summary
-            on_done(summary, time.perf_counter() - t0)
-
-        slurm.run_grid(configs, launch, finished)
-        return results  # type: ignore[return-value]
-    eta = Estimate(configs, jobs)
-
-    def done(i: int, summary: dict) -> None:
-        results[i] = summary
-        on_done(summary, time.perf_counter() - t0)
-        eta.done(i, summary)
-
-    if jobs <= 1:
-        for i, c in enumerate(configs):
-            done(i, _train_one(c, threads, True))
-        return results  # type: ignore[return-value]
-    # the longest runs first (their timed estimates), so that no core idles at the end while one
-    # deep run finishes alone: 10-15% less wall time for a depth grid on two cores
-    first = [i for i in range(len(configs)) if i not in eta.order]
-    with worker_pool(jobs) as pool:
-        futures = {
-            pool.submit(_train_one, configs[i], threads, False): i for i in first + eta.order
-        }
-        for fut in cf.as_completed(futures):
-            done(futures[fut], fut.result())
-    return results  # type: ignore[return-value]
-
-
-def worker_pool(jobs: int) -> cf.ProcessPoolExecutor:
-    """`jobs` spawned worker processes that exit when this process is gone: killed with -9 (what
-    the OOM killer does), it cannot tell them to stop, and they would train on into its folder."""
-    context = multiprocessing.get_context("spawn")
-    return cf.ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
-    )
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a worker: a thread that ends the process within half a second of its parent's death (the
-    worker is then re-parented, so its parent id changes). Its run keeps its last checkpoint, and
-    the lock the OS releases lets the rerun resume it."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
-
-
-def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
-    import torch
-
-    from reslab.training import Diverged, train
-
-    run_dir = Path(cfg.out) / cfg.run_name
-    if runs.status(run_dir) == "diverged":  # never retried on its own
-        return {"name": cfg.run_name, **runs.read_summary(run_dir), "wall_s": 0.0}
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    try:
-        summary = train(dataclasses.replace(cfg, progress=progress))
-    except Diverged as e:
-        summary = {"name": cfg.run_name, "status": "diverged", "error": str(e)}
-        summary.update(runs.read_summary(run_dir) or {})
-    return {**summary, "wall_s": time.perf_counter() - t0}
-
-
-def print_run(s: dict, elapsed: float) -> None:
-    """One line per finished run: its errors, or where it diverged."""
-    if s.get("status") == "diverged":
-        step = s.get("diverged_at_step", s.get("steps"))
-        loss = s.get("last_finite_loss")
-        last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-        what = f"diverged at step {step}{last}"
+    if configs and cfg.trains:
+        print(
+            f"{study.name}: {len(configs)} runs on {cfg.data}, {jobs} at a time -> {folder}",
+            flush=True,
+        )
+        trained = train_grid(configs, jobs)
     else:
-        what = f"train error {s['final_train_error']:7.2%}  test error {s['final_test_error']:7.2%}"
-    print(f"  {s['name']:<24} {what}  [{elapsed:5.0f} s]", flush=True)
-
-
-class Estimate:
-    """Says before a grid trains how long it will take, when that is more than `quiet_s`: each run
-    not finished in an earlier invocation, timed on this machine (`_cost`: its start-up and its
-    work, the steps, evaluations and checkpoints), the runs laid out in order over the `jobs`
-    trained at once. After the first run it checks itself once: when that run's work took more than
-    CHECK times its prediction, or less than 1/CHECK (a busier or a quieter machine; the first run
-    of a worker process also pays its imports, which the check leaves out), it says the time to go
-    again with every run's work scaled by that ratio. `measure(config, threads)` -> a
-    `reslab.training.timing.Timing` (default: `timing.measure`; tests pass constructed ones)."""
-
-    CHECK = 1.25
-    WORK = ("time_s", "curve_eval_s", "final_eval_s", "checkpoint_s")  # a summary's timed work
-
-    def __init__(
-        self,
-        configs: Sequence[TrainConfig],
-        jobs: int = 1,
-        quiet_s: float = 120.0,
-        measure: Callable | None = None,
-    ):
-        self.jobs, self.quiet_s, self.checked = max(1, jobs), quiet_s, False
-        self.left = {
-            i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)
-        }
-        self.parts: dict[int, tuple[float, float]] = {}  # run -> (start-up, work) seconds
-        self.order: list[int] = []  # the unfinished runs, longest first (none when not timed)
-        if not self.left:
-            return
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)  # as train_grid gives each run
-        if measure is None:
-            from reslab.training import timing
-
-            measure = partial(timing.measure, loaded={})  # the data loaded once for every kind
-        timings: dict = {}
-        try:
-            self.parts = {i: _cost(configs[i], timings, threads, measure) for i in self.left}
-        except (OSError, ValueError, RuntimeError):  # the run itself will say what is wrong
-            return
-        self.order = sorted(self.left, key=lambda i: (-sum(self.parts[i]), i))
-        self.start = time.perf_counter()
-        self.total = self.makespan([sum(self.parts[i]) for i in self.order], self.jobs)
-        if self.total > quiet_s:
-            print(
-                f"  about {self.minutes(self.total)} for {len(self.left)} runs, {self.jobs} at a "
-                f"time (timed on this machine: {len(timings)} kinds of run, a few steps each)",
-                flush=True,
-            )
-
-    def done(self, i: int, summary: dict | None) -> None:
-        if i not in self.left:
-            return
-        self.left.discard(i)
-        s = summary or {}
-        if self.checked or i not in self.parts or not self.left or s.get("status") != "completed":
-            return
-        self.checked = True
-        start, work = self.parts[i]
-        if all(k in s for k in self.WORK):
-            worked = sum(s[k] for k in self.WORK)
-        else:  # a summary without the parts: its wall time less the predicted start-up
-            worked = s.get("wall_s", 0.0) - start
-        ratio = worked / max(work, 1e-9)
-        if 1 / self.CHECK <= ratio <= self.CHECK:
-            return
-        revised = [self.parts[j][0] + ratio * self.parts[j][1] for j in self.order]
-        rest = self.makespan(revised, self.jobs) - (time.perf_counter() - self.start)
-        if rest > self.quiet_s:
-            print(
-                f"  about {self.minutes(rest)} to go for {len(self.left)} more runs (the first "
-                f"run's work took {ratio:.2g}x its timed estimate: the machine is busier or "
-                "quieter now)",
-                flush=True,
-            )
-
-    @staticmethod
-    def minutes(seconds: float) -> str:
-        """ "2.3 min" under ten minutes, "14 min" above."""
-        return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
-
-    @staticmethod
-    def makespan(seconds: Sequence[float], jobs: int) -> float:
-        """Wall time of runs taking `seconds`, started in this order on the first of `jobs` free."""
-        free = [0.0] * jobs  # a heap of the times the workers come free
-        for s in seconds:
-            heapq.heapreplace(free, free[0] + s)
-        return max(free)
-
-
-def _cost(c: TrainConfig, timings: dict, threads: int, measure: Callable) -> tuple[float, float]:
-    """A run's predicted (start-up, work) seconds: its kind of run (`timing.timing_key`) timed by
-    `measure` with `threads` CPU threads, once for each kind (kept in `timings`), scaled to its
-    steps, evaluations and checkpoints (`Timing.work`)."""
-    from reslab.training.timing import timing_key
-
-    key = timing_key(c)
-    if key not in timings:
-        timings[key] = measure(c, threads)
-    return timings[key].start_s, timings[key].work(c)
-
-
-# ------------------------------------------------------------------------------------ finishing
-
-
-def finish(study: Study, folder: Path, t0: float) -> dict:
-    """Build the report from the folder, write results.csv (a row per run), print the table and
-    where the report is; return the summary."""
-    from reslab.training.tracking import write_results_csv
-
+        print(f"{study.name}: on {cfg.data} -> {folder}", flush=True)
+        trained = [{} for _ in configs]
+    if study.measures:
+        study.part("measure").after_training(cfg, folder, configs, trained, jobs)
     report = study.report(folder)
+    from reslab.training.tracking import write_results_csv  # imports torch: not before it is needed
+
     write_results_csv(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))

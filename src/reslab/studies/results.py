@@ -65,7 +65,7 @@ def section(folder: Path, root: Path) -> str:
     summary_path = folder / runs.SUMMARY
     if not summary_path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = runs.read_json(summary_path)
+    summary = runs.upgrade(runs.read_json(summary_path), kind)  # whichever reslab wrote it
     where = provenance(folder)
     status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 JOBS = "jobs.json"  # in <study>/slurm/: {run name: Slurm job id}
+# --launcher slurm, set by `base.main` for the study it runs: `grid.train_grid` submits the cells
+LAUNCH: ContextVar[SlurmOptions | None] = ContextVar("LAUNCH", default=None)
 LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -90,15 +93,14 @@ class SlurmOptions:
 
 
 class TrainCell:
-    """What a job runs: one cell's training, resumed from its checkpoint when requeued."""
+    """What a job runs: one cell's training (`train_one(cfg, threads, False)`, the grid's function
+    for one run), resumed from its checkpoint when requeued."""
 
-    def __init__(self, cfg: TrainConfig, threads: int) -> None:
-        self.cfg, self.threads = cfg, threads
+    def __init__(self, train_one: Callable[..., dict], cfg: TrainConfig, threads: int) -> None:
+        self.train_one, self.cfg, self.threads = train_one, cfg, threads
 
     def __call__(self) -> dict:
-        from reslab.studies.base import _train_one
-
-        return _train_one(self.cfg, self.threads, False)
+        return self.train_one(self.cfg, self.threads, False)
 
     def checkpoint(self):  # submitit calls it on preemption or at the time limit: requeue as is
         import submitit
@@ -110,8 +112,9 @@ def run_grid(
     configs: Sequence[TrainConfig],
     opts: SlurmOptions,
     done: Callable[[int, dict], None],
+    train_one: Callable[..., dict],
 ) -> None:
-    """Train `configs` as Slurm jobs; `done(i, summary)` for each finished run, finished ones first.
+    """Train `configs` as Slurm jobs, each job `train_one(config, threads, False)`; `done(i, summary)` for each finished run, finished ones first.
     CellsFailed (after the others finished) when some cells' jobs ended without their run."""
     folder = Path(configs[0].out).parent / "slurm"
     recorded = _read_jobs(folder)
@@ -127,7 +130,7 @@ def run_grid(
     if todo:
         executor = _executor(folder / "logs", opts, mlp, name=Path(configs[0].out).parent.name)
         threads = opts.slurm_cpus or (1 if mlp else 8)
-        submitted = _submit(executor, [TrainCell(configs[i], threads) for i in todo])
+        submitted = _submit(executor, [TrainCell(train_one, configs[i], threads) for i in todo])
         recorded.update({configs[i].run_name: job for i, job in zip(todo, submitted, strict=True)})
         runs.write_json(folder / JOBS, recorded)
         print(f"  submitted {len(todo)} jobs to Slurm (logs in {folder / 'logs'})", flush=True)

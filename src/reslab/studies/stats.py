@@ -1,9 +1,14 @@
-"""Statistics every study's verdict uses: finite-or-none, mean and sample std over seeds, and the
-pooled-tolerance comparison of two groups of seeds.
+"""Statistics every study's verdict uses: finite-or-none, mean and sample std over seeds, the one
+tolerance every rule compares a difference with, and the comparison of two groups of seeds.
 
-The comparison: `margin = mean(b) - mean(a)`, `tolerance = max(2 * pooled std, floor)`, where the
-pooled std is the usual df-weighted one of the two groups' sample stds (0 with one seed per group,
-so only the floor applies); b is "higher" than a when margin > tolerance.
+The tolerance: `max(K * spread, floor)`, K = 2: a difference counts when it is more than twice the
+spread the seeds show (a std, a pooled std or a standard error, as each rule says), and never less
+than the rule's floor, the smallest difference it calls real (with one seed the spread is 0, so
+only the floor applies).
+
+The comparison: `margin = mean(b) - mean(a)`, `tolerance = tolerance(pooled std, floor)`, where the
+pooled std is the usual df-weighted one of the two groups' sample stds; b is "higher" than a when
+margin > tolerance.
 """
 
 from __future__ import annotations
@@ -12,6 +17,13 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+K = 2.0  # a difference counts when it is more than K times the seeds' spread
+
+
+def tolerance(spread: float, floor: float, k: float = K) -> float:
+    """The smallest difference a rule calls real: max(k * spread, floor) (module docstring)."""
+    return max(k * spread, floor)
 
 
 def finite_or_none(x: object) -> float | None:
@@ -55,13 +67,13 @@ def compare(a: Sequence[float | None], b: Sequence[float | None], floor: float) 
     na = sum(finite_or_none(v) is not None for v in a)
     nb = sum(finite_or_none(v) is not None for v in b)
     pooled = pooled_std([(na, sa), (nb, sb)])
-    tolerance = max(2 * pooled, floor)
+    tol = tolerance(pooled, floor)
     margin = None if ma is None or mb is None else mb - ma
     return {
         "mean_a": ma,
         "mean_b": mb,
         "margin": margin,
         "pooled_std": pooled,
-        "tolerance": tolerance,
-        "higher": margin is not None and margin > tolerance,
+        "tolerance": tol,
+        "higher": margin is not None and margin > tol,
     }

@@ -9,6 +9,12 @@ JSON object, and `read_json` says so, naming the file, when one does not.
 
 A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2`, `B-s0`);
 `cell_name` writes it and `parse_cell` reads it back. No other module spells these file names.
+
+Schemas. A run's summary.json is a `RunSummary`; a study's verdict is a `Verdict` (its status, the
+numbers its rule compared and the thresholds it used, the rule and the sentence rendered from them).
+study.json and a study's summary.json carry `"schema": SCHEMA`; `upgrade` reads one written by any
+earlier reslab (no "schema": version 0) in today's form, so no report patches in old keys itself.
+This module imports no torch: the report toolkit and the CLI read run folders through it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from reslab import atomic
 
@@ -268,11 +275,12 @@ def is_finished(run_dir: str | Path) -> bool:
 
 
 def read_study(study_dir: str | Path, kind: str) -> dict:
-    """A `kind` study folder's study.json ({} for a folder that holds only runs/); a one-line
-    FileNotFoundError when it holds neither, or a ValueError when study.json is not a JSON object."""
+    """A `kind` study folder's study.json in today's form (`upgrade`; {} for a folder that holds only
+    runs/); a one-line FileNotFoundError when it holds neither, or a ValueError when study.json is
+    not a JSON object."""
     study_dir = Path(study_dir)
     if (study_dir / STUDY).is_file():
-        return read_json(study_dir / STUDY)
+        return upgrade(read_json(study_dir / STUDY), kind)
     if (study_dir / RUNS).is_dir():
         return {}
     raise FileNotFoundError(f"not a {kind} study folder (no {STUDY}, no {RUNS}/): {study_dir}")
@@ -324,3 +332,90 @@ def parse_cell(name: str, fields: tuple[str, ...]) -> dict | None:
         cell["depth"] = int(cell["depth"])
     cell["seed"] = int(m[2])
     return cell
+
+
+# ------------------------------------------------------------------------------------------ schemas
+
+SCHEMA = 1  # the version of study.json and of a study's summary.json this reslab writes
+
+
+class RunSummary(TypedDict, total=False):
+    """A run folder's summary.json, written last by the training engine."""
+
+    name: str
+    status: str  # "completed" or "diverged"
+    model: str
+    data: str
+    steps: int  # optimizer steps taken
+    params: int
+    final_train_error: float | None  # fractions; None where not finite
+    final_test_error: float | None
+    final_train_loss: float | None
+    final_test_loss: float | None
+    diverged_at_step: int  # "diverged" only: the first step whose loss was not finite
+    last_finite_loss: float | None  # "diverged" only
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a study's rule decided from its rows: one of the study's `status` words, the `numbers` it
+    compared, the `thresholds` it compared them with, and the `rule` and the `text` rendered from
+    those. In summary.json it is one object: status, text, rule, thresholds, then the numbers."""
+
+    status: str
+    numbers: dict[str, Any]
+    thresholds: dict[str, Any]
+    rule: str
+    text: str
+
+    def to_json(self) -> dict:
+        head = {"status": self.status, "text": self.text, "rule": self.rule}
+        return head | {"thresholds": self.thresholds} | self.numbers
+
+
+# What each study's study.json gained at schema 1 over the folders written before it: the value an
+# older folder ran with (degradation: no fit gate; depth: no arm's own training options, the
+# default clip, which no arm of it used; shortcuts: a base of basic blocks, held against ResNet-110,
+# and the default number of runs trained at once).
+_ADDED_IN_1: dict[str, dict[str, Any]] = {
+    "degradation": {"fit_gate": 0.0},
+    "depth": {"arm_train": {}, "clip": 1.0},
+    "shortcuts": {"paper_column": 110, "jobs": 0},
+}
+
+
+# The keys of each verdict of a summary that were thresholds before a Verdict held them apart.
+_THRESHOLDS_IN_0: dict[str, dict[str, tuple[str, ...]]] = {
+    "degradation": {"verdict": ("floor",)},
+    "shortcuts": {"verdict": ("equal", "fail_ratio")},
+    "lesion": {"verdict": ("robust", "broken"), "smoothness": ("min_ks", "floor", "cliff")},
+    "depth": {"verdict": ("ratio",)},
+}
+
+
+def upgrade(record: dict, kind: str) -> dict:
+    """A `kind` study's study.json or summary.json, as written by any reslab, in today's form: its
+    kind under "study", the keys added since with the values the older study ran with, renamed keys
+    under today's names (gradients: one "seed" became "seeds"; a verdict's thresholds are under
+    "thresholds"), and "schema": SCHEMA."""
+    out = {"study": kind, **record}
+    if out.get("schema", 0) < 1:
+        for key, value in _ADDED_IN_1.get(kind, {}).items():
+            out.setdefault(key, value)
+        if kind == "gradients" and "seed" in out and "seeds" not in out:
+            out["seeds"] = [out.pop("seed")]
+        for part, keys in _THRESHOLDS_IN_0.get(kind, {}).items():
+            v = out.get(part)
+            if isinstance(v, dict) and "thresholds" not in v:
+                rest = {k: x for k, x in v.items() if k not in keys}
+                out[part] = rest | {"thresholds": {k: v[k] for k in keys if k in v}}
+    out["schema"] = SCHEMA
+    return out
+
+
+def write_study_summary(study_dir: str | Path, summary: dict) -> dict:
+    """Write a study's summary.json (standard JSON: no NaN or inf), stamped with the schema."""
+    summary = {**summary, "schema": SCHEMA}
+    write_json(Path(study_dir) / SUMMARY, summary, strict=True)
+    return summary

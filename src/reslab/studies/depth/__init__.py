@@ -31,17 +31,13 @@ its gradient norm says whether a run that diverged at once overflowed at init.
 
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from reslab.studies import base
 from reslab.studies.base import FAMILIES
-from reslab.studies.depth import measure, report
 from reslab.studies.depth.arms import ARMS, CLIP, METHODS, arm_order, is_arm, split_arm
 from reslab.training import runs
 from reslab.training.config import TrainConfig
@@ -66,6 +62,7 @@ DEFAULT_ARMS = ("plain", "plain+clip", "residual", "zeroinit", "nonorm", "nonorm
 DEFAULT_ARMS += ("rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
 # block; plain and nonorm diverge within steps at depth
+FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 _LONGEST_FIRST = ("fixup", "residual", "zeroinit", "rezero", "skipinit", "plain", "nonorm")
 
 
@@ -153,6 +150,20 @@ class DepthConfig(base.StudyConfig):
             options["grad_clip"] = self.clip
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
+    def facts(self, configs: Sequence[TrainConfig]) -> dict:
+        """Each arm's model and training options, and the recipe (the plain arm's, the same for all
+        but the arms' own options)."""
+        arms = [split_arm(a)[0] for a in self.arms]
+        return {
+            "arm_models": {
+                a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms
+            },
+            "arm_train": {
+                a: ARM_TRAIN[b] for a, b in zip(self.arms, arms, strict=True) if b in ARM_TRAIN
+            },
+            "recipe": base.recipe(self.run_config("plain", *self.cells()[0][1:])),
+        }
+
 
 # digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
 # epochs), the engine's digits recipe (lr 0.02, momentum 0.9, batch 128, no weight decay) without
@@ -176,64 +187,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(cfg: DepthConfig) -> dict:
-    """Train every cell (skipping finished and diverged runs), replay each cell's first step, then
-    write summary, figures and report."""
-    folder = base.study_dir(cfg)
-    cells = cfg.cells()
-    configs = [cfg.run_config(*cell) for cell in cells]
-    arm_models = {a: {"model": cfg.model_name(a, "D"), **cfg.model_kwargs(a)} for a in cfg.arms}
-    arm_train = {a: ARM_TRAIN[split_arm(a)[0]] for a in cfg.arms if split_arm(a)[0] in ARM_TRAIN}
-    record = {"study": "depth", **asdict(cfg), "arm_models": arm_models, "arm_train": arm_train}
-    # what every run shares: the config of an arm with no clipping and no options of its own
-    record["recipe"] = base.recipe(cfg.run_config("plain", *cells[0][1:]))
-    base.claim(
-        folder,
-        record,
-        ("data", "family", "width", "clip", "model_args", "recipe"),
-        lambda old, new: {
-            **base.union(old, new, depths=None, seeds=None),
-            "arms": sorted({*old.get("arms", ()), *new["arms"]}, key=_order),
-            "arm_models": {**old.get("arm_models", {}), **new["arm_models"]},
-            "arm_train": {**old.get("arm_train", {}), **new["arm_train"]},
-        },
-    )
-    jobs = cfg.jobs or base.default_jobs(cfg.family == "mlp")
-    print(
-        f"depth: {len(configs)} runs ({', '.join(cfg.arms)} x depths {list(cfg.depths)} x seeds "
-        f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {folder}",
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    base.train_grid(configs, jobs)
-    first_steps(folder, configs, jobs)
-    return base.finish(STUDY, folder, t0)
-
-
 def _order(arm: str) -> tuple:
     return arm_order(arm) if is_arm(arm) else (len(ARMS), False)
 
 
-def first_steps(folder: Path, configs: list[TrainConfig], jobs: int) -> None:
-    """Replay the first step of every run not replayed yet (`measure.first_step`) into the study
-    folder, where the report reads it. Each replay uses the threads its run had (the engine's
-    num_threads, else cores // jobs as `base.train_grid` gives them): a deep plain net amplifies
-    rounding, so another summation order would give it another first loss."""
-    t0, done, threads = time.perf_counter(), 0, torch.get_num_threads()
-    try:
-        for c in configs:
-            path = report.first_step_path(folder, c.run_name)
-            if not path.exists():
-                torch.set_num_threads(c.num_threads or max(1, (os.cpu_count() or 1) // jobs))
-                path.parent.mkdir(exist_ok=True)
-                runs.write_json(path, measure.first_step(c), strict=True)
-                done += 1
-    finally:
-        torch.set_num_threads(threads)
-    if done:
-        print(
-            f"  first steps replayed: {done} runs  [{time.perf_counter() - t0:.0f} s]", flush=True
-        )
+def first_step_path(study_dir: str | Path, run_name: str) -> Path:
+    """Where the study keeps the replayed first step of run `run_name` (`measure.first_step`)."""
+    return Path(study_dir) / FIRST_STEP / f"{run_name}.json"
 
 
 STUDY = base.Study(
@@ -242,9 +202,6 @@ STUDY = base.Study(
     "plain, batch-norm and norm-free residual nets, with a norm-free negative control",
     config=DepthConfig,
     presets=PRESETS,
-    run=run,
-    report=report.build_report,
-    table=report.format_table,
     toy=dict(
         arms=("plain", "zeroinit", "nonorm", "rezero", "rezero+clip"),  # every kind, fewer runs
         depths=(4, 6),
@@ -255,7 +212,10 @@ STUDY = base.Study(
         train=dict(eval_every=6, num_threads=1),
     ),
     owns=("lr_scales",),  # set per arm (ARM_TRAIN)
+    must_match=("data", "family", "width", "clip", "model_args", "recipe"),
+    grows=dict(depths=None, seeds=None, arms=_order, arm_models=None, arm_train=None),
+    measures=True,  # each run's first step, replayed
     preset_help="digits-10k: the same up to 10,000 layers, about 30 core-minutes per seed (45 "
     "minutes or more on 2 cores)",
 )
-make_config = STUDY.make_config  # defaults < preset < options, as `reslab depth` does
+make_config, run = STUDY.make_config, STUDY.run  # as `reslab depth` does

@@ -11,11 +11,38 @@ finite in fp32 (inf or NaN: an overflow of the backward pass, which no clipping 
 from __future__ import annotations
 
 import math
+import os
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from reslab.studies.depth import first_step_path
+from reslab.training import runs
 from reslab.training.config import TrainConfig
+
+
+def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
+    """Replay the first step of every run not replayed yet (`first_step`) into the study folder,
+    where the report reads it. Each replay uses the threads its run had (the engine's num_threads,
+    else cores // jobs as `grid.train_grid` gives them): a deep plain net amplifies rounding, so
+    another summation order would give it another first loss."""
+    t0, done, threads = time.perf_counter(), 0, torch.get_num_threads()
+    try:
+        for c in configs:
+            path = first_step_path(folder, c.run_name)
+            if not path.exists():
+                torch.set_num_threads(c.num_threads or max(1, (os.cpu_count() or 1) // jobs))
+                path.parent.mkdir(exist_ok=True)
+                runs.write_json(path, first_step(c), strict=True)
+                done += 1
+    finally:
+        torch.set_num_threads(threads)
+    if done:
+        print(
+            f"  first steps replayed: {done} runs  [{time.perf_counter() - t0:.0f} s]", flush=True
+        )
 
 
 def first_step(c: TrainConfig) -> dict:

@@ -38,17 +38,17 @@ summary.json (verdicts from the numbers), figures and report.html.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from reslab.studies import base
 from reslab.studies.base import ARCHS, FAMILIES
-from reslab.studies.gradients import measure, report
-from reslab.studies.gradients.report import MEASUREMENTS
 from reslab.training import runs
 from reslab.training.config import TrainConfig
+
+MEASUREMENTS = (
+    "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one record per net
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,10 @@ class GradientsConfig(base.StudyConfig):
         """(arch, depth, seed) of every net, by seed, then shallowest depth first."""
         return [(a, d, s) for s in self.seeds for d in self.depths for a in self.archs]
 
+    @property
+    def trains(self) -> bool:
+        return self.iters > 0  # 0: measured at initialisation only
+
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
         name = runs.cell_name(arch, depth, seed=seed)
@@ -167,77 +171,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         train=dict(preset="paper", schedule="constant", log_every=50),
     ),
 }
-# A rerun may add depths, archs or seeds, not change what a measurement means.
-MUST_MATCH = ("data", "family", "iters", "width", "model_args", "residual_args", "recipe")
-MUST_MATCH += ("batches", "lines", "points", "max_lag")
-
-
-def run(cfg: GradientsConfig) -> dict:
-    """Train each net `iters` steps (skipping finished runs), measure both phases, write the report."""
-    folder = base.study_dir(cfg)
-    configs = [cfg.run_config(*cell) for cell in cfg.cells()]
-    record = {"study": "gradients", **asdict(cfg), "recipe": base.recipe(configs[0])}
-    base.claim(
-        folder,
-        record,
-        MUST_MATCH,
-        lambda old, new: base.union(old, new, depths=None, archs=ARCHS, seeds=None),
-    )
-    jobs = cfg.jobs or base.default_jobs(cfg.family == "mlp")
-    print(
-        f"gradients: {', '.join(cfg.archs)} x depths {list(cfg.depths)} x seeds {list(cfg.seeds)} "
-        f"on {cfg.data}, measured at init and after {cfg.iters} steps -> {folder}",
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    trained = base.train_grid(configs, jobs) if cfg.iters else [{}] * len(configs)
-    device = measure.device(cfg.train.get("device", "auto"))
-    measure.set_threads(cfg.train.get("num_threads", 0), cfg.family == "mlp")
-    (folder / MEASUREMENTS).mkdir(exist_ok=True)
-    inputs: tuple = (None,)
-    for (arch, depth, seed), c, summary in zip(cfg.cells(), configs, trained, strict=True):
-        if inputs[0] != seed:  # each seed measures on its own batches and lines
-            inputs = (seed, *measure.inputs(c, cfg.batches, cfg.lines, seed, device))
-        _, data, batches, lines = inputs
-        run_dir = Path(c.out) / c.run_name
-        status = summary.get("status", "not_trained")
-        weights = run_dir / runs.WEIGHTS if status == "completed" else None
-        params, digest, phases = measure.net(
-            c, data, batches, lines, cfg.points, cfg.max_lag, weights
-        )
-        runs.write_json(
-            folder / MEASUREMENTS / f"{c.run_name}.json",
-            {
-                "arch": arch,
-                "depth": depth,
-                "model": c.model,
-                "model_kwargs": c.model_kwargs,
-                "params": params,
-                "seed": c.seed,
-                "init_digest": digest,
-                "run_dir": run_dir.relative_to(folder).as_posix(),
-                "train_status": status,
-                "iters": cfg.iters,
-                "phases": phases,
-            },
-        )
-        w, acf = phases["init"]["weight_norms"], phases["init"]["acf"]
-        print(
-            f"  {c.run_name:<16} init: |dL/dW| first {w[0]:.3g} last {w[-1]:.3g}, "
-            f"acf(1) {acf[1]:.3f}  [{time.perf_counter() - t0:4.0f} s]",
-            flush=True,
-        )
-    return base.finish(STUDY, folder, t0)
-
-
 STUDY = base.Study(
     name="gradients",
     help="gradient norms per layer and shattered gradients, plain vs residual (Balduzzi et al. 2017)",
     config=GradientsConfig,
     presets=PRESETS,
-    run=run,
-    report=report.build_report,
-    table=report.format_table,
     toy=dict(
         depths=(2, 4),
         seeds=(0, 1),  # two, so the toy goes through the spread over seeds
@@ -251,5 +189,10 @@ STUDY = base.Study(
         train=dict(num_threads=1, eval_every=5),
     ),
     preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+    # a rerun may add depths, archs or seeds, not change what a measurement means
+    must_match=("data", "family", "iters", "width", "model_args", "residual_args", "recipe")
+    + ("batches", "lines", "points", "max_lag"),
+    grows=dict(depths=None, archs=ARCHS, seeds=None),
+    measures=True,
 )
-make_config = STUDY.make_config  # defaults < preset < options, as `reslab gradients` does
+make_config, run = STUDY.make_config, STUDY.run  # as `reslab gradients` does

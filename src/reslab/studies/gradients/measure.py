@@ -25,12 +25,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.studies.gradients import MEASUREMENTS
+from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
@@ -231,16 +234,39 @@ def inputs(run_cfg: TrainConfig, n_batches: int, n_lines: int, seed: int, device
     return train_data, batches, lines
 
 
-def device(want: str = "auto") -> torch.device:
-    """The device the measures run on: the training engine's `device` option."""
-    return torch.device(
+def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
+    """Measure every net at initialisation and, where its run completed, after training, into
+    `<folder>/measurements/<cell>.json`. The measures run on the engine's `device`, with its
+    `num_threads` if set; small fully connected nets on a CPU use one thread, which measures faster
+    than two contending for shared cores."""
+    want, t0 = cfg.train.get("device", "auto"), time.perf_counter()
+    device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
     )
-
-
-def set_threads(num_threads: int, mlp: bool) -> None:
-    """Threads for the measures: the engine's `num_threads` if set; for small fully connected nets on
-    a CPU one, which measures faster than two contending for shared cores; else PyTorch's choice."""
-    threads = num_threads or (1 if mlp and not torch.cuda.is_available() else 0)
+    mlp = cfg.family == "mlp" and not torch.cuda.is_available()
+    threads = cfg.train.get("num_threads", 0) or (1 if mlp else 0)
     if threads:
         torch.set_num_threads(threads)
+    (folder / MEASUREMENTS).mkdir(exist_ok=True)
+    seen: tuple = (None,)
+    for (arch, depth, seed), c, summary in zip(cfg.cells(), configs, trained, strict=True):
+        if seen[0] != seed:  # each seed measures on its own batches and lines
+            seen = (seed, *inputs(c, cfg.batches, cfg.lines, seed, device))
+        _, data, batches, lines = seen
+        run_dir = Path(c.out) / c.run_name
+        status = summary.get("status", "not_trained")
+        weights = run_dir / runs.WEIGHTS if status == "completed" else None
+        params, digest, phases = net(c, data, batches, lines, cfg.points, cfg.max_lag, weights)
+        record = {"arch": arch, "depth": depth, "model": c.model, "model_kwargs": c.model_kwargs}
+        record |= {"params": params, "seed": c.seed, "init_digest": digest}
+        record |= {"run_dir": run_dir.relative_to(folder).as_posix(), "train_status": status}
+        runs.write_json(
+            folder / MEASUREMENTS / f"{c.run_name}.json",
+            record | {"iters": cfg.iters, "phases": phases},
+        )
+        w, acf = phases["init"]["weight_norms"], phases["init"]["acf"]
+        print(
+            f"  {c.run_name:<16} init: |dL/dW| first {w[0]:.3g} last {w[-1]:.3g}, "
+            f"acf(1) {acf[1]:.3f}  [{time.perf_counter() - t0:4.0f} s]",
+            flush=True,
+        )

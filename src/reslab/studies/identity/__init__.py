@@ -36,18 +36,28 @@ turns them into summary.json (verdict from the numbers), figures and report.html
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from reslab.studies import base
-from reslab.studies.identity import measure, report
-from reslab.studies.identity.measure import FAMILY_SHAPE, METHODS
-from reslab.studies.identity.report import RESULTS
 from reslab.training import runs
 from reslab.training.config import TrainConfig
+
+RESULTS = "results"  # <study>/results/<part>.json
+# family -> (stages of blocks, overrides every model of it gets)
+FAMILY_SHAPE: dict[str, tuple[int, dict]] = {
+    "mlp": (1, {}),
+    "cifar": (3, {}),
+    "preact": (3, {"block": "basic"}),
+}
+METHODS = {  # how a branch is zeroed -> the model overrides it needs
+    "norm": {},
+    "weights": {"norm": "none"},
+    "rezero": {"branch_scale": "rezero"},
+    "skipinit": {"branch_scale": "skipinit"},
+}
+# the blocks appended in check 3
+ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,9 @@ class IdentityConfig(base.StudyConfig):
         name = base.model_name(self.family, arch, depth)
         return create_model(name, num_classes, in_chans, img_size, **self.model_kwargs(**kw))
 
+    def cells(self) -> list[tuple]:
+        return [()]  # one engine run: the net check 3 appends to
+
     def run_config(self) -> TrainConfig:
         """The engine run of check 3: the shallow residual net, trained `base_iters` iterations."""
         return base.run_config(
@@ -170,57 +183,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         train=dict(preset="paper", log_every=100, eval_every=2000),
     ),
 }
-# The trained net of check 3 is reused by a rerun: what it is and how it was trained must match.
-MUST_MATCH = ("data", "family", "seed", "width", "base_depth", "base_iters", "recipe")
-
-
-def run(cfg: IdentityConfig) -> dict:
-    """Run the two checks of construction and the measurement, write results/*.json, summary.json,
-    figures and report.html."""
-    from reslab.data import Loader, load_dataset
-
-    folder = base.study_dir(cfg)
-    base_cfg = cfg.run_config()
-    base.claim(
-        folder, {"study": "identity", **asdict(cfg), "recipe": base.recipe(base_cfg)}, MUST_MATCH
-    )
-    (folder / RESULTS).mkdir(exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    threads = cfg.train.get("num_threads") or (1 if device.type == "cpu" else 0)
-    if threads:  # the stacks of check 2 are small: one thread beats two contending for the cores
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    print(f"identity: {cfg.family} nets on {cfg.data} -> {folder}", flush=True)
-
-    data = load_dataset(cfg.data, "train", root=cfg.data_dir)
-    x, _ = next(iter(Loader(data, 64, train=False, augment=False, device=device).epoch(0)))
-    runs.write_json(
-        folder / RESULTS / "structure.json", measure.structure(cfg, x, len(data.classes))
-    )
-    _say(f"1 structure (construction): {len(cfg.methods)} ways of zeroing the branches", t0)
-    runs.write_json(folder / RESULTS / "fit.json", measure.fit(cfg, device))
-    _say(f"2 measurement, learning the identity: depths {list(cfg.fit_depths)}", t0)
-    (trained,) = base.train_grid([base_cfg])
-    if trained["status"] == "completed":  # a diverged net is not appended to; the report names it
-        runs.write_json(
-            folder / RESULTS / "append.json", measure.append(cfg, base_cfg, trained, device)
-        )
-        _say(f"3 append blocks (construction): k = {list(cfg.append)}", t0)
-    return base.finish(STUDY, folder, t0)
-
-
-def _say(what: str, t0: float) -> None:
-    print(f"  {what}  [{time.perf_counter() - t0:4.0f} s]", flush=True)
-
-
 STUDY = base.Study(
     name="identity",
     help="does a residual block learn the identity more easily than a plain one? (He et al. 2015)",
     config=IdentityConfig,
     presets=PRESETS,
-    run=run,
-    report=report.build_report,
-    table=report.format_table,
     toy=dict(
         check_depth=6,
         fit_depths=(2, 4),
@@ -233,5 +200,8 @@ STUDY = base.Study(
         train=dict(num_threads=1, eval_every=20),
     ),
     preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
+    # the trained net of check 3 is reused by a rerun: what it is and how it was trained must match
+    must_match=("data", "family", "seed", "width", "base_depth", "base_iters", "recipe"),
+    measures=True,  # checks 1 and 2, and check 3 on the trained net
 )
-make_config = STUDY.make_config  # defaults < preset < options, as `reslab identity` does
+make_config, run = STUDY.make_config, STUDY.run  # as `reslab identity` does

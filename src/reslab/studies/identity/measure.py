@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.studies.identity.report import PLAIN, RESIDUAL, ZERO_INIT
+from reslab.studies.identity import FAMILY_SHAPE, METHODS, PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-# family -> (stages of blocks, overrides every model of it gets)
-FAMILY_SHAPE: dict[str, tuple[int, dict]] = {
-    "mlp": (1, {}),
-    "cifar": (3, {}),
-    "preact": (3, {"block": "basic"}),
-}
-METHODS = {  # how a branch is zeroed -> the model overrides it needs
-    "norm": {},
-    "weights": {"norm": "none"},
-    "rezero": {"branch_scale": "rezero"},
-    "skipinit": {"branch_scale": "skipinit"},
-}
 VARIANTS = {  # appended blocks -> (arch, overrides)
     ZERO_INIT: ("residual", {"zero_init_residual": True}),
     PLAIN: ("plain", {}),
@@ -300,3 +289,32 @@ def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> d
         "chance_error": chance,
         "results": results,
     }
+
+
+def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
+    """The two checks of construction and the measurement, into `<folder>/results/<part>.json`;
+    check 3 appends to the trained net only where its run completed (the report names a diverged
+    one)."""
+    from reslab.data import Loader, load_dataset
+
+    t0 = time.perf_counter()
+    (folder / RESULTS).mkdir(exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = cfg.train.get("num_threads") or (1 if device.type == "cpu" else 0)
+    if threads:  # the stacks of check 2 are small: one thread beats two contending for the cores
+        torch.set_num_threads(threads)
+    data = load_dataset(cfg.data, "train", root=cfg.data_dir)
+    x, _ = next(iter(Loader(data, 64, train=False, augment=False, device=device).epoch(0)))
+    runs.write_json(folder / RESULTS / "structure.json", structure(cfg, x, len(data.classes)))
+    _say(f"1 structure (construction): {len(cfg.methods)} ways of zeroing the branches", t0)
+    runs.write_json(folder / RESULTS / "fit.json", fit(cfg, device))
+    _say(f"2 measurement, learning the identity: depths {list(cfg.fit_depths)}", t0)
+    if trained[0]["status"] == "completed":
+        runs.write_json(
+            folder / RESULTS / "append.json", append(cfg, configs[0], trained[0], device)
+        )
+        _say(f"3 append blocks (construction): k = {list(cfg.append)}", t0)
+
+
+def _say(what: str, t0: float) -> None:
+    print(f"  {what}  [{time.perf_counter() - t0:4.0f} s]", flush=True)

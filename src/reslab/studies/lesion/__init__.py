@@ -16,16 +16,16 @@ summary.json, single.png, multi.png and report.html.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reslab.studies import base
-from reslab.studies.lesion import measure, report
-from reslab.studies.lesion.report import ARCHS, LESIONS
+from reslab.studies.base import ARCHS
 from reslab.training import runs
 from reslab.training.config import TrainConfig
+
+LESIONS = "lesions.json"  # what the study measured: {"nets": [...], "diverged": [...]}
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ class LesionConfig(base.StudyConfig):
                 raise FileNotFoundError(f"--from {run}: no {runs.WEIGHTS} (run not finished)")
 
     def cells(self) -> list[tuple[str, int]]:
-        """(arch, seed) of every net trained here: a plain/residual pair per seed."""
-        return [(a, s) for s in self.seeds for a in ARCHS]
+        """(arch, seed) of every net trained here: a plain/residual pair per seed (none: --from)."""
+        return [] if self.runs else [(a, s) for s in self.seeds for a in ARCHS]
 
     def run_config(self, arch: str, seed: int) -> TrainConfig:
         """The training config of the `arch` ("plain" | "residual") net of one pair."""
@@ -143,62 +143,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(cfg: LesionConfig) -> dict:
-    """Train the pair(s) unless run folders were given, lesion every net that did not diverge, report."""
-    folder = base.study_dir(cfg)
-    configs = [] if cfg.runs else [cfg.run_config(*cell) for cell in cfg.cells()]
-    record = {"study": "lesion", **asdict(cfg)}
-    if configs:
-        record["recipe"] = base.recipe(configs[0])
-    base.claim(folder, record, ("runs", "data", "residual", "plain", "width", "recipe"))
-    t0 = time.perf_counter()
-    if configs:
-        jobs = cfg.jobs or base.default_jobs("mlp" in cfg.residual)
-        print(
-            f"lesion: training {len(configs)} runs ({cfg.plain}, {cfg.residual} x seeds "
-            f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {folder}",
-            flush=True,
-        )
-        base.train_grid(configs, jobs)
-    run_dirs = [Path(c.out) / c.run_name for c in configs] or [Path(r) for r in cfg.runs]
-    nets, diverged = [], []
-    for run_dir in run_dirs:
-        if runs.status(run_dir) == "diverged":  # no finite weights to lesion
-            diverged.append(measure.diverged(run_dir) | {"run_dir": _rel(run_dir, folder)})
-            continue
-        t = time.perf_counter()
-        n = measure.measure(run_dir, cfg) | {"run_dir": _rel(run_dir, folder)}
-        nets.append(n)
-        print(
-            f"  lesioned {n['model']:<14} s{n['seed']}: intact {n['intact_error']:.2%}, "
-            f"{sum(s['error'] is not None for s in n['single'])} single deletions, "
-            f"{sum(len(m['errors']) for m in n['multi'])} multi [{time.perf_counter() - t:.0f} s]",
-            flush=True,
-        )
-    runs.write_json(folder / LESIONS, {"nets": nets, "diverged": diverged})
-    return base.finish(STUDY, folder, t0)
-
-
-def _rel(run_dir: Path, folder: Path) -> str:
-    """A run folder relative to the study folder where it lies inside it (the pair trained here)."""
-    if run_dir.resolve().is_relative_to(folder.resolve()):
-        return run_dir.resolve().relative_to(folder.resolve()).as_posix()
-    return str(run_dir)
-
-
 STUDY = base.Study(
     name="lesion",
     help="delete blocks of trained plain and residual nets at test time (Veit et al. 2016)",
     config=LesionConfig,
     presets=PRESETS,
-    run=run,
-    report=report.build_report,
-    table=report.format_table,
     toy=dict(residual="resmlp-8", plain="plainmlp-8", width=16, seeds=(0,), iters=40, samples=2)
     | dict(jobs=1, num_threads=1, train=dict(log_every=10, eval_every=20)),
     preset_help="cpu: CIFAR-10 ResNet-20 and plain-20, about 30 min on 2 cores with native bf16 "
     "(about 4x longer without, `reslab info`); paper: ResNet-110 vs plain-20, for a GPU",
     owns=("device", "num_threads"),
     default_name=lambda preset, values: "from-runs" if values.get("runs") else preset,
+    must_match=("runs", "data", "residual", "plain", "width", "recipe"),
+    measures=True,
 )
-make_config = STUDY.make_config  # defaults < preset < options, as `reslab lesion` does
+make_config, run = STUDY.make_config, STUDY.run  # as `reslab lesion` does

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from reslab.models import create_model, is_residual
+from reslab.studies.lesion import LESIONS
 from reslab.training import runs
 
 
@@ -185,3 +187,31 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
         "single": single,
         "multi": multi,
     }
+
+
+def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: int) -> None:
+    """Lesion every net (the pair trained here, or the runs given with --from) that did not diverge
+    into `<folder>/lesions.json`; a diverged net, which has no finite weights, is listed apart."""
+    run_dirs = [Path(c.out) / c.run_name for c in configs] or [Path(r) for r in cfg.runs]
+    nets, lost = [], []
+    for run_dir in run_dirs:
+        if runs.status(run_dir) == "diverged":
+            lost.append(diverged(run_dir) | {"run_dir": _relative(run_dir, folder)})
+            continue
+        t = time.perf_counter()
+        n = measure(run_dir, cfg) | {"run_dir": _relative(run_dir, folder)}
+        nets.append(n)
+        print(
+            f"  lesioned {n['model']:<14} s{n['seed']}: intact {n['intact_error']:.2%}, "
+            f"{sum(s['error'] is not None for s in n['single'])} single deletions, "
+            f"{sum(len(m['errors']) for m in n['multi'])} multi [{time.perf_counter() - t:.0f} s]",
+            flush=True,
+        )
+    runs.write_json(folder / LESIONS, {"nets": nets, "diverged": lost})
+
+
+def _relative(run_dir: Path, folder: Path) -> str:
+    """A run folder relative to the study folder where it lies inside it (the pair trained here)."""
+    if run_dir.resolve().is_relative_to(folder.resolve()):
+        return run_dir.resolve().relative_to(folder.resolve()).as_posix()
+    return str(run_dir)

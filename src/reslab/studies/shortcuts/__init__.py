@@ -21,15 +21,16 @@ activation placements of Table 2, which are held against the paper's ResNet-164 
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from reslab.models.variants import VARIANTS
 from reslab.studies import base
-from reslab.studies.shortcuts import report
 from reslab.training import runs
 from reslab.training.config import TrainConfig
+
+# He et al. 2016's Table 2: the activation placements, which the paper also trained on ResNet-164
+TABLE_2 = ("bn-after-add", "relu-before-add", "relu-preact", "full-preact")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,11 @@ class ShortcutsConfig(base.StudyConfig):
     )
     width: int = field(default=32, metadata={"help": "MLP width (0: the model's default)"})
     variants: tuple[str, ...] = field(
-        default=tuple(VARIANTS),
-        metadata={"help": f"variants to train: {', '.join(VARIANTS)}"},
+        default=(),
+        metadata={
+            "help": "variants to train, the names of He et al. 2016's Tables 1-2 "
+            "(reslab.models.variants.VARIANTS; none: all of them)"
+        },
     )
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds per variant"})
     iters: int = field(default=0, metadata={"help": "iterations per run (0: the recipe's)"})
@@ -53,8 +57,11 @@ class ShortcutsConfig(base.StudyConfig):
     out: str = field(default="runs/shortcuts", metadata={"help": "root of study folders"})
 
     def __post_init__(self) -> None:
+        from reslab.models.variants import VARIANTS
+
+        object.__setattr__(self, "variants", self.variants or tuple(VARIANTS))
         bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
+        if bad:
             raise ValueError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
@@ -68,9 +75,10 @@ class ShortcutsConfig(base.StudyConfig):
     def model_kwargs(self) -> dict:
         return {"width": self.width} if self.width else {}
 
-    def base_facts(self) -> dict:
-        """What the report needs to know of the base net: its residual units and whether they are
-        bottlenecks (three weight layers), which makes the paper's ResNet-164 its reference."""
+    def facts(self, configs: Sequence[TrainConfig]) -> dict:
+        """The recipe, and what the report needs to know of the base net: its residual units and
+        whether they are bottlenecks (three weight layers), which makes the paper's ResNet-164 its
+        reference."""
         import torch
 
         from reslab.models import create_model
@@ -79,7 +87,8 @@ class ShortcutsConfig(base.StudyConfig):
         with torch.device("meta"):
             blocks = create_model(self.base, **kwargs).residual_blocks()
         bottleneck = len(blocks[0].branch_layers()) == 3
-        return {"base_units": len(blocks), "paper_column": 164 if bottleneck else 110}
+        facts = {"base_units": len(blocks), "paper_column": 164 if bottleneck else 110}
+        return super().facts(configs) | facts
 
     def cells(self) -> list[tuple[str, int]]:
         """(variant, seed) of every run, in the order of the variants given."""
@@ -139,34 +148,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         data="cifar10",
         base="resnet-164",
         width=0,
-        variants=("identity", *(n for n, v in VARIANTS.items() if v.table == 2)),
+        variants=("identity", *TABLE_2),
         seeds=(0, 1, 2, 3, 4),
         train=_PAPER_TRAIN,
     ),
 }
 
 
-def run(cfg: ShortcutsConfig) -> dict:
-    """Train every variant x seed (skipping finished runs), then write summary, figures and report."""
-    folder = base.study_dir(cfg)
-    configs = [cfg.run_config(*cell) for cell in cfg.cells()]
-    record = {"study": "shortcuts", **asdict(cfg), "recipe": base.recipe(configs[0])}
-    record |= cfg.base_facts()
-    base.claim(
-        folder,
-        record,
-        ("data", "base", "width", "recipe"),
-        lambda old, new: base.union(old, new, variants=tuple(VARIANTS), seeds=None),
-    )
-    jobs = cfg.jobs or base.default_jobs("mlp" in cfg.base)
-    print(
-        f"shortcuts: {len(configs)} runs ({len(cfg.variants)} variants of {cfg.base} x seeds "
-        f"{list(cfg.seeds)}) on {cfg.data}, {jobs} at a time -> {folder}",
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    base.train_grid(configs, jobs)
-    return base.finish(STUDY, folder, t0)
+def _paper_order(variant: str) -> int:
+    from reslab.models.variants import VARIANTS
+
+    return list(VARIANTS).index(variant)
 
 
 STUDY = base.Study(
@@ -174,9 +166,6 @@ STUDY = base.Study(
     help="train every shortcut and activation variant of one net (He et al. 2016, Tables 1 and 2)",
     config=ShortcutsConfig,
     presets=PRESETS,
-    run=run,
-    report=report.build_report,
-    table=report.format_table,
     toy=dict(
         base="resmlp-6",
         width=8,
@@ -190,5 +179,7 @@ STUDY = base.Study(
     "4x longer without, `reslab info`); paper: ResNet-110, 5 seeds, for a GPU; paper-164: ResNet-164 "
     "(bottleneck) with the Table 2 placements, 5 seeds, for a GPU",
     owns=("num_threads",),
+    must_match=("data", "base", "width", "recipe"),
+    grows=dict(variants=_paper_order, seeds=None),  # a rerun may add variants and seeds
 )
-make_config = STUDY.make_config  # defaults < preset < options, as `reslab shortcuts` does
+make_config, run = STUDY.make_config, STUDY.run  # as `reslab shortcuts` does
