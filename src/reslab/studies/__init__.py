@@ -13,7 +13,7 @@ from typing import Any
 
 from reslab.training import runs
 
-NAMES = ("degradation", "depth", "gradients", "identity", "lesion", "shortcuts")
+NAMES = ("degradation", "depth", "gradients", "identity", "landscape", "lesion", "shortcuts")
 
 
 def get(name: str):

@@ -1,0 +1,137 @@
+"""The loss-landscape study (Li, Xu, Taylor, Studer and Goldstein 2018, "Visualizing the Loss
+Landscape of Neural Nets", Figures 5 and 7): why shortcuts work, seen.
+
+Li et al. draw ResNet-56's loss over a plane of two filter-normalised random directions through its
+trained weights: smooth and nearly convex; the same net without shortcuts is chaotic, more so the
+deeper it is. Here the nets are the main job's plain and residual twins (`reslab degradation`: the
+same layers, He initialisation, recipe and seeds), reused from its study folder (`--source`) where
+they are finished there and trained here with the same recipe where not. For every net,
+`measure.py` evaluates the loss and error on a (points x points) grid over [-span, span]^2 along the
+same two directions for both twins (one seed draws them; each is scaled to its own net's filters),
+on a fixed subset of the training set with batch norm in eval mode, and the largest and smallest
+eigenvalue of the Hessian at the trained weights. `rule.py` judges the paper's non-convexity measure
+|lambda_min / lambda_max| against depth; `report.py` draws the surfaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from reslab.studies import base
+from reslab.training import runs
+from reslab.training.config import TrainConfig
+
+ARCHS = ("plain", "residual")
+SURFACES = "landscape.json"  # in the study folder: every net's grid and Hessian extremes
+
+
+@dataclass(frozen=True)
+class LandscapeConfig(base.StudyConfig):
+    """Which twins to draw (the main job's grid) and how finely."""
+
+    depths: tuple[int, ...] = field(
+        default=(4, 8, 16, 32, 64), metadata={"help": "depths (weight layers), as the main job's"}
+    )
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds of the twins"})
+    width: int = field(default=0, metadata={"help": "MLP width (0: the main job's)"})
+    iters: int = field(default=0, metadata={"help": "iterations per run (0: the recipe's)"})
+    source: str = field(
+        default="runs/degradation/digits",
+        metadata={
+            "help": "the main job's study folder: its finished runs of the same recipe are reused; "
+            "the others are trained here"
+        },
+    )
+    points: int = field(default=21, metadata={"help": "grid points per direction"})
+    span: float = field(default=1.0, metadata={"help": "the grid covers [-span, span]^2"})
+    subset: int = field(
+        default=1000, metadata={"help": "training images the loss is evaluated on (fixed)"}
+    )
+    hessian_images: int = field(
+        default=256,
+        metadata={"help": "of those, the images the Hessian's eigenvalues are taken on"},
+    )
+    direction_seed: int = field(default=0, metadata={"help": "seed of the random directions"})
+    jobs: int = field(default=0, metadata={"help": "runs trained at once (0: one per core)"})
+    out: str = field(default="runs/landscape", metadata={"help": "root of study folders"})
+
+    def __post_init__(self) -> None:
+        if not self.depths or not self.seeds:
+            raise ValueError("give at least one depth and one seed")
+        if not 3 <= self.points <= 201 or self.points % 2 == 0:
+            raise ValueError(
+                f"points must be odd, 3 to 201 (the centre is a point), got {self.points}"
+            )
+        if not 0 < self.span <= 10:
+            raise ValueError(f"span must be in (0, 10], got {self.span}")
+        if not 1 <= self.subset <= 1_000_000 or not 1 <= self.hessian_images <= self.subset:
+            raise ValueError(
+                f"subset must be 1 to 1000000 images and hessian_images 1 to subset, got "
+                f"{self.subset} and {self.hessian_images}"
+            )
+        self.twins()  # checks depths, width and the recipe as the main job would
+
+    def twins(self):
+        """The degradation study's config of the same grid and recipe: the twins' source."""
+        from reslab.studies import degradation
+
+        options = dict(depths=self.depths, seeds=self.seeds, archs=ARCHS, iters=self.iters)
+        if self.width:
+            options["width"] = self.width
+        return degradation.STUDY.make_config(
+            self.preset, data=self.data, train=self.train, **options
+        )
+
+    def cells(self) -> list[tuple[str, int, int]]:
+        return [(a, d, s) for d in self.depths for a in ARCHS for s in self.seeds]
+
+    def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
+        """The main job's run of this cell: in --source where it finished there, else here."""
+        cfg = self.twins().run_config(arch, depth, seed)
+        reused = Path(self.source) / "runs" / cfg.run_name
+        if runs.is_finished(reused) and _same_recipe(reused, cfg):
+            return replace(cfg, out=str(reused.parent))
+        return replace(cfg, out=str(base.study_dir(self) / "runs"))
+
+    def facts(self, configs) -> dict:
+        here = str(base.study_dir(self) / "runs")
+        reused = sum(c.out != here for c in configs)
+        return {"recipe": base.recipe(configs[0]), "reused": reused} if configs else {}
+
+
+def _same_recipe(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether a finished run was trained as `cfg` asks (its config.json, volatile keys aside)."""
+    try:
+        old = runs.read_config(run_dir)
+    except (OSError, ValueError):
+        return False
+    new = cfg.to_dict()
+    keys = ("model", "model_kwargs", "data", "seed", "iters", "lr", "batch_size", "weight_decay")
+    return all(old.get(k) == new.get(k) for k in keys)
+
+
+PRESETS = {
+    # the main job's nets (`reslab degradation`'s digits preset), 21 x 21 points over [-1, 1]^2
+    "digits": dict(),
+}
+
+STUDY = base.Study(
+    name="landscape",
+    help="loss surfaces of plain and residual twins along the same random directions (Li et al. 2018)",
+    config=LandscapeConfig,
+    presets=PRESETS,
+    toy=dict(
+        depths=(2, 6),
+        seeds=(0,),
+        width=16,
+        iters=30,
+        points=5,
+        subset=200,
+        hessian_images=64,
+        jobs=1,
+    ),
+    must_match=("width", "recipe", "points", "span", "subset", "hessian_images", "direction_seed"),
+    grows={"seeds": None},
+    measures=True,
+)
