@@ -12,9 +12,11 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's option checks need none of it
+    import torch
+    from torch import nn
 
 MAX_SIDE = 8192  # pixels a side of an image or a model's input
 
@@ -58,6 +60,8 @@ def model_size(build: Callable[[], nn.Module], input_size=None) -> tuple[int, in
     the meta device: nothing is allocated or initialised, so a net of billions of parameters costs
     nothing to measure. `input_size` (C, H, W): also run one meta forward pass for the activations
     (0 when not given or when the model cannot run on the meta device)."""
+    import torch
+
     with torch.device("meta"):
         model = build()
     params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
@@ -94,6 +98,8 @@ def check_model(
     bytes each, three times over when training: weights, gradients, momentum) and, for `batch` > 0,
     the activations of `batch` images of `input_size` (C, H, W), against the memory of `device`.
     Returns (parameters, activation elements of one image)."""
+    import torch
+
     params, acts = model_size(build, input_size if batch else None)
     need = 4 * params * (3 if training else 1) + 4 * acts * batch
     free = device_memory(device)
@@ -110,6 +116,8 @@ def check_model(
 
 def device_memory(device: torch.device | str = "cpu") -> int | None:
     """Free bytes on `device`: a GPU's own memory, else the memory this process may allocate."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]

@@ -312,14 +312,19 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
         + (f"; {study.preset_help}" if study.preset_help and others else "")
         + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
-    cfg = make_config(study)
-    shown = dataclasses.asdict(cfg)
+    # the default preset's values over the fields' defaults, without building the config (whose
+    # checks would import torch for `reslab --help`)
+    shown = {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        for f in dataclasses.fields(study.config)
+    }
+    shown.update(study.presets[study.default_preset])
     add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
     add_dataclass_options(
         parser.add_argument_group("training engine options (override the study's recipe)"),
         TrainConfig,
         exclude=OWNED + study.owns,
-        shown=engine_recipe(cfg),
+        shown=engine_recipe(argparse.Namespace(train=shown.get("train") or {})),
     )
     add_dataclass_options(
         parser.add_argument_group(
