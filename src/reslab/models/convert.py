@@ -35,14 +35,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from reslab.models.blocks import (
-    BasicBlock,
-    Bottleneck,
-    MLPBlock,
-    PreActBasicBlock,
-    PreActBottleneck,
-    ResidualBlock,
-)
+from reslab.models.blocks import STANDARD_BLOCKS, Fixup, ResidualBlock, ReZero, SkipInit
 from reslab.models.registry import twin
 from reslab.models.variants import Unit
 
@@ -62,7 +55,10 @@ class SequentialBlock(ResidualBlock):
         self.shortcut = "B"  # identity where shapes match, projection where not; "none" = plain
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.post(self.merge(self.branch(x), x))
+        out = self.branch(x)
+        if self.shortcut != "none":
+            out = out + self.shortcut_of(x)
+        return self.post(out)
 
     @property
     def projects(self) -> bool:
@@ -183,11 +179,9 @@ def _block(
     return SequentialBlock(branch, post, downsample), end
 
 
-# blocks whose forward adds the shortcut through `ResidualBlock.merge`, so shortcut="none" leaves
-# the residual branch alone (a `Unit` merges its paths itself)
-_PLAIN_BLOCKS = (
-    BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, MLPBlock, SequentialBlock
-)  # fmt: skip
+# blocks whose forward adds the shortcut only while shortcut != "none", so "none" leaves the
+# residual branch alone (a `Unit` merges its paths itself)
+_PLAIN_BLOCKS = (*STANDARD_BLOCKS, ReZero, SkipInit, Fixup, SequentialBlock)
 
 
 def to_plain(model: nn.Module) -> nn.Module:

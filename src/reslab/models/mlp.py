@@ -25,6 +25,7 @@ from reslab.models.blocks import (
     init_residual_branches,
     norm_layer,
     resolve_norm,
+    scaled,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing, run_blocks
@@ -69,8 +70,10 @@ class ResidualMLP(GradCheckpointing, nn.Module):
             Bias() if fixup else nn.Identity(),
             nn.ReLU(),
         )
-        block_kw = dict(shortcut=shortcut, norm=norm, branch_scale=branch_scale)
-        self.layers = nn.Sequential(*(MLPBlock(width, **block_kw) for _ in range(num_blocks)))
+        # Fixup's scalar biases replace the Linears' own (hongyi-zhang/Fixup's convs have none)
+        block_kw = dict(shortcut=shortcut, norm=norm, bias=norm == "none" and not fixup)
+        blocks = (scaled(MLPBlock(width, **block_kw), branch_scale) for _ in range(num_blocks))
+        self.layers = nn.Sequential(*blocks)
         self.bias2 = Bias() if fixup else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
         self.num_features = width

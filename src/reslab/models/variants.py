@@ -172,8 +172,7 @@ class Unit(ResidualBlock):
     ) -> None:
         super().__init__()
         check_choice("position", position, POSITIONS)
-        plain_scale = isinstance(getattr(block, "scale", None), nn.Identity)
-        if type(block) not in (BasicBlock, Bottleneck, MLPBlock) or not plain_scale:
+        if type(block) not in (BasicBlock, Bottleneck, MLPBlock):  # ReZero, ... are other types
             raise ValueError(
                 "variants need residual BasicBlocks, Bottlenecks or MLPBlocks without "
                 f"branch_scale; got {type(block).__name__}"

@@ -65,7 +65,7 @@ def zero_branches(model: nn.Module, method: str) -> nn.Module:
             if layer.bias is not None:
                 layer.bias.zero_()
         else:
-            if not hasattr(block.scale, "alpha"):
+            if not hasattr(block, "scale"):  # ReZero, SkipInit and Fixup blocks have one
                 raise ValueError(
                     f"method {method!r} needs a net built with branch_scale={method!r}"
                 )
