@@ -15,14 +15,12 @@ from reslab.models import create_model, to_residual
 from reslab.models.blocks import (
     BasicBlock,
     Bottleneck,
-    Fixup,
     MLPBlock,
     PreActBasicBlock,
     PreActBottleneck,
     ResidualBlock,
-    ReZero,
-    SkipInit,
 )
+from reslab.models.scaled import Fixup, ReZero, SkipInit
 from reslab.models.variants import VARIANTS
 
 relu = torch.relu

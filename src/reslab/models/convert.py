@@ -35,8 +35,9 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from reslab.models.blocks import STANDARD_BLOCKS, Fixup, ResidualBlock, ReZero, SkipInit
+from reslab.models.blocks import STANDARD_BLOCKS, ResidualBlock
 from reslab.models.registry import twin
+from reslab.models.scaled import Fixup, ReZero, SkipInit
 from reslab.models.variants import Unit
 
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

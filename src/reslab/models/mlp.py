@@ -18,17 +18,15 @@ import torch
 from torch import nn
 
 from reslab.models.blocks import (
-    Bias,
     MLPBlock,
     ResidualBlock,
     check_choice,
-    init_residual_branches,
     norm_layer,
     resolve_norm,
-    scaled,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing, run_blocks
+from reslab.models.scaled import Bias, init_residual_branches, scaled
 
 
 class ResidualMLP(GradCheckpointing, nn.Module):

@@ -26,19 +26,17 @@ from torch import nn
 
 from reslab.models.blocks import (
     BasicBlock,
-    Bias,
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
     ResidualBlock,
     check_choice,
-    init_residual_branches,
     norm_layer,
     resolve_norm,
-    scaled,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing
+from reslab.models.scaled import Bias, init_residual_branches, scaled
 
 
 class ResNet(GradCheckpointing, nn.Module):
