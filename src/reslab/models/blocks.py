@@ -36,6 +36,7 @@ from torch import nn
 SHORTCUTS = ("A", "B", "C", "none")
 NORMS = ("batch", "group", "none")
 BRANCH_SCALES = ("none", "rezero", "skipinit", "fixup")
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d  # a branch's weight layers
 
 
 def check_choice(what: str, value: object, allowed: Sequence) -> None:
@@ -142,6 +143,8 @@ class ResidualBlock(nn.Module):
     _norms: tuple[str, ...] = ()
     shortcut: str  # the option: "A" | "B" | "C" | "none" (plain: no addition)
     downsample: nn.Module | None  # the shortcut's module; None: the identity
+    bn1: nn.Module  # the first norm (pre-activation: of the block input)
+    relu: nn.Module
 
     def _setup(
         self,
@@ -189,7 +192,7 @@ class ResidualBlock(nn.Module):
         h = self.shortcut_of(self.shortcut_input(x))
         return torch.relu(h) if self.relu_after_add else h  # not in place: h may be x itself
 
-    def branch_layers(self) -> list[nn.Module]:
+    def branch_layers(self) -> list[WeightLayer]:
         return [getattr(self, n) for n in self._layers]
 
     def branch_norms(self) -> list[nn.Module]:

@@ -10,11 +10,16 @@ stages; each block is a feature point at both levels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from reslab.models.recompute import run_blocks
+
+if TYPE_CHECKING:  # the models import this module
+    from reslab.models.mlp import ResidualMLP
+    from reslab.models.resnet import ResNet
 
 Indices = int | Sequence[int] | None
 LEVELS = ("stage", "block")
@@ -88,7 +93,10 @@ class FeatureExtractor(nn.Module):
     `load_weights(extractor.model, "resnet50.pth")`.
     """
 
-    def __init__(self, model: nn.Module, out_indices: Indices = None) -> None:
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+
+    def __init__(self, model: ResNet | ResidualMLP, out_indices: Indices = None) -> None:
         super().__init__()
         self.model = model
         self.out_indices = take_indices(len(model.feature_info), out_indices)
@@ -98,6 +106,9 @@ class FeatureExtractor(nn.Module):
         self, x: torch.Tensor
     ) -> list[torch.Tensor]:  # (B, C, H, W) -> [(B, C_i, H_i, W_i)]
         """The features at `out_indices`, in forward order."""
-        return self.model.forward_intermediates(
-            x, self.out_indices, norm=True, intermediates_only=True
+        return cast(  # intermediates_only=True: the list alone
+            list[torch.Tensor],
+            self.model.forward_intermediates(
+                x, self.out_indices, norm=True, intermediates_only=True
+            ),
         )

@@ -45,6 +45,9 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         zero_init_residual: zero the last norm weight (or last Linear if norm="none") of each branch.
     """
 
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+
     def __init__(
         self,
         in_features: int,
@@ -69,8 +72,11 @@ class ResidualMLP(GradCheckpointing, nn.Module):
             nn.ReLU(),
         )
         # Fixup's scalar biases replace the Linears' own (hongyi-zhang/Fixup's convs have none)
-        block_kw = dict(shortcut=shortcut, norm=norm, bias=norm == "none" and not fixup)
-        blocks = (scaled(MLPBlock(width, **block_kw), branch_scale) for _ in range(num_blocks))
+        bias = norm == "none" and not fixup
+        blocks = (
+            scaled(MLPBlock(width, shortcut=shortcut, norm=norm, bias=bias), branch_scale)
+            for _ in range(num_blocks)
+        )
         self.layers = nn.Sequential(*blocks)
         self.bias2 = Bias() if fixup else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
@@ -92,7 +98,7 @@ class ResidualMLP(GradCheckpointing, nn.Module):
 
     def residual_blocks(self) -> list[ResidualBlock]:
         """All blocks, in forward order."""
-        return list(self.layers)
+        return [b for b in self.layers if isinstance(b, ResidualBlock)]  # all of them
 
     def forward_intermediates(
         self,
@@ -119,7 +125,7 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
         """The last block's output, the classifier's input (checkpointed if grad checkpointing is on)."""
-        return run_blocks(self.layers, self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
+        return run_blocks(list(self.layers), self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
         """The linear classifier (Fixup: a scalar bias before it)."""

@@ -55,6 +55,9 @@ class ResNet(GradCheckpointing, nn.Module):
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
     """
 
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+
     def __init__(
         self,
         block: type[ResidualBlock],

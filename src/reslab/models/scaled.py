@@ -124,6 +124,7 @@ class Fixup(ScaledBlock):
     relu(scale * F(x) + bias_b + h(x)). A downsampling shortcut sees x + bias1a, as conv1."""
 
     init = 1.0
+    bias1a: nn.Module
 
     def add_scalars(self) -> None:
         for i in range(1, len(self._layers) + 1):
@@ -183,9 +184,10 @@ def init_residual_branches(
     check_choice("branch_scale", branch_scale, BRANCH_SCALES)
     for block in blocks:
         if zero_init_residual:
-            last = block.branch_norms()[-1]
-            last = last if getattr(last, "weight", None) is not None else block.branch_layers()[-1]
-            nn.init.zeros_(last.weight)
+            weight = getattr(
+                block.branch_norms()[-1], "weight", None
+            )  # None: no norm, or not affine
+            nn.init.zeros_(block.branch_layers()[-1].weight if weight is None else weight)
         if branch_scale == "fixup":
             *first, last = block.branch_layers()
             for layer in first:
