@@ -124,10 +124,11 @@ def _build(
     from reslab.models import create_model
     from reslab.models.weights import create_saved, saved_settings
 
-    typed = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
-    typed = {k: v for k, v in typed.items() if v is not None} | overrides
+    given: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    typed = {k: v for k, v in given.items() if v is not None} | overrides
     if weights is None:
-        return create_model(name, **({"in_chans": 3} | typed))
+        defaults: dict[str, Any] = {"in_chans": 3}
+        return create_model(name, **(defaults | typed))
     saved = saved_settings(weights)[1]
     if "img_size" in saved:  # the example input the file asks for is bounded as a typed one
         try:
@@ -171,6 +172,7 @@ def _save_onnx(
         opset_version=opset,
         verbose=False,
     )
+    assert program is not None  # the dynamo exporter returns its program
     program.model.metadata_props.update(metadata(model))
     program.save(path, external_data=size > _ONNX_MAX_BYTES)
 

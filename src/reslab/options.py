@@ -11,10 +11,11 @@ import dataclasses
 import types
 import typing
 from collections.abc import Sequence
+from typing import Any
 
 
 def add_dataclass_options(
-    parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()
+    parser: argparse._ActionsContainer, cls: type, exclude: Sequence[str] = ()
 ) -> None:
     """One `--option` per dataclass field, help from its metadata; unset options stay absent."""
     hints = typing.get_type_hints(cls)
@@ -23,9 +24,10 @@ def add_dataclass_options(
             continue
         flag = "--" + f.metadata.get("cli", f.name).replace("_", "-")
         kind = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        factory = f.default_factory  # a function, or MISSING where the field has a default
+        default = factory() if callable(factory) else f.default
         help_ = f"{f.metadata.get('help', '')} (default: {default!r})"
-        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        common: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
         elif kind is dict:

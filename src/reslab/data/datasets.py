@@ -143,15 +143,16 @@ def _decode_image(path: str, size: tuple[int, int] | None) -> np.ndarray:
     try:
         with warnings.catch_warnings():  # reslab says it below, in one line
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)  # reads the header only
+            img: Image.Image = Image.open(path)  # reads the header only
         with img:
             shape = f"{img.width}x{img.height}"
             if limit is None or img.width * img.height <= limit:
                 img = img.convert("RGB")
                 if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 return np.asarray(img)
     except Image.DecompressionBombError as e:  # above twice the limit PIL opens nothing
+        assert limit is not None  # PIL raises it only under a limit
         pixels = re.search(r"\((\d+) pixels\)", str(e))
         shape = pixels[1] if pixels else f"more than {2 * limit}"
     except (OSError, SyntaxError, EOFError, ValueError) as e:
@@ -192,13 +193,14 @@ def _load_imagefolder(spec: str, split: str) -> ImageData:
     folders = {
         s: next((path / d for d in ds if (path / d).is_dir()), None) for s, ds in candidates.items()
     }
-    if folders["train"] is None or folders[split] is None:
+    train_dir, split_dir = folders["train"], folders[split]
+    if train_dir is None or split_dir is None:
         raise FileNotFoundError(
             f"imagefolder {path}: expected {path}/train/<class>/<image> and {path}/test/<class>/<image> (or val/)"
         )
-    classes = tuple(sorted(d.name for d in folders["train"].iterdir() if d.is_dir()))
-    images, labels = _decode_folder(folders[split], classes, size)
-    train = images if split == "train" else _decode_folder(folders["train"], classes, size)[0]
+    classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
+    images, labels = _decode_folder(split_dir, classes, size)
+    train = images if split == "train" else _decode_folder(train_dir, classes, size)[0]
     pixels = train.transpose(0, 1).flatten(1).float().div_(255)  # (C, N*H*W) of the training split
     mean, std = tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
     return ImageData(images, labels, classes, mean, std, f"imagefolder:{spec}")

@@ -123,7 +123,7 @@ class Loader:
         std = data.std if std is None else std
         c = data.images.shape[1]
         self.mean_image = isinstance(mean, torch.Tensor)
-        if self.mean_image and mean.shape != data.images.shape[1:]:
+        if isinstance(mean, torch.Tensor) and mean.shape != data.images.shape[1:]:
             raise ValueError(
                 f"a mean image must be (C, H, W) = {tuple(data.images.shape[1:])}, "
                 f"got {tuple(mean.shape)}"
