@@ -18,6 +18,7 @@ from torch import nn
 from reslab.models.recompute import run_blocks
 
 if TYPE_CHECKING:  # the models import this module
+    from reslab.data.normalization import Normalization
     from reslab.models.mlp import ResidualMLP
     from reslab.models.resnet import ResNet
 
@@ -95,6 +96,7 @@ class FeatureExtractor(nn.Module):
 
     model_name: str  # set by `create_model`, as default_cfg
     default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(self, model: ResNet | ResidualMLP, out_indices: Indices = None) -> None:
         super().__init__()

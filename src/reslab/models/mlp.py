@@ -12,7 +12,7 @@ scalar bias after the stem's Linear (before its ReLU) and one before the classif
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from reslab.models.blocks import (
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing, run_blocks
 from reslab.models.scaled import Bias, init_residual_branches, scaled
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
 
 
 class ResidualMLP(GradCheckpointing, nn.Module):
@@ -47,6 +50,7 @@ class ResidualMLP(GradCheckpointing, nn.Module):
 
     model_name: str  # set by `create_model`, as default_cfg
     default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ from reslab.models.features import FeatureExtractor, Indices
 from reslab.models.mlp import ResidualMLP, residual_mlp
 from reslab.models.resnet import ResNet, cifar_resnet, imagenet_resnet, preact_resnet
 
+Model = ResNet | ResidualMLP | FeatureExtractor  # what `create_model` builds
+
 
 @dataclass(frozen=True)
 class Family:
@@ -161,7 +163,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Indices = None,
     **overrides: Any,
-) -> ResNet | ResidualMLP | FeatureExtractor:
+) -> Model:
     """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
 
     `num_classes` defaults to the family's dataset: 1000 for the ImageNet family (as torchvision),

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from reslab.models.blocks import (
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing
 from reslab.models.scaled import Bias, init_residual_branches, scaled
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
 
 
 class ResNet(GradCheckpointing, nn.Module):
@@ -57,6 +60,7 @@ class ResNet(GradCheckpointing, nn.Module):
 
     model_name: str  # set by `create_model`, as default_cfg
     default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,

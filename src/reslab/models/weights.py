@@ -34,7 +34,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import safetensors
 import safetensors.torch
@@ -43,8 +43,11 @@ from torch import Tensor, nn
 
 from reslab import __version__
 
+M = TypeVar("M", bound=nn.Module)
+
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
+    from reslab.models.registry import Model
 
 # Other projects' names -> reslab's, tried on keys the model does not have.
 _RENAMES = [
@@ -56,8 +59,8 @@ _PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DDP, torch.compile
 
 
 def load_weights(
-    model: nn.Module, source: str | os.PathLike | Mapping[str, Tensor], strict: bool = True
-) -> nn.Module:
+    model: M, source: str | os.PathLike | Mapping[str, Tensor], strict: bool = True
+) -> M:
     """Load `source` (a weights file or a state dict) into `model` in place and return `model`.
 
     From a file, `model.normalization` becomes the input normalisation the file records (a
@@ -110,7 +113,7 @@ def _hint(source, meta: dict) -> str:
     )
 
 
-def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any) -> nn.Module:
+def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any) -> Model:
     """The model a reslab weights file records, built and loaded: `create_model(name, ...)` with the
     classes, input size and model options the file was saved with (`given` keyword arguments win over
     them), then `load_weights`. `name` defaults to the recorded one and must match it when both exist;

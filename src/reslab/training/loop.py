@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -109,10 +110,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     total = cfg.iters or max(1, round(cfg.epochs * steps_per_epoch))
     # what curve points score: a fixed subset of test (and val), the whole training set with
     # eval_train; the final evaluation scores whole splits (all within eval_limit)
-    splits = {"test": _first(test_data, cfg.eval_limit), "val": _first(val_data, cfg.eval_limit)}
-    splits = {k: v for k, v in splits.items() if v is not None}
+    given = {"test": _first(test_data, cfg.eval_limit), "val": _first(val_data, cfg.eval_limit)}
+    splits = {k: v for k, v in given.items() if v is not None}
     curve = {k: curve_subset(len(v), cfg.eval_subset) for k, v in splits.items()}
-    on_curve = {k: v if curve[k] is None else v.subset(curve[k]) for k, v in splits.items()}
+    on_curve = {k: v if (c := curve[k]) is None else v.subset(c) for k, v in splits.items()}
     train_split = _first(train_data, cfg.eval_limit)
     sizes = {"train": len(train_data), "test": len(test_data), "val": len(val_data or ())}
     eval_every = eval_plan(cfg, total, sizes)[0]
@@ -207,6 +208,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> dict:
     return summary
 
 
+@overload
+def _first(data: ImageData, limit: int) -> ImageData: ...
+@overload
+def _first(data: ImageData | None, limit: int) -> ImageData | None: ...
 def _first(data: ImageData | None, limit: int) -> ImageData | None:
     """The first `limit` images of `data` (all when `limit` is 0): `--eval-limit`."""
     if data is None or not limit or len(data) <= limit:
@@ -222,7 +227,7 @@ def _wrap(model: nn.Module, cfg: TrainConfig, d: distributed.Dist) -> nn.Module:
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None
         )
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net)  # type: ignore[assignment]  # of a Module: a Module
     return net
 
 
@@ -253,10 +258,10 @@ def lr_at(step: int, total: int, cfg: TrainConfig, warmup_end: int | None = None
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     if cfg.schedule == "onecycle":  # as torch.optim.lr_scheduler.OneCycleLR: 30% up, cosine down
-        lo, end, up = cfg.lr / 25, cfg.lr / 25e4, 0.3
+        lo, last, up = cfg.lr / 25, cfg.lr / 25e4, 0.3
         if t < up:
             return lo + (cfg.lr - lo) * 0.5 * (1 - math.cos(math.pi * t / up))
-        return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up)))
+        return last + (cfg.lr - last) * 0.5 * (1 + math.cos(math.pi * (t - up) / (1 - up)))
     return cfg.lr
 
 
@@ -276,7 +281,8 @@ def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]
     if cfg.train_subset and cfg.train_subset < len(train_data.labels):
         _, train_data = train_val_split(train_data, cfg.train_subset, seed=cfg.seed)
     if cfg.normalize == "pixel-mean":  # the mean image of the images trained on (He et al. §4.2)
-        train_data, test_data, val_data = subtract_mean_image(train_data, test_data, val_data)
+        shifted = subtract_mean_image(train_data, test_data, val_data)
+        train_data, test_data, val_data = shifted  # type: ignore[assignment]  # None stays None
     return train_data, test_data, val_data
 
 
@@ -356,10 +362,10 @@ def _resume(
             continue
         except ValueError as err:  # read back whole, but another model's weights
             raise ValueError(f"--resume: {err}, so --model {cfg.model} cannot resume it") from None
-        for bad, err in damaged if main else []:
+        for bad, why in damaged if main else []:
             aside = set_aside(bad)
             warnings.warn(
-                f"--resume: {err}; moved {bad.name} aside to {aside} and resumed from {path.name}",
+                f"--resume: {why}; moved {bad.name} aside to {aside} and resumed from {path.name}",
                 stacklevel=4,
             )
         return state["step"], path, warmup_end
