@@ -31,16 +31,17 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from reslab.models.blocks import STANDARD_BLOCKS, ResidualBlock, WeightLayer
-from reslab.models.registry import twin
+from reslab.models.registry import Model, twin
 from reslab.models.scaled import Fixup, ReZero, SkipInit
 from reslab.models.variants import Unit
 
+M = TypeVar("M", bound=nn.Module)
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _NORM += (nn.LocalResponseNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
@@ -187,7 +188,7 @@ def _block(
 _PLAIN_BLOCKS = (*STANDARD_BLOCKS, ReZero, SkipInit, Fixup, SequentialBlock)
 
 
-def to_plain(model: nn.Module) -> nn.Module:
+def to_plain(model: M) -> M:
     """A copy of `model` with every shortcut off (shortcut="none") and no projection modules: each
     block then outputs what its residual branch alone gives. Only blocks whose forward honours
     shortcut="none" (`_PLAIN_BLOCKS`) are converted; any other block is a one-line ValueError."""
@@ -230,12 +231,12 @@ def to_plain(model: nn.Module) -> nn.Module:
     return plain
 
 
-def append_blocks(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+def append_blocks(model: Model, blocks: list[nn.Module]) -> Model:
     """A copy of `model` with `blocks` run after its last block, in the same stage: the
     nn.Sequential that holds the last block is replaced by one that holds it and then `blocks`,
     so `residual_blocks()` lists them too. The blocks themselves are not copied."""
     model = copy.deepcopy(model)
-    last = model.residual_blocks()[-1]  # type: ignore[operator]  # a model with residual_blocks()
+    last = model.residual_blocks()[-1]
     for name, module in model.named_modules():
         if name and isinstance(module, nn.Sequential) and any(c is last for c in module.children()):
             parent, _, attr = name.rpartition(".")

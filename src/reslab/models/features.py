@@ -19,6 +19,7 @@ from reslab.models.recompute import run_blocks
 
 if TYPE_CHECKING:  # the models import this module
     from reslab.data.normalization import Normalization
+    from reslab.models.blocks import ResidualBlock
     from reslab.models.mlp import ResidualMLP
     from reslab.models.resnet import ResNet
 
@@ -103,6 +104,10 @@ class FeatureExtractor(nn.Module):
         self.model = model
         self.out_indices = take_indices(len(model.feature_info), out_indices)
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
+
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """The wrapped model's blocks, in forward order."""
+        return self.model.residual_blocks()
 
     def forward(
         self, x: torch.Tensor

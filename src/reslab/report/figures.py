@@ -83,7 +83,7 @@ def smooth(y: Sequence[float], window: int) -> np.ndarray:
     return np.convolve(a, kernel, mode="same") / np.convolve(np.ones_like(a), kernel, mode="same")
 
 
-def mean_curve(curves: Sequence[tuple[ArrayLike, ArrayLike]]):
+def mean_curve(curves: Sequence[tuple[ArrayLike, ...]]):  # (x, y) pairs
     """Mean and std of several (x, y) curves on the first curve's x grid, over the x range all of them cover.
 
     Seeds of one configuration log at the same steps, so the interpolation is exact in the usual case.

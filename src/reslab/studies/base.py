@@ -33,7 +33,17 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
-OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
+OWNED: tuple[str, ...] = (
+    "model",
+    "model_kwargs",
+    "data",
+    "data_dir",
+    "iters",
+    "seed",
+    "name",
+    "out",
+    "resume",
+)
 OWNED += ("progress",)
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
@@ -203,7 +213,7 @@ def _agree(key: str, old: Any, new: Any) -> bool:
     return old == new
 
 
-def union(old: dict, new: dict, **orders: Sequence) -> dict:
+def union(old: dict, new: dict, **orders: Sequence | None) -> dict:
     """A merge for `claim`: the new record, with each named list the union of old and new, in the
     order given (or sorted when the order is None): union(old, new, seeds=None, archs=ARCHS)."""
     out = {**old, **new}
@@ -267,7 +277,7 @@ def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
 
     run_dir = Path(cfg.out) / cfg.run_name
     if runs.status(run_dir) == "diverged":  # never retried on its own
-        return {"name": cfg.run_name, **runs.read_summary(run_dir), "wall_s": 0.0}
+        return {"name": cfg.run_name, **(runs.read_summary(run_dir) or {}), "wall_s": 0.0}
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:

@@ -27,6 +27,7 @@ from reslab.data import (
     train_val_split,
 )
 from reslab.models import create_model, save_weights
+from reslab.models.registry import Model
 from reslab.training import allocator, distributed, precision, runs
 from reslab.training.bookkeeping import (
     Clock,
@@ -286,7 +287,7 @@ def load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData, ImageData | None]
     return train_data, test_data, val_data
 
 
-def build_model(cfg: TrainConfig, data: ImageData) -> nn.Module:
+def build_model(cfg: TrainConfig, data: ImageData) -> Model:
     """The model named in `cfg`, sized for `data` (classes, channels, image size)."""
     _, c, h, w = data.images.shape
     kwargs = dict(cfg.model_kwargs)

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,9 @@ def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
     """Run folders listed in study.json ("runs": names or {"run_dir"/"name": ...}), else all of runs/."""
     listed = study.get("runs")
     if isinstance(listed, list) and listed:
-        names = [(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r for r in listed]
+        names: list[Any] = [  # JSON: a name, or a record that holds one
+            (r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r for r in listed
+        ]
         return [
             study_dir / n if (study_dir / n).is_dir() else study_dir / rf.RUNS / n for n in names
         ]
@@ -446,7 +449,7 @@ def verdict(runs: list[dict], floor: float = FLOOR, fit: float | None = None) ->
     for arm in ARMS:
         gs = [g for g in groups if g["arch"] == arm and g["n"] > 0]
         comps[arm] = _compare(gs, floor) if len(gs) >= 2 else None
-    v = {
+    v: dict[str, Any] = {
         "plain": comps["plain"],
         "residual": comps["residual"],
         "deepest": _deepest(groups, floor),
@@ -487,7 +490,7 @@ def verdict(runs: list[dict], floor: float = FLOOR, fit: float | None = None) ->
 
 # What the analogue's result says next to the paper, by verdict: never "the same effect" unless the
 # verdict found it.
-_ANALOGUE = {
+_ANALOGUE: dict[str | None, str] = {  # verdict status -> what it says
     "shown": "here it shows the effect the paper reports (Fig. 6), not the paper's numbers.",
     "residual_degrades_less": "here plain nets degrade and residual nets far less: the paper's "
     "direction (Fig. 6), though its residual nets did not rise at all.",
@@ -524,10 +527,10 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "degradation")
     runs, incomplete = _scan(study_dir)
-    summary = {"study": "degradation", "data": None, "family": None}
+    summary: dict[str, Any] = {"study": "degradation", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     if summary["data"] is None and runs:
-        summary["data"] = rf.read_summary(study_dir / runs[0]["run_dir"]).get("data")
+        summary["data"] = (rf.read_summary(study_dir / runs[0]["run_dir"]) or {}).get("data")
     fit = summary.get("fit_gate") or None  # 0 or absent (older folders): no fit gate
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs, fit=fit))
     summary["setting"] = setting(summary)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -270,6 +271,7 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> dict:
             f"control (nonorm) and the plain net at the deepest depth ({deep or 'none'})."
         )
         return {**out, "status": "insufficient", "text": text, "checks": {}}
+    assert deep is not None and shallow is not None  # arms were found at the deepest depth
 
     def ok(arm: str, depth: int) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None
@@ -421,7 +423,7 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "depth")
     runs, incomplete = collect_runs(study_dir)
-    summary = {"study": "depth", "data": None, "family": None}
+    summary: dict[str, Any] = {"study": "depth", "data": None, "family": None}
     summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs))
     rf.write_json(study_dir / rf.SUMMARY, summary, strict=True)
@@ -479,7 +481,7 @@ def _first_grad(g: dict) -> str:
     return "—" if g["first_grad_norm"] is None else f"{g['first_grad_norm']:.3g}"
 
 
-def _row(g: dict, runs: list[dict]) -> dict[str, object]:
+def _row(g: dict, runs: list[dict]) -> dict[str, Any]:
     """One (arm, depth) group as table cells, keyed by column name."""
     return {
         "arm": g["arm"],

@@ -168,7 +168,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 # A rerun may add depths, archs or seeds, not change what a measurement means.
-MUST_MATCH = ("data", "family", "iters", "width", "model_args", "residual_args", "recipe")
+MUST_MATCH: tuple[str, ...] = (
+    "data",
+    "family",
+    "iters",
+    "width",
+    "model_args",
+    "residual_args",
+    "recipe",
+)
 MUST_MATCH += ("batches", "lines", "points", "max_lag")
 
 

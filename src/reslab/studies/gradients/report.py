@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from reslab.report.html import Page, fmt_count, fmt_mean_std, join_values
 from reslab.studies.base import PER_RUN
@@ -236,6 +237,7 @@ def _drift(entries: list[dict]) -> dict | None:
     diffs = [_orders(p["init"]["weight_ratio"]) - _orders(r["init"]["weight_ratio"])
              for p, r in pairs.values()]  # fmt: skip
     p, r = geomean(ratios["plain_init"]), geomean(ratios["residual_init"])
+    assert p is not None and r is not None  # every net is measured at init
     plain, res = next(iter(pairs.values()))
     trained = {a: ratios[f"{a}_trained"] for a in ARCHS}
     return {
@@ -426,7 +428,8 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
     `entries`: one per net and seed; `errors`: `train_errors`."""
     out = {"he_2015": HE_2015, "note": NOTE, "rule": _CLAIMS_RULE.format(margin=margin)}
     out["train_errors"] = errors
-    plain = {}  # depth -> [(seed, entry, training error)] of the plain nets trained to completion
+    plain: dict[int, list[tuple]] = {}  # depth -> [(seed, entry, training error)] of the plain
+    # nets trained to completion
     for e in sorted(
         (e for e in entries if e["arch"] == "plain"), key=lambda e: (e["depth"], _seed(e))
     ):
@@ -454,7 +457,7 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
         "deep_errors": {s: err for s, _, err in plain[hi]},
         "shown": c["higher"],
     }
-    prof = {"depth": hi}
+    prof: dict[str, Any] = {"depth": hi}
     for p in PHASES:
         seeds = {s: (e[p] or {}).get("weight_ratio") for s, e, _ in plain[hi]}
         seeds = {s: r for s, r in seeds.items() if r is not None}
@@ -466,12 +469,12 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
             "profiles": found,
             "profile": calls.pop() if len(calls) == 1 else "mixed",
         }  # fmt: skip
-    found = [prof[p]["profile"] for p in PHASES if prof[p]]
+    profiles = [prof[p]["profile"] for p in PHASES if prof[p]]
     if not degradation["shown"]:
         status = "no_degradation"
-    elif "vanishing" in found:
+    elif "vanishing" in profiles:
         status = "supports_note"
-    elif found and all(f == "healthy" for f in found):
+    elif profiles and all(f == "healthy" for f in profiles):
         status = "supports_he"
     else:
         status = "neither"

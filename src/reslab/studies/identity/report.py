@@ -45,7 +45,11 @@ CONSTRUCTION = ("structure", "append")
 RESULTS = "results"  # <study>/results/<part>.json
 FACTOR = 2.0
 FLOOR = 1e-3
-CALLS = {"residual": "residual easier", "plain": "plain easier", "tied": "tied"}  # per depth
+CALLS: dict[str | None, str] = {
+    "residual": "residual easier",
+    "plain": "plain easier",
+    "tied": "tied",
+}  # per depth
 # the blocks appended in check 3, as the results name them, with their colours in the figure
 ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
 VARIANT_COLORS = {

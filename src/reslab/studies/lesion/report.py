@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +154,7 @@ def arch_stats(nets: list[dict], arch: str) -> dict | None:
     }
 
 
-def verdict(nets: list[dict], diverged: list[dict] = ()) -> dict:
+def verdict(nets: list[dict], diverged: Sequence[dict] = ()) -> dict:
     """Judge the study from the measured errors only (rule in the module docstring); the nets that
     diverged in training are named in the text."""
     res, plain = arch_stats(nets, "residual"), arch_stats(nets, "plain")
@@ -251,7 +253,8 @@ def smoothness(nets: list[dict], arch: str = "residual") -> dict:
     "steepest" is the step with the largest rise per deleted block; "worst_fall" the step closest to
     failing the fall test (its fall minus its tolerance is the largest)."""
     pts = error_curve(nets, arch)
-    out = {"arch": arch, "ks": [k for k, _, _ in pts[1:]], "rise": None, "steepest": None}
+    out: dict[str, Any] = {"arch": arch, "ks": [k for k, _, _ in pts[1:]], "rise": None}
+    out["steepest"] = None
     out |= {"worst_fall": None, "status": "insufficient"}
     if len(pts) - 1 < MIN_KS:
         return out
@@ -278,7 +281,7 @@ def smoothness(nets: list[dict], arch: str = "residual") -> dict:
         out["status"] = "no_rise"
     elif fa[1] - fb[1] > tol(fa, fb):
         out["status"] = "not_monotone"
-    elif share > CLIFF:
+    elif share is not None and share > CLIFF:  # share is a number: rise > tolerance > 0
         out["status"] = "cliff"
     else:
         out["status"] = "smooth"
@@ -350,6 +353,7 @@ def _k_clause(arch: str, s: dict) -> str:
 def _sentence(status: str, res: dict | None, plain: dict | None) -> str:
     if status == "insufficient":
         return "Cannot judge: no residual net with a deletable block was lesioned (yet)."
+    assert res is not None  # judged: a residual net was lesioned
     parts = [_single_clause("residual", res)]
     if plain is not None and plain["single_damage_median"] is not None:
         parts.append(_single_clause("plain", plain))
@@ -371,7 +375,7 @@ def _diverged_name(d: dict) -> str:
     return f"{Path(d['run_dir']).name} ({d['model']}, diverged at step {d['step']}{last})"
 
 
-def _diverged_clause(diverged: list[dict]) -> str:
+def _diverged_clause(diverged: Sequence[dict]) -> str:
     names = "; ".join(map(_diverged_name, diverged))
     return f" Not lesioned, diverged in training: {names}." if diverged else ""
 
@@ -383,7 +387,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Judge lesions.json and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
     study, nets, diverged = _read(study_dir)
-    summary = {"study": "lesion"}
+    summary: dict[str, Any] = {"study": "lesion"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary["nets"] = [
         {k: n[k] for k in ("run_dir", "model", "arch", "seed", "data", "blocks", "intact_error")}

@@ -56,6 +56,7 @@ the 64k iterations the CIFAR-10 recipe trains for (He et al. 2015, §4.2).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,11 @@ FINDINGS: dict[int, dict[str, str]] = {
         "full-preact": "better",
     },
 }
-PAPER_SCALE = {"data": "cifar10", "units": 54, "iters": 64_000}  # ResNet-110/164, He et al. 2016
+PAPER_SCALE: dict[str, Any] = {
+    "data": "cifar10",
+    "units": 54,
+    "iters": 64_000,
+}  # ResNet-110/164, He et al. 2016
 _LABELS = {
     "agrees": ("agrees with the paper", "good"),
     "mostly_agrees": ("mostly agrees with the paper", "neutral"),
@@ -299,7 +304,7 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "shortcuts")
     runs, incomplete = collect_runs(study_dir)
-    summary = {"study": "shortcuts"}
+    summary: dict[str, Any] = {"study": "shortcuts"}
     summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
     summary.update(runs=runs, incomplete=incomplete)
     summary["verdict"] = verdict(runs, int(study.get("paper_column", 110)))
