@@ -44,5 +44,23 @@ def test_state_dict_keys_are_the_stored_ones(name, kw):
     assert signature(name, kw) == stored[case_id(name, kw)]
 
 
-if __name__ == "__main__":
+@pytest.mark.parametrize("kw", OPTIONS[:4], ids=[case_id("", kw) for kw in OPTIONS[:4]])
+@pytest.mark.parametrize("name", ["resnet-8", "preact_resnet-11", "resmlp-4"])
+def test_scaled_weights_round_trip(name, kw, tmp_path):
+    """A ReZero, SkipInit or Fixup net saved and built back from its file computes what it did."""
+    from reslab.models import create_saved, save_weights
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_chans=1, img_size=8, **kw)
+    with torch.no_grad():  # scalars away from their init, so that a lost one shows
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    save_weights(model, tmp_path / "model.safetensors")
+    loaded = create_saved(tmp_path / "model.safetensors")
+    x = torch.randn(2, 1, 8, 8)
+    assert type(loaded.residual_blocks()[0]) is type(model.residual_blocks()[0])
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+
+if __name__ == "__main__":  # pragma: no cover
     STORED.write_text(json.dumps({case_id(*c): signature(*c) for c in CASES}, indent=1) + "\n")
