@@ -223,9 +223,9 @@ class BasicBlock(ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.shortcut != "none":
+        if self.shortcut != "none":  # the plain twin has none
             out = out + self.shortcut_of(x)
-        return self.relu(out)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
 class Bottleneck(ResidualBlock):
@@ -259,9 +259,9 @@ class Bottleneck(ResidualBlock):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.shortcut != "none":
+        if self.shortcut != "none":  # the plain twin has none
             out = out + self.shortcut_of(x)
-        return self.relu(out)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -368,9 +368,9 @@ class MLPBlock(ResidualBlock):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, width)
         out = self.relu(self.bn1(self.fc1(x)))
         out = self.bn2(self.fc2(out))
-        if self.shortcut != "none":
+        if self.shortcut != "none":  # the plain twin has none
             out = out + self.shortcut_of(x)
-        return self.relu(out)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
 STANDARD_BLOCKS = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, MLPBlock)

@@ -154,7 +154,8 @@ class Fixup(ScaledBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.shortcut_input(x)
-        out = self.biases("b")[-1](self.scale(self.branch(x)))
+        out = self.scale(self.branch(x))
+        out = self.biases("b")[-1](out)  # the last bias: bias2b (bias3b in a bottleneck)
         if self.shortcut != "none":
             out = out + self.shortcut_of(x)
         return out if self.preact else self.relu(out)
