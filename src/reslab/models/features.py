@@ -10,18 +10,16 @@ stages; each block is a feature point at both levels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from reslab.models.recompute import run_blocks
 
-if TYPE_CHECKING:  # the models import this module
+if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
     from reslab.models.blocks import ResidualBlock
-    from reslab.models.mlp import ResidualMLP
-    from reslab.models.resnet import ResNet
 
 Indices = int | Sequence[int] | None
 LEVELS = ("stage", "block")
@@ -86,6 +84,24 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
+class Backbone(Protocol):
+    """What `FeatureExtractor` asks of its model (`ResNet`, `ResidualMLP`: they import this module)."""
+
+    feature_info: FeatureInfo
+
+    def residual_blocks(self) -> list[ResidualBlock]: ...
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        *,
+        level: str = "stage",
+        norm: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]: ...
+
+
 class FeatureExtractor(nn.Module):
     """A model whose forward returns the list of its features at `out_indices` (stem = 0, stages
     1..K), as timm's `features_only=True`; `feature_info` describes the points returned.
@@ -99,7 +115,7 @@ class FeatureExtractor(nn.Module):
     default_cfg: dict[str, Any]
     normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
-    def __init__(self, model: ResNet | ResidualMLP, out_indices: Indices = None) -> None:
+    def __init__(self, model: Backbone, out_indices: Indices = None) -> None:
         super().__init__()
         self.model = model
         self.out_indices = take_indices(len(model.feature_info), out_indices)
