@@ -1,6 +1,10 @@
 """`block.shortcut_path(x)`: what is left of a block when its residual branch is deleted, for every
 block kind, against a computation by hand from the block's own weights; and a block whose branch
-outputs zero computes exactly its shortcut path."""
+outputs zero computes exactly its shortcut path. A standard block reads like its equation, and the
+scaled blocks (SkipInit, Fixup) with their scalars at 1 and 0 compute exactly their standard block."""
+
+import copy
+import inspect
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from reslab.models.blocks import (
     PreActBottleneck,
     ResidualBlock,
 )
+from reslab.models.scaled import Fixup, ReZero, SkipInit
 from reslab.models.variants import VARIANTS
 
 relu = torch.relu
@@ -75,8 +80,8 @@ CONV = {  # name -> (block factory, shortcut path by hand); each test builds its
     "basic B": (lambda: BasicBlock(8, 16, 2, shortcut="B"), lambda b, x: relu(conv_proj(b, x))),
     "basic C": (lambda: BasicBlock(8, 8, shortcut="C"), lambda b, x: relu(conv_proj(b, x))),
     # ReZero (Bachlechner et al. 2020): x + alpha * relu(F(x)), nothing after the addition
-    "basic rezero": (lambda: BasicBlock(8, 8, branch_scale="rezero"), lambda b, x: x),
-    "bottleneck rezero": (lambda: Bottleneck(8, 2, branch_scale="rezero"), lambda b, x: x),
+    "basic rezero": (lambda: ReZero(BasicBlock(8, 8)), lambda b, x: x),
+    "bottleneck rezero": (lambda: ReZero(Bottleneck(8, 2)), lambda b, x: x),
     "bottleneck B": (lambda: Bottleneck(8, 4, 2), lambda b, x: relu(conv_proj(b, x))),
     "preact identity": (lambda: PreActBasicBlock(8, 8), lambda b, x: x),
     # a unit that changes shape pre-activates both paths ("both_preact", resnet-pre-act.lua)
@@ -98,6 +103,12 @@ CONV = {  # name -> (block factory, shortcut path by hand); each test builds its
     "preact C": (lambda: PreActBasicBlock(8, 8, shortcut="C"), bare_proj),
     "basic plain": (lambda: BasicBlock(8, 16, 2, shortcut="none"), lambda b, x: x),
     "preact plain": (lambda: PreActBasicBlock(8, 8, shortcut="none"), lambda b, x: x),
+    "basic skipinit B": (
+        lambda: SkipInit(BasicBlock(8, 16, 2, shortcut="B")),
+        lambda b, x: relu(conv_proj(b, x)),
+    ),
+    "preact rezero first unit": (lambda: ReZero(PreActBasicBlock(8, 8, both_preact=True)), pre),
+    "preact bottleneck skipinit": (lambda: SkipInit(PreActBottleneck(8, 2)), lambda b, x: x),
 }
 
 
@@ -108,7 +119,7 @@ def mlp_proj(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 MLP = {
     "mlp identity": (lambda: MLPBlock(8), lambda b, x: relu(x)),
-    "mlp rezero": (lambda: MLPBlock(8, branch_scale="rezero"), lambda b, x: x),
+    "mlp rezero": (lambda: ReZero(MLPBlock(8)), lambda b, x: x),
     "mlp C": (lambda: MLPBlock(8, shortcut="C"), lambda b, x: relu(mlp_proj(b, x))),
     "mlp plain": (lambda: MLPBlock(8, shortcut="none"), lambda b, x: x),
 }
@@ -225,3 +236,49 @@ def test_block_with_zeroed_branch_computes_its_shortcut_path():
         else:
             x = torch.randn(4, first.in_channels, 6, 6)
         torch.testing.assert_close(block(x.clone()), block.shortcut_path(x), msg=name)
+
+
+STANDARD = {
+    "basic A": lambda: BasicBlock(8, 16, 2, shortcut="A"),
+    "basic C": lambda: BasicBlock(8, 8, shortcut="C"),
+    "bottleneck B": lambda: Bottleneck(8, 4, 2),
+    "preact B": lambda: PreActBasicBlock(8, 16, 2),
+    "preact bottleneck": lambda: PreActBottleneck(16, 4),
+    "preact bottleneck first unit": lambda: PreActBottleneck(16, 4, both_preact=True),
+    "mlp C": lambda: MLPBlock(8, shortcut="C"),
+    "basic plain": lambda: BasicBlock(8, 8, shortcut="none"),
+}
+
+
+@pytest.mark.parametrize("kind", list(STANDARD))
+def test_a_standard_block_reads_like_its_equation(kind):
+    """Its printout holds its layers only and its forward adds the shortcut, with no slot for
+    scalars it does not have (those are SkipInit's, ReZero's and Fixup's own blocks)."""
+    block = STANDARD[kind]()
+    source = inspect.getsource(type(block).forward)
+    assert "out = out + self.shortcut_of(" in source
+    assert not any(word in source for word in ("bias", "scale", "merge", "finish"))
+    names = [name for name, _ in block.named_children()]
+    assert not any(name.startswith(("bias", "scale")) for name in names), names
+    assert not any(isinstance(m, nn.Identity) for m in block.modules()), block
+
+
+@pytest.mark.parametrize("kind", list(STANDARD))
+@pytest.mark.parametrize("scaling", [SkipInit, Fixup])
+@pytest.mark.parametrize("train", [True, False])
+def test_scaled_block_with_neutral_scalars_is_its_standard_block(kind, scaling, train):
+    """alpha = 1, biases 0: SkipInit and Fixup compute exactly what the block they took over does
+    (their branch walks the same layers in the same order), in train and eval mode."""
+    torch.manual_seed(0)
+    block = randomize_norms_(STANDARD[kind]()).train(train)
+    twin = scaling(copy.deepcopy(block)).train(train)
+    with torch.no_grad():
+        twin.scale.alpha.fill_(1.0)
+    # the block's own keys in its own order, after the scalars
+    assert [k for k in twin.state_dict() if not k.startswith(("scale.", "bias"))] == list(
+        block.state_dict()
+    )
+    first = block.branch_layers()[0]
+    shape = (first.in_features,) if kind.startswith("mlp") else (first.in_channels, 6, 6)
+    x = torch.randn(4, *shape)
+    assert torch.equal(twin(x.clone()), block(x.clone()))

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from reslab.models import create_model, list_models
-from reslab.models.blocks import Bias, PadShortcut, Scale
+from reslab.models.blocks import PadShortcut
+from reslab.models.scaled import Bias, Scale
 
 ALL = list_models()
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reslab.models import count_params, create_model
-from reslab.models.blocks import Bias, PadShortcut, Scale
+from reslab.models.blocks import PadShortcut
+from reslab.models.scaled import Bias, Scale
 from reslab.models.variants import VARIANTS, Unit
 
 relu = torch.relu

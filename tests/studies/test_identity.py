@@ -64,7 +64,7 @@ def test_zeroed_branches_are_exact_identities_and_plain_twin_outputs_zero(
     x = torch.randn(shape)
     with torch.no_grad():  # ReZero/SkipInit start at alpha = 0: switch the branches on first
         for b in model.residual_blocks():
-            if hasattr(b.scale, "alpha"):
+            if hasattr(b, "scale"):  # ReZero, SkipInit
                 b.scale.alpha.fill_(0.5)
     identity_shortcut = [
         b.downsample is None and not b.both_preact for b in model.residual_blocks()

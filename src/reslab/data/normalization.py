@@ -49,7 +49,7 @@ class Normalization:
 
     def describe(self) -> str:
         """A few words for a message: 'pixel-mean (the mean image of digits)'."""
-        if self.kind == "pixel-mean":
+        if isinstance(self.mean, torch.Tensor):  # kind "pixel-mean"
             return f"pixel-mean (the mean image of {self.data})"
         return f"channel (mean {_few(self.mean)}, std {_few(self.std)})"
 
@@ -123,14 +123,13 @@ def _decode(text: str) -> Normalization:
 
 
 def _numbers(v: object, name: str) -> tuple[float, ...]:
-    ok = (
+    if not (
         isinstance(v, list)
         and v
         and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
         )
-    )
-    if not ok:
+    ):
         raise ValueError(f"{name} must be a list of finite numbers, got {reprlib.repr(v)}")
     return tuple(float(x) for x in v)
 

@@ -43,7 +43,7 @@ class Release:
     std: tuple[float, ...] = ()
 
 
-_IDX_SPLITS = {
+_IDX_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
@@ -215,7 +215,11 @@ def _cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     )
     y = np.asarray(labels) if flat else None
     if y is None or y.shape != (len(x),) or y.dtype.kind not in "iu":
-        got = f"{y.dtype} {y.shape}" if flat else f"a {type(labels).__name__}, not a list of ints"
+        got = (
+            f"{y.dtype} {y.shape}"
+            if y is not None
+            else f"a {type(labels).__name__}, not a list of ints"
+        )
         raise ValueError(f"{path}: {label_key!r} must be {len(x)} integers, got {got}")
     return x, y
 

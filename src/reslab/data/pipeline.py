@@ -16,7 +16,7 @@ draws are made for the whole global batch, so W ranks together see exactly what 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,8 +102,8 @@ class Loader:
         drop_last: bool | None = None,
         rank: int = 0,
         world_size: int = 1,
-        mean: tuple[float, ...] | torch.Tensor | None = None,
-        std: tuple[float, ...] | None = None,
+        mean: Sequence[float] | torch.Tensor | None = None,
+        std: Sequence[float] | None = None,
         pad: int = 4,
         flip: bool = True,
     ) -> None:
@@ -123,7 +123,7 @@ class Loader:
         std = data.std if std is None else std
         c = data.images.shape[1]
         self.mean_image = isinstance(mean, torch.Tensor)
-        if self.mean_image and mean.shape != data.images.shape[1:]:
+        if isinstance(mean, torch.Tensor) and mean.shape != data.images.shape[1:]:
             raise ValueError(
                 f"a mean image must be (C, H, W) = {tuple(data.images.shape[1:])}, "
                 f"got {tuple(mean.shape)}"

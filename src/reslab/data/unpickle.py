@@ -29,13 +29,14 @@ import pickletools
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
 except ImportError:  # numpy 1.x
-    from numpy.core import multiarray as _multiarray
+    from numpy.core import multiarray as _multiarray  # type: ignore[no-redef]
 
 WORK_PER_BYTE = 8
 WORK_ALLOWANCE = 1 << 16
@@ -65,7 +66,7 @@ def _reconstruct(subtype: object, shape: object, typecode: object) -> np.ndarray
     # state, where numpy checks that shape x itemsize is the length of the data string.
     if subtype is not _NDARRAY or shape != (0,) or typecode != b"b":
         raise Refused("only numpy's _reconstruct(ndarray, (0,), b'b') is allowed")
-    return _multiarray._reconstruct(np.ndarray, (0,), b"b")
+    return cast(np.ndarray, _multiarray._reconstruct(np.ndarray, (0,), b"b"))
 
 
 def _dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
@@ -95,7 +96,7 @@ def _bytes(*args: object) -> bytes:
 
 
 # (module, name) as written in the file -> what it resolves to
-ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
+ALLOWED_GLOBALS: dict[tuple[object, object], object] = {  # (module, name) -> the object
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): _NDARRAY,
@@ -207,6 +208,7 @@ def scan(data: bytes) -> int:
         target.size, target.depth = target.size + size, max(target.depth, depth)
         stack.append(target)
 
+    arg: Any  # str, int, bytes, ... as the opcode takes
     for count, (op, arg, _) in enumerate(pickletools.genops(data)):
         name = op.name
         if name in _LEAVES:

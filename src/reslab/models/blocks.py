@@ -18,16 +18,9 @@ Every block takes the same options:
                 "C": projection on every block.
                 "none": plain block, no addition and no projection modules.
   norm          "batch" | "group" | "none" (GroupNorm uses gcd(32, channels) groups).
-  branch_scale  "none";
-                "rezero" (Bachlechner et al. 2020, as the authors' ResNet code, ReZero-examples
-                  "ReZNet" notebook): x + alpha * relu(F(x)), alpha = 0 at init; the ReLU after the
-                  addition moves onto the branch, so nothing follows the sum. Pre-activation blocks
-                  already end in a conv: x + alpha * F(x);
-                "skipinit" (De & Smith 2020: the same scalar at the end of the branch, meant for
-                  norm-free nets; the ReLU stays after the addition);
-                "fixup" (Zhang et al. 2019, §3, as hongyi-zhang/Fixup): scalar biases before each
-                  layer and activation, a scalar multiplier, the init of `init_residual_branches`;
-                  an identity shortcut carries x, a downsampling shortcut sees x + bias1a as conv1.
+
+Learnable scalars on the residual branch (ReZero, SkipInit, Fixup) are blocks of their own, which
+take over a built block's layers under the same names: `reslab.models.scaled`.
 Parameter names follow torchvision (conv1, bn1, ..., downsample.0/1) so torchvision weights load.
 """
 
@@ -43,6 +36,7 @@ from torch import nn
 SHORTCUTS = ("A", "B", "C", "none")
 NORMS = ("batch", "group", "none")
 BRANCH_SCALES = ("none", "rezero", "skipinit", "fixup")
+WeightLayer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d  # a branch's weight layers
 
 
 def check_choice(what: str, value: object, allowed: Sequence) -> None:
@@ -89,28 +83,6 @@ def conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 1, stride, bias=False)
 
 
-class Bias(nn.Module):
-    """A learnable scalar added to the input (Fixup's scalar bias), zero at init."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bias
-
-
-class Scale(nn.Module):
-    """A learnable scalar multiplier on a residual branch (ReZero/SkipInit alpha, Fixup scale)."""
-
-    def __init__(self, init: float) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.full((1,), float(init)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.alpha
-
-
 class PadShortcut(nn.Module):
     """Option A shortcut: strided subsampling plus zero channels; no parameters (He et al. 2015)."""
 
@@ -124,100 +96,6 @@ class PadShortcut(nn.Module):
         x = x[:, :, :: self.stride, :: self.stride]
         # zero channels on both sides, as the reference CIFAR code (akamaster/pytorch_resnet_cifar10)
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-
-
-class ResidualBlock(nn.Module):
-    """Base class: builds the shortcut and branch scale, and merges branch and shortcut.
-
-    Subclasses define the branch and call `self.merge(branch_out, s)` with `s` the shortcut's input;
-    `branch_layers()` and `branch_norms()` list the branch's weight layers and norms in order (used
-    for init).
-    """
-
-    preact = False  # pre-activation block: norm-ReLU before each conv, nothing after the addition
-    both_preact = False  # the pre-activation relu(bn1(x)) feeds the shortcut too
-    rezero = False  # ReZero: x + alpha * relu(F(x)) in post-activation blocks
-    fixup = False  # Fixup's scalar biases
-    expansion = 1
-
-    def _setup(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        shortcut: str,
-        norm: str,
-        branch_scale: str,
-        conv: bool = True,
-    ) -> None:
-        check_choice("shortcut", shortcut, SHORTCUTS)
-        check_choice("norm", norm, NORMS)
-        check_choice("branch_scale", branch_scale, BRANCH_SCALES)
-        self.shortcut = shortcut
-        self.rezero, self.fixup = branch_scale == "rezero", branch_scale == "fixup"
-        # Fixup's scalar bias before a layer replaces that layer's own bias (Zhang et al. 2019)
-        self.linear_bias = norm == "none" and not self.fixup
-        self.downsample = make_shortcut(
-            shortcut, c_in, c_out, stride, norm, conv, preact=self.preact, bias=self.linear_bias
-        )
-        # ReZero and SkipInit start the branch switched off; Fixup starts its multiplier at 1
-        # and switches the branch off by zeroing its last layer instead.
-        init = {"none": None, "rezero": 0.0, "skipinit": 0.0, "fixup": 1.0}[branch_scale]
-        self.scale = nn.Identity() if init is None else Scale(init)
-
-    def bias(self) -> nn.Module:
-        """A Fixup scalar bias, or a no-op when the block does not use Fixup."""
-        return Bias() if self.fixup else nn.Identity()
-
-    def shortcut_of(self, s: torch.Tensor) -> torch.Tensor:
-        """h(s): `s` itself, or the projection / option-A shortcut of `s`. A Fixup block feeds its
-        shortcut module s + bias1a, the input conv1 sees (hongyi-zhang/Fixup, both nets)."""
-        if self.downsample is None:
-            return s
-        return self.downsample(self.bias1a(s) if self.fixup else s)
-
-    def merge(self, out: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """z + h(s): add the shortcut of `s` to the branch output `out` (a plain block: `out`)."""
-        return out if self.shortcut == "none" else out + self.shortcut_of(s)
-
-    def finish(self, z: torch.Tensor, x: torch.Tensor, bias: nn.Module) -> torch.Tensor:
-        """The end of a post-activation block from its branch output `z` (after the last norm):
-        relu(bias(scale * z) + h(x)), or ReZero's x + alpha * relu(z) with nothing after the sum."""
-        if self.rezero:
-            return self.merge(self.scale(self.relu(z)), x)
-        return self.relu(self.merge(bias(self.scale(z)), x))
-
-    @property
-    def relu_after_add(self) -> bool:
-        """Whether a ReLU follows the addition: post-activation blocks, but not ReZero's (its ReLU
-        is on the branch) nor pre-activation blocks."""
-        return not (self.preact or self.rezero)
-
-    @property
-    def projects(self) -> bool:
-        """Whether the shortcut is a projection (1x1 conv or Linear, with a norm after it in
-        post-activation blocks)."""
-        return isinstance(self.downsample, nn.Sequential)
-
-    def shortcut_input(self, x: torch.Tensor) -> torch.Tensor:
-        """What the shortcut sees: the block input, or its pre-activation in a both_preact unit."""
-        return torch.relu(self.bn1(x)) if self.both_preact else x
-
-    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
-        """What is left of the block when its residual branch is deleted (F = 0): the shortcut h
-        (of the pre-activated input in both_preact units), then the ReLU after the addition where
-        there is one (`relu_after_add`). A plain block has no path around its branch; deleting it
-        passes `x` on unchanged."""
-        if self.shortcut == "none":
-            return x
-        h = self.shortcut_of(self.shortcut_input(x))
-        return torch.relu(h) if self.relu_after_add else h  # not in place: h may be x itself
-
-    def branch_layers(self) -> list[nn.Module]:
-        return [getattr(self, n) for n in self._layers]
-
-    def branch_norms(self) -> list[nn.Module]:
-        return [getattr(self, n) for n in self._norms]
 
 
 def make_shortcut(
@@ -250,6 +128,77 @@ def make_shortcut(
     return nn.Sequential(nn.Linear(c_in, c_out, bias=bias), norm_layer(norm, c_out, 1))
 
 
+class ResidualBlock(nn.Module):
+    """Base class of every block: its shortcut h, and what the studies ask of a block.
+
+    A subclass calls `_setup` first (the shortcut's parameters come first, in every stored weight
+    file and checkpoint) and names its weight layers and norms in order in `_layers` and `_norms`
+    (`branch_layers()`, `branch_norms()`: used for init, zeroed branches and variants).
+    """
+
+    preact = False  # pre-activation block: norm-ReLU before each conv, nothing after the addition
+    both_preact = False  # the pre-activation relu(bn1(x)) feeds the shortcut too
+    expansion = 1
+    _layers: tuple[str, ...] = ()
+    _norms: tuple[str, ...] = ()
+    shortcut: str  # the option: "A" | "B" | "C" | "none" (plain: no addition)
+    downsample: nn.Module | None  # the shortcut's module; None: the identity
+    bn1: nn.Module  # the first norm (pre-activation: of the block input)
+    relu: nn.Module
+
+    def _setup(
+        self,
+        c_in: int,
+        c_out: int,
+        stride: int,
+        shortcut: str,
+        norm: str,
+        conv: bool = True,
+        bias: bool = False,
+    ) -> None:
+        check_choice("shortcut", shortcut, SHORTCUTS)
+        check_choice("norm", norm, NORMS)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(
+            shortcut, c_in, c_out, stride, norm, conv, preact=self.preact, bias=bias
+        )
+
+    def shortcut_of(self, s: torch.Tensor) -> torch.Tensor:
+        """h(s): `s` itself, or the projection / option-A shortcut of `s`."""
+        return s if self.downsample is None else self.downsample(s)
+
+    @property
+    def relu_after_add(self) -> bool:
+        """Whether a ReLU follows the addition: in post-activation blocks."""
+        return not self.preact
+
+    @property
+    def projects(self) -> bool:
+        """Whether the shortcut is a projection (1x1 conv or Linear, with a norm after it in
+        post-activation blocks)."""
+        return isinstance(self.downsample, nn.Sequential)
+
+    def shortcut_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the shortcut sees: the block input, or its pre-activation in a both_preact unit."""
+        return torch.relu(self.bn1(x)) if self.both_preact else x
+
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
+        """What is left of the block when its residual branch is deleted (F = 0): the shortcut h
+        (of the pre-activated input in both_preact units), then the ReLU after the addition where
+        there is one (`relu_after_add`). A plain block has no path around its branch; deleting it
+        passes `x` on unchanged."""
+        if self.shortcut == "none":
+            return x
+        h = self.shortcut_of(self.shortcut_input(x))
+        return torch.relu(h) if self.relu_after_add else h  # not in place: h may be x itself
+
+    def branch_layers(self) -> list[WeightLayer]:
+        return [getattr(self, n) for n in self._layers]
+
+    def branch_norms(self) -> list[nn.Module]:
+        return [getattr(self, n) for n in self._norms]
+
+
 class BasicBlock(ResidualBlock):
     """Two 3x3 convs: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
 
@@ -263,20 +212,20 @@ class BasicBlock(ResidualBlock):
         *,
         shortcut: str = "B",
         norm: str = "batch",
-        branch_scale: str = "none",
         stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
-        self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
+        self._setup(c_in, planes, stride, shortcut, norm)
         self.conv1, self.bn1 = conv3x3(c_in, planes, stride), norm_layer(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = conv3x3(planes, planes), norm_layer(norm, planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
-        out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
-        out = self.bn2(self.conv2(self.bias2a(out)))
-        return self.finish(out, x, self.bias2b)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut != "none":  # the plain twin has none
+            out = out + self.shortcut_of(x)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
 class Bottleneck(ResidualBlock):
@@ -293,16 +242,12 @@ class Bottleneck(ResidualBlock):
         *,
         shortcut: str = "B",
         norm: str = "batch",
-        branch_scale: str = "none",
         stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         c_out = planes * self.expansion
-        self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
+        self._setup(c_in, c_out, stride, shortcut, norm)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a, self.bias3b = (
-            self.bias() for _ in range(6)
-        )
         self.conv1, self.bn1 = conv1x1(c_in, planes, s1), norm_layer(norm, planes)
         self.conv2, self.bn2 = conv3x3(planes, planes, s3), norm_layer(norm, planes)
         self.conv3, self.bn3 = conv1x1(planes, c_out), norm_layer(norm, c_out)
@@ -311,10 +256,12 @@ class Bottleneck(ResidualBlock):
     def forward(
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C_in, H, W) -> (B, 4*planes, H/s, W/s)
-        out = self.relu(self.bias1b(self.bn1(self.conv1(self.bias1a(x)))))
-        out = self.relu(self.bias2b(self.bn2(self.conv2(self.bias2a(out)))))
-        out = self.bn3(self.conv3(self.bias3a(out)))
-        return self.finish(out, x, self.bias3b)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.shortcut != "none":  # the plain twin has none
+            out = out + self.shortcut_of(x)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
 class PreActBasicBlock(ResidualBlock):
@@ -335,23 +282,23 @@ class PreActBasicBlock(ResidualBlock):
         *,
         shortcut: str = "B",
         norm: str = "batch",
-        branch_scale: str = "none",
         stride_in_1x1: bool = False,
         both_preact: bool | None = None,
     ) -> None:
         super().__init__()
-        self._setup(c_in, planes, stride, shortcut, norm, branch_scale)
+        self._setup(c_in, planes, stride, shortcut, norm)
         self.both_preact = (stride != 1 or c_in != planes) if both_preact is None else both_preact
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
         self.bn1, self.conv1 = norm_layer(norm, c_in), conv3x3(c_in, planes, stride)
         self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C_in, H, W) -> (B, planes, H/s, W/s)
         pre = self.relu(self.bn1(x))
-        out = self.conv1(self.bias1a(pre))
-        out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
-        return self.merge(self.bias2b(self.scale(out)), pre if self.both_preact else x)
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        if self.shortcut != "none":
+            out = out + self.shortcut_of(pre if self.both_preact else x)
+        return out
 
 
 class PreActBottleneck(ResidualBlock):
@@ -373,18 +320,14 @@ class PreActBottleneck(ResidualBlock):
         *,
         shortcut: str = "B",
         norm: str = "batch",
-        branch_scale: str = "none",
         stride_in_1x1: bool = False,
         both_preact: bool | None = None,
     ) -> None:
         super().__init__()
         c_out = planes * self.expansion
-        self._setup(c_in, c_out, stride, shortcut, norm, branch_scale)
+        self._setup(c_in, c_out, stride, shortcut, norm)
         self.both_preact = (stride != 1 or c_in != c_out) if both_preact is None else both_preact
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b, self.bias3a, self.bias3b = (
-            self.bias() for _ in range(6)
-        )
         self.bn1, self.conv1 = norm_layer(norm, c_in), conv1x1(c_in, planes, s1)
         self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes, s3)
         self.bn3, self.conv3 = norm_layer(norm, planes), conv1x1(planes, c_out)
@@ -394,64 +337,40 @@ class PreActBottleneck(ResidualBlock):
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C_in, H, W) -> (B, 4*planes, H/s, W/s)
         pre = self.relu(self.bn1(x))
-        out = self.conv1(self.bias1a(pre))
-        out = self.conv2(self.bias2a(self.relu(self.bias1b(self.bn2(out)))))
-        out = self.conv3(self.bias3a(self.relu(self.bias2b(self.bn3(out)))))
-        return self.merge(self.bias3b(self.scale(out)), pre if self.both_preact else x)
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if self.shortcut != "none":
+            out = out + self.shortcut_of(pre if self.both_preact else x)
+        return out
 
 
 class MLPBlock(ResidualBlock):
     """Fully connected residual block: relu(bn2(fc2(relu(bn1(fc1(x))))) + shortcut(x)).
 
-    Linear layers carry a bias only when there is no norm after them (norm="none") and no Fixup
-    scalar bias before them (Fixup's biases replace theirs, as for Fixup's bias-free convs).
+    bias: whether the Linears (and a projection's) carry a bias; None: only where no norm follows
+    them (norm="none"). `Fixup` blocks are built without (its scalar biases replace them, as
+    Fixup's bias-free convs).
     """
 
     _layers, _norms = ("fc1", "fc2"), ("bn1", "bn2")
 
     def __init__(
-        self, width: int, *, shortcut: str = "B", norm: str = "batch", branch_scale: str = "none"
+        self, width: int, *, shortcut: str = "B", norm: str = "batch", bias: bool | None = None
     ) -> None:
         super().__init__()
-        self._setup(width, width, 1, shortcut, norm, branch_scale, conv=False)
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b = (self.bias() for _ in range(4))
-        bias = self.linear_bias
+        bias = norm == "none" if bias is None else bias
+        self._setup(width, width, 1, shortcut, norm, conv=False, bias=bias)
         self.fc1, self.bn1 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.fc2, self.bn2 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, width)
-        out = self.relu(self.bias1b(self.bn1(self.fc1(self.bias1a(x)))))
-        out = self.bn2(self.fc2(self.bias2a(out)))
-        return self.finish(out, x, self.bias2b)
+        out = self.relu(self.bn1(self.fc1(x)))
+        out = self.bn2(self.fc2(out))
+        if self.shortcut != "none":  # the plain twin has none
+            out = out + self.shortcut_of(x)
+        return self.relu(out)  # a[l+2] = g(z[l+2] + a[l])
 
 
-@torch.no_grad()
-def init_residual_branches(
-    blocks: Sequence[ResidualBlock], head: nn.Linear, *, zero_init_residual: bool, branch_scale: str
-) -> None:
-    """Residual-branch init, applied after the usual He init of the whole model.
-
-    zero_init_residual: zero the last norm's weight of each branch (Goyal et al. 2017), or the last
-      layer's weight where the block has no norm, so every block starts as its shortcut.
-    fixup (Zhang et al. 2019, §3): with L branches of m layers, He-init the first m-1 layers of each
-      branch scaled by L^(-1/(2m-2)), zero the last layer, and zero the classifier's weight and bias.
-    """
-    check_choice("branch_scale", branch_scale, BRANCH_SCALES)
-    for block in blocks:
-        if zero_init_residual:
-            last = block.branch_norms()[-1]
-            last = last if getattr(last, "weight", None) is not None else block.branch_layers()[-1]
-            nn.init.zeros_(last.weight)
-        if branch_scale == "fixup":
-            *first, last = block.branch_layers()
-            for layer in first:
-                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-                layer.weight.mul_(len(blocks) ** (-1.0 / (2 * len(first))))
-            for layer in block.branch_layers():
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
-            nn.init.zeros_(last.weight)
-    if branch_scale == "fixup":
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+STANDARD_BLOCKS = (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, MLPBlock)

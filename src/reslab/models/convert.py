@@ -31,24 +31,20 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import OrderedDict
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from reslab.models.blocks import (
-    BasicBlock,
-    Bottleneck,
-    MLPBlock,
-    PreActBasicBlock,
-    PreActBottleneck,
-    ResidualBlock,
-)
-from reslab.models.registry import twin
+from reslab.models.blocks import STANDARD_BLOCKS, ResidualBlock, WeightLayer
+from reslab.models.registry import Model, twin
+from reslab.models.scaled import Fixup, ReZero, SkipInit
 from reslab.models.variants import Unit
 
+M = TypeVar("M", bound=nn.Module)
 _WEIGHT = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-_NORM += (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+_NORM: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_NORM += (nn.LocalResponseNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 
 
 class SequentialBlock(ResidualBlock):
@@ -62,7 +58,10 @@ class SequentialBlock(ResidualBlock):
         self.shortcut = "B"  # identity where shapes match, projection where not; "none" = plain
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.post(self.merge(self.branch(x), x))
+        out = self.branch(x)
+        if self.shortcut != "none":
+            out = out + self.shortcut_of(x)
+        return self.post(out)
 
     @property
     def projects(self) -> bool:
@@ -80,7 +79,7 @@ class SequentialBlock(ResidualBlock):
         h = x if self.downsample is None else self.downsample(x)
         return self.post(h.clone())  # clone: post may act in place, and h may be x itself
 
-    def branch_layers(self) -> list[nn.Module]:
+    def branch_layers(self) -> list[WeightLayer]:
         return [m for m in self.branch if isinstance(m, _WEIGHT)]
 
     def branch_norms(self) -> list[nn.Module]:
@@ -149,7 +148,8 @@ def _groups(kinds: list[str], every: int, stem: int, head: int) -> list[list[int
     """Indices of the weight layers of each block (rules 2 and 3 of the module docstring)."""
     weights = [i for i, kind in enumerate(kinds) if kind == "weight"]
     outside = set(weights[:stem]) | set(weights[len(weights) - head :] if head else [])
-    groups, current = [], []
+    groups: list[list[int]] = []
+    current: list[int] = []
     for i, kind in enumerate(kinds):
         if kind == "barrier" or i in outside:
             current = []
@@ -183,18 +183,18 @@ def _block(
     return SequentialBlock(branch, post, downsample), end
 
 
-# blocks whose forward adds the shortcut through `ResidualBlock.merge`, so shortcut="none" leaves
-# the residual branch alone (a `Unit` merges its paths itself)
-_PLAIN_BLOCKS = (
-    BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, MLPBlock, SequentialBlock
-)  # fmt: skip
+# blocks whose forward adds the shortcut only while shortcut != "none", so "none" leaves the
+# residual branch alone (a `Unit` merges its paths itself)
+_PLAIN_BLOCKS = (*STANDARD_BLOCKS, ReZero, SkipInit, Fixup, SequentialBlock)
 
 
-def to_plain(model: nn.Module) -> nn.Module:
+def to_plain(model: M) -> M:
     """A copy of `model` with every shortcut off (shortcut="none") and no projection modules: each
     block then outputs what its residual branch alone gives. Only blocks whose forward honours
     shortcut="none" (`_PLAIN_BLOCKS`) are converted; any other block is a one-line ValueError."""
-    plain = copy.deepcopy(model)
+    plain: Any = copy.deepcopy(
+        model
+    )  # any nn.Module; a reslab model's attributes where it has them
     if hasattr(plain, "residual_blocks"):
         blocks = plain.residual_blocks()
     else:
@@ -231,7 +231,7 @@ def to_plain(model: nn.Module) -> nn.Module:
     return plain
 
 
-def append_blocks(model: nn.Module, blocks: list[nn.Module]) -> nn.Module:
+def append_blocks(model: Model, blocks: list[nn.Module]) -> Model:
     """A copy of `model` with `blocks` run after its last block, in the same stage: the
     nn.Sequential that holds the last block is replaced by one that holds it and then `blocks`,
     so `residual_blocks()` lists them too. The blocks themselves are not copied."""
@@ -296,23 +296,31 @@ def _kind(layer: nn.Module, shape_in: tuple[int, ...], shape_out: tuple[int, ...
     return "barrier"
 
 
-def _projection(first: nn.Module, shape_in: tuple, shape_out: tuple, name: str) -> nn.Module | None:
+def _projection(
+    first: WeightLayer, shape_in: tuple, shape_out: tuple, name: str
+) -> nn.Module | None:
     """W_s mapping the block's input shape to its output shape, or None where they match."""
     if shape_in == shape_out:
         return None
-    factory = {"dtype": first.weight.dtype, "device": first.weight.device}
+    dtype, device = first.weight.dtype, first.weight.device
     if isinstance(first, nn.Linear):
         if shape_in[:-1] != shape_out[:-1]:
             raise ValueError(
                 f"to_residual: {name} maps {shape_in} to {shape_out}; a Linear projection only changes the last dim"
             )
-        return nn.Linear(shape_in[-1], shape_out[-1], bias=False, **factory)
+        return nn.Linear(shape_in[-1], shape_out[-1], bias=False, dtype=dtype, device=device)
     nd = len(first.kernel_size)  # spatial dims
     strides = tuple(
         _stride(a, b, name) for a, b in zip(shape_in[-nd:], shape_out[-nd:], strict=True)
     )
     return type(first)(
-        shape_in[-nd - 1], shape_out[-nd - 1], 1, stride=strides, bias=False, **factory
+        shape_in[-nd - 1],
+        shape_out[-nd - 1],
+        1,
+        stride=strides,  # type: ignore[arg-type]  # one stride per spatial dim of this conv
+        bias=False,
+        dtype=dtype,
+        device=device,
     )
 
 

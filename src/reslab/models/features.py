@@ -10,11 +10,16 @@ stages; each block is a feature point at both levels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
 
 from reslab.models.recompute import run_blocks
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
+    from reslab.models.blocks import ResidualBlock
 
 Indices = int | Sequence[int] | None
 LEVELS = ("stage", "block")
@@ -79,6 +84,24 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
+class Backbone(Protocol):
+    """What `FeatureExtractor` asks of its model (`ResNet`, `ResidualMLP`: they import this module)."""
+
+    feature_info: FeatureInfo
+
+    def residual_blocks(self) -> list[ResidualBlock]: ...
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        *,
+        level: str = "stage",
+        norm: bool = False,
+        intermediates_only: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]: ...
+
+
 class FeatureExtractor(nn.Module):
     """A model whose forward returns the list of its features at `out_indices` (stem = 0, stages
     1..K), as timm's `features_only=True`; `feature_info` describes the points returned.
@@ -88,16 +111,27 @@ class FeatureExtractor(nn.Module):
     `load_weights(extractor.model, "resnet50.pth")`.
     """
 
-    def __init__(self, model: nn.Module, out_indices: Indices = None) -> None:
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
+
+    def __init__(self, model: Backbone, out_indices: Indices = None) -> None:
         super().__init__()
         self.model = model
         self.out_indices = take_indices(len(model.feature_info), out_indices)
         self.feature_info = FeatureInfo(model.feature_info[i] for i in self.out_indices)
 
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """The wrapped model's blocks, in forward order."""
+        return self.model.residual_blocks()
+
     def forward(
         self, x: torch.Tensor
     ) -> list[torch.Tensor]:  # (B, C, H, W) -> [(B, C_i, H_i, W_i)]
         """The features at `out_indices`, in forward order."""
-        return self.model.forward_intermediates(
-            x, self.out_indices, norm=True, intermediates_only=True
+        return cast(  # intermediates_only=True: the list alone
+            list[torch.Tensor],
+            self.model.forward_intermediates(
+                x, self.out_indices, norm=True, intermediates_only=True
+            ),
         )

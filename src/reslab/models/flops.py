@@ -29,7 +29,10 @@ def count_macs(model: nn.Module, input_size: Sequence[int] | None = None) -> int
     model's device (build the model under `torch.device("meta")` to count without computing).
     """
     if input_size is None:
-        input_size = model.default_cfg["input_size"]
+        cfg = getattr(model, "default_cfg", None)  # set by create_model
+        if cfg is None:
+            raise ValueError(f"{type(model).__name__} has no default_cfg; pass input_size")
+        input_size = cfg["input_size"]
     device = next(model.parameters()).device
     x = torch.zeros(1, *input_size, device=device)  # (1, C, H, W)
     was_training = model.training

@@ -12,22 +12,24 @@ scalar bias after the stem's Linear (before its ReLU) and one before the classif
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from reslab.models.blocks import (
-    Bias,
     MLPBlock,
     ResidualBlock,
     check_choice,
-    init_residual_branches,
     norm_layer,
     resolve_norm,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing, run_blocks
+from reslab.models.scaled import Bias, init_residual_branches, scaled
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
 
 
 class ResidualMLP(GradCheckpointing, nn.Module):
@@ -45,6 +47,10 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         branch_scale: "none" | "rezero" | "skipinit" | "fixup", see `reslab.models.blocks`.
         zero_init_residual: zero the last norm weight (or last Linear if norm="none") of each branch.
     """
+
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,
@@ -69,8 +75,13 @@ class ResidualMLP(GradCheckpointing, nn.Module):
             Bias() if fixup else nn.Identity(),
             nn.ReLU(),
         )
-        block_kw = dict(shortcut=shortcut, norm=norm, branch_scale=branch_scale)
-        self.layers = nn.Sequential(*(MLPBlock(width, **block_kw) for _ in range(num_blocks)))
+        # Fixup's scalar biases replace the Linears' own (hongyi-zhang/Fixup's convs have none)
+        bias = norm == "none" and not fixup
+        blocks = (
+            scaled(MLPBlock(width, shortcut=shortcut, norm=norm, bias=bias), branch_scale)
+            for _ in range(num_blocks)
+        )
+        self.layers = nn.Sequential(*blocks)
         self.bias2 = Bias() if fixup else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
         self.num_features = width
@@ -91,7 +102,7 @@ class ResidualMLP(GradCheckpointing, nn.Module):
 
     def residual_blocks(self) -> list[ResidualBlock]:
         """All blocks, in forward order."""
-        return list(self.layers)
+        return [b for b in self.layers if isinstance(b, ResidualBlock)]  # all of them
 
     def forward_intermediates(
         self,
@@ -118,7 +129,7 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         self, x: torch.Tensor
     ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
         """The last block's output, the classifier's input (checkpointed if grad checkpointing is on)."""
-        return run_blocks(self.layers, self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
+        return run_blocks(list(self.layers), self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
         """The linear classifier (Fixup: a scalar bias before it)."""

@@ -91,6 +91,9 @@ class GradCheckpointing:
 
     grad_checkpoint: int = 0  # segments of recomputation in training forwards; 0: off
 
+    def residual_blocks(self) -> Sequence[nn.Module]:
+        raise NotImplementedError  # the model's blocks, in forward order
+
     def set_grad_checkpointing(self, enable: bool | int = True) -> None:
         """Recompute activations in the backward pass: True -> about sqrt(blocks) segments, an int
         N >= 2 -> N segments, False -> off. Forward outputs and gradients are unchanged."""

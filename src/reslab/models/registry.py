@@ -24,8 +24,10 @@ from reslab.limits import MAX_SIDE
 from reslab.models import variants
 from reslab.models.blocks import ResidualBlock
 from reslab.models.features import FeatureExtractor, Indices
-from reslab.models.mlp import residual_mlp
-from reslab.models.resnet import cifar_resnet, imagenet_resnet, preact_resnet
+from reslab.models.mlp import ResidualMLP, residual_mlp
+from reslab.models.resnet import ResNet, cifar_resnet, imagenet_resnet, preact_resnet
+
+Model = ResNet | ResidualMLP | FeatureExtractor  # what `create_model` builds
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class Family:
     residual: str  # name prefix of the residual nets
     plain: str | None  # name prefix of the plain twins; None: the family has none
     depths: tuple[int, ...]  # depths registered by name (prefix + depth)
-    build: Callable[..., nn.Module]  # build(depth, num_classes, in_chans, [img_size], **overrides)
+    build: Callable[
+        ..., ResNet | ResidualMLP
+    ]  # build(depth, num_classes, in_chans, [img_size], **overrides)
     img_size: int  # default input resolution
     num_classes: int  # default number of classes (ImageNet: 1000, as torchvision)
     options: tuple[str, ...]  # keyword overrides accepted by `create_model`
@@ -125,8 +129,9 @@ def is_residual(name_or_model: str | nn.Module) -> bool:
     if isinstance(name_or_model, str):
         return resolve(name_or_model.partition("+")[0])[2]
     model = name_or_model
-    if hasattr(model, "residual_blocks"):
-        blocks = model.residual_blocks()
+    residual_blocks = getattr(model, "residual_blocks", None)  # a reslab model's, or none
+    if residual_blocks is not None:
+        blocks = residual_blocks()
     else:
         blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
     return any(b.shortcut != "none" for b in blocks)
@@ -234,7 +239,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Indices = None,
     **overrides: Any,
-) -> nn.Module:
+) -> Model:
     """Build a model by name, e.g. create_model("resnet-74", shortcut="B", norm="group").
 
     `num_classes` defaults to the family's dataset: 1000 for the ImageNet family (as torchvision),
@@ -300,11 +305,10 @@ def create_model(
         **({"variant": variant} if plus else {}),
     )
     if features_only:
-        model = FeatureExtractor(model, out_indices)
-        model.model_name = name
-        model.default_cfg = dict(
-            model.model.default_cfg, features_only=True, out_indices=out_indices
-        )
-    elif out_indices is not None:
+        extractor = FeatureExtractor(model, out_indices)
+        extractor.model_name = name
+        extractor.default_cfg = dict(model.default_cfg, features_only=True, out_indices=out_indices)
+        return extractor
+    if out_indices is not None:
         raise ValueError("out_indices chooses the features of features_only=True; pass both")
     return model

@@ -19,25 +19,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from reslab.models.blocks import (
     BasicBlock,
-    Bias,
     Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
     ResidualBlock,
     check_choice,
-    init_residual_branches,
     norm_layer,
     resolve_norm,
 )
 from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
 from reslab.models.recompute import GradCheckpointing
+from reslab.models.scaled import Bias, init_residual_branches, scaled
+
+if TYPE_CHECKING:
+    from reslab.data.normalization import Normalization
 
 
 class ResNet(GradCheckpointing, nn.Module):
@@ -55,6 +57,10 @@ class ResNet(GradCheckpointing, nn.Module):
         zero_init_residual: zero the last norm weight of every branch (last conv if norm="none").
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
     """
+
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,
@@ -85,9 +91,7 @@ class ResNet(GradCheckpointing, nn.Module):
         self.bias1 = Bias() if branch_scale == "fixup" else nn.Identity()  # Fixup: before the ReLU
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1) if stem == "imagenet" else nn.Identity()
-        kw = dict(
-            shortcut=shortcut, norm=norm, branch_scale=branch_scale, stride_in_1x1=stride_in_1x1
-        )
+        kw = dict(shortcut=shortcut, norm=norm, stride_in_1x1=stride_in_1x1)
         self.num_stages = len(layers)
         reduction = 2 if stem == "imagenet" else 1
         # timm's feature points: the stem (before the max-pool), then each stage
@@ -98,9 +102,9 @@ class ResNet(GradCheckpointing, nn.Module):
             stride = 1 if i == 0 else 2
             # resnet-pre-act.lua: a stage's first unit pre-activates both paths ("both_preact")
             first = dict(both_preact=True) if self.preact else {}
-            blocks = [block(c, planes, stride, **kw, **first)]
+            blocks = [scaled(block(c, planes, stride, **kw, **first), branch_scale)]
             c = planes * block.expansion
-            blocks += [block(c, planes, 1, **kw) for _ in range(n - 1)]
+            blocks += [scaled(block(c, planes, 1, **kw), branch_scale) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             reduction *= stride
             self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f"layer{i + 1}"))

@@ -119,12 +119,14 @@ class Gate(nn.Module):
     ) -> None:
         super().__init__()
         self.exclusive = exclusive
+        self.gate: nn.Conv2d | nn.Linear
         if conv:  # initialised as ResNet's convs, as an MLP's Linears
             self.gate = nn.Conv2d(c_in, c_out, 1, stride, bias=True)
             nn.init.kaiming_normal_(self.gate.weight, mode="fan_out", nonlinearity="relu")
         else:
             self.gate = nn.Linear(c_in, c_out)
             nn.init.kaiming_normal_(self.gate.weight, nonlinearity="relu")
+        assert self.gate.bias is not None  # built with one
         nn.init.constant_(self.gate.bias, bias)
 
     def forward(self, s: torch.Tensor, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -172,8 +174,7 @@ class Unit(ResidualBlock):
     ) -> None:
         super().__init__()
         check_choice("position", position, POSITIONS)
-        plain_scale = isinstance(getattr(block, "scale", None), nn.Identity)
-        if type(block) not in (BasicBlock, Bottleneck, MLPBlock) or not plain_scale:
+        if type(block) not in (BasicBlock, Bottleneck, MLPBlock):  # ReZero, ... are other types
             raise ValueError(
                 "variants need residual BasicBlocks, Bottlenecks or MLPBlocks without "
                 f"branch_scale; got {type(block).__name__}"
@@ -190,17 +191,16 @@ class Unit(ResidualBlock):
         for name, layer in zip(self._layers, layers, strict=True):  # the block's names
             setattr(self, name, layer)
         conv = isinstance(layers[0], nn.Conv2d)
-        c_in = layers[0].in_channels if conv else layers[0].in_features
-        c_out = layers[-1].out_channels if conv else layers[-1].out_features
-        stride = math.prod(layer.stride[0] for layer in layers) if conv else 1
+        c_in, c_out = layers[0].weight.shape[1], layers[-1].weight.shape[0]  # (out, in, ...)
+        stride = math.prod(w.stride[0] for w in layers if isinstance(w, nn.Conv2d))  # MLP: 1
         kind, dims = norm_kind(norms[0]), 2 if conv else 1
         if self.placement == "full-preact":
             # norm i comes before layer i: a new one over the input (none after the stem, whose
             # BN + ReLU is this unit's), then the block's first k-1; its last one is not used
             first = nn.Identity() if position == "after-stem" else norm_layer(kind, c_in, dims)
             norms = [first, *norms[:-1]]
-            if self.projects:  # resnet-pre-act.lua: the projection is a bare 1x1 conv
-                self.downsample = nn.Sequential(self.downsample[0])
+            if isinstance(self.downsample, nn.Sequential):  # a projection: resnet-pre-act.lua
+                self.downsample = nn.Sequential(self.downsample[0])  # makes it a bare 1x1 conv
         for name, norm in zip(self._norms, norms, strict=True):
             setattr(self, name, norm)
         self.merge_paths = _merge(variant, c_in, c_out, stride, conv)
@@ -294,14 +294,13 @@ def apply(model: nn.Module, variant: str) -> nn.Module:
     unit made the `variant`, in place (the units keep their layers); returns `model`."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    names = [n for n, m in model.named_modules() if isinstance(m, ResidualBlock)]
-    if not any(model.get_submodule(n).shortcut != "none" for n in names):
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, ResidualBlock)]
+    if not any(block.shortcut != "none" for _, block in named):
         base = getattr(model, "model_name", type(model).__name__)
         raise ValueError(f"variants need a residual base net (resnet-N, resmlp-N); got {base!r}")
-    for i, name in enumerate(names):
+    for i, (name, block) in enumerate(named):
         # the first unit follows the stem; a stage's first unit is the first child of its stage
         position = "after-stem" if i == 0 else "stage-start" if name.endswith(".0") else "inner"
-        block = model.get_submodule(name)
-        unit = Unit(block, VARIANTS[variant], last=i == len(names) - 1, position=position)
+        unit = Unit(block, VARIANTS[variant], last=i == len(named) - 1, position=position)
         model.set_submodule(name, unit)
     return model

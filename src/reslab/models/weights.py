@@ -33,7 +33,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import safetensors
 import safetensors.torch
@@ -42,8 +42,11 @@ from torch import Tensor, nn
 
 from reslab import __version__, atomic, limits
 
+M = TypeVar("M", bound=nn.Module)
+
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
+    from reslab.models.registry import Model
 
 # Other projects' names -> reslab's, tried on keys the model does not have.
 _RENAMES = [
@@ -55,8 +58,8 @@ _PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DDP, torch.compile
 
 
 def load_weights(
-    model: nn.Module, source: str | os.PathLike | Mapping[str, Tensor], strict: bool = True
-) -> nn.Module:
+    model: M, source: str | os.PathLike | Mapping[str, Tensor], strict: bool = True
+) -> M:
     """Load `source` (a weights file or a state dict) into `model` in place and return `model`.
 
     From a file, `model.normalization` becomes the input normalisation the file records (a
@@ -89,7 +92,7 @@ def load_weights(
         )
     model.load_state_dict(state, strict=strict)
     if isinstance(source, (str, os.PathLike)):
-        model.normalization = meta.get("normalization")
+        model.normalization = meta.get("normalization")  # type: ignore[assignment]  # ours, on any nn.Module
     return model
 
 
@@ -109,7 +112,7 @@ def _hint(source, meta: dict) -> str:
     )
 
 
-def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any) -> nn.Module:
+def create_saved(path: str | os.PathLike, name: str | None = None, **given: Any) -> Model:
     """The model a reslab weights file records, built and loaded: `create_model(name, ...)` with the
     classes, input size and model options the file was saved with (`given` keyword arguments win over
     them), then `load_weights`. `name` defaults to the recorded one and must match it when both exist;
@@ -245,7 +248,8 @@ def metadata(model: nn.Module, normalization: Normalization | None = None) -> di
         meta["model_name"] = str(model.model_name)
     cfg = getattr(model, "default_cfg", None)
     if cfg is not None:
-        cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+        dataclass = dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+        cfg = dataclasses.asdict(cfg) if dataclass else cfg
         meta["default_cfg"] = json.dumps(cfg, default=str, sort_keys=True)
     if normalization is None:
         normalization = getattr(model, "normalization", None)
@@ -259,18 +263,18 @@ def decode_metadata(meta: Mapping[str, str], origin: str) -> dict:
     one-line ValueError naming `origin` for a malformed entry."""
     from reslab.data.normalization import KEY, Normalization
 
-    meta = dict(meta)
-    if "default_cfg" in meta:
+    out: dict[str, Any] = dict(meta)
+    if "default_cfg" in out:
         try:
-            meta["default_cfg"] = json.loads(meta["default_cfg"])
+            out["default_cfg"] = json.loads(out["default_cfg"])
         except (ValueError, RecursionError):
             raise ValueError(f"{origin}: metadata default_cfg is not valid JSON") from None
-        if not isinstance(meta["default_cfg"], dict):
-            got = type(meta["default_cfg"]).__name__
+        if not isinstance(out["default_cfg"], dict):
+            got = type(out["default_cfg"]).__name__
             raise ValueError(f"{origin}: metadata default_cfg should be a JSON object, got {got}")
-    if KEY in meta:
-        meta[KEY] = Normalization.from_metadata(meta, origin)
-    return meta
+    if KEY in out:
+        out[KEY] = Normalization.from_metadata(meta, origin)
+    return out
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -288,6 +292,7 @@ def _read(source) -> tuple[dict[str, Tensor], str, dict]:
     """The state dict in `source`, a short description of where it came from, and its metadata
     (`read_metadata`; {} but for a safetensors file)."""
     meta: dict = {}
+    obj: object
     if isinstance(source, Mapping):
         obj, origin = source, "the state dict"
     elif isinstance(source, (str, os.PathLike)):
@@ -421,9 +426,11 @@ def _imports(f: IO[bytes], pickles: int | None) -> list[str]:
     STACK_GLOBAL takes the two strings pushed last (directly or from the memo)."""
     names: list[str] = []
     done = 0
-    while (done < pickles) if pickles else f.peek(1):  # peek: b"" at the end of the file
+    # peek (b"" at the end of the file): a file opened "rb", the one caller with pickles=None
+    while (done < pickles) if pickles else f.peek(1):  # type: ignore[attr-defined]
         pushed: list[str | None] = []
         memo: dict[int, str | None] = {}
+        arg: Any  # str or int, as the opcode takes
         for op, arg, _ in pickletools.genops(f):
             value = None
             if op.name in ("GLOBAL", "INST"):  # arg "module name", maybe a Python 2 module name

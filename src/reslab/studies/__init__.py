@@ -16,8 +16,8 @@ from reslab.training import runs
 NAMES = ("degradation", "depth", "gradients", "identity", "landscape", "lesion", "shortcuts")
 
 
-def get(name: str):
-    """The `Study` record of a registered study."""
+def get(name: str | None):
+    """The `Study` record of a registered study (a ValueError for any other name, or None)."""
     if name not in NAMES:
         raise ValueError(f"unknown study {name!r}; choose from {', '.join(NAMES)}")
     return importlib.import_module(f"reslab.studies.{name}").STUDY

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def finite_or_none(x: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def finite_tree(obj: object) -> object:
+def finite_tree(obj: Any) -> Any:
     """`obj` (dicts, lists, numbers) with every non-finite float as None, so its JSON stays standard."""
     if isinstance(obj, dict):
         return {k: finite_tree(v) for k, v in obj.items()}

@@ -98,7 +98,7 @@ class Clock:
     """Wall time since the start, and training time between `train` lines less the pauses for
     evaluation and checkpoints; the pauses' seconds by what they were for (`spent`)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.start = self.last = time.perf_counter()
         self.paused = 0.0  # seconds spent evaluating and checkpointing since the last line
         self.train_s = 0.0

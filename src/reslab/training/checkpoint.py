@@ -72,7 +72,7 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     if not ckpt_root.is_dir():
         return []
     done = [p for p in ckpt_root.iterdir() if _STEP.fullmatch(p.name) and (p / TRAINER).is_file()]
-    return sorted(done, key=lambda p: int(_STEP.fullmatch(p.name)[1]))
+    return sorted(done, key=lambda p: int(p.name.removeprefix("step-")))  # names _STEP matched
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

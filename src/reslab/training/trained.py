@@ -10,9 +10,9 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from reslab.data import ImageData, Normalization, load_dataset, subtract_mean_image
 from reslab.training import distributed, runs
@@ -20,8 +20,11 @@ from reslab.training.config import TrainConfig, check_model_args
 from reslab.training.evaluation import evaluate
 from reslab.training.loop import load_trained
 
+if TYPE_CHECKING:
+    from reslab.models.registry import Model
 
-def load_run(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig | None]:
+
+def load_run(path: str | os.PathLike) -> tuple[Model, TrainConfig | None]:
     """The trained model of a run folder (`runs/NAME`, as `reslab train` leaves it) and its config.
 
     The model is built as its weights file records it (name, classes, input size, options:
@@ -103,6 +106,7 @@ def evaluate_weights(
     check_model_args(model_kwargs or {})
     d = distributed.setup(device)  # a bad device fails before any data is read
     source = run if run is not None else weights
+    assert source is not None  # one of them: checked above
     if not Path(source).exists():  # so does a missing run or weights file
         raise FileNotFoundError(f"no such {'run folder or ' if run else ''}weights file: {source}")
     if weights is not None and Path(weights).is_dir():
@@ -116,6 +120,7 @@ def evaluate_weights(
     if num_threads:
         torch.set_num_threads(num_threads)
 
+    net: Model | None
     if recorded:
         net, cfg = load_run(source)
         _warn_if_contradicted(source, net, model, model_kwargs or {})
@@ -127,20 +132,22 @@ def evaluate_weights(
         data = data or "digits"
     ds = load_dataset(data, split, root=data_dir)
     if stored is not None:
+        assert net is not None  # what `stored` came with
         _warn_if_renormalized(source, stored, normalize, mean, std)
         _check_fits(source, net, ds)
         ds = stored.apply(ds)
     else:
         if normalize == "pixel-mean":
             train = ds if split == "train" else load_dataset(data, "train", root=data_dir)
-            ds = subtract_mean_image(train, ds)[1]
+            ds = subtract_mean_image(train, ds)[1]  # type: ignore[assignment]  # not None
         for name, v in (("mean", mean), ("std", std)):
             if v is not None and len(v) != ds.images.shape[1]:
                 raise ValueError(
                     f"--{name} needs {ds.images.shape[1]} values (one per channel), got {len(v)}"
                 )
-        ds = replace(ds, mean=mean or ds.mean, std=std or ds.std)
+        ds = replace(ds, mean=tuple(mean) if mean else ds.mean, std=tuple(std) if std else ds.std)
     if net is None:
+        assert model is not None  # checked above: a file that does not record its model
         _, c, h, w = ds.images.shape
         net = create_model(
             model, num_classes=len(ds.classes), in_chans=c, img_size=(h, w), **(model_kwargs or {})
@@ -149,9 +156,9 @@ def evaluate_weights(
     elif stored is None:
         _check_fits(source, net, ds)
     prec = precision.choose(amp, channels_last, d.device, precision.has_conv(net))
-    net = net.to(
-        d.device, memory_format=torch.channels_last if prec.channels_last else torch.preserve_format
-    )
+    net.to(d.device)  # in place, as Module.to
+    if prec.channels_last:
+        net.to(memory_format=torch.channels_last)
 
     def autocast():
         return prec.autocast(d.device)
@@ -168,7 +175,7 @@ def evaluate_weights(
 _WHY = "the weights fit only the model and inputs they were trained with"
 
 
-def _warn_if_contradicted(source, net: nn.Module, model: str | None, model_kwargs: dict) -> None:
+def _warn_if_contradicted(source, net: Model, model: str | None, model_kwargs: dict) -> None:
     """A warning for a --model or --model-arg that differs from what the weights file records."""
     name = net.model_name
     if model is not None and model != name:
@@ -213,7 +220,7 @@ def _warn_if_renormalized(source, stored: Normalization, normalize: str | None, 
         )
 
 
-def _check_fits(source, net: nn.Module, data: ImageData) -> None:
+def _check_fits(source, net: Model, data: ImageData) -> None:
     """A one-line ValueError when `data` has other classes or images than the model was built for
     (conv nets take any height and width)."""
     from reslab.training.precision import has_conv

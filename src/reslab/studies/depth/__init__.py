@@ -58,7 +58,14 @@ ARM_TRAIN: dict[str, dict[str, Any]] = {"fixup": {"lr_scales": {"bias": 0.1, "sc
 # skipinit = rezero without norms. Each method is shown with and without clipping, and so is each
 # control (nonorm and plain), so a method that learns only with clipping is held against controls
 # given the same help.
-DEFAULT_ARMS = ("plain", "plain+clip", "residual", "zeroinit", "nonorm", "nonorm+clip")
+DEFAULT_ARMS: tuple[str, ...] = (
+    "plain",
+    "plain+clip",
+    "residual",
+    "zeroinit",
+    "nonorm",
+    "nonorm+clip",
+)
 DEFAULT_ARMS += ("rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
 # block; plain and nonorm diverge within steps at depth

@@ -38,7 +38,7 @@ def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> 
         axes = fig.subplots(len(phases), 2, sharey="row", squeeze=False)
         for row, phase in zip(axes, phases, strict=True):
             for ax, arch in zip(row, ARCHS, strict=True):
-                seen = set()
+                seen: set[str] = set()
                 for r in records:
                     if r["arch"] != arch or phase not in r["phases"]:
                         continue
@@ -91,7 +91,7 @@ def plot_shattering(records: list[dict], entries: list[dict], path: str | Path) 
         ax.set_title("gradient correlation vs depth")
         ax.legend()
         for ax, arch in zip(axes[1:], ARCHS, strict=True):
-            seen = set()
+            seen: set[str] = set()
             for r in records:
                 if r["arch"] == arch:
                     acf = r["phases"]["init"]["acf"]

@@ -54,7 +54,7 @@ def zero_branches(model: nn.Module, method: str) -> nn.Module:
             if layer.bias is not None:
                 layer.bias.zero_()
         else:
-            if not hasattr(block.scale, "alpha"):
+            if not isinstance(block, ScaledBlock):  # ReZero, SkipInit and Fixup blocks
                 raise ValueError(
                     f"method {method!r} needs a net built with branch_scale={method!r}"
                 )
