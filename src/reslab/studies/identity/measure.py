@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.models.scaled import ScaledBlock
 from reslab.studies.identity import FAMILY_SHAPE, METHODS, PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.training import runs
 from reslab.training.config import TrainConfig
