@@ -20,9 +20,10 @@ from reslab.training import runs
 # zero-init residual runs are the zeroinit arm now (issue 13)
 CHANGED: dict[str, set[str]] = {"degradation": {"runs"}, "depth": {"runs"}}
 OLD = Path(__file__).resolve().parents[1] / "fixtures" / "studies-e7ce78a"
+NEWER = ("landscape",)  # studies added after e7ce78a: no old folder to rebuild
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NEWER])
 def test_old_folder_rebuilds_to_the_old_summary(name, tmp_path, capsys):
     old = OLD / name / "toy"
     folder = shutil.copytree(old, tmp_path / name / "toy")
@@ -45,7 +46,7 @@ def test_old_folder_rebuilds_to_the_old_summary(name, tmp_path, capsys):
         assert [{k: r[k] for k in renamed[0]} for r in new["runs"]] == renamed
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NEWER])
 def test_upgrade_gives_an_old_study_record_the_keys_of_todays(name, tmp_path):
     study = get(name)
     cfg = study.make_config(None, **study.toy, out=str(tmp_path))

@@ -108,7 +108,8 @@ def build_report(folder: str | Path) -> Path:
 
 def _levels(first: dict) -> np.ndarray:
     logs = np.log10(np.concatenate([np.asarray(n["loss"]).ravel() for n in first.values()]) + 1e-12)
-    return np.linspace(np.nanmin(logs), min(np.nanmax(logs), np.nanmin(logs) + 4), 25)
+    low, high = np.nanmin(logs), np.nanmax(logs[np.isfinite(logs)])
+    return np.linspace(low, max(high, low + 1), 30)  # every panel's whole range, on one scale
 
 
 def _contours(first: dict, depths: list[int], xs: np.ndarray):
