@@ -36,8 +36,8 @@ TRAIN = ["train", "--model", "resmlp-4", "--iters", "1", "--no-progress"]
         ),
         (
             ["train", "--model", "resmlp-64", "--model-arg", "width=60000", "--iters", "1"],
-            # 62 weight layers' worth of 60,000-wide outputs (Linear, BN, ReLU, the addition) per
-            # image; 12 bytes a parameter (weights, gradients, momentum) + 4 an activation x 128
+            # 191 module outputs 60,000 wide (6 in each of 31 blocks, the stem's 4, bias2's 1) + 10
+            # logits; 12 bytes a parameter (weights, gradients, momentum) + 4 an activation x 128
             "model resmlp-64 has 223,219,560,073 parameters and 11,460,010 activations an image: "
             "training it at batch 128 needs about 2,500.1 GiB, more than the",
         ),
