@@ -129,7 +129,7 @@ def run_grid(
     mlp = all(c.model.startswith(("resmlp", "plainmlp")) for c in configs)
     if todo:
         executor = _executor(folder / "logs", opts, mlp, name=Path(configs[0].out).parent.name)
-        threads = opts.slurm_cpus or (1 if mlp else 8)
+        threads = int(_sbatch_flags(opts, mlp)["cpus_per_task"])  # what each job is given
         submitted = _submit(executor, [TrainCell(train_one, configs[i], threads) for i in todo])
         recorded.update({configs[i].run_name: job for i, job in zip(todo, submitted, strict=True)})
         runs.write_json(folder / JOBS, recorded)
