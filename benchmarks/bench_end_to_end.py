@@ -26,6 +26,13 @@ commit, e.g. from `git archive`), in the same run: before and after.
     python benchmarks/bench_end_to_end.py --eval --repeats 2
     python benchmarks/bench_end_to_end.py --runs 60 epoch --also /tmp/reslab-base/src
 
+An AVX2 CPU's kernels on an AVX-512 machine, as a stand-in (not its clock or caches): cap PyTorch,
+oneDNN and MKL at AVX2 and give reslab the precision it picks on AVX2 (fp32), since its bf16 check
+reads the CPU itself:
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/bench_end_to_end.py --runs 60 --reslab-arg=--amp=off
+
 This is a benchmark, not a test: on a shared machine, say how busy it was (printed: load average).
 """
 
@@ -101,12 +108,12 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     return time.perf_counter() - t, out.stdout
 
 
-def reslab_cmd(run: str, data_dir: Path, out: Path, name: str) -> list[str]:
+def reslab_cmd(run: str, data_dir: Path, out: Path, name: str, extra: list[str]) -> list[str]:
     length = ["--iters", str(STEPS_60)] if run == "60" else ["--epochs", "1"]
     return [
         sys.executable, "-m", "reslab", "train", "--model", "resnet20", "--data", "cifar10",
         *length, "--batch-size", str(BATCH), "--data-dir", str(data_dir), "--out", str(out),
-        "--name", name, "--no-progress",
+        "--name", name, "--no-progress", *extra,
     ]  # fmt: skip
 
 
@@ -127,7 +134,8 @@ def end_to_end(args: argparse.Namespace) -> None:
                     else:
                         src = trees[label]
                         env = {**os.environ, "PYTHONPATH": str(src)} if src else None
-                        wall, _ = timed(reslab_cmd(run, args.data_dir, Path(tmp), "run"), env)
+                        cmd = reslab_cmd(run, args.data_dir, Path(tmp), "run", args.reslab_arg)
+                        wall, _ = timed(cmd, env)
                         result = json.loads((Path(tmp) / "run" / "summary.json").read_text())
                 if wall < best.get(label, float("inf")):
                     best[label], parts[label] = wall, result
@@ -210,6 +218,8 @@ def main() -> None:
     p.add_argument("--also", type=Path, help="also time `reslab train` from this source tree")
     p.add_argument("--reference-run", type=int, metavar="STEPS", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    p.add_argument("--reslab-arg", action="append", default=[], metavar="ARG",
+                   help="pass ARG on to `reslab train`, e.g. --reslab-arg=--amp=off")  # fmt: skip
     args = p.parse_args()
     if args.reference_run:
         return reference_run(args.data_dir, args.reference_run, args.workers)
