@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reslab.studies.slurm import SlurmOptions, _sbatch_flags
+from reslab.studies.slurm import SlurmOptions, _log_tail, _sbatch_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ["degradation", "--depths", "2", "--seeds", "0", "--width", "16", "--eval-every", "15"]
@@ -66,6 +66,34 @@ def test_resources_follow_the_kind_of_net_and_bad_values_are_refused():
         SlurmOptions(launcher="kubernetes")
     with pytest.raises(ValueError, match="--slurm-gpus must be between"):
         SlurmOptions(launcher="slurm", slurm_gpus=-1)
+
+
+@pytest.mark.parametrize(
+    "log, why",
+    [
+        (
+            "submitit ERROR - Submitted job triggered an exception\nTraceback (most recent call "
+            'last):\n  File "x.py", line 3, in f\nFileNotFoundError: no cifar-10-batches-py in '
+            "/data\nsrun: error: node1: task 0: Exited with exit code 1\n",
+            "FileNotFoundError: no cifar-10-batches-py in /data",
+        ),
+        (
+            "step 100\nslurmstepd: error: *** JOB 7 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE "
+            "TO TIME LIMIT ***\n",
+            "slurmstepd: error: *** JOB 7 ON node1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME "
+            "LIMIT ***",
+        ),
+        ("step 100\nstep 200\n", None),  # no line says why: the caller shows the last one
+    ],
+    ids=["exception", "time-limit", "none"],
+)
+def test_a_failed_job_is_explained_by_the_line_of_its_log_that_says_why(tmp_path, log, why):
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "7_0_log.err").write_text(log)
+    tail, path, found = _log_tail(tmp_path, "7")
+    assert found == why and path == tmp_path / "7" / "7_0_log.err"
+    assert tail == [line.strip() for line in log.splitlines() if line.strip()][-3:]
+    assert _log_tail(tmp_path, "8")[::2] == ([], None)  # a job that never started has no log
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ submitit is an optional extra: `pip install -e ".[slurm]"`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import time
@@ -178,10 +179,12 @@ def run_grid(
                 waiting.discard(i)
                 failed.append(c.run_name)
                 job = recorded[c.run_name]
-                tail, log = _log_tail(folder / "logs", job)
+                tail, log, why = _log_tail(folder / "logs", job)
                 print(f"  {c.run_name}: Slurm job {job} ended without finishing the run; its log "
                       f"{log} ends: {' | '.join(tail) or '(nothing)'}", flush=True)  # fmt: skip
-                done(i, _fail(c, job, tail[-1] if tail else f"no log at {log}"))
+                if why is None:
+                    why = tail[-1] if tail else f"no log at {log} (it ended before it started)"
+                done(i, _fail(c, job, why))
         states = list(queue.values())
         counts = (
             len(configs) - len(waiting) - len(failed),
@@ -309,11 +312,21 @@ def _read_jobs(folder: Path) -> dict[str, str]:
     return jobs
 
 
-def _log_tail(logs: Path, job: str, lines: int = 3) -> tuple[list[str], Path]:
-    """(the last non-blank lines of a job's stderr, submitit's `<job>_0_log.err`; the file)."""
+# the line of a job's log that says why it ended: Python's exception, or Slurm's word on the job
+# (`*** JOB 12 ON node CANCELLED AT ... ***`, DUE TO TIME LIMIT, an oom-kill)
+_WHY = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b|.*\*\*\* JOB |.*oom[-_]kill)"
+)
+
+
+def _log_tail(logs: Path, job: str, lines: int = 3) -> tuple[list[str], Path, str | None]:
+    """(the last non-blank lines of a job's stderr, submitit's `<job>_0_log.err`; the file; the
+    last line of it that says why the job ended, else None)."""
     err = logs / job / f"{job}_0_log.err"
     text = err.read_text(errors="replace") if err.is_file() else ""
-    return [line.strip() for line in text.splitlines() if line.strip()][-lines:], err
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    why = next((line for line in reversed(kept) if _WHY.match(line)), None)
+    return kept[-lines:], err, why
 
 
 def _fail(cfg: TrainConfig, job: str, why: str) -> dict:
