@@ -62,6 +62,8 @@ def test_resources_follow_the_kind_of_net_and_bad_values_are_refused():
     assert cpus == {"time": "60", "cpus_per_task": "1", "ntasks_per_node": "2"}
     with pytest.raises(ValueError, match="--slurm-procs must be at least 1"):
         SlurmOptions(launcher="slurm", slurm_procs=0)
+    with pytest.raises(ValueError, match="--slurm-procs 2 needs a GPU per process"):
+        _sbatch_flags(SlurmOptions(launcher="slurm", slurm_procs=2, slurm_gpus=1), mlp=False)
     with pytest.raises(ValueError, match="--launcher must be local or slurm"):
         SlurmOptions(launcher="kubernetes")
     with pytest.raises(ValueError, match="--slurm-gpus must be between"):

@@ -13,8 +13,8 @@ stays the one source of truth:
 - The submitting process waits, printing finished / running / pending / failed whenever they change,
   and hands each finished run to the study as a local run would. A cell whose job ended without its
   run (an error, scancel, a node that died) prints its job's log tail and is recorded in its run
-  folder as a "failed" run (`runs.UNTRAINED`: its summary.json says "Slurm job N: <the log's last
-  line>"); the others go on, the report is built with it counted against its arm as a diverged run
+  folder as a "failed" run (`runs.UNTRAINED`: its summary.json says "Slurm job N: <why>", the
+  exception or Slurm's line in its log); the others go on, the report is built with it counted against its arm as a diverged run
   is, and then `raise_failed` names the failed cells (exit status 1). A failed run is not finished:
   the same command again submits it, and it resumes from its last checkpoint.
 - `--slurm-procs N` (default: one per GPU of `--slurm-gpus`) runs each cell as one torch.distributed
@@ -238,6 +238,8 @@ def _sbatch_flags(opts: SlurmOptions, mlp: bool) -> dict[str, str]:
     """The resources every job asks for, as sbatch long options."""
     gpus = opts.slurm_gpus if opts.slurm_gpus is not None else (0 if mlp else 1)
     procs = opts.slurm_procs or max(1, gpus)
+    if 0 < gpus < procs:  # process k takes cuda:k
+        raise ValueError(f"--slurm-procs {procs} needs a GPU per process; --slurm-gpus is {gpus}")
     flags = {
         "time": str(opts.slurm_time or (60 if mlp else 24 * 60)),
         "cpus_per_task": str(opts.slurm_cpus or (1 if mlp else 8)),
