@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.studies.grid import default_jobs, train_grid
-from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options
+from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options, raise_failed
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 
@@ -293,6 +293,7 @@ def run(study: Study, cfg: Any) -> dict:
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
+    raise_failed(trained)  # cells whose Slurm jobs failed: counted in the report, then exit 1
     return summary
 
 

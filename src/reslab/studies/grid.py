@@ -2,7 +2,8 @@
 
 The divergence policy: a run whose loss turns non-finite stops, and its run folder records the step
 and the last finite loss (status "diverged"). It is never retried on its own (rerunning the study
-keeps it as it is); the study goes on with the other runs, and its report names it.
+keeps it as it is); the study goes on with the other runs, and its report names it. A cell whose
+Slurm job failed is reported the same way (status "failed", `slurm`), but rerunning trains it again.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
 
 
 def print_run(s: dict, elapsed: float) -> None:
-    """One line per finished run: its errors, or where it diverged."""
-    if s.get("status") == "diverged":
+    """One line per finished run: its errors, where it diverged, or why its Slurm job failed."""
+    if s.get("status") == "failed":
+        what = f"failed ({s.get('error')})"
+    elif s.get("status") == "diverged":
         step = s.get("diverged_at_step", s.get("steps"))
         loss = s.get("last_finite_loss")
         last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""

@@ -11,8 +11,15 @@ stays the one source of truth:
 - A job that Slurm preempts or stops at its time limit is requeued by submitit (its `Checkpointable`
   signal handler) and resumes from the run's last checkpoint.
 - The submitting process waits, printing finished / running / pending / failed whenever they change,
-  and hands each finished run to the study as a local run would; a failed cell prints its job's log
-  tail and the others go on. The report is built only when every cell has finished.
+  and hands each finished run to the study as a local run would. A cell whose job ended without its
+  run (an error, scancel, a node that died) prints its job's log tail and is recorded in its run
+  folder as a "failed" run (`runs.UNTRAINED`: its summary.json says "Slurm job N: <why>", the
+  exception or Slurm's line in its log); the others go on, the report is built with it counted against its arm as a diverged run
+  is, and then `raise_failed` names the failed cells (exit status 1). A failed run is not finished:
+  the same command again submits it, and it resumes from its last checkpoint.
+- `--slurm-procs N` (default: one per GPU of `--slurm-gpus`) runs each cell as one torch.distributed
+  run of N processes, Slurm tasks of one job with the environment torchrun gives (RANK, WORLD_SIZE,
+  LOCAL_RANK, MASTER_ADDR/PORT): the paper's batch of 128 over two GPUs, batch norm over 64 each.
 
 Accounting (`sacct`) is not needed: a cell's state is its run folder's, and a job's is `squeue`'s.
 submitit is an optional extra: `pip install -e ".[slurm]"`.
@@ -21,6 +28,7 @@ submitit is an optional extra: `pip install -e ".[slurm]"`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import time
@@ -29,6 +37,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reslab import atomic
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -66,7 +75,14 @@ class SlurmOptions:
     )
     slurm_cpus: int | None = field(
         default=None,
-        metadata=dict(help="CPUs per job; default 8 for conv nets, 1 for MLPs"),
+        metadata=dict(help="CPUs per job (per process); default 8 for conv nets, 1 for MLPs"),
+    )
+    slurm_procs: int | None = field(
+        default=None,
+        metadata=dict(
+            help="processes per job, one torch.distributed run as under torchrun (the batch split "
+            "over them, batch norm per process); default one per GPU"
+        ),
     )
     slurm_mem: str | None = field(
         default=None, metadata=dict(help="memory per job, e.g. 16G (sbatch --mem)")
@@ -84,22 +100,32 @@ class SlurmOptions:
     def __post_init__(self) -> None:
         if self.launcher not in ("local", "slurm"):
             raise ValueError(f"--launcher must be local or slurm, got {self.launcher!r}")
-        for name in ("time", "gpus", "cpus"):
+        for name in ("time", "gpus", "cpus", "procs"):
             value = getattr(self, f"slurm_{name}")
             if value is not None and not 0 <= value <= 1_000_000:
                 raise ValueError(f"--slurm-{name} must be between 0 and 1000000, got {value}")
+        if self.slurm_procs == 0:
+            raise ValueError("--slurm-procs must be at least 1, got 0")
         if not 0.1 <= self.slurm_poll <= 3600:
             raise ValueError(f"--slurm-poll must be between 0.1 and 3600 s, got {self.slurm_poll}")
 
 
 class TrainCell:
     """What a job runs: one cell's training (`train_one(cfg, threads, False)`, the grid's function
-    for one run), resumed from its checkpoint when requeued."""
+    for one run), resumed from its checkpoint when requeued. With `procs` > 1 each of the job's
+    Slurm tasks runs this as one process of a torch.distributed run, in torchrun's environment."""
 
-    def __init__(self, train_one: Callable[..., dict], cfg: TrainConfig, threads: int) -> None:
-        self.train_one, self.cfg, self.threads = train_one, cfg, threads
+    def __init__(
+        self, train_one: Callable[..., dict], cfg: TrainConfig, threads: int, procs: int = 1
+    ) -> None:
+        self.train_one, self.cfg, self.threads, self.procs = train_one, cfg, threads, procs
 
     def __call__(self) -> dict:
+        if self.procs > 1:  # what torchrun would set; reslab's engine reads it (distributed.setup)
+            import submitit
+
+            # every task sees the job's GPUs; the engine picks cuda:LOCAL_RANK itself
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return self.train_one(self.cfg, self.threads, False)
 
     def checkpoint(self):  # submitit calls it on preemption or at the time limit: requeue as is
@@ -114,8 +140,9 @@ def run_grid(
     done: Callable[[int, dict], None],
     train_one: Callable[..., dict],
 ) -> None:
-    """Train `configs` as Slurm jobs, each job `train_one(config, threads, False)`; `done(i, summary)` for each finished run, finished ones first.
-    CellsFailed (after the others finished) when some cells' jobs ended without their run."""
+    """Train `configs` as Slurm jobs, each job `train_one(config, threads, False)`; `done(i, summary)`
+    for each finished run, finished ones first, and for each cell whose job ended without its run
+    (recorded as a "failed" run: module docstring) as its job is seen gone."""
     folder = Path(configs[0].out).parent / "slurm"
     recorded = _read_jobs(folder)
     live = _queue(recorded.values())
@@ -129,8 +156,11 @@ def run_grid(
     mlp = all(c.model.startswith(("resmlp", "plainmlp")) for c in configs)
     if todo:
         executor = _executor(folder / "logs", opts, mlp, name=Path(configs[0].out).parent.name)
-        threads = int(_sbatch_flags(opts, mlp)["cpus_per_task"])  # what each job is given
-        submitted = _submit(executor, [TrainCell(train_one, configs[i], threads) for i in todo])
+        flags = _sbatch_flags(opts, mlp)
+        threads = int(flags["cpus_per_task"])  # what each job (each of its processes) is given
+        procs = int(flags.get("ntasks_per_node", 1))
+        cells = [TrainCell(train_one, configs[i], threads, procs) for i in todo]
+        submitted = _submit(executor, cells)
         recorded.update({configs[i].run_name: job for i, job in zip(todo, submitted, strict=True)})
         runs.write_json(folder / JOBS, recorded)
         print(f"  submitted {len(todo)} jobs to Slurm (logs in {folder / 'logs'})", flush=True)
@@ -149,8 +179,12 @@ def run_grid(
                 waiting.discard(i)
                 failed.append(c.run_name)
                 job = recorded[c.run_name]
-                print(f"  {c.run_name}: job {job} ended without finishing the run; "
-                      f"{_log_tail(folder / 'logs', job)}", flush=True)  # fmt: skip
+                tail, log, why = _log_tail(folder / "logs", job)
+                print(f"  {c.run_name}: Slurm job {job} ended without finishing the run; its log "
+                      f"{log} ends: {' | '.join(tail) or '(nothing)'}", flush=True)  # fmt: skip
+                if why is None:
+                    why = tail[-1] if tail else f"no log at {log} (it ended before it started)"
+                done(i, _fail(c, job, why))
         states = list(queue.values())
         counts = (
             len(configs) - len(waiting) - len(failed),
@@ -163,10 +197,17 @@ def run_grid(
             last = counts
         if waiting:
             time.sleep(opts.slurm_poll)
+
+
+def raise_failed(summaries: Sequence[dict]) -> None:
+    """CellsFailed naming the cells of a grid whose Slurm jobs failed (`summaries` as the grid's
+    training returned them), once the study's report counts them; nothing when none did."""
+    failed = [s for s in summaries if s.get("status") == "failed"]
     if failed:
+        named = "; ".join(f"{s['name']}: {s.get('error')}" for s in failed)
         raise CellsFailed(
-            f"{len(failed)} of {len(configs)} cells did not finish on Slurm ({', '.join(failed)}); "
-            "rerun the same command to submit them again"
+            f"{len(failed)} of {len(summaries)} cells failed on Slurm ({named}); the report counts "
+            "them as failed runs; rerun the same command to submit only them again"
         )
 
 
@@ -196,11 +237,15 @@ def check(opts: SlurmOptions, mlp: bool) -> None:
 def _sbatch_flags(opts: SlurmOptions, mlp: bool) -> dict[str, str]:
     """The resources every job asks for, as sbatch long options."""
     gpus = opts.slurm_gpus if opts.slurm_gpus is not None else (0 if mlp else 1)
+    procs = opts.slurm_procs or max(1, gpus)
+    if 0 < gpus < procs:  # process k takes cuda:k
+        raise ValueError(f"--slurm-procs {procs} needs a GPU per process; --slurm-gpus is {gpus}")
     flags = {
         "time": str(opts.slurm_time or (60 if mlp else 24 * 60)),
         "cpus_per_task": str(opts.slurm_cpus or (1 if mlp else 8)),
         "partition": opts.slurm_partition,
         "gpus_per_node": str(gpus) if gpus else None,
+        "ntasks_per_node": str(procs) if procs > 1 else None,
         "mem": opts.slurm_mem,
         "account": opts.slurm_account,
         "qos": opts.slurm_qos,
@@ -224,8 +269,9 @@ def _executor(folder: Path, opts: SlurmOptions, mlp: bool, name: str):
     for key in ("partition", "mem", "account", "qos"):
         if key in flags:
             params[key] = flags.pop(key)
-    if "gpus_per_node" in flags:
-        params["gpus_per_node"] = int(flags.pop("gpus_per_node"))
+    for key in ("gpus_per_node", "ntasks_per_node"):
+        if key in flags:
+            params[key] = int(flags.pop(key))
     if flags:
         params["additional_parameters"] = flags
     executor.update_parameters(**params)
@@ -268,13 +314,47 @@ def _read_jobs(folder: Path) -> dict[str, str]:
     return jobs
 
 
-def _log_tail(logs: Path, job: str, lines: int = 3) -> str:
-    """The last lines of a job's stderr (submitit's `<job>_0_log.err`), or where to look."""
+# the line of a job's log that says why it ended: Python's exception, or Slurm's word on the job
+# (`*** JOB 12 ON node CANCELLED AT ... ***`, DUE TO TIME LIMIT, an oom-kill)
+_WHY = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b|.*\*\*\* JOB |.*oom[-_]kill)"
+)
+
+
+def _log_tail(logs: Path, job: str, lines: int = 3) -> tuple[list[str], Path, str | None]:
+    """(the last non-blank lines of a job's stderr, submitit's `<job>_0_log.err`; the file; the
+    last line of it that says why the job ended, else None)."""
     err = logs / job / f"{job}_0_log.err"
-    if not err.is_file():
-        return f"no log at {err}"
-    tail = [line for line in err.read_text(errors="replace").splitlines() if line.strip()]
-    return "log: " + " | ".join(tail[-lines:]) if tail else f"its log {err} is empty"
+    text = err.read_text(errors="replace") if err.is_file() else ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    why = next((line for line in reversed(kept) if _WHY.match(line)), None)
+    return kept[-lines:], err, why
+
+
+def _fail(cfg: TrainConfig, job: str, why: str) -> dict:
+    """Record in `cfg`'s run folder that Slurm job `job` ended without finishing it: a "failed"
+    summary.json (`runs.UNTRAINED`) with the steps it logged; returns that summary. A job that
+    died before it began the run leaves what a run stopped at step 0 leaves (its config, no
+    metrics), which the reports read, and the same command resumes."""
+    run_dir = Path(cfg.out) / cfg.run_name
+    if not (run_dir / runs.CONFIG).is_file():
+        runs.write_json(run_dir / runs.CONFIG, cfg.to_dict())
+    if not (run_dir / runs.METRICS).is_file():
+        atomic.write_text(run_dir / runs.METRICS, "")
+    try:  # what it logged before it died (nothing: no metrics, or none readable)
+        steps = [r["step"] for r in runs.read_metrics(run_dir / runs.METRICS)]
+    except (OSError, ValueError):
+        steps = []
+    summary = {
+        "name": cfg.run_name,
+        "model": cfg.model,
+        "data": cfg.data,
+        "status": "failed",
+        "error": f"Slurm job {job}: {why}",
+        "steps": max(steps, default=0),
+    }
+    runs.write_json(run_dir / runs.SUMMARY, summary)
+    return {**summary, "wall_s": 0.0}
 
 
 def launcher_options(opts: dict) -> SlurmOptions:

@@ -2,7 +2,8 @@
 
 A run folder `<out>/<name>/` holds `config.json` (the resolved TrainConfig), `env.json` (provenance),
 `metrics.jsonl` (one JSON object a line: {"kind", "step", ...}), `summary.json` (written last; its
-"status" is "completed" or "diverged"), `model.safetensors` and `checkpoints/`. A study folder holds
+"status" is "completed" or "diverged", or "failed" where a launcher recorded that the job training
+it ended without it), `model.safetensors` and `checkpoints/`. A study folder holds
 `study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), and what
 its report writes: `summary.json`, figures and `report.html`. Each of these JSON files holds one
 JSON object, and `read_json` says so, naming the file, when one does not.
@@ -41,6 +42,9 @@ RUNS = "runs"  # a study's run folders live in <study>/runs/
 REPORT = "report.html"
 
 FINISHED = ("completed", "diverged")
+# ended without a trained net: a study counts either against its arm. A "failed" run (its Slurm job
+# died: `studies.slurm`) is not finished, so rerunning the study trains it again, from its checkpoint
+UNTRAINED = ("diverged", "failed")
 LOCK = ".lock"  # held (flock) by the process writing the run; the OS releases it when that process dies
 
 _NAME = re.compile(r"[\w.+=-]+")
@@ -261,7 +265,7 @@ def read_config(run_dir: str | Path) -> dict:
 
 
 def status(run_dir: str | Path) -> str | None:
-    """ "completed", "diverged", or None for a run that has not finished (or is unreadable)."""
+    """ "completed", "diverged", "failed", or None for a run that has not finished (or is unreadable)."""
     try:
         summary = read_summary(run_dir)
     except (OSError, ValueError):
@@ -287,9 +291,12 @@ def read_study(study_dir: str | Path, kind: str) -> dict:
 
 
 def diverged_note(run_dir: str | Path) -> str:
-    """'<cell> at step N (last finite loss L)' for a run whose training diverged, from its summary."""
+    """'<cell> at step N (last finite loss L)' for a run whose training diverged, from its summary;
+    '<cell> failed (<why>)' for one whose job failed."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) or {}
+    if summary.get("status") == "failed":
+        return f"{run_dir.name} failed ({summary.get('error', 'no reason recorded')})"
     loss = summary.get("last_finite_loss")
     last = f" (last finite loss {loss:.4g})" if isinstance(loss, (int, float)) else ""
     step = summary.get("diverged_at_step", summary.get("steps", "?"))
@@ -343,7 +350,8 @@ class RunSummary(TypedDict, total=False):
     """A run folder's summary.json, written last by the training engine."""
 
     name: str
-    status: str  # "completed" or "diverged"
+    status: str  # "completed", "diverged" or "failed" (its job ended without it; not finished)
+    error: str  # "failed" only: why, e.g. "Slurm job 12: <its log's last line>"
     model: str
     data: str
     steps: int  # optimizer steps taken

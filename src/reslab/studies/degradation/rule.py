@@ -335,7 +335,8 @@ def _text(status: str, v: dict) -> str:
     text = _sentence(status, v)
     if v["failed"]:
         text += (
-            f" Failed to train (diverged), scored as {FAILED:.0%} error: {', '.join(v['failed'])}."
+            f" Failed to train (diverged, or its job failed), scored as {FAILED:.0%} error: "
+            f"{', '.join(v['failed'])}."
         )
     zi = v["extra"].get("zeroinit")
     if zi:

@@ -54,7 +54,7 @@ def write_summary(study_dir: str | Path) -> dict:
     study = runs.read_study(study_dir, "identity")
     summary = {k: v for k, v in study.items() if k != "verdict"}
     diverged = [
-        runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) == "diverged"
+        runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) in runs.UNTRAINED
     ]
     summary.update(study="identity", verdict=verdict(results, diverged).to_json())
     summary["append_results"] = results.get("append", {}).get("results", [])

@@ -195,7 +195,7 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
     run_dirs = [Path(c.out) / c.run_name for c in configs] or [Path(r) for r in cfg.runs]
     nets, lost = [], []
     for run_dir in run_dirs:
-        if runs.status(run_dir) == "diverged":
+        if runs.status(run_dir) in runs.UNTRAINED:  # diverged, or its Slurm job failed
             lost.append(diverged(run_dir) | {"run_dir": _relative(run_dir, folder)})
             continue
         t = time.perf_counter()

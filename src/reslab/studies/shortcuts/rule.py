@@ -56,7 +56,7 @@ import numpy as np
 from reslab.models.variants import VARIANTS
 from reslab.report.html import fmt_mean_std
 from reslab.studies.stats import mean_std, pooled_std, tolerance
-from reslab.training.runs import Verdict
+from reslab.training.runs import UNTRAINED, Verdict
 
 FAIL_RATIO = 3.0
 EQUAL = 0.03
@@ -127,7 +127,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
                 "formula": v.formula,
                 "n": len(test),
                 "seeds": [r["seed"] for r in rs],
-                "diverged": [r["seed"] for r in rs if r["status"] == "diverged"],
+                "diverged": [r["seed"] for r in rs if r["status"] in UNTRAINED],  # or failed
                 "params": next((r["params"] for r in rs if r["params"]), None),
                 "test_errors": [r["final_test_error"] for r in rs],
                 "test_error_mean": te_mean,
