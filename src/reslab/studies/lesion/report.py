@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import fmt_mean_std, fmt_pct
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
 from reslab.studies.lesion.rule import (
@@ -28,6 +28,7 @@ from reslab.studies.lesion.rule import (
     smoothness_verdict,
     verdict,
 )
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import mean_std
 from reslab.training import runs
 
@@ -59,8 +60,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Judge lesions.json and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
     study, nets, diverged = _read(study_dir)
-    summary = {"study": "lesion"}
-    summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
+    summary = summary_head("lesion", study)
     summary["nets"] = [
         {k: n[k] for k in ("run_dir", "model", "arch", "seed", "data", "blocks", "intact_error")}
         | {"trained_test_error": n.get("trained_test_error"), "test_images": n["test_images"]}
@@ -196,13 +196,12 @@ def _write_html(
     study_dir: Path, summary: dict, nets: list[dict], single: Path, multi: Path
 ) -> Path:
     v, diverged = summary["verdict"], summary.get("diverged", [])
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Lesion study: residual networks behave like ensembles",
-        f"{study_dir.name} · {', '.join(sorted({n['data'] for n in nets}))} · Veit et al. 2016, Figures 3 and 5(a)",
-    )
     smooth = summary["smoothness"]["text"]
-    page.verdict(label, v["text"], tone, [*(_note(a, v[a]) for a in ("residual", "plain")), smooth])
+    title = "Lesion study: residual networks behave like ensembles"
+    notes = [*(_note(a, v[a]) for a in ("residual", "plain")), smooth]
+    data = ", ".join(sorted({n["data"] for n in nets}))
+    source = "Veit et al. 2016, Figures 3 and 5(a)"
+    page = verdict_page(study_dir, summary, title, source, _LABELS, notes, data)
     page.heading("Deleting one block").figure(
         single,
         "Test error with one block deleted, per block (solid) and of the intact net (dashed); red: plain, "
