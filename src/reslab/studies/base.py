@@ -28,6 +28,7 @@ from reslab.studies.grid import default_jobs, train_grid
 from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
+from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
 OWNED: tuple[str, ...] = (
@@ -47,15 +48,6 @@ FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 # Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
 PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
-
-
-def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A study config field with its `--help` text (and any other metadata the CLI reads, e.g.
-    `cli="residual_arg"`); a dict default is a fresh copy per config."""
-    metadata = {"help": help, **metadata}
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def zero_branches(model: Model, method: str) -> Model:
         if method == "norm":
             norm = block.branch_norms()[-1]
             weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
-            if weight is None:
+            if weight is None or bias is None:
                 raise ValueError("method 'norm' needs affine norms in the branch; use 'weights'")
             weight.zero_()
             bias.zero_()
