@@ -99,15 +99,23 @@ def plot_single(nets: list[dict], path: str | Path) -> Path:
                 shaded |= {s["block"] + 1 for s in n["single"] if s["changes_shape"]}
         for b in sorted(shaded):
             ax.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
-        if nets:
-            _chance(ax, nets)
-        ax.set_xlabel("deleted block")
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(bottom=0)
-        if nets:
-            ax.legend(loc="center right")
-        ax.set_title("deleting one block at test time")
-        return figures.save(fig, path)
+        title = "deleting one block at test time"
+        return _finish(fig, ax, nets, "deleted block", "center right", title, path)
+
+
+def _finish(
+    fig, ax, nets: list[dict], xlabel: str, legend: str, title: str, path: str | Path
+) -> Path:
+    """The axes both lesion figures share: chance level, labels, legend, title; saved to `path`."""
+    if nets:
+        _chance(ax, nets)
+    ax.set_xlabel(xlabel)
+    figures.percent_axis(ax, "test error")
+    ax.set_ylim(bottom=0)
+    if nets:
+        ax.legend(loc=legend)
+    ax.set_title(title)
+    return figures.save(fig, path)
 
 
 def plot_multi(nets: list[dict], path: str | Path) -> Path:
@@ -131,15 +139,8 @@ def plot_multi(nets: list[dict], path: str | Path) -> Path:
                 k, mean, color=c, lw=2, marker="o", ms=3, label=f"{arch} ({', '.join(s['models'])})"
             )
             ax.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
-        if nets:
-            _chance(ax, nets)
-        ax.set_xlabel("number of blocks deleted (k)")
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(bottom=0)
-        if nets:
-            ax.legend(loc="lower right")
-        ax.set_title("deleting random sets of k blocks")
-        return figures.save(fig, path)
+        xlabel, title = "number of blocks deleted (k)", "deleting random sets of k blocks"
+        return _finish(fig, ax, nets, xlabel, "lower right", title, path)
 
 
 # ---------------------------------------------------------------------------------------- text + html
