@@ -178,6 +178,30 @@ def test_model_names_come_from_the_registry():
         base.model_name("vgg", "plain", 8)
 
 
+@pytest.mark.parametrize(
+    ("study", "options", "message"),
+    [
+        ("degradation", dict(family="vgg"), "family must be one of mlp, cifar, preact, got 'vgg'"),
+        (
+            "degradation",
+            dict(archs=("plain", "wide")),
+            r"archs must be among .*\['plain', 'wide'\]",
+        ),
+        ("gradients", dict(archs=()), r"archs must be among plain, residual, got \[\]"),
+        ("depth", dict(seeds=()), "give at least one depth and one seed"),
+        ("gradients", dict(batches=0), "batches must be >= 1, got 0"),
+        ("lesion", dict(test_subset=-1), "test_subset must be >= 0, got -1"),
+        ("identity", dict(family="vgg"), "family must be one of"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_the_field(study, options, message):
+    from reslab.studies import get
+
+    with pytest.raises(ValueError, match=message) as err:
+        get(study).make_config(None, **options)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("writes_study_json", [False, True])
 def test_a_refused_study_keeps_its_message_and_leaves_no_folder(
     writes_study_json, tmp_path, monkeypatch

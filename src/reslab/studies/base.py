@@ -28,9 +28,20 @@ from reslab.studies.grid import default_jobs, train_grid
 from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options, raise_failed
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
+from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper
 
 # TrainConfig fields a study sets itself for every run (not offered as engine options).
-OWNED = ("model", "model_kwargs", "data", "data_dir", "iters", "seed", "name", "out", "resume")
+OWNED: tuple[str, ...] = (
+    "model",
+    "model_kwargs",
+    "data",
+    "data_dir",
+    "iters",
+    "seed",
+    "name",
+    "out",
+    "resume",
+)
 OWNED += ("progress", "log_lines")
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
@@ -43,15 +54,11 @@ PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress",
 class StudyConfig:
     """The options every study has; a study's config dataclass adds its own fields to these."""
 
-    preset: str = field(default="digits", metadata={"help": "the built-in grid and recipe"})
-    data: str = field(default="digits", metadata={"help": "dataset (digits is built in)"})
-    data_dir: str | None = field(default=None, metadata={"help": "data root"})
-    name: str = field(
-        default="", metadata={"help": "study folder name (default: the preset's name)"}
-    )
-    train: dict = field(
-        default_factory=dict, metadata={"help": "TrainConfig overrides for every run"}
-    )
+    preset: str = option("digits", "the built-in grid and recipe")
+    data: str = option("digits", "dataset (digits is built in)")
+    data_dir: str | None = option(None, "data root")
+    name: str = option("", "study folder name (default: the preset's name)")
+    train: dict = option({}, "TrainConfig overrides for every run")
 
     def cells(self) -> list[tuple]:
         """The cells of the grid, each the arguments of `run_config` (none: nothing to train)."""
@@ -189,6 +196,31 @@ def model_name(family: str, arch: str, depth: int) -> str:
     return f"{fam.residual if arch == 'residual' else fam.plain}-{depth}"
 
 
+def check_among(name: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
+    """A one-line ValueError unless `values` (a config field's, called `name`) is not empty and each
+    of them is among `allowed`."""
+    allowed = list(allowed)
+    if not values or any(v not in allowed for v in values):
+        raise ValueError(f"{name} must be among {', '.join(map(str, allowed))}, got {list(values)}")
+
+
+def check_at_least(cfg: Any, low: int, *names: str) -> None:
+    """A one-line ValueError for the first of the fields `names` of `cfg` below `low`."""
+    for name in names:
+        if getattr(cfg, name) < low:
+            raise ValueError(f"{name} must be >= {low}, got {getattr(cfg, name)}")
+
+
+def check_family(family: str, allowed: Iterable[str] = FAMILIES) -> None:
+    if family not in allowed:
+        raise ValueError(f"family must be one of {', '.join(allowed)}, got {family!r}")
+
+
+def check_grid(cfg: Any) -> None:
+    if not cfg.depths or not cfg.seeds:
+        raise ValueError("give at least one depth and one seed")
+
+
 def check_models(models: Iterable[tuple[str, dict]]) -> None:
     """Build every (name, overrides) of the grid on the meta device (no memory, no init), so a bad
     depth or option fails in one line before any training."""
@@ -316,7 +348,7 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     # the default preset's values over the fields' defaults, without building the config (whose
     # checks would import torch for `reslab --help`)
     shown = {
-        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        f.name: f.default_factory() if callable(f.default_factory) else f.default
         for f in dataclasses.fields(study.config)
     }
     shown.update(study.presets[study.default_preset])

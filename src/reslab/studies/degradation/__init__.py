@@ -12,11 +12,11 @@ resumes an interrupted one from its last checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reslab.studies import base
-from reslab.studies.base import FAMILIES
+from reslab.studies.base import FAMILIES, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -29,51 +29,33 @@ FIT = 0.01  # the digits preset's fit gate: its shallowest nets must reach <= 1%
 class DegradationConfig(base.StudyConfig):
     """What to train: a grid of depths x architectures x seeds, all with one recipe."""
 
-    family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
-    depths: tuple[int, ...] = field(
-        default=(4, 8, 16, 32, 64), metadata={"help": "depths (weight layers)"}
+    family: str = option("mlp", f"model family: {', '.join(FAMILIES)}")
+    depths: tuple[int, ...] = option((4, 8, 16, 32, 64), "depths (weight layers)")
+    archs: tuple[str, ...] = option(
+        JUDGED,
+        "arms: plain, residual (both at He init: the judged pair), zeroinit (residual "
+        "with zero-init branches: an extra arm, not judged)",
     )
-    archs: tuple[str, ...] = field(
-        default=JUDGED,
-        metadata={
-            "help": "arms: plain, residual (both at He init: the judged pair), zeroinit (residual "
-            "with zero-init branches: an extra arm, not judged)"
-        },
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds; each cell is trained once per seed")
+    iters: int = option(0, "iterations per run (0: the preset's)")
+    fit_gate: float = option(
+        0.0,
+        "no verdict unless the shallowest nets of both judged arms end at most this "
+        "mean training error (0: no gate; the digits preset declares 0.01)",
     )
-    seeds: tuple[int, ...] = field(
-        default=(0, 1, 2), metadata={"help": "seeds; each cell is trained once per seed"}
+    width: int = option(0, "MLP width (0: the preset's)")
+    residual_args: dict = option(
+        {}, "model overrides for the residual and zeroinit nets only, KEY=VALUE", cli="residual_arg"
     )
-    iters: int = field(default=0, metadata={"help": "iterations per run (0: the preset's)"})
-    fit_gate: float = field(
-        default=0.0,
-        metadata={
-            "help": "no verdict unless the shallowest nets of both judged arms end at most this "
-            "mean training error (0: no gate; the digits preset declares 0.01)"
-        },
-    )
-    width: int = field(default=0, metadata={"help": "MLP width (0: the preset's)"})
-    residual_args: dict = field(
-        default_factory=dict,
-        metadata={
-            "help": "model overrides for the residual and zeroinit nets only, KEY=VALUE",
-            "cli": "residual_arg",
-        },
-    )
-    jobs: int = field(
-        default=0, metadata={"help": "runs trained at once (0: one per 2 cores for small nets)"}
-    )
-    out: str = field(default="runs/degradation", metadata={"help": "root of study folders"})
+    jobs: int = option(0, "runs trained at once (0: one per 2 cores for small nets)")
+    out: str = option("runs/degradation", "root of study folders")
 
     def __post_init__(self) -> None:
         if not 0 <= self.fit_gate < 1:
             raise ValueError(f"fit_gate must be in [0, 1), got {self.fit_gate}")
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
-        bad = [a for a in self.archs if a not in ARMS]
-        if bad or not self.archs:
-            raise ValueError(f"archs must be among {', '.join(ARMS)}, got {list(self.archs)}")
-        if not self.depths or not self.seeds:
-            raise ValueError("give at least one depth and one seed")
+        base.check_family(self.family)
+        base.check_among("archs", self.archs, ARMS)
+        base.check_grid(self)
         if "zero_init_residual" in self.residual_args:
             raise ValueError(
                 "residual_args may not set zero_init_residual: train the zeroinit arm "

@@ -6,11 +6,8 @@ Works from a study folder alone (no retraining): `study.json` plus the train run
 writes. `build_report(study_dir)` writes, beside study.json: summary.json, curves.png (Fig. 6 style),
 depth.png (final training error against depth) and report.html.
 
-Arms. The verdict rests on a like-for-like pair, as the paper compared them: `plain` and `residual`,
-twins with the same layers, the same (He) initialisation, recipe and seeds. `zeroinit` is the residual
-net with each branch's last BN weight at zero (Goyal et al. 2017), an initialisation a plain net cannot
-have (it would output zeros): an extra arm, drawn and tabled, never judged. Run folders of studies
-made before the arms existed whose residual nets were zero-initialised count as `zeroinit`.
+The arms are in the package's docstring (`reslab.studies.degradation`). Run folders of studies made
+before the arms existed whose residual nets were zero-initialised count as `zeroinit`.
 
 The verdict rule, its thresholds and its history are in `rule.py`.
 """
@@ -20,10 +17,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reslab.report.html import Page, fmt_count, fmt_mean_std, fmt_pct, join_values
+from reslab.report.html import fmt_count, fmt_mean_std, fmt_pct, join_values
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
 from reslab.studies.degradation.rule import verdict
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
@@ -53,7 +51,9 @@ def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
     """Run folders listed in study.json ("runs": names or {"run_dir"/"name": ...}), else all of runs/."""
     listed = study.get("runs")
     if isinstance(listed, list) and listed:
-        names = [(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r for r in listed]
+        names = [
+            str(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r for r in listed
+        ]
         return [
             study_dir / n if (study_dir / n).is_dir() else study_dir / rf.RUNS / n for n in names
         ]
@@ -167,7 +167,9 @@ def setting(summary: dict) -> str:
     data, iters = summary.get("data"), _iters(summary) or 0
     if data == "digits" or summary.get("family") == "mlp":
         status = (summary.get("verdict") or {}).get("status")
-        said = _ANALOGUE.get(status, "here it gives no verdict, so it says nothing either way.")
+        said = _ANALOGUE.get(
+            str(status), "here it gives no verdict, so it says nothing either way."
+        )
         return (
             "A small analogue of the paper's experiment: fully connected nets on the 8x8 digits, "
             f"not the paper's CIFAR-10 conv nets; {said}"
@@ -187,10 +189,9 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "degradation")
     runs, incomplete = _scan(study_dir)
-    summary = {"study": "degradation", "data": None, "family": None}
-    summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
+    summary = summary_head("degradation", study, ("runs",), data=None, family=None)
     if summary["data"] is None and runs:
-        summary["data"] = rf.read_summary(study_dir / runs[0]["run_dir"]).get("data")
+        summary["data"] = (rf.read_summary(study_dir / runs[0]["run_dir"]) or {}).get("data")
     fit = summary.get("fit_gate") or None  # 0: no fit gate
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs, fit=fit).to_json())
     summary["setting"] = setting(summary)
@@ -300,12 +301,8 @@ def _what_was_run(summary: dict) -> str:
 
 def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Path:
     v = summary["verdict"]
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Degradation: plain vs residual networks",
-        f"{study_dir.name} · {summary.get('data')} · He et al. 2015, Figures 1 and 6",
-    )
-    page.verdict(label, v["text"], tone, _notes(v))
+    title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
+    page = verdict_page(study_dir, summary, title, source, _LABELS, _notes(v))
     page.paragraph(summary["setting"])
     page.heading("Training curves").figure(
         curves,

@@ -62,6 +62,8 @@ History: what was declared, and what changed after numbers were seen.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from reslab.report.html import fmt_pct, join_values
@@ -314,7 +316,7 @@ def verdict(runs: list[dict], floor: float = FLOOR, fit: float | None = None) ->
     for arm in ARMS:
         gs = [g for g in groups if g["arch"] == arm and g["n"] > 0]
         comps[arm] = _compare(gs, floor) if len(gs) >= 2 else None
-    v = {
+    v: dict[str, Any] = {
         "plain": comps["plain"],
         "residual": comps["residual"],
         "deepest": _deepest(groups, floor),

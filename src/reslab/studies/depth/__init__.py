@@ -32,12 +32,12 @@ its gradient norm says whether a run that diverged at once overflowed at init.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reslab.studies import base
-from reslab.studies.base import FAMILIES
+from reslab.studies.base import FAMILIES, option
 from reslab.studies.depth.arms import ARMS, CLIP, METHODS, arm_order, is_arm, split_arm
 from reslab.training import runs
 from reslab.training.config import TrainConfig
@@ -77,42 +77,28 @@ _LONGEST_FIRST = ("fixup", "residual", "zeroinit", "rezero", "skipinit", "plain"
 class DepthConfig(base.StudyConfig):
     """What to train: a grid of arms x depths x seeds, all with one recipe and one budget."""
 
-    family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
-    arms: tuple[str, ...] = field(
-        default=DEFAULT_ARMS,
-        metadata={"help": f"arms to train: {', '.join(ARMS)}, each also as <arm>{CLIP}"},
+    family: str = option("mlp", f"model family: {', '.join(FAMILIES)}")
+    arms: tuple[str, ...] = option(
+        DEFAULT_ARMS, f"arms to train: {', '.join(ARMS)}, each also as <arm>{CLIP}"
     )
-    depths: tuple[int, ...] = field(
-        default=(10, 100, 1000), metadata={"help": "depths (weight layers)"}
-    )
-    seeds: tuple[int, ...] = field(
-        default=(0, 1, 2), metadata={"help": "seeds; each cell is trained once per seed"}
-    )
-    iters: int = field(default=0, metadata={"help": "iterations per run (0: the preset's)"})
-    width: int = field(default=0, metadata={"help": "MLP width (0: the preset's)"})
-    clip: float = field(
-        default=1.0, metadata={"help": f"global gradient-norm clip of the {CLIP} arms"}
-    )
-    model_args: dict = field(
-        default_factory=dict,
-        metadata={"help": "model overrides for every arm, KEY=VALUE", "cli": "model_arg"},
-    )
-    jobs: int = field(
-        default=0, metadata={"help": "runs trained at once (0: one per core for MLPs on a CPU)"}
-    )
-    out: str = field(default="runs/depth", metadata={"help": "root of study folders"})
+    depths: tuple[int, ...] = option((10, 100, 1000), "depths (weight layers)")
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds; each cell is trained once per seed")
+    iters: int = option(0, "iterations per run (0: the preset's)")
+    width: int = option(0, "MLP width (0: the preset's)")
+    clip: float = option(1.0, f"global gradient-norm clip of the {CLIP} arms")
+    model_args: dict = option({}, "model overrides for every arm, KEY=VALUE", cli="model_arg")
+    jobs: int = option(0, "runs trained at once (0: one per core for MLPs on a CPU)")
+    out: str = option("runs/depth", "root of study folders")
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        base.check_family(self.family)
         bad = [a for a in self.arms if not is_arm(a)]
         if bad or not self.arms:
             raise ValueError(
                 f"arms must be among {', '.join(ARMS)} (each also as <arm>{CLIP}), "
                 f"got {list(self.arms)}"
             )
-        if not self.depths or not self.seeds:
-            raise ValueError("give at least one depth and one seed")
+        base.check_grid(self)
         if self.width and self.family != "mlp":
             raise ValueError(
                 f"width is an option of the mlp family, not of {self.family!r}; pass --width 0"

@@ -1,7 +1,7 @@
 """The depth study's arms by name, shared by the study, its report and its figures: the order they
 are shown in, which are methods and which controls, what each is in words, and the "+clip" suffix
 of an arm trained with gradient clipping. What each arm builds is the study's (`ARM_MODELS` in
-`reslab.studies.depth`); why each is there is in `reslab.studies.depth.report`."""
+`reslab.studies.depth`); why each is there is in its docstring."""
 
 from __future__ import annotations
 

@@ -8,19 +8,9 @@ Works from the study folder alone (it imports nothing from the study): `study.js
 beside study.json: summary.json, depth.png (final loss, final error and first-step gradient norm
 against depth), curves.png (training loss of the deepest nets) and report.html.
 
-Arms (each differs from its comparison in one thing):
-    plain     the plain net, batch norm, He init (the residual net with its shortcuts removed)
-    residual  its residual twin, batch norm, He init: the like-for-like pair with plain
-    zeroinit  the batch-norm residual net with each branch's last BN weight at zero (Goyal et al.
-              2017), an init a plain net cannot have (it would output zeros): shown, never judged.
-              A `residual` run of an older folder whose branches were zero-initialised counts here.
-    nonorm    the residual net without normalisation at He init, no branch scaling: the negative
-              control, a norm-free residual net less the method
-    rezero, skipinit, fixup   the methods: norm-free, each with its own branch scaling and init
-                              (fixup's scalars at lr/10 where its runs' lr_scales say so, named
-                              in the arm's label)
-An arm name ending in "+clip" is that arm with the global gradient norm clipped (the run's
-grad_clip, from its config); the study's recipe clips nothing by default, as neither paper does.
+The arms, and what each differs from its comparison in, are in the package's docstring
+(`reslab.studies.depth`). A `residual` run of an older folder whose branches were zero-initialised
+counts as `zeroinit`.
 
 Numbers, per run:
     start  = the first logged training loss: with the study's log_every=1, the cross-entropy of the
@@ -36,10 +26,11 @@ When a run learned, and the verdict, are in `rule.py`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from reslab.report.html import Page, fmt_count, fmt_pct
+from reslab.report.html import fmt_count, fmt_pct
 from reslab.studies.depth import first_step_path, plots
 from reslab.studies.depth.arms import (
     CLIP,
@@ -49,6 +40,7 @@ from reslab.studies.depth.arms import (
     split_arm,
 )
 from reslab.studies.depth.rule import _fmt_loss, _mean, learned, verdict
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
@@ -157,8 +149,7 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "depth")
     runs, incomplete = collect_runs(study_dir)
-    summary = {"study": "depth", "data": None, "family": None}
-    summary.update({k: v for k, v in study.items() if k not in ("study", "runs", "verdict")})
+    summary = summary_head("depth", study, ("runs",), data=None, family=None)
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs).to_json())
     return rf.write_study_summary(study_dir, summary)
 
@@ -214,7 +205,7 @@ def _first_grad(g: dict) -> str:
     return "—" if g["first_grad_norm"] is None else f"{g['first_grad_norm']:.3g}"
 
 
-def _row(g: dict, runs: list[dict]) -> dict[str, object]:
+def _row(g: dict, runs: list[dict]) -> dict[str, Any]:
     """One (arm, depth) group as table cells, keyed by column name."""
     return {
         "arm": g["arm"],
@@ -265,13 +256,10 @@ def _start_note(runs: list[dict]) -> str:
 
 def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Path) -> Path:
     v = summary["verdict"]
-    name, tone = _STATUS[v["status"]]
-    page = Page(
-        "Extreme depth without normalisation",
-        f"{study_dir.name} · {summary.get('data')} · norm-free residual nets (ReZero, SkipInit, "
-        "Fixup) against the same net without the method, plain and batch-norm nets",
-    )
-    page.verdict(name, v["text"], tone, [v["rule"]])
+    source = "norm-free residual nets (ReZero, SkipInit, Fixup) against the same net without the "
+    source += "method, plain and batch-norm nets"
+    title = "Extreme depth without normalisation"
+    page = verdict_page(study_dir, summary, title, source, _STATUS, [v["rule"]])
     page.heading("Arms").bullets(_arm_lines(v["groups"]))
     page.heading("Loss, error and first gradient against depth").figure(
         depth_png,

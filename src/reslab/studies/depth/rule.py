@@ -135,6 +135,7 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
             f"control (nonorm) and the plain net at the deepest depth ({deep or 'none'})."
         )
         return Verdict("insufficient", {**out, "checks": {}}, thresholds, rule, text)
+    assert deep is not None and shallow is not None  # some arm ran at the deepest depth
 
     def ok(arm: str, depth: int) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None

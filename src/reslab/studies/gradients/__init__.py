@@ -38,11 +38,11 @@ summary.json (verdicts from the numbers), figures and report.html.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reslab.studies import base
-from reslab.studies.base import ARCHS, FAMILIES
+from reslab.studies.base import ARCHS, FAMILIES, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -55,56 +55,33 @@ MEASUREMENTS = (
 class GradientsConfig(base.StudyConfig):
     """Which twins to measure, on what data, and how long to train them between the two measurements."""
 
-    family: str = field(default="mlp", metadata={"help": f"model family: {', '.join(FAMILIES)}"})
-    depths: tuple[int, ...] = field(
-        default=(8, 32, 128), metadata={"help": "depths (weight layers)"}
+    family: str = option("mlp", f"model family: {', '.join(FAMILIES)}")
+    depths: tuple[int, ...] = option((8, 32, 128), "depths (weight layers)")
+    archs: tuple[str, ...] = option(ARCHS, "plain and/or residual")
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2), "seeds (initial weights, data order, measured inputs): one net each"
     )
-    archs: tuple[str, ...] = field(default=ARCHS, metadata={"help": "plain and/or residual"})
-    seeds: tuple[int, ...] = field(
-        default=(0, 1, 2),
-        metadata={"help": "seeds (initial weights, data order, measured inputs): one net each"},
+    iters: int = option(100, "SGD steps between the two measurements (0: init only)")
+    width: int = option(0, "MLP width (0: the model's default; ignored by conv nets)")
+    model_args: dict = option({}, "model overrides for both archs, KEY=VALUE", cli="model_arg")
+    residual_args: dict = option(
+        {},
+        "model overrides for the residual nets only (the report labels that arm with them)",
+        cli="residual_arg",
     )
-    iters: int = field(
-        default=100, metadata={"help": "SGD steps between the two measurements (0: init only)"}
-    )
-    width: int = field(
-        default=0, metadata={"help": "MLP width (0: the model's default; ignored by conv nets)"}
-    )
-    model_args: dict = field(
-        default_factory=dict,
-        metadata={"help": "model overrides for both archs, KEY=VALUE", "cli": "model_arg"},
-    )
-    residual_args: dict = field(
-        default_factory=dict,
-        metadata={
-            "help": "model overrides for the residual nets only (the report labels that arm with them)",
-            "cli": "residual_arg",
-        },
-    )
-    batches: int = field(
-        default=4, metadata={"help": "training batches the gradient norms average"}
-    )
-    lines: int = field(default=8, metadata={"help": "lines between test images (shattering)"})
-    points: int = field(default=256, metadata={"help": "inputs on each line"})
-    max_lag: int = field(default=32, metadata={"help": "largest lag of the autocorrelation"})
-    jobs: int = field(
-        default=0, metadata={"help": "runs trained at once (0: one per core for MLPs)"}
-    )
-    out: str = field(default="runs/gradients", metadata={"help": "root of study folders"})
+    batches: int = option(4, "training batches the gradient norms average")
+    lines: int = option(8, "lines between test images (shattering)")
+    points: int = option(256, "inputs on each line")
+    max_lag: int = option(32, "largest lag of the autocorrelation")
+    jobs: int = option(0, "runs trained at once (0: one per core for MLPs)")
+    out: str = option("runs/gradients", "root of study folders")
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
-        if not self.archs or any(a not in ARCHS for a in self.archs):
-            raise ValueError(f"archs must be plain and/or residual, got {list(self.archs)}")
-        if not self.depths or not self.seeds:
-            raise ValueError("give at least one depth and one seed")
-        for name in ("iters", "width"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batches", "lines", "max_lag"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        base.check_family(self.family)
+        base.check_among("archs", self.archs, ARCHS)
+        base.check_grid(self)
+        base.check_at_least(self, 0, "iters", "width")
+        base.check_at_least(self, 1, "batches", "lines", "max_lag")
         if self.points < self.max_lag + 2:
             raise ValueError(f"points must be >= max_lag + 2, got {self.points} and {self.max_lag}")
         base.check_models(

@@ -31,6 +31,7 @@ after training, o = log10 ratio.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from reslab.studies.gradients.plots import PHASES
 from reslab.studies.gradients.rule import _range, _ratio_text, _seed, geomean
@@ -102,7 +103,9 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
     `entries`: one per net and seed; `errors`: `train_errors`."""
     out = {"he_2015": HE_2015, "note": NOTE, "rule": _CLAIMS_RULE.format(margin=margin)}
     out["train_errors"] = errors
-    plain = {}  # depth -> [(seed, entry, training error)] of the plain nets trained to completion
+    plain: dict[
+        int, list
+    ] = {}  # depth -> [(seed, entry, training error)] of the plain nets trained to completion
     for e in sorted(
         (e for e in entries if e["arch"] == "plain"), key=lambda e: (e["depth"], _seed(e))
     ):
@@ -130,7 +133,7 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
         "deep_errors": {s: err for s, _, err in plain[hi]},
         "shown": c["higher"],
     }
-    prof = {"depth": hi}
+    prof: dict[str, Any] = {"depth": hi}
     for p in PHASES:
         seeds = {s: (e[p] or {}).get("weight_ratio") for s, e, _ in plain[hi]}
         seeds = {s: r for s, r in seeds.items() if r is not None}
@@ -142,12 +145,12 @@ def claims(entries: list[dict], errors: dict[str, float | None], margin: float =
             "profiles": found,
             "profile": calls.pop() if len(calls) == 1 else "mixed",
         }  # fmt: skip
-    found = [prof[p]["profile"] for p in PHASES if prof[p]]
+    calls_found = [prof[p]["profile"] for p in PHASES if prof[p]]
     if not degradation["shown"]:
         status = "no_degradation"
-    elif "vanishing" in found:
+    elif "vanishing" in calls_found:
         status = "supports_note"
-    elif found and all(f == "healthy" for f in found):
+    elif calls_found and all(f == "healthy" for f in calls_found):
         status = "supports_he"
     else:
         status = "neither"

@@ -27,11 +27,13 @@ import hashlib
 import itertools
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.models.registry import Model
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.training import runs
 from reslab.training.config import TrainConfig
@@ -39,13 +41,18 @@ from reslab.training.config import TrainConfig
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 
-def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+def gradient_norms(model: Model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
     """||dL/dW|| per main-path weight layer (forward order) and ||dL/da|| per block input a, with L the
     mean cross-entropy of a batch, in train mode; each averaged over `batches`. The model is not changed
     (a copy runs, so batch-norm statistics stay as they were)."""
     model = copy.deepcopy(model).train()
     layers = {
         m: n
+        for n, m in model.named_modules()
+        if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
+    }
+    weight_of = {
+        n: m.weight
         for n, m in model.named_modules()
         if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
     }
@@ -56,14 +63,16 @@ def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
         b.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
         for b in model.residual_blocks()
     ]
-    weight_sum, input_sum, loss_sum, names = None, None, 0.0, []
+    weight_sum: torch.Tensor | None = None
+    input_sum: torch.Tensor | None = None
+    loss_sum, names = 0.0, list[str]()
     try:
         for x, y in batches:
             order.clear()
             inputs.clear()
             loss = F.cross_entropy(model(x), y)
             names = list(dict.fromkeys(order))  # a layer run twice is measured once
-            weights = [model.get_submodule(n).weight for n in names]
+            weights = [weight_of[n] for n in names]
             grads = torch.autograd.grad(loss, weights + inputs)
             norms = torch.stack([g.norm() for g in grads]).double()
             w, a = norms[: len(weights)], norms[len(weights) :]
@@ -74,6 +83,7 @@ def gradient_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Ten
         for h in hooks:
             h.remove()
     n = len(batches)
+    assert weight_sum is not None and input_sum is not None  # `batches` is not empty
     return {
         "loss": loss_sum / n,
         "weight_names": names,
@@ -110,12 +120,12 @@ def line_gradients(
         raise ValueError("line_gradients needs the model in eval mode (model.eval())")
     direction = x_b - x_a  # (C, H, W)
     t = torch.linspace(0, 1, points, device=x_a.device)
-    grads = []
+    chunks = []
     for ts in t.split(chunk):
         xs = (x_a + ts.view(-1, *[1] * x_a.dim()) * direction).requires_grad_()  # (T, C, H, W)
         (g,) = torch.autograd.grad(model(xs)[:, unit].sum(), xs)
-        grads.append(g.flatten(1))
-    grads = torch.cat(grads)  # (points, D)
+        chunks.append(g.flatten(1))
+    grads = torch.cat(chunks)  # (points, D)
     return grads @ direction.flatten(), grads
 
 
@@ -136,7 +146,9 @@ def neighbour_correlation(grads: torch.Tensor) -> float:
 
 def shattering(model: nn.Module, lines: list[tuple], points: int, max_lag: int) -> dict:
     """acf of the gradient along each line, and the neighbour correlation (see the module docstring)."""
-    acfs, corrs, example = [], [], []
+    acfs: list[torch.Tensor] = []
+    corrs: list[float] = []
+    example: list[float] = []
     for x_a, x_b, unit in lines:
         g, grads = line_gradients(model, x_a, x_b, unit, points)
         acfs.append(autocorrelation(g, max_lag))
@@ -167,7 +179,7 @@ def init_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def measure(model: nn.Module, batches: list, lines: list, points: int, max_lag: int) -> dict:
+def measure(model: Model, batches: list, lines: list, points: int, max_lag: int) -> dict:
     """Gradient norms (train mode) and shattering (eval mode, norms calibrated on `batches`) of a copy."""
     model = copy.deepcopy(model)
     out = gradient_norms(model, batches)
@@ -192,7 +204,7 @@ def net(
 
     device = batches[0][0].device
     torch.manual_seed(c.seed)
-    model = build_model(c, data).to(device)
+    model = cast("Model", build_model(c, data)).to(device)
     digest = init_digest(model)
     phases = {"init": measure(model, batches, lines, points, max_lag)}
     if weights is not None:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from reslab.report.html import Page, fmt_count, fmt_mean_std, join_values
+from reslab.report.html import fmt_count, fmt_mean_std, join_values
 from reslab.studies.base import PER_RUN
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import HE_2015, NOTE, _error, claims, profile
 from reslab.studies.gradients.plots import ARCHS, plot_lines, plot_norms, plot_shattering
 from reslab.studies.gradients.rule import _seed, combine, geomean, nets, verdict
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
 
@@ -149,8 +150,8 @@ def write_summary(study_dir: str | Path) -> dict:
     records = collect(study_dir)
     study = runs.read_study(study_dir, "gradients")
     entries = nets(records)
-    summary = {k: v for k, v in study.items() if k not in ("nets", "seed_nets", "verdict")}
-    summary.update(study="gradients", nets=combine(entries), seed_nets=entries)
+    summary = summary_head("gradients", study, ("nets", "seed_nets"))
+    summary.update(nets=combine(entries), seed_nets=entries)
     like = like_for_like(study_dir, records, study)
     diverged = [
         runs.diverged_note(study_dir / e["run_dir"])
@@ -268,13 +269,9 @@ def build_report(study_dir: str | Path) -> Path:
         "lines": plot_lines(records, study_dir / "lines.png"),
     }
     v = summary["verdict"]
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Gradients: plain vs residual networks",
-        f"{study_dir.name} · {summary.get('data')} · gradient norms per layer and shattered "
-        "gradients (Balduzzi et al. 2017, Figs. 1-2)",
-    )
-    page.verdict(label, v["text"], tone, [v.get("rule", "")])
+    title = "Gradients: plain vs residual networks"
+    source = "gradient norms per layer and shattered gradients (Balduzzi et al. 2017, Figs. 1-2)"
+    page = verdict_page(study_dir, summary, title, source, _LABELS, [v.get("rule", "")])
     c = summary["claims"]
     label, tone = _CLAIM_LABELS[c["status"]]
     page.heading("Vanishing gradients and degradation: two claims").verdict(

@@ -154,6 +154,7 @@ def _drift(entries: list[dict]) -> dict | None:
     diffs = [_orders(p["init"]["weight_ratio"]) - _orders(r["init"]["weight_ratio"])
              for p, r in pairs.values()]  # fmt: skip
     p, r = geomean(ratios["plain_init"]), geomean(ratios["residual_init"])
+    assert p is not None and r is not None  # every pair measured both nets at init
     plain, res = next(iter(pairs.values()))
     trained = {a: ratios[f"{a}_trained"] for a in ARCHS}
     return {

@@ -36,10 +36,11 @@ turns them into summary.json (verdict from the numbers), figures and report.html
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reslab.studies import base
+from reslab.studies.base import option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -65,56 +66,38 @@ class IdentityConfig(base.StudyConfig):
     """Two checks of construction (zeroed branches, appended zero-init blocks) and one measurement
     (plain and residual stacks learning the identity)."""
 
-    family: str = field(
-        default="mlp", metadata={"help": f"model family: {', '.join(FAMILY_SHAPE)}"}
+    family: str = option("mlp", f"model family: {', '.join(FAMILY_SHAPE)}")
+    seed: int = option(0, "seed of weights, data and batches")
+    width: int = option(0, "MLP width (0: the model's default; ignored by conv nets)")
+    check_depth: int = option(16, "depth of the nets zeroed in check 1")
+    methods: tuple[str, ...] = option(tuple(METHODS), f"branch zeroing: {', '.join(METHODS)}")
+    fit_depths: tuple[int, ...] = option((4, 16, 64), "check 2: weight layers per stack (even)")
+    fit_width: int = option(64, "check 2: width of the stacks")
+    fit_samples: int = option(1024, "check 2: random training vectors")
+    fit_steps: int = option(1000, "check 2: Adam steps")
+    fit_batch: int = option(128, "check 2: batch size")
+    fit_lr: float = option(0.01, "check 2: peak learning rate (cosine)")
+    fit_weight_decay: float = option(
+        0.0,
+        "check 2: > 0 adds plain and residual arms with this decoupled (AdamW) weight "
+        "decay, shown apart: it pulls a residual block toward the identity, a plain one to zero",
     )
-    seed: int = field(default=0, metadata={"help": "seed of weights, data and batches"})
-    width: int = field(
-        default=0, metadata={"help": "MLP width (0: the model's default; ignored by conv nets)"}
+    base_depth: int = option(4, "check 3: depth of the trained net")
+    base_iters: int = option(300, "check 3: its training iterations")
+    append: tuple[int, ...] = option(
+        (1, 4, 16), "check 3: blocks appended (per stage for conv nets)"
     )
-    check_depth: int = field(default=16, metadata={"help": "depth of the nets zeroed in check 1"})
-    methods: tuple[str, ...] = field(
-        default=tuple(METHODS), metadata={"help": f"branch zeroing: {', '.join(METHODS)}"}
-    )
-    fit_depths: tuple[int, ...] = field(
-        default=(4, 16, 64), metadata={"help": "check 2: weight layers per stack (even)"}
-    )
-    fit_width: int = field(default=64, metadata={"help": "check 2: width of the stacks"})
-    fit_samples: int = field(default=1024, metadata={"help": "check 2: random training vectors"})
-    fit_steps: int = field(default=1000, metadata={"help": "check 2: Adam steps"})
-    fit_batch: int = field(default=128, metadata={"help": "check 2: batch size"})
-    fit_lr: float = field(default=0.01, metadata={"help": "check 2: peak learning rate (cosine)"})
-    fit_weight_decay: float = field(
-        default=0.0,
-        metadata={
-            "help": "check 2: > 0 adds plain and residual arms with this decoupled (AdamW) weight "
-            "decay, shown apart: it pulls a residual block toward the identity, a plain one to zero"
-        },
-    )
-    base_depth: int = field(default=4, metadata={"help": "check 3: depth of the trained net"})
-    base_iters: int = field(default=300, metadata={"help": "check 3: its training iterations"})
-    append: tuple[int, ...] = field(
-        default=(1, 4, 16), metadata={"help": "check 3: blocks appended (per stage for conv nets)"}
-    )
-    out: str = field(default="runs/identity", metadata={"help": "root of study folders"})
+    out: str = option("runs/identity", "root of study folders")
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILY_SHAPE:
-            raise ValueError(
-                f"family must be one of {', '.join(FAMILY_SHAPE)}, got {self.family!r}"
-            )
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(
-                f"methods must be among {', '.join(METHODS)}, got {list(self.methods)}"
-            )
+        base.check_family(self.family, FAMILY_SHAPE)
+        base.check_among("methods", self.methods, METHODS)
         if not self.fit_depths or any(d < 2 or d % 2 for d in self.fit_depths):
             raise ValueError(f"fit_depths must be even and >= 2, got {list(self.fit_depths)}")
         if not self.append or any(k < 1 for k in self.append):
             raise ValueError(f"append must be block counts >= 1, got {list(self.append)}")
-        for name in ("fit_width", "fit_samples", "fit_steps", "fit_batch", "base_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        base.check_at_least(self, 1, "fit_width", "fit_samples", "fit_steps", "fit_batch")
+        base.check_at_least(self, 1, "base_iters")
         if not self.fit_weight_decay >= 0:
             raise ValueError(f"fit_weight_decay must be >= 0, got {self.fit_weight_decay}")
         if self.fit_batch > self.fit_samples:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.models.registry import Model
 from reslab.models.scaled import ScaledBlock
 from reslab.studies.identity import FAMILY_SHAPE, METHODS, PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.training import runs
@@ -35,7 +36,7 @@ VARIANTS = {  # appended blocks -> (arch, overrides)
 
 
 @torch.no_grad()
-def zero_branches(model: nn.Module, method: str) -> nn.Module:
+def zero_branches(model: Model, method: str) -> Model:
     """Zero the residual branch of every block of `model` in place (see the module docstring for the
     methods) and return the model."""
     if method not in METHODS:
@@ -43,10 +44,11 @@ def zero_branches(model: nn.Module, method: str) -> nn.Module:
     for block in model.residual_blocks():
         if method == "norm":
             norm = block.branch_norms()[-1]
-            if getattr(norm, "weight", None) is None:
+            weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+            if weight is None or bias is None:
                 raise ValueError("method 'norm' needs affine norms in the branch; use 'weights'")
-            norm.weight.zero_()
-            norm.bias.zero_()
+            weight.zero_()
+            bias.zero_()
         elif method == "weights":
             if not isinstance(block.branch_norms()[-1], nn.Identity):
                 raise ValueError("method 'weights' is exact only in nets built with norm='none'")
@@ -64,7 +66,7 @@ def zero_branches(model: nn.Module, method: str) -> nn.Module:
 
 
 @torch.no_grad()
-def _block_io(model: nn.Module, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+def _block_io(model: Model, x: torch.Tensor) -> tuple[list, torch.Tensor]:
     """[(block, input, output)] for every block, and the logits, of one forward pass."""
     seen = []
     hooks = [
@@ -86,7 +88,7 @@ def _is_identity(block: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def structural_check(model: nn.Module, x: torch.Tensor) -> dict:
+def structural_check(model: Model, x: torch.Tensor) -> dict:
     """Run `x` through `model` (branches already zeroed) and its plain twin, in eval and train mode,
     and count exact equalities (see the module docstring). The blocks whose shortcut is not the
     identity (option A, `both_preact`; projections are left out) must give the block's own
@@ -180,7 +182,8 @@ def fit_identity(
     gen = torch.Generator().manual_seed(cfg.seed)
     scale = x.pow(2).mean()
     every = max(1, cfg.fit_steps // 50)
-    curve, recent = [], []
+    curve: list[list[float]] = []
+    recent: list[float] = []
     for step in range(cfg.fit_steps):
         xb = x[torch.randint(0, len(x), (cfg.fit_batch,), generator=gen).to(x.device)]
         loss = F.mse_loss(stack(xb), xb) / scale
@@ -228,7 +231,7 @@ def fit(cfg, device: torch.device) -> dict:
 # ---------------------------------------------------------------------------------------------- check 3
 
 
-def fresh_blocks(cfg, arch: str, k: int, like: nn.Module, **kw) -> list[nn.Module]:
+def fresh_blocks(cfg, arch: str, k: int, like: Model, **kw) -> list[nn.Module]:
     """k new blocks shaped like the last stage of `like`: the last k blocks of a new net of the
     family with k + 1 blocks per stage (so none of them changes shape)."""
     stages = FAMILY_SHAPE[cfg.family][0]
@@ -254,7 +257,7 @@ def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> d
     from reslab.training.loop import build_model, load_data
 
     train_data, test_data, _ = load_data(base_cfg)
-    base = build_model(base_cfg, train_data)
+    base = cast("Model", build_model(base_cfg, train_data))
     load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
     base = base.to(device)
     test = Loader(

@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_pct, join_values
+from reslab.report.html import fmt_pct, join_values
 from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
 from reslab.studies.identity.rule import CALLS, _fmt, verdict
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import finite_tree
 from reslab.training import runs
 
@@ -52,11 +53,11 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     results = collect(study_dir)
     study = runs.read_study(study_dir, "identity")
-    summary = {k: v for k, v in study.items() if k != "verdict"}
+    summary = summary_head("identity", study)
     diverged = [
         runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) in runs.UNTRAINED
     ]
-    summary.update(study="identity", verdict=verdict(results, diverged).to_json())
+    summary["verdict"] = verdict(results, diverged).to_json()
     summary["append_results"] = results.get("append", {}).get("results", [])
     summary["fit_results"] = [
         {k: v for k, v in r.items() if k != "curve"}
@@ -93,7 +94,7 @@ def _fit_rows(summary: dict) -> list[list[str]]:
             str(r["blocks"]),
             _fmt(r["train_loss"]),
             _fmt(r["final_loss"]),
-            "not judged" if r.get("weight_decay") else CALLS.get(calls.get(r["depth"]), "—"),
+            "not judged" if r.get("weight_decay") else CALLS.get(calls.get(r["depth"], ""), "—"),
         ]
         for r in order
     ]
@@ -141,13 +142,10 @@ def build_report(study_dir: str | Path) -> Path:
     summary = write_summary(study_dir)
     results = collect(study_dir)
     v = summary["verdict"]
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Identity: does a residual block learn the identity more easily than a plain one?",
-        f"{study_dir.name} · {summary.get('data')} · He et al. 2015, §3.1",
-    )
     construction = v["construction"]
-    page.verdict(label, v["text"], tone, [v["rule"], construction["text"]])
+    title = "Identity: does a residual block learn the identity more easily than a plain one?"
+    notes = [v["rule"], construction["text"]]
+    page = verdict_page(study_dir, summary, title, "He et al. 2015, §3.1", _LABELS, notes)
     if "fit" in results:
         f = results["fit"]
         decay = (

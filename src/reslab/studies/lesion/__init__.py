@@ -16,12 +16,12 @@ summary.json, single.png, multi.png and report.html.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reslab.studies import base
-from reslab.studies.base import ARCHS
+from reslab.studies.base import ARCHS, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -32,42 +32,30 @@ LESIONS = "lesions.json"  # what the study measured: {"nets": [...], "diverged":
 class LesionConfig(base.StudyConfig):
     """Which trained nets to lesion (or which pair to train first) and how many deletions to try."""
 
-    runs: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "trained run folders to lesion (config.json + model.safetensors); "
-            "none: train the plain/residual pair below first",
-            "cli": "from",
-        },
+    runs: tuple[str, ...] = option(
+        (),
+        "trained run folders to lesion (config.json + model.safetensors); "
+        "none: train the plain/residual pair below first",
+        cli="from",
     )
-    residual: str = field(default="resmlp-34", metadata={"help": "residual net trained here"})
-    plain: str = field(default="plainmlp-34", metadata={"help": "plain net trained here"})
-    width: int = field(default=64, metadata={"help": "MLP width (0: the model's default)"})
-    seeds: tuple[int, ...] = field(
-        default=(0, 1, 2), metadata={"help": "one trained pair per seed"}
-    )
-    iters: int = field(default=0, metadata={"help": "training iterations (0: the recipe's)"})
-    samples: int = field(default=20, metadata={"help": "random sets of k blocks deleted, per k"})
-    ks: tuple[int, ...] = field(
-        default=(), metadata={"help": "numbers of blocks deleted together (none: 1 to all)"}
-    )
-    test_subset: int = field(
-        default=0, metadata={"help": "evaluate on the first N test images (0: all)"}
-    )
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto (evaluation)"})
-    num_threads: int = field(
-        default=0, metadata={"help": "CPU threads per process (0: PyTorch's default)"}
-    )
-    jobs: int = field(default=0, metadata={"help": "runs trained at once (0: auto)"})
-    out: str = field(default="runs/lesion", metadata={"help": "root of study folders"})
+    residual: str = option("resmlp-34", "residual net trained here")
+    plain: str = option("plainmlp-34", "plain net trained here")
+    width: int = option(64, "MLP width (0: the model's default)")
+    seeds: tuple[int, ...] = option((0, 1, 2), "one trained pair per seed")
+    iters: int = option(0, "training iterations (0: the recipe's)")
+    samples: int = option(20, "random sets of k blocks deleted, per k")
+    ks: tuple[int, ...] = option((), "numbers of blocks deleted together (none: 1 to all)")
+    test_subset: int = option(0, "evaluate on the first N test images (0: all)")
+    device: str = option("auto", "cpu, cuda or auto (evaluation)")
+    num_threads: int = option(0, "CPU threads per process (0: PyTorch's default)")
+    jobs: int = option(0, "runs trained at once (0: auto)")
+    out: str = option("runs/lesion", "root of study folders")
 
     def __post_init__(self) -> None:
-        if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
+        base.check_at_least(self, 1, "samples")
         if any(k < 1 for k in self.ks):
             raise ValueError(f"ks must be numbers of blocks >= 1, got {list(self.ks)}")
-        if self.test_subset < 0:
-            raise ValueError(f"test_subset must be >= 0, got {self.test_subset}")
+        base.check_at_least(self, 0, "test_subset")
         if not self.runs:
             if not self.seeds:
                 raise ValueError("give at least one seed, or trained run folders with --from")

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from reslab.models import create_model, is_residual
+from reslab.models.blocks import ResidualBlock
+from reslab.models.registry import Model
 from reslab.studies.lesion import LESIONS
 from reslab.training import runs
 
@@ -32,7 +34,7 @@ from reslab.training import runs
 class Lesioned(nn.Module):
     """A deleted block: its shortcut path (residual) or the identity (plain), `block.shortcut_path`."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, block: ResidualBlock) -> None:
         super().__init__()
         self.block = block
 
@@ -41,7 +43,7 @@ class Lesioned(nn.Module):
 
 
 @contextlib.contextmanager
-def lesioned(model: nn.Module, blocks: Sequence[int]) -> Iterator[nn.Module]:
+def lesioned(model: Model, blocks: Sequence[int]) -> Iterator[Model]:
     """`model` with the blocks at these indices of `model.residual_blocks()` deleted, restored on exit."""
     all_blocks = model.residual_blocks()
     names = {id(m): n for n, m in model.named_modules()}
@@ -60,7 +62,7 @@ def lesioned(model: nn.Module, blocks: Sequence[int]) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def block_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
+def block_shapes(model: Model, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
     """(input shape, output shape) of every block for the batch `x`, without the batch dimension."""
     shapes: list[tuple[tuple, tuple]] = []
     hooks = [
@@ -106,6 +108,8 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     from reslab.training.trained import load_run as load_trained
 
     model, cfg = load_trained(run_dir)
+    if cfg is None:
+        raise ValueError(f"{run_dir} has no {runs.CONFIG}: cannot tell its data")
     train_data, test_data, _ = load_data(cfg)
     d = distributed.setup(device)
     return model.to(d.device).eval(), train_data, test_data, cfg, d
@@ -115,7 +119,7 @@ def diverged(run_dir: str | Path) -> dict:
     """What a net that diverged in training leaves to report: where it stopped and its last finite
     loss (None where the run folder predates that record); it has no finite weights to lesion."""
     summary, config = runs.read_summary(run_dir) or {}, runs.read_config(run_dir)
-    model = summary.get("model") or config.get("model")
+    model = str(summary.get("model") or config.get("model"))
     with torch.device("meta"):  # plain or residual as built, model_kwargs included
         net = create_model(model, **config.get("model_kwargs", {}))
     return {

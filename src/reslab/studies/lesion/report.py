@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from reslab.report import figures
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import fmt_mean_std, fmt_pct
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
 from reslab.studies.lesion.rule import (
@@ -28,6 +28,7 @@ from reslab.studies.lesion.rule import (
     smoothness_verdict,
     verdict,
 )
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.stats import mean_std
 from reslab.training import runs
 
@@ -59,8 +60,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Judge lesions.json and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
     study, nets, diverged = _read(study_dir)
-    summary = {"study": "lesion"}
-    summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
+    summary = summary_head("lesion", study)
     summary["nets"] = [
         {k: n[k] for k in ("run_dir", "model", "arch", "seed", "data", "blocks", "intact_error")}
         | {"trained_test_error": n.get("trained_test_error"), "test_images": n["test_images"]}
@@ -99,15 +99,23 @@ def plot_single(nets: list[dict], path: str | Path) -> Path:
                 shaded |= {s["block"] + 1 for s in n["single"] if s["changes_shape"]}
         for b in sorted(shaded):
             ax.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
-        if nets:
-            _chance(ax, nets)
-        ax.set_xlabel("deleted block")
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(bottom=0)
-        if nets:
-            ax.legend(loc="center right")
-        ax.set_title("deleting one block at test time")
-        return figures.save(fig, path)
+        title = "deleting one block at test time"
+        return _finish(fig, ax, nets, "deleted block", "center right", title, path)
+
+
+def _finish(
+    fig, ax, nets: list[dict], xlabel: str, legend: str, title: str, path: str | Path
+) -> Path:
+    """The axes both lesion figures share: chance level, labels, legend, title; saved to `path`."""
+    if nets:
+        _chance(ax, nets)
+    ax.set_xlabel(xlabel)
+    figures.percent_axis(ax, "test error")
+    ax.set_ylim(bottom=0)
+    if nets:
+        ax.legend(loc=legend)
+    ax.set_title(title)
+    return figures.save(fig, path)
 
 
 def plot_multi(nets: list[dict], path: str | Path) -> Path:
@@ -131,15 +139,8 @@ def plot_multi(nets: list[dict], path: str | Path) -> Path:
                 k, mean, color=c, lw=2, marker="o", ms=3, label=f"{arch} ({', '.join(s['models'])})"
             )
             ax.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
-        if nets:
-            _chance(ax, nets)
-        ax.set_xlabel("number of blocks deleted (k)")
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(bottom=0)
-        if nets:
-            ax.legend(loc="lower right")
-        ax.set_title("deleting random sets of k blocks")
-        return figures.save(fig, path)
+        xlabel, title = "number of blocks deleted (k)", "deleting random sets of k blocks"
+        return _finish(fig, ax, nets, xlabel, "lower right", title, path)
 
 
 # ---------------------------------------------------------------------------------------- text + html
@@ -196,13 +197,12 @@ def _write_html(
     study_dir: Path, summary: dict, nets: list[dict], single: Path, multi: Path
 ) -> Path:
     v, diverged = summary["verdict"], summary.get("diverged", [])
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Lesion study: residual networks behave like ensembles",
-        f"{study_dir.name} · {', '.join(sorted({n['data'] for n in nets}))} · Veit et al. 2016, Figures 3 and 5(a)",
-    )
     smooth = summary["smoothness"]["text"]
-    page.verdict(label, v["text"], tone, [*(_note(a, v[a]) for a in ("residual", "plain")), smooth])
+    title = "Lesion study: residual networks behave like ensembles"
+    notes = [*(_note(a, v[a]) for a in ("residual", "plain")), smooth]
+    data = ", ".join(sorted({n["data"] for n in nets}))
+    source = "Veit et al. 2016, Figures 3 and 5(a)"
+    page = verdict_page(study_dir, summary, title, source, _LABELS, notes, data)
     page.heading("Deleting one block").figure(
         single,
         "Test error with one block deleted, per block (solid) and of the intact net (dashed); red: plain, "

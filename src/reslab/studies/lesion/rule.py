@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +130,7 @@ def arch_stats(nets: list[dict], arch: str) -> dict | None:
     }
 
 
-def verdict(nets: list[dict], diverged: list[dict] = ()) -> Verdict:
+def verdict(nets: list[dict], diverged: Sequence[dict] = ()) -> Verdict:
     """Judge the study from the measured errors only (rule in the module docstring); the nets that
     diverged in training are named in the text. Numbers: how unlike the arms are ("unlike") and
     each arm's damage statistics."""
@@ -221,7 +223,8 @@ def smoothness(nets: list[dict], arch: str = "residual") -> dict:
     "steepest" is the step with the largest rise per deleted block; "worst_fall" the step closest to
     failing the fall test (its fall minus its tolerance is the largest)."""
     pts = error_curve(nets, arch)
-    out = {"arch": arch, "ks": [k for k, _, _ in pts[1:]], "rise": None, "steepest": None}
+    out: dict[str, Any] = {"arch": arch, "ks": [k for k, _, _ in pts[1:]], "rise": None}
+    out["steepest"] = None
     out |= {"worst_fall": None, "status": "insufficient"}
     if len(pts) - 1 < MIN_KS:
         return out
@@ -248,7 +251,7 @@ def smoothness(nets: list[dict], arch: str = "residual") -> dict:
         out["status"] = "no_rise"
     elif fa[1] - fb[1] > tol(fa, fb):
         out["status"] = "not_monotone"
-    elif share > CLIFF:
+    elif share is not None and share > CLIFF:
         out["status"] = "cliff"
     else:
         out["status"] = "smooth"
@@ -313,6 +316,7 @@ def _k_clause(arch: str, s: dict) -> str:
 def _sentence(status: str, res: dict | None, plain: dict | None) -> str:
     if status == "insufficient":
         return "Cannot judge: no residual net with a deletable block was lesioned (yet)."
+    assert res is not None  # judged: a residual net was lesioned
     parts = [_single_clause("residual", res)]
     if plain is not None and plain["single_damage_median"] is not None:
         parts.append(_single_clause("plain", plain))
@@ -334,6 +338,6 @@ def _diverged_name(d: dict) -> str:
     return f"{Path(d['run_dir']).name} ({d['model']}, diverged at step {d['step']}{last})"
 
 
-def _diverged_clause(diverged: list[dict]) -> str:
+def _diverged_clause(diverged: Sequence[dict]) -> str:
     names = "; ".join(map(_diverged_name, diverged))
     return f" Not lesioned, diverged in training: {names}." if diverged else ""

@@ -22,10 +22,11 @@ activation placements of Table 2, which are held against the paper's ResNet-164 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from reslab.studies import base
+from reslab.studies.base import option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -37,24 +38,18 @@ TABLE_2 = ("bn-after-add", "relu-before-add", "relu-preact", "full-preact")
 class ShortcutsConfig(base.StudyConfig):
     """One base network and recipe; every variant trained once per seed."""
 
-    base: str = field(
-        default="resmlp-56", metadata={"help": "base net: resmlp-N, resnet-N (CIFAR)"}
+    base: str = option("resmlp-56", "base net: resmlp-N, resnet-N (CIFAR)")
+    width: int = option(32, "MLP width (0: the model's default)")
+    variants: tuple[str, ...] = option(
+        (),
+        "variants to train, the names of He et al. 2016's Tables 1-2 "
+        "(reslab.models.variants.VARIANTS; none: all of them)",
     )
-    width: int = field(default=32, metadata={"help": "MLP width (0: the model's default)"})
-    variants: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "variants to train, the names of He et al. 2016's Tables 1-2 "
-            "(reslab.models.variants.VARIANTS; none: all of them)"
-        },
-    )
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds per variant"})
-    iters: int = field(default=0, metadata={"help": "iterations per run (0: the recipe's)"})
-    num_threads: int = field(default=0, metadata={"help": "CPU threads (0: PyTorch's default)"})
-    jobs: int = field(
-        default=0, metadata={"help": "runs trained at once (0: one per core for MLPs on a CPU)"}
-    )
-    out: str = field(default="runs/shortcuts", metadata={"help": "root of study folders"})
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds per variant")
+    iters: int = option(0, "iterations per run (0: the recipe's)")
+    num_threads: int = option(0, "CPU threads (0: PyTorch's default)")
+    jobs: int = option(0, "runs trained at once (0: one per core for MLPs on a CPU)")
+    out: str = option("runs/shortcuts", "root of study folders")
 
     def __post_init__(self) -> None:
         from reslab.models.variants import VARIANTS

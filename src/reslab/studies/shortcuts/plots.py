@@ -72,7 +72,8 @@ def plot_curves(study_dir: Path, runs: list[dict], path: str | Path) -> Path:
                 for r in (r for r in runs if r["variant"] == name):
                     pts = [(ln["step"], ln["train_loss"]) for ln in train_lines(study_dir, r)]
                     if pts:
-                        curves.append(tuple(np.array(v, float) for v in zip(*pts, strict=True)))
+                        steps, losses = zip(*pts, strict=True)
+                        curves.append((np.array(steps, float), np.array(losses, float)))
                 x, y, _ = figures.mean_curve(curves)
                 if len(x):
                     c = figures.ARCH_COLORS["residual"] if name == "identity" else cmap(i % 10)

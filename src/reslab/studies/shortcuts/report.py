@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from reslab.models.variants import VARIANTS
-from reslab.report.html import Page, fmt_mean_std, fmt_pct
+from reslab.report.html import fmt_mean_std, fmt_pct
+from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.shortcuts.plots import plot_bars, plot_curves, train_lines
 from reslab.studies.shortcuts.rule import CLASSES, _paper_text, paper_finding, scale_note, verdict
 from reslab.studies.stats import finite_or_none
@@ -69,8 +70,7 @@ def write_summary(study_dir: str | Path) -> dict:
     study_dir = Path(study_dir)
     study = rf.read_study(study_dir, "shortcuts")
     runs, incomplete = collect_runs(study_dir)
-    summary = {"study": "shortcuts"}
-    summary.update({k: v for k, v in study.items() if k not in ("study", "verdict")})
+    summary = summary_head("shortcuts", study)
     summary.update(runs=runs, incomplete=incomplete)
     summary["verdict"] = verdict(runs, int(study["paper_column"])).to_json()
     summary["verdict"]["scale_note"] = scale_note(summary)
@@ -150,13 +150,11 @@ def _diverged(study_dir: Path, runs: list[dict]) -> list[str]:
 
 def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Path:
     v = summary["verdict"]
-    label, tone = _LABELS[v["status"]]
-    page = Page(
-        "Shortcut and activation variants",
-        f"{study_dir.name} · {summary.get('data')} · {summary.get('base')} · He et al. 2016, Tables 1 and 2",
-    )
+    source = f"{summary.get('base')} · He et al. 2016, Tables 1 and 2"
     notes = [n for n in (v.get("scale_note"), v.get("rule", "")) if n]
-    page.verdict(label, v["text"], tone, notes)
+    page = verdict_page(
+        study_dir, summary, "Shortcut and activation variants", source, _LABELS, notes
+    )
     page.heading("Test error per variant").figure(
         bars,
         "Bars: mean test error over seeds, ± one std; dots: single seeds; red crosses: diverged runs. "

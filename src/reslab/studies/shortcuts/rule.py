@@ -51,6 +51,8 @@ the 64k iterations the CIFAR-10 recipe trains for (He et al. 2015, §4.2).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from reslab.models.variants import VARIANTS
@@ -96,7 +98,11 @@ FINDINGS: dict[int, dict[str, str]] = {
         "full-preact": "better",
     },
 }
-PAPER_SCALE = {"data": "cifar10", "units": 54, "iters": 64_000}  # ResNet-110/164, He et al. 2016
+PAPER_SCALE: dict[str, Any] = {
+    "data": "cifar10",
+    "units": 54,
+    "iters": 64_000,
+}  # ResNet-110/164, He et al. 2016
 
 
 def paper_finding(variant: str, column: int = 110) -> dict:
@@ -149,7 +155,7 @@ def classify(identity: dict, g: dict, equal: float = EQUAL, fail_ratio: float = 
     tol = tolerance(pooled, floor=equal * e0)
     e = g["test_error_mean"]
     margin = None if e is None else e - e0
-    if g["diverged"] or e is None or (e0 > 0 and e > fail_ratio * e0):
+    if g["diverged"] or margin is None or (e0 > 0 and e > fail_ratio * e0):
         cls = "fails"
     elif margin > tol:
         cls = "worse"

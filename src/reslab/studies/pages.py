@@ -1,0 +1,37 @@
+"""What every study's report.py shares: the head of its summary.json and the opening of its page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from reslab.report.html import Page
+
+
+def summary_head(
+    kind: str, study: Mapping[str, Any], drop: Iterable[str] = (), **first: Any
+) -> dict[str, Any]:
+    """A study's summary.json before its rows and verdict: `study` = `kind`, the keys in `first`
+    (defaults study.json may override), then study.json's keys, less its old verdict and `drop`."""
+    skip = {"study", "verdict", *drop}
+    return {"study": kind, **first, **{k: v for k, v in study.items() if k not in skip}}
+
+
+def verdict_page(
+    folder: Path,
+    summary: Mapping[str, Any],
+    title: str,
+    source: str,
+    labels: Mapping[str, tuple[str, str]],
+    notes: Sequence[str] = (),
+    data: str | None = None,
+) -> Page:
+    """A study's report page, subtitled "<folder> · <data> · <source>", that opens with its verdict
+    (`labels` maps a status to the (label, tone) shown)."""
+    v = summary["verdict"]
+    label, tone = labels[v["status"]]
+    page = Page(
+        title, f"{folder.name} · {summary.get('data') if data is None else data} · {source}"
+    )
+    return page.verdict(label, v["text"], tone, notes)
