@@ -217,8 +217,8 @@ def claim(
     (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
     record = jsonable({**record, "schema": runs.SCHEMA})
     path = folder / runs.STUDY
-    if path.exists():  # read in today's form, whichever reslab wrote it
-        old = runs.upgrade(runs.read_json(path), record.get("study", ""))
+    if path.exists():  # read in today's form, whichever reslab wrote it, and checked
+        old = runs.read_record(path, record.get("study", ""))
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(

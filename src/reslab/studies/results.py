@@ -65,7 +65,7 @@ def section(folder: Path, root: Path) -> str:
     summary_path = folder / runs.SUMMARY
     if not summary_path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = runs.upgrade(runs.read_json(summary_path), kind)  # whichever reslab wrote it
+    summary = runs.read_record(summary_path, kind)  # whichever reslab wrote it, checked
     where = provenance(folder)
     status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
@@ -74,8 +74,23 @@ def section(folder: Path, root: Path) -> str:
     lines += [f"- machine: {where.get('machine', 'unknown')}; date: {where.get('date', 'unknown')}"]
     if where.get("commit"):
         lines += [f"- reslab commit: {where['commit']}"]
-    lines += [f"- verdict: **{status}**", "", "```", get(kind).table(summary).rstrip(), "```", ""]
+    lines += [f"- verdict: **{status}**", "", "```", _table(kind, summary, summary_path), "```", ""]
     return "\n".join(lines)
+
+
+def _table(kind: str, summary: dict, path: Path) -> str:
+    """The study's own table of a summary read from disk; one line naming the file when its rows
+    are not what the study's report writes (the summary is the report's output: rebuilt, not fixed)."""
+    from reslab.studies import get
+
+    try:
+        return get(kind).table(summary).rstrip()
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path} is not a {kind} summary as reslab writes it ({what}); "
+            f"`reslab report {path.parent}` writes it anew from the study folder"
+        ) from e
 
 
 def write_results(path: str | Path, out: str | Path, command: str | None = None) -> Path:
