@@ -290,10 +290,24 @@ def run(study: Study, cfg: Any) -> dict:
     from reslab.training.tracking import write_results_csv  # imports torch: not before it is needed
 
     write_results_csv(folder)
+    write_env(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
     return summary
+
+
+def write_env(folder: Path) -> None:
+    """`<study>/env.json`: the command that ran the study, the machine it ran on and when it ended,
+    as a run's env.json records them, for the results page of a study that owns no runs."""
+    import datetime as dt
+
+    import torch
+
+    from reslab.training.tracking import provenance
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -3,8 +3,9 @@
 A run folder `<out>/<name>/` holds `config.json` (the resolved TrainConfig), `env.json` (provenance),
 `metrics.jsonl` (one JSON object a line: {"kind", "step", ...}), `summary.json` (written last; its
 "status" is "completed" or "diverged"), `model.safetensors` and `checkpoints/`. A study folder holds
-`study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), and what
-its report writes: `summary.json`, figures and `report.html`. Each of these JSON files holds one
+`study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), `env.json`
+(the provenance of the study's command, as a run's, with the date it ended), and what its report
+writes: `summary.json`, figures and `report.html`. Each of these JSON files holds one
 JSON object, and `read_json` says so, naming the file, when one does not.
 
 A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2`, `B-s0`);
