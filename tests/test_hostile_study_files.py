@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.test_hostile_properties import json_values, small
+from tests.test_hostile_round2 import one_line_error, snapshot
 
 from reslab import run_study, studies
 from reslab.cli import main
 from reslab.studies.results import write_results
 from reslab.training import runs
-from tests.test_hostile_properties import json_values, small
-from tests.test_hostile_round2 import one_line_error, snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies-e7ce78a"
 
@@ -50,7 +50,11 @@ def edit(path: Path, **changes) -> None:
         ("lesion", dict(runs=[5]), "field 'runs' should be a list of texts, got [5]"),
         ("gradients", dict(data_dir=3), "field 'data_dir' should be text or null, got 3"),
         ("shortcuts", dict(schema=1, paper_column=...), "has no 'paper_column' field"),
-        ("identity", dict(methods="zero"), "field 'methods' should be a list of texts, got \"zero\""),
+        (
+            "identity",
+            dict(methods="zero"),
+            "field 'methods' should be a list of texts, got \"zero\"",
+        ),
     ],
 )
 def test_a_study_json_of_the_wrong_shape_is_named_by_report(kind, changes, expected, tmp_path, capsys):  # fmt: skip

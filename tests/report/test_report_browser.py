@@ -40,7 +40,9 @@ def test_landscape_report_renders_with_all_figures(tmp_path, browser):
     nets = []
     for depth in (4, 16, 64):
         for arch in ("plain", "residual"):
-            ripple = 0.25 * (1 + np.sin(6 * a) * np.cos(6 * b)) * depth / 64 if arch == "plain" else 0
+            ripple = (
+                0.25 * (1 + np.sin(6 * a) * np.cos(6 * b)) * depth / 64 if arch == "plain" else 0
+            )
             loss = 0.05 + a**2 + b**2 + ripple - ripple * (a == 0) * (b == 0)  # centre: 0.05
             ratio = 0.02 + (0.5 * depth / 64 if arch == "plain" else 0)
             nets += [{"arch": arch, "depth": depth, "seed": seed, "run_dir": f"runs/{arch}-{depth}-s{seed}",

@@ -54,11 +54,15 @@ def test_a_study_without_runs_of_its_own_gives_the_provenance_its_command_left(t
     from pathlib import Path
 
     folder = tmp_path / "runs" / "gradients" / "toy"
-    shutil.copytree(Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a" / "gradients" / "toy", folder)
+    shutil.copytree(
+        Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a" / "gradients" / "toy", folder
+    )
     shutil.rmtree(folder / "runs")
     _env(folder, ["/x/bin/reslab", "landscape", "--seeds", "0"])
     env = json.loads((folder / "env.json").read_text())
     (folder / "env.json").write_text(json.dumps(env | {"date": "2026-12-05T10:11:12+00:00"}))
     page = write_results(tmp_path / "runs", tmp_path / "results.md").read_text()
     assert "- command: `reslab landscape --seeds 0`" in page
-    assert "- machine: AMD EPYC (family/model 25/17), AVX512, torch 2.14.1; date: 2026-12-05" in page
+    assert (
+        "- machine: AMD EPYC (family/model 25/17), AVX512, torch 2.14.1; date: 2026-12-05" in page
+    )
