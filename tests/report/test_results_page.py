@@ -45,3 +45,24 @@ def test_a_study_folder_alone_makes_a_page(make_study, tmp_path):
     a = make_study(FINALS, name="a")
     page = write_results(a, tmp_path / "one.md").read_text()
     assert "## `degradation`: a" in page and "- command: unknown" in page
+
+
+def test_a_study_without_runs_of_its_own_gives_the_provenance_its_command_left(tmp_path):
+    """A study measured from another study's runs (the landscape study reuses the main job's) has no
+    run folder to read: the env.json its command wrote in the study folder names command and machine."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "runs" / "gradients" / "toy"
+    shutil.copytree(
+        Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a" / "gradients" / "toy", folder
+    )
+    shutil.rmtree(folder / "runs")
+    _env(folder, ["/x/bin/reslab", "landscape", "--seeds", "0"])
+    env = json.loads((folder / "env.json").read_text())
+    (folder / "env.json").write_text(json.dumps(env | {"date": "2026-12-05T10:11:12+00:00"}))
+    page = write_results(tmp_path / "runs", tmp_path / "results.md").read_text()
+    assert "- command: `reslab landscape --seeds 0`" in page
+    assert (
+        "- machine: AMD EPYC (family/model 25/17), AVX512, torch 2.14.1; date: 2026-12-05" in page
+    )

@@ -35,8 +35,10 @@ def test_registry_is_the_public_list():
 
 def test_toy_study_writes_its_folder(toy):
     study, folder, summary = toy
-    for name in (runs.STUDY, runs.SUMMARY, runs.REPORT):
+    for name in (runs.STUDY, runs.SUMMARY, runs.REPORT, runs.ENV):
         assert (folder / name).is_file(), name
+    env = runs.read_json(folder / runs.ENV)  # the study's own provenance, for the results page
+    assert env["argv"] and env["device_name"] and env["date"].endswith("+00:00")
     assert runs.read_json(folder / runs.STUDY)["study"] == study.name
     assert summary["verdict"]["status"], summary["verdict"]
     assert json.loads((folder / runs.SUMMARY).read_text()) == summary

@@ -249,8 +249,8 @@ def claim(
     (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
     record = jsonable({**record, "schema": runs.SCHEMA})
     path = folder / runs.STUDY
-    if path.exists():  # read in today's form, whichever reslab wrote it
-        old = runs.upgrade(runs.read_json(path), record.get("study", ""))
+    if path.exists():  # read in today's form, whichever reslab wrote it, and checked
+        old = runs.read_record(path, record.get("study", ""))
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(
@@ -322,11 +322,25 @@ def run(study: Study, cfg: Any) -> dict:
     from reslab.training.tracking import write_results_csv  # imports torch: not before it is needed
 
     write_results_csv(folder)
+    write_env(folder)
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
     raise_failed(trained)  # cells whose Slurm jobs failed: counted in the report, then exit 1
     return summary
+
+
+def write_env(folder: Path) -> None:
+    """`<study>/env.json`: the command that ran the study, the machine it ran on and when it ended,
+    as a run's env.json records them, for the results page of a study that owns no runs."""
+    import datetime as dt
+
+    import torch
+
+    from reslab.training.tracking import provenance
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
 
 
 # ------------------------------------------------------------------------------------ command line

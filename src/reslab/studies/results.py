@@ -4,7 +4,8 @@ study folders alone, so that the published numbers are the runs' numbers and can
 For each study folder below PATH (in the registry's order, then by name) the page gives the command
 that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, the study's
 own plain-text table and verdict (`Study.table`, as the terminal shows it) and the verdict's status.
-Everything comes from the folder: study.json, summary.json, and the env.json of its run folders.
+Everything comes from the folder: study.json, summary.json, and the env.json of its run folders
+(or, for a study that trains nothing of its own, the env.json its command wrote in the folder).
 """
 
 from __future__ import annotations
@@ -36,16 +37,21 @@ def study_folders(path: Path) -> list[Path]:
 
 
 def provenance(folder: Path) -> dict:
-    """The study's command, machine and date, from the newest run folder's env.json and summary.json
-    (`{}` for a study whose runs left none, such as a study measured from other studies' runs)."""
+    """The study's command, machine and date, from the newest run folder's env.json and summary.json;
+    for a study whose folder holds no run of its own (one that measures another study's runs), from
+    the env.json its command left in the study folder; `{}` where there is neither."""
     summaries = sorted(folder.rglob(runs.SUMMARY), key=lambda p: p.stat().st_mtime)
-    envs = [p.parent / runs.ENV for p in summaries if (p.parent / runs.ENV).is_file()]
-    if not envs:
+    envs = [p.parent / runs.ENV for p in summaries if p.parent != folder]
+    envs = [p for p in envs if p.is_file()]
+    own = folder / runs.ENV
+    if not envs and not own.is_file():
         return {}
-    env = runs.read_json(envs[-1])
+    env = runs.read_json(envs[-1] if envs else own)
     argv = env.get("argv") or []
     command = ["reslab", *argv[1:]] if argv and Path(argv[0]).name in _ENTRY else argv
     newest = dt.datetime.fromtimestamp(summaries[-1].stat().st_mtime, dt.timezone.utc)
+    if not envs and isinstance(env.get("date"), str):
+        newest = dt.datetime.fromisoformat(env["date"])
     cpu = env.get("device_name") or "unknown CPU"
     if env.get("cpu_family_model"):
         cpu += f" (family/model {env['cpu_family_model']})"
@@ -65,7 +71,7 @@ def section(folder: Path, root: Path) -> str:
     summary_path = folder / runs.SUMMARY
     if not summary_path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = runs.upgrade(runs.read_json(summary_path), kind)  # whichever reslab wrote it
+    summary = runs.read_record(summary_path, kind)  # whichever reslab wrote it, checked
     where = provenance(folder)
     status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
@@ -74,8 +80,23 @@ def section(folder: Path, root: Path) -> str:
     lines += [f"- machine: {where.get('machine', 'unknown')}; date: {where.get('date', 'unknown')}"]
     if where.get("commit"):
         lines += [f"- reslab commit: {where['commit']}"]
-    lines += [f"- verdict: **{status}**", "", "```", get(kind).table(summary).rstrip(), "```", ""]
+    lines += [f"- verdict: **{status}**", "", "```", _table(kind, summary, summary_path), "```", ""]
     return "\n".join(lines)
+
+
+def _table(kind: str, summary: dict, path: Path) -> str:
+    """The study's own table of a summary read from disk; one line naming the file when its rows
+    are not what the study's report writes (the summary is the report's output: rebuilt, not fixed)."""
+    from reslab.studies import get
+
+    try:
+        return get(kind).table(summary).rstrip()
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path} is not a {kind} summary as reslab writes it ({what}); "
+            f"`reslab report {path.parent}` writes it anew from the study folder"
+        ) from e
 
 
 def write_results(path: str | Path, out: str | Path, command: str | None = None) -> Path:

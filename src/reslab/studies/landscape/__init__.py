@@ -71,6 +71,23 @@ class LandscapeConfig(base.StudyConfig):
                 f"{self.subset} and {self.hessian_images}"
             )
         self.twins()  # checks depths, width and the recipe as the main job would
+        self._check_source()
+
+    def _check_source(self) -> None:
+        """A --source study of other data than this preset's has no twin to reuse: say which preset
+        draws its nets, rather than train this preset's twins beside it."""
+        path = Path(self.source) / runs.STUDY
+        if not path.is_file():
+            return
+        source = runs.read_record(path, "degradation")
+        if source.get("data", self.data) != self.data:
+            preset = source.get("preset", "?")
+            hint = f"--preset {preset}" if preset in PRESETS else f"--data {source['data']}"
+            raise ValueError(
+                f"--source {self.source} holds nets trained on {source['data']} (preset {preset}), "
+                f"this landscape is of {self.data} nets: pass {hint} with the same --depths and "
+                "--seeds to draw them"
+            )
 
     def twins(self):
         """The degradation study's config of the same grid and recipe: the twins' source."""
@@ -80,7 +97,7 @@ class LandscapeConfig(base.StudyConfig):
         if self.width:
             options["width"] = self.width
         return degradation.STUDY.make_config(
-            self.preset, data=self.data, train=self.train, **options
+            self.preset, data=self.data, data_dir=self.data_dir, train=self.train, **options
         )
 
     def cells(self) -> list[tuple[str, int, int]]:
@@ -114,6 +131,18 @@ def _same_recipe(run_dir: Path, cfg: TrainConfig) -> bool:
 PRESETS = {
     # the main job's nets (`reslab degradation`'s digits preset), 21 x 21 points over [-1, 1]^2
     "digits": dict(),
+    # the conv twins of `reslab degradation --data cifar10 --preset cpu` (ResNet-20/56 and their plain
+    # twins, 2.5 epochs), on a coarser grid and fewer images: every point is a forward pass of a conv
+    # net on the CPU
+    "cpu": dict(
+        data="cifar10",
+        depths=(20, 56),
+        seeds=(0, 1),
+        source="runs/degradation/cpu",
+        points=11,
+        subset=500,
+        hessian_images=128,
+    ),
 }
 
 STUDY = base.Study(
@@ -134,4 +163,6 @@ STUDY = base.Study(
     must_match=("width", "recipe", "points", "span", "subset", "hessian_images", "direction_seed"),
     grows={"seeds": None},
     measures=True,
+    preset_help="cpu: the conv twins of `reslab degradation --data cifar10 --preset cpu` "
+    "(ResNet-20/56 and plain-20/56), 11 x 11 points on 500 training images",
 )

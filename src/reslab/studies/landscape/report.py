@@ -95,7 +95,7 @@ def build_report(folder: str | Path) -> Path:
             for n in summary["nets"]
         ],  # fmt: skip
     )
-    record = runs.read_json(folder / runs.STUDY)
+    record = runs.read_study(folder, "landscape")
     page.setup(
         "Every net's loss and error on the first `subset` training images, batch norm in eval mode, "
         "at each point of the grid; the directions drawn once (direction_seed) and filter-normalised "
