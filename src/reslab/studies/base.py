@@ -124,20 +124,23 @@ class Study:
 
 def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
     """defaults < preset < options; `train` overrides are merged, not replaced. The study folder's
-    name defaults to the preset's (`<preset>-<data>` when the data is overridden)."""
+    name defaults to the preset's (`<preset>-<data>` when `data` is not the preset's own)."""
     preset = preset or study.default_preset
     if preset not in study.presets:
         raise ValueError(
             f"unknown {study.name} preset {preset!r}; choose from {', '.join(study.presets)}"
         )
     values = dict(study.presets[preset])
+    fields = {f.name: f for f in dataclasses.fields(study.config)}
+    preset_data = values.get("data", fields["data"].default if "data" in fields else None)
     values["train"] = dict(values.get("train", {}), **options.pop("train", {}))
     values.update(options)
     if not values.get("name"):
         if study.default_name:
             values["name"] = study.default_name(preset, values)
         else:
-            values["name"] = preset if "data" not in options else f"{preset}-{options['data']}"
+            other = options.get("data", preset_data) != preset_data
+            values["name"] = f"{preset}-{options['data']}" if other else preset
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     for key, value in values.items():  # `--depths 2 2`: a cell named twice is one cell
         if isinstance(value, tuple) and len(set(map(repr, value))) < len(value):
