@@ -64,7 +64,7 @@ def reslab_step(model, cfg):
     """The engine's step, as in reslab.training.loop._train (less evaluation and checkpoints)."""
     from reslab.training.bookkeeping import StepStats
     from reslab.training.distributed import Dist
-    from reslab.training.loop import lr_at, make_optimizer
+    from reslab.training.optim import lr_at, make_optimizer
 
     one = Dist(0, 1, torch.device("cpu"))
 

@@ -130,10 +130,11 @@ def _build(
     from reslab.models import create_model
     from reslab.models.weights import create_saved, saved_settings
 
-    typed = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
-    typed = {k: v for k, v in typed.items() if v is not None} | overrides
+    given: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    typed = {k: v for k, v in given.items() if v is not None} | overrides
     if weights is None:
-        typed = {"in_chans": 3} | typed
+        defaults: dict[str, Any] = {"in_chans": 3}
+        typed = defaults | typed
         limits.check_model(lambda: create_model(name, **typed), name, training=False)
         return create_model(name, **typed)
     saved = saved_settings(weights)[1]
@@ -179,6 +180,7 @@ def _save_onnx(
         opset_version=opset,
         verbose=False,
     )
+    assert program is not None  # the dynamo exporter returns its program
     program.model.metadata_props.update(metadata(model))
     program.save(path, external_data=size > _ONNX_MAX_BYTES)
 

@@ -35,7 +35,8 @@ def add_dataclass_options(
             continue
         flag = "--" + f.metadata.get("cli", f.name).replace("_", "-")
         kind = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        factory = f.default_factory  # a function, or MISSING where the field has a default
+        default = factory() if callable(factory) else f.default
         default = (shown or {}).get(f.name, default)
         text = default if isinstance(default, Text) else repr(default)
         help_ = f.metadata.get("help", "")
@@ -140,8 +141,15 @@ def _of_type(value: Any, kind: type, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     kind = _base_type(hint)
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-    return names.get(kind, {tuple: "a list", dict: "a mapping"}.get(kind, kind.__name__))
+    names: dict[type, str] = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        tuple: "a list",
+        dict: "a mapping",
+    }
+    return names.get(kind, kind.__name__)
 
 
 def _base_type(hint) -> type:

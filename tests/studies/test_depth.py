@@ -17,7 +17,7 @@ from reslab.data import Loader, load_dataset
 from reslab.models import create_model
 from reslab.studies.depth import ARM_MODELS, make_config, measure, run
 from reslab.training import train
-from reslab.training.loop import augment_on, build_model, load_data
+from reslab.training.build import augment_on, build_model, load_data
 
 
 @pytest.mark.slow

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from reslab.training import PRESETS, TrainConfig, resolve, runs
-from reslab.training.config import PRESET_HELP
-from reslab.training.loop import _existing_run, load_data, lr_at, warmup_ends
+from reslab.training.build import load_data
+from reslab.training.optim import lr_at, warmup_ends
+from reslab.training.presets import PRESET_HELP
+from reslab.training.resume import existing_run
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "studies-e7ce78a"
 
@@ -79,9 +81,9 @@ def test_runs_written_before_normalize_read_as_per_channel(tmp_path):
     run_dir.mkdir()
     (run_dir / runs.CONFIG).write_text(json.dumps(old))
     again = TrainConfig.from_dict(old | {"resume": True})
-    assert _existing_run(run_dir, again) is None  # resumable: an absent key is its default
+    assert existing_run(run_dir, again) is None  # resumable: an absent key is its default
     with pytest.raises(ValueError, match=r"differs in \['normalize'\]"):
-        _existing_run(
+        existing_run(
             run_dir, TrainConfig.from_dict(old | {"resume": True, "normalize": "pixel-mean"})
         )
 

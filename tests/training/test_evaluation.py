@@ -10,8 +10,8 @@ import torch
 from reslab.data import ImageData
 from reslab.models import create_model, list_models
 from reslab.training import TrainConfig, train
+from reslab.training.build import load_data
 from reslab.training.evaluation import curve_every, curve_subset, evaluate, inference_net
-from reslab.training.loop import load_data
 from reslab.training.runs import read_metrics
 from reslab.training.trained import evaluate_weights, load_run
 

@@ -161,7 +161,7 @@ def test_lr_scales_train_fixups_scalars_at_a_tenth_as_the_official_code():
 
     from reslab.models import create_model
     from reslab.training import resolve
-    from reslab.training.loop import make_optimizer, param_groups
+    from reslab.training.optim import make_optimizer, param_groups
 
     def net():
         torch.manual_seed(0)

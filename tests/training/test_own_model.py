@@ -16,7 +16,7 @@ import reslab
 from reslab.data import load_dataset
 from reslab.models import registry
 from reslab.training import TrainConfig, runs, train
-from reslab.training.loop import lr_at
+from reslab.training.optim import lr_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -14,26 +14,21 @@ Any other mapping of tensors with reslab names (bare, or under 'state_dict' / 'm
 `module.` or `_orig_mod.` prefix) loads too. Pickle files are read with
 torch.load(weights_only=True, map_location="cpu"): no code runs, and GPU-saved files load on a CPU.
 A file that cannot be read (damaged, truncated, or a pickle that asks to run code) is one ValueError
-naming it; when torch refuses a pickle, pickletools (which runs nothing) says which call it asks for.
+naming it; when torch refuses a pickle, pickletools (which runs nothing) says which call it asks for
+(`reslab.models.weightfiles`).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import contextlib
 import dataclasses
-import io
 import json
 import os
-import pickle
-import pickletools
 import re
 import reprlib
 import warnings
-import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import safetensors
 import safetensors.torch
@@ -41,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from reslab import __version__, atomic, limits
+from reslab.models.weightfiles import is_safetensors, refused, safetensors_errors
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -153,7 +149,7 @@ def saved_settings(path: str | os.PathLike) -> tuple[str | None, dict]:
     options) that a reslab .safetensors file was saved with; (None, {}) for other files. Checked as
     create_model checks typed ones, with a one-line ValueError naming the file."""
     path = Path(path)
-    if not (path.is_file() and (path.suffix == ".safetensors" or _is_safetensors(path))):
+    if not (path.is_file() and (path.suffix == ".safetensors" or is_safetensors(path))):
         return None, {}
     return _settings(read_metadata(path), str(path))
 
@@ -283,7 +279,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
-    with _safetensors_errors(path), safetensors.safe_open(str(path), framework="pt") as f:
+    with safetensors_errors(path), safetensors.safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
     return decode_metadata(meta, str(path))
 
@@ -338,118 +334,19 @@ def _read_file(path: Path) -> tuple[object, str, dict]:
         raise FileNotFoundError(f"load_weights: no such file: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"{path} is empty, not a weights file")
-    if path.suffix == ".safetensors" or _is_safetensors(path):
-        with _safetensors_errors(path):
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        with safetensors_errors(path):
             obj = safetensors.torch.load_file(path, device="cpu")
         meta = read_metadata(path)
         name = meta.get("model_name")
         return obj, f"{path} ({name})" if name else str(path), meta
     try:
-        with warnings.catch_warnings():  # its note on the pickle protocol: _refused says more
+        with warnings.catch_warnings():  # its note on the pickle protocol: `refused` says more
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             warnings.filterwarnings("ignore", message="Validating sparse tensor")  # refused below
             return torch.load(path, map_location="cpu", weights_only=True), str(path), {}
     except Exception as e:  # a damaged file fails in many ways: RuntimeError, OSError, EOFError...
-        raise _refused(path, e) from None
-
-
-@contextlib.contextmanager
-def _safetensors_errors(path: Path) -> Iterator[None]:
-    """SafetensorError (truncated, or a header that is no safetensors header) as one ValueError."""
-    try:
-        yield
-    except safetensors.SafetensorError as e:
-        reason = str(e).removeprefix("Error while deserializing header: ")
-        raise ValueError(
-            f"{path} is not a readable safetensors file (truncated or damaged: {reason})"
-        ) from None
-
-
-# Globals a pickled state dict holds (_codecs.encode: bytes below protocol 3); any other is a call
-# that the file asks for.
-_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode")
-_ZIP = b"PK\x03\x04"  # torch.save since PyTorch 1.6: a zip archive holding <name>/data.pkl
-# torch.save files of the legacy format (before 1.6, or _use_new_zipfile_serialization=False) begin so
-_LEGACY = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
-
-
-def _refused(path: Path, err: Exception) -> ValueError:
-    """The one line for a pickle-based file that torch.load(weights_only=True) could not read."""
-    names = _pickle_globals(path)
-    if names is None:  # a pickle that breaks off or is garbled
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head == _ZIP or head[:1] == pickle.PROTO:
-            return ValueError(f"{path} is a truncated or damaged torch.save file")
-        return ValueError(f"{path} is not a safetensors or torch.save file")
-    # the first call not to torch, else the one torch names: "Unsupported global: GLOBAL print"
-    # (builtins. left out) or "Trying to load unsupported GLOBAL posix.system whose module ..."
-    named = re.search(r"GLOBAL ([\w.]+)", str(err))
-    calls = [n for n in names if not n.startswith(_TENSOR_GLOBALS)] + ([named[1]] if named else [])
-    if calls or "global" in str(err).lower():
-        call = ""
-        if calls:
-            call = f" (it calls {calls[0] if '.' in calls[0] else 'builtins.' + calls[0]})"
-        return ValueError(
-            f"{path} asks to run code when loaded{call}; reslab loads weights only and will not run it"
-        )
-    if isinstance(err, pickle.UnpicklingError):
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
-        reason = (found[1] if found else str(err).splitlines()[0]).split(". Please")[0]
-        return ValueError(f"{path} holds a pickle that reslab cannot read as weights ({reason})")
-    return ValueError(f"{path} is a truncated or damaged torch.save file")
-
-
-def _pickle_globals(path: Path) -> list[str] | None:
-    """The globals (module.name) that the pickles of a torch.save or pickle file import, read by
-    pickletools, which runs nothing; None when a pickle breaks off or is garbled. A zip archive holds
-    one pickle, a legacy torch.save file five before its raw tensor data, a pickle file any number."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) == _ZIP:
-                with zipfile.ZipFile(f) as z:
-                    data = next(z.read(n) for n in z.namelist() if n.endswith("/data.pkl"))
-                return _imports(io.BytesIO(data), pickles=1)
-            f.seek(0)
-            legacy = f.read(len(_LEGACY))[2:] == _LEGACY[2:]  # whatever the protocol byte
-            f.seek(0)
-            return _imports(f, pickles=5 if legacy else None)
-    except (ValueError, OSError, EOFError, StopIteration, zipfile.BadZipFile):
-        return None
-
-
-_NO_PUSH = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "STOP"}
-
-
-def _imports(f: IO[bytes], pickles: int | None) -> list[str]:
-    """module.name of each global in the next `pickles` pickles of `f` (None: all up to its end).
-    STACK_GLOBAL takes the two strings pushed last (directly or from the memo)."""
-    names: list[str] = []
-    done = 0
-    # peek (b"" at the end of the file): a file opened "rb", the one caller with pickles=None
-    while (done < pickles) if pickles else f.peek(1):  # type: ignore[attr-defined]
-        pushed: list[str | None] = []
-        memo: dict[int, str | None] = {}
-        arg: Any  # str or int, as the opcode takes
-        for op, arg, _ in pickletools.genops(f):
-            value = None
-            if op.name in ("GLOBAL", "INST"):  # arg "module name", maybe a Python 2 module name
-                module, name = arg.split(" ", 1)
-                names.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}")
-            elif op.name == "STACK_GLOBAL":
-                names.append(".".join(str(s) for s in pushed[-2:]))
-            elif op.name == "MEMOIZE":
-                memo[len(memo)] = pushed[-1] if pushed else None
-            elif op.name.endswith("PUT"):
-                memo[arg] = pushed[-1] if pushed else None
-            elif op.name.endswith("GET"):
-                value = memo.get(arg)
-            elif isinstance(arg, str):
-                value = arg
-            if op.name not in _NO_PUSH:
-                pushed.append(value)
-        done += 1
-    return names
+        raise refused(path, e) from None
 
 
 def _rename(state: dict[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -466,15 +363,6 @@ def _rename(state: dict[str, Tensor], expected: Mapping[str, Tensor]) -> dict[st
             new = pattern.sub(repl, new)
         renamed[new if key not in expected and new in expected else key] = value
     return renamed
-
-
-def _is_safetensors(path: Path) -> bool:
-    """safetensors: 8-byte little-endian header length (at most 100 MB), then a JSON header. The
-    file may be shorter than the header says: a truncated one is told so by safetensors."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    size = int.from_bytes(head[:8], "little")
-    return len(head) == 9 and head[8:9] == b"{" and size <= 100_000_000
 
 
 def _is_model_name(x: object) -> bool:

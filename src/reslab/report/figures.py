@@ -10,16 +10,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
 from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from reslab import atomic
 
-STYLE = {
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.9
+
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 9.5,
     "axes.titlesize": 11,
     "axes.titleweight": "bold",
@@ -72,27 +77,28 @@ def depth_colors(depths: Sequence[int]) -> dict[int, tuple]:
 
 def smooth(y: Sequence[float], window: int) -> np.ndarray:
     """Centred moving average; the window shrinks at the ends so the curve keeps its first and last points."""
-    y = np.asarray(y, dtype=float)
-    if window <= 1 or len(y) < 3:
-        return y
-    kernel = np.ones(min(window, len(y)))
-    return np.convolve(y, kernel, mode="same") / np.convolve(np.ones_like(y), kernel, mode="same")
+    a = np.asarray(y, dtype=float)
+    if window <= 1 or len(a) < 3:
+        return a
+    kernel = np.ones(min(window, len(a)))
+    return np.convolve(a, kernel, mode="same") / np.convolve(np.ones_like(a), kernel, mode="same")
 
 
-def mean_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]]):
+def mean_curve(curves: Sequence[tuple[ArrayLike, ...]]):  # (x, y) pairs
     """Mean and std of several (x, y) curves on the first curve's x grid, over the x range all of them cover.
 
     Seeds of one configuration log at the same steps, so the interpolation is exact in the usual case.
     Returns (x, mean, std) as arrays; std is zero for a single curve.
     """
-    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
-    if not curves:
+    arrays = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves]
+    arrays = [(x, y) for x, y in arrays if len(x)]
+    if not arrays:
         return np.empty(0), np.empty(0), np.empty(0)
-    lo = max(x[0] for x, _ in curves)
-    hi = min(x[-1] for x, _ in curves)
-    grid = curves[0][0]
+    lo = max(x[0] for x, _ in arrays)
+    hi = min(x[-1] for x, _ in arrays)
+    grid = arrays[0][0]
     grid = grid[(grid >= lo) & (grid <= hi)]
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])  # (curves, len(grid))
+    ys = np.stack([np.interp(grid, x, y) for x, y in arrays])  # (curves, len(grid))
     return grid, ys.mean(0), ys.std(0)
 
 

@@ -350,7 +350,8 @@ def build_index(root: str | Path, label: Callable[[str, str], str] | None = None
         folder = report.parent
         summary = _read_json(folder / runs.SUMMARY, top)
         study = summary.get("study") or _read_json(folder / runs.STUDY, top).get("study") or "—"
-        verdict = summary.get("verdict") if isinstance(summary.get("verdict"), dict) else {}
+        verdict = summary.get("verdict")
+        verdict = verdict if isinstance(verdict, dict) else {}
         href = _href(report, root)
         name = folder.relative_to(root).as_posix() if folder != root else "."
         status, text = verdict.get("status"), verdict.get("text", "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 _API = {
-    "PRESETS": "reslab.training.config",
+    "PRESETS": "reslab.training.presets",
     "TrainConfig": "reslab.training.config",
     "resolve": "reslab.training.config",
     "train": "reslab.training.loop",

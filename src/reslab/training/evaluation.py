@@ -24,6 +24,7 @@ import contextlib
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ STEP_FORWARDS = 3  # a training step costs about three forward passes of its bat
 CURVE_SEED = 0  # the curve's images are the same in every run
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # a batch norm after these folds into them
+Foldable = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 PROBE = 8  # images of the first batch on which a folded net is checked against the model, once
 PROBE_TOL = 1e-3  # of the probe logits' largest magnitude, in fp32 (folding itself errs ~1e-6)
 
@@ -116,11 +118,11 @@ def evaluate(
             ]
         ).double()
         sums += torch.stack([per_image, per_image * keep[rank_slice(b)]]).sum(2)
-    sums = distributed.all_sum(sums, d).tolist()
+    totals = distributed.all_sum(sums, d).tolist()
     model.train(was_training)
-    out = _mean(sums[0])
+    out = _mean(totals[0])
     if subset is not None:
-        out["subset"] = _mean(sums[1])
+        out["subset"] = _mean(totals[1])
     return out
 
 
@@ -215,14 +217,14 @@ class FoldedNet:
         with torch.inference_mode():  # the branch an evaluation takes (no checkpointing, no grads)
             self.net = fx.symbolic_trace(model)
         modules = dict(self.net.named_modules())
-        self.pairs: list[tuple[nn.Module, nn.modules.batchnorm._BatchNorm, nn.Module]] = []
+        self.pairs: list[tuple[Foldable, nn.modules.batchnorm._BatchNorm, Foldable]] = []
         for node in list(self.net.graph.nodes):
             bn = modules.get(node.target) if node.op == "call_module" else None
             if not (_running_stats(bn) and len(node.args) == 1):
                 continue
             prev = node.args[0]
             layer = modules.get(prev.target) if getattr(prev, "op", "") == "call_module" else None
-            if type(layer) not in FOLDABLE or len(prev.users) != 1:  # not a subclass's forward
+            if not _foldable(layer) or len(prev.users) != 1:
                 continue
             folded = _with_bias(layer)
             self.net.add_submodule(f"folded{len(self.pairs)}", folded)
@@ -239,18 +241,21 @@ class FoldedNet:
     def refresh(self) -> nn.Module:
         """The folded net, with weights from the model's current ones."""
         for layer, bn, folded in self.pairs:
-            scale = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
+            var, mean = bn.running_var, bn.running_mean
+            assert var is not None and mean is not None  # kept: `_running_stats`
+            scale = torch.rsqrt(var + bn.eps)  # (C,)
             if bn.weight is not None:
                 scale = scale * bn.weight
             shape = (-1,) + (1,) * (layer.weight.dim() - 1)
             folded.weight.copy_(layer.weight * scale.view(shape).to(layer.weight.dtype))
-            bias = -bn.running_mean if layer.bias is None else layer.bias - bn.running_mean
+            bias = -mean if layer.bias is None else layer.bias - mean
             bias = bias * scale
+            assert folded.bias is not None  # `_with_bias`
             folded.bias.copy_(bias if bn.bias is None else bias + bn.bias)
         return self.net
 
 
-def _running_stats(bn: nn.Module | None) -> bool:
+def _running_stats(bn: nn.Module | None) -> TypeGuard[nn.modules.batchnorm._BatchNorm]:
     """A batch norm that eval mode runs as a fixed affine map (running statistics kept)."""
     return (
         isinstance(bn, nn.modules.batchnorm._BatchNorm)
@@ -270,18 +275,28 @@ def _hooked(m: nn.Module) -> bool:
     )
 
 
-def _with_bias(layer: nn.Module) -> nn.Module:
+def _foldable(layer: nn.Module | None) -> TypeGuard[Foldable]:
+    """A layer of a FOLDABLE type itself (a subclass may have a forward of its own)."""
+    return type(layer) in FOLDABLE
+
+
+def _with_bias(layer: Foldable) -> Foldable:
     """A layer like `layer` (same type, options, device, dtype, memory format) with a bias."""
     w = layer.weight
+    new: Foldable
     if isinstance(layer, nn.Linear):
         new = nn.Linear(layer.in_features, layer.out_features, True, w.device, w.dtype)
     else:
+        options: dict[str, Any] = dict(  # one entry per spatial dim of this conv
+            kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+            dilation=layer.dilation, groups=layer.groups, padding_mode=layer.padding_mode,
+        )  # fmt: skip
         new = type(layer)(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, layer.groups, True, layer.padding_mode, w.device, w.dtype,
+            layer.in_channels, layer.out_channels, bias=True, device=w.device, dtype=w.dtype,
+            **options,
         )  # fmt: skip
     if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last):
-        new = new.to(memory_format=torch.channels_last)
+        new.to(memory_format=torch.channels_last)  # in place, as Module.to
     return new.requires_grad_(False)
 
 

@@ -7,7 +7,7 @@ it ended without it), `model.safetensors` and `checkpoints/`. A study folder hol
 `study.json` (the study's settings), `runs/<cell>/` (one run folder per cell of its grid), `env.json`
 (the provenance of the study's command, as a run's, with the date it ended), and what its report
 writes: `summary.json`, figures and `report.html`. Each of these JSON files holds one
-JSON object, and `read_json` says so, naming the file, when one does not.
+JSON object, and `read_json` (`reslab.jsonfile`) says so, naming the file, when one does not.
 
 A cell is named `<part>-<part>-...-s<seed>` (e.g. `plain-20-s0`, `residual-64-s2`, `B-s0`);
 `cell_name` writes it and `parse_cell` reads it back. No other module spells these file names.
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from reslab import atomic
+from reslab.jsonfile import read_json, write_json
+from reslab.jsonfile import write_text as write_text  # the writers' `runs.write_text`
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -120,74 +121,6 @@ def lock(run_dir: str | Path, active: bool = True) -> Iterator[None]:
             for folder in new:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-
-
-# ------------------------------------------------------------------------------------------ JSON
-
-
-def write_json(path: str | Path, obj: Any, strict: bool = False) -> Path:
-    """Write JSON atomically (temp file + rename), so a reader never sees half a file.
-
-    `strict`: refuse NaN/inf (a study summary must be valid JSON for any reader), in one line
-    naming the file and the field."""
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=not strict)
-    except ValueError:
-        where, value = _not_finite(obj)
-        raise ValueError(
-            f"cannot write {path}: {where} is {value}, which JSON cannot hold"
-        ) from None
-    return atomic.write_text(path, text + "\n")
-
-
-def _not_finite(obj: Any, where: str = "") -> tuple[str, float] | tuple[None, None]:
-    """The first NaN or infinity in a JSON-like `obj`, as ("runs[2].train_error", nan)."""
-    if isinstance(obj, float) and obj != obj or obj in (float("inf"), float("-inf")):
-        return where or "the value", obj
-    items = (
-        obj.items()
-        if isinstance(obj, dict)
-        else enumerate(obj)
-        if isinstance(obj, (list, tuple))
-        else ()
-    )
-    for k, v in items:
-        found = _not_finite(
-            v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}".lstrip(".")
-        )
-        if found[0] is not None:
-            return found
-    return None, None
-
-
-write_text = (
-    atomic.write_text
-)  # atomically: a failure leaves the old file whole, one line naming it
-
-
-def read_json(path: str | Path) -> dict:
-    """A run or study JSON file, which holds one JSON object; a one-line ValueError naming the file
-    when it is not valid JSON or holds something else (a list, a string, a number)."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except ValueError as e:  # UnicodeDecodeError is one too
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} should hold a JSON object, got {_JSON_TYPES.get(type(obj))}")
-    return obj
-
-
-_JSON_TYPES = {
-    list: "list",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "true or false",
-    type(None): "null",
-}
 
 
 def metric_lines(path: str | Path) -> list[tuple[int, str]]:

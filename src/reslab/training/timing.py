@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 from reslab.data import ImageData, Loader
 from reslab.training import distributed, precision
+from reslab.training.build import augment_on, build_model, load_data
 from reslab.training.checkpoint import save_checkpoint
 from reslab.training.config import TrainConfig
 from reslab.training.evaluation import eval_images, eval_plan, evaluate
-from reslab.training.loop import augment_on, build_model, load_data, make_optimizer
+from reslab.training.optim import make_optimizer
 
 # the config fields that decide how long a step, an evaluated image, a checkpoint (on the disk of
 # `out`) or the start-up takes

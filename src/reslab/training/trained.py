@@ -16,9 +16,9 @@ import torch
 
 from reslab.data import ImageData, Normalization, load_dataset, subtract_mean_image
 from reslab.training import distributed, runs
+from reslab.training.build import load_trained
 from reslab.training.config import TrainConfig, check_model_args
 from reslab.training.evaluation import evaluate
-from reslab.training.loop import load_trained
 
 if TYPE_CHECKING:
     from reslab.models.registry import Model
@@ -139,7 +139,7 @@ def evaluate_weights(
     else:
         if normalize == "pixel-mean":
             train = ds if split == "train" else load_dataset(data, "train", root=data_dir)
-            ds = subtract_mean_image(train, ds)[1]  # type: ignore[assignment]  # not None
+            ds = subtract_mean_image(train, ds)[1]
         for name, v in (("mean", mean), ("std", std)):
             if v is not None and len(v) != ds.images.shape[1]:
                 raise ValueError(

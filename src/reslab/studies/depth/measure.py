@@ -50,12 +50,12 @@ def first_step(c: TrainConfig) -> dict:
     config `c`; loss and grad_norm are None where not finite (grad_norm: where any entry is not
     finite); classes: how many the data has (ln classes is the loss of a uniform guess)."""
     from reslab.data import Loader
-    from reslab.training.loop import augment_on, build_model, load_data
+    from reslab.training.build import augment_on, build_run
 
     torch.set_flush_denormal(True)  # as the engine does for every run
     torch.manual_seed(c.seed)
-    train_data, _, _ = load_data(c)
-    model = build_model(c, train_data).train()  # initialised as the engine's, from the same seed
+    model, train_data, _, _ = build_run(c)  # initialised as the engine's, from the same seed
+    model.train()
     loader = Loader(train_data, c.batch_size, train=True, augment=augment_on(c), seed=c.seed)
     x, y = next(iter(loader.epoch(0)))  # (B, C, H, W), (B,)
     loss = F.cross_entropy(model(x).float(), y, label_smoothing=c.label_smoothing)

@@ -200,7 +200,7 @@ def net(
     measured as the engine initialises it (same seed, same builder) and, given its trained `weights`,
     after training."""
     from reslab.models import count_params, load_weights
-    from reslab.training.loop import build_model
+    from reslab.training.build import build_model
 
     device = batches[0][0].device
     torch.manual_seed(c.seed)
@@ -217,7 +217,7 @@ def inputs(run_cfg: TrainConfig, n_batches: int, n_lines: int, seed: int, device
     """(training data, `n_batches` fixed training batches, `n_lines` lines (x_a, x_b, class of x_a)
     between two test images) for the measures, on `device`."""
     from reslab.data import Loader
-    from reslab.training.loop import load_data
+    from reslab.training.build import load_data
 
     train_data, test_data, _ = load_data(run_cfg)
     loader = Loader(

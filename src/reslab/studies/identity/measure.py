@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -254,10 +254,9 @@ def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> d
     `trained`) and evaluate on the test set before any further training."""
     from reslab.data import Loader
     from reslab.models import append_blocks, load_weights
-    from reslab.training.loop import build_model, load_data
+    from reslab.training.build import build_run
 
-    train_data, test_data, _ = load_data(base_cfg)
-    base = cast("Model", build_model(base_cfg, train_data))
+    base, train_data, test_data, _ = build_run(base_cfg)
     load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
     base = base.to(device)
     test = Loader(

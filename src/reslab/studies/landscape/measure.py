@@ -79,7 +79,7 @@ def load(run_dir: Path, subset: int) -> tuple[torch.nn.Module, torch.Tensor, tor
     """A run's trained model (eval mode, CPU) and the first `subset` images of its training split,
     normalised as the model was trained, with their labels."""
     from reslab.data import Loader
-    from reslab.training.loop import load_data
+    from reslab.training.build import load_data
     from reslab.training.trained import load_run
 
     model, cfg = load_run(run_dir)

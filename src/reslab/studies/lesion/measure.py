@@ -104,7 +104,7 @@ def load_run(run_dir: str | Path, device: str = "auto"):
     """(model with trained weights, train split, test split, train config, Dist) of a run folder:
     `reslab.load_run` and the run's data."""
     from reslab.training import distributed
-    from reslab.training.loop import load_data
+    from reslab.training.build import load_data
     from reslab.training.trained import load_run as load_trained
 
     model, cfg = load_trained(run_dir)
