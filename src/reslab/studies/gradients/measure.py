@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import time
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -204,7 +203,7 @@ def net(
 
     device = batches[0][0].device
     torch.manual_seed(c.seed)
-    model = cast("Model", build_model(c, data)).to(device)
+    model = build_model(c, data).to(device)
     digest = init_digest(model)
     phases = {"init": measure(model, batches, lines, points, max_lag)}
     if weights is not None:
