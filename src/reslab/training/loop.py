@@ -29,7 +29,7 @@ from reslab.data import (
     train_val_split,
 )
 from reslab.models import create_model, create_saved, load_weights, save_weights
-from reslab.training import allocator, distributed, precision, runs
+from reslab.training import allocator, distributed, precision, runs, trackers
 from reslab.training.bookkeeping import (
     Clock,
     Diverged,
@@ -100,6 +100,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         )
     if model is not None:
         cfg = _for_module(cfg, model)
+    trackers.check_installed(cfg.log_to)  # a missing MLflow or W&B: one line, before any work
     d = distributed.setup(cfg.device)
     try:
         with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
@@ -191,8 +192,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
     if d.is_main:
         _keep_earlier_summary(run_dir, step, total)
         run_dir.mkdir(parents=True, exist_ok=True)
-    # the metrics first: a line that is not a record stops a resume before anything is rewritten
-    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
+    # the metrics first: a line that is not a record stops a resume before anything is rewritten;
+    # then the --log-to tracker runs open
+    log = RunLog(run_dir, d.is_main, step if cfg.resume else None, cfg.log_to, cfg.to_dict())
     if d.is_main:
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
@@ -256,7 +258,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
                     break
     except BaseException as err:  # diverged, a failed save, Ctrl-C: the log keeps what it has
         progress.close()
-        log.close()
+        log.close(err)
         if isinstance(err, Diverged) and d.is_main:
             write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
         raise
@@ -567,7 +569,7 @@ def _existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
         # what the run computes, not where it lives: --out and --name found the folder, which may
         # have moved since, and a data path may be spelled another way ($PWD/data or data); its
         # length may grow (a longer run goes on from its last checkpoint)
-        volatile = {"resume", "progress", "log_lines", "device", "num_threads", "compile"}
+        volatile = {"resume", "progress", "log_lines", "log_to", "device", "num_threads", "compile"}
         volatile |= {"out", "name", "iters", "epochs"}
         new = cfg.to_dict()
         diff = sorted(
