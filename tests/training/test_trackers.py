@@ -74,11 +74,17 @@ def test_only_the_logging_rank_opens_tracker_runs(tmp_path, monkeypatch):
 # ---- MLflow, on a local SQLite store, read back with MlflowClient
 
 
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory):
+    """One SQLite store for the module's tests: creating its tables costs seconds."""
     pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
     pytest.importorskip("sqlalchemy", reason="pip install -e '.[mlflow]'")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch, mlflow_db):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{mlflow_db}")
     monkeypatch.chdir(tmp_path)  # MLflow's artifacts go to ./mlruns
     from mlflow.tracking import MlflowClient
 
