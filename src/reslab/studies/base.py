@@ -46,8 +46,10 @@ OWNED += ("progress", "log_lines")
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
-# Fields of a run's TrainConfig that differ between the cells of one study (not part of its recipe).
+# Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
+# (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
 PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
+PER_RUN += ("log_to",)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from reslab.limits import check_int
 from reslab.options import _base_type
+from reslab.training import trackers
 from reslab.training.presets import PRESETS
 from reslab.training.runs import check_name
 
@@ -176,6 +177,12 @@ class TrainConfig:
         "when no progress bar shows (--no-progress, or output that is not a terminal), print one "
         "line per evaluation: step, lr, loss, training and test error, images/s",
     )
+    log_to: str = _f(
+        "",
+        "also log the config, metrics, summary and weights to an experiment tracker: mlflow, wandb, "
+        "or both as mlflow,wandb (pip install 'reslab[mlflow]' / 'reslab[wandb]'); where is set by "
+        "their own variables (MLFLOW_TRACKING_URI, WANDB_MODE, WANDB_PROJECT, ...)",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -218,6 +225,7 @@ class TrainConfig:
                 )
         if self.name:
             check_name(self.name)
+        trackers.parse(self.log_to)
         check_model_args(self.model_kwargs)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from reslab import limits
 from reslab.data import ImageData, Loader, Normalization
 from reslab.models import save_weights
-from reslab.training import allocator, distributed, precision, runs
+from reslab.training import allocator, distributed, precision, runs, trackers
 from reslab.training.bookkeeping import (
     Clock,
     Diverged,
@@ -87,6 +87,7 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         )
     if model is not None:
         cfg = _for_module(cfg, model)
+    trackers.check_installed(cfg.log_to)  # a missing MLflow or W&B: one line, before any work
     d = distributed.setup(cfg.device)
     try:
         with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
@@ -179,8 +180,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
     if d.is_main:
         keep_earlier_summary(run_dir, step, total)
         run_dir.mkdir(parents=True, exist_ok=True)
-    # the metrics first: a line that is not a record stops a resume before anything is rewritten
-    log = RunLog(run_dir, active=d.is_main, resume_step=step if cfg.resume else None)
+    # the metrics first: a line that is not a record stops a resume before anything is rewritten;
+    # then the --log-to tracker runs open
+    log = RunLog(run_dir, d.is_main, step if cfg.resume else None, cfg.log_to, cfg.to_dict())
     if d.is_main:
         write_json(run_dir / runs.CONFIG, cfg.to_dict())
         write_json(run_dir / runs.ENV, {**provenance(d.device), "precision": prec.to_dict()})
@@ -244,7 +246,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, given: nn.Module | None = None
                     break
     except BaseException as err:  # diverged, a failed save, Ctrl-C: the log keeps what it has
         progress.close()
-        log.close()
+        log.close(err)
         if isinstance(err, Diverged) and d.is_main:
             write_json(run_dir / runs.SUMMARY, diverged_summary(cfg, step, err))
         raise

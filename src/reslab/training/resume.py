@@ -127,7 +127,7 @@ def existing_run(run_dir: Path, cfg: TrainConfig) -> dict | None:
         # what the run computes, not where it lives: --out and --name found the folder, which may
         # have moved since, and a data path may be spelled another way ($PWD/data or data); its
         # length may grow (a longer run goes on from its last checkpoint)
-        volatile = {"resume", "progress", "log_lines", "device", "num_threads", "compile"}
+        volatile = {"resume", "progress", "log_lines", "log_to", "device", "num_threads", "compile"}
         volatile |= {"out", "name", "iters", "epochs"}
         new = cfg.to_dict()
         diff = sorted(

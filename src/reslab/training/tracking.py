@@ -1,5 +1,6 @@
 """What a run leaves behind: metrics as JSON lines and as CSV, TensorBoard events (scalars, and the
-config with the final numbers as hparams), provenance, summary.
+config with the final numbers as hparams), provenance, summary; and, where a run asks for them, the
+same lines in MLflow or W&B (`reslab.training.trackers`).
 
 Only the logging process (rank 0) writes. On resume, metric lines past the checkpoint's step (and a
 `final` line, which the resumed run writes anew) are dropped so the file reads as one uninterrupted
@@ -22,15 +23,25 @@ import torch
 
 import reslab
 from reslab import atomic
-from reslab.training import allocator, precision, runs
+from reslab.training import allocator, precision, runs, trackers
 
 
 class RunLog:
     """Appends metrics to `metrics.jsonl` and TensorBoard; a no-op on non-logging ranks."""
 
-    def __init__(self, run_dir: Path, active: bool = True, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        active: bool = True,
+        resume_step: int | None = None,
+        log_to: str = "",
+        config: dict | None = None,
+    ):
+        """`log_to`: the experiment trackers (`reslab.training.trackers`) that also get the run's
+        `config` and every line; their runs open here, before the first step."""
         self.run_dir, self.active = run_dir, active
         self._tb = None
+        self.trackers: list[trackers.Tracker] = []
         if not active:
             return
         self.path = run_dir / runs.METRICS
@@ -38,16 +49,21 @@ class RunLog:
             _truncate_after(self.path, resume_step)
         elif resume_step is None:
             atomic.write_text(self.path, "")
+        self.trackers = trackers.open_trackers(log_to, run_dir, config or {})
 
     def write(self, kind: str, step: int, **values: float) -> None:
         if not self.active:
             return
         line = {"kind": kind, "step": step, **values}
         atomic.append_text(self.path, json.dumps(line) + "\n")
+        scalars = {  # what the charts plot: the numbers, less the x-axes other than the step
+            k: v for k, v in values.items() if k not in ("epoch", "time") and _number(v)
+        }
         tb = self._writer()
-        for key, value in values.items():
-            if key not in ("epoch", "time") and isinstance(value, (int, float)):
-                tb.add_scalar(f"{kind}/{key}", value, step)
+        for key, value in scalars.items():
+            tb.add_scalar(f"{kind}/{key}", value, step)
+        for tracker in self.trackers:
+            tracker.log(kind, step, scalars)
 
     def _writer(self):
         if self._tb is None:
@@ -63,22 +79,24 @@ class RunLog:
             return
         from torch.utils.tensorboard.summary import hparams
 
-        plain = (bool, int, float, str)
-        values = {
-            k: v if isinstance(v, plain) else json.dumps(v)
-            for k, v in config.items()
-            if v is not None
-        }
         writer = self._writer().file_writer
-        for part in hparams(values, metrics):
+        for part in hparams(trackers.flat_config(config), metrics):
             writer.add_summary(part)
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
+        """Flush TensorBoard, write metrics.csv, and close the tracker runs: with the summary and
+        weights the run folder holds now, or as failed by `error`."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
         if self.active and self.path.exists():
             write_metrics_csv(self.run_dir)
+        opened, self.trackers = self.trackers, []
+        trackers.finish_all(opened, self.run_dir, error)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_metrics_csv(run_dir: Path) -> Path:
