@@ -19,7 +19,7 @@ from typing import Any
 
 
 def add_dataclass_options(
-    parser: argparse.ArgumentParser,
+    parser: argparse._ActionsContainer,
     cls: type,
     exclude: Sequence[str] = (),
     only: Sequence[str] | None = None,

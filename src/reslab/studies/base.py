@@ -48,8 +48,17 @@ FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 # Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
 # (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
-PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
-PER_RUN += ("log_to",)
+PER_RUN = (
+    "model",
+    "model_kwargs",
+    "seed",
+    "name",
+    "out",
+    "resume",
+    "progress",
+    "log_lines",
+    "log_to",
+)
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def _train_one(cfg: TrainConfig, threads: int, progress: bool) -> dict:
 
     run_dir = Path(cfg.out) / cfg.run_name
     if runs.status(run_dir) == "diverged":  # never retried on its own
-        return {"name": cfg.run_name, **runs.read_summary(run_dir), "wall_s": 0.0}
+        return {"name": cfg.run_name, **(runs.read_summary(run_dir) or {}), "wall_s": 0.0}
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:

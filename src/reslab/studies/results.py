@@ -68,6 +68,8 @@ def section(folder: Path, root: Path) -> str:
     from reslab.studies import get, study_kind
 
     kind = study_kind(folder)
+    if kind is None:
+        raise ValueError(f"{folder} holds no study.json of a study reslab knows")
     summary_path = folder / runs.SUMMARY
     if not summary_path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)

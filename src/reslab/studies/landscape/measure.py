@@ -64,7 +64,7 @@ def measure(run_dir: Path, xs: np.ndarray, subset: int, hessian: int, direction_
     training images, and its Hessian extremes on the first `hessian` of them."""
     model, images, labels = load(run_dir, subset)
     d1, d2 = landscape.directions(model, seed=direction_seed)
-    grid = landscape.surface(model, d1, d2, images, labels, xs, xs)
+    grid = landscape.surface(model, d1, d2, images, labels, xs.tolist(), xs.tolist())
     lmax, lmin = landscape.hessian_extremes(model, images[:hessian], labels[:hessian])
     return {
         "loss": grid["loss"].tolist(),
@@ -87,8 +87,9 @@ def load(run_dir: Path, subset: int) -> tuple[torch.nn.Module, torch.Tensor, tor
         raise ValueError(f"{run_dir}: no config.json; the landscape needs the run's data")
     train_data = load_data(cfg)[0]
     train_data = train_data.subset(torch.arange(min(subset, len(train_data.labels))))
-    if getattr(model, "normalization", None) is not None:
-        train_data = model.normalization.apply(train_data)
+    normalization = getattr(model, "normalization", None)
+    if normalization is not None:
+        train_data = normalization.apply(train_data)
     loader = Loader(train_data, 1024, train=False, augment=False, device=torch.device("cpu"))
     xs, ys = zip(*loader.epoch(0), strict=True)
     return model.eval(), torch.cat(xs), torch.cat(ys)

@@ -55,7 +55,7 @@ def build_report(folder: str | Path) -> Path:
     summary = write_summary(folder)
     data = runs.read_json(folder / SURFACES)
     xs = np.asarray(data["xs"])
-    first = {}  # (arch, depth) -> the first seed's net, the one drawn
+    first: dict[tuple[str, int], dict] = {}  # (arch, depth) -> the first seed's net, the one drawn
     for n in sorted(data["nets"], key=lambda n: n["seed"]):
         first.setdefault((n["arch"], n["depth"]), n)
     depths = sorted({d for _, d in first})
