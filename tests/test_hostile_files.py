@@ -18,6 +18,7 @@ import torch
 
 from reslab.cli import main
 from reslab.models import create_model, load_weights, read_metadata, save_weights
+from reslab.studies import records
 from reslab.training import runs
 from reslab.training.tracking import RunLog
 
@@ -324,7 +325,7 @@ def test_json_files_of_the_wrong_shape(content, expected, weights, tmp_path, cap
     study.mkdir(parents=True)
     (study / runs.STUDY).write_bytes(content)
     with pytest.raises(ValueError, match="^" + re.escape(f"{study / runs.STUDY} {expected}")):
-        runs.read_study(study, "lesion")
+        records.read_study(study, "lesion")
     run = _run_folder(tmp_path / "run", weights)
     lesion = ["lesion", "--from", str(run), "--out", str(tmp_path / "out"), "--name", "n"]
     _one_line_error(capsys, lesion, f"{study / runs.STUDY} {expected}")  # resuming that study

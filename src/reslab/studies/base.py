@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reslab.studies import records
 from reslab.studies.grid import default_jobs, train_grid
 from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options, raise_failed
 from reslab.training import runs
@@ -264,7 +265,7 @@ def claim(
     record = jsonable({**record, "schema": runs.SCHEMA})
     path = folder / runs.STUDY
     if path.exists():  # read in today's form, whichever reslab wrote it, and checked
-        old = runs.read_record(path, record.get("study", ""))
+        old = records.read_record(path, record.get("study", ""))
         diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
         if diff:
             raise ValueError(

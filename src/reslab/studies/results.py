@@ -14,6 +14,7 @@ import datetime as dt
 import shlex
 from pathlib import Path
 
+from reslab.studies import records
 from reslab.training import runs
 
 _ENTRY = ("reslab", "__main__.py")  # argv[0] of `reslab ...` and of `python -m reslab ...`
@@ -73,7 +74,7 @@ def section(folder: Path, root: Path) -> str:
     summary_path = folder / runs.SUMMARY
     if not summary_path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = runs.read_record(summary_path, kind)  # whichever reslab wrote it, checked
+    summary = records.read_record(summary_path, kind)  # whichever reslab wrote it, checked
     where = provenance(folder)
     status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name

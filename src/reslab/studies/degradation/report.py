@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, fmt_pct, join_values
+from reslab.studies import records
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
 from reslab.studies.degradation.rule import verdict
@@ -96,7 +97,7 @@ def _arch_of(model: str) -> str | None:
 def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
     """(finished run entries, run folders without a summary.json yet), both relative to study_dir."""
     runs, incomplete = [], []
-    for run_dir in _run_dirs(study_dir, rf.read_study(study_dir, "degradation")):
+    for run_dir in _run_dirs(study_dir, records.read_study(study_dir, "degradation")):
         rel = run_dir.relative_to(study_dir).as_posix()
         summary = rf.read_summary(run_dir)
         if summary is None:
@@ -187,7 +188,7 @@ def setting(summary: dict) -> str:
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    study = rf.read_study(study_dir, "degradation")
+    study = records.read_study(study_dir, "degradation")
     runs, incomplete = _scan(study_dir)
     summary = summary_head("degradation", study, ("runs",), data=None, family=None)
     if summary["data"] is None and runs:

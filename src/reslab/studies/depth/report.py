@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from reslab.report.html import fmt_count, fmt_pct
+from reslab.studies import records
 from reslab.studies.depth import first_step_path, plots
 from reslab.studies.depth.arms import (
     CLIP,
@@ -127,7 +128,7 @@ def _run_entry(study_dir: Path, run_dir: Path, cell: dict) -> dict:
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(one entry per run with a summary, run folders without one yet), relative to study_dir."""
     study_dir = Path(study_dir)
-    rf.read_study(study_dir, "depth")
+    records.read_study(study_dir, "depth")
     runs, incomplete = [], []
     for run_dir in rf.run_dirs(study_dir):
         cell = rf.parse_cell(run_dir.name, ("arm", "depth"))
@@ -147,7 +148,7 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    study = rf.read_study(study_dir, "depth")
+    study = records.read_study(study_dir, "depth")
     runs, incomplete = collect_runs(study_dir)
     summary = summary_head("depth", study, ("runs",), data=None, family=None)
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs).to_json())

@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, join_values
+from reslab.studies import records
 from reslab.studies.base import PER_RUN
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import HE_2015, NOTE, _error, claims, profile
@@ -147,12 +148,12 @@ def write_summary(study_dir: str | Path) -> dict:
     """Collect the measurements, judge them (verdict, claims, like for like) and write
     `<study_dir>/summary.json`."""
     study_dir = Path(study_dir)
-    records = collect(study_dir)
-    study = runs.read_study(study_dir, "gradients")
-    entries = nets(records)
+    measured = collect(study_dir)
+    study = records.read_study(study_dir, "gradients")
+    entries = nets(measured)
     summary = summary_head("gradients", study, ("nets", "seed_nets"))
     summary.update(nets=combine(entries), seed_nets=entries)
-    like = like_for_like(study_dir, records, study)
+    like = like_for_like(study_dir, measured, study)
     diverged = [
         runs.diverged_note(study_dir / e["run_dir"])
         for e in entries

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from reslab.report import figures
 from reslab.report.html import fmt_pct, join_values
+from reslab.studies import records
 from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
 from reslab.studies.identity.rule import CALLS, _fmt, verdict
@@ -52,7 +53,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Collect the results, judge them and write `<study_dir>/summary.json`; returns the summary."""
     study_dir = Path(study_dir)
     results = collect(study_dir)
-    study = runs.read_study(study_dir, "identity")
+    study = records.read_study(study_dir, "identity")
     summary = summary_head("identity", study)
     diverged = [
         runs.diverged_note(d) for d in runs.run_dirs(study_dir) if runs.status(d) in runs.UNTRAINED

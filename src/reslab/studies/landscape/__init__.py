@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reslab.studies import base
+from reslab.studies import base, records
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
@@ -79,7 +79,7 @@ class LandscapeConfig(base.StudyConfig):
         path = Path(self.source) / runs.STUDY
         if not path.is_file():
             return
-        source = runs.read_record(path, "degradation")
+        source = records.read_record(path, "degradation")
         if source.get("data", self.data) != self.data:
             preset = source.get("preset", "?")
             hint = f"--preset {preset}" if preset in PRESETS else f"--data {source['data']}"

@@ -10,6 +10,7 @@ import numpy as np
 
 from reslab.report import figures
 from reslab.report.html import Page, fmt_pct
+from reslab.studies import records
 from reslab.studies.landscape import SURFACES
 from reslab.studies.landscape.rule import rows, verdict
 from reslab.training import runs
@@ -28,7 +29,7 @@ def write_summary(folder: Path) -> dict:
         | {"centre_loss": n["loss"][len(data["xs"]) // 2][len(data["xs"]) // 2]}
         for n in data["nets"]
     ]
-    summary = runs.read_study(folder, "landscape") | {
+    summary = records.read_study(folder, "landscape") | {
         "rows": table,
         "nets": nets,
         "lost": data["lost"],
@@ -95,7 +96,7 @@ def build_report(folder: str | Path) -> Path:
             for n in summary["nets"]
         ],  # fmt: skip
     )
-    record = runs.read_study(folder, "landscape")
+    record = records.read_study(folder, "landscape")
     page.setup(
         "Every net's loss and error on the first `subset` training images, batch norm in eval mode, "
         "at each point of the grid; the directions drawn once (direction_seed) and filter-normalised "

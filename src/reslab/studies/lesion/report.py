@@ -20,6 +20,7 @@ import numpy as np
 
 from reslab.report import figures
 from reslab.report.html import fmt_mean_std, fmt_pct
+from reslab.studies import records
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
 from reslab.studies.lesion.rule import (
@@ -49,7 +50,7 @@ def _read(study_dir: Path) -> tuple[dict, list[dict], list[dict]]:
             f"not a lesion study folder (no {runs.STUDY}, no {LESIONS}): {study_dir}"
         )
     lesions = runs.read_json(path) if path.is_file() else {}
-    record = runs.read_study(study_dir, "lesion") if study.is_file() else {}
+    record = records.read_study(study_dir, "lesion") if study.is_file() else {}
     return record, lesions.get("nets", []), lesions.get("diverged", [])
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from reslab.models.variants import VARIANTS
 from reslab.report.html import fmt_mean_std, fmt_pct
+from reslab.studies import records
 from reslab.studies.pages import summary_head, verdict_page
 from reslab.studies.shortcuts.plots import plot_bars, plot_curves, train_lines
 from reslab.studies.shortcuts.rule import CLASSES, _paper_text, paper_finding, scale_note, verdict
@@ -68,7 +69,7 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
 def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
-    study = rf.read_study(study_dir, "shortcuts")
+    study = records.read_study(study_dir, "shortcuts")
     runs, incomplete = collect_runs(study_dir)
     summary = summary_head("shortcuts", study)
     summary.update(runs=runs, incomplete=incomplete)

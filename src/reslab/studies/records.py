@@ -1,0 +1,152 @@
+"""Study-side files checked where they are read: a study's study.json and summary.json against
+the types its config dataclass declares and the keys every study adds (`read_record`), so a field
+of the wrong type or a key a report needs that is missing is one line naming the file and the
+field, never a traceback or a silently wrong report. Run-side files are checked in
+`reslab.training.runs` (which this module builds on, not the other way round)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from reslab.training import runs
+from reslab.training.runs import SUMMARY, read_json, upgrade
+
+# Keys of study.json and a study's summary.json beside the study config's fields, with their types.
+_RECORD_KEYS: dict[str, Any] = {
+    "study": str,
+    "schema": int,
+    "recipe": dict,
+    "reused": int,
+    "paper_column": int,
+    "base_units": int,
+    "arm_models": dict,
+    "arm_train": dict,
+}
+# A study.json's "runs" where the config has no such field: the run folders to read (degradation).
+_LISTED_RUNS = list[str | dict]
+# Keys each study's reports read from study.json without a default (older folders get them from
+# `upgrade`).
+_REQUIRED: dict[str, tuple[str, ...]] = {"shortcuts": ("paper_column",)}
+# What every summary.json holds beside its study.json's keys.
+_SUMMARY_KEYS: dict[str, Any] = {"verdict": dict}
+_VERDICT_KEYS: dict[str, Any] = {"status": str, "text": str}
+
+
+def read_study(study_dir: str | Path, kind: str) -> dict:
+    """A `kind` study folder's study.json in today's form (`read_record`; {} for a folder that holds
+    only runs/); a one-line FileNotFoundError when it holds neither, or a ValueError when study.json
+    is not a JSON object or a field of it has the wrong type."""
+    study_dir = Path(study_dir)
+    if (study_dir / runs.STUDY).is_file():
+        return read_record(study_dir / runs.STUDY, kind)
+    if (study_dir / runs.RUNS).is_dir():
+        return {}
+    raise FileNotFoundError(
+        f"not a {kind} study folder (no {runs.STUDY}, no {runs.RUNS}/): {study_dir}"
+    )
+
+
+def read_record(path: str | Path, kind: str) -> dict:
+    """A `kind` study's study.json or summary.json (by its file name), in today's form (`upgrade`)
+    and checked (`check_record`): one line naming the file and the field when it is not as reslab
+    writes it. Nothing is written."""
+    path = Path(path)
+    return check_record(upgrade(read_json(path), kind), kind, path)
+
+
+def check_record(record: dict, kind: str, path: str | Path) -> dict:
+    """`record` (a `kind` study's study.json or, when `path` is a summary.json, its summary) if each
+    field it holds has the type the study writes there (its config dataclass's fields, then the keys
+    every study adds) and no key its report needs is missing; else a one-line ValueError naming the
+    file, the field, what it holds and what is allowed."""
+    path = Path(path)
+    summary = path.name == SUMMARY
+    types = dict(_RECORD_KEYS, **_config_types(kind))
+    if "runs" not in types and not summary:
+        types["runs"] = _LISTED_RUNS
+    if summary:
+        types.update(_SUMMARY_KEYS)
+    for key in _REQUIRED.get(kind, ()) + (("verdict",) if summary else ()):
+        if key not in record:
+            raise ValueError(f"{path} has no {key!r} field; {_rebuild(path)}")
+    for key, expected in types.items():
+        if key in record and not _is(record[key], expected):
+            _wrong(path, key, record[key], expected)
+    for key, expected in _VERDICT_KEYS.items() if summary else ():
+        verdict = record["verdict"]
+        if key not in verdict or not _is(verdict[key], expected):
+            _wrong(path, f"verdict.{key}", verdict.get(key, "missing"), expected)
+    return record
+
+
+def _config_types(kind: str) -> dict[str, Any]:
+    """The study config's fields and their types ({} for a kind reslab does not know)."""
+    import dataclasses
+    import typing
+
+    from reslab import studies
+
+    if kind not in studies.NAMES:
+        return {}
+    config = studies.get(kind).config
+    hints = typing.get_type_hints(config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config)}
+
+
+def _is(value: Any, expected: Any) -> bool:
+    """Whether a JSON `value` has the type `expected` (a config field's annotation; tuples are
+    JSON lists, a float field takes a whole number, no number field takes true or false)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if expected is Any:
+        return True
+    if expected is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        return isinstance(value, list) and all(_is(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, origin or expected)
+
+
+def _wrong(path: Path, field: str, value: Any, expected: Any) -> None:
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise ValueError(
+        f"{path}: field {field!r} should be {_describe(expected)}, got {shown}; {_rebuild(path)}"
+    )
+
+
+def _describe(expected: Any) -> str:
+    """A type as the user sees it: "a list of whole numbers", "text or null"."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_PLURAL.get(args[0], 'values') if args else 'values'}"
+    return _NAMES.get(origin or expected, getattr(expected, "__name__", str(expected)))
+
+
+_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+          dict: "an object", type(None): "null"}  # fmt: skip
+_PLURAL = {str: "texts", int: "whole numbers", float: "numbers", str | dict: "names or objects"}
+
+
+def _rebuild(path: Path) -> str:
+    if path.name == SUMMARY:
+        return f"`reslab report {path.parent}` writes it anew from the study folder"
+    return "fix or restore that field (nothing was written)"
