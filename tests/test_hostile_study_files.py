@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.test_hostile_properties import json_values, small
-from tests.test_hostile_round2 import one_line_error, snapshot
 
 from reslab import run_study, studies
 from reslab.cli import main
 from reslab.studies.results import write_results
 from reslab.training import runs
+from test_hostile_properties import json_values, small
+from test_hostile_round2 import one_line_error, snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "studies-e7ce78a"
 

@@ -5,17 +5,22 @@ other data than the preset's is refused in one line."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.data.data_files import write_cifar
 
 from reslab.cli import main
 from reslab.studies import run_study
 from reslab.studies.landscape import SURFACES
 from reslab.studies.landscape.measure import load
 from reslab.training import runs
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+from data_files import write_cifar  # noqa: E402
 
 CELLS = dict(depths=(8,), seeds=(0,), iters=2, jobs=1, train=dict(batch_size=10, eval_every=2))
 
