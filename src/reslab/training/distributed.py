@@ -60,6 +60,12 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def teardown(d: Dist) -> None:
+def teardown(d: Dist, together: bool = False) -> None:
+    """Leave the process group. `together` (every rank finished): wait for the others first, so
+    that no rank closes its gloo connections while rank 0 is still writing the run's files; a rank
+    that tore down early was seen to abort at exit (SIGABRT, "terminate called without an active
+    exception"). After a failure nobody waits: the other ranks may never arrive."""
     if d.world_size > 1 and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

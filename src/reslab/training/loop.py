@@ -89,11 +89,14 @@ def train(cfg: TrainConfig, model: nn.Module | None = None) -> TrainResult:
         cfg = _for_module(cfg, model)
     trackers.check_installed(cfg.log_to)  # a missing MLflow or W&B: one line, before any work
     d = distributed.setup(cfg.device)
+    finished = False
     try:
         with runs.lock(Path(cfg.out) / cfg.run_name, active=d.is_main):
-            return _train(cfg, d, model)
+            result = _train(cfg, d, model)
+        finished = True
+        return result
     finally:
-        distributed.teardown(d)
+        distributed.teardown(d, together=finished)
 
 
 def _for_module(cfg: TrainConfig, model: nn.Module) -> TrainConfig:
