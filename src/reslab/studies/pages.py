@@ -1,4 +1,5 @@
-"""What every study's report.py shares: the head of its summary.json and the opening of its page."""
+"""What every study's report.py shares: the head of its summary.json, the opening of its page (the
+verdict) and its close (how the verdict is decided, how the study was run)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.report.html import Page
+from reslab.training import runs
 
 
 def summary_head(
@@ -35,3 +37,22 @@ def verdict_page(
         title, f"{folder.name} · {summary.get('data') if data is None else data} · {source}"
     )
     return page.verdict(label, v["text"], tone, notes)
+
+
+def finish(
+    page: Page,
+    folder: Path,
+    what: str,
+    settings: Mapping[str, Any],
+    skip: Iterable[str] = (),
+    rule: str | None = None,
+) -> Path:
+    """Close a study's page and write `<folder>/report.html`: "How the verdict is decided" (`rule`,
+    when given), then how the study was run: `what`, the `settings` (its study.json or summary) less
+    the verdict, the recipe and `skip`, and the recipe every run shares. Returns the page's path."""
+    if rule:
+        page.heading("How the verdict is decided").paragraph(rule, small=True)
+    recipe = settings.get("recipe") if isinstance(settings.get("recipe"), dict) else None
+    hidden = {"verdict", "recipe", "train", *skip}
+    page.setup(what, {k: v for k, v in settings.items() if k not in hidden}, recipe)
+    return page.write(folder / runs.REPORT)

@@ -22,7 +22,7 @@ from reslab.studies import records
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
 from reslab.studies.degradation.rule import verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
@@ -33,7 +33,7 @@ ARM_LABELS = {
 }
 LATE = 0.9  # ... measured from the last training-set evaluation at or before 90% of the run
 PAPER_ITERS = 64000  # He et al. 2015 §4.2: CIFAR-10 nets trained for 64k iterations (Fig. 6)
-_LABELS = {
+LABELS = {
     "shown": ("degradation shown", "good"),
     "residual_degrades_less": ("residual degrades far less than plain", "good"),
     "residual_degrades_too": ("residual degrades too", "warn"),
@@ -303,7 +303,7 @@ def _what_was_run(summary: dict) -> str:
 def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Path:
     v = summary["verdict"]
     title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
-    page = verdict_page(study_dir, summary, title, source, _LABELS, _notes(v))
+    page = verdict_page(study_dir, summary, title, source, LABELS, _notes(v))
     page.paragraph(summary["setting"])
     page.heading("Training curves").figure(
         curves,
@@ -345,16 +345,13 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
             f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
             small=True,
         )
-    skip = ("runs", "verdict", "incomplete", "recipe", "train", "setting")
-    config = {k: v for k, v in summary.items() if k not in skip} | {"iters": _iters(summary)}
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(_what_was_run(summary), config, recipe)
-    page.heading("How the verdict is decided").paragraph(
+    rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "
-        "described by the same numbers but never decides the verdict.",
-        small=True,
+        "described by the same numbers but never decides the verdict."
     )
-    return page.write(study_dir / "report.html")
+    settings = summary | {"iters": _iters(summary)}
+    skip = ("runs", "incomplete", "setting")
+    return finish(page, study_dir, _what_was_run(summary), settings, skip, rule)
 
 
 def format_table(summary: dict) -> str:

@@ -31,11 +31,11 @@ from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import HE_2015, NOTE, _error, claims, profile
 from reslab.studies.gradients.plots import ARCHS, plot_lines, plot_norms, plot_shattering
 from reslab.studies.gradients.rule import _seed, combine, geomean, nets, verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
 
-_LABELS = {
+LABELS = {
     "shown": ("shortcuts keep gradients in shape", "good"),
     "partly": ("partly shown", "warn"),
     "not_shown": ("effect not shown", "warn"),
@@ -272,7 +272,7 @@ def build_report(study_dir: str | Path) -> Path:
     v = summary["verdict"]
     title = "Gradients: plain vs residual networks"
     source = "gradient norms per layer and shattered gradients (Balduzzi et al. 2017, Figs. 1-2)"
-    page = verdict_page(study_dir, summary, title, source, _LABELS, [v.get("rule", "")])
+    page = verdict_page(study_dir, summary, title, source, LABELS, [v.get("rule", "")])
     c = summary["claims"]
     label, tone = _CLAIM_LABELS[c["status"]]
     page.heading("Vanishing gradients and degradation: two claims").verdict(
@@ -317,12 +317,8 @@ def build_report(study_dir: str | Path) -> Path:
         "its geometric mean over seeds [lowest, highest seed], and its profile by the claims rule "
         "when every seed has it (else mixed); acf(1) ± std over the lines of every seed.",
     )
-    skip = ("study", "nets", "seed_nets", "verdict", "recipe", "train")
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(
-        _what_was_measured(summary), {k: v for k, v in summary.items() if k not in skip}, recipe
-    )
-    return page.write(study_dir / runs.REPORT)
+    skip = ("study", "nets", "seed_nets")
+    return finish(page, study_dir, _what_was_measured(summary), summary, skip)
 
 
 def _what_was_measured(summary: dict) -> str:
