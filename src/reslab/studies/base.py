@@ -188,9 +188,10 @@ def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> Tr
     return resolve(values.pop("preset", None), **values)
 
 
-def recipe(run_cfg: TrainConfig) -> dict:
-    """What every run of a study shares: a run config without its per-run fields."""
-    return {k: v for k, v in run_cfg.to_dict().items() if k not in PER_RUN}
+def recipe(run_cfg: TrainConfig | dict) -> dict:
+    """What every run of a study shares: a run config (or its config.json) without its per-run fields."""
+    values = run_cfg if isinstance(run_cfg, dict) else run_cfg.to_dict()
+    return {k: v for k, v in values.items() if k not in PER_RUN}
 
 
 def study_dir(cfg: Any) -> Path:

@@ -20,6 +20,13 @@ def summary_head(
     return {"study": kind, **first, **{k: v for k, v in study.items() if k not in skip}}
 
 
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """`header` and `rows` as plain text for the terminal: columns right-aligned, two spaces apart."""
+    rows = [header, *rows]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
 def verdict_page(
     folder: Path,
     summary: Mapping[str, Any],

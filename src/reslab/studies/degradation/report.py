@@ -94,8 +94,11 @@ def _arch_of(model: str) -> str | None:
         return None
 
 
-def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
-    """(finished run entries, run folders without a summary.json yet), both relative to study_dir."""
+def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """(one entry per finished run: arch -- the arm --, depth, seed, model, final_train_error,
+    final_test_error, params, iters, run_dir, status and the late training error; the run folders
+    without a summary.json yet), both relative to study_dir."""
+    study_dir = Path(study_dir)
     runs, incomplete = [], []
     for run_dir in _run_dirs(study_dir, records.read_study(study_dir, "degradation")):
         rel = run_dir.relative_to(study_dir).as_posix()
@@ -138,12 +141,6 @@ def _late(lines: list[dict], steps: int | None) -> dict:
         "late_train_error": pick and finite_or_none(pick["train_eval_error"]),
         "n_train": n if isinstance(n, int) else None,
     }
-
-
-def collect_runs(study_dir: str | Path) -> list[dict]:
-    """One summary entry per finished run of the study (arch -- the arm --, depth, seed, model,
-    final_train_error, final_test_error, params, iters, run_dir, status)."""
-    return _scan(Path(study_dir))[0]
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -189,7 +186,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
     study = records.read_study(study_dir, "degradation")
-    runs, incomplete = _scan(study_dir)
+    runs, incomplete = collect_runs(study_dir)
     summary = summary_head("degradation", study, ("runs",), data=None, family=None)
     if summary["data"] is None and runs:
         summary["data"] = (rf.read_summary(study_dir / runs[0]["run_dir"]) or {}).get("data")

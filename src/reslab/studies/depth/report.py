@@ -292,18 +292,10 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
             f"Not finished (no {rf.SUMMARY}), left out: {', '.join(summary['incomplete'])}.",
             small=True,
         )
-    rule = (
-        f"A run learned if it finished with a final training loss at most {v['thresholds']['ratio']:g} times its "
-        "starting loss, and at most that times the loss of a uniform guess (ln of the number of "
-        "classes), so that a net starting far above chance does not count as learning by falling "
-        "to chance; a run that diverged did not, and an arm learned at a depth only if every "
-        "seed did. Shown: at the deepest depth every norm-free method (ReZero, SkipInit, Fixup) "
-        "learned without gradient clipping, while the same residual net without the method (nonorm, "
-        "the negative control) and the plain net failed there and learned at the shallowest depth "
-        "(so their failure is depth's, not the recipe's). Shown with clipping: the same, but some "
-        "method learned only in its +clip arm. Not attributable: a control learned at the deepest "
-        "depth too. Partly shown: a method learned, but not all of the above holds. Not shown: no "
-        "method learned. The batch-norm residual arms are shown, not judged."
+    rule = (  # the rule as the verdict states it, and the statuses it leaves out
+        f"Declared before the numbers ({__package__}.rule): {v['rule']}; partly shown: a method "
+        "learned, but not all of the above holds; not shown: no method learned. The batch-norm "
+        "residual arms are shown, not judged."
     )
     keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "clip", "model_args")
     settings = {k: summary[k] for k in keep if k in summary}

@@ -26,12 +26,12 @@ from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, join_values
 from reslab.studies import records
-from reslab.studies.base import PER_RUN
+from reslab.studies.base import recipe
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import HE_2015, NOTE, _error, claims, profile
 from reslab.studies.gradients.plots import ARCHS, plot_lines, plot_norms, plot_shattering
 from reslab.studies.gradients.rule import _seed, combine, geomean, nets, verdict
-from reslab.studies.pages import finish, summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
 
@@ -74,7 +74,7 @@ def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> di
                 "depth": depth,
                 "seed": seed,
                 "same_seed": cp.get("seed") == cr.get("seed"),
-                "same_recipe": _recipe(cp) == _recipe(cr),
+                "same_recipe": recipe(cp) == recipe(cr),
                 "same_init": None if None in digests else digests[0] == digests[1],
             }
         )
@@ -91,10 +91,6 @@ def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> di
         "pairs": pairs,
         "text": _like_text(status, pairs, residual_args),
     }
-
-
-def _recipe(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in PER_RUN}
 
 
 def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
@@ -244,9 +240,7 @@ HEADER = [
 
 def format_table(summary: dict) -> str:
     """The per-net numbers and the verdict as plain text for the terminal."""
-    rows = [HEADER, *_rows(summary)]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(HEADER))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [text_table(HEADER, _rows(summary))]
     v, c = summary["verdict"], summary.get("claims")
     lines.append(f"verdict ({v['status']}): {v['text']}")
     if c:  # absent from summaries written before the claims were judged
