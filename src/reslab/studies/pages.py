@@ -54,12 +54,16 @@ def finish(
     skip: Iterable[str] = (),
     rule: str | None = None,
 ) -> Path:
-    """Close a study's page and write `<folder>/report.html`: "How the verdict is decided" (`rule`,
-    when given), then how the study was run: `what`, the `settings` (its study.json or summary) less
-    the verdict, the recipe and `skip`, and the recipe every run shares. Returns the page's path."""
+    """Close a study's page and write `<folder>/report.html`: the run folders left out as not finished
+    (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how the study
+    was run: `what`, the `settings` (its study.json or summary) less the verdict, the recipe,
+    `incomplete` and `skip`, and the recipe every run shares. Returns the page's path."""
+    if settings.get("incomplete"):
+        left_out = ", ".join(settings["incomplete"])
+        page.paragraph(f"Not finished (no {runs.SUMMARY}), left out: {left_out}.", small=True)
     if rule:
         page.heading("How the verdict is decided").paragraph(rule, small=True)
     recipe = settings.get("recipe") if isinstance(settings.get("recipe"), dict) else None
-    hidden = {"verdict", "recipe", "train", *skip}
+    hidden = {"verdict", "recipe", "train", "incomplete", *skip}
     page.setup(what, {k: v for k, v in settings.items() if k not in hidden}, recipe)
     return page.write(folder / runs.REPORT)

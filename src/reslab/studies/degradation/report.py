@@ -337,17 +337,12 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
         "Errors as mean ± sample std over seeds. A run that diverged counts as 100% training error "
         "in the mean; — marks a missing or non-finite value.",
     )  # fmt: skip
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
     rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "
         "described by the same numbers but never decides the verdict."
     )
     settings = summary | {"iters": _iters(summary)}
-    skip = ("runs", "incomplete", "setting")
+    skip = ("runs", "setting")
     return finish(page, study_dir, _what_was_run(summary), settings, skip, rule)
 
 

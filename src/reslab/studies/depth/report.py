@@ -287,11 +287,6 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         f"last {END_WINDOW} logged steps (train mode, so batch-norm nets use batch statistics); — "
         "marks a missing or non-finite value (diverged run).",
     )
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no {rf.SUMMARY}), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
     rule = (  # the rule as the verdict states it, and the statuses it leaves out
         f"Declared before the numbers ({__package__}.rule): {v['rule']}; partly shown: a method "
         "learned, but not all of the above holds; not shown: no method learned. The batch-norm "
@@ -301,7 +296,7 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
     settings = {k: summary[k] for k in keep if k in summary}
     if isinstance(summary.get("arm_models"), dict):
         settings |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
-    settings["recipe"] = summary.get("recipe")
+    settings |= {k: summary.get(k) for k in ("recipe", "incomplete")}
     return finish(page, study_dir, _what_was_run(summary), settings, rule=rule)
 
 

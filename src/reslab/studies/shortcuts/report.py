@@ -171,13 +171,11 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
     diverged = _diverged(study_dir, summary["runs"])
     if diverged:
         page.paragraph(f'Diverged (the variant counts as "fails"): {"; ".join(diverged)}.')
-    if summary.get("incomplete"):
-        page.paragraph(f"Not finished, left out: {', '.join(summary['incomplete'])}.", small=True)
     rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']} (the paper's 'fail' is "
         "over 20% against 6.61%)."
     )
-    return finish(page, study_dir, _what_was_run(summary), summary, ("runs", "incomplete"), rule)
+    return finish(page, study_dir, _what_was_run(summary), summary, ("runs",), rule)
 
 
 def format_table(summary: dict) -> str:
