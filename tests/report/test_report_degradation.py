@@ -250,7 +250,7 @@ def test_residual_rising_more_than_a_quarter_of_plain_degrades_too():
 
 
 def test_group_means_match_the_folder(study_dir, degrades):
-    v = verdict(collect_runs(study_dir))
+    v = verdict(collect_runs(study_dir)[0])
     assert len(v.numbers["groups"]) == len(degrades)
     for g in v.numbers["groups"]:
         train = [t for t, _ in degrades[(g["arch"], g["depth"])]]
@@ -274,7 +274,7 @@ def test_runs_listed_in_study_json_are_the_ones_read(study_dir):
     study = json.loads((study_dir / "study.json").read_text())
     study["runs"] = ["plain-8-s0", {"run_dir": "runs/residual-56-s1"}]
     (study_dir / "study.json").write_text(json.dumps(study))
-    runs = collect_runs(study_dir)
+    runs, _ = collect_runs(study_dir)
     assert [(r["arch"], r["depth"], r["seed"]) for r in runs] == [
         ("plain", 8, 0),
         ("residual", 56, 1),
@@ -488,7 +488,7 @@ def test_late_error_read_from_a_real_format_folder(make_study):
               for (a, d), e in {("plain", 8): 0.0, ("plain", 20): 0.2, ("residual", 8): 0.0,
                                 ("residual", 20): 0.0}.items()}  # fmt: skip
     study_dir = make_study(finals, fit_gate=FIT)
-    runs = collect_runs(study_dir)
+    runs, _ = collect_runs(study_dir)
     plain20 = next(r for r in runs if (r["arch"], r["depth"]) == ("plain", 20))
     assert plain20["late_step"] == 180 and plain20["late_train_error"] == pytest.approx(0.22)
     assert plain20["n_train"] == 1442

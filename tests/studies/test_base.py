@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reslab.studies import base, stats
+from reslab.studies import base, records, stats
 from reslab.studies.grid import Estimate, train_grid
 from reslab.training import TrainConfig, runs
 from reslab.training.timing import Timing
@@ -210,7 +210,7 @@ def test_a_refused_study_keeps_its_message_and_leaves_no_folder(
 
     def refuse(study, cfg):
         if writes_study_json:
-            base.claim(base.study_dir(cfg), {"study": "lesion"}, ())
+            records.write_study(base.study_dir(cfg), {"study": "lesion"})
         raise ValueError("the study's own reason")
 
     monkeypatch.setattr(base, "run", refuse)

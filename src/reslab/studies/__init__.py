@@ -77,7 +77,7 @@ def status_label(study: str, status: str) -> str:
     "residual degrades too"), for the index page; the key with spaces for one it does not know."""
     if study in NAMES:
         report = importlib.import_module(f"reslab.studies.{study}.report")
-        labels = getattr(report, "_LABELS", {})  # status -> (label, tone), as its page shows it
+        labels = getattr(report, "LABELS", {})  # status -> (label, tone), as its page shows it
         if status in labels:
             return labels[status][0]
     return status.replace("_", " ")

@@ -100,7 +100,7 @@ class Study:
     presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
     toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
     must_match: tuple[str, ...] = ()  # study.json keys a rerun in the same folder must agree on
-    grows: dict[str, Any] = field(default_factory=dict)  # keys a rerun extends (see `union`)
+    grows: dict[str, Any] = field(default_factory=dict)  # keys a rerun extends (`records.merge`)
     measures: bool = False  # measure.py's after_training runs once the grid is trained
     preset_help: str = ""  # what the non-default presets are for
     owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
@@ -188,9 +188,10 @@ def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> Tr
     return resolve(values.pop("preset", None), **values)
 
 
-def recipe(run_cfg: TrainConfig) -> dict:
-    """What every run of a study shares: a run config without its per-run fields."""
-    return {k: v for k, v in run_cfg.to_dict().items() if k not in PER_RUN}
+def recipe(run_cfg: TrainConfig | dict) -> dict:
+    """What every run of a study shares: a run config (or its config.json) without its per-run fields."""
+    values = run_cfg if isinstance(run_cfg, dict) else run_cfg.to_dict()
+    return {k: v for k, v in values.items() if k not in PER_RUN}
 
 
 def study_dir(cfg: Any) -> Path:
@@ -254,61 +255,6 @@ def check_models(models: Iterable[tuple[str, dict]]) -> None:
                 )
 
 
-def claim(
-    folder: Path,
-    record: dict,
-    must_match: Sequence[str],
-    merge: Callable[[dict, dict], dict] | None = None,
-) -> dict:
-    """Write `study.json`; if the folder already holds a study, the keys in `must_match` must agree
-    (else a one-line ValueError), and `merge(old, new)` decides the record written. Returns it."""
-    record = jsonable({**record, "schema": runs.SCHEMA})
-    path = folder / runs.STUDY
-    if path.exists():  # read in today's form, whichever reslab wrote it, and checked
-        old = records.read_record(path, record.get("study", ""))
-        diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
-        if diff:
-            raise ValueError(
-                f"{folder} holds a study with other settings ({', '.join(diff)}); "
-                "rerun with the same options to resume it, or pass --name for a new study"
-            )
-        record = merge(old, record) if merge else {**old, **record}
-    folder.mkdir(parents=True, exist_ok=True)
-    runs.write_json(path, record)
-    return record
-
-
-def _agree(key: str, old: Any, new: Any) -> bool:
-    """Whether a setting recorded in study.json agrees with the new one. Two recipes agree on the keys
-    both hold: a folder written before "recipe" meant the resolved run config everywhere (gradients and
-    identity recorded only their overrides, shortcuts also the model's options) can still be resumed."""
-    if key == "recipe" and isinstance(old, dict) and isinstance(new, dict):
-        return all(old[k] == new[k] for k in old.keys() & new.keys())
-    return old == new
-
-
-def union(old: dict, new: dict, **orders: Any) -> dict:
-    """A merge for `claim`: the new record, with each named key the union of old and new. A list is
-    kept in the order given (a sequence to follow, a sort key, or None: sorted); a dict is merged:
-    union(old, new, seeds=None, archs=ARCHS)."""
-    out = {**old, **new}
-    for key, order in orders.items():
-        if isinstance(new.get(key), dict):
-            out[key] = {**old.get(key, {}), **new[key]}
-            continue
-        both = {*old.get(key, ()), *new.get(key, ())}
-        if order is None or callable(order):
-            out[key] = sorted(both, key=order)
-        else:
-            out[key] = [x for x in order if x in both]
-    return out
-
-
-def jsonable(obj: Any) -> Any:
-    """`obj` as plain JSON types (tuples become lists)."""
-    return json.loads(json.dumps(obj, default=list))
-
-
 # ------------------------------------------------------------------------------------ the runner
 
 
@@ -319,7 +265,7 @@ def run(study: Study, cfg: Any) -> dict:
     folder = study_dir(cfg)
     configs = [cfg.run_config(*cell) for cell in cfg.cells()]
     record = {"study": study.name, **dataclasses.asdict(cfg), **cfg.facts(configs)}
-    claim(folder, record, study.must_match, lambda old, new: union(old, new, **study.grows))
+    records.write_study(folder, record, study.must_match, study.grows)
     jobs = getattr(cfg, "jobs", 1) or default_jobs(all("mlp" in c.model for c in configs))
     t0 = time.perf_counter()
     if configs and cfg.trains:

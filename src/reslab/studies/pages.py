@@ -1,4 +1,5 @@
-"""What every study's report.py shares: the head of its summary.json and the opening of its page."""
+"""What every study's report.py shares: the head of its summary.json, the opening of its page (the
+verdict) and its close (how the verdict is decided, how the study was run)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.report.html import Page
+from reslab.training import runs
 
 
 def summary_head(
@@ -16,6 +18,13 @@ def summary_head(
     (defaults study.json may override), then study.json's keys, less its old verdict and `drop`."""
     skip = {"study", "verdict", *drop}
     return {"study": kind, **first, **{k: v for k, v in study.items() if k not in skip}}
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """`header` and `rows` as plain text for the terminal: columns right-aligned, two spaces apart."""
+    rows = [header, *rows]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def verdict_page(
@@ -35,3 +44,26 @@ def verdict_page(
         title, f"{folder.name} · {summary.get('data') if data is None else data} · {source}"
     )
     return page.verdict(label, v["text"], tone, notes)
+
+
+def finish(
+    page: Page,
+    folder: Path,
+    what: str,
+    settings: Mapping[str, Any],
+    skip: Iterable[str] = (),
+    rule: str | None = None,
+) -> Path:
+    """Close a study's page and write `<folder>/report.html`: the run folders left out as not finished
+    (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how the study
+    was run: `what`, the `settings` (its study.json or summary) less the verdict, the recipe,
+    `incomplete` and `skip`, and the recipe every run shares. Returns the page's path."""
+    if settings.get("incomplete"):
+        left_out = ", ".join(settings["incomplete"])
+        page.paragraph(f"Not finished (no {runs.SUMMARY}), left out: {left_out}.", small=True)
+    if rule:
+        page.heading("How the verdict is decided").paragraph(rule, small=True)
+    recipe = settings.get("recipe") if isinstance(settings.get("recipe"), dict) else None
+    hidden = {"verdict", "recipe", "train", "incomplete", *skip}
+    page.setup(what, {k: v for k, v in settings.items() if k not in hidden}, recipe)
+    return page.write(folder / runs.REPORT)

@@ -1,12 +1,15 @@
-"""Study-side files checked where they are read: a study's study.json and summary.json against
-the types its config dataclass declares and the keys every study adds (`read_record`), so a field
-of the wrong type or a key a report needs that is missing is one line naming the file and the
-field, never a traceback or a silently wrong report. Run-side files are checked in
-`reslab.training.runs` (which this module builds on, not the other way round)."""
+"""A study's own files, in one module: study.json written where a study claims its folder
+(`write_study`: a rerun must agree with the settings it holds, and may add cells), and study.json and
+summary.json checked where they are read, against the types the study's config dataclass declares and
+the keys every study adds (`read_record`), so a field of the wrong type or a key a report needs that is
+missing is one line naming the file and the field, never a traceback or a silently wrong report.
+Run-side files are checked in `reslab.training.runs` (which this module builds on, not the other way
+round)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,56 @@ def read_record(path: str | Path, kind: str) -> dict:
     writes it. Nothing is written."""
     path = Path(path)
     return check_record(upgrade(read_json(path), kind), kind, path)
+
+
+def write_study(
+    folder: Path, record: dict, must_match: Sequence[str] = (), grows: Mapping[str, Any] = {}
+) -> dict:
+    """Write `<folder>/study.json`. If the folder already holds a study, the keys in `must_match`
+    must agree (else a one-line ValueError) and the keys in `grows` are extended (`merge`), so a
+    rerun may add seeds or depths to a study but not change what its runs share. Returns the record."""
+    record = json.loads(
+        json.dumps({**record, "schema": runs.SCHEMA}, default=list)
+    )  # tuples: lists
+    path = folder / runs.STUDY
+    if path.exists():  # read in today's form, whichever reslab wrote it, and checked
+        old = read_record(path, record.get("study", ""))
+        diff = [k for k in must_match if not _agree(k, old.get(k), record.get(k))]
+        if diff:
+            raise ValueError(
+                f"{folder} holds a study with other settings ({', '.join(diff)}); "
+                "rerun with the same options to resume it, or pass --name for a new study"
+            )
+        record = merge(old, record, **grows)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs.write_json(path, record)
+    return record
+
+
+def _agree(key: str, old: Any, new: Any) -> bool:
+    """Whether a setting recorded in study.json agrees with the new one. Two recipes agree on the keys
+    both hold: a folder written before "recipe" meant the resolved run config everywhere (gradients and
+    identity recorded only their overrides, shortcuts also the model's options) can still be resumed."""
+    if key == "recipe" and isinstance(old, dict) and isinstance(new, dict):
+        return all(old[k] == new[k] for k in old.keys() & new.keys())
+    return old == new
+
+
+def merge(old: dict, new: dict, **orders: Any) -> dict:
+    """The new record, with each named key the union of old and new. A list is kept in the order
+    given (a sequence to follow, a sort key, or None: sorted); a dict is merged:
+    merge(old, new, seeds=None, archs=ARCHS)."""
+    out = {**old, **new}
+    for key, order in orders.items():
+        if isinstance(new.get(key), dict):
+            out[key] = {**old.get(key, {}), **new[key]}
+            continue
+        both = {*old.get(key, ()), *new.get(key, ())}
+        if order is None or callable(order):
+            out[key] = sorted(both, key=order)
+        else:
+            out[key] = [x for x in order if x in both]
+    return out
 
 
 def check_record(record: dict, kind: str, path: str | Path) -> dict:

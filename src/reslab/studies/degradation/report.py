@@ -22,7 +22,7 @@ from reslab.studies import records
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
 from reslab.studies.degradation.rule import verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
@@ -33,7 +33,7 @@ ARM_LABELS = {
 }
 LATE = 0.9  # ... measured from the last training-set evaluation at or before 90% of the run
 PAPER_ITERS = 64000  # He et al. 2015 §4.2: CIFAR-10 nets trained for 64k iterations (Fig. 6)
-_LABELS = {
+LABELS = {
     "shown": ("degradation shown", "good"),
     "residual_degrades_less": ("residual degrades far less than plain", "good"),
     "residual_degrades_too": ("residual degrades too", "warn"),
@@ -94,8 +94,11 @@ def _arch_of(model: str) -> str | None:
         return None
 
 
-def _scan(study_dir: Path) -> tuple[list[dict], list[str]]:
-    """(finished run entries, run folders without a summary.json yet), both relative to study_dir."""
+def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """(one entry per finished run: arch -- the arm --, depth, seed, model, final_train_error,
+    final_test_error, params, iters, run_dir, status and the late training error; the run folders
+    without a summary.json yet), both relative to study_dir."""
+    study_dir = Path(study_dir)
     runs, incomplete = [], []
     for run_dir in _run_dirs(study_dir, records.read_study(study_dir, "degradation")):
         rel = run_dir.relative_to(study_dir).as_posix()
@@ -138,12 +141,6 @@ def _late(lines: list[dict], steps: int | None) -> dict:
         "late_train_error": pick and finite_or_none(pick["train_eval_error"]),
         "n_train": n if isinstance(n, int) else None,
     }
-
-
-def collect_runs(study_dir: str | Path) -> list[dict]:
-    """One summary entry per finished run of the study (arch -- the arm --, depth, seed, model,
-    final_train_error, final_test_error, params, iters, run_dir, status)."""
-    return _scan(Path(study_dir))[0]
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -189,7 +186,7 @@ def write_summary(study_dir: str | Path) -> dict:
     """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
     study_dir = Path(study_dir)
     study = records.read_study(study_dir, "degradation")
-    runs, incomplete = _scan(study_dir)
+    runs, incomplete = collect_runs(study_dir)
     summary = summary_head("degradation", study, ("runs",), data=None, family=None)
     if summary["data"] is None and runs:
         summary["data"] = (rf.read_summary(study_dir / runs[0]["run_dir"]) or {}).get("data")
@@ -303,7 +300,7 @@ def _what_was_run(summary: dict) -> str:
 def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Path:
     v = summary["verdict"]
     title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
-    page = verdict_page(study_dir, summary, title, source, _LABELS, _notes(v))
+    page = verdict_page(study_dir, summary, title, source, LABELS, _notes(v))
     page.paragraph(summary["setting"])
     page.heading("Training curves").figure(
         curves,
@@ -340,21 +337,13 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
         "Errors as mean ± sample std over seeds. A run that diverged counts as 100% training error "
         "in the mean; — marks a missing or non-finite value.",
     )  # fmt: skip
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no summary.json), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
-    skip = ("runs", "verdict", "incomplete", "recipe", "train", "setting")
-    config = {k: v for k, v in summary.items() if k not in skip} | {"iters": _iters(summary)}
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(_what_was_run(summary), config, recipe)
-    page.heading("How the verdict is decided").paragraph(
+    rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "
-        "described by the same numbers but never decides the verdict.",
-        small=True,
+        "described by the same numbers but never decides the verdict."
     )
-    return page.write(study_dir / "report.html")
+    settings = summary | {"iters": _iters(summary)}
+    skip = ("runs", "setting")
+    return finish(page, study_dir, _what_was_run(summary), settings, skip, rule)
 
 
 def format_table(summary: dict) -> str:

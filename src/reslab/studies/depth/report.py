@@ -41,12 +41,12 @@ from reslab.studies.depth.arms import (
     split_arm,
 )
 from reslab.studies.depth.rule import _fmt_loss, _mean, learned, verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
 END_WINDOW = 10  # logged steps averaged into the end-of-training mini-batch loss
-_STATUS = {
+LABELS = {
     "shown": ("extreme depth: shown", "good"),
     "shown_with_clipping": ("shown, with gradient clipping", "warn"),
     "partly_shown": ("partly shown", "warn"),
@@ -260,7 +260,7 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
     source = "norm-free residual nets (ReZero, SkipInit, Fixup) against the same net without the "
     source += "method, plain and batch-norm nets"
     title = "Extreme depth without normalisation"
-    page = verdict_page(study_dir, summary, title, source, _STATUS, [v["rule"]])
+    page = verdict_page(study_dir, summary, title, source, LABELS, [v["rule"]])
     page.heading("Arms").bullets(_arm_lines(v["groups"]))
     page.heading("Loss, error and first gradient against depth").figure(
         depth_png,
@@ -287,32 +287,17 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         f"last {END_WINDOW} logged steps (train mode, so batch-norm nets use batch statistics); — "
         "marks a missing or non-finite value (diverged run).",
     )
-    if summary.get("incomplete"):
-        page.paragraph(
-            f"Not finished (no {rf.SUMMARY}), left out: {', '.join(summary['incomplete'])}.",
-            small=True,
-        )
-    page.heading("How the verdict is decided").paragraph(
-        f"A run learned if it finished with a final training loss at most {v['thresholds']['ratio']:g} times its "
-        "starting loss, and at most that times the loss of a uniform guess (ln of the number of "
-        "classes), so that a net starting far above chance does not count as learning by falling "
-        "to chance; a run that diverged did not, and an arm learned at a depth only if every "
-        "seed did. Shown: at the deepest depth every norm-free method (ReZero, SkipInit, Fixup) "
-        "learned without gradient clipping, while the same residual net without the method (nonorm, "
-        "the negative control) and the plain net failed there and learned at the shallowest depth "
-        "(so their failure is depth's, not the recipe's). Shown with clipping: the same, but some "
-        "method learned only in its +clip arm. Not attributable: a control learned at the deepest "
-        "depth too. Partly shown: a method learned, but not all of the above holds. Not shown: no "
-        "method learned. The batch-norm residual arms are shown, not judged.",
-        small=True,
+    rule = (  # the rule as the verdict states it, and the statuses it leaves out
+        f"Declared before the numbers ({__package__}.rule): {v['rule']}; partly shown: a method "
+        "learned, but not all of the above holds; not shown: no method learned. The batch-norm "
+        "residual arms are shown, not judged."
     )
     keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "clip", "model_args")
-    config = {k: summary[k] for k in keep if k in summary}
+    settings = {k: summary[k] for k in keep if k in summary}
     if isinstance(summary.get("arm_models"), dict):
-        config |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(_what_was_run(summary), config, recipe)
-    return page.write(study_dir / rf.REPORT)
+        settings |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
+    settings |= {k: summary.get(k) for k in ("recipe", "incomplete")}
+    return finish(page, study_dir, _what_was_run(summary), settings, rule=rule)
 
 
 def format_table(summary: dict) -> str:

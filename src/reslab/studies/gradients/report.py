@@ -26,16 +26,16 @@ from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, join_values
 from reslab.studies import records
-from reslab.studies.base import PER_RUN
+from reslab.studies.base import recipe
 from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import HE_2015, NOTE, _error, claims, profile
 from reslab.studies.gradients.plots import ARCHS, plot_lines, plot_norms, plot_shattering
 from reslab.studies.gradients.rule import _seed, combine, geomean, nets, verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs
 
-_LABELS = {
+LABELS = {
     "shown": ("shortcuts keep gradients in shape", "good"),
     "partly": ("partly shown", "warn"),
     "not_shown": ("effect not shown", "warn"),
@@ -74,7 +74,7 @@ def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> di
                 "depth": depth,
                 "seed": seed,
                 "same_seed": cp.get("seed") == cr.get("seed"),
-                "same_recipe": _recipe(cp) == _recipe(cr),
+                "same_recipe": recipe(cp) == recipe(cr),
                 "same_init": None if None in digests else digests[0] == digests[1],
             }
         )
@@ -91,10 +91,6 @@ def like_for_like(study_dir: str | Path, records: list[dict], study: dict) -> di
         "pairs": pairs,
         "text": _like_text(status, pairs, residual_args),
     }
-
-
-def _recipe(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in PER_RUN}
 
 
 def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
@@ -244,9 +240,7 @@ HEADER = [
 
 def format_table(summary: dict) -> str:
     """The per-net numbers and the verdict as plain text for the terminal."""
-    rows = [HEADER, *_rows(summary)]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(HEADER))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [text_table(HEADER, _rows(summary))]
     v, c = summary["verdict"], summary.get("claims")
     lines.append(f"verdict ({v['status']}): {v['text']}")
     if c:  # absent from summaries written before the claims were judged
@@ -272,7 +266,7 @@ def build_report(study_dir: str | Path) -> Path:
     v = summary["verdict"]
     title = "Gradients: plain vs residual networks"
     source = "gradient norms per layer and shattered gradients (Balduzzi et al. 2017, Figs. 1-2)"
-    page = verdict_page(study_dir, summary, title, source, _LABELS, [v.get("rule", "")])
+    page = verdict_page(study_dir, summary, title, source, LABELS, [v.get("rule", "")])
     c = summary["claims"]
     label, tone = _CLAIM_LABELS[c["status"]]
     page.heading("Vanishing gradients and degradation: two claims").verdict(
@@ -317,12 +311,8 @@ def build_report(study_dir: str | Path) -> Path:
         "its geometric mean over seeds [lowest, highest seed], and its profile by the claims rule "
         "when every seed has it (else mixed); acf(1) ± std over the lines of every seed.",
     )
-    skip = ("study", "nets", "seed_nets", "verdict", "recipe", "train")
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(
-        _what_was_measured(summary), {k: v for k, v in summary.items() if k not in skip}, recipe
-    )
-    return page.write(study_dir / runs.REPORT)
+    skip = ("study", "nets", "seed_nets")
+    return finish(page, study_dir, _what_was_measured(summary), summary, skip)
 
 
 def _what_was_measured(summary: dict) -> str:

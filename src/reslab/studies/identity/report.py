@@ -19,7 +19,7 @@ from reslab.studies import records
 from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
 from reslab.studies.identity.rule import CALLS, _fmt, verdict
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree
 from reslab.training import runs
 
@@ -30,7 +30,7 @@ VARIANT_COLORS = {
     PLAIN: figures.ARCH_COLORS["plain"],
     RESIDUAL: "#7f8c8d",
 }
-_LABELS = {
+LABELS = {
     "shown": ("residual learns the identity more easily", "good"),
     "partly": ("partly shown", "warn"),
     "not_shown": ("not shown: tied", "warn"),
@@ -109,12 +109,6 @@ def _append_rows(summary: dict) -> list[list[str]]:
     ]  # fmt: skip
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    rows = [header, *rows]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
-
-
 FIT_HEADER = ["arm", "layers", "blocks", "train loss", "held-out loss", "call at this depth"]
 APPEND_HEADER = ["appended", "k", "blocks", "test error", "predictions changed", "logits equal"]
 STRUCTURE_HEADER = ["zeroing", "mode", "identity blocks exact", "other shortcuts exact",
@@ -127,13 +121,13 @@ def format_table(summary: dict) -> str:
     parts = []
     if summary["fit_results"]:
         parts.append(
-            "Measurement: learning the identity\n" + _table(FIT_HEADER, _fit_rows(summary))
+            "Measurement: learning the identity\n" + text_table(FIT_HEADER, _fit_rows(summary))
         )
     parts.append(f"verdict ({v['status']}): {v['text']}")
     construction = v["construction"]
     parts.append(f"construction ({construction['status']}): {construction['text']}")
     if summary["append_results"]:
-        parts.append(_table(APPEND_HEADER, _append_rows(summary)))
+        parts.append(text_table(APPEND_HEADER, _append_rows(summary)))
     return "\n\n".join(parts)
 
 
@@ -146,7 +140,7 @@ def build_report(study_dir: str | Path) -> Path:
     construction = v["construction"]
     title = "Identity: does a residual block learn the identity more easily than a plain one?"
     notes = [v["rule"], construction["text"]]
-    page = verdict_page(study_dir, summary, title, "He et al. 2015, §3.1", _LABELS, notes)
+    page = verdict_page(study_dir, summary, title, "He et al. 2015, §3.1", LABELS, notes)
     if "fit" in results:
         f = results["fit"]
         decay = (
@@ -207,10 +201,8 @@ def build_report(study_dir: str | Path) -> Path:
             max_width=760,
         )
         page.table(APPEND_HEADER, _append_rows(summary))
-    skip = ("study", "verdict", "append_results", "fit_results", "recipe", "train")
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(_what_was_run(summary), {k: v for k, v in summary.items() if k not in skip}, recipe)
-    return page.write(study_dir / runs.REPORT)
+    skip = ("study", "append_results", "fit_results")
+    return finish(page, study_dir, _what_was_run(summary), summary, skip)
 
 
 def _what_was_run(summary: dict) -> str:

@@ -13,9 +13,15 @@ from reslab.report.html import Page, fmt_pct
 from reslab.studies import records
 from reslab.studies.landscape import SURFACES
 from reslab.studies.landscape.rule import rows, verdict
+from reslab.studies.pages import finish
 from reslab.training import runs
 
-TONE = {"shown": "good", "residual_too": "bad", "not_shown": "bad", "insufficient": "neutral"}
+LABELS = {  # status -> (label, tone), as the page and `reslab report`'s index show it
+    "shown": ("shown", "good"),
+    "residual_too": ("residual too", "bad"),
+    "not_shown": ("not shown", "bad"),
+    "insufficient": ("insufficient", "neutral"),
+}
 
 
 def write_summary(folder: Path) -> dict:
@@ -70,9 +76,8 @@ def build_report(folder: str | Path) -> Path:
         "Loss landscapes of plain and residual twins",
         "Li, Xu, Taylor, Studer and Goldstein 2018, Figs. 5 and 7, on the main job's nets",
     )
-    page.verdict(
-        v["status"].replace("_", " "), v["text"], TONE.get(v["status"], "neutral"), [v["rule"]]
-    )
+    label, tone = LABELS[v["status"]]
+    page.verdict(label, v["text"], tone, [v["rule"]])
     page.figure(contours, "log10 training loss over the plane of two filter-normalised random "
                 "directions through each net's trained weights (centre); plain nets above, their "
                 "residual twins below, shallow to deep; the same contour levels in every panel")  # fmt: skip
@@ -96,15 +101,12 @@ def build_report(folder: str | Path) -> Path:
             for n in summary["nets"]
         ],  # fmt: skip
     )
-    record = records.read_study(folder, "landscape")
-    page.setup(
+    what = (
         "Every net's loss and error on the first `subset` training images, batch norm in eval mode, "
         "at each point of the grid; the directions drawn once (direction_seed) and filter-normalised "
-        "to each net, zero on biases and batch-norm parameters (the paper's --xignore biasbn).",
-        {k: v for k, v in record.items() if k not in ("recipe", "train")},
-        record.get("recipe"),
+        "to each net, zero on biases and batch-norm parameters (the paper's --xignore biasbn)."
     )
-    return page.write(folder / runs.REPORT)
+    return finish(page, folder, what, records.read_study(folder, "landscape"))
 
 
 def _levels(first: dict) -> np.ndarray:

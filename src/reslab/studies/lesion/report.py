@@ -29,11 +29,11 @@ from reslab.studies.lesion.rule import (
     smoothness_verdict,
     verdict,
 )
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.stats import mean_std
 from reslab.training import runs
 
-_LABELS = {
+LABELS = {
     "shown": ("ensemble-like: shown", "good"),
     "not_shown": ("residual net is fragile", "warn"),
     "plain_robust_too": ("plain net is robust too", "warn"),
@@ -203,7 +203,7 @@ def _write_html(
     notes = [*(_note(a, v[a]) for a in ("residual", "plain")), smooth]
     data = ", ".join(sorted({n["data"] for n in nets}))
     source = "Veit et al. 2016, Figures 3 and 5(a)"
-    page = verdict_page(study_dir, summary, title, source, _LABELS, notes, data)
+    page = verdict_page(study_dir, summary, title, source, LABELS, notes, data)
     page.heading("Deleting one block").figure(
         single,
         "Test error with one block deleted, per block (solid) and of the intact net (dashed); red: plain, "
@@ -235,19 +235,14 @@ def _write_html(
         _per_block_rows(nets),
         "Mean ± std over nets of an arch; — where the block cannot be deleted or no such net was run.",
     )
-    page.heading("How the verdict is decided").paragraph(
+    rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']}. Ensemble-like behaviour "
         "is shown when the residual net is robust and the plain net broken. k_half is the smallest "
         "number of deleted blocks whose mean damage reaches 0.5. Smoothness of the multi-deletion "
-        f"curve: {summary['smoothness']['rule']}.",
-        small=True,
+        f"curve: {summary['smoothness']['rule']}."
     )
-    skip = ("verdict", "smoothness", "nets", "diverged", "train", "recipe")
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(
-        _what_was_run(nets, diverged), {k: x for k, x in summary.items() if k not in skip}, recipe
-    )
-    return page.write(study_dir / runs.REPORT)
+    skip = ("smoothness", "nets", "diverged")
+    return finish(page, study_dir, _what_was_run(nets, diverged), summary, skip, rule)
 
 
 def format_table(summary: dict) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 from reslab.models.variants import VARIANTS
 from reslab.report.html import fmt_mean_std, fmt_pct
 from reslab.studies import records
-from reslab.studies.pages import summary_head, verdict_page
+from reslab.studies.pages import finish, summary_head, verdict_page
 from reslab.studies.shortcuts.plots import plot_bars, plot_curves, train_lines
 from reslab.studies.shortcuts.rule import CLASSES, _paper_text, paper_finding, scale_note, verdict
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
-_LABELS = {
+LABELS = {
     "agrees": ("agrees with the paper", "good"),
     "mostly_agrees": ("mostly agrees with the paper", "neutral"),
     "disagrees": ("disagrees with the paper", "warn"),
@@ -154,7 +154,7 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
     source = f"{summary.get('base')} · He et al. 2016, Tables 1 and 2"
     notes = [n for n in (v.get("scale_note"), v.get("rule", "")) if n]
     page = verdict_page(
-        study_dir, summary, "Shortcut and activation variants", source, _LABELS, notes
+        study_dir, summary, "Shortcut and activation variants", source, LABELS, notes
     )
     page.heading("Test error per variant").figure(
         bars,
@@ -171,17 +171,11 @@ def _write_html(study_dir: Path, summary: dict, bars: Path, curves: Path) -> Pat
     diverged = _diverged(study_dir, summary["runs"])
     if diverged:
         page.paragraph(f'Diverged (the variant counts as "fails"): {"; ".join(diverged)}.')
-    if summary.get("incomplete"):
-        page.paragraph(f"Not finished, left out: {', '.join(summary['incomplete'])}.", small=True)
-    page.heading("How the verdict is decided").paragraph(
+    rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']} (the paper's 'fail' is "
-        "over 20% against 6.61%).",
-        small=True,
+        "over 20% against 6.61%)."
     )
-    skip = ("runs", "verdict", "incomplete", "recipe", "train")
-    recipe = summary.get("recipe") if isinstance(summary.get("recipe"), dict) else None
-    page.setup(_what_was_run(summary), {k: v for k, v in summary.items() if k not in skip}, recipe)
-    return page.write(study_dir / rf.REPORT)
+    return finish(page, study_dir, _what_was_run(summary), summary, ("runs",), rule)
 
 
 def format_table(summary: dict) -> str:
