@@ -5,6 +5,9 @@ channels and reduction = input size / feature size, one dict per point). `level=
 every block instead, so block inputs (a[l] in a[l+2] = g(z[l+2] + a[l])) are plain tensors of the
 autograd graph: studies take gradients with respect to them without hooks. A residual MLP has no
 stages; each block is a feature point at both levels.
+
+`Backbone` is the base of the model families (`ResNet`, `ResidualMLP`): it runs a family's stem,
+units and head for `forward`, `forward_features` and `forward_intermediates`.
 """
 
 from __future__ import annotations
