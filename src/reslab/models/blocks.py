@@ -114,6 +114,7 @@ def make_shortcut(
     A projection is a 1x1 conv + norm (a Linear + norm for vectors, with a bias when `bias`);
     `preact`: a bare 1x1 conv, as resnet-pre-act.lua (the sum it adds to is not normalised).
     """
+    check_choice("shortcut", shortcut, SHORTCUTS)
     same = stride == 1 and c_in == c_out
     if shortcut == "none" or (same and shortcut in ("A", "B")):
         return None
@@ -131,8 +132,8 @@ def make_shortcut(
 class ResidualBlock(nn.Module):
     """Base class of every block: its shortcut h, and what the studies ask of a block.
 
-    A subclass calls `_setup` first (the shortcut's parameters come first, in every stored weight
-    file and checkpoint) and names its weight layers and norms in order in `_layers` and `_norms`
+    A subclass sets `shortcut` and its module `downsample` (`make_shortcut`) first (the shortcut's
+    parameters come first, in every stored weight file and checkpoint) and names its weight layers and norms in order in `_layers` and `_norms`
     (`branch_layers()`, `branch_norms()`: used for init, zeroed branches and variants).
     """
 
@@ -145,23 +146,6 @@ class ResidualBlock(nn.Module):
     downsample: nn.Module | None  # the shortcut's module; None: the identity
     bn1: nn.Module  # the first norm (pre-activation: of the block input)
     relu: nn.Module
-
-    def _setup(
-        self,
-        c_in: int,
-        c_out: int,
-        stride: int,
-        shortcut: str,
-        norm: str,
-        conv: bool = True,
-        bias: bool = False,
-    ) -> None:
-        check_choice("shortcut", shortcut, SHORTCUTS)
-        check_choice("norm", norm, NORMS)
-        self.shortcut = shortcut
-        self.downsample = make_shortcut(
-            shortcut, c_in, c_out, stride, norm, conv, preact=self.preact, bias=bias
-        )
 
     def shortcut_of(self, s: torch.Tensor) -> torch.Tensor:
         """h(s): `s` itself, or the projection / option-A shortcut of `s`."""
@@ -215,7 +199,8 @@ class BasicBlock(ResidualBlock):
         stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
-        self._setup(c_in, planes, stride, shortcut, norm)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, c_in, planes, stride, norm)
         self.conv1, self.bn1 = conv3x3(c_in, planes, stride), norm_layer(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = conv3x3(planes, planes), norm_layer(norm, planes)
@@ -246,7 +231,8 @@ class Bottleneck(ResidualBlock):
     ) -> None:
         super().__init__()
         c_out = planes * self.expansion
-        self._setup(c_in, c_out, stride, shortcut, norm)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, c_in, c_out, stride, norm)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1, self.bn1 = conv1x1(c_in, planes, s1), norm_layer(norm, planes)
         self.conv2, self.bn2 = conv3x3(planes, planes, s3), norm_layer(norm, planes)
@@ -286,7 +272,8 @@ class PreActBasicBlock(ResidualBlock):
         both_preact: bool | None = None,
     ) -> None:
         super().__init__()
-        self._setup(c_in, planes, stride, shortcut, norm)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, c_in, planes, stride, norm, preact=True)
         self.both_preact = (stride != 1 or c_in != planes) if both_preact is None else both_preact
         self.bn1, self.conv1 = norm_layer(norm, c_in), conv3x3(c_in, planes, stride)
         self.bn2, self.conv2 = norm_layer(norm, planes), conv3x3(planes, planes)
@@ -325,7 +312,8 @@ class PreActBottleneck(ResidualBlock):
     ) -> None:
         super().__init__()
         c_out = planes * self.expansion
-        self._setup(c_in, c_out, stride, shortcut, norm)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, c_in, c_out, stride, norm, preact=True)
         self.both_preact = (stride != 1 or c_in != c_out) if both_preact is None else both_preact
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.bn1, self.conv1 = norm_layer(norm, c_in), conv1x1(c_in, planes, s1)
@@ -360,7 +348,8 @@ class MLPBlock(ResidualBlock):
     ) -> None:
         super().__init__()
         bias = norm == "none" if bias is None else bias
-        self._setup(width, width, 1, shortcut, norm, conv=False, bias=bias)
+        self.shortcut = shortcut
+        self.downsample = make_shortcut(shortcut, width, width, 1, norm, conv=False, bias=bias)
         self.fc1, self.bn1 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.fc2, self.bn2 = nn.Linear(width, width, bias=bias), norm_layer(norm, width, 1)
         self.relu = nn.ReLU()

@@ -5,21 +5,24 @@ channels and reduction = input size / feature size, one dict per point). `level=
 every block instead, so block inputs (a[l] in a[l+2] = g(z[l+2] + a[l])) are plain tensors of the
 autograd graph: studies take gradients with respect to them without hooks. A residual MLP has no
 stages; each block is a feature point at both levels.
+
+`Backbone` is the base of the model families (`ResNet`, `ResidualMLP`): it runs a family's stem,
+units and head for `forward`, `forward_features` and `forward_intermediates`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from reslab.models.recompute import run_blocks
+from reslab.models.blocks import ResidualBlock, check_choice
+from reslab.models.recompute import GradCheckpointing, run_blocks
 
 if TYPE_CHECKING:
     from reslab.data.normalization import Normalization
-    from reslab.models.blocks import ResidualBlock
 
 Indices = int | Sequence[int] | None
 LEVELS = ("stage", "block")
@@ -84,12 +87,36 @@ class FeatureInfo(list):
         return [f["module"] for f in self]
 
 
-class Backbone(Protocol):
-    """What `FeatureExtractor` asks of its model (`ResNet`, `ResidualMLP`: they import this module)."""
+class Backbone(GradCheckpointing, nn.Module):
+    """Base of the model families (`ResNet`, `ResidualMLP`): a stem, blocks, a head, and timm's
+    feature API over them. A family defines `forward_stem`, `units`, `forward_head` and, where a
+    norm follows the last block (pre-activation nets), `final_norm`."""
 
+    model_name: str  # set by `create_model`, as default_cfg
+    default_cfg: dict[str, Any]
+    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
     feature_info: FeatureInfo
+    fc: nn.Linear  # the classifier
 
-    def residual_blocks(self) -> list[ResidualBlock]: ...
+    def residual_blocks(self) -> list[ResidualBlock]:
+        """All blocks, in forward order."""
+        return [m for m in self.modules() if isinstance(m, ResidualBlock)]
+
+    def forward_stem(self, x: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature point 0 at `level`, the first unit's input)."""
+        raise NotImplementedError
+
+    def units(self, level: str) -> list[nn.Module]:
+        """What runs after the stem, in order: the stages (level="stage") or the blocks."""
+        raise NotImplementedError
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """What follows the last unit before the head; nothing but in pre-activation nets."""
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits from the last feature map."""
+        raise NotImplementedError
 
     def forward_intermediates(
         self,
@@ -99,7 +126,38 @@ class Backbone(Protocol):
         level: str = "stage",
         norm: bool = False,
         intermediates_only: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]: ...
+    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
+        """(features, intermediates) as timm: `features` is `forward_features(x)`, ready for
+        `forward_head`; `intermediates` are the feature points chosen by `indices` (see
+        `take_indices`), each (B, C_i, H_i, W_i) ((B, width) in an MLP). level="stage": the stem
+        and each stage (`feature_info`); level="block": the stem (a ResNet's after the max-pool)
+        and each block: point l is the input of block l + 1. An MLP's stages are its blocks.
+        norm: pass the last stage's point through the final norm (pre-activation nets' norm+ReLU).
+        intermediates_only: return just the list, and skip the units after the last point taken.
+        """
+        check_choice("level", level, LEVELS)
+        units = self.units(level)
+        take = take_indices(len(units) + 1, indices)
+        stem, x = self.forward_stem(x, level)
+        segments = self.grad_checkpoint if level == "block" else 0
+        x, feats = collect(x, units, [i for i in take if i], intermediates_only, segments)
+        feats = [stem, *feats] if 0 in take else feats
+        normed = norm and len(units) in take
+        if normed or not intermediates_only:
+            x = self.final_norm(x)
+            if normed:
+                feats[-1] = x
+        return feats if intermediates_only else (x, feats)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # -> (B, F, h, w) or (B, width)
+        """The last unit's output after the final norm, the head's input. With grad checkpointing
+        on, the blocks run in checkpointed segments."""
+        level = "block" if self.grad_checkpoint else "stage"
+        return self.forward_intermediates(x, indices=(), level=level)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
+        """Class logits."""
+        return self.forward_head(self.forward_features(x))
 
 
 class FeatureExtractor(nn.Module):

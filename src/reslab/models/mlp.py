@@ -12,27 +12,21 @@ scalar bias after the stem's Linear (before its ReLU) and one before the classif
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from reslab.models.blocks import (
     MLPBlock,
-    ResidualBlock,
-    check_choice,
     norm_layer,
     resolve_norm,
 )
-from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
-from reslab.models.recompute import GradCheckpointing, run_blocks
+from reslab.models.features import Backbone, FeatureInfo
 from reslab.models.scaled import Bias, init_residual_branches, scaled
 
-if TYPE_CHECKING:
-    from reslab.data.normalization import Normalization
 
-
-class ResidualMLP(GradCheckpointing, nn.Module):
+class ResidualMLP(Backbone):
     """stem (Linear in->width, norm, ReLU) -> `layers` (MLPBlocks) -> fc (Linear width->classes);
     Fixup adds a scalar bias before the stem's ReLU and one before fc.
 
@@ -47,10 +41,6 @@ class ResidualMLP(GradCheckpointing, nn.Module):
         branch_scale: "none" | "rezero" | "skipinit" | "fixup", see `reslab.models.blocks`.
         zero_init_residual: zero the last norm weight (or last Linear if norm="none") of each branch.
     """
-
-    model_name: str  # set by `create_model`, as default_cfg
-    default_cfg: dict[str, Any]
-    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,
@@ -94,50 +84,19 @@ class ResidualMLP(GradCheckpointing, nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         init_residual_branches(
-            self.residual_blocks(),
-            self.fc,
-            zero_init_residual=zero_init_residual,
-            branch_scale=branch_scale,
+            self, zero_init_residual=zero_init_residual, branch_scale=branch_scale
         )
 
-    def residual_blocks(self) -> list[ResidualBlock]:
-        """All blocks, in forward order."""
-        return [b for b in self.layers if isinstance(b, ResidualBlock)]  # all of them
+    def forward_stem(self, x: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(torch.flatten(x, 1))  # (B, C, H, W) or (B, F) -> (B, width)
+        return x, x
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Indices = None,
-        *,
-        level: str = "stage",
-        norm: bool = False,
-        intermediates_only: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
-        """(features, intermediates) as timm: `features` is `forward_features(x)`; `intermediates`
-        are the stem's and the blocks' outputs chosen by `indices` (see `take_indices`), each
-        (B, width). Point l is the input of block l + 1. Both levels ("stage", "block") are the
-        blocks; `norm` is accepted for timm's signature (the MLP has no final norm).
-        intermediates_only: return just the list, and skip the blocks after the last point taken.
-        """
-        check_choice("level", level, LEVELS)
-        take = take_indices(len(self.layers) + 1, indices)
-        x = self.stem(torch.flatten(x, 1))  # (B, width)
-        x, feats = collect(x, list(self.layers), take, stop_early=intermediates_only)
-        return feats if intermediates_only else (x, feats)
-
-    def forward_features(
-        self, x: torch.Tensor
-    ) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, width)
-        """The last block's output, the classifier's input (checkpointed if grad checkpointing is on)."""
-        return run_blocks(list(self.layers), self.stem(torch.flatten(x, 1)), self.grad_checkpoint)
+    def units(self, level: str) -> list[nn.Module]:
+        return list(self.layers)  # the blocks, at both levels: an MLP has no stages
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, num_classes)
         """The linear classifier (Fixup: a scalar bias before it)."""
         return self.fc(self.bias2(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) or (B, F) -> (B, classes)
-        """Class logits."""
-        return self.forward_head(self.forward_features(x))
 
 
 def residual_mlp(

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,15 +34,11 @@ from reslab.models.blocks import (
     norm_layer,
     resolve_norm,
 )
-from reslab.models.features import LEVELS, FeatureInfo, Indices, collect, take_indices
-from reslab.models.recompute import GradCheckpointing
+from reslab.models.features import Backbone, FeatureInfo
 from reslab.models.scaled import Bias, init_residual_branches, scaled
 
-if TYPE_CHECKING:
-    from reslab.data.normalization import Normalization
 
-
-class ResNet(GradCheckpointing, nn.Module):
+class ResNet(Backbone):
     """A stem, stages of residual (or plain) blocks, global average pooling and a linear classifier.
 
     Args:
@@ -57,10 +53,6 @@ class ResNet(GradCheckpointing, nn.Module):
         zero_init_residual: zero the last norm weight of every branch (last conv if norm="none").
         stride_in_1x1: bottlenecks put the stride on the first 1x1 conv (original "v1").
     """
-
-    model_name: str  # set by `create_model`, as default_cfg
-    default_cfg: dict[str, Any]
-    normalization: Normalization | None  # the input normalisation `load_weights` reads from a file
 
     def __init__(
         self,
@@ -122,64 +114,29 @@ class ResNet(GradCheckpointing, nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         init_residual_branches(
-            self.residual_blocks(),
-            self.fc,
-            zero_init_residual=zero_init_residual,
-            branch_scale=branch_scale,
+            self, zero_init_residual=zero_init_residual, branch_scale=branch_scale
         )
 
-    def residual_blocks(self) -> list[ResidualBlock]:
-        """All blocks, in forward order."""
-        return [m for m in self.modules() if isinstance(m, ResidualBlock)]
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Indices = None,
-        *,
-        level: str = "stage",
-        norm: bool = False,
-        intermediates_only: bool = False,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
-        """(features, intermediates) as timm: `features` is `forward_features(x)`, ready for
-        `forward_head`; `intermediates` are the feature points chosen by `indices` (see
-        `take_indices`), each (B, C_i, H_i, W_i). level="stage": stem + each stage (`feature_info`);
-        level="block": stem (after the max-pool) + each block: point l is the input of block l + 1.
-        norm: pre-activation nets pass the last stage's point through the final norm+ReLU.
-        intermediates_only: return just the list, and skip the stages after the last point taken.
-        """
-        check_choice("level", level, LEVELS)
-        stages = [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
-        units = stages if level == "stage" else [b for s in stages for b in s]
-        take = take_indices(len(units) + 1, indices)
-        x = self.bias1(self.bn1(self.conv1(x)))  # (B, C, H/r, W/r)
+    def forward_stem(self, x: torch.Tensor, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature point 0: the stem's output, before the max-pool at level="stage"; the first
+        block's input), each (B, C, H/r, W/r)."""
+        x = self.bias1(self.bn1(self.conv1(x)))
         if not self.preact:
             x = self.relu(x)
-        stem, x = x, self.maxpool(x)
-        stem = x if level == "block" else stem  # block level: point 0 is the first block's input
-        segments = self.grad_checkpoint if level == "block" else 0
-        x, feats = collect(x, units, [i for i in take if i], intermediates_only, segments)
-        feats = [stem, *feats] if 0 in take else feats
-        normed = norm and len(units) in take
-        if self.preact and (normed or not intermediates_only):
-            x = self.relu(self.bn_final(x))  # He et al. 2016: normalise the last block's output
-            if normed:
-                feats[-1] = x
-        return feats if intermediates_only else (x, feats)
+        pooled = self.maxpool(x)
+        return (pooled if level == "block" else x), pooled
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, F, h, w)
-        """The last feature map, before pooling (pre-activation nets: after the final norm+ReLU).
-        With grad checkpointing on, the blocks run in checkpointed segments."""
-        level = "block" if self.grad_checkpoint else "stage"
-        return self.forward_intermediates(x, indices=(), level=level)[0]
+    def units(self, level: str) -> list[nn.Module]:
+        stages = [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+        return stages if level == "stage" else [b for s in stages for b in s]
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """He et al. 2016: pre-activation nets normalise the last block's output (norm + ReLU)."""
+        return self.relu(self.bn_final(x)) if self.preact else x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:  # (B, F, h, w) -> (B, num_classes)
         """Global average pooling and the linear classifier (Fixup: a scalar bias before it)."""
         return self.fc(self.bias2(torch.flatten(self.avgpool(x), 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
-        """Class logits."""
-        return self.forward_head(self.forward_features(x))
 
 
 def cifar_stages(depth: int, block: str | None, what: str) -> tuple[str, int]:
@@ -215,6 +172,7 @@ def cifar_resnet(
     block: str | None = None,
     shortcut: str | None = None,
     stride_in_1x1: bool = True,
+    preact: bool = False,
     **kwargs: Any,
 ) -> ResNet:
     """CIFAR ResNet-`depth` (He et al. 2015, §4.2), 16/32/64 planes per stage; `img_size` ignored.
@@ -223,11 +181,12 @@ def cifar_resnet(
     ResNet-164, the "original" unit of He et al. 2016, Table 2). shortcut: None picks "A" for basic
     blocks (§4.2) and "B" for bottlenecks (whose first unit widens 16 -> 64 channels).
     stride_in_1x1: bottlenecks stride their first 1x1 conv, as the paper ("v1").
+    preact: full pre-activation units (`preact_resnet`).
     """
-    block, n = cifar_stages(depth, block, "CIFAR ResNet")
-    cls = BasicBlock if block == "basic" else Bottleneck
+    block, n = cifar_stages(depth, block, "pre-activation ResNet" if preact else "CIFAR ResNet")
+    basic, bottleneck = (PreActBasicBlock, PreActBottleneck) if preact else (BasicBlock, Bottleneck)
     return ResNet(
-        cls,
+        basic if block == "basic" else bottleneck,
         [n] * 3,
         (16, 32, 64),
         num_classes=num_classes,
@@ -276,34 +235,14 @@ def imagenet_resnet(
 
 
 def preact_resnet(
-    depth: int,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    img_size: object = None,
-    *,
-    block: str | None = None,
-    shortcut: str | None = None,
-    stride_in_1x1: bool = True,
-    **kwargs: Any,
+    depth: int, num_classes: int = 10, in_chans: int = 3, img_size: object = None, **kwargs: Any
 ) -> ResNet:
-    """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): 16/32/64 planes per stage.
-    `img_size` is ignored.
+    """Pre-activation CIFAR ResNet-`depth` (He et al. 2016): `cifar_resnet` with full
+    pre-activation units, 16/32/64 planes per stage; `img_size` is ignored.
 
-    block: see `cifar_stages` (bottlenecks from depth 164 up). shortcut: None picks "A" for basic
-    blocks (ResNet-110, as the CIFAR nets of He et al. 2015) and "B" for bottlenecks (a bare 1x1
-    conv where the shape changes, resnet-pre-act.lua). stride_in_1x1: bottlenecks stride their
-    first 1x1 conv, as resnet-pre-act.lua.
+    The same options and defaults: block (bottlenecks from depth 164 up), shortcut (None: "A" for
+    basic blocks, as ResNet-110 and the CIFAR nets of He et al. 2015; "B" for bottlenecks, a bare
+    1x1 conv where the shape changes, resnet-pre-act.lua), stride_in_1x1 (bottlenecks stride
+    their first 1x1 conv, as resnet-pre-act.lua).
     """
-    block, n = cifar_stages(depth, block, "pre-activation ResNet")
-    cls = PreActBasicBlock if block == "basic" else PreActBottleneck
-    return ResNet(
-        cls,
-        [n] * 3,
-        (16, 32, 64),
-        num_classes=num_classes,
-        in_chans=in_chans,
-        stem="cifar",
-        shortcut=shortcut or ("A" if block == "basic" else "B"),
-        stride_in_1x1=stride_in_1x1,
-        **kwargs,
-    )
+    return cifar_resnet(depth, num_classes, in_chans, img_size, preact=True, **kwargs)

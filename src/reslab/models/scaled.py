@@ -18,12 +18,15 @@ the last norm of each branch (zero_init_residual, Goyal et al. 2017).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from reslab.models.blocks import BRANCH_SCALES, STANDARD_BLOCKS, ResidualBlock, check_choice
+
+if TYPE_CHECKING:
+    from reslab.models.features import Backbone
 
 
 class Bias(nn.Module):
@@ -172,10 +175,9 @@ def scaled(block: ResidualBlock, branch_scale: str) -> ResidualBlock:
 
 
 @torch.no_grad()
-def init_residual_branches(
-    blocks: Sequence[ResidualBlock], head: nn.Linear, *, zero_init_residual: bool, branch_scale: str
-) -> None:
-    """Residual-branch init, applied after the usual He init of the whole model.
+def init_residual_branches(model: Backbone, *, zero_init_residual: bool, branch_scale: str) -> None:
+    """Residual-branch init of `model` (its `residual_blocks()` and its classifier `fc`), applied
+    after the usual He init of the whole model.
 
     zero_init_residual: zero the last norm's weight of each branch (Goyal et al. 2017), or the last
       layer's weight where the block has no norm, so every block starts as its shortcut.
@@ -183,6 +185,7 @@ def init_residual_branches(
       branch scaled by L^(-1/(2m-2)), zero the last layer, and zero the classifier's weight and bias.
     """
     check_choice("branch_scale", branch_scale, BRANCH_SCALES)
+    blocks = model.residual_blocks()
     for block in blocks:
         if zero_init_residual:
             weight = getattr(
@@ -199,5 +202,5 @@ def init_residual_branches(
                     nn.init.zeros_(layer.bias)
             nn.init.zeros_(last.weight)
     if branch_scale == "fixup":
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        nn.init.zeros_(model.fc.weight)
+        nn.init.zeros_(model.fc.bias)
