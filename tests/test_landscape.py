@@ -68,6 +68,27 @@ def test_the_centre_is_the_model_own_loss_and_the_weights_are_left_alone():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("name", ["resmlp-6", "plain20"])
+def test_points_scored_together_match_the_loop_and_leave_the_centre_exact(name):
+    torch.manual_seed(0)
+    if name == "plain20":  # a conv net: vmap turns each convolution into a grouped one
+        net = create_model(name, num_classes=10)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
+    else:
+        net = create_model(name, num_classes=10, in_chans=1, img_size=8, width=16)
+        x, y = _data(100)
+    d1, d2 = directions(net, seed=2)
+    xs = [-1.0, -0.3, 0.0, 0.6]  # 16 points: 15 moved ones in chunks of 4, 4, 4, 3
+    loop = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=1)
+    together = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=4)
+    np.testing.assert_allclose(together["loss"], loop["loss"], rtol=1e-5)
+    np.testing.assert_array_equal(together["error"], loop["error"])
+    assert together["loss"][2, 2] == loop["loss"][2, 2]  # the centre, bit for bit
+    (slice_,) = surface(net, d1, None, x, y, xs, batch_size=40, points_at_once=3)["loss"]
+    np.testing.assert_allclose(slice_, loop["loss"][2], rtol=1e-5)  # d2 None: the row y = 0
+
+
 def test_a_slice_of_a_linear_classifier_matches_its_loss_written_out():
     torch.manual_seed(1)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

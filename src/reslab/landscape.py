@@ -11,9 +11,11 @@ seed draws the same Gaussian tensors for nets with the same parameter names and 
 net and its residual twin are cut along the same random directions, each scaled to its own filters.
 
 The surface is evaluated in eval mode (batch norm uses its running statistics) on fixed images; the
-centre of the grid is the model's own loss, bit for bit. `hessian_extremes` gives the largest and the
-smallest eigenvalue of the loss's Hessian at w (Lanczos on Hessian-vector products): the paper's
-measure of non-convexity is |λmin / λmax| (§6, Fig. 7).
+centre of the grid is the model's own loss, bit for bit. `stacked_scores` scores K grid points in
+one call (their weights stacked, `torch.vmap` of the model over them); `surface` does so where that
+is faster than one point at a time (small MLPs on a few hundred images). `hessian_extremes` gives
+the largest and the smallest eigenvalue of the loss's Hessian at w (Lanczos on Hessian-vector
+products): the paper's measure of non-convexity is |λmin / λmax| (§6, Fig. 7).
 
     d1, d2 = directions(model, seed=0)
     grid = surface(model, d1, d2, images, labels, np.linspace(-1, 1, 21), np.linspace(-1, 1, 21))
@@ -29,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from reslab.training.precision import has_conv
+
 Direction = dict[str, torch.Tensor]
+# `surface` stacks grid points where that is faster (benchmarks/bench_landscape.py, docs/
+# performance.md): a small MLP's forward pass on a few hundred images is per-call overhead that K
+# points share; on 1,000 images, or through convolutions, it is arithmetic, and stacking gains nothing
+STACKED, STACK_IMAGES = 16, 300
 
 
 def directions(model: nn.Module, seed: int = 0, n: int = 2) -> list[Direction]:
@@ -69,24 +77,86 @@ def surface(
     xs: Sequence[float],
     ys: Sequence[float] = (0.0,),
     batch_size: int = 1024,
+    points_at_once: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Loss and top-1 error at w + x d1 + y d2 for every (x, y) of the grid, in eval mode, on
     `images`/`labels`: {"loss": (len(ys), len(xs)), "error": (len(ys), len(xs))}. With d2 None, a
-    1-D slice (pass ys=(0,)). The model's weights are left as they were."""
+    1-D slice (pass ys=(0,)). The model's weights are left as they were.
+
+    `points_at_once` > 1 scores that many grid points in one call (`stacked_scores`), 1 one at a
+    time; None: STACKED points for a net without convolutions scored on at most STACK_IMAGES
+    images, where that is faster, else one (benchmarks/bench_landscape.py). The centre is always
+    scored alone, so that it is the model's own loss bit for bit."""
+    if points_at_once is None:
+        few = len(labels) <= STACK_IMAGES and not has_conv(model)
+        points_at_once = STACKED if few else 1
     was_training = model.training
     model.eval()
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
     loss = np.zeros((len(ys), len(xs)))
     error = np.zeros((len(ys), len(xs)))
+    points = [(j, i, a, b) for j, b in enumerate(ys) for i, a in enumerate(xs)]
+    alone, stacked = points, []
+    if points_at_once > 1:  # the centre (the model's own weights) alone, the others stacked
+        centre = [p[2] == 0 and (d2 is None or p[3] == 0) for p in points]
+        alone = [p for p, c in zip(points, centre, strict=True) if c]
+        stacked = [p for p, c in zip(points, centre, strict=True) if not c]
     try:
-        for j, b in enumerate(ys):
-            for i, a in enumerate(xs):
-                moved = {k: _moved(w, d1[k], a, None if d2 is None else d2[k], b) for k, w in params.items()}  # fmt: skip
-                loss[j, i], error[j, i] = _score(model, moved, buffers, images, labels, batch_size)
+        for j, i, a, b in alone:
+            moved = {k: _moved(w, d1[k], a, None if d2 is None else d2[k], b) for k, w in params.items()}  # fmt: skip
+            loss[j, i], error[j, i] = _score(model, moved, buffers, images, labels, batch_size)
+        for start in range(0, len(stacked), points_at_once):
+            chunk = stacked[start : start + points_at_once]
+            ab = [(a, b) for _, _, a, b in chunk]
+            scores = stacked_scores(model, d1, d2, ab, images, labels, batch_size)
+            for (j, i, _, _), (point_loss, point_error) in zip(chunk, scores, strict=True):
+                loss[j, i], error[j, i] = point_loss, point_error
     finally:
         model.train(was_training)
     return {"loss": loss, "error": error}
+
+
+@torch.no_grad()
+def stacked_scores(
+    model: nn.Module,
+    d1: Direction,
+    d2: Direction | None,
+    points: Sequence[tuple[float, float]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1024,
+) -> list[tuple[float, float]]:
+    """(loss, top-1 error) at w + a d1 + b d2 for every (a, b) of `points`, all in one call per batch
+    of images: the K points' weights stacked along a new first dimension, `torch.vmap` of the model
+    (`functional_call`) over them. Parameters whose directions are zero (biases, norms) and the
+    buffers are shared, so batch norm must be in eval mode (the caller's). Equal to the loop up to
+    float rounding: a batched matrix product sums in another order."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    moving = [k for k in params if d1[k].any() or (d2 is not None and d2[k].any())]
+    shared = {k: w for k, w in params.items() if k not in moving} | dict(model.named_buffers())
+    a = torch.tensor([p[0] for p in points])
+    b = torch.tensor([p[1] for p in points])
+    weights = {}
+    for k in moving:
+        w, shape = params[k], (-1,) + (1,) * params[k].dim()
+        out = w + a.view(shape).to(w) * d1[k]  # (K, *w.shape)
+        weights[k] = out if d2 is None else out + b.view(shape).to(w) * d2[k]
+
+    def forward(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (p, shared), (x,))
+
+    batched = torch.vmap(forward, in_dims=(0, None))
+    total = torch.zeros(len(points), dtype=torch.float64)
+    wrong = torch.zeros(len(points), dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        logits = batched(weights, x).float()  # (K, B, classes)
+        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(points)), reduction="none")
+        total += ce.view(len(points), -1).sum(1).double()
+        wrong += (logits.argmax(2) != y).sum(1)
+    n = len(labels)
+    return [(t / n, w / n) for t, w in zip(total.tolist(), wrong.tolist(), strict=True)]
 
 
 def hessian_extremes(

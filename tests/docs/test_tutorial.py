@@ -16,7 +16,7 @@ import reslab
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "tutorial.ipynb"
 # the studies the notebook runs, each through reslab.run_study as its CLI command does
-STUDIES = {"degradation", "gradients", "identity", "lesion"}
+STUDIES = {"degradation", "gradients", "identity", "lesion", "landscape"}
 # nbconvert's lab page less the scripts it fetches from CDNs (require.js, MathJax, mermaid): the
 # notebook writes no LaTeX and no diagrams, so the page needs no script at all.
 OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
@@ -158,7 +158,7 @@ def test_runs_top_to_bottom_into_its_own_folder(executed):
         assert (folder / "runs" / "tutorial" / study / "tutorial" / "report.html").is_file(), study
     prose = [o.data["text/markdown"] for o in outputs(nb, "text/markdown")]
     assert len(prose) >= 7 and all(len(text) > 80 for text in prose)  # the computed paragraphs
-    assert len(outputs(nb, "image/png")) == 5  # section 1's plot and four study figures
+    assert len(outputs(nb, "image/png")) == 6  # section 1's plot and five study figures
 
 
 @pytest.mark.slow
@@ -180,6 +180,6 @@ def test_html_shows_its_figures_in_a_browser(executed, html_page, browser):
     html = html_page.read_text(encoding="utf-8")
     page.write_text(html.replace("</body>", f"<script>{SCRIPT}</script>\n</body>"), "utf-8")
     loaded, total, dom = browser.figures(page)
-    assert total == len(outputs(nb, "image/png")) == 5
+    assert total == len(outputs(nb, "image/png")) == 6
     assert loaded == total
     assert "Why it works" in dom and "Deleting blocks" in dom
