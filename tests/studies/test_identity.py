@@ -158,9 +158,9 @@ def test_diverged_training_appends_nothing_and_is_named(tmp_path):
     assert run_summary["status"] == "diverged"
     construction = summary["verdict"]["construction"]
     assert "append" not in construction and summary["append_results"] == []
-    assert construction["status"] == "holds" and "(not run: append)." in construction["text"]
-    note = f"base-4-s0 at step {run_summary['diverged_at_step']} (last finite loss"
-    assert note in construction["text"]
+    assert construction["status"] == "holds" and construction["not_run"] == ["append"]
+    note = runs.diverged_note(tmp_path / "div" / "runs" / "base-4-s0")  # its step and last loss
+    assert construction["diverged_notes"] == [note]
 
 
 def test_bad_options_fail_before_anything_is_written(tmp_path):
@@ -255,4 +255,4 @@ def test_measurement_ignores_decay_arms_and_needs_like_with_like():
     tied = {4: (0.1, 0.1)}
     assert rule.judge_fit(_fit(tied, decayed={4: (1.0, 1e-6)}))["status"] == "not_shown"
     m = rule.judge_fit(_fit({4: (0.5, 0.01)}, same=False))
-    assert m["status"] == "insufficient" and "not like with like" in m["text"]
+    assert m["status"] == "insufficient" and [r["same_init"] for r in m["depths"]] == [False]

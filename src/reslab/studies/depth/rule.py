@@ -117,7 +117,8 @@ def budget(runs: list[dict]) -> int | None:
 def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
     """Judge the study from the measured numbers only (rule in the module docstring). Numbers: the
     deepest and shallowest depth, the step budget, the seeds, the groups, why runs diverged, the
-    checks the status rests on and the methods that needed clipping."""
+    checks the status rests on, the methods that needed clipping and those that failed with and
+    without it ("unrescued")."""
     groups = group_runs(runs, ratio)
     at = {(g["arm"], g["depth"]): g for g in groups}
     depths = sorted({g["depth"] for g in groups})
@@ -160,7 +161,7 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
         status = "shown_with_clipping" if needs_clip else "shown"
     text = _sentence(status, at, methods, deep, shallow, needs_clip, unrescued, ratio)
     text += f" {_budget_text(steps, seeds)}"
-    numbers = {**out, "checks": checks, "needed_clipping": needs_clip}
+    numbers = {**out, "checks": checks, "needed_clipping": needs_clip, "unrescued": unrescued}
     return Verdict(status, numbers, thresholds, rule, text)
 
 

@@ -229,9 +229,10 @@ def verdict(
     like: dict | None = None,
     diverged: Sequence[str] = (),
 ) -> Verdict:
-    """Judge the study from the measured numbers (rules in the module docstring). Numbers: "drift"
-    and "shattering"; the text also names a like-for-like check that failed (`like`, from
-    `report.like_for_like`) and the nets whose training diverged (`diverged`, one note each)."""
+    """Judge the study from the measured numbers (rules in the module docstring). Numbers: "drift",
+    "shattering" and "diverged_notes" (`diverged`, one note per net whose training diverged); the
+    text also names a like-for-like check that failed (`like`, from `report.like_for_like`) and
+    those nets."""
     thresholds = {"orders": ORDERS, "floor": floor}
     rule = RULE.format(**thresholds)
     drift, shatter = _drift(entries), _shatter(combine(entries), floor)
@@ -241,7 +242,8 @@ def verdict(
             text += f" {like['text']}"
         if diverged:
             text += f" Diverged in training, so measured at init only: {'; '.join(diverged)}."
-        return Verdict(status, {"drift": drift, "shattering": shatter}, thresholds, rule, text)
+        numbers = {"drift": drift, "shattering": shatter, "diverged_notes": list(diverged)}
+        return Verdict(status, numbers, thresholds, rule, text)
 
     if drift is None:
         text = "Cannot judge: the study needs at least one plain and one residual net measured."

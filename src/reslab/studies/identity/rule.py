@@ -133,7 +133,8 @@ def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
 
 
 def judge_construction(results: dict) -> dict:
-    """Both checks of construction: "holds", "broken", or "not run" when neither has results."""
+    """Both checks of construction: "holds", "broken", or "not run" when neither has results; the
+    checks without results are listed under "not_run"."""
     parts = {p: {"structure": judge_structure, "append": judge_append}[p](results[p])
              for p in CONSTRUCTION if p in results}  # fmt: skip
     status = (
@@ -144,12 +145,13 @@ def judge_construction(results: dict) -> dict:
             "not run": "Checks of construction not run"}[status]  # fmt: skip
     text = f"{lead}: " + "; ".join(v["text"] for v in parts.values())
     text += f" (not run: {', '.join(missing)})." if missing else "."
-    return {"status": status, "text": text, **parts}
+    return {"status": status, "text": text, **parts, "not_run": missing}
 
 
 def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
     """The measurement's status and text (numbers: "measurement"), with the checks of construction
-    apart ("construction", whose text names a trained net of check 3 that diverged: `diverged`)."""
+    apart ("construction", whose "diverged_notes" and text name a trained net of check 3 that
+    diverged: `diverged`)."""
     if "fit" in results:
         fit = judge_fit(results["fit"])
     else:
@@ -165,6 +167,7 @@ def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
     if diverged:
         note = f" The training of check 3 diverged: {'; '.join(diverged)}."
         construction["text"] += note
+    construction["diverged_notes"] = list(diverged)
     thresholds = {"floor": FLOOR, "factor": FACTOR}
     numbers = {"measurement": fit, "construction": construction}
     return Verdict(
