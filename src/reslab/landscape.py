@@ -14,7 +14,7 @@ The surface is evaluated in eval mode (batch norm uses its running statistics) o
 centre of the grid is the model's own loss, bit for bit. `surface` scores one point at a time, each
 point's weights written in place into a copy of the model; `stacked_scores` scores K grid points in
 one call (their weights stacked, `torch.vmap` of the model over them), and `surface` does so where
-that is faster (small MLPs on a few hundred images). `hessian_extremes` gives
+that is faster (MLPs on a couple of hundred images). `hessian_extremes` gives
 the largest and the smallest eigenvalue of the loss's Hessian at w (Lanczos on Hessian-vector
 products): the paper's measure of non-convexity is |λmin / λmax| (§6, Fig. 7).
 
@@ -36,10 +36,11 @@ from torch.func import functional_call
 from reslab.training.precision import has_conv
 
 Direction = dict[str, torch.Tensor]
-# `surface` stacks grid points where that is faster (benchmarks/bench_landscape.py, docs/
-# performance.md): a small MLP's forward pass on a few hundred images is per-call overhead that K
-# points share; on 1,000 images, or through convolutions, it is arithmetic, and stacking gains nothing
-STACKED, STACK_IMAGES = 16, 300
+# `surface` stacks grid points where that is faster than the in-place loop (benchmarks/
+# bench_landscape.py, docs/performance.md): on 200 images a deep MLP's forward pass is per-call
+# overhead that K points share; on 1,000 images, or through convolutions, it is arithmetic, and
+# stacking, slower per multiply-add, loses
+STACKED, STACK_IMAGES = 16, 200
 
 
 def directions(model: nn.Module, seed: int = 0, n: int = 2) -> list[Direction]:
