@@ -1,11 +1,18 @@
-"""Loss-landscape grids: the loop `reslab.landscape.surface` runs against K grid points at once.
+"""Loss-landscape grids: three ways `reslab.landscape.surface` can score the points of a grid.
 
-`reslab landscape` scores each net at every point w + a d1 + b d2 of a grid: by default one
-`functional_call` of the model per point (the loop). `reslab.landscape.stacked_scores` scores K
-points in one call instead: their weights stacked along a new dimension and `torch.vmap` of the
-model over them, batch norm in eval mode reading its shared running statistics (`surface(...,
-points_at_once=K)`). This times both in the same process, on one thread (the study measures one net
-per process and core), on the same weights, directions, images and grid points:
+`reslab landscape` scores each net at every point w + a d1 + b d2 of a grid. This times, in the same
+process, on one thread (the study measures one net per process and core), on the same weights,
+directions, images and grid points:
+
+- the functional loop: one `torch.func.functional_call` of the model per point, its weights new
+  tensors w + a d1 + b d2 (what `surface` did before; written out here as the reference);
+- the in-place loop: each point's weights written in place into a copy of the model, which is then
+  called as itself (`surface(..., points_at_once=1)`);
+- stacked: K points in one call (`reslab.landscape.stacked_scores`: their weights stacked along a
+  new dimension and `torch.vmap` of the model over them, batch norm in eval mode reading its
+  shared running statistics; `surface(..., points_at_once=K)`).
+
+On these nets:
 
 - digits: the landscape study's default twins (its `digits` preset: plain and residual MLPs of width
   64, 4 to 64 layers) on its 1,000 scored training images, and on 500, 300 and 200 (its toy size);
@@ -13,10 +20,11 @@ per process and core), on the same weights, directions, images and grid points:
   images (random images where the data is not found), a row of 8 grid points.
 
 The nets are at initialisation (the time of a forward pass does not depend on the weights' values).
-It prints grid points/s of the loop and of the stacked evaluation for each K (the median of
-`--repeats` timed grids, after a warm-up), the ratio stacked / loop (above 1: stacked
-is faster), and the largest difference between the two: of the losses relative to the largest loss
-(within TOLERANCE in fp32, or the line says so) and of the error rates.
+It prints grid points/s of each (the median of `--repeats` timed grids, after a warm-up): the
+functional loop's, the in-place loop's and its ratio to the functional loop, and for each K the
+stacked evaluation's and its ratio to the in-place loop (above 1: faster); then the largest
+difference of the losses from the functional loop's, relative to the largest loss (within TOLERANCE
+in fp32, or the line says so), and of the error rates.
 
     python benchmarks/bench_landscape.py
     python benchmarks/bench_landscape.py --quick
@@ -32,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from reslab import landscape
 from reslab.data import Loader, load_dataset
@@ -39,7 +49,7 @@ from reslab.data.integrity import data_root
 from reslab.models import create_model
 from reslab.studies.landscape import STUDY
 
-TOLERANCE = 1e-5  # largest |stacked - loop| / max loss: float32 rounding, summed in another order
+TOLERANCE = 1e-5  # largest |other - functional| / max loss: float32 rounding, in another order
 
 
 def default_data_dir() -> Path:
@@ -75,13 +85,35 @@ def twins(preset: str, depths: list[int], images: torch.Tensor):
             yield run.model, model.eval()
 
 
+def functional_loop(model, d1, d2, images, labels, xs, ys) -> dict[str, np.ndarray]:
+    """The grid one point at a time, through `functional_call` with new weight tensors."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    loss, error = np.zeros((len(ys), len(xs))), np.zeros((len(ys), len(xs)))
+    with torch.no_grad():
+        for j, b in enumerate(ys):
+            for i, a in enumerate(xs):
+                moved = {k: w + a * d1[k] + b * d2[k] for k, w in params.items()}
+                logits = functional_call(model, (moved, buffers), (images,)).float()
+                loss[j, i] = F.cross_entropy(logits, labels).item()
+                error[j, i] = (logits.argmax(1) != labels).float().mean().item()
+    return {"loss": loss, "error": error}
+
+
 def time_grid(model, d1, d2, images, labels, xs, ys, k: int, repeats: int):
-    """(median seconds of CPU time per grid, the last grid's losses and errors), `k` points a call."""
-    landscape.surface(model, d1, d2, images, labels, xs[:1], ys[:1], points_at_once=k)  # warm-up
+    """(median seconds of CPU time per grid, the last grid's losses and errors), `k` points a call
+    (0: the functional loop)."""
+
+    def grid(xs, ys):
+        if k == 0:
+            return functional_loop(model, d1, d2, images, labels, xs, ys)
+        return landscape.surface(model, d1, d2, images, labels, xs, ys, points_at_once=k)
+
+    grid(xs[:1], ys[:1])  # warm-up
     times = []
     for _ in range(repeats):
         t = time.thread_time()
-        out = landscape.surface(model, d1, d2, images, labels, xs, ys, points_at_once=k)
+        out = grid(xs, ys)
         times.append(time.thread_time() - t)
     return statistics.median(times), out
 
@@ -89,21 +121,25 @@ def time_grid(model, d1, d2, images, labels, xs, ys, k: int, repeats: int):
 def compare(preset, depths, data, n, points, rows, args) -> None:
     images, labels, what = scored_images(data, n, args.data_dir)
     xs = np.linspace(-1, 1, points).tolist()
-    ys = xs[:rows]  # rows off the centre: every point is a moved net, in both ways
-    print(f"\n{preset} preset's twins, {what}, {len(xs) * len(ys)} grid points a grid:")
-    head = f"{'net':<14}{'loop pts/s':>11}" + "".join(
-        f"{f'K={k} pts/s':>12}{'ratio':>7}" for k in args.ks
+    ys = xs[:rows]  # rows off the centre: every point is a moved net, in all three ways
+    print(f"\n{preset} preset's twins, {what}, {len(xs) * len(ys)} grid points a grid, points/s:")
+    head = f"{'net':<14}{'functional':>11}{'in place':>10}{'ratio':>7}" + "".join(
+        f"{f'K={k}':>8}{'ratio':>7}" for k in args.ks
     )
     print(f"{head}{'max rel diff':>14}{'max err diff':>14}")
     for name, model in twins(preset, depths, images):
         d1, d2 = landscape.directions(model, seed=0)
-        loop, ref = time_grid(model, d1, d2, images, labels, xs, ys, 1, args.repeats)
-        line, rel, err = f"{name:<14}{len(xs) * len(ys) / loop:>11.1f}", 0.0, 0.0
+        count = len(xs) * len(ys)
+        slow, ref = time_grid(model, d1, d2, images, labels, xs, ys, 0, args.repeats)
+        loop, got = time_grid(model, d1, d2, images, labels, xs, ys, 1, args.repeats)
+        line = f"{name:<14}{count / slow:>11.1f}{count / loop:>10.1f}{slow / loop:>6.2f}x"
+        outs = [got]
         for k in args.ks:
             seconds, got = time_grid(model, d1, d2, images, labels, xs, ys, k, args.repeats)
-            line += f"{len(xs) * len(ys) / seconds:>12.1f}{loop / seconds:>6.2f}x"
-            rel = max(rel, np.abs(got["loss"] - ref["loss"]).max() / np.abs(ref["loss"]).max())
-            err = max(err, np.abs(got["error"] - ref["error"]).max())
+            line += f"{count / seconds:>8.1f}{loop / seconds:>6.2f}x"
+            outs.append(got)
+        rel = max(np.abs(o["loss"] - ref["loss"]).max() / np.abs(ref["loss"]).max() for o in outs)
+        err = max(np.abs(o["error"] - ref["error"]).max() for o in outs)
         flag = "" if rel <= TOLERANCE else f"  ABOVE {TOLERANCE:g}"
         print(f"{line}{rel:>14.1e}{err:>14.4f}{flag}", flush=True)
 

@@ -52,8 +52,13 @@ def test_the_centre_is_the_model_own_loss_and_the_weights_are_left_alone():
     _, residual = _twins()
     x, y = _data()
     before = {k: v.clone() for k, v in residual.state_dict().items()}
+    tensors = dict([*residual.named_parameters(), *residual.named_buffers()])
     d1, d2 = directions(residual)
     grid = surface(residual, d1, d2, x, y, [-0.5, 0.0, 0.5], [-0.5, 0.0, 0.5], batch_size=32)
+    assert residual.training  # scored in eval mode on a copy: the caller's mode is kept
+    assert all(p.requires_grad for p in residual.parameters())
+    for k, v in [*residual.named_parameters(), *residual.named_buffers()]:
+        assert v is tensors[k], k  # the caller's own tensors, not replaced
     residual.eval()
     with torch.no_grad():
         own = sum(
@@ -87,6 +92,43 @@ def test_points_scored_together_match_the_loop_and_leave_the_centre_exact(name):
     assert together["loss"][2, 2] == loop["loss"][2, 2]  # the centre, bit for bit
     (slice_,) = surface(net, d1, None, x, y, xs, batch_size=40, points_at_once=3)["loss"]
     np.testing.assert_allclose(slice_, loop["loss"][2], rtol=1e-5)  # d2 None: the row y = 0
+
+
+def _functional_loop(net, d1, d2, x, y, xs, batch_size):
+    """The grid one point at a time through torch.func.functional_call: w + a d1 + b d2 as new
+    tensors, the model's own untouched (surface's loop before it wrote weights in place)."""
+    net.eval()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+    loss = np.zeros((len(xs), len(xs)))
+    with torch.no_grad():
+        for j, b in enumerate(xs):
+            for i, a in enumerate(xs):
+                moved = {k: w + a * d1[k] + b * d2[k] for k, w in params.items()}
+                total = 0.0
+                for start in range(0, len(y), batch_size):
+                    logits = torch.func.functional_call(net, (moved, buffers), (x[start : start + batch_size],))  # fmt: skip
+                    total += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").item()  # fmt: skip
+                loss[j, i] = total / len(y)
+    return loss
+
+
+@pytest.mark.parametrize("name", ["resmlp-6", "plain20"])
+def test_weights_written_in_place_match_a_functional_call_loop(name):
+    torch.manual_seed(0)
+    if name == "plain20":  # batch norm's running statistics must stay the copy's, in eval mode
+        net = create_model(name, num_classes=10)
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
+    else:
+        net = create_model(name, num_classes=10, in_chans=1, img_size=8, width=16)
+        x, y = _data(100)
+    d1, d2 = directions(net, seed=2)
+    xs = [-1.0, -0.3, 0.0, 0.6]
+    got = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=1)["loss"]
+    expected = _functional_loop(net, d1, d2, x, y, xs, batch_size=40)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got[2, 2] == expected[2, 2]  # the centre: the model's own weights, bit for bit
 
 
 def test_a_slice_of_a_linear_classifier_matches_its_loss_written_out():

@@ -11,9 +11,10 @@ seed draws the same Gaussian tensors for nets with the same parameter names and 
 net and its residual twin are cut along the same random directions, each scaled to its own filters.
 
 The surface is evaluated in eval mode (batch norm uses its running statistics) on fixed images; the
-centre of the grid is the model's own loss, bit for bit. `stacked_scores` scores K grid points in
-one call (their weights stacked, `torch.vmap` of the model over them); `surface` does so where that
-is faster than one point at a time (small MLPs on a few hundred images). `hessian_extremes` gives
+centre of the grid is the model's own loss, bit for bit. `surface` scores one point at a time, each
+point's weights written in place into a copy of the model; `stacked_scores` scores K grid points in
+one call (their weights stacked, `torch.vmap` of the model over them), and `surface` does so where
+that is faster (MLPs on a couple of hundred images). `hessian_extremes` gives
 the largest and the smallest eigenvalue of the loss's Hessian at w (Lanczos on Hessian-vector
 products): the paper's measure of non-convexity is |λmin / λmax| (§6, Fig. 7).
 
@@ -23,7 +24,8 @@ products): the paper's measure of non-convexity is |λmin / λmax| (§6, Fig. 7)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,10 +36,11 @@ from torch.func import functional_call
 from reslab.training.precision import has_conv
 
 Direction = dict[str, torch.Tensor]
-# `surface` stacks grid points where that is faster (benchmarks/bench_landscape.py, docs/
-# performance.md): a small MLP's forward pass on a few hundred images is per-call overhead that K
-# points share; on 1,000 images, or through convolutions, it is arithmetic, and stacking gains nothing
-STACKED, STACK_IMAGES = 16, 300
+# `surface` stacks grid points where that is faster than the in-place loop (benchmarks/
+# bench_landscape.py, docs/performance.md): on 200 images a deep MLP's forward pass is per-call
+# overhead that K points share; on 1,000 images, or through convolutions, it is arithmetic, and
+# stacking, slower per multiply-add, loses
+STACKED, STACK_IMAGES = 16, 200
 
 
 def directions(model: nn.Module, seed: int = 0, n: int = 2) -> list[Direction]:
@@ -81,19 +84,19 @@ def surface(
 ) -> dict[str, np.ndarray]:
     """Loss and top-1 error at w + x d1 + y d2 for every (x, y) of the grid, in eval mode, on
     `images`/`labels`: {"loss": (len(ys), len(xs)), "error": (len(ys), len(xs))}. With d2 None, a
-    1-D slice (pass ys=(0,)). The model's weights are left as they were.
+    1-D slice (pass ys=(0,)). The grid is scored on a copy of `model`; `model` is left untouched.
 
-    `points_at_once` > 1 scores that many grid points in one call (`stacked_scores`), 1 one at a
-    time; None: STACKED points for a net without convolutions scored on at most STACK_IMAGES
-    images, where that is faster, else one (benchmarks/bench_landscape.py). The centre is always
-    scored alone, so that it is the model's own loss bit for bit."""
+    `points_at_once` 1 scores one point at a time, each point's weights written in place into the
+    copy's parameters; > 1 scores that many in one call (`stacked_scores`); None: STACKED points
+    for a net without convolutions scored on at most STACK_IMAGES images, where that is faster,
+    else one (benchmarks/bench_landscape.py). The centre is always scored alone, with the weights
+    copied unchanged, so that it is the model's own loss bit for bit."""
     if points_at_once is None:
         few = len(labels) <= STACK_IMAGES and not has_conv(model)
         points_at_once = STACKED if few else 1
-    was_training = model.training
-    model.eval()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
+    net = copy.deepcopy(model).eval().requires_grad_(False)
+    params = dict(net.named_parameters())
+    w = {k: params[k].clone() for k in _moving(params, d1, d2)}  # the trained weights
     loss = np.zeros((len(ys), len(xs)))
     error = np.zeros((len(ys), len(xs)))
     points = [(j, i, a, b) for j, b in enumerate(ys) for i, a in enumerate(xs)]
@@ -102,18 +105,20 @@ def surface(
         centre = [p[2] == 0 and (d2 is None or p[3] == 0) for p in points]
         alone = [p for p, c in zip(points, centre, strict=True) if c]
         stacked = [p for p, c in zip(points, centre, strict=True) if not c]
-    try:
-        for j, i, a, b in alone:
-            moved = {k: _moved(w, d1[k], a, None if d2 is None else d2[k], b) for k, w in params.items()}  # fmt: skip
-            loss[j, i], error[j, i] = _score(model, moved, buffers, images, labels, batch_size)
-        for start in range(0, len(stacked), points_at_once):
-            chunk = stacked[start : start + points_at_once]
-            ab = [(a, b) for _, _, a, b in chunk]
-            scores = stacked_scores(model, d1, d2, ab, images, labels, batch_size)
-            for (j, i, _, _), (point_loss, point_error) in zip(chunk, scores, strict=True):
-                loss[j, i], error[j, i] = point_loss, point_error
-    finally:
-        model.train(was_training)
+    for start in range(0, len(stacked), points_at_once):  # net's weights are w here
+        chunk = stacked[start : start + points_at_once]
+        ab = [(a, b) for _, _, a, b in chunk]
+        scores = stacked_scores(net, d1, d2, ab, images, labels, batch_size)
+        for (j, i, _, _), (point_loss, point_error) in zip(chunk, scores, strict=True):
+            loss[j, i], error[j, i] = point_loss, point_error
+    for j, i, a, b in alone:
+        for k, trained in w.items():  # w + a d1 + b d2 in place; w itself, bit for bit, at 0, 0
+            p = params[k].copy_(trained)
+            if a != 0:
+                p.add_(d1[k], alpha=a)
+            if d2 is not None and b != 0:
+                p.add_(d2[k], alpha=b)
+        loss[j, i], error[j, i] = _score(net, images, labels, batch_size)
     return {"loss": loss, "error": error}
 
 
@@ -133,7 +138,7 @@ def stacked_scores(
     buffers are shared, so batch norm must be in eval mode (the caller's). Equal to the loop up to
     float rounding: a batched matrix product sums in another order."""
     params = {k: v.detach() for k, v in model.named_parameters()}
-    moving = [k for k in params if d1[k].any() or (d2 is not None and d2[k].any())]
+    moving = _moving(params, d1, d2)
     shared = {k: w for k, w in params.items() if k not in moving} | dict(model.named_buffers())
     a = torch.tensor([p[0] for p in points])
     b = torch.tensor([p[1] for p in points])
@@ -198,19 +203,16 @@ def hessian_extremes(
     return extremes[0], extremes[1]
 
 
-def _moved(w: torch.Tensor, d1, a: float, d2, b: float) -> torch.Tensor:
-    """w + a d1 + b d2, and w itself (the same tensor, bit for bit) at the centre."""
-    if a == 0 and (d2 is None or b == 0):
-        return w
-    out = w + a * d1
-    return out if d2 is None or b == 0 else out + b * d2
+def _moving(names: Iterable[str], d1: Direction, d2: Direction | None) -> list[str]:
+    """The parameters a grid moves: those with a nonzero direction (not biases and norms)."""
+    return [k for k in names if d1[k].any() or (d2 is not None and d2[k].any())]
 
 
-def _score(model, params, buffers, images, labels, batch_size) -> tuple[float, float]:
+def _score(model, images, labels, batch_size) -> tuple[float, float]:
     total, wrong = 0.0, 0
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        logits = functional_call(model, (params, buffers), (x,)).float()
+        logits = model(x).float()
         total += F.cross_entropy(logits, y, reduction="sum").item()
         wrong += int((logits.argmax(1) != y).sum())
     return total / len(labels), wrong / len(labels)
