@@ -73,17 +73,23 @@ def test_the_centre_is_the_model_own_loss_and_the_weights_are_left_alone():
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("name", ["resmlp-6", "plain20"])
-def test_points_scored_together_match_the_loop_and_leave_the_centre_exact(name):
+def _twin_case(name):
+    """A net (resmlp-6 on 8x8 digits-sized inputs, or the conv net plain20 on 12 CIFAR-sized
+    images), its data and two directions, the same for every call."""
     torch.manual_seed(0)
-    if name == "plain20":  # a conv net: vmap turns each convolution into a grouped one
+    if name == "plain20":
         net = create_model(name, num_classes=10)
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
     else:
         net = create_model(name, num_classes=10, in_chans=1, img_size=8, width=16)
         x, y = _data(100)
-    d1, d2 = directions(net, seed=2)
+    return (net, x, y, *directions(net, seed=2))
+
+
+@pytest.mark.parametrize("name", ["resmlp-6", "plain20"])
+def test_points_scored_together_match_the_loop_and_leave_the_centre_exact(name):
+    net, x, y, d1, d2 = _twin_case(name)  # plain20: vmap makes each convolution a grouped one
     xs = [-1.0, -0.3, 0.0, 0.6]  # 16 points: 15 moved ones in chunks of 4, 4, 4, 3
     loop = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=1)
     together = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=4)
@@ -115,15 +121,7 @@ def _functional_loop(net, d1, d2, x, y, xs, batch_size):
 
 @pytest.mark.parametrize("name", ["resmlp-6", "plain20"])
 def test_weights_written_in_place_match_a_functional_call_loop(name):
-    torch.manual_seed(0)
-    if name == "plain20":  # batch norm's running statistics must stay the copy's, in eval mode
-        net = create_model(name, num_classes=10)
-        g = torch.Generator().manual_seed(1)
-        x, y = torch.randn(12, 3, 32, 32, generator=g), torch.randint(0, 10, (12,), generator=g)
-    else:
-        net = create_model(name, num_classes=10, in_chans=1, img_size=8, width=16)
-        x, y = _data(100)
-    d1, d2 = directions(net, seed=2)
+    net, x, y, d1, d2 = _twin_case(name)  # plain20: batch norm's running statistics in eval mode
     xs = [-1.0, -0.3, 0.0, 0.6]
     got = surface(net, d1, d2, x, y, xs, xs, batch_size=40, points_at_once=1)["loss"]
     expected = _functional_loop(net, d1, d2, x, y, xs, batch_size=40)
