@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from reslab.report.html import fmt_pct, join_values
+from reslab.report.html import fmt_pct
 from reslab.studies import records
 from reslab.studies.identity import RESULTS
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
@@ -15,7 +15,6 @@ from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree
 from reslab.training import runs
 
-PARTS = ("structure", "fit", "append")
 Columns = dict[str, Callable[[dict], str]]  # header -> the cell of one row
 FIT: Columns = {
     "arm": lambda r: r.get("arm", r["arch"]),
@@ -49,9 +48,7 @@ def collect(study_dir: str | Path) -> dict:
     folder = Path(study_dir) / RESULTS
     if not folder.is_dir():
         raise FileNotFoundError(f"not an identity study folder (no {RESULTS}/): {study_dir}")
-    return {
-        p: runs.read_json(folder / f"{p}.json") for p in PARTS if (folder / f"{p}.json").is_file()
-    }
+    return {path.stem: runs.read_json(path) for path in folder.glob("*.json")}
 
 
 def write_summary(study_dir: Path, results: dict) -> dict:
@@ -171,20 +168,11 @@ def build_report(study_dir: str | Path) -> Path:
         caption = "Test error against the number of appended blocks."
         page.figure(plot_append(a, study_dir / "append.png"), caption, max_width=760)
         page.table(*table(APPEND, summary["append_results"]))
-    skip = ("study", "append_results", "fit_results")
-    return finish(page, study_dir, _what_was_run(summary), summary, skip)
-
-
-def _what_was_run(s: dict) -> str:
-    decay = f", and again with weight decay {s['fit_weight_decay']:g} (not judged)"
-    return (
-        f"On {s['family']} nets and {s['data']} (seed {s['seed']}): the measurement, plain and "
-        f"residual fully connected stacks of {join_values(s['fit_depths'])} layers fitting the "
-        f"identity{decay if s['fit_weight_decay'] else ''}; the checks of construction, every way "
-        f"of zeroing the branches ({join_values(s['methods'])}) on a {s['check_depth']}-layer "
-        f"net, and a {s['base_depth']}-layer residual net trained for {s['base_iters']} "
-        f"iterations with the recipe below, then k = {join_values(s['append'])} blocks appended."
+    what = (
+        f"On {summary['family']} nets and {summary['data']} (seed {summary['seed']}): the three "
+        "parts above with the settings below, the net of check 3 trained with the recipe below."
     )
+    return finish(page, study_dir, what, summary, ("study", "append_results", "fit_results"))
 
 
 def _yes(flag: bool) -> str:

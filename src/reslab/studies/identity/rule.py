@@ -124,9 +124,14 @@ def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
     return {"status": status, "depths": rows, "text": text}
 
 
-def judge_construction(results: dict, diverged: Sequence[str] = ()) -> dict:
-    """Both checks of construction: "holds", "broken", or "not run" when neither has results (those
-    without are listed under "not_run"); `diverged` names a trained net of check 3 that diverged."""
+def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
+    """The measurement's status and text (numbers: "measurement"), and apart from it the checks of
+    construction ("construction": "holds", "broken" or "not run", naming the checks without results
+    and the trained net of check 3 that `diverged`)."""
+    if "fit" in results:
+        fit = judge_fit(results["fit"])
+    else:
+        fit = {"status": "insufficient", "depths": [], "text": "the measurement has not run yet"}
     judges = {"structure": judge_structure, "append": judge_append}
     parts = {p: judge(results[p]) for p, judge in judges.items() if p in results}
     missing = [p for p in judges if p not in parts]
@@ -140,19 +145,9 @@ def judge_construction(results: dict, diverged: Sequence[str] = ()) -> dict:
     text += f" (not run: {', '.join(missing)})." if missing else "."
     if diverged:
         text += f" The training of check 3 diverged: {'; '.join(diverged)}."
-    return {"status": status, "text": text, **parts, "not_run": missing}
-
-
-def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
-    """The measurement's status and text (numbers: "measurement"), with the checks of construction
-    apart ("construction")."""
-    if "fit" in results:
-        fit = judge_fit(results["fit"])
-    else:
-        fit = {"status": "insufficient", "depths": [], "text": "the measurement has not run yet"}
-    construction = judge_construction(results, diverged) | {"diverged_notes": list(diverged)}
+    construction = {"status": status, "text": text, **parts, "not_run": missing}
+    numbers = {"measurement": fit, "construction": construction | {"diverged_notes": [*diverged]}}
     thresholds = {"floor": FLOOR, "factor": FACTOR}
-    numbers = {"measurement": fit, "construction": construction}
     text = f"{LABELS[fit['status']][0].capitalize()}: {fit['text']}."
     return Verdict(fit["status"], numbers, thresholds, RULE.format(**thresholds), text)
 
