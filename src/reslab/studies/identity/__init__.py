@@ -4,23 +4,15 @@ He et al. 2015 (§3.1): "if identity mappings are optimal, the solvers may simpl
 the multiple nonlinear layers toward zero to approach identity mappings"; a residual block computes
 a[l+2] = g(z[l+2] + a[l]), so with z[l+2] = 0 it gives g(a[l]) = a[l] for the non-negative a[l] that a
 ReLU g leaves behind (and a[l] itself for pre-activation blocks, which have no g after the addition).
-Two checks of construction, which test the code, not a claim about learning, and one measurement
-(`measure.py`, into `results/{structure,fit,append}.json`; `rule.py` judges them):
 
-1. Structure. Every residual branch of a freshly built net is zeroed (METHODS: the last norm's gamma
-   and beta, the last weight layer of a net without norms, or the branch scale alpha of ReZero,
-   Bachlechner et al. 2020, and SkipInit, De & Smith 2020). On real images, in train and eval mode,
-   every block whose shortcut is the identity must output its input exactly (torch.equal, fp32), any
-   other block without a projection (option A, a pre-activation stage's first unit) its own
-   `shortcut_path`, and the plain twin (`to_plain`) exactly zero after every block.
-2. Learning the identity (the measurement). Plain and residual stacks of fully connected blocks are
-   trained to output random non-negative vectors, like with like: the same initial weights, data,
-   batches and optimiser. No weight decay: decoupled decay pulls a residual branch toward zero, i.e.
-   the block toward the identity, but a plain layer toward outputting nothing, so it favours the
-   residual arm before anything is learned (`fit_weight_decay` > 0 adds both arms with it, apart).
-3. Appending. k zero-initialised residual blocks appended after the last block of a trained shallow
-   net (an ordinary run folder) leave every logit as it was; plain and default-init residual blocks
-   are appended too, for contrast only.
+One measurement, whether residual stacks of fully connected blocks learn the identity more easily
+than plain ones (check 2), and two checks of construction, which test the code, not a claim about
+learning: zeroed branches are exact identities (check 1), appended zero-init blocks keep every logit
+of a trained net (check 3). `measure.py` runs them into `results/{structure,fit,append}.json`,
+`rule.py` judges them. The measurement compares like with like (the same initial weights, data,
+batches and optimiser) without weight decay: decoupled decay pulls a residual branch toward zero,
+i.e. the block toward the identity, but a plain layer toward outputting nothing, so it would favour
+the residual arm before anything is learned (`fit_weight_decay` > 0 adds both arms with it, apart).
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ VARIANTS = {  # appended blocks -> (arch, overrides)
 
 @torch.no_grad()
 def zero_branches(model: Model, method: str) -> Model:
-    """Zero the residual branch of every block of `model` in place by `method` (one of METHODS, as
-    the package docstring says) and return the model."""
+    """Zero the residual branch of every block of `model` in place and return the model: "norm"
+    zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net without norms),
+    "rezero"/"skipinit" the branch scale alpha (Bachlechner et al. 2020; De & Smith 2020)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     for block in model.residual_blocks():
@@ -82,9 +83,10 @@ def _mean_norm(t: torch.Tensor) -> float:
 
 @torch.no_grad()
 def structural_check(model: Model, x: torch.Tensor) -> dict:
-    """Run `x` through `model` (branches already zeroed) and its plain twin, in eval and train mode,
-    and count exact equalities; a block whose shortcut is not the identity and is no projection
-    must give its own `shortcut_path`."""
+    """Run `x` through `model` (branches zeroed) and its plain twin, in eval and train mode, and count
+    exact (torch.equal) equalities: a block whose shortcut is the identity must output its input, any
+    other block without a projection (option A, `both_preact`) its own `shortcut_path`, the plain
+    twin zero after every block, so the same logits for every input."""
     out: dict[str, Any] = {"modes": {}}
     for mode in ("eval", "train"):
         res, plain = copy.deepcopy(model).train(mode == "train"), to_plain(model)
@@ -222,8 +224,8 @@ def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> d
     base, train_data, test_data, _ = build_run(base_cfg)
     load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
     base = base.to(device)
-    norm = {"mean": train_data.mean, "std": train_data.std}
-    test = Loader(test_data, 500, train=False, augment=False, device=device, **norm)
+    mean, std = train_data.mean, train_data.std
+    test = Loader(test_data, 500, train=False, augment=False, device=device, mean=mean, std=std)
     ref, y = _logits(base, test)
     results = []
     for variant, (arch, kw) in VARIANTS.items():

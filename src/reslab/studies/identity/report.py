@@ -83,15 +83,13 @@ def fit_table(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 def format_table(summary: dict) -> str:
     """The measurement, the verdict, then the checks of construction, as plain text."""
-    v, construction = summary["verdict"], summary["verdict"]["construction"]
-    fit = [f"Measurement: learning the identity\n{text_table(*fit_table(summary))}"]
-    append = [text_table(*table(APPEND, summary["append_results"]))]
-    return "\n\n".join(
-        (fit if summary["fit_results"] else [])
-        + [f"verdict ({v['status']}): {v['text']}"]
-        + [f"construction ({construction['status']}): {construction['text']}"]
-        + (append if summary["append_results"] else [])
-    )
+    v, c = summary["verdict"], summary["verdict"]["construction"]
+    parts = [f"verdict ({v['status']}): {v['text']}", f"construction ({c['status']}): {c['text']}"]
+    if summary["fit_results"]:
+        parts.insert(0, f"Measurement: learning the identity\n{text_table(*fit_table(summary))}")
+    if summary["append_results"]:
+        parts.append(text_table(*table(APPEND, summary["append_results"])))
+    return "\n\n".join(parts)
 
 
 def build_report(study_dir: str | Path) -> Path:
@@ -146,9 +144,7 @@ def build_report(study_dir: str | Path) -> Path:
             for mode, m in r["modes"].items()
         ]
         page.table(*table(STRUCTURE, modes))
-        signed = next(
-            (r["signed_input"] for r in s["methods"].values() if "signed_input" in r), None
-        )
+        signed = next(iter(s["methods"].values())).get("signed_input")
         if signed:
             page.paragraph(
                 f"With a signed input (random normal) a zeroed block returns g(a) with g = "
