@@ -26,7 +26,7 @@ def plot_structure(structure: dict, path: str | Path) -> Path:
             for arch, ls in (("residual", "-"), ("plain", "--")):
                 norms = m[f"{arch}_norms"]
                 ax.plot(blocks, norms, color=COLORS[arch], ls=ls, marker="o", ms=3, label=arch)
-            exact = not any(mode_failures(m) for m in r["modes"].values())
+            exact = not any(mode_failures(mode) for mode in r["modes"].values())
             ax.set_title(f"{method}: {'exact' if exact else 'NOT exact'}")
             ax.set_xlabel("block")
         eval_modes = [r["modes"]["eval"] for r in methods.values()]

@@ -78,16 +78,16 @@ def judge_append(append: dict) -> dict:
     return {"holds": unchanged, "text": text}
 
 
-def fit_call(plain: float | None, residual: float | None, factor: float = FACTOR) -> str:
-    """ "residual" or "plain" (the arm that reached a loss `factor` times lower, losses below FLOOR
+def fit_call(plain: float | None, residual: float | None) -> str:
+    """ "residual" or "plain" (the arm that reached a loss FACTOR times lower, losses below FLOOR
     counted as FLOOR) or "tied"; a non-finite loss (None) loses to a finite one."""
     if plain is None or residual is None:
         return "tied" if plain is residual else "residual" if plain is None else "plain"
     ratio = max(plain, FLOOR) / max(residual, FLOOR)
-    return "residual" if ratio >= factor else "plain" if ratio <= 1 / factor else "tied"
+    return "residual" if ratio >= FACTOR else "plain" if ratio <= 1 / FACTOR else "tied"
 
 
-def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
+def judge_fit(fit: dict) -> dict:
     """The measurement, from the arms without weight decay: a row per depth and the status."""
     loss = {
         (r["depth"], r["arch"]): finite_or_none(r["final_loss"])
@@ -99,9 +99,7 @@ def judge_fit(fit: dict, factor: float = FACTOR) -> dict:
     for d in sorted({d for d, arch in loss if arch == "plain" and (d, "residual") in loss}):
         plain, residual = loss[d, "plain"], loss[d, "residual"]
         row = {"depth": d, "plain": plain, "residual": residual}
-        rows.append(
-            row | {"call": fit_call(plain, residual, factor), "same_init": same.get(str(d))}
-        )
+        rows.append(row | {"call": fit_call(plain, residual), "same_init": same.get(str(d))})
     calls = {r["call"] for r in rows}
     unlike = [str(r["depth"]) for r in rows if r["same_init"] is False]
     if not rows or unlike:
