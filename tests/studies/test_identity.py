@@ -4,6 +4,8 @@ initial weights, no weight decay: decay alone turns a residual stack into the id
 on constructed numbers, and what the toy study must show. The toy run end to end, the report rebuilt
 from the folder and the CLI are tested for every study in test_every_study.py."""
 
+from unittest.mock import ANY
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from reslab.studies.identity.measure import (
     structural_check,
     zero_branches,
 )
-from reslab.studies.identity.rule import judge_append
+from reslab.studies.identity.rule import judge_append, judge_structure
 from reslab.training import runs
 
 
@@ -185,6 +187,30 @@ def test_append_check_follows_the_numbers():
     assert not judge_append(dict(base, results=moved))["holds"]
     mild = [result(ZERO_INIT, 0.05, 0), result(PLAIN, 0.06, 1)]  # contrast only: not judged
     assert judge_append(dict(base, results=mild))["holds"]
+
+
+def test_structure_check_follows_the_counts():
+    exact = dict(identity_blocks=3, identity_exact=3, shape_blocks=1, shape_exact=1)
+    exact |= dict(blocks=4, plain_zero_blocks=4, plain_constant_output=True)
+
+    def results(train):
+        return {
+            "model": "resmlp-8",
+            "methods": {"norm": {"modes": {"eval": exact, "train": train}}},
+        }
+
+    assert judge_structure(results(exact)) == {"holds": True, "failures": [], "text": ANY}
+    wrongs = [
+        dict(identity_exact=2),
+        dict(identity_blocks=0, identity_exact=0),
+        dict(shape_exact=0),
+    ]
+    for wrong in wrongs + [dict(plain_zero_blocks=3), dict(plain_constant_output=False)]:
+        judged = judge_structure(results(exact | wrong))
+        assert not judged["holds"] and len(judged["failures"]) == 1  # one count off, in one mode
+        v = rule.verdict({"structure": results(exact | wrong)})
+        assert v.numbers["construction"]["status"] == "broken"
+        assert v.numbers["construction"]["not_run"] == ["append"]
 
 
 FIT = make_config("digits", fit_width=8, fit_depths=(2, 4), fit_steps=3, fit_samples=8, fit_batch=8)

@@ -4,34 +4,15 @@ He et al. 2015 (§3.1): "if identity mappings are optimal, the solvers may simpl
 the multiple nonlinear layers toward zero to approach identity mappings"; a residual block computes
 a[l+2] = g(z[l+2] + a[l]), so with z[l+2] = 0 it gives g(a[l]) = a[l] for the non-negative a[l] that a
 ReLU g leaves behind (and a[l] itself for pre-activation blocks, which have no g after the addition).
-Two checks of construction, which hold by how the blocks are built (they test the code, not a claim
-about learning), and one measurement:
 
-1. Structure (construction). Zero every residual branch of a freshly built net and run real images
-   through it: "norm" zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net
-   without norms), "rezero"/"skipinit" set the branch scale alpha to 0 (Bachlechner et al. 2020; De &
-   Smith 2020). Every block whose shortcut is the identity must output its input exactly (torch.equal,
-   fp32, train and eval mode); a block whose shortcut is not (option A where the shape changes, a
-   pre-activation stage's first unit, which pre-activates both paths) must output its own
-   `shortcut_path`. The plain twin with the same zeroed weights (`to_plain`) must output exactly zero
-   after every block, so its logits are the same for every input.
-2. Learning the identity (the measurement). Plain and residual stacks of fully connected blocks
-   (`plainmlp-N` / `resmlp-N` blocks) are trained to output their input on random non-negative data
-   (|N(0, 1)|), like with like: the same initial weights (same seed, same parameter names: He normal,
-   BN weight 1 and bias 0), data, batches, Adam steps and cosine schedule. No weight decay: decoupled
-   (AdamW) decay pulls a residual branch toward zero, i.e. the block toward the identity, but a plain
-   layer toward zero, i.e. the block toward outputting nothing, so it favours the residual arm before
-   anything is learned; `fit_weight_decay` > 0 adds both arms again with it, shown apart from the
-   verdict. The loss each reaches is reported relative to the data's mean square (1 = as bad as
-   outputting zero), on held-out data.
-3. Appending (construction). A shallow residual net is trained on the data with the engine (an
-   ordinary run folder); then k blocks are appended after its last block: zero-initialised residual
-   blocks (zero_init_residual) leave every logit exactly as it was, so the accuracy is unchanged before
-   any further training. Plain blocks and residual blocks with the default init are appended too, for
-   contrast; they start from another init, so they are shown, not judged.
-
-`measure.py` holds the three parts. Results go to `results/{structure,fit,append}.json`; `report.py`
-turns them into summary.json (verdict from the numbers), figures and report.html.
+One measurement, whether residual stacks of fully connected blocks learn the identity more easily
+than plain ones (check 2), and two checks of construction, which test the code, not a claim about
+learning: zeroed branches are exact identities (check 1), appended zero-init blocks keep every logit
+of a trained net (check 3). `measure.py` runs them into `results/{structure,fit,append}.json`,
+`rule.py` judges them. The measurement compares like with like (the same initial weights, data,
+batches and optimiser) without weight decay: decoupled decay pulls a residual branch toward zero,
+i.e. the block toward the identity, but a plain layer toward outputting nothing, so it would favour
+the residual arm before anything is learned (`fit_weight_decay` > 0 adds both arms with it, apart).
 """
 
 from __future__ import annotations
@@ -63,8 +44,7 @@ ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "resi
 
 @dataclass(frozen=True)
 class IdentityConfig(base.StudyConfig):
-    """Two checks of construction (zeroed branches, appended zero-init blocks) and one measurement
-    (plain and residual stacks learning the identity)."""
+    """The options of check 1 (zeroing), check 2 (`fit_*`) and check 3 (`base_*`, `append`)."""
 
     family: str = option("mlp", f"model family: {', '.join(FAMILY_SHAPE)}")
     seed: int = option(0, "seed of weights, data and batches")
@@ -96,8 +76,9 @@ class IdentityConfig(base.StudyConfig):
             raise ValueError(f"fit_depths must be even and >= 2, got {list(self.fit_depths)}")
         if not self.append or any(k < 1 for k in self.append):
             raise ValueError(f"append must be block counts >= 1, got {list(self.append)}")
-        base.check_at_least(self, 1, "fit_width", "fit_samples", "fit_steps", "fit_batch")
-        base.check_at_least(self, 1, "base_iters")
+        base.check_at_least(
+            self, 1, "fit_width", "fit_samples", "fit_steps", "fit_batch", "base_iters"
+        )
         if not self.fit_weight_decay >= 0:
             raise ValueError(f"fit_weight_decay must be >= 0, got {self.fit_weight_decay}")
         if self.fit_batch > self.fit_samples:
@@ -138,13 +119,7 @@ class IdentityConfig(base.StudyConfig):
 # digits: TrainConfig's digits recipe, its `epochs` set back to the default (a run of `base_iters`
 # steps does not use it), so the run config is that of earlier versions.
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        family="mlp",
-        check_depth=16,
-        base_depth=4,
-        train=dict(preset="digits", epochs=1.0, log_every=20),
-    ),
+    "digits": dict(train=dict(preset="digits", epochs=1.0, log_every=20)),
     "cpu": dict(  # CIFAR-10 on a 2-core CPU: a ResNet-20 trained 2 epochs (about 5-10 minutes)
         data="cifar10",
         family="cifar",

@@ -1,12 +1,5 @@
-"""The identity study's three parts, each a function of the study config that returns its results.
-
-1. `structure` (a check of construction): zero every residual branch of a freshly built net
-   (`zero_branches`, by one of METHODS) and count exact equalities on real images (`structural_check`).
-2. `fit` (the measurement): plain and residual stacks of fully connected blocks, from the same initial
-   weights and with the same optimiser, trained to output their input (`fit_identity`).
-3. `append` (a check of construction): blocks appended after the last block of a trained net
-   (`fresh_blocks`), before any further training.
-"""
+"""The identity study's three parts (package docstring), each a function of the study config that
+returns its results: `structure` (check 1), `fit` (check 2, the measurement), `append` (check 3)."""
 
 from __future__ import annotations
 
@@ -19,10 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.data import Loader, load_dataset
+from reslab.models import append_blocks, create_model, load_weights, to_plain
 from reslab.models.registry import Model
 from reslab.models.scaled import ScaledBlock
+from reslab.studies.base import model_name
 from reslab.studies.identity import FAMILY_SHAPE, METHODS, PLAIN, RESIDUAL, RESULTS, ZERO_INIT
 from reslab.training import runs
+from reslab.training.build import build_run
 from reslab.training.config import TrainConfig
 
 VARIANTS = {  # appended blocks -> (arch, overrides)
@@ -32,36 +29,31 @@ VARIANTS = {  # appended blocks -> (arch, overrides)
 }
 
 
-# ---------------------------------------------------------------------------------------------- check 1
-
-
 @torch.no_grad()
 def zero_branches(model: Model, method: str) -> Model:
-    """Zero the residual branch of every block of `model` in place (see the module docstring for the
-    methods) and return the model."""
+    """Zero the residual branch of every block of `model` in place and return the model: "norm"
+    zeroes the last norm's gamma and beta, "weights" the last weight layer (in a net without norms),
+    "rezero"/"skipinit" the branch scale alpha (Bachlechner et al. 2020; De & Smith 2020)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     for block in model.residual_blocks():
+        norm = block.branch_norms()[-1]
         if method == "norm":
-            norm = block.branch_norms()[-1]
-            weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
-            if weight is None or bias is None:
+            params = [getattr(norm, "weight", None), getattr(norm, "bias", None)]
+            if None in params:
                 raise ValueError("method 'norm' needs affine norms in the branch; use 'weights'")
-            weight.zero_()
-            bias.zero_()
         elif method == "weights":
-            if not isinstance(block.branch_norms()[-1], nn.Identity):
+            if not isinstance(norm, nn.Identity):
                 raise ValueError("method 'weights' is exact only in nets built with norm='none'")
             layer = block.branch_layers()[-1]
-            layer.weight.zero_()
-            if layer.bias is not None:
-                layer.bias.zero_()
+            params = [layer.weight, layer.bias]
+        elif isinstance(block, ScaledBlock):  # ReZero, SkipInit and Fixup blocks
+            params = [block.scale.alpha]
         else:
-            if not isinstance(block, ScaledBlock):  # ReZero, SkipInit and Fixup blocks
-                raise ValueError(
-                    f"method {method!r} needs a net built with branch_scale={method!r}"
-                )
-            block.scale.alpha.zero_()
+            raise ValueError(f"method {method!r} needs a net built with branch_scale={method!r}")
+        for p in params:
+            if p is not None:
+                p.zero_()
     return model
 
 
@@ -73,11 +65,9 @@ def _block_io(model: Model, x: torch.Tensor) -> tuple[list, torch.Tensor]:
         b.register_forward_hook(lambda m, args, out: seen.append((m, args[0], out)))
         for b in model.residual_blocks()
     ]
-    try:
-        logits = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    logits = model(x)
+    for h in hooks:
+        h.remove()
     return seen, logits
 
 
@@ -87,20 +77,21 @@ def _is_identity(block: nn.Module) -> bool:
     return block.downsample is None and not block.both_preact
 
 
+def _mean_norm(t: torch.Tensor) -> float:
+    return float(t.flatten(1).norm(dim=1).mean())
+
+
 @torch.no_grad()
 def structural_check(model: Model, x: torch.Tensor) -> dict:
-    """Run `x` through `model` (branches already zeroed) and its plain twin, in eval and train mode,
-    and count exact equalities (see the module docstring). The blocks whose shortcut is not the
-    identity (option A, `both_preact`; projections are left out) must give the block's own
-    `shortcut_path`."""
-    from reslab.models import to_plain
-
+    """Run `x` through `model` (branches zeroed) and its plain twin, in eval and train mode, and count
+    exact (torch.equal) equalities: a block whose shortcut is the identity must output its input, any
+    other block without a projection (option A, `both_preact`) its own `shortcut_path`, the plain
+    twin zero after every block, so the same logits for every input."""
     out: dict[str, Any] = {"modes": {}}
     for mode in ("eval", "train"):
         res, plain = copy.deepcopy(model).train(mode == "train"), to_plain(model)
-        plain.train(mode == "train")
         seen, _ = _block_io(res, x)
-        seen_plain, logits_plain = _block_io(plain, x)
+        seen_plain, logits_plain = _block_io(plain.train(mode == "train"), x)
         ident = [(b, a, o) for b, a, o in seen if _is_identity(b)]
         shaped = [(b, a, o) for b, a, o in seen if not _is_identity(b) and not b.projects]
         out["modes"][mode] = {
@@ -118,11 +109,10 @@ def structural_check(model: Model, x: torch.Tensor) -> dict:
             "residual_norms": [_mean_norm(o) for _, _, o in seen],
             "plain_norms": [_mean_norm(o) for _, _, o in seen_plain],
         }
-    block = next((b for b, _, _ in seen if _is_identity(b)), None)
-    if block is not None:  # a signed input: the block gives g(a), which is a only where a >= 0
-        a = torch.randn_like(next(a for b, a, _ in seen if b is block))
-        o = block.eval()(a)
-        g = torch.relu if block.relu_after_add else (lambda t: t)
+    first = next(((b, a) for b, a, _ in seen if _is_identity(b)), None)
+    if first is not None:  # a signed input: the block gives g(a), which is a only where a >= 0
+        block, a = first[0].eval(), torch.randn_like(first[1])
+        o, g = block(a), torch.relu if block.relu_after_add else (lambda t: t)
         out["signed_input"] = {
             "g": "relu" if block.relu_after_add else "identity",
             "equals_input": torch.equal(o, a),
@@ -131,32 +121,22 @@ def structural_check(model: Model, x: torch.Tensor) -> dict:
     return out
 
 
-def _mean_norm(t: torch.Tensor) -> float:
-    return float(t.flatten(1).norm(dim=1).mean())
-
-
 def structure(cfg, x: torch.Tensor, num_classes: int) -> dict:
     """Check 1 for every method, on freshly built nets of depth `check_depth`."""
+    _, c, h, w = x.shape
     results = {}
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
-        _, c, h, w = x.shape
         model = cfg.build("residual", cfg.check_depth, num_classes, c, (h, w), **METHODS[method])
         zero_branches(model, method)
         results[method] = {"overrides": METHODS[method]} | structural_check(model, x)
     return {"depth": cfg.check_depth, "model": model.model_name, "methods": results}
 
 
-# ---------------------------------------------------------------------------------------------- check 2
-
-
 def identity_stack(arch: str, depth: int, cfg) -> nn.Sequential:
     """The blocks of a `depth`-layer plain or residual MLP (stem and classifier left out), built from
     seed `cfg.seed`: plain and residual twins share parameter names, so they start from the same
     weights (He normal, BN weight 1 and bias 0)."""
-    from reslab.models import create_model
-    from reslab.studies.base import model_name
-
     torch.manual_seed(cfg.seed)
     name = model_name("mlp", arch, depth + 2)
     return nn.Sequential(*create_model(name, 1, 1, 1, width=cfg.fit_width).residual_blocks())
@@ -171,31 +151,25 @@ def same_init(depth: int, cfg) -> bool:
 def fit_identity(
     arch: str, depth: int, cfg, x: torch.Tensor, x_test: torch.Tensor, weight_decay: float = 0.0
 ) -> dict:
-    """Train a stack of `depth` weight layers (depth / 2 fully connected blocks) to output its input,
-    with Adam (AdamW with `weight_decay`, decoupled) and a cosine schedule.
-
-    Loss = mean squared error / mean square of the data; the final one on `x_test`, with batch
-    statistics over the whole held-out set (the mode the stack is trained in)."""
+    """Train a stack of `depth` weight layers to output its input with Adam (AdamW with
+    `weight_decay`) and a cosine schedule. Loss = mean squared error / mean square of the data; the
+    final one on `x_test`, with batch statistics over the whole held-out set (as in training)."""
     stack = identity_stack(arch, depth, cfg).to(x.device).train()  # (B, width) -> (B, width)
     opt = torch.optim.AdamW(stack.parameters(), lr=cfg.fit_lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.fit_steps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    scale = x.pow(2).mean()
-    every = max(1, cfg.fit_steps // 50)
-    curve: list[list[float]] = []
-    recent: list[float] = []
-    for step in range(cfg.fit_steps):
+    scale, losses = x.pow(2).mean(), []
+    for _ in range(cfg.fit_steps):
         xb = x[torch.randint(0, len(x), (cfg.fit_batch,), generator=gen).to(x.device)]
         loss = F.mse_loss(stack(xb), xb) / scale
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        recent = (recent + [loss.item()])[-max(1, cfg.fit_steps // 20) :]
-        if step % every == 0 or step == cfg.fit_steps - 1:
-            curve.append([step + 1, loss.item()])
+        losses.append(loss.item())
     with torch.no_grad():
         final = (F.mse_loss(stack(x_test), x_test) / x_test.pow(2).mean()).item()
+    every, last = max(1, cfg.fit_steps // 50), losses[-max(1, cfg.fit_steps // 20) :]
     return {
         "arch": arch,
         "arm": arch if not weight_decay else f"{arch}, weight decay {weight_decay:g}",
@@ -203,21 +177,21 @@ def fit_identity(
         "depth": depth,
         "blocks": len(stack),
         "final_loss": final,
-        "train_loss": sum(recent) / len(recent),
-        "curve": curve,
+        "train_loss": sum(last) / len(last),
+        "curve": [
+            [s + 1, v] for s, v in enumerate(losses) if s % every == 0 or s == len(losses) - 1
+        ],
     }
 
 
 def fit(cfg, device: torch.device) -> dict:
     """The measurement, for every depth: plain and residual stacks from the same initial weights, on
-    the same random data and batches, without weight decay; with `fit_weight_decay` > 0 both again
-    with that (decoupled) decay, as arms of their own that the verdict leaves out."""
+    the same random data and batches, without weight decay, and with `fit_weight_decay` if > 0."""
     gen = torch.Generator().manual_seed(cfg.seed)
     x, x_test = torch.randn(2, cfg.fit_samples, cfg.fit_width, generator=gen).abs().to(device)
-    decays = (0.0, cfg.fit_weight_decay) if cfg.fit_weight_decay else (0.0,)
     results = [
         fit_identity(arch, depth, cfg, x, x_test, wd)
-        for wd in decays
+        for wd in dict.fromkeys((0.0, cfg.fit_weight_decay))  # 0 once when there is no decay
         for depth in cfg.fit_depths
         for arch in ("plain", "residual")
     ]
@@ -228,17 +202,12 @@ def fit(cfg, device: torch.device) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------- check 3
-
-
 def fresh_blocks(cfg, arch: str, k: int, like: Model, **kw) -> list[nn.Module]:
     """k new blocks shaped like the last stage of `like`: the last k blocks of a new net of the
     family with k + 1 blocks per stage (so none of them changes shape)."""
-    stages = FAMILY_SHAPE[cfg.family][0]
+    depth = 2 * FAMILY_SHAPE[cfg.family][0] * (k + 1) + 2
     c, h, w = like.default_cfg["input_size"]
-    net = cfg.build(
-        arch, 2 * stages * (k + 1) + 2, like.default_cfg["num_classes"], c, (h, w), **kw
-    )
+    net = cfg.build(arch, depth, like.default_cfg["num_classes"], c, (h, w), **kw)
     return net.residual_blocks()[-k:]
 
 
@@ -252,19 +221,12 @@ def _logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
 def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> dict:
     """Check 3: append k blocks of each variant to the trained net of `base_cfg` (its summary
     `trained`) and evaluate on the test set before any further training."""
-    from reslab.data import Loader
-    from reslab.models import append_blocks, load_weights
-    from reslab.training.build import build_run
-
     base, train_data, test_data, _ = build_run(base_cfg)
     load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
     base = base.to(device)
-    test = Loader(
-        test_data, 500, train=False, augment=False, device=device,
-        mean=train_data.mean, std=train_data.std,
-    )  # fmt: skip
+    mean, std = train_data.mean, train_data.std
+    test = Loader(test_data, 500, train=False, augment=False, device=device, mean=mean, std=std)
     ref, y = _logits(base, test)
-    chance = 1 - 1 / len(train_data.classes)
     results = []
     for variant, (arch, kw) in VARIANTS.items():
         for k in cfg.append:
@@ -289,17 +251,14 @@ def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> d
         "base_test_error": (ref.argmax(1) != y).float().mean().item(),
         "base_train_error": trained.get("final_train_error"),
         "test_images": len(y),
-        "chance_error": chance,
+        "chance_error": 1 - 1 / len(train_data.classes),
         "results": results,
     }
 
 
 def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
-    """The two checks of construction and the measurement, into `<folder>/results/<part>.json`;
-    check 3 appends to the trained net only where its run completed (the report names a diverged
-    one)."""
-    from reslab.data import Loader, load_dataset
-
+    """The three parts, into `<folder>/results/<part>.json`; check 3 only where the training of its
+    net completed (the report names a diverged one)."""
     t0 = time.perf_counter()
     (folder / RESULTS).mkdir(exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -313,9 +272,8 @@ def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list,
     runs.write_json(folder / RESULTS / "fit.json", fit(cfg, device))
     _say(f"2 measurement, learning the identity: depths {list(cfg.fit_depths)}", t0)
     if trained[0]["status"] == "completed":
-        runs.write_json(
-            folder / RESULTS / "append.json", append(cfg, configs[0], trained[0], device)
-        )
+        append_results = append(cfg, configs[0], trained[0], device)
+        runs.write_json(folder / RESULTS / "append.json", append_results)
         _say(f"3 append blocks (construction): k = {list(cfg.append)}", t0)
 
 
