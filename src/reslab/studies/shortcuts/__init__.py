@@ -47,25 +47,18 @@ class ShortcutsConfig(base.StudyConfig):
         from reslab.models.variants import VARIANTS
 
         object.__setattr__(self, "variants", self.variants or tuple(VARIANTS))
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise ValueError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+        base.check_among("variants", self.variants, VARIANTS)
         if not self.seeds:
             raise ValueError("give at least one seed")
         # fail before any training if the base does not take the variants
-        base.check_models((self.model_name(v), self.model_kwargs()) for v in self.variants)
-
-    def model_name(self, variant: str) -> str:
-        """The registry name of the base net with every unit made `variant`."""
-        return f"{self.base}+{variant}"
+        base.check_models((f"{self.base}+{v}", self.model_kwargs()) for v in self.variants)
 
     def model_kwargs(self) -> dict:
         return {"width": self.width} if self.width else {}
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
-        """The recipe, and what the report needs to know of the base net: its residual units and
-        whether they are bottlenecks (three weight layers), which makes the paper's ResNet-164 its
-        reference."""
+        """The recipe, the base net's residual units, and the paper's column it is held against:
+        ResNet-164's for bottleneck units (three weight layers)."""
         import torch
 
         from reslab.models import create_model
@@ -85,7 +78,7 @@ class ShortcutsConfig(base.StudyConfig):
         """The ordinary training config of one variant and seed."""
         name = runs.cell_name(variant, seed=seed)
         threads = {"num_threads": self.num_threads} if self.num_threads else {}
-        model, kwargs = self.model_name(variant), self.model_kwargs()
+        model, kwargs = f"{self.base}+{variant}", self.model_kwargs()
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **threads)
 
 
@@ -105,15 +98,14 @@ class ShortcutsConfig(base.StudyConfig):
 # and 48k, lr 0.01 for the first 400 iterations), five seeds as the paper's medians of five runs.
 # paper-164: the same for ResNet-164 (bottleneck units, 1.7M parameters, Table 4) and the activation
 # placements of Table 2, the only variants the paper trained on it.
+# The engine's automatic warm-up reads the depth from the model name's last number, which a variant
+# name like "resnet-110+gate-shortcut-b0" hides, so it is set here.
 _PAPER_TRAIN = dict(
     preset="paper", warmup_iters=400, warmup_lr=0.01, log_every=100, eval_every=2000
 )
+_PAPER = dict(data="cifar10", width=0, seeds=(0, 1, 2, 3, 4), train=_PAPER_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        base="resmlp-56",
-        width=32,
-        seeds=(0, 1, 2),
+    "digits": dict(  # and the defaults: resmlp-56, width 32, seeds 0-2
         iters=990,
         num_threads=1,  # tiny matrices: more threads only contend for the cores
         train=dict(preset="paper-digits", warmup_iters=50, eval_every=50),
@@ -125,23 +117,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0,),
         train=dict(preset="cpu", epochs=2.0, log_every=20),
     ),
-    "paper": dict(
-        data="cifar10",
-        base="resnet-110",
-        width=0,
-        seeds=(0, 1, 2, 3, 4),
-        # the engine's automatic warm-up reads the depth from the model name's last number, which a
-        # variant name like "resnet-110+gate-shortcut-b0" hides, so it is set here
-        train=_PAPER_TRAIN,
-    ),
-    "paper-164": dict(
-        data="cifar10",
-        base="resnet-164",
-        width=0,
-        variants=("identity", *TABLE_2),
-        seeds=(0, 1, 2, 3, 4),
-        train=_PAPER_TRAIN,
-    ),
+    "paper": dict(_PAPER, base="resnet-110"),
+    "paper-164": dict(_PAPER, base="resnet-164", variants=("identity", *TABLE_2)),
 }
 
 

@@ -1,23 +1,19 @@
-"""The shortcut study's verdict, a pure function of its rows (one per finished run,
-`report.collect_runs`): each variant's class against the identity shortcut under `RULE`, next to the
-class the paper's own numbers (`PAPER`) fall in under the same rule (`FINDINGS`).
+"""The shortcut study's verdict, a pure function of its rows (`report.collect_runs`): each variant's
+class against the identity shortcut under `RULE`, next to the class the paper's own numbers (`PAPER`)
+fall in under the same rule (`FINDINGS`; for a base of bottleneck units, study.json "paper_column":
+164, Table 2's ResNet-164 column where it has a number).
 
-Why these margins: they are relative to identity's error, so one rule serves CIFAR-10 and the digits
-alike. FAIL_RATIO: the paper reports "fail" above 20% test error (Table 1 caption), 3.0x its
-identity's 6.61%; its worst variant that trained is 12.86% (1.9x). EQUAL: the paper calls +1.5%
-(ReLU-only pre-activation at 110 layers) "very similar" and -3.6% (full pre-activation at 110)
-"improved" (§4.1, Table 2), so the margin lies between; 3% is also the paper's own run-to-run std
-(ResNet-1001: 4.89 +- 0.14%, Table 4). The classes the paper's numbers fall in are its words too
-("substantially higher", "lags far behind", "poorer", "considerably worse", "worse", "very similar",
-"improved by healthy margins"; §3.1, §4.1), except shortcut-only gating with b_g = -6, which the
-paper calls "much closer to the ResNet-110 baseline" (than b_g = 0) while counting it among the
-multiplicative shortcuts that "hamper information propagation" (§3.2): at +4.5% no single margin
-can call it equal and full pre-activation's -3.6% better.
-
-A base of bottleneck units (study.json "paper_column": 164) is held against Table 2's ResNet-164
-column where it has a number. Status: "agrees" (every variant run lands in the paper's class),
-"mostly_agrees" (more than half do), "disagrees" (half or fewer), "insufficient" (no identity run
-finished, one diverged, or no other variant was run).
+Why these margins: relative to identity's error, one rule serves CIFAR-10 and the digits alike.
+FAIL_RATIO: the paper's "fail" is over 20% test error (Table 1 caption), 3.0x its identity's 6.61%;
+its worst variant that trained is 12.86% (1.9x). EQUAL: the paper calls +1.5% (ReLU-only
+pre-activation at 110 layers) "very similar" and -3.6% (full pre-activation at 110) "improved"
+(§4.1, Table 2), so the margin lies between; 3% is also the paper's own run-to-run std (ResNet-1001:
+4.89 +- 0.14%, Table 4). The classes so found are the paper's words too ("substantially higher",
+"lags far behind", "poorer", "considerably worse", "worse", "very similar", "improved by healthy
+margins"; §3.1, §4.1), except shortcut-only gating with b_g = -6, which the paper calls "much closer
+to the ResNet-110 baseline" (than b_g = 0) while counting it among the multiplicative shortcuts that
+"hamper information propagation" (§3.2): at +4.5% no single margin can call it equal and full
+pre-activation's -3.6% better.
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ import numpy as np
 
 from reslab.models.variants import VARIANTS
 from reslab.report.html import fmt_mean_std
+from reslab.studies.shortcuts import TABLE_2
 from reslab.studies.stats import mean_std, pooled_std, tolerance
 from reslab.training.runs import UNTRAINED, Verdict
 
@@ -41,13 +38,7 @@ CLASSES = {"fails": "fails", "worse": "clearly worse", "equal": "about equal", "
 # and Table 2's ResNet-164 column
 PAPER = {
     110: {name: v.paper for name, v in VARIANTS.items()},
-    164: {
-        "identity": "5.93",
-        "bn-after-add": "6.50",
-        "relu-before-add": "6.14",
-        "relu-preact": "5.91",
-        "full-preact": "5.46",
-    },
+    164: dict(zip(("identity", *TABLE_2), ("5.93", "6.50", "6.14", "5.91", "5.46"), strict=True)),
 }
 PAPER_UNITS, PAPER_ITERS = 54, 64_000  # ResNet-110/164 on CIFAR-10, He et al. 2016
 
