@@ -60,15 +60,10 @@ class LandscapeConfig(base.StudyConfig):
                 f"{self.subset} and {self.hessian_images}"
             )
         self.twins()  # checks depths, width and the recipe as the main job would
-        self._check_source()
-
-    def _check_source(self) -> None:
-        """A --source study of other data than this preset's has no twin to reuse: say which preset
-        draws its nets, rather than train this preset's twins beside it."""
+        # a --source study of other data has no twin to reuse: say which preset draws its nets,
+        # rather than train this preset's twins beside it
         path = Path(self.source) / runs.STUDY
-        if not path.is_file():
-            return
-        source = records.read_record(path, "degradation")
+        source = records.read_record(path, "degradation") if path.is_file() else {}
         if source.get("data", self.data) != self.data:
             preset = source.get("preset", "?")
             hint = f"--preset {preset}" if preset in PRESETS else f"--data {source['data']}"

@@ -45,12 +45,9 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
         for cell, net in zip(cells, pool.map(_measure, todo), strict=True):
             cell.update(net)
             centre = net["loss"][len(xs) // 2][len(xs) // 2]
-            name, lam = Path(cell["run_dir"]).name, (net["lambda_max"], net["lambda_min"])
-            print(
-                f"  {name:<16} centre loss {centre:.3g}, λmax {lam[0]:.3g}, λmin {lam[1]:.3g} "
-                f"[{net['seconds']:.0f} s]",
-                flush=True,
-            )
+            lams = f"λmax {net['lambda_max']:.3g}, λmin {net['lambda_min']:.3g}"
+            line = f"{Path(cell['run_dir']).name:<16} centre loss {centre:.3g}, {lams}"
+            print(f"  {line} [{net['seconds']:.0f} s]", flush=True)
     runs.write_json(folder / SURFACES, {"xs": xs.tolist(), "nets": cells, "lost": lost})
 
 
@@ -85,7 +82,7 @@ def load(run_dir: Path, subset: int) -> tuple[torch.nn.Module, torch.Tensor, tor
     if cfg is None:
         raise ValueError(f"{run_dir}: no config.json; the landscape needs the run's data")
     train_data = load_data(cfg)[0]
-    train_data = train_data.subset(torch.arange(min(subset, len(train_data.labels))))
+    train_data = train_data.subset(torch.arange(min(subset, len(train_data))))
     normalization = getattr(model, "normalization", None)
     if normalization is not None:
         train_data = normalization.apply(train_data)

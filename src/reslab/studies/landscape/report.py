@@ -45,16 +45,22 @@ def _ratio(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def build_report(folder: str | Path) -> Path:
-    """Write summary.json (rows and verdict), the four figures and report.html into `folder`."""
-    folder = Path(folder)
-    data = runs.read_json(folder / SURFACES)
-    xs, mid, table = np.asarray(data["xs"]), len(data["xs"]) // 2, rows(data["nets"])
+def write_summary(folder: Path, data: dict) -> dict:
+    """summary.json: study.json, the rows and verdict of `rule.py`, every net's numbers (its surface
+    left in landscape.json but for the centre) and the nets without a surface."""
+    mid, table = len(data["xs"]) // 2, rows(data["nets"])
     keep = ("arch", "depth", "seed", "final_train_error", "lambda_max", "lambda_min")
     nets = [{k: n[k] for k in keep} | {"centre_loss": n["loss"][mid][mid]} for n in data["nets"]]
-    study = records.read_study(folder, "landscape")
-    summary = study | {"rows": table, "nets": nets, "lost": data["lost"]}
-    summary = runs.write_study_summary(folder, summary | {"verdict": verdict(table).to_json()})
+    summary = records.read_study(folder, "landscape")
+    summary |= {"rows": table, "nets": nets, "lost": data["lost"]}
+    return runs.write_study_summary(folder, summary | {"verdict": verdict(table).to_json()})
+
+
+def build_report(folder: str | Path) -> Path:
+    """Write summary.json, the four figures and report.html into `folder`; returns the report."""
+    folder = Path(folder)
+    data = runs.read_json(folder / SURFACES)
+    summary, xs = write_summary(folder, data), np.asarray(data["xs"])
     loss: dict[tuple[str, int], np.ndarray] = {}  # (arch, depth) -> the first seed's, the one drawn
     for n in sorted(data["nets"], key=lambda n: n["seed"]):
         loss.setdefault((n["arch"], n["depth"]), np.asarray(n["loss"]))
@@ -64,7 +70,7 @@ def build_report(folder: str | Path) -> Path:
         contours = figures.save(_contours(logs, depths, xs), folder / "contours.png")
         slices = figures.save(_slices(loss, depths, xs), folder / "slices.png")
         surface = figures.save(_surface3d(loss, depths[-1], xs), folder / "surface.png")
-        ratios = figures.save(_nonconvexity(table), folder / "nonconvexity.png")
+        ratios = figures.save(_nonconvexity(summary["rows"]), folder / "nonconvexity.png")
     v = summary["verdict"]
     source = "Li, Xu, Taylor, Studer and Goldstein 2018, Figs. 5 and 7, on the main job's nets"
     page = verdict_page(
@@ -84,10 +90,10 @@ def build_report(folder: str | Path) -> Path:
     page.table(
         ["arch", "depth", "seed", "training error", "λmax", "λmin", "|λmin/λmax|"],
         [
-            [*(n[k] for k in keep[:3]), fmt_pct(n["final_train_error"])]
+            [n["arch"], n["depth"], n["seed"], fmt_pct(n["final_train_error"])]
             + [f"{n['lambda_max']:.4g}", f"{n['lambda_min']:.4g}"]
             + [_ratio(ratio(n["lambda_max"], n["lambda_min"]))]
-            for n in nets
+            for n in summary["nets"]
         ],
     )
     what = (
@@ -95,7 +101,7 @@ def build_report(folder: str | Path) -> Path:
         "at each point of the grid; the directions drawn once (direction_seed) and filter-normalised "
         "to each net, zero on biases and batch-norm parameters (the paper's --xignore biasbn)."
     )
-    return finish(page, folder, what, study)
+    return finish(page, folder, what, records.read_study(folder, "landscape"))
 
 
 def _contours(logs: dict, depths: list[int], xs: np.ndarray) -> Figure:

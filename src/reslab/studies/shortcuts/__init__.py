@@ -1,14 +1,11 @@
 """The shortcut study (He et al. 2016, "Identity Mappings in Deep Residual Networks", §3.1 Table 1 and
 §4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units.
 
-Each variant of `reslab.models.variants` (Table 1's shortcuts: identity, constant scaling, exclusive
-and shortcut-only gating with the paper's gate-bias inits, 1x1 conv, dropout; Table 2's activation
-placements) is trained once per seed as an ordinary run folder
+Each variant of `reslab.models.variants` is trained once per seed as an ordinary run folder
 `runs/shortcuts/<name>/runs/<variant>-s<seed>/`; `report.py` turns them into the paper's tables (test
 error, mean ± std over seeds), a bar figure, training curves and the verdict of `rule.py`. A run that
-diverges is recorded as such (its variant "fails", the paper's word) and the study goes on. The
-presets are described where they are defined; all but the paper's are far smaller than its
-experiment, and the report says so next to the verdict.
+diverges is recorded as such (its variant "fails", the paper's word) and the study goes on. All
+presets but the paper's are far smaller than its experiment, and the report says so.
 """
 
 from __future__ import annotations

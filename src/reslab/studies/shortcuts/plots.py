@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 from reslab.report import figures
 from reslab.training import runs as rf
 
-IDENTITY, OTHER = figures.ARCH_COLORS["residual"], "#9aa3ad"
+IDENTITY, OTHER, DIVERGED = figures.ARCH_COLORS["residual"], "#9aa3ad", figures.ARCH_COLORS["plain"]
 
 
 def panel(groups: list[dict], table: int) -> list[dict]:
@@ -39,15 +38,11 @@ def plot_bars(groups: list[dict], path: str | Path) -> Path:
                 color = IDENTITY if g["variant"] == "identity" else OTHER
                 if g["test_error_mean"] is not None:
                     std = 100 * (g["test_error_std"] or 0)
-                    ax.bar(
-                        i, 100 * g["test_error_mean"], color=color, width=0.7, yerr=std, capsize=3
-                    )
+                    ax.bar(i, 100 * g["test_error_mean"], 0.7, color=color, yerr=std, capsize=3)
                 seeds = [100 * e for e in g["test_errors"] if e is not None]
                 ax.scatter([i] * len(seeds), seeds, color="#1d2430", s=10, zorder=3)
-                if g["diverged"]:
-                    crosses = [top * 1.02] * len(g["diverged"])
-                    x = [i] * len(crosses)
-                    ax.scatter(x, crosses, marker="x", color=figures.ARCH_COLORS["plain"], zorder=3)
+                if n := len(g["diverged"]):
+                    ax.scatter([i] * n, [top * 1.02] * n, marker="x", color=DIVERGED, zorder=3)
             if ident and ident["test_error_mean"] is not None:
                 ax.axhline(100 * ident["test_error_mean"], color=IDENTITY, lw=1, ls="--")
             ax.set_xticks(range(len(gs)))
@@ -59,15 +54,12 @@ def plot_bars(groups: list[dict], path: str | Path) -> Path:
         return figures.save(fig, path)
 
 
-def _curve(study_dir: Path, run: dict) -> tuple[np.ndarray, np.ndarray] | None:
-    """(steps, training losses) a run logged, None when it diverged before logging any."""
+def _curve(study_dir: Path, run: dict) -> tuple[list, list]:
+    """(steps, training losses) a run logged (none when it diverged before logging any)."""
     run_dir = study_dir / run["run_dir"]
     lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
-    pts = [(ln["step"], ln["train_loss"]) for ln in lines if ln.get("kind") == "train"]
-    if not pts:
-        return None
-    steps, losses = zip(*pts, strict=True)
-    return np.array(steps, float), np.array(losses, float)
+    train = [ln for ln in lines if ln.get("kind") == "train"]
+    return [ln["step"] for ln in train], [ln["train_loss"] for ln in train]
 
 
 def plot_curves(study_dir: Path, groups: list[dict], runs: list[dict], path: str | Path) -> Path:
@@ -78,7 +70,7 @@ def plot_curves(study_dir: Path, groups: list[dict], runs: list[dict], path: str
         for ax, table in zip(axes, (1, 2), strict=True):
             for i, name in enumerate(g["variant"] for g in panel(groups, table)):
                 curves = [_curve(study_dir, r) for r in runs if r["variant"] == name]
-                x, y, _ = figures.mean_curve([c for c in curves if c is not None])
+                x, y, _ = figures.mean_curve(curves)
                 if len(x):
                     identity = name == "identity"
                     color, lw = (IDENTITY, 2.4) if identity else (cmap(i % 10), 1.3)

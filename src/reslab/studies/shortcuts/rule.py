@@ -66,11 +66,8 @@ def paper_finding(variant: str, column: int = 110) -> dict:
     """The paper's test error (%, "fail") and class of `variant` in the ResNet-`column` column,
     falling back to ResNet-110 where the paper gives no ResNet-164 number (class None: identity)."""
     column = column if variant in PAPER[column] else 110
-    return {
-        "column": column,
-        "error": PAPER[column][variant],
-        "class": FINDINGS[column].get(variant),
-    }
+    error, cls = PAPER[column][variant], FINDINGS[column].get(variant)
+    return {"column": column, "error": error, "class": cls}
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
