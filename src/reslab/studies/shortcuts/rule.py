@@ -141,9 +141,8 @@ def verdict(runs: list[dict], column: int = 110) -> Verdict:
         status = "agrees"
     else:
         status = "mostly_agrees" if agree > len(judged) / 2 else "disagrees"
-    best = min(
-        (g for g in groups if g["n"] and not g["diverged"]), key=lambda g: g["test_error_mean"]
-    )
+    finished = [g for g in groups if g["n"] and not g["diverged"]]
+    best = min(finished, key=lambda g: g["test_error_mean"])
     numbers = {"agree": agree, "best": best["variant"], "groups": groups, "judged": judged}
     text = _sentence(identity, best, judged, column)
     return Verdict(status, numbers | {"column": column}, thresholds, rule, text)
