@@ -5,24 +5,21 @@ Li et al. draw ResNet-56's loss over a plane of two filter-normalised random dir
 trained weights: smooth and nearly convex; the same net without shortcuts is chaotic, more so the
 deeper it is. Here the nets are the main job's plain and residual twins (`reslab degradation`: the
 same layers, He initialisation, recipe and seeds), reused from its study folder (`--source`) where
-they are finished there and trained here with the same recipe where not. For every net,
-`measure.py` evaluates the loss and error on a (points x points) grid over [-span, span]^2 along the
-same two directions for both twins (one seed draws them; each is scaled to its own net's filters),
-on a fixed subset of the training set with batch norm in eval mode, and the largest and smallest
-eigenvalue of the Hessian at the trained weights. `rule.py` judges the paper's non-convexity measure
-|lambda_min / lambda_max| against depth; `report.py` draws the surfaces.
+they are finished there and trained here with the same recipe where not. `measure.py` draws every
+net's surface and Hessian extremes, `rule.py` judges the non-convexity against depth, `report.py`
+draws the surfaces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reslab.studies import base, records
+from reslab.studies.base import ARCHS, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-ARCHS = ("plain", "residual")
 SURFACES = "landscape.json"  # in the study folder: every net's grid and Hessian extremes
 
 
@@ -30,35 +27,27 @@ SURFACES = "landscape.json"  # in the study folder: every net's grid and Hessian
 class LandscapeConfig(base.StudyConfig):
     """Which twins to draw (the main job's grid) and how finely."""
 
-    depths: tuple[int, ...] = field(
-        default=(4, 8, 16, 32, 64), metadata={"help": "depths (weight layers), as the main job's"}
+    depths: tuple[int, ...] = option(
+        (4, 8, 16, 32, 64), "depths (weight layers), as the main job's"
     )
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds of the twins"})
-    width: int = field(default=0, metadata={"help": "MLP width (0: the main job's)"})
-    iters: int = field(default=0, metadata={"help": "iterations per run (0: the recipe's)"})
-    source: str = field(
-        default="runs/degradation/digits",
-        metadata={
-            "help": "the main job's study folder: its finished runs of the same recipe are reused; "
-            "the others are trained here"
-        },
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds of the twins")
+    width: int = option(0, "MLP width (0: the main job's)")
+    iters: int = option(0, "iterations per run (0: the recipe's)")
+    source: str = option(
+        "runs/degradation/digits",
+        "the main job's study folder: its finished runs of the same recipe are reused; the others "
+        "are trained here",
     )
-    points: int = field(default=21, metadata={"help": "grid points per direction"})
-    span: float = field(default=1.0, metadata={"help": "the grid covers [-span, span]^2"})
-    subset: int = field(
-        default=1000, metadata={"help": "training images the loss is evaluated on (fixed)"}
-    )
-    hessian_images: int = field(
-        default=256,
-        metadata={"help": "of those, the images the Hessian's eigenvalues are taken on"},
-    )
-    direction_seed: int = field(default=0, metadata={"help": "seed of the random directions"})
-    jobs: int = field(default=0, metadata={"help": "runs trained at once (0: one per core)"})
-    out: str = field(default="runs/landscape", metadata={"help": "root of study folders"})
+    points: int = option(21, "grid points per direction")
+    span: float = option(1.0, "the grid covers [-span, span]^2")
+    subset: int = option(1000, "training images the loss is evaluated on (fixed)")
+    hessian_images: int = option(256, "of those, the images the Hessian's eigenvalues are taken on")
+    direction_seed: int = option(0, "seed of the random directions")
+    jobs: int = option(0, "runs trained at once (0: one per core)")
+    out: str = option("runs/landscape", "root of study folders")
 
     def __post_init__(self) -> None:
-        if not self.depths or not self.seeds:
-            raise ValueError("give at least one depth and one seed")
+        base.check_grid(self)
         if not 3 <= self.points <= 201 or self.points % 2 == 0:
             raise ValueError(
                 f"points must be odd, 3 to 201 (the centre is a point), got {self.points}"
@@ -71,15 +60,10 @@ class LandscapeConfig(base.StudyConfig):
                 f"{self.subset} and {self.hessian_images}"
             )
         self.twins()  # checks depths, width and the recipe as the main job would
-        self._check_source()
-
-    def _check_source(self) -> None:
-        """A --source study of other data than this preset's has no twin to reuse: say which preset
-        draws its nets, rather than train this preset's twins beside it."""
+        # a --source study of other data has no twin to reuse: say which preset draws its nets,
+        # rather than train this preset's twins beside it
         path = Path(self.source) / runs.STUDY
-        if not path.is_file():
-            return
-        source = records.read_record(path, "degradation")
+        source = records.read_record(path, "degradation") if path.is_file() else {}
         if source.get("data", self.data) != self.data:
             preset = source.get("preset", "?")
             hint = f"--preset {preset}" if preset in PRESETS else f"--data {source['data']}"

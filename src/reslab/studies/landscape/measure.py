@@ -33,8 +33,7 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
     cells, todo, lost = [], [], []
     for c in configs:
         run_dir = Path(c.out) / c.run_name
-        arch, depth = c.run_name.split("-")[0], int(c.run_name.split("-")[1])
-        cell = {"arch": arch, "depth": depth, "seed": c.seed, "run_dir": str(run_dir)}
+        cell = dict(runs.parse_cell(c.run_name, ("arch", "depth")) or {}, run_dir=str(run_dir))
         summary = runs.read_summary(run_dir) or {}
         if summary.get("status") == "completed":
             cells.append(cell | {"final_train_error": summary.get("final_train_error")})
@@ -46,22 +45,18 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
         for cell, net in zip(cells, pool.map(_measure, todo), strict=True):
             cell.update(net)
             centre = net["loss"][len(xs) // 2][len(xs) // 2]
-            print(f"  {Path(cell['run_dir']).name:<16} centre loss {centre:.3g}, λmax "
-                  f"{net['lambda_max']:.3g}, λmin {net['lambda_min']:.3g} [{net['seconds']:.0f} s]",
-                  flush=True)  # fmt: skip
+            lams = f"λmax {net['lambda_max']:.3g}, λmin {net['lambda_min']:.3g}"
+            line = f"{Path(cell['run_dir']).name:<16} centre loss {centre:.3g}, {lams}"
+            print(f"  {line} [{net['seconds']:.0f} s]", flush=True)
     runs.write_json(folder / SURFACES, {"xs": xs.tolist(), "nets": cells, "lost": lost})
 
 
 def _measure(args: tuple) -> dict:
-    *rest, threads = args
+    """One net's grid (loss and error, rows along the second direction) on the first `subset`
+    training images, and its Hessian extremes on the first `hessian` of them, timed."""
+    run_dir, xs, subset, hessian, direction_seed, threads = args
     torch.set_num_threads(threads)
     t = time.perf_counter()
-    return measure(*rest) | {"seconds": time.perf_counter() - t}
-
-
-def measure(run_dir: Path, xs: np.ndarray, subset: int, hessian: int, direction_seed: int) -> dict:
-    """One net's grid (loss and error, rows along the second direction) on the first `subset`
-    training images, and its Hessian extremes on the first `hessian` of them."""
     model, images, labels = load(run_dir, subset)
     d1, d2 = landscape.directions(model, seed=direction_seed)
     grid = landscape.surface(model, d1, d2, images, labels, xs.tolist(), xs.tolist())
@@ -72,6 +67,7 @@ def measure(run_dir: Path, xs: np.ndarray, subset: int, hessian: int, direction_
         "lambda_max": lmax,
         "lambda_min": lmin,
         "images": len(labels),
+        "seconds": time.perf_counter() - t,
     }
 
 
@@ -86,7 +82,7 @@ def load(run_dir: Path, subset: int) -> tuple[torch.nn.Module, torch.Tensor, tor
     if cfg is None:
         raise ValueError(f"{run_dir}: no config.json; the landscape needs the run's data")
     train_data = load_data(cfg)[0]
-    train_data = train_data.subset(torch.arange(min(subset, len(train_data.labels))))
+    train_data = train_data.subset(torch.arange(min(subset, len(train_data))))
     normalization = getattr(model, "normalization", None)
     if normalization is not None:
         train_data = normalization.apply(train_data)

@@ -6,8 +6,7 @@ the measure as maps, Fig. 7, not as numbers a test could hold).
 
 The measure is Li et al. 2018's (§6, Fig. 7): |lambda_min / lambda_max| of the Hessian of the
 training loss at the trained weights, per net: near 0 at a convex minimum, larger where the surface
-curves down as much as up. For each arm, the nets of the deepest depth are compared with those of
-the shallowest (`stats.compare`: the mean difference against max(2 x pooled seed std, FLOOR)).
+curves down as much as up.
 """
 
 from __future__ import annotations
@@ -33,23 +32,19 @@ def ratio(lambda_max: float, lambda_min: float) -> float | None:
 
 
 def rows(nets: list[dict]) -> list[dict]:
-    """One row per (arch, depth): the per-seed ratios, their mean and std, shallowest first."""
-    grouped: dict[tuple[str, int], list] = {}
-    for n in nets:
-        grouped.setdefault((n["arch"], n["depth"]), []).append(n)
+    """One row per (arch, depth), shallowest first: the per-seed ratios, their mean and std."""
     out = []
-    for (arch, depth), group in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for depth, arch in sorted({(n["depth"], n["arch"]) for n in nets}):
+        group = [n for n in nets if (n["arch"], n["depth"]) == (arch, depth)]
         ratios = [ratio(n["lambda_max"], n["lambda_min"]) for n in group]
         mean, std = stats.mean_std(ratios)
-        out.append(
-            {"arch": arch, "depth": depth, "seeds": [n["seed"] for n in group], "ratios": ratios,
-             "mean": mean, "std": std}
-        )  # fmt: skip
+        seeds = [n["seed"] for n in group]
+        out.append(dict(arch=arch, depth=depth, seeds=seeds, ratios=ratios, mean=mean, std=std))
     return out
 
 
 def verdict(table: list[dict]) -> runs.Verdict:
-    """The rule (module docstring) on the rows of `rows`."""
+    """RULE on the rows of `rows`: each arm's deepest nets against its shallowest (`stats.compare`)."""
     thresholds = {"floor": FLOOR}
     rule = RULE.format(**thresholds)
     arms = {a: [r for r in table if r["arch"] == a] for a in ("plain", "residual")}
@@ -57,18 +52,13 @@ def verdict(table: list[dict]) -> runs.Verdict:
         return runs.Verdict("insufficient", {}, thresholds, rule, "fewer than two depths per arm")
     numbers = {}
     for arch, rs in arms.items():
-        shallow, deep = rs[0], rs[-1]
-        c = stats.compare(shallow["ratios"], deep["ratios"], floor=FLOOR)
-        numbers[arch] = {"shallow": shallow["depth"], "deep": deep["depth"], **c}
+        c = stats.compare(rs[0]["ratios"], rs[-1]["ratios"], floor=FLOOR)
+        numbers[arch] = {"shallow": rs[0]["depth"], "deep": rs[-1]["depth"], **c}
     plain, residual = numbers["plain"]["higher"], numbers["residual"]["higher"]
     status = "not_shown" if not plain else "residual_too" if residual else "shown"
-
-    def says(arch: str) -> str:
-        n = numbers[arch]
-        rise = "rises" if n["higher"] else "does not rise"
-        return (
-            f"{arch}: |λmin/λmax| {n['mean_a']:.3f} at {n['shallow']} layers, {n['mean_b']:.3f} at "
-            f"{n['deep']} ({rise}; tolerance {n['tolerance']:.3f})"
-        )
-
-    return runs.Verdict(status, numbers, thresholds, rule, f"{says('plain')}; {says('residual')}")
+    text = "; ".join(
+        f"{arch}: |λmin/λmax| {n['mean_a']:.3f} at {n['shallow']} layers, {n['mean_b']:.3f} at "
+        f"{n['deep']} ({'rises' if n['higher'] else 'does not rise'}; tolerance {n['tolerance']:.3f})"
+        for arch, n in numbers.items()
+    )
+    return runs.Verdict(status, numbers, thresholds, rule, text)

@@ -1,22 +1,11 @@
 """The shortcut study (He et al. 2016, "Identity Mappings in Deep Residual Networks", §3.1 Table 1 and
 §4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units.
 
-Each variant of `reslab.models.variants` (identity, constant scaling, exclusive and shortcut-only gating
-with the paper's gate-bias inits, 1x1 conv shortcut, dropout shortcut; BN after addition, ReLU before
-addition, ReLU-only and full pre-activation) is trained once per seed as an ordinary run folder
-`runs/shortcuts/<name>/runs/<variant>-s<seed>/`; `report.py` turns them into a table like the paper's
-(test error, mean ± std over seeds), a bar figure, training curves and a verdict: how many variants land
-where the paper found them (fails / clearly worse / about equal / better than identity).
-
-The built-in default trains a fully connected net of 27 two-layer units (`resmlp-56`, width 32: half
-the units of the paper's ResNet-110; depth is what makes a multiplicative shortcut compound) on the
-digits with the paper's recipe scaled (`paper-digits`: SGD, momentum 0.9, weight decay 1e-4, batch
-128, lr 0.1 after a warm-up at 0.01, / 10 at 50% and 75% of the run) for 990 iterations (90 epochs),
-trained to convergence before any variant is judged. It is far smaller than the paper's experiment,
-and the report says so next to the verdict. A run that diverges is recorded
-as such (its variant counts as "fails", the paper's word) and the study goes on. The paper presets
-train ResNet-110 with every variant (Tables 1-2) and ResNet-164, the paper's bottleneck net, with the
-activation placements of Table 2, which are held against the paper's ResNet-164 column.
+Each variant of `reslab.models.variants` is trained once per seed as an ordinary run folder
+`runs/shortcuts/<name>/runs/<variant>-s<seed>/`; `report.py` turns them into the paper's tables (test
+error, mean ± std over seeds), a bar figure, training curves and the verdict of `rule.py`. A run that
+diverges is recorded as such (its variant "fails", the paper's word) and the study goes on. All
+presets but the paper's are far smaller than its experiment, and the report says so.
 """
 
 from __future__ import annotations
@@ -55,25 +44,18 @@ class ShortcutsConfig(base.StudyConfig):
         from reslab.models.variants import VARIANTS
 
         object.__setattr__(self, "variants", self.variants or tuple(VARIANTS))
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise ValueError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+        base.check_among("variants", self.variants, VARIANTS)
         if not self.seeds:
             raise ValueError("give at least one seed")
         # fail before any training if the base does not take the variants
-        base.check_models((self.model_name(v), self.model_kwargs()) for v in self.variants)
-
-    def model_name(self, variant: str) -> str:
-        """The registry name of the base net with every unit made `variant`."""
-        return f"{self.base}+{variant}"
+        base.check_models((f"{self.base}+{v}", self.model_kwargs()) for v in self.variants)
 
     def model_kwargs(self) -> dict:
         return {"width": self.width} if self.width else {}
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
-        """The recipe, and what the report needs to know of the base net: its residual units and
-        whether they are bottlenecks (three weight layers), which makes the paper's ResNet-164 its
-        reference."""
+        """The recipe, the base net's residual units, and the paper's column it is held against:
+        ResNet-164's for bottleneck units (three weight layers)."""
         import torch
 
         from reslab.models import create_model
@@ -93,32 +75,34 @@ class ShortcutsConfig(base.StudyConfig):
         """The ordinary training config of one variant and seed."""
         name = runs.cell_name(variant, seed=seed)
         threads = {"num_threads": self.num_threads} if self.num_threads else {}
-        model, kwargs = self.model_name(variant), self.model_kwargs()
+        model, kwargs = f"{self.base}+{variant}", self.model_kwargs()
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **threads)
 
 
-# digits: see the module docstring. The base and the length were fixed on the identity arm alone,
-# before any other variant was trained (issue 21), by a rule declared before its runs: a schedule of
-# N iterations (the paper-digits shape: warm-up 5% of N at lr 0.01, lr 0.1, / 10 at 50% and 75%)
-# has trained the identity arm to convergence when, in seeds 0-2, (a) every seed ends at 0.00%
-# training error, as at the full 1,980 iterations, and (b) its mean final test error is about equal
-# to the 1,980-iteration one's by this study's own rule. resmlp-110 needs the full 1,980 (990, 660,
-# 495 and 396 all fail (a)), and its 39 runs at 1,980 take over half an hour on a 2-core CPU; so the
-# base was scaled down instead, among those whose 39 runs fit 10 minutes (resmlp-56 at 990,
-# resmlp-32 at 1,980 or 990), taking the most units that converge: resmlp-56 at 990 does.
+# digits: a fully connected net of 27 two-layer units (half the units of the paper's ResNet-110;
+# depth is what makes a multiplicative shortcut compound) on the digits with the paper's recipe scaled
+# (`paper-digits`: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 after a warm-up at 0.01,
+# / 10 at 50% and 75% of the run), trained to convergence before any variant is judged. The base
+# and the length were fixed on the identity arm alone, before any other variant was trained (issue
+# 21), by a rule declared before its runs: a schedule of N iterations (warm-up 5% of N) has trained
+# the identity arm to convergence when, in seeds 0-2, (a) every seed ends at 0.00% training error,
+# as at the full 1,980 iterations, and (b) its mean final test error is about equal to the
+# 1,980-iteration one's by this study's own rule. resmlp-110 needs the full 1,980 (990, 660, 495 and
+# 396 all fail (a)), and its 39 runs at 1,980 take over half an hour on a 2-core CPU; so the base was
+# scaled down instead, among those whose 39 runs fit 10 minutes (resmlp-56 at 990, resmlp-32 at
+# 1,980 or 990), taking the most units that converge: resmlp-56 at 990 does.
 # paper: ResNet-110 on CIFAR-10 with He et al.'s recipe (64k iterations, lr 0.1 divided by 10 at 32k
 # and 48k, lr 0.01 for the first 400 iterations), five seeds as the paper's medians of five runs.
 # paper-164: the same for ResNet-164 (bottleneck units, 1.7M parameters, Table 4) and the activation
 # placements of Table 2, the only variants the paper trained on it.
+# The engine's automatic warm-up reads the depth from the model name's last number, which a variant
+# name like "resnet-110+gate-shortcut-b0" hides, so it is set here.
 _PAPER_TRAIN = dict(
     preset="paper", warmup_iters=400, warmup_lr=0.01, log_every=100, eval_every=2000
 )
+_PAPER = dict(data="cifar10", width=0, seeds=(0, 1, 2, 3, 4), train=_PAPER_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        base="resmlp-56",
-        width=32,
-        seeds=(0, 1, 2),
+    "digits": dict(  # and the defaults: resmlp-56, width 32, seeds 0-2
         iters=990,
         num_threads=1,  # tiny matrices: more threads only contend for the cores
         train=dict(preset="paper-digits", warmup_iters=50, eval_every=50),
@@ -130,23 +114,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0,),
         train=dict(preset="cpu", epochs=2.0, log_every=20),
     ),
-    "paper": dict(
-        data="cifar10",
-        base="resnet-110",
-        width=0,
-        seeds=(0, 1, 2, 3, 4),
-        # the engine's automatic warm-up reads the depth from the model name's last number, which a
-        # variant name like "resnet-110+gate-shortcut-b0" hides, so it is set here
-        train=_PAPER_TRAIN,
-    ),
-    "paper-164": dict(
-        data="cifar10",
-        base="resnet-164",
-        width=0,
-        variants=("identity", *TABLE_2),
-        seeds=(0, 1, 2, 3, 4),
-        train=_PAPER_TRAIN,
-    ),
+    "paper": dict(_PAPER, base="resnet-110"),
+    "paper-164": dict(_PAPER, base="resnet-164", variants=("identity", *TABLE_2)),
 }
 
 
