@@ -1,11 +1,7 @@
-"""Report for the degradation study (He et al. 2015, "Deep Residual Learning for Image Recognition",
-§4.1-4.2, Figures 1, 4 and 6): deeper plain nets reach a *higher training error*; residual twins do not.
-
-Works from a study folder alone (no retraining): `study.json` plus the run folders
-`runs/<arm>-<depth>-s<seed>/` that `reslab.studies.degradation` writes. `build_report(study_dir)`
-writes, beside study.json: summary.json, curves.png (Fig. 6 style), depth.png (final training error
-against depth) and report.html. Run folders of studies made before the arms existed whose residual
-nets were zero-initialised count as `zeroinit`. The verdict rule and its history are in `rule.py`.
+"""The degradation study's report, from a study folder alone (no retraining): its study.json and
+the run folders `runs/<arm>-<depth>-s<seed>/` become summary.json (with the verdict of `rule.py`),
+curves.png (He et al. 2015 Fig. 6 style), depth.png and report.html. Run folders of studies made
+before the arms existed whose residual nets were zero-initialised count as `zeroinit`.
 """
 
 from __future__ import annotations
@@ -13,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reslab.report.html import fmt_count, fmt_mean_std, fmt_pct, join_values
+from reslab.report.html import fmt_count, fmt_mean_std, fmt_pct
 from reslab.studies import records
 from reslab.studies.degradation import ARMS, JUDGED
 from reslab.studies.degradation.plots import plot_curves, plot_depth
@@ -22,11 +18,7 @@ from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_or_none
 from reslab.training import runs as rf
 
-ARM_LABELS = {
-    "plain": "plain",
-    "residual": "residual",
-    "zeroinit": "residual, zero-init branches (extra arm)",
-}
+ARM_LABELS = {"zeroinit": "residual, zero-init branches (extra arm)"}  # the others: their names
 LATE = 0.9  # the convergence gate's late point: the last training-set evaluation at <= 90% of a run
 PAPER_ITERS = 64000  # He et al. 2015 §4.2: CIFAR-10 nets trained for 64k iterations (Fig. 6)
 LABELS = {
@@ -63,20 +55,15 @@ def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
 
 
 def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int]:
-    """(arm, depth, seed) from the cell name `<arm>-<depth>-s<seed>`, else from the run's config. A
-    residual net whose branches were zero-initialised (older studies did that to the residual arm) is
-    the zeroinit arm, whatever its folder is called."""
+    """(arm, depth, seed) from the cell name `<arm>-<depth>-s<seed>`, else from the run's model and
+    seed. A residual net whose branches were zero-initialised (older studies did that to the
+    residual arm) is the zeroinit arm, whatever its folder is called."""
     cell = rf.parse_cell(run_dir.name, ("arch", "depth")) or {}
     if cell.get("arch") not in ARMS:
         model = str(summary.get("model") or config.get("model") or "")
         digits = re.search(r"(\d+)$", model)
-        depth = config.get("depth") or (digits and int(digits[1]))
-        cell = {
-            "arch": config.get("arch") or _arch_of(model),
-            "depth": depth,
-            "seed": config.get("seed"),
-        }
-        if cell["arch"] not in ARMS or None in (depth, cell["seed"]):
+        cell = {"arch": _arch_of(model), "depth": digits and digits[1], "seed": config.get("seed")}
+        if None in cell.values():
             raise ValueError(
                 f"cannot tell arm/depth/seed of run folder {run_dir}: name it "
                 f"<{'|'.join(ARMS)}>-<depth>-s<seed>"
@@ -189,28 +176,29 @@ def _arms(summary: dict) -> list[str]:
     return [a for a in ARMS if any(r["arch"] == a for r in runs)] or list(summary.get("archs", []))
 
 
-def _errors(g: dict) -> list[str]:
-    """A group's train and test error as mean ± seed std, as the page and the terminal show them."""
-    return [fmt_mean_std(g[f"{k}_error_mean"], g[f"{k}_error_std"]) for k in ("train", "test")]
+HEAD = ["arm", "depth", "model", "params", "seeds", "train error", "test error"]
 
 
-def _per_seed(group: dict, key: str) -> list[str]:
-    def cell(e: float | None) -> str:
-        return "diverged" if e is None and key == "train_errors" else fmt_pct(e)
+def _row(g: dict) -> list[str]:
+    """A group's columns under HEAD, as the page and the terminal show them."""
+    errors = [fmt_mean_std(g[f"{k}_error_mean"], g[f"{k}_error_std"]) for k in ("train", "test")]
+    failed = f" ({g['failed']} diverged)" if g["failed"] else ""
+    cells = [g["arch"], g["depth"], g["model"] or "—", fmt_count(g["params"]), g["n"]]
+    return [*map(str, cells), errors[0] + failed, errors[1]]
 
-    return [f"seed {s}: {cell(e)}" for s, e in zip(group["seeds"], group[key], strict=True)]
+
+def _per_seed(g: dict, key: str) -> list[str]:
+    lost = "diverged" if key == "train_errors" else fmt_pct(None)
+    pairs = zip(g["seeds"], g[key], strict=True)
+    return [f"seed {s}: {lost if e is None else fmt_pct(e)}" for s, e in pairs]
 
 
 def _what_was_run(summary: dict) -> str:
-    runs, arms = summary["runs"], _arms(summary)
-    depths = summary.get("depths") or sorted({r["depth"] for r in runs})
-    seeds = summary.get("seeds") or sorted({r["seed"] for r in runs})
-    recipe = " with the recipe listed below" if summary.get("recipe") else ""
+    """The paragraph above the settings (which list the grid, the data and the recipe)."""
+    arms = _arms(summary)
     text = (
-        f"{len(runs)} finished training runs: {', '.join(arms) or 'no'} networks "
-        f"({summary.get('family') or 'family not recorded'}) of depth {join_values(depths)}, each "
-        f"from seed(s) {join_values(seeds)}, trained for {_iters(summary)} iterations on "
-        f"{summary.get('data')}{recipe}. A plain net is its residual twin with the shortcuts "
+        f"{len(summary['runs'])} finished training runs of the arms {', '.join(arms) or '—'}, "
+        f"{_iters(summary)} iterations each. A plain net is its residual twin with the shortcuts "
         "removed: same layers, same parameters, the same (He) initialisation, recipe and seeds. "
         "Training error is measured after training on the whole training set in eval mode, without "
         "augmentation; test error on the test set."
@@ -227,10 +215,9 @@ def _what_was_run(summary: dict) -> str:
 def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Path:
     v = summary["verdict"]
     title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
-    head, *lines = v["text"].splitlines()  # the verdict's sentence, then its facts as notes
-    page = verdict_page(
-        study_dir, summary | {"verdict": v | {"text": head}}, title, source, LABELS, lines
-    )
+    sentence, *facts = v["text"].splitlines()  # the verdict's sentence, then its facts as notes
+    shown = summary | {"verdict": v | {"text": sentence}}
+    page = verdict_page(study_dir, shown, title, source, LABELS, facts)
     page.paragraph(summary["setting"])
     page.heading("Training curves").figure(
         curves,
@@ -246,14 +233,13 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
         "drawn at 100%) and test error (dashed) against depth. Degradation is the plain curve rising "
         "with depth while the residual curve does not.",
     )
-    head = ["arm", "depth", "model", "params", "seeds", "train error", "test error"]
     rows = [
-        [ARM_LABELS[g["arch"]], g["depth"], g["model"] or "—", fmt_count(g["params"]), g["n"]]
-        + [*_errors(g), _per_seed(g, "train_errors"), _per_seed(g, "test_errors")]
+        [ARM_LABELS.get(g["arch"], g["arch"]), *_row(g)[1:]]
+        + [_per_seed(g, "train_errors"), _per_seed(g, "test_errors")]
         for g in v["groups"]
     ]
     page.heading("Runs").table(
-        [*head, "train, per seed", "test, per seed"],
+        [*HEAD, "train, per seed", "test, per seed"],
         rows,
         "Errors as mean ± sample std over seeds. A run that diverged counts as 100% training error "
         "in the mean; — marks a missing or non-finite value.",
@@ -268,14 +254,8 @@ def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Pa
 
 def format_table(summary: dict) -> str:
     """The summary as a plain-text table plus the verdict, for the terminal."""
-    v, rows = summary["verdict"], []
-    for g in v["groups"]:
-        train, test = _errors(g)
-        failed = f" ({g['failed']} diverged)" if g["failed"] else ""
-        rows.append(
-            [g["arch"], str(g["depth"]), fmt_count(g["params"]), str(g["n"]), train, test + failed]
-        )
-    table = text_table(["arm", "depth", "params", "seeds", "train error", "test error"], rows)
+    v = summary["verdict"]
+    table = text_table(HEAD, [_row(g) for g in v["groups"]])
     setting_ = summary.get("setting") or setting(summary)
     return "\n".join([table, "", f"verdict: {v['status']}", v["text"], setting_])
 
