@@ -10,26 +10,21 @@ import numpy as np
 from reslab.report import figures
 from reslab.training.runs import read_metrics
 
-ARCHS = ("plain", "residual")
 LABELS = {"zeroinit": "zero-init residual"}
 
 
 def _curve(lines: list[dict], kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, error in %) of the `kind` lines that hold `key`."""
     pts = [
         (ln["step"], ln[key]) for ln in lines if ln.get("kind") == kind and ln.get(key) is not None
     ]
-    x, y = (
-        (np.array(v, dtype=float) for v in zip(*pts, strict=True))
-        if pts
-        else (np.empty(0), np.empty(0))
-    )
-    return x, 100 * y
+    xy = np.array(pts, dtype=float).reshape(-1, 2)
+    return xy[:, 0], 100 * xy[:, 1]
 
 
-def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs=ARCHS) -> Path:
+def plot_curves(study_dir: Path, runs: list[dict], path: Path, archs: list[str]) -> Path:
     """Fig. 6 style: train error (thin dashed) and test error (bold) vs iterations, mean over seeds;
     one panel per arm (plain left), one colour per depth shared by every panel."""
-    study_dir = Path(study_dir)
     metrics = {r["run_dir"]: read_metrics(study_dir / r["run_dir"]) for r in runs}
     colors = figures.depth_colors([r["depth"] for r in runs] or [0])
     late_max = [1.0]  # the y range shows the later part of training, as in the paper's 0-20% axes
@@ -38,13 +33,14 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
         for ax, arch in zip(axes, archs, strict=True):
             depths = sorted({r["depth"] for r in runs if r["arch"] == arch})
             for depth in depths:
-                rs = [r for r in runs if r["arch"] == arch and r["depth"] == depth]
-                train = [_curve(metrics[r["run_dir"]], "train", "train_error") for r in rs]
-                test = [_curve(metrics[r["run_dir"]], "eval", "test_error") for r in rs]
+                rs = [
+                    metrics[r["run_dir"]] for r in runs if (r["arch"], r["depth"]) == (arch, depth)
+                ]
+                train = [_curve(lines, "train", "train_error") for lines in rs]
+                test = [_curve(lines, "eval", "test_error") for lines in rs]
                 c = colors[depth]
-                if len(rs) > 1:
-                    for x, y in test:
-                        ax.plot(x, y, color=c, lw=0.6, alpha=0.25)
+                for x, y in test if len(rs) > 1 else []:
+                    ax.plot(x, y, color=c, lw=0.6, alpha=0.25)
                 x, y, _ = figures.mean_curve(train)
                 ax.plot(x, figures.smooth(y, max(1, len(y) // 30)), color=c, lw=1.0, ls="--")
                 xt, yt, _ = figures.mean_curve(test)
@@ -53,12 +49,12 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
                     late = ys[xs >= 0.25 * xs[-1]] if len(xs) else ys
                     if np.isfinite(late).any():  # a diverged run logs NaN
                         late_max.append(float(np.nanmax(late)))
-            if not depths:
+            if depths:
+                ax.legend(loc="upper right", title="test (bold), train (dashed)", title_fontsize=8)
+            else:
                 ax.text(
                     0.5, 0.5, f"no {arch} runs", ha="center", va="center", transform=ax.transAxes
                 )
-            else:
-                ax.legend(loc="upper right", title="test (bold), train (dashed)", title_fontsize=8)
             ax.set_title(LABELS.get(arch, arch))
             ax.set_xlabel("iterations")
         figures.percent_axis(axes[0], "error")
@@ -66,13 +62,13 @@ def plot_curves(study_dir: str | Path, runs: list[dict], path: str | Path, archs
         return figures.save(fig, path)
 
 
-def plot_depth(groups: list[dict], path: str | Path, archs=ARCHS) -> Path:
+def plot_depth(groups: list[dict], path: Path, archs: list[str]) -> Path:
     """Final training error (solid, error bars = seed std, dots = seeds, x = a diverged run drawn at
     100%) and test error (dashed) vs depth."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=5.6, height=3.9)
         for arch in archs:
-            gs = [g for g in groups if g["arch"] == arch and g["n"] > 0]
+            gs = [g for g in groups if g["arch"] == arch]
             if not gs:
                 continue
             c, name = figures.ARCH_COLORS[arch], LABELS.get(arch, arch)
@@ -82,27 +78,16 @@ def plot_depth(groups: list[dict], path: str | Path, archs=ARCHS) -> Path:
             ax.errorbar(
                 d, mean, yerr=std, color=c, marker="o", lw=2, capsize=3, label=f"{name}, train"
             )
-            seeds = [(g["depth"], 100 * e) for g in gs for e in g["train_errors"] if e is not None]
-            if seeds:
-                ax.scatter(*zip(*seeds, strict=True), color=c, s=12, alpha=0.35, zorder=3)
-            lost = [(g["depth"], 100.0) for g in gs for e in g["train_errors"] if e is None]
-            if lost:
+            seeds = [(g["depth"], e) for g in gs for e in g["train_errors"]]
+            if ok := [(x, 100 * e) for x, e in seeds if e is not None]:
+                ax.scatter(*zip(*ok, strict=True), color=c, s=12, alpha=0.35, zorder=3)
+            if lost := [(x, 100.0) for x, e in seeds if e is None]:
                 ax.scatter(*zip(*lost, strict=True), color=c, marker="x", s=40, zorder=4)
-            test = [
-                (g["depth"], 100 * g["test_error_mean"])
-                for g in gs
-                if g["test_error_mean"] is not None
-            ]
-            if test:
-                ax.plot(
-                    *zip(*test, strict=True),
-                    color=c,
-                    lw=1.2,
-                    ls="--",
-                    marker="s",
-                    ms=3,
-                    label=f"{name}, test",
-                )
+            if test := [
+                (g["depth"], 100 * m) for g in gs if (m := g["test_error_mean"]) is not None
+            ]:
+                x, y = zip(*test, strict=True)
+                ax.plot(x, y, color=c, lw=1.2, ls="--", marker="s", ms=3, label=f"{name}, test")
         figures.depth_axis(ax, [g["depth"] for g in groups] or [1])
         figures.percent_axis(ax, "final error")
         ax.set_ylim(bottom=0)
