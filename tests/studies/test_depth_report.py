@@ -354,9 +354,9 @@ def test_incomplete_run_is_listed_not_read(tmp_path):
 def test_format_table(tmp_path):
     text = format_table(write_summary(write_study(tmp_path, CLIPPED)))
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["arm", "depth", "clip", "first"]
+    assert lines[0].split()[:4] == ["arm", "depth", "params", "clip"]
     row = next(ln for ln in lines if ln.split()[:2] == ["plain", "1000"])
     assert "diverged at step 2 (last finite loss 2.4, step 1)" in row
     clipped = next(ln for ln in lines if ln.split()[0] == "rezero+clip")
-    assert clipped.split()[2] == "1"  # its clip
+    assert clipped.split()[3] == "1"  # its clip
     assert "verdict: shown_with_clipping" in text

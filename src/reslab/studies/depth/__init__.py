@@ -21,12 +21,10 @@ The recipe clips no gradient, as neither the ReZero nor the Fixup paper does. An
 trains only with clipping is shown with and without it, next to the controls (nonorm, plain) given
 the same help.
 
-Each (arm, depth, seed) cell trains one ordinary run folder `runs/<arm>-<depth>-s<seed>/` with the
-same recipe; a rerun skips finished runs and resumes interrupted ones, and a diverged run is kept as
-it is (the one policy of `reslab.studies.base`). Training loss is logged at every step, so the first
-logged loss is the loss of the first mini-batch before any update: the starting value `report.py`
-compares the final loss with. The first step of every cell is also replayed (`measure.first_step`):
-its gradient norm says whether a run that diverged at once overflowed at init.
+Each (arm, depth, seed) cell is one ordinary run folder `runs/<arm>-<depth>-s<seed>/`, trained under
+the one policy of `reslab.studies.base`. The loss is logged at every step, so the first logged loss
+is the first mini-batch's before any update, the start the report compares the final loss with;
+the first step of every cell is also replayed (`measure`) to tell why a run diverged.
 """
 
 from __future__ import annotations
@@ -38,11 +36,10 @@ from typing import Any
 
 from reslab.studies import base
 from reslab.studies.base import FAMILIES, option
-from reslab.studies.depth.arms import ARMS, CLIP, METHODS, arm_order, is_arm, split_arm
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-# arm -> (plain or residual twin of the family, model options), in the order of ARMS
+# arm -> (plain or residual twin of the family, model options), in display order
 ARM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {}),
     "residual": ("residual", {}),
@@ -52,25 +49,28 @@ ARM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "skipinit": ("residual", {"norm": "none", "branch_scale": "skipinit"}),
     "fixup": ("residual", {"norm": "none", "branch_scale": "fixup"}),
 }
-assert tuple(ARM_MODELS) == ARMS and set(METHODS) <= set(ARMS)
+ARMS = tuple(ARM_MODELS)
+METHODS = ("rezero", "skipinit", "fixup")  # the norm-free methods the verdict judges
+CONTROLS = ("nonorm", "plain")  # what must fail where the methods learn
+CLIP = "+clip"
+LABELS = {  # each arm in words, for the page
+    "plain": "plain, batch norm, He init",
+    "residual": "residual, batch norm, He init (plain's twin)",
+    "zeroinit": "residual, batch norm, zero-init branches (extra arm)",
+    "nonorm": "residual, no norm, He init (negative control)",
+    "rezero": "ReZero, no norm (x + alpha F(x), alpha = 0)",
+    "skipinit": "SkipInit, no norm (the same network as ReZero here)",
+    "fixup": "Fixup, no norm (scalar biases, rescaled init)",
+}
 # arm -> training options of its own (TrainConfig fields), on top of the study's recipe
 ARM_TRAIN: dict[str, dict[str, Any]] = {"fixup": {"lr_scales": {"bias": 0.1, "scale": 0.1}}}
-# skipinit = rezero without norms. Each method is shown with and without clipping, and so is each
-# control (nonorm and plain), so a method that learns only with clipping is held against controls
-# given the same help.
-DEFAULT_ARMS: tuple[str, ...] = (
-    "plain",
-    "plain+clip",
-    "residual",
-    "zeroinit",
-    "nonorm",
-    "nonorm+clip",
-)
-DEFAULT_ARMS += ("rezero", "rezero+clip", "fixup", "fixup+clip")
+# every arm but skipinit (rezero without norms); each method and control also with clipping
+DEFAULT_ARMS: tuple[str, ...] = ("plain", "plain+clip", "residual", "zeroinit", "nonorm")
+DEFAULT_ARMS += ("nonorm+clip", "rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
 # block; plain and nonorm diverge within steps at depth
-FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 _LONGEST_FIRST = ("fixup", "residual", "zeroinit", "rezero", "skipinit", "plain", "nonorm")
+FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 
 
 @dataclass(frozen=True)
@@ -146,14 +146,12 @@ class DepthConfig(base.StudyConfig):
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
         """Each arm's model and training options, and the recipe (the plain arm's, the same for all
         but the arms' own options)."""
-        arms = [split_arm(a)[0] for a in self.arms]
+        train = {a: ARM_TRAIN.get(split_arm(a)[0]) for a in self.arms}
         return {
             "arm_models": {
                 a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms
             },
-            "arm_train": {
-                a: ARM_TRAIN[b] for a, b in zip(self.arms, arms, strict=True) if b in ARM_TRAIN
-            },
+            "arm_train": {a: t for a, t in train.items() if t},
             "recipe": base.recipe(self.run_config("plain", *self.cells()[0][1:])),
         }
 
@@ -163,25 +161,41 @@ class DepthConfig(base.StudyConfig):
 # gradient clipping, three seeds; 10 to 1,000 layers, which fit in 10 minutes on a 2-core CPU.
 # digits-10k: the same up to 10,000 layers, the depth of the ReZero and Fixup papers' deepest nets:
 # a 10,000-layer step is overhead-bound (seconds on one CPU core), so its runs are most of the time
-# (about 30 core-minutes per seed, 45 minutes or more for three seeds on 2 cores). The loss is logged at every step (the first line is the loss
-# before any update); evaluating every 30 steps and checkpointing once, at the end, keeps the pauses
-# (and the folder: a 10,000-layer net's checkpoint is ~90 MB) small.
-_DIGITS = dict(
-    data="digits",
-    family="mlp",
-    seeds=(0, 1, 2),
-    width=32,
-    iters=60,
-    train=dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60),
-)
+# (about 30 core-minutes per seed, 45 minutes or more for three seeds on 2 cores). Evaluating every
+# 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a 10,000-layer net's
+# checkpoint is ~90 MB) small.
+_TRAIN = dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60)
+_DIGITS = dict(data="digits", family="mlp", seeds=(0, 1, 2), width=32, iters=60, train=_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(_DIGITS, depths=(10, 100, 1000)),
     "digits-10k": dict(_DIGITS, depths=(10, 100, 1000, 10000)),
 }
 
 
-def _order(arm: str) -> tuple:
-    return arm_order(arm) if is_arm(arm) else (len(ARMS), False)
+def split_arm(arm: str) -> tuple[str, bool]:
+    """(the arm without "+clip", whether it is clipped): split_arm("rezero+clip") == ("rezero", True)."""
+    base = arm.removesuffix(CLIP)
+    return base, base != arm
+
+
+def is_arm(arm: str) -> bool:
+    return split_arm(arm)[0] in ARMS
+
+
+def arm_order(arm: str) -> tuple[int, bool]:
+    """Sort key: the order of ARMS (an unknown arm last), each arm's +clip twin right after it."""
+    base, clipped = split_arm(arm)
+    return ARMS.index(base) if base in ARMS else len(ARMS), clipped
+
+
+def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
+    """What the arm is, in words, naming its clip and its learning-rate multipliers (`lr_scales`)."""
+    text = LABELS[split_arm(arm)[0]]
+    if lr_scales:
+        scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
+        text += f"; parameters whose name holds {scales}"
+    clip = f" + gradient norm clipped at {grad_clip:g}" if grad_clip else " + clipping"
+    return text + (clip if split_arm(arm)[1] or grad_clip else "")
 
 
 def first_step_path(study_dir: str | Path, run_name: str) -> Path:
@@ -206,7 +220,7 @@ STUDY = base.Study(
     ),
     owns=("lr_scales",),  # set per arm (ARM_TRAIN)
     must_match=("data", "family", "width", "clip", "model_args", "recipe"),
-    grows=dict(depths=None, seeds=None, arms=_order, arm_models=None, arm_train=None),
+    grows=dict(depths=None, seeds=None, arms=arm_order, arm_models=None, arm_train=None),
     measures=True,  # each run's first step, replayed
     preset_help="digits-10k: the same up to 10,000 layers, about 30 core-minutes per seed (45 "
     "minutes or more on 2 cores)",

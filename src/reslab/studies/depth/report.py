@@ -14,8 +14,7 @@ import numpy as np
 
 from reslab.report.html import fmt_count, fmt_pct
 from reslab.studies import records
-from reslab.studies.depth import first_step_path, plots
-from reslab.studies.depth.arms import arm_order, is_arm, label
+from reslab.studies.depth import arm_order, first_step_path, is_arm, label, plots
 from reslab.studies.depth.rule import fmt_loss, learned, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_or_none, mean_std
@@ -36,17 +35,6 @@ NUMBERS = (
     "final loss: eval mode, whole training set; end batch loss: mean mini-batch loss of the "
     f"last {END_WINDOW} logged steps (train mode, so batch-norm nets use batch statistics); — "
     "marks a missing or non-finite value (diverged run)."
-)
-# the terminal's columns; the page shows every column of `_row`
-TABLE = (
-    "arm",
-    "depth",
-    "clip",
-    "first |g|",
-    "start loss",
-    "final loss",
-    "train error",
-    "test error",
 )
 
 
@@ -202,20 +190,12 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
     arms = {g["arm"]: label(g["arm"], g["grad_clip"], g["lr_scales"]) for g in v["groups"]}
     page.heading("Arms").bullets([f"{a}: {text}" for a, text in arms.items()])
     page.heading("Loss, error and first gradient against depth").figure(
-        depth_png,
-        "Left: final training loss (solid; eval mode on the whole training set) and starting loss "
-        "(hollow, dotted; the first mini-batch before any update) against depth. Middle: final "
-        "training error. Right: the global gradient norm of the first step, before any clipping. "
-        "Crosses at the top: diverged runs (no final loss) and gradients that overflow fp32.",
+        depth_png, plots.DEPTH_CAPTION
     )
     if v.get("diverged_notes"):
         page.heading(f"Why runs diverged at {v['deep']} layers").bullets(v["diverged_notes"])
-    page.heading("Training curves of the deepest nets").figure(
-        curves_png,
-        max_width=820,
-        caption="Mini-batch training loss (train mode, lightly smoothed) of every arm at the deepest "
-        "depth. A cross marks the last finite loss of a run that diverged.",
-    )
+    page.heading("Training curves of the deepest nets")
+    page.figure(curves_png, plots.CURVES_CAPTION, max_width=820)
     rows = [_row(g, summary["runs"]) for g in v["groups"]]
     header = list(rows[0]) if rows else ["arm"]
     page.heading("Runs").table(header, [list(r.values()) for r in rows], NUMBERS)
@@ -229,12 +209,14 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
 
 
 def format_table(summary: dict) -> str:
-    """The summary as a plain-text table plus the verdict, for the terminal."""
+    """The page's runs table as plain text, each seed's status on its row, and the verdict."""
     v = summary["verdict"]
     rows = [_row(g, summary["runs"]) for g in v["groups"]]
-    table = text_table(TABLE, [[str(r[c]) for c in TABLE] for r in rows]).splitlines()
-    status = ["status", *("; ".join(r["status"]) for r in rows)]
-    lines = [f"{a}  {b}" for a, b in zip(table, status, strict=True)]
+    status = ["status", *("; ".join(r.pop("status")) for r in rows)]
+    table = text_table(
+        list(rows[0]) if rows else ["arm"], [list(map(str, r.values())) for r in rows]
+    )
+    lines = [f"{a}  {b}" for a, b in zip(table.splitlines(), status, strict=True)]
     return "\n".join([*lines, "", f"verdict: {v['status']}", v["text"], *v["diverged_notes"]])
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reslab.studies.depth.arms import CLIP, CONTROLS, METHODS, arm_order
+from reslab.studies.depth import CLIP, CONTROLS, METHODS, arm_order
 from reslab.studies.stats import mean_std
 from reslab.training.runs import Verdict
 
