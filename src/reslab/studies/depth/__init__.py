@@ -1,20 +1,15 @@
 """The depth study (issues 6 and 13, "extreme depth without normalisation"): the training loss after
-one fixed budget of iterations against depth, from 10 to 10,000 layers, for these arms:
+one fixed budget of iterations against depth, from 10 to 10,000 layers.
 
-- plain:    the plain net with batch norm at He init (the residual net with its shortcuts removed);
-- residual: its residual twin, batch norm, He init: the like-for-like pair with plain;
-- zeroinit: the batch-norm residual net, each branch's last BN weight at zero (Goyal et al. 2017),
-            an init the plain net cannot have: an extra arm, shown and named, never judged;
-- nonorm:   the residual net without normalisation at He init, no branch scaling: the negative
-            control, the norm-free net less the method;
-- rezero:   norm-free, x + alpha * F(x) with alpha = 0 at init (Bachlechner et al. 2020);
-- fixup:    norm-free, Fixup's scalar biases, multiplier and rescaled init (Zhang et al. 2019, §3),
-            its scalars trained at lr/10 as the official code does (hongyi-zhang/Fixup,
-            cifar_train.py: every parameter whose name holds "bias" or "scale" in an SGD group at
-            base_lr/10, the classifier's bias included): the engine's `lr_scales` with the same
-            name rule (`ARM_TRAIN`);
-- skipinit: norm-free, the same scalar at the end of the branch (De & Smith 2020): without norms
-            it is the same network as ReZero, so it is not in the default arms.
+The arms (`ARM_MODELS`, in words `LABELS`): plain and residual, both with batch norm at He init, are
+the like-for-like pair; zeroinit zeroes each branch's last BN weight (Goyal et al. 2017), an init
+the plain net cannot have, so it is shown, never judged; nonorm, the residual net without norm or
+branch scaling, is the negative control, the norm-free net less the method. The methods: ReZero,
+x + alpha * F(x) with alpha = 0 (Bachlechner et al. 2020); Fixup's scalar biases, multiplier and
+rescaled init (Zhang et al. 2019, §3), its scalars trained at lr/10 as the official code does
+(hongyi-zhang/Fixup, cifar_train.py: every parameter whose name holds "bias" or "scale", the
+classifier's bias included; `ARM_TRAIN`); SkipInit (De & Smith 2020), which without norms is the
+same network as ReZero and so is not in the default arms.
 
 The recipe clips no gradient, as neither the ReZero nor the Fixup paper does. An arm name with
 "+clip" (`rezero+clip`) is that arm with the global gradient norm clipped at `clip`, so an arm that
@@ -92,8 +87,7 @@ class DepthConfig(base.StudyConfig):
 
     def __post_init__(self) -> None:
         base.check_family(self.family)
-        bad = [a for a in self.arms if not is_arm(a)]
-        if bad or not self.arms:
+        if not self.arms or not all(map(is_arm, self.arms)):
             raise ValueError(
                 f"arms must be among {', '.join(ARMS)} (each also as <arm>{CLIP}), "
                 f"got {list(self.arms)}"
@@ -103,8 +97,7 @@ class DepthConfig(base.StudyConfig):
             raise ValueError(
                 f"width is an option of the mlp family, not of {self.family!r}; pass --width 0"
             )
-        if self.iters < 0 or self.width < 0 or self.jobs < 0:
-            raise ValueError("iters, width and jobs must be >= 0")
+        base.check_at_least(self, 0, "iters", "width", "jobs")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0 (the {CLIP} arms clip at it), got {self.clip}")
         # Every arm's options at the shallowest depth, then every other depth once (a plain net is its

@@ -129,7 +129,6 @@ def _curves(study_dir: Path, runs: list[dict]) -> tuple[int | None, list[tuple]]
 
 
 def _status(r: dict) -> str:
-    """Whether a run learned, or where it diverged."""
     if r["status"] == "diverged":
         text, last = f"diverged at step {r['diverged_at']}", r["last_finite_loss"]
         if last is not None:
@@ -143,14 +142,13 @@ def _status(r: dict) -> str:
 def _row(g: dict, runs: list[dict]) -> dict:
     """One (arm, depth) group as table cells, keyed by column name."""
     rs = [r for r in runs if (r["arm"], r["depth"]) == (g["arm"], g["depth"])]
-    norm = "overflow" if g["first_grad_overflow"] else fmt_loss(g["first_grad_norm"])
     return {
         "arm": g["arm"],
         "depth": g["depth"],
         "params": fmt_count(g["params"]),
         "clip": f"{g['grad_clip']:g}" if g["grad_clip"] else "—",
         "seeds": len(g["seeds"]),
-        "first |g|": norm,
+        "first |g|": "overflow" if g["first_grad_overflow"] else fmt_loss(g["first_grad_norm"]),
         "start loss": fmt_loss(g["start_loss"]),
         "final loss": fmt_loss(g["final_train_loss"]),
         "end batch loss": fmt_loss(g["end_batch_loss"]),
@@ -159,6 +157,12 @@ def _row(g: dict, runs: list[dict]) -> dict:
         "train time": "—" if g["time_s"] is None else f"{g['time_s']:.0f} s",
         "status": [_status(r) if len(rs) == 1 else f"seed {r['seed']}: {_status(r)}" for r in rs],
     }
+
+
+def _table(summary: dict) -> tuple[list[str], list[list]]:
+    """The runs table: a row per (arm, depth), each seed's status in its last cell."""
+    rows = [_row(g, summary["runs"]) for g in summary["verdict"]["groups"]]
+    return (list(rows[0]) if rows else ["arm"]), [list(r.values()) for r in rows]
 
 
 def _what_was_run(summary: dict) -> str:
@@ -196,13 +200,10 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
         page.heading(f"Why runs diverged at {v['deep']} layers").bullets(v["diverged_notes"])
     page.heading("Training curves of the deepest nets")
     page.figure(curves_png, plots.CURVES_CAPTION, max_width=820)
-    rows = [_row(g, summary["runs"]) for g in v["groups"]]
-    header = list(rows[0]) if rows else ["arm"]
-    page.heading("Runs").table(header, [list(r.values()) for r in rows], NUMBERS)
+    page.heading("Runs").table(*_table(summary), NUMBERS)
     keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "clip", "model_args")
     settings = {k: summary[k] for k in keep if k in summary}
-    if isinstance(summary.get("arm_models"), dict):
-        settings |= {f"arm {a}": m for a, m in summary["arm_models"].items()}
+    settings |= {f"arm {a}": m for a, m in summary.get("arm_models", {}).items()}
     settings |= {k: summary.get(k) for k in ("recipe", "incomplete")}
     rule = f"Declared before the numbers ({__package__}.rule): {v['rule']}."
     return finish(page, study_dir, _what_was_run(summary), settings, rule=rule)
@@ -210,13 +211,11 @@ def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Pat
 
 def format_table(summary: dict) -> str:
     """The page's runs table as plain text, each seed's status on its row, and the verdict."""
+    header, rows = _table(summary)
+    table = text_table(header[:-1], [[str(c) for c in row[:-1]] for row in rows]).splitlines()
+    status = [header[-1], *("; ".join(row[-1]) for row in rows)]
+    lines = [f"{a}  {b}" for a, b in zip(table, status, strict=True)]
     v = summary["verdict"]
-    rows = [_row(g, summary["runs"]) for g in v["groups"]]
-    status = ["status", *("; ".join(r.pop("status")) for r in rows)]
-    table = text_table(
-        list(rows[0]) if rows else ["arm"], [list(map(str, r.values())) for r in rows]
-    )
-    lines = [f"{a}  {b}" for a, b in zip(table.splitlines(), status, strict=True)]
     return "\n".join([*lines, "", f"verdict: {v['status']}", v["text"], *v["diverged_notes"]])
 
 

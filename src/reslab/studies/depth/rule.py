@@ -8,11 +8,10 @@ had measured a 10,000-layer batch-norm residual net at He init starting at loss 
 chance, which "half its start" would call learning. Issue 13 revised the rule with that number in
 view and declared its statuses before any run of the new arms: learning is also judged against
 chance (ln K, K classes from the replayed first step; a folder without replays is judged on its
-start alone); the recipe clips nothing, as neither the ReZero nor the Fixup paper does, and +clip
-arms show each method and control with clipping; the negative control (nonorm) joins plain, and a
-method that learns where a control learns too is "not attributable" (D does not need the method);
-the controls must learn at d, so that their failure at D is depth's, not the recipe's; a diverged
-seed counts against its arm ("learned": every seed learned, "failed": none did).
+start alone); the recipe lost its clipping (the +clip arms); the negative control joined plain, and
+a method that learns where a control learns too is "not attributable" (D does not need it); the
+controls must learn at d, so that their failure at D is depth's, not the recipe's; a diverged seed
+counts against its arm.
 """
 
 from __future__ import annotations
@@ -47,16 +46,23 @@ LEADS = {
     "not_attributable": "Not attributable to the method: a control learned at this depth as well.",
     "partly_shown": "Partly shown: {missing}.",
 }
-# means over the seeds of an (arm, depth) group
-MEANS = (
-    "start_loss",
-    "final_train_loss",
-    "end_batch_loss",
-    "final_train_error",
-    "final_test_error",
-    "first_grad_norm",
-    "time_s",
-)
+# the numbers averaged over the seeds of an (arm, depth) group
+MEANS: tuple[str, ...] = ("start_loss", "final_train_loss", "end_batch_loss", "final_train_error")
+MEANS += ("final_test_error", "first_grad_norm", "time_s")
+# why a run diverged, from its replayed first step
+WHY = {
+    "not_replayed": "; its first step was not replayed.",
+    "forward": ": its loss is not finite at the first step, before any update: the forward pass "
+    "overflows fp32.",
+    "gradient": ": an overflow of its first gradient. Replayed, the first loss is {loss:.3g} but "
+    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes NaN "
+    "into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
+    "exploding": ": an exploding first gradient. Replayed, the first loss is {loss:.3g} and the "
+    "gradient is finite but its norm is {norm:.3g} before clipping; the first update is that times "
+    "the learning rate, and the loss after it is not finite.",
+    "later": ", after a finite first step (loss {loss:.3g}, gradient norm {norm:.3g} before "
+    "clipping): not an overflow at init.",
+}
 
 
 def learned(run: dict, ratio: float = LEARNED) -> bool:
@@ -124,13 +130,7 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
     steps = max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=0) or None
     seeds = sorted({r["seed"] for r in runs})
     thresholds, rule = {"ratio": ratio}, RULE.format(ratio=ratio)
-    n: dict[str, Any] = {
-        "deep": deep,
-        "shallow": shallow,
-        "steps": steps,
-        "seeds": seeds,
-        "groups": groups,
-    }
+    n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
     n["diverged_notes"] = diverged_notes(runs, deep)
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     if not methods or any((c, deep) not in at for c in CONTROLS):
@@ -203,39 +203,19 @@ def _text(status: str, at: dict, n: dict, ratio: float) -> str:
 
 
 def diverged_notes(runs: list[dict], depth: int | None) -> list[str]:
-    """Why each run at `depth` diverged, from its replayed first step: an overflow of the forward
-    pass, of the first gradient (which clipping cannot repair), an exploding first gradient, or an
-    instability later."""
+    """Why each run at `depth` diverged (`WHY`), from its replayed first step."""
     notes = []
     for r in runs:
         if r["depth"] != depth or r["status"] != "diverged":
             continue
-        who = f"{r['arm']}-{r['depth']} (seed {r['seed']}) diverged at step {r['diverged_at']}"
-        loss, bad, norm = r["first_loss"], r["first_grad_nonfinite"], r["first_grad_norm"]
-        if loss is None and bad is None:
-            why = "; its first step was not replayed."
-        elif loss is None:
-            why = (
-                ": its loss is not finite at the first step, before any update: the forward pass "
-                "overflows fp32."
-            )
-        elif bad:
-            why = (
-                f": an overflow of its first gradient. Replayed, the first loss is {loss:.3g} but "
-                f"{bad:,} of {r['first_grad_entries']:,} gradient entries are not finite in fp32, "
-                "so the first update writes NaN into the weights (clipping cannot help: an "
-                "infinite norm scales the gradient to NaN)."
-            )
-        elif r["diverged_at"] <= 2:
-            why = (
-                f": an exploding first gradient. Replayed, the first loss is {loss:.3g} and the "
-                f"gradient is finite but its norm is {norm:.3g} before clipping; the first update "
-                "is that times the learning rate, and the loss after it is not finite."
-            )
+        loss, bad = r["first_loss"], r["first_grad_nonfinite"]
+        if loss is None:
+            why = "not_replayed" if bad is None else "forward"
         else:
-            why = (
-                f", after a finite first step (loss {loss:.3g}, gradient norm {norm:.3g} before "
-                "clipping): not an overflow at init."
-            )
-        notes.append(who + why)
+            why = "gradient" if bad else "exploding" if r["diverged_at"] <= 2 else "later"
+        text = WHY[why].format(
+            loss=loss, bad=bad, entries=r["first_grad_entries"], norm=r["first_grad_norm"]
+        )
+        who = f"{r['arm']}-{r['depth']} (seed {r['seed']}) diverged at step {r['diverged_at']}"
+        notes.append(who + text)
     return notes
