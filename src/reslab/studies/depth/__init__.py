@@ -122,31 +122,24 @@ class DepthConfig(base.StudyConfig):
     def cells(self) -> list[tuple[str, int, int]]:
         """(arm, depth, seed) of every run: deepest first, and at each depth the longest arms first."""
         arms = sorted(self.arms, key=lambda a: (_LONGEST_FIRST.index(split_arm(a)[0]), a))
-        return [
-            (a, d, s) for d in sorted(self.depths, reverse=True) for a in arms for s in self.seeds
-        ]
+        depths = sorted(self.depths, reverse=True)
+        return [(a, d, s) for d in depths for a in arms for s in self.seeds]
 
     def run_config(self, arm: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one cell of the grid: the recipe, the arm's own training
         options (`ARM_TRAIN`) and, for a +clip arm, clipping at `clip`."""
-        name = runs.cell_name(arm, depth, seed=seed)
+        name, (base_arm, clipped) = runs.cell_name(arm, depth, seed=seed), split_arm(arm)
+        options = {**ARM_TRAIN.get(base_arm, {}), **({"grad_clip": self.clip} if clipped else {})}
         model, kwargs = self.model_name(arm, depth), self.model_kwargs(arm)
-        options = dict(ARM_TRAIN.get(split_arm(arm)[0], {}))
-        if split_arm(arm)[1]:
-            options["grad_clip"] = self.clip
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
         """Each arm's model and training options, and the recipe (the plain arm's, the same for all
         but the arms' own options)."""
-        train = {a: ARM_TRAIN.get(split_arm(a)[0]) for a in self.arms}
-        return {
-            "arm_models": {
-                a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms
-            },
-            "arm_train": {a: t for a, t in train.items() if t},
-            "recipe": base.recipe(self.run_config("plain", *self.cells()[0][1:])),
-        }
+        models = {a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms}
+        train = {a: ARM_TRAIN[split_arm(a)[0]] for a in self.arms if split_arm(a)[0] in ARM_TRAIN}
+        recipe = base.recipe(self.run_config("plain", *self.cells()[0][1:]))
+        return {"arm_models": models, "arm_train": train, "recipe": recipe}
 
 
 # digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
