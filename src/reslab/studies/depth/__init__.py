@@ -145,11 +145,9 @@ class DepthConfig(base.StudyConfig):
 # digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
 # epochs), the engine's digits recipe (lr 0.02, momentum 0.9, batch 128, no weight decay) without
 # gradient clipping, three seeds; 10 to 1,000 layers, which fit in 10 minutes on a 2-core CPU.
-# digits-10k: the same up to 10,000 layers, the depth of the ReZero and Fixup papers' deepest nets:
-# a 10,000-layer step is overhead-bound (seconds on one CPU core), so its runs are most of the time
-# (about 30 core-minutes per seed, 45 minutes or more for three seeds on 2 cores). Evaluating every
-# 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a 10,000-layer net's
-# checkpoint is ~90 MB) small.
+# digits-10k: the same up to 10,000 layers, the papers' deepest nets (`preset_help` says how long).
+# Evaluating every 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a
+# 10,000-layer net's checkpoint is ~90 MB) small.
 _TRAIN = dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60)
 _DIGITS = dict(data="digits", family="mlp", seeds=(0, 1, 2), width=32, iters=60, train=_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
