@@ -183,7 +183,7 @@ def _text(status: str, at: dict, n: dict, ratio: float) -> str:
     missing = (
         [f"{', '.join(n['unrescued'])} failed with and without clipping"] if n["unrescued"] else []
     )
-    bad = [c for c, learned in n["checks"]["controls_learned_shallow"].items() if not learned]
+    bad = [c for c, ok in n["checks"]["controls_learned_shallow"].items() if not ok]
     if shallow == deep:
         missing.append("no shallower depth to show that the controls can learn")
     elif bad:
