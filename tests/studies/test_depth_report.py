@@ -101,7 +101,7 @@ def _runs(cells: dict, first: dict | None = None) -> list[dict]:
     first = first or {}
     return [
         {"arm": a, "depth": d, "seed": 0, "model": f"m-{d}", "params": d, "iters": ITERS,
-         "grad_clip": 1.0 if a.endswith("+clip") else 0.0,
+         "grad_clip": 1.0 if a.endswith("+clip") else 0.0, "lr_scales": {},
          "status": "diverged" if div else "completed", "start_loss": start, "start_steps": 1,
          "final_train_loss": final, "final_train_error": None if final is None else final / 4,
          "final_test_error": None, "end_batch_loss": final, "diverged_at": div,
@@ -354,9 +354,9 @@ def test_incomplete_run_is_listed_not_read(tmp_path):
 def test_format_table(tmp_path):
     text = format_table(write_summary(write_study(tmp_path, CLIPPED)))
     lines = text.splitlines()
-    assert lines[0].split()[:4] == ["arm", "depth", "clip", "first"]
-    row = next(ln for ln in lines if ln.startswith("plain") and " 1000 " in ln)
+    assert lines[0].split()[:4] == ["arm", "depth", "params", "clip"]
+    row = next(ln for ln in lines if ln.split()[:2] == ["plain", "1000"])
     assert "diverged at step 2 (last finite loss 2.4, step 1)" in row
-    clipped = next(ln for ln in lines if ln.startswith("rezero+clip"))
-    assert clipped.split()[2] == "1"  # its clip
+    clipped = next(ln for ln in lines if ln.split()[0] == "rezero+clip")
+    assert clipped.split()[3] == "1"  # its clip
     assert "verdict: shown_with_clipping" in text

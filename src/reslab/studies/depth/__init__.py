@@ -1,32 +1,25 @@
 """The depth study (issues 6 and 13, "extreme depth without normalisation"): the training loss after
-one fixed budget of iterations against depth, from 10 to 10,000 layers, for these arms:
+one fixed budget of iterations against depth, from 10 to 10,000 layers.
 
-- plain:    the plain net with batch norm at He init (the residual net with its shortcuts removed);
-- residual: its residual twin, batch norm, He init: the like-for-like pair with plain;
-- zeroinit: the batch-norm residual net, each branch's last BN weight at zero (Goyal et al. 2017),
-            an init the plain net cannot have: an extra arm, shown and named, never judged;
-- nonorm:   the residual net without normalisation at He init, no branch scaling: the negative
-            control, the norm-free net less the method;
-- rezero:   norm-free, x + alpha * F(x) with alpha = 0 at init (Bachlechner et al. 2020);
-- fixup:    norm-free, Fixup's scalar biases, multiplier and rescaled init (Zhang et al. 2019, §3),
-            its scalars trained at lr/10 as the official code does (hongyi-zhang/Fixup,
-            cifar_train.py: every parameter whose name holds "bias" or "scale" in an SGD group at
-            base_lr/10, the classifier's bias included): the engine's `lr_scales` with the same
-            name rule (`ARM_TRAIN`);
-- skipinit: norm-free, the same scalar at the end of the branch (De & Smith 2020): without norms
-            it is the same network as ReZero, so it is not in the default arms.
+The arms (`ARM_MODELS`, in words `LABELS`): plain and residual, both with batch norm at He init, are
+the like-for-like pair; zeroinit zeroes each branch's last BN weight (Goyal et al. 2017), an init
+the plain net cannot have, so it is shown, never judged; nonorm, the residual net without norm or
+branch scaling, is the negative control, the norm-free net less the method. The methods: ReZero,
+x + alpha * F(x) with alpha = 0 (Bachlechner et al. 2020); Fixup's scalar biases, multiplier and
+rescaled init (Zhang et al. 2019, §3), its scalars trained at lr/10 as the official code does
+(hongyi-zhang/Fixup, cifar_train.py: every parameter whose name holds "bias" or "scale", the
+classifier's bias included; `ARM_TRAIN`); SkipInit (De & Smith 2020), which without norms is the
+same network as ReZero and so is not in the default arms.
 
 The recipe clips no gradient, as neither the ReZero nor the Fixup paper does. An arm name with
 "+clip" (`rezero+clip`) is that arm with the global gradient norm clipped at `clip`, so an arm that
 trains only with clipping is shown with and without it, next to the controls (nonorm, plain) given
 the same help.
 
-Each (arm, depth, seed) cell trains one ordinary run folder `runs/<arm>-<depth>-s<seed>/` with the
-same recipe; a rerun skips finished runs and resumes interrupted ones, and a diverged run is kept as
-it is (the one policy of `reslab.studies.base`). Training loss is logged at every step, so the first
-logged loss is the loss of the first mini-batch before any update: the starting value `report.py`
-compares the final loss with. The first step of every cell is also replayed (`measure.first_step`):
-its gradient norm says whether a run that diverged at once overflowed at init.
+Each (arm, depth, seed) cell is one ordinary run folder `runs/<arm>-<depth>-s<seed>/`, trained under
+the one policy of `reslab.studies.base`. The loss is logged at every step, so the first logged loss
+is the first mini-batch's before any update, the start the report compares the final loss with;
+the first step of every cell is also replayed (`measure`) to tell why a run diverged.
 """
 
 from __future__ import annotations
@@ -38,11 +31,10 @@ from typing import Any
 
 from reslab.studies import base
 from reslab.studies.base import FAMILIES, option
-from reslab.studies.depth.arms import ARMS, CLIP, METHODS, arm_order, is_arm, split_arm
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-# arm -> (plain or residual twin of the family, model options), in the order of ARMS
+# arm -> (plain or residual twin of the family, model options), in display order
 ARM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {}),
     "residual": ("residual", {}),
@@ -52,25 +44,28 @@ ARM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "skipinit": ("residual", {"norm": "none", "branch_scale": "skipinit"}),
     "fixup": ("residual", {"norm": "none", "branch_scale": "fixup"}),
 }
-assert tuple(ARM_MODELS) == ARMS and set(METHODS) <= set(ARMS)
+ARMS = tuple(ARM_MODELS)
+METHODS = ("rezero", "skipinit", "fixup")  # the norm-free methods the verdict judges
+CONTROLS = ("nonorm", "plain")  # what must fail where the methods learn
+CLIP = "+clip"
+LABELS = {  # each arm in words, for the page
+    "plain": "plain, batch norm, He init",
+    "residual": "residual, batch norm, He init (plain's twin)",
+    "zeroinit": "residual, batch norm, zero-init branches (extra arm)",
+    "nonorm": "residual, no norm, He init (negative control)",
+    "rezero": "ReZero, no norm (x + alpha F(x), alpha = 0)",
+    "skipinit": "SkipInit, no norm (the same network as ReZero here)",
+    "fixup": "Fixup, no norm (scalar biases, rescaled init)",
+}
 # arm -> training options of its own (TrainConfig fields), on top of the study's recipe
 ARM_TRAIN: dict[str, dict[str, Any]] = {"fixup": {"lr_scales": {"bias": 0.1, "scale": 0.1}}}
-# skipinit = rezero without norms. Each method is shown with and without clipping, and so is each
-# control (nonorm and plain), so a method that learns only with clipping is held against controls
-# given the same help.
-DEFAULT_ARMS: tuple[str, ...] = (
-    "plain",
-    "plain+clip",
-    "residual",
-    "zeroinit",
-    "nonorm",
-    "nonorm+clip",
-)
-DEFAULT_ARMS += ("rezero", "rezero+clip", "fixup", "fixup+clip")
+# every arm but skipinit (rezero without norms); each method and control also with clipping
+DEFAULT_ARMS: tuple[str, ...] = ("plain", "plain+clip", "residual", "zeroinit", "nonorm")
+DEFAULT_ARMS += ("nonorm+clip", "rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
 # block; plain and nonorm diverge within steps at depth
-FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 _LONGEST_FIRST = ("fixup", "residual", "zeroinit", "rezero", "skipinit", "plain", "nonorm")
+FIRST_STEP = "first_step"  # folder of the replayed first steps, one JSON file per run
 
 
 @dataclass(frozen=True)
@@ -92,8 +87,7 @@ class DepthConfig(base.StudyConfig):
 
     def __post_init__(self) -> None:
         base.check_family(self.family)
-        bad = [a for a in self.arms if not is_arm(a)]
-        if bad or not self.arms:
+        if not self.arms or not all(map(is_arm, self.arms)):
             raise ValueError(
                 f"arms must be among {', '.join(ARMS)} (each also as <arm>{CLIP}), "
                 f"got {list(self.arms)}"
@@ -103,8 +97,7 @@ class DepthConfig(base.StudyConfig):
             raise ValueError(
                 f"width is an option of the mlp family, not of {self.family!r}; pass --width 0"
             )
-        if self.iters < 0 or self.width < 0 or self.jobs < 0:
-            raise ValueError("iters, width and jobs must be >= 0")
+        base.check_at_least(self, 0, "iters", "width", "jobs")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0 (the {CLIP} arms clip at it), got {self.clip}")
         # Every arm's options at the shallowest depth, then every other depth once (a plain net is its
@@ -129,59 +122,64 @@ class DepthConfig(base.StudyConfig):
     def cells(self) -> list[tuple[str, int, int]]:
         """(arm, depth, seed) of every run: deepest first, and at each depth the longest arms first."""
         arms = sorted(self.arms, key=lambda a: (_LONGEST_FIRST.index(split_arm(a)[0]), a))
-        return [
-            (a, d, s) for d in sorted(self.depths, reverse=True) for a in arms for s in self.seeds
-        ]
+        depths = sorted(self.depths, reverse=True)
+        return [(a, d, s) for d in depths for a in arms for s in self.seeds]
 
     def run_config(self, arm: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one cell of the grid: the recipe, the arm's own training
         options (`ARM_TRAIN`) and, for a +clip arm, clipping at `clip`."""
-        name = runs.cell_name(arm, depth, seed=seed)
+        name, (base_arm, clipped) = runs.cell_name(arm, depth, seed=seed), split_arm(arm)
+        options = {**ARM_TRAIN.get(base_arm, {}), **({"grad_clip": self.clip} if clipped else {})}
         model, kwargs = self.model_name(arm, depth), self.model_kwargs(arm)
-        options = dict(ARM_TRAIN.get(split_arm(arm)[0], {}))
-        if split_arm(arm)[1]:
-            options["grad_clip"] = self.clip
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
         """Each arm's model and training options, and the recipe (the plain arm's, the same for all
         but the arms' own options)."""
-        arms = [split_arm(a)[0] for a in self.arms]
-        return {
-            "arm_models": {
-                a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms
-            },
-            "arm_train": {
-                a: ARM_TRAIN[b] for a, b in zip(self.arms, arms, strict=True) if b in ARM_TRAIN
-            },
-            "recipe": base.recipe(self.run_config("plain", *self.cells()[0][1:])),
-        }
+        models = {a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms}
+        train = {a: ARM_TRAIN[split_arm(a)[0]] for a in self.arms if split_arm(a)[0] in ARM_TRAIN}
+        recipe = base.recipe(self.run_config("plain", *self.cells()[0][1:]))
+        return {"arm_models": models, "arm_train": train, "recipe": recipe}
 
 
 # digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
 # epochs), the engine's digits recipe (lr 0.02, momentum 0.9, batch 128, no weight decay) without
 # gradient clipping, three seeds; 10 to 1,000 layers, which fit in 10 minutes on a 2-core CPU.
-# digits-10k: the same up to 10,000 layers, the depth of the ReZero and Fixup papers' deepest nets:
-# a 10,000-layer step is overhead-bound (seconds on one CPU core), so its runs are most of the time
-# (about 30 core-minutes per seed, 45 minutes or more for three seeds on 2 cores). The loss is logged at every step (the first line is the loss
-# before any update); evaluating every 30 steps and checkpointing once, at the end, keeps the pauses
-# (and the folder: a 10,000-layer net's checkpoint is ~90 MB) small.
-_DIGITS = dict(
-    data="digits",
-    family="mlp",
-    seeds=(0, 1, 2),
-    width=32,
-    iters=60,
-    train=dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60),
-)
+# digits-10k: the same up to 10,000 layers, the papers' deepest nets (`preset_help` says how long).
+# Evaluating every 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a
+# 10,000-layer net's checkpoint is ~90 MB) small.
+_TRAIN = dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60)
+_DIGITS = dict(data="digits", family="mlp", seeds=(0, 1, 2), width=32, iters=60, train=_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(_DIGITS, depths=(10, 100, 1000)),
     "digits-10k": dict(_DIGITS, depths=(10, 100, 1000, 10000)),
 }
 
 
-def _order(arm: str) -> tuple:
-    return arm_order(arm) if is_arm(arm) else (len(ARMS), False)
+def split_arm(arm: str) -> tuple[str, bool]:
+    """(the arm without "+clip", whether it is clipped): split_arm("rezero+clip") == ("rezero", True)."""
+    base = arm.removesuffix(CLIP)
+    return base, base != arm
+
+
+def is_arm(arm: str) -> bool:
+    return split_arm(arm)[0] in ARMS
+
+
+def arm_order(arm: str) -> tuple[int, bool]:
+    """Sort key: the order of ARMS (an unknown arm last), each arm's +clip twin right after it."""
+    base, clipped = split_arm(arm)
+    return ARMS.index(base) if base in ARMS else len(ARMS), clipped
+
+
+def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
+    """What the arm is, in words, naming its clip and its learning-rate multipliers (`lr_scales`)."""
+    text = LABELS[split_arm(arm)[0]]
+    if lr_scales:
+        scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
+        text += f"; parameters whose name holds {scales}"
+    clip = f" + gradient norm clipped at {grad_clip:g}" if grad_clip else " + clipping"
+    return text + (clip if split_arm(arm)[1] or grad_clip else "")
 
 
 def first_step_path(study_dir: str | Path, run_name: str) -> Path:
@@ -206,7 +204,7 @@ STUDY = base.Study(
     ),
     owns=("lr_scales",),  # set per arm (ARM_TRAIN)
     must_match=("data", "family", "width", "clip", "model_args", "recipe"),
-    grows=dict(depths=None, seeds=None, arms=_order, arm_models=None, arm_train=None),
+    grows=dict(depths=None, seeds=None, arms=arm_order, arm_models=None, arm_train=None),
     measures=True,  # each run's first step, replayed
     preset_help="digits-10k: the same up to 10,000 layers, about 30 core-minutes per seed (45 "
     "minutes or more on 2 cores)",

@@ -1,11 +1,11 @@
-"""The depth study's one measurement besides training: a run's first step, replayed, to say why a run
-diverged where it did (an overflow at init, or an instability later).
+"""The depth study's one measurement besides training: each run's first step, replayed, to tell why a
+run diverged where it did (an overflow at init, or an instability later).
 
 The replay is the engine's first step (`reslab.training.loop`): the same seed, model builder and first
-mini-batch of the same loader, in train mode, in fp32 with denormals flushed as the engine does. It
-returns that step's loss, the global L2 norm of the gradient before any clipping, summed in float64
-so that a norm beyond fp32's range (3.4e38) is still a number, and how many gradient entries are not
-finite in fp32 (inf or NaN: an overflow of the backward pass, which no clipping can repair).
+mini-batch of the same loader, in train mode, in fp32 with denormals flushed as the engine does. The
+gradient's global L2 norm (before any clipping) is summed in float64, so that a norm beyond fp32's
+range (3.4e38) is still a number; an entry not finite in fp32 is an overflow of the backward pass,
+which no clipping can repair.
 """
 
 from __future__ import annotations
@@ -46,9 +46,8 @@ def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list,
 
 
 def first_step(c: TrainConfig) -> dict:
-    """{"loss", "grad_norm", "grad_nonfinite", "grad_entries", "classes"} of the first step of run
-    config `c`; loss and grad_norm are None where not finite (grad_norm: where any entry is not
-    finite); classes: how many the data has (ln classes is the loss of a uniform guess)."""
+    """The loss, gradient norm (None where not finite), non-finite and total gradient entries of run
+    config `c`'s first step, and the number of classes (ln classes: the loss of a uniform guess)."""
     from reslab.data import Loader
     from reslab.training.build import augment_on, build_run
 
@@ -62,12 +61,10 @@ def first_step(c: TrainConfig) -> dict:
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     nonfinite = sum(int((~g.isfinite()).sum()) for g in grads)
-    norm = (
-        math.sqrt(sum(float(g.double().square().sum()) for g in grads)) if not nonfinite else None
-    )
+    norm = math.sqrt(sum(float(g.double().square().sum()) for g in grads))
     return {
         "loss": loss.item() if math.isfinite(loss.item()) else None,
-        "grad_norm": norm,
+        "grad_norm": None if nonfinite else norm,
         "grad_nonfinite": nonfinite,
         "grad_entries": sum(g.numel() for g in grads),
         "classes": len(train_data.classes),

@@ -1,6 +1,5 @@
-"""The depth study's figures, drawn from the numbers `report.py` reads out of the study folder:
-depth.png (final and starting training loss, final training error and the first step's gradient norm,
-against depth) and curves.png (training loss against iterations of every arm at the deepest depth)."""
+"""The depth study's figures, from the numbers `report.py` reads out of the study folder: depth.png
+and curves.png, each with its caption (what the page says of it)."""
 
 from __future__ import annotations
 
@@ -10,13 +9,14 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 
 from reslab.report import figures
-from reslab.studies.depth.arms import CLIP, split_arm
+from reslab.studies.depth import CLIP, split_arm
 
 # plain and the batch-norm residual arms as in every study; the negative control in grey, the
 # norm-free methods in their own colours. ReZero and SkipInit build the same network when there is no
 # norm, so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
-COLORS = {**figures.ARCH_COLORS, "nonorm": "#555555", "rezero": "#2e8b57", "skipinit": "#d98c00",
-          "fixup": "#7b3294"}  # fmt: skip
+COLORS = {"nonorm": "#555555", "rezero": "#2e8b57", "skipinit": "#d98c00", "fixup": "#7b3294"}
+COLORS |= figures.ARCH_COLORS
+START = dict(ls=":", lw=0.8, marker="o", mfc="none", ms=4, alpha=0.7)  # a starting loss
 
 
 def _style(arm: str) -> dict:
@@ -37,47 +37,48 @@ def _log_axis(ax: Axes, label: str) -> None:
     ax.set_ylabel(label)
 
 
-def _crosses(ax: Axes, depths: list[int], y: float, color: str) -> None:
-    """Cells without a value (diverged, or an overflowed gradient): crosses at height y, above the
-    measured values, not a measured value themselves."""
-    ax.scatter(depths, [y] * len(depths), marker="x", s=50, color=color, zorder=4, clip_on=False)
-
-
 def _panel(ax: Axes, groups: list[dict], key: str, top: float, step: float, scale=1.0) -> None:
-    """One value per (arm, depth) against depth; a missing value is a cross, each arm's crosses on
-    their own row from `top` up (rows a factor `step` apart on a log axis, `step` apart on a linear
-    one)."""
-    log = ax.get_yscale() == "log"
-    row = 0
+    """One value per (arm, depth) against depth. A missing value (diverged, or an overflowed
+    gradient) is a cross above the measured values, each arm's crosses on their own row from `top`
+    up: rows a factor `step` apart on a log axis, `step` apart on a linear one."""
+    log, row = ax.get_yscale() == "log", 0
     for arm in dict.fromkeys(g["arm"] for g in groups):  # the report's arm order
-        gs = [g for g in groups if g["arm"] == arm]
+        gs, st = [g for g in groups if g["arm"] == arm], _style(arm)
         pts = [(g["depth"], scale * g[key]) for g in gs if g[key] is not None]
-        st = _style(arm)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o", lw=1.8, ms=4, label=arm, **st)
-        else:
-            ax.plot([], [], marker="o", lw=1.8, ms=4, label=arm, **st)
+        x, y = zip(*pts, strict=True) if pts else ((), ())
+        ax.plot(x, y, marker="o", lw=1.8, ms=4, label=arm, **st)
         bad = [g["depth"] for g in gs if g[key] is None]
         if bad:
-            _crosses(ax, bad, top * step**row if log else top + step * row, st["color"])
+            ys = [top * step**row if log else top + step * row] * len(bad)
+            ax.scatter(bad, ys, marker="x", s=50, color=st["color"], zorder=4, clip_on=False)
             row += 1
 
 
+DEPTH_CAPTION = (
+    "Left: final training loss (solid; eval mode on the whole training set) and starting loss "
+    "(hollow, dotted; the first mini-batch before any update) against depth. Middle: final "
+    "training error. Right: the global gradient norm of the first step, before any clipping. "
+    "Crosses at the top: diverged runs (no final loss) and gradients that overflow fp32."
+)
+CURVES_CAPTION = (
+    "Mini-batch training loss (train mode, lightly smoothed) of every arm at the deepest depth. A "
+    "cross marks the last finite loss of a run that diverged."
+)
+
+
 def plot_depth(groups: list[dict], path: str | Path) -> Path:
-    """Left: final training loss (solid) and starting loss (hollow, dotted) against depth, log-log;
-    middle: final training error; right: the first step's gradient norm (an overflow is a cross)."""
+    """depth.png (`DEPTH_CAPTION`) from the verdict's (arm, depth) groups."""
     with figures.style():
         fig, (ax, ax_err, ax_g) = figures.figure(3, width=4.2, height=3.9)
         for a in (ax, ax_g):  # log scales first: _panel places its crosses by the scale
             a.set_yscale("log")
         finite = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
         _panel(ax, groups, "final_train_loss", 2.0 * max(finite, default=10.0), 1.35)
-        for arm in dict.fromkeys(g["arm"] for g in groups):
-            starts = [(g["depth"], g["start_loss"]) for g in groups
-                      if g["arm"] == arm and g["start_loss"]]  # fmt: skip
-            if starts and not arm.endswith(CLIP):  # a +clip arm starts where its arm does
-                ax.plot(*zip(*starts, strict=True), color=_style(arm)["color"], ls=":", lw=0.8,
-                        marker="o", mfc="none", ms=4, alpha=0.7)  # fmt: skip
+        for arm in dict.fromkeys(g["arm"] for g in groups if not g["arm"].endswith(CLIP)):
+            gs = [g for g in groups if g["arm"] == arm and g["start_loss"]]
+            if gs:  # a +clip arm starts where its arm does
+                x, y = [g["depth"] for g in gs], [g["start_loss"] for g in gs]
+                ax.plot(x, y, color=_style(arm)["color"], **START)
         _panel(ax_err, groups, "final_train_error", 104.0, 4.0, scale=100.0)
         norms = [
             {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
@@ -86,9 +87,8 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
         ]
         finite = [g["first_grad_norm"] for g in norms if g["first_grad_norm"]]
         _panel(ax_g, norms, "first_grad_norm", 10.0 * max(finite, default=1.0), 4.0)
-        depths = [g["depth"] for g in groups] or [1]
         for a in (ax, ax_err, ax_g):
-            figures.depth_axis(a, depths)
+            figures.depth_axis(a, [g["depth"] for g in groups] or [1])
         _log_axis(ax, "training loss")
         ax.set_title("final (solid) and starting (dotted) loss")
         figures.percent_axis(ax_err, "final training error")
@@ -97,30 +97,30 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
         _log_axis(ax_g, "gradient norm, first step")
         ax_g.set_title("first gradient (× = overflow)")
         if groups:  # nine arms: beside the panels, not over their crosses
-            fig.legend(*ax_err.get_legend_handles_labels(), loc="outside right upper",
-                       title="× = diverged", title_fontsize=8, fontsize=7)  # fmt: skip
+            handles = ax_err.get_legend_handles_labels()
+            fig.legend(
+                *handles,
+                loc="outside right upper",
+                title="× = diverged",
+                title_fontsize=8,
+                fontsize=7,
+            )
         return figures.save(fig, path)
 
 
 def plot_curves(deep: int | None, series: list[tuple], path: str | Path) -> Path:
-    """Training loss (mini-batch, train mode, lightly smoothed) against iterations for every arm at the
-    deepest depth `deep`, mean over seeds; `series` is [(arm, [(steps, losses) per seed], step it
-    diverged at or None)]; a diverged run ends in a cross at its last finite loss."""
+    """curves.png (`CURVES_CAPTION`): the mean over seeds of each arm at depth `deep`; `series` is
+    [(arm, [(steps, losses) per seed], the step it diverged at or None)]."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=6.4, height=3.9)
         for arm, curves, diverged_at in series:
             st = _style(arm)
             x, y, _ = figures.mean_curve(curves)
-            name = arm
-            if diverged_at is not None:
-                name += f" (diverged at step {diverged_at})"
-                for cx, cy in curves:
-                    if len(cx):
-                        ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
-            if len(x):
-                ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
-            else:
-                ax.plot([], [], label=name, **st)
+            name = arm if diverged_at is None else f"{arm} (diverged at step {diverged_at})"
+            ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
+            for cx, cy in curves if diverged_at is not None else ():
+                if len(cx):
+                    ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
         _log_axis(ax, "training loss (mini-batch)")
         ax.set_xlabel("iterations")
         ax.set_title(f"training loss at {deep} layers" if deep else "no runs")

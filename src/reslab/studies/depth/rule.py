@@ -1,38 +1,25 @@
-"""The depth study's verdict, as a pure function of its rows (one per run, `report.collect_runs`):
-which arms learn at the deepest depth, and why those that diverged did.
+"""The depth study's verdict, a pure function of its rows (one per run, `report.collect_runs`): which
+arms learn at the deepest depth D (judged against the shallowest, d), and why those that diverged did.
+`RULE` states it, rendered with its threshold; `verdict` returns the numbers it rests on.
 
-A run "learned" if it finished and final <= LEARNED * min(start, ln K) (LEARNED = 0.5: at most half
-its starting loss and at most half the loss of a uniform guess over the data's K classes, so a net
-that starts far above chance does not count as learning by falling to chance; K comes from the
-replayed first step, and a folder without replays is judged on the starting loss alone); a diverged
-run or a non-finite final loss has not. Per (arm, depth): "learned" if every seed learned, "failed"
-if no seed did, so a diverged seed always counts against its arm.
-
-Verdict, declared before any numbers, at the deepest depth D and the shallowest d, after the study's
-step budget (the steps of its completed runs, which the verdict text states: "learned" means learned
-within that many steps). Methods: rezero, skipinit, fixup, each with or without "+clip"; controls:
-nonorm and plain, with or without "+clip".
-    "insufficient"         no method arm at D, or nonorm or plain missing at D
-    "not_shown"            no method arm learned at D, with or without clipping
-    "not_attributable"     a method learned at D, but so did (any seed of) a control at D: depth D
-                           does not need the method
-    "shown"                every method at D learned without clipping, every control at D failed,
-                           and nonorm and plain learned at d < D (their failure at D is depth's, not
-                           the recipe's)
-    "shown_with_clipping"  as "shown", except that some method learned at D only in its +clip arm
-                           (or was run only with clipping); those methods are named
-    "partly_shown"         otherwise: a method learned at D, but another failed with and without
-                           clipping, or nonorm or plain did not learn at d (or there is no d < D)
-Every diverged run at D is explained from its first step (`diverged_notes`): a non-finite first loss
-is an overflow of the forward pass; a divergence at step 2 after a non-finite first gradient is the
-overflow of that gradient (clipping cannot repair it: an inf norm scales the gradient to NaN).
+History. Issue 6 declared "learned: final <= 0.5 x start; shown: every norm-free arm learned at D,
+the plain net failed at D and learned at d", with the gradient clipped at 1 in the recipe. Its runs
+had measured a 10,000-layer batch-norm residual net at He init starting at loss 55 and staying at
+chance, which "half its start" would call learning. Issue 13 revised the rule with that number in
+view and declared its statuses before any run of the new arms: learning is also judged against
+chance (ln K, K classes from the replayed first step; a folder without replays is judged on its
+start alone); the recipe lost its clipping (the +clip arms); the negative control joined plain, and
+a method that learns where a control learns too is "not attributable" (D does not need it); the
+controls must learn at d, so that their failure at D is depth's, not the recipe's; a diverged seed
+counts against its arm.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from reslab.studies.depth.arms import CLIP, CONTROLS, METHODS, arm_order
+from reslab.studies.depth import CLIP, CONTROLS, METHODS, arm_order
 from reslab.studies.stats import mean_std
 from reslab.training.runs import Verdict
 
@@ -43,8 +30,39 @@ RULE = (
     "method (rezero, skipinit, fixup) learned without clipping while the negative control (nonorm) "
     "and the plain net failed (a diverged run fails), and both learned at the shallowest depth; "
     "shown with clipping: the same, but some method learned only with gradient clipping; not "
-    "attributable: a control learned too"
+    "attributable: a control learned too; partly shown: a method learned, but not all of the "
+    "above holds; not shown: no method learned; the batch-norm residual arms are shown, not judged"
 )
+# the verdict's first sentence, per status
+LEADS = {
+    "insufficient": "Cannot judge: the verdict needs a method arm (rezero, skipinit or fixup), the "
+    "negative control (nonorm) and the plain net at the deepest depth ({deep}).",
+    "shown": "Shown. Every norm-free method learned without clipping; the control and plain did "
+    "not.",
+    "shown_with_clipping": "Shown with gradient clipping: {clipped} learned only with clipping; the "
+    "control and plain failed.",
+    "not_shown": "Not shown. No method got down to {ratio:g} times its starting loss (or chance), "
+    "with or without clipping.",
+    "not_attributable": "Not attributable to the method: a control learned at this depth as well.",
+    "partly_shown": "Partly shown: {missing}.",
+}
+# the numbers averaged over the seeds of an (arm, depth) group
+MEANS: tuple[str, ...] = ("start_loss", "final_train_loss", "end_batch_loss", "final_train_error")
+MEANS += ("final_test_error", "first_grad_norm", "time_s")
+# why a run diverged, from its replayed first step
+WHY = {
+    "not_replayed": "; its first step was not replayed.",
+    "forward": ": its loss is not finite at the first step, before any update: the forward pass "
+    "overflows fp32.",
+    "gradient": ": an overflow of its first gradient. Replayed, the first loss is {loss:.3g} but "
+    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes NaN "
+    "into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
+    "exploding": ": an exploding first gradient. Replayed, the first loss is {loss:.3g} and the "
+    "gradient is finite but its norm is {norm:.3g} before clipping; the first update is that times "
+    "the learning rate, and the loss after it is not finite.",
+    "later": ", after a finite first step (loss {loss:.3g}, gradient norm {norm:.3g} before "
+    "clipping): not an overflow at init.",
+}
 
 
 def learned(run: dict, ratio: float = LEARNED) -> bool:
@@ -57,45 +75,36 @@ def learned(run: dict, ratio: float = LEARNED) -> bool:
     return final <= ratio * (min(start, math.log(classes)) if classes else start)
 
 
-def _mean(values: list) -> float | None:
-    return mean_std(values)[0]
-
-
 def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
     """Per (arm, depth): seeds, diverged seeds, means over seeds, and whether every/no seed learned."""
     groups = []
-    for arm in sorted({r["arm"] for r in runs}, key=arm_order):
-        for depth in sorted({r["depth"] for r in runs if r["arm"] == arm}):
-            rs = [r for r in runs if r["arm"] == arm and r["depth"] == depth]
-            ok = [learned(r, ratio) for r in rs]
-            overflow = [r["seed"] for r in rs if r.get("first_grad_nonfinite")]
-            groups.append(
-                {
-                    "arm": arm,
-                    "depth": depth,
-                    "model": next((r["model"] for r in rs if r["model"]), None),
-                    "params": next((r["params"] for r in rs if r["params"]), None),
-                    "grad_clip": next((r["grad_clip"] for r in rs if r.get("grad_clip")), 0.0),
-                    "lr_scales": rs[0].get("lr_scales") or {},
-                    "seeds": [r["seed"] for r in rs],
-                    "diverged": [r["seed"] for r in rs if r["status"] == "diverged"],
-                    "diverged_at": [r["diverged_at"] for r in rs if r["status"] == "diverged"],
-                    "start_loss": _mean([r["start_loss"] for r in rs]),
-                    "final_train_loss": _mean([r["final_train_loss"] for r in rs]),
-                    "end_batch_loss": _mean([r["end_batch_loss"] for r in rs]),
-                    "final_train_error": _mean([r["final_train_error"] for r in rs]),
-                    "final_test_error": _mean([r["final_test_error"] for r in rs]),
-                    "first_grad_norm": _mean([r.get("first_grad_norm") for r in rs]),
-                    "first_grad_overflow": overflow,
-                    "time_s": _mean([r["time_s"] for r in rs]),
-                    "learned": all(ok),
-                    "failed": not any(ok),
-                }
-            )
+    for arm, depth in sorted(
+        {(r["arm"], r["depth"]) for r in runs}, key=lambda k: (arm_order(k[0]), k[1])
+    ):
+        rs = [r for r in runs if (r["arm"], r["depth"]) == (arm, depth)]
+        ok = [learned(r, ratio) for r in rs]
+        diverged = [r for r in rs if r["status"] == "diverged"]
+        groups.append(
+            {
+                "arm": arm,
+                "depth": depth,
+                "model": next((r["model"] for r in rs if r["model"]), None),
+                "params": next((r["params"] for r in rs if r["params"]), None),
+                "grad_clip": next((r["grad_clip"] for r in rs if r["grad_clip"]), 0.0),
+                "lr_scales": rs[0]["lr_scales"],
+                "seeds": [r["seed"] for r in rs],
+                "diverged": [r["seed"] for r in diverged],
+                "diverged_at": [r["diverged_at"] for r in diverged],
+                **{k: mean_std([r[k] for r in rs])[0] for k in MEANS},
+                "first_grad_overflow": [r["seed"] for r in rs if r["first_grad_nonfinite"]],
+                "learned": all(ok),
+                "failed": not any(ok),
+            }
+        )
     return groups
 
 
-def _fmt_loss(x: float | None) -> str:
+def fmt_loss(x: float | None) -> str:
     return "—" if x is None else f"{x:.3g}"
 
 
@@ -103,168 +112,110 @@ def describe(g: dict) -> str:
     """'2.44 → 0.21', '2.3 → 0.5, seed(s) 1 diverged' or 'diverged at step 2'."""
     if g["diverged"] and len(g["diverged"]) == len(g["seeds"]):
         return f"diverged at step {', '.join(map(str, g['diverged_at']))}"
-    text = f"{_fmt_loss(g['start_loss'])} → {_fmt_loss(g['final_train_loss'])}"
+    text = f"{fmt_loss(g['start_loss'])} → {fmt_loss(g['final_train_loss'])}"
     if g["diverged"]:
         text += f", seed(s) {', '.join(map(str, g['diverged']))} diverged"
     return text
 
 
-def budget(runs: list[dict]) -> int | None:
-    """The study's step budget: the most steps a completed run took (None when none completed)."""
-    return max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=None) or None
-
-
 def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
-    """Judge the study from the measured numbers only (rule in the module docstring). Numbers: the
-    deepest and shallowest depth, the step budget, the seeds, the groups, why runs diverged, the
-    checks the status rests on, the methods that needed clipping and those that failed with and
-    without it ("unrescued")."""
+    """Judge the study from the measured numbers only (`RULE`). Numbers: the deepest and shallowest
+    depth, the step budget (the most steps a completed run took), the seeds, the groups, why runs
+    diverged, the checks the status rests on, the methods that needed clipping and those that
+    failed with and without it ("unrescued")."""
     groups = group_runs(runs, ratio)
     at = {(g["arm"], g["depth"]): g for g in groups}
     depths = sorted({g["depth"] for g in groups})
     deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
-    steps = budget(runs)
+    steps = max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=0) or None
     seeds = sorted({r["seed"] for r in runs})
     thresholds, rule = {"ratio": ratio}, RULE.format(ratio=ratio)
-    out = {"deep": deep, "shallow": shallow, "steps": steps, "seeds": seeds}
-    out |= {"groups": groups, "diverged_notes": diverged_notes(runs, deep)}
+    n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
+    n["diverged_notes"] = diverged_notes(runs, deep)
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
-    controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
     if not methods or any((c, deep) not in at for c in CONTROLS):
-        text = (
-            "Cannot judge: the verdict needs a method arm (rezero, skipinit or fixup), the negative "
-            f"control (nonorm) and the plain net at the deepest depth ({deep or 'none'})."
-        )
-        return Verdict("insufficient", {**out, "checks": {}}, thresholds, rule, text)
-    assert deep is not None and shallow is not None  # some arm ran at the deepest depth
+        text = LEADS["insufficient"].format(deep=deep or "none")
+        return Verdict("insufficient", {**n, "checks": {}}, thresholds, rule, text)
 
-    def ok(arm: str, depth: int) -> bool | None:
+    def ok(arm: str, depth: int | None = deep) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None
 
-    checks = {
-        "methods_learned": {m: ok(m, deep) for m in methods},
-        "methods_learned_with_clipping": {m: ok(m + CLIP, deep) for m in methods},
+    controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
+    n["checks"] = checks = {
+        "methods_learned": {m: ok(m) for m in methods},
+        "methods_learned_with_clipping": {m: ok(m + CLIP) for m in methods},
         "controls_failed": {c: at[(c, deep)]["failed"] for c in controls},
         "controls_learned_shallow": {
             c: ok(c, shallow) if shallow != deep else None for c in CONTROLS
         },
     }
-    needs_clip = [m for m in methods if not ok(m, deep) and ok(m + CLIP, deep)]
-    unrescued = [m for m in methods if not ok(m, deep) and not ok(m + CLIP, deep)]
-    if len(unrescued) == len(methods):
+    n["needed_clipping"] = [m for m in methods if not ok(m) and ok(m + CLIP)]
+    n["unrescued"] = [m for m in methods if not ok(m) and not ok(m + CLIP)]
+    if len(n["unrescued"]) == len(methods):
         status = "not_shown"
     elif not all(checks["controls_failed"].values()):
         status = "not_attributable"
-    elif unrescued or not all(checks["controls_learned_shallow"].values()):
+    elif n["unrescued"] or not all(checks["controls_learned_shallow"].values()):
         status = "partly_shown"
     else:
-        status = "shown_with_clipping" if needs_clip else "shown"
-    text = _sentence(status, at, methods, deep, shallow, needs_clip, unrescued, ratio)
-    text += f" {_budget_text(steps, seeds)}"
-    numbers = {**out, "checks": checks, "needed_clipping": needs_clip, "unrescued": unrescued}
-    return Verdict(status, numbers, thresholds, rule, text)
+        status = "shown_with_clipping" if n["needed_clipping"] else "shown"
+    return Verdict(status, n, thresholds, rule, _text(status, at, n, ratio))
 
 
-def _budget_text(steps: int | None, seeds: list[int]) -> str:
-    """What every "learned" and "failed" of the verdict is relative to: the step budget and seeds."""
-    n = len(seeds)
-    return (
-        f"Every run had a budget of {steps} training steps (a diverged run stops earlier), "
-        f"{n} seed{'s' if n != 1 else ''} per arm and depth; an arm learned only if every seed did: "
-        "a longer budget may let an arm that failed here learn."
-    )
+def _text(status: str, at: dict, n: dict, ratio: float) -> str:
+    """The verdict's sentence: its lead (`LEADS`), each arm's losses at the deepest depth and the
+    controls' at the shallowest (`describe`), and the budget every "learned" is relative to."""
+    deep, shallow, methods = n["deep"], n["shallow"], list(n["checks"]["methods_learned"])
 
+    def join(arms, depth: int = deep) -> str:
+        return ", ".join(f"{a} {describe(at[(a, depth)])}" for a in arms if (a, depth) in at)
 
-def _join(gs: list[dict]) -> str:
-    return ", ".join(f"{g['arm']} {describe(g)}" for g in gs)
-
-
-def _sentence(
-    status: str,
-    at: dict,
-    methods: list[str],
-    deep: int,
-    shallow: int,
-    needs_clip: list[str],
-    unrescued: list[str],
-    ratio: float,
-) -> str:
-    def present(arms) -> list[dict]:
-        return [at[(a, deep)] for a in arms if (a, deep) in at]
-
-    bare, clipped = present(methods), present(m + CLIP for m in methods)
-    run = f"without clipping: {_join(bare)}" if bare else "no method arm without clipping"
+    clipped = [m + CLIP for m in methods if (m + CLIP, deep) in at]
+    bare, low = join(methods), join(CONTROLS, shallow) if shallow != deep else ""
+    run = f"without clipping: {bare}" if bare else "no method arm without clipping"
     if clipped:
-        run += f"; with gradient clipping (at {clipped[0]['grad_clip']:g}): {_join(clipped)}"
-    controls = present(c + s for c in CONTROLS for s in ("", CLIP))
-    ctrl = f"negative control and plain net: {_join(controls)}"
-    if shallow != deep:
-        low = [at[(c, shallow)] for c in CONTROLS if (c, shallow) in at]
-        ctrl += f"; at {shallow} layers {_join(low)}" if low else ""
-    bn = present(("residual", "zeroinit"))
-    tail = f" Batch-norm residual nets (not judged): {_join(bn)}." if bn else ""
-    head = (
-        f"At {deep} layers (training loss start → final, mean over seeds) — methods {run}; {ctrl}."
+        clip = at[(clipped[0], deep)]["grad_clip"]
+        run += f"; with gradient clipping (at {clip:g}): {join(clipped)}"
+    ctrl = join(c + s for c in CONTROLS for s in ("", CLIP))
+    if low:
+        ctrl += f"; at {shallow} layers {low}"
+    bn = join(("residual", "zeroinit"))
+    missing = (
+        [f"{', '.join(n['unrescued'])} failed with and without clipping"] if n["unrescued"] else []
     )
-    if status == "shown":
-        lead = (
-            "Shown. Every norm-free method learned without clipping; the control and plain did not."
-        )
-    elif status == "shown_with_clipping":
-        lead = (
-            f"Shown with gradient clipping: {', '.join(needs_clip)} learned only with clipping; the "
-            "control and plain failed."
-        )
-    elif status == "not_shown":
-        lead = (
-            f"Not shown. No method got down to {ratio:g} times its starting loss (or chance), "
-            "with or without clipping."
-        )
-    elif status == "not_attributable":
-        lead = "Not attributable to the method: a control learned at this depth as well."
-    else:
-        missing = [f"{', '.join(unrescued)} failed with and without clipping"] if unrescued else []
-        bad = [c for c in CONTROLS if not (at.get((c, shallow)) or {}).get("learned")]
-        if shallow == deep:
-            missing.append("no shallower depth to show that the controls can learn")
-        elif bad:
-            missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
-        lead = f"Partly shown: {'; '.join(missing)}."
-    return f"{lead} {head}{tail}"
+    bad = [c for c, ok in n["checks"]["controls_learned_shallow"].items() if not ok]
+    if shallow == deep:
+        missing.append("no shallower depth to show that the controls can learn")
+    elif bad:
+        missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
+    lead = LEADS[status].format(
+        ratio=ratio, clipped=", ".join(n["needed_clipping"]), missing="; ".join(missing)
+    )
+    seeds = len(n["seeds"])
+    return (
+        f"{lead} At {deep} layers (training loss start → final, mean over seeds) — methods {run}; "
+        f"negative control and plain net: {ctrl}."
+        + (f" Batch-norm residual nets (not judged): {bn}." if bn else "")
+        + f" Every run had a budget of {n['steps']} training steps (a diverged run stops earlier), "
+        f"{seeds} seed{'s' if seeds != 1 else ''} per arm and depth; an arm learned only if every "
+        "seed did: a longer budget may let an arm that failed here learn."
+    )
 
 
 def diverged_notes(runs: list[dict], depth: int | None) -> list[str]:
-    """Why each run at `depth` diverged, from its replayed first step (module docstring)."""
+    """Why each run at `depth` diverged (`WHY`), from its replayed first step."""
     notes = []
     for r in runs:
         if r["depth"] != depth or r["status"] != "diverged":
             continue
-        who = f"{r['arm']}-{r['depth']} (seed {r['seed']}) diverged at step {r['diverged_at']}"
-        bad, entries = r.get("first_grad_nonfinite"), r.get("first_grad_entries")
-        if r.get("first_loss") is None and bad is None:
-            notes.append(f"{who}; its first step was not replayed.")
-        elif r.get("first_loss") is None:
-            notes.append(
-                f"{who}: its loss is not finite at the first step, before any update: the forward "
-                "pass overflows fp32."
-            )
-        elif bad:
-            notes.append(
-                f"{who}: an overflow of its first gradient. Replayed, the first loss is "
-                f"{r['first_loss']:.3g} but {bad:,} of {entries:,} gradient entries are not finite "
-                "in fp32, so the first update writes NaN into the weights (clipping cannot help: "
-                "an infinite norm scales the gradient to NaN)."
-            )
-        elif r["diverged_at"] <= 2:
-            notes.append(
-                f"{who}: an exploding first gradient. Replayed, the first loss is "
-                f"{r['first_loss']:.3g} and the gradient is finite but its norm is "
-                f"{r['first_grad_norm']:.3g} before clipping; the first update is that times the "
-                "learning rate, and the loss after it is not finite."
-            )
+        loss, bad = r["first_loss"], r["first_grad_nonfinite"]
+        if loss is None:
+            why = "not_replayed" if bad is None else "forward"
         else:
-            notes.append(
-                f"{who}, after a finite first step (loss {r['first_loss']:.3g}, gradient norm "
-                f"{r['first_grad_norm']:.3g} before clipping): not an overflow at init."
-            )
+            why = "gradient" if bad else "exploding" if r["diverged_at"] <= 2 else "later"
+        text = WHY[why].format(
+            loss=loss, bad=bad, entries=r["first_grad_entries"], norm=r["first_grad_norm"]
+        )
+        who = f"{r['arm']}-{r['depth']} (seed {r['seed']}) diverged at step {r['diverged_at']}"
+        notes.append(who + text)
     return notes
