@@ -1,14 +1,11 @@
 """The lesion study (Veit, Wilber and Belongie 2016, "Residual Networks Behave Like Ensembles of
-Relatively Shallow Networks", §4.1-4.2, Figures 3 and 5(a)): delete blocks of a trained net at test
-time. Deleting one block of a residual net barely changes its test error (Fig. 3); deleting one layer
-of a plain net destroys it; and the residual net's error rises smoothly as more blocks are deleted
-together (Fig. 5(a)).
+Relatively Shallow Networks", §4.1-4.2): deleting one block of a trained residual net at test time
+barely changes its test error, deleting one layer of a plain net destroys it (Fig. 3), and the
+residual net's error rises smoothly as more blocks are deleted together (Fig. 5(a)).
 
-The nets come from trained run folders (`--from runs/...`: config.json + model.safetensors, as the
-training engine writes them) or, by default, from a plain/residual pair per seed trained first with
-the engine. `measure.py` deletes their blocks into `runs/lesion/<name>/lesions.json` (every measured
-error, and the nets that diverged in training, which have no finite weights to lesion), `rule.py`
-judges it, `report.py` writes summary.json, single.png, multi.png and report.html.
+The nets come from trained run folders (`--from runs/...`) or, by default, from a plain/residual pair
+per seed trained first with the engine. `measure.py` deletes their blocks into `lesions.json`,
+`rule.py` judges it, `report.py` writes the summary, figures and page.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The lesion study's measurements: delete blocks of a trained net at test time and evaluate it.
 
-Deleting block l of a residual net removes its residual branch and keeps its shortcut, as Veit et al.
-do ("leaving the skip connection (or downsampling projection, if any) untouched", §4.1): the block
-becomes its shortcut path h(x) followed by what comes after the addition (the ReLU of a post-activation
-block, which is the identity on its non-negative input). Where a block changes the shape, that path is
-the option-A subsampling with zero channels or the projection, as the network defines it. Deleting
-block l of a plain net passes its input straight to block l+1, which is possible only where the block
-keeps the shape; blocks that change it are recorded as not deletable. Then random sets of k deletable
-blocks are deleted together (`samples` sets per k), giving test error against k.
+A deleted block becomes its `shortcut_path`, as Veit et al. delete one, "leaving the skip connection
+(or downsampling projection, if any) untouched" (§4.1); a plain block, which has none, can be deleted
+only where it keeps the shape. Then random sets of k deletable blocks are deleted together (`samples`
+sets per k), giving test error against k.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from reslab.data import Loader
 from reslab.models import create_model, is_residual
 from reslab.models.blocks import ResidualBlock
 from reslab.models.registry import Model
@@ -128,10 +123,6 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
     model, tcfg = load_run(run_dir)
     if tcfg is None:
         raise ValueError(f"{run_dir} has no {runs.CONFIG}: cannot tell its data")
-    if not hasattr(model, "residual_blocks"):
-        raise ValueError(
-            f"{run_dir}: model {tcfg.model} has no residual_blocks(); cannot lesion it"
-        )
     train_data, test_data, _ = load_data(tcfg)
     if cfg.test_subset:
         test_data = test_data.subset(torch.arange(min(cfg.test_subset, len(test_data.labels))))
@@ -143,8 +134,8 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
             r = evaluate(model, test_data, 256, d, mean=train_data.mean, std=train_data.std)
         return r["error"]
 
-    probe = next(iter(Loader(test_data, 2, train=False, augment=False, device=d.device).epoch(0)))
-    changes = [i != o for i, o in block_shapes(model, probe[0])]
+    probe = test_data.images[:2].to(d.device, torch.float32)  # only its shape matters
+    changes = [i != o for i, o in block_shapes(model, probe)]
     residual = is_residual(model)
     eligible = [i for i, c in enumerate(changes) if residual or not c]
     intact = error()

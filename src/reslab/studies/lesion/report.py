@@ -1,7 +1,6 @@
-"""Report of the lesion study, from its folder alone (`lesions.json` and `study.json`): summary.json,
-single.png (Veit et al. 2016 Fig. 3: the error with each single block deleted), multi.png (Fig. 5(a):
-the error against the number of blocks deleted together) and report.html. Their Fig. 4, single
-deletions on ImageNet, is not run here. The rules are in `rule.py`."""
+"""Report of the lesion study from its folder alone (lesions.json, study.json): summary.json,
+single.png and multi.png (Veit et al. 2016 Figs. 3 and 5(a); their Fig. 4, ImageNet, is not run
+here) and report.html."""
 
 from __future__ import annotations
 
@@ -57,13 +56,9 @@ def build_report(folder: str | Path) -> Path:
     study, path = records.read_study(folder, "lesion"), folder / LESIONS
     lesions = runs.read_json(path) if path.is_file() else {}  # none yet while the nets train
     nets, diverged = lesions.get("nets", []), lesions.get("diverged", [])
-    keep = ("run_dir", "model", "arch", "seed", "data", "blocks", "intact_error")
+    measured = ("recipe", "num_classes", "single", "multi")  # in lesions.json only
     summary = summary_head("lesion", study) | {
-        "nets": [
-            {k: n[k] for k in keep}
-            | {"trained_test_error": n.get("trained_test_error"), "test_images": n["test_images"]}
-            for n in nets
-        ],
+        "nets": [{k: v for k, v in n.items() if k not in measured} for n in nets],
         "diverged": diverged,
         "verdict": verdict(nets, diverged).to_json(),
         "smoothness": smoothness_verdict(nets).to_json(),
@@ -144,9 +139,7 @@ def _figure(draw, nets: list[dict], path: Path, width: float, xlabel: str, legen
         return figures.save(fig, path)
 
 
-def _single(ax, nets: list[dict]) -> str:
-    """Test error with each single block deleted (Veit et al. Fig. 3), plain vs residual; dashed lines:
-    the intact nets; shaded: blocks that change the shape (not deletable in a plain net)."""
+def _single(ax, nets: list[dict]) -> str:  # Fig. 3; what it shows: its caption in build_report
     shaded = set()
     for arch in ARCHS:
         group, c = [n for n in nets if n["arch"] == arch], figures.ARCH_COLORS[arch]
@@ -163,9 +156,7 @@ def _single(ax, nets: list[dict]) -> str:
     return "deleting one block at test time"
 
 
-def _multi(ax, nets: list[dict]) -> str:
-    """Test error against the number of blocks deleted together (Veit et al. Fig. 5(a)): every random
-    set as a faint dot, the mean ± std over sets and nets as a line and band; k = 0 is the intact net."""
+def _multi(ax, nets: list[dict]) -> str:  # Fig. 5(a)
     for arch in ARCHS:
         if (s := arch_stats(nets, arch)) is None:
             continue

@@ -1,26 +1,24 @@
-"""The lesion study's two rules, pure functions of its lesioned nets (`lesions.json`'s "nets"), each
+"""The lesion study's two rules, pure functions of its lesioned nets (lesions.json's "nets"), each
 stated once in RULE and SMOOTH_RULE: is a residual net robust to deleting blocks where its plain twin
 breaks (`verdict`), and does its error rise smoothly with the number deleted (`smoothness_verdict`)?
 
-Damage, (error - intact) / (chance - intact) with chance = 1 - 1/classes, puts nets of any intact
-error on one scale: 0 is harmless, 1 as bad as guessing. A net that diverged in training has no
-finite weights: it is not lesioned, counts for no arch, and the verdict names it. Like for like: where
-the residual and plain nets differ in more than their shortcuts (number of blocks, or any run config
-setting but the model and seed, as lesions.json records them), the verdict says in what
-(`unlike_arms`); Veit et al. themselves set ResNet-110 against a 15-layer VGG.
+Damage puts nets of any intact error on one scale (0: harmless, 1: as bad as guessing). A net that
+diverged in training has no finite weights: it is not lesioned, counts for no arch, and the verdict
+names it. Where the arms differ in more than their shortcuts (blocks, or a training setting), the
+verdict says in what (`unlike_arms`); Veit et al. themselves set ResNet-110 against a 15-layer VGG.
 
-Smoothness is Veit et al. §4.2: "deleting increasing numbers of residual modules increases error
-smoothly" (Fig. 5(a)), judged on the residual nets, the plain nets' curve alike for contrast. m(k)
-pools the errors of every random set of every net, so the scatter between sets and between seeds both
-widen its standard errors. Why these margins: an ensemble of many paths loses members a few at a time,
-so its error climbs in many comparable steps, while a chain breaks at one threshold (a plain net
-reaches chance at k = 1). A straight rise over n steps gives each step 1/n of it; a curve shaped like
-Veit et al.'s Fig. 5(a) (6.4% intact, about 20% at k = 10, "a severe drop in performance" by k = 20,
-rising ever faster) gives its steepest step about a tenth; a step carrying more than half is a
-threshold, not a slope, and four steps are the fewest for which "half" tells the two apart. The falls
-forgiven are noise: each k draws its own random sets, so neighbouring means scatter by their standard
-errors (2 of them is a two-sided 95% band), and never by less than 0.5 pp (one test image of 355 on
-`digits` is 0.28 pp).
+Smoothness is Veit et al.'s "deleting increasing numbers of residual modules increases error
+smoothly" (§4.2, Fig. 5(a)); the plain nets' curve is judged alike, for contrast. m(k) pools every
+random set of every net, so the scatter between sets and between seeds both widen its standard
+errors. Why these margins: an ensemble of many paths loses members a few at a time, so its error
+climbs in many comparable steps, while a chain breaks at one threshold (a plain net reaches chance
+at k = 1). A straight rise over n steps gives each step 1/n of it; a curve shaped like Fig. 5(a)
+(6.4% intact, about 20% at k = 10, "a severe drop in performance" by k = 20, rising ever faster)
+gives its steepest step about a tenth; a step carrying more than half is a threshold, not a slope,
+and four steps are the fewest for which "half" tells the two apart. The falls forgiven are noise:
+each k draws its own random sets, so neighbouring means scatter by their standard errors (2 of them
+is a two-sided 95% band), and never by less than 0.5 pp (one test image of 355 on `digits` is 0.28
+pp).
 """
 
 from __future__ import annotations
@@ -198,20 +196,14 @@ def unlike_arms(nets: list[dict]) -> dict:
 
 
 def _unlike_clause(u: dict) -> str:
-    parts = []
-    if b := u["blocks"]:
-        residual, plain = join_values(b["residual"]), join_values(b["plain"])
-        parts.append(f"depth ({residual} residual blocks against {plain} plain blocks)")
-    if u["recipe"]:
-        settings = "; ".join(
-            f"{k}: residual {join_values(v['residual'])}, plain {join_values(v['plain'])}"
-            for k, v in u["recipe"].items()
-        )
-        parts.append(f"training recipe ({settings})")
+    differ = ({"blocks": u["blocks"]} if u["blocks"] else {}) | u["recipe"]
+    what = "; ".join(
+        f"{k}: residual {join_values(v['residual'])}, plain {join_values(v['plain'])}"
+        for k, v in differ.items()
+    )
     return (
-        f" Not like for like: the residual and plain nets differ in {' and '.join(parts)}, not "
-        "in their shortcuts alone."
-        if parts
+        f" Not like for like: the arms differ in more than their shortcuts ({what})."
+        if what
         else ""
     )
 
