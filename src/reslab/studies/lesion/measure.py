@@ -81,20 +81,17 @@ def block_shapes(model: Model, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
 def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: int) -> dict:
     """k -> `samples` distinct random sets of k blocks from `eligible` (every set, where there are
     fewer); k larger than len(eligible) is left out. The same seed gives the same sets."""
-    rng = np.random.default_rng(seed)
-    sets = {}
-    for k in ks:
-        if k > len(eligible):
-            continue
-        if math.comb(len(eligible), k) <= samples:
+    rng, n = np.random.default_rng(seed), len(eligible)
+    sets: dict[int, list[list[int]]] = {}
+    for k in (k for k in ks if k <= n):
+        if math.comb(n, k) <= samples:
             sets[k] = [list(c) for c in itertools.combinations(eligible, k)]
             continue
-        chosen: list[list[int]] = []
-        while len(chosen) < samples:
+        sets[k] = []
+        while len(sets[k]) < samples:
             s = sorted(int(i) for i in rng.choice(eligible, size=k, replace=False))
-            if s not in chosen:
-                chosen.append(s)
-        sets[k] = chosen
+            if s not in sets[k]:
+                sets[k].append(s)
     return sets
 
 

@@ -56,9 +56,9 @@ def build_report(folder: str | Path) -> Path:
     study, path = records.read_study(folder, "lesion"), folder / LESIONS
     lesions = runs.read_json(path) if path.is_file() else {}  # none yet while the nets train
     nets, diverged = lesions.get("nets", []), lesions.get("diverged", [])
-    measured = ("recipe", "num_classes", "single", "multi")  # in lesions.json only
+    keys = "run_dir model arch seed data blocks intact_error trained_test_error test_images"
     summary = summary_head("lesion", study) | {
-        "nets": [{k: v for k, v in n.items() if k not in measured} for n in nets],
+        "nets": [{k: n.get(k) for k in keys.split()} for n in nets],  # less what the rules read
         "diverged": diverged,
         "verdict": verdict(nets, diverged).to_json(),
         "smoothness": smoothness_verdict(nets).to_json(),

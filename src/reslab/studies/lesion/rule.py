@@ -50,12 +50,6 @@ SMOOTH_RULE = (
     "{floor}), no step falls by more than tol, and no step carries more than {cliff:.0%} of the "
     "whole rise per deleted block"
 )
-HEADS = {  # status -> the verdict text's opening
-    "shown": "Ensemble-like behaviour shown",
-    "not_shown": "Not shown, the residual net depends on single blocks",
-    "plain_robust_too": "Residual robust, but so is the plain net",
-    "residual_robust": "Residual net robust (no plain net to compare)",
-}
 SMOOTH_HEADS = {
     "smooth": "Smooth",
     "cliff": "Not smooth, a cliff",
@@ -127,17 +121,19 @@ def verdict(nets: list[dict], diverged: Sequence[dict] = ()) -> Verdict:
     judged = {a: s for a, s in stats.items() if s and s["single_damage_median"] is not None}
     damage = {a: s["single_damage_median"] for a, s in judged.items()}
     if "residual" not in damage:
-        status = "insufficient"
+        status, head = "insufficient", "Cannot judge"
     elif damage["residual"] > ROBUST:
-        status = "not_shown"
+        status, head = "not_shown", "Not shown, the residual net depends on single blocks"
     elif "plain" not in damage:
-        status = "residual_robust"
+        status, head = "residual_robust", "Residual net robust (no plain net to compare)"
+    elif damage["plain"] >= BROKEN:
+        status, head = "shown", "Ensemble-like behaviour shown"
     else:
-        status = "shown" if damage["plain"] >= BROKEN else "plain_robust_too"
+        status, head = "plain_robust_too", "Residual robust, but so is the plain net"
     if status == "insufficient":
-        text = "Cannot judge: no residual net with a deletable block was lesioned (yet)."
+        text = f"{head}: no residual net with a deletable block was lesioned (yet)."
     else:
-        text = f"{HEADS[status]}: {'; '.join(_single_clause(a, s) for a, s in judged.items())}."
+        text = f"{head}: {'; '.join(_single_clause(a, s) for a, s in judged.items())}."
         ks = "; ".join(_k_clause(a, s) for a, s in stats.items() if s and s["multi"])
         text += f" Deleting random sets of k blocks, {ks}." if ks else ""
     unlike = unlike_arms(nets)
