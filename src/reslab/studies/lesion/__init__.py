@@ -1,17 +1,11 @@
 """The lesion study (Veit, Wilber and Belongie 2016, "Residual Networks Behave Like Ensembles of
-Relatively Shallow Networks", §4.1-4.2, Figures 3 and 5(a)): delete blocks of a trained net at test
-time.
+Relatively Shallow Networks", §4.1-4.2): deleting one block of a trained residual net at test time
+barely changes its test error, deleting one layer of a plain net destroys it (Fig. 3), and the
+residual net's error rises smoothly as more blocks are deleted together (Fig. 5(a)).
 
-Deleting one block of a residual net barely changes its test error (Fig. 3); deleting one layer of a
-plain net destroys it; and the residual net's error rises smoothly as more blocks are deleted together
-(Fig. 5(a)). How a block is deleted is in `measure.py`; the verdict and smoothness rules in
-`report.py`.
-
-The nets come from trained run folders (`--from runs/...`: config.json + model.safetensors, as the
-training engine writes them) or, by default, from a plain/residual pair per seed trained first with
-the engine. `run(cfg)` writes `runs/lesion/<name>/lesions.json` (every measured error, and the nets
-that diverged in training, which have no finite weights to lesion), and `report.py` turns it into
-summary.json, single.png, multi.png and report.html.
+The nets come from trained run folders (`--from runs/...`) or, by default, from a plain/residual pair
+per seed trained first with the engine. `measure.py` deletes their blocks into `lesions.json`,
+`rule.py` judges it, `report.py` writes the summary, figures and page.
 """
 
 from __future__ import annotations
@@ -84,23 +78,15 @@ class LesionConfig(base.StudyConfig):
 
 # digits: fully connected nets of 16 blocks (34 weight layers) with batch norm, trained with the
 # engine's paper-digits recipe (He et al. 2015 §4.2 scaled to the digits, as Veit et al. trained
-# their nets with He et al.'s recipe); cpu/paper: CIFAR nets with He et al.'s recipes. Veit et al. lesion a ResNet-110
-# and compare it with a plain VGG-15; `paper` pairs ResNet-110 with plain-20, the deepest plain
-# CIFAR net that still trains well (He et al. 2015, Fig. 6). Both get He et al.'s warm-up (lr 0.01
-# until the training error is below 80%, at most 2,000 iterations), which the engine's paper preset
-# gives nets of 110 layers and more only, so the two arms share one recipe; they still differ in
-# depth, and the verdict says so.
+# their nets with He et al.'s recipe); cpu/paper: CIFAR nets with He et al.'s recipes. Veit et al.
+# lesion a ResNet-110 and compare it with a plain VGG-15; `paper` pairs ResNet-110 with plain-20, the
+# deepest plain CIFAR net that still trains well (He et al. 2015, Fig. 6). Both get He et al.'s
+# warm-up (lr 0.01 until the training error is below 80%, at most 2,000 iterations), which the
+# engine's paper preset gives nets of 110 layers and more only, so the two arms share one recipe;
+# they still differ in depth, and the verdict says so.
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        residual="resmlp-34",
-        plain="plainmlp-34",
-        width=64,
-        seeds=(0, 1, 2),
-        samples=20,
-        num_threads=1,  # tiny matrices: more threads only contend for the cores
-        train=dict(preset="paper-digits"),
-    ),
+    # the fields' defaults; tiny matrices: more threads only contend for the cores
+    "digits": dict(num_threads=1, train=dict(preset="paper-digits")),
     "cpu": dict(
         data="cifar10",
         residual="resnet-20",

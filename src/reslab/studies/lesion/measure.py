@@ -1,13 +1,9 @@
 """The lesion study's measurements: delete blocks of a trained net at test time and evaluate it.
 
-Deleting block l of a residual net removes its residual branch and keeps its shortcut, as Veit et al.
-do ("leaving the skip connection (or downsampling projection, if any) untouched", §4.1): the block
-becomes its shortcut path h(x) followed by what comes after the addition (the ReLU of a post-activation
-block, which is the identity on its non-negative input). Where a block changes the shape, that path is
-the option-A subsampling with zero channels or the projection, as the network defines it. Deleting
-block l of a plain net passes its input straight to block l+1, which is possible only where the block
-keeps the shape; blocks that change it are recorded as not deletable. Then random sets of k deletable
-blocks are deleted together (`samples` sets per k), giving test error against k.
+A deleted block becomes its `shortcut_path`, as Veit et al. delete one, "leaving the skip connection
+(or downsampling projection, if any) untouched" (§4.1); a plain block, which has none, can be deleted
+only where it keeps the shape. Then random sets of k deletable blocks are deleted together (`samples`
+sets per k), giving test error against k.
 """
 
 from __future__ import annotations
@@ -27,8 +23,12 @@ from torch import nn
 from reslab.models import create_model, is_residual
 from reslab.models.blocks import ResidualBlock
 from reslab.models.registry import Model
+from reslab.studies.base import recipe
 from reslab.studies.lesion import LESIONS
-from reslab.training import runs
+from reslab.training import distributed, runs
+from reslab.training.build import load_data
+from reslab.training.evaluation import evaluate
+from reslab.training.trained import load_run
 
 
 class Lesioned(nn.Module):
@@ -46,15 +46,13 @@ class Lesioned(nn.Module):
 def lesioned(model: Model, blocks: Sequence[int]) -> Iterator[Model]:
     """`model` with the blocks at these indices of `model.residual_blocks()` deleted, restored on exit."""
     all_blocks = model.residual_blocks()
-    names = {id(m): n for n, m in model.named_modules()}
-    swapped = []
+    if bad := [i for i in blocks if not 0 <= i < len(all_blocks)]:
+        raise ValueError(f"block index {bad[0]} out of range: the model has {len(all_blocks)}")
+    chosen = {id(all_blocks[i]) for i in blocks}
+    swapped = [(name, m) for name, m in model.named_modules() if id(m) in chosen]
     try:
-        for i in sorted(set(blocks)):
-            if not 0 <= i < len(all_blocks):
-                raise ValueError(f"block index {i} out of range: the model has {len(all_blocks)}")
-            name = names[id(all_blocks[i])]
-            model.set_submodule(name, Lesioned(all_blocks[i]))
-            swapped.append((name, all_blocks[i]))
+        for name, block in swapped:
+            model.set_submodule(name, Lesioned(block))
         yield model
     finally:
         for name, block in swapped:
@@ -83,36 +81,18 @@ def block_shapes(model: Model, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
 def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: int) -> dict:
     """k -> `samples` distinct random sets of k blocks from `eligible` (every set, where there are
     fewer); k larger than len(eligible) is left out. The same seed gives the same sets."""
-    rng = np.random.default_rng(seed)
-    sets = {}
-    for k in ks:
-        if k > len(eligible):
-            continue
-        if math.comb(len(eligible), k) <= samples:
+    rng, n = np.random.default_rng(seed), len(eligible)
+    sets: dict[int, list[list[int]]] = {}
+    for k in (k for k in ks if k <= n):
+        if math.comb(n, k) <= samples:
             sets[k] = [list(c) for c in itertools.combinations(eligible, k)]
             continue
-        chosen: list[list[int]] = []
-        while len(chosen) < samples:
+        sets[k] = []
+        while len(sets[k]) < samples:
             s = sorted(int(i) for i in rng.choice(eligible, size=k, replace=False))
-            if s not in chosen:
-                chosen.append(s)
-        sets[k] = chosen
+            if s not in sets[k]:
+                sets[k].append(s)
     return sets
-
-
-def load_run(run_dir: str | Path, device: str = "auto"):
-    """(model with trained weights, train split, test split, train config, Dist) of a run folder:
-    `reslab.load_run` and the run's data."""
-    from reslab.training import distributed
-    from reslab.training.build import load_data
-    from reslab.training.trained import load_run as load_trained
-
-    model, cfg = load_trained(run_dir)
-    if cfg is None:
-        raise ValueError(f"{run_dir} has no {runs.CONFIG}: cannot tell its data")
-    train_data, test_data, _ = load_data(cfg)
-    d = distributed.setup(device)
-    return model.to(d.device).eval(), train_data, test_data, cfg, d
 
 
 def diverged(run_dir: str | Path) -> dict:
@@ -135,47 +115,33 @@ def diverged(run_dir: str | Path) -> dict:
 def measure(run_dir: str | Path, cfg: Any) -> dict:
     """Test error of the intact net, with each single block deleted, and with random sets of k
     (`cfg`: the study's config: ks, samples, test_subset, device, num_threads)."""
-    from reslab.data import Loader
-    from reslab.training.evaluation import evaluate
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    model, train_data, test_data, tcfg, d = load_run(run_dir, cfg.device)
-    if not hasattr(model, "residual_blocks"):
-        raise ValueError(
-            f"{run_dir}: model {tcfg.model} has no residual_blocks(); cannot lesion it"
-        )
+    model, tcfg = load_run(run_dir)
+    if tcfg is None:
+        raise ValueError(f"{run_dir} has no {runs.CONFIG}: cannot tell its data")
+    train_data, test_data, _ = load_data(tcfg)
     if cfg.test_subset:
         test_data = test_data.subset(torch.arange(min(cfg.test_subset, len(test_data.labels))))
+    d = distributed.setup(cfg.device)
+    model = model.to(d.device).eval()
 
-    def error() -> float:
-        r = evaluate(model, test_data, 256, d, mean=train_data.mean, std=train_data.std)
+    def error(blocks: Sequence[int] = ()) -> float:
+        with lesioned(model, blocks):
+            r = evaluate(model, test_data, 256, d, mean=train_data.mean, std=train_data.std)
         return r["error"]
 
-    probe = next(iter(Loader(test_data, 2, train=False, augment=False, device=d.device).epoch(0)))
-    shapes = block_shapes(model, probe[0])
+    probe = test_data.images[:2].to(d.device, torch.float32)  # only its shape matters
+    changes = [i != o for i, o in block_shapes(model, probe)]
     residual = is_residual(model)
-    changes = [i != o for i, o in shapes]
     eligible = [i for i, c in enumerate(changes) if residual or not c]
     intact = error()
-    single = []
-    for i, change in enumerate(changes):
-        e = None
-        if i in eligible:
-            with lesioned(model, [i]):
-                e = error()
-        single.append({"block": i, "changes_shape": change, "error": e})
-    ks = cfg.ks or tuple(range(1, len(eligible) + 1))
-    multi = []
-    for k, sets in random_sets(eligible, ks, cfg.samples, seed=0).items():
-        errors = []
-        for s in sets:
-            with lesioned(model, s):
-                errors.append(error())
-        multi.append({"k": k, "errors": errors, "sets": sets})
-    from reslab.studies.base import recipe
-
-    trained = runs.read_summary(run_dir) or {}
+    single = [
+        {"block": i, "changes_shape": c, "error": error([i]) if i in eligible else None}
+        for i, c in enumerate(changes)
+    ]
+    sets = random_sets(eligible, cfg.ks or range(1, len(eligible) + 1), cfg.samples, seed=0)
+    multi = [{"k": k, "errors": [error(s) for s in ss], "sets": ss} for k, ss in sets.items()]
     return {
         "run_dir": str(run_dir),
         "model": tcfg.model,
@@ -187,7 +153,7 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
         "test_images": len(test_data.labels),
         "blocks": len(changes),
         "intact_error": intact,
-        "trained_test_error": trained.get("final_test_error"),
+        "trained_test_error": (runs.read_summary(run_dir) or {}).get("final_test_error"),
         "single": single,
         "multi": multi,
     }
@@ -216,6 +182,5 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
 
 def _relative(run_dir: Path, folder: Path) -> str:
     """A run folder relative to the study folder where it lies inside it (the pair trained here)."""
-    if run_dir.resolve().is_relative_to(folder.resolve()):
-        return run_dir.resolve().relative_to(folder.resolve()).as_posix()
-    return str(run_dir)
+    run, top = run_dir.resolve(), folder.resolve()
+    return run.relative_to(top).as_posix() if run.is_relative_to(top) else str(run_dir)
