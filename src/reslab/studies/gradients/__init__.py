@@ -1,9 +1,10 @@
 """The gradients study: vanishing/exploding and shattered gradients in plain vs residual twins.
 
-For each depth, a plain net and its residual twin (same class and seed, shortcut off in the plain one;
-the same initial weights where the shortcuts hold none) are measured on real data, at initialisation
-and after `iters` SGD steps of the engine (an ordinary run folder per net under `runs/`); `measure.py`
-defines the measures.
+For each depth and seed, a plain net and its residual twin (same class, seed, recipe and builder,
+shortcut off in the plain one; the same initial weights where the shortcuts hold none) are measured
+on real data (`measure.py`), at initialisation and after `iters` SGD steps of the engine (an ordinary
+run folder per net under `runs/`). Every net is measured once per seed, so the verdicts hold against
+the spread over seeds, not one draw.
 
 1. Gradient norms per layer and per block input. He et al. 2015 (§1) name vanishing/exploding
    gradients as the obstacle normalisation largely solved; here one sees how far the gradient norm
@@ -18,22 +19,11 @@ defines the measures.
    abstract: the correlation between gradients decays exponentially with depth in feedforward nets and
    sublinearly in resnets). Fig. 2 compares the sequences by their autocorrelation function; here the
    1-D input is a line between two real test images.
+3. Two claims about degradation, He et al. 2015's and the study note's, judged by the same numbers
+   (`claims.py`).
 
-3. Two claims about degradation, side by side with these numbers: He et al. 2015 (§4.1) find the deep
-   plain nets' gradients healthy with batch norm and the optimization difficulty "unlikely to be
-   caused by vanishing gradients"; the study note reslab starts from names vanishing gradients "an
-   important factor" of degradation. The report judges which one the numbers support here (the plain
-   nets' training error and first/last gradient-norm ratio, by a rule declared in `report.py`).
-
-Like for like: both arms get the same seed, recipe and builder; each record keeps a digest of the
-initial weights so the report can show they are equal. Options for the residual nets alone
-(`residual_args`) make the residual arm a different arm, which the report labels with them.
-
-Every net is measured once per seed (initial weights, data order, measured batches and lines), so
-the verdicts hold against the spread over seeds, not one draw.
-
-Measurements go to `measurements/<arch>-<depth>-s<seed>.json`; `report.py` turns them into
-summary.json (verdicts from the numbers), figures and report.html.
+`rule.py` judges the verdict and `report.py` writes summary.json, the figures and report.html from
+the measurement records and the run folders.
 """
 
 from __future__ import annotations
@@ -46,9 +36,7 @@ from reslab.studies.base import ARCHS, FAMILIES, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-MEASUREMENTS = (
-    "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one record per net
-)
+MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one per net
 
 
 @dataclass(frozen=True)
@@ -106,9 +94,8 @@ class GradientsConfig(base.StudyConfig):
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
-        name = runs.cell_name(arch, depth, seed=seed)
+        name, model = runs.cell_name(arch, depth, seed=seed), self.model_name(arch, depth)
         kwargs = self.model_kwargs(arch)
-        model = self.model_name(arch, depth)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, iters=self.iters)
 
 

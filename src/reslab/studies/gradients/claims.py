@@ -17,6 +17,7 @@ draw.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from reslab.studies.gradients.plots import PHASES
 from reslab.studies.gradients.rule import geomean, log10, ratio_text, seed_of, seed_range
@@ -142,7 +143,7 @@ def claims(rows: list[dict], errors: dict[str, float | None], margin: float = DE
         "deep_errors": errs[hi],
         "shown": c["higher"],
     }
-    prof = {"depth": hi} | {
+    prof: dict[str, Any] = {"depth": hi} | {
         p: seeds_profile({s: e[p]["weight_ratio"] for s, (e, _) in plain[hi].items() if e[p]})
         for p in PHASES
     }

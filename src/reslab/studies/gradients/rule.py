@@ -154,9 +154,11 @@ def _deepest(rows: list[dict], arch: str) -> dict | None:
 
 def _drift(rows: list[dict]) -> dict | None:
     """The drift part over the seeds that measured both arms: ratios over seeds, the call seed by seed."""
-    by_seed = {s: [e for e in rows if seed_of(e) == s] for s in sorted({seed_of(e) for e in rows})}
-    pairs = {s: [_deepest(es, a) for a in ARCHS] for s, es in by_seed.items()}
-    pairs = {s: pair for s, pair in pairs.items() if None not in pair}
+    pairs: dict[int, tuple[dict, dict]] = {}  # seed -> each arch's deepest net
+    for seed in sorted({seed_of(e) for e in rows}):
+        plain, res = (_deepest([e for e in rows if seed_of(e) == seed], a) for a in ARCHS)
+        if plain and res:
+            pairs[seed] = plain, res
     if not pairs:
         return None
     ratios = {
