@@ -104,9 +104,8 @@ def _like_text(status: str, pairs: list[dict], residual_args: dict) -> str:
 
 def _arm(arch: str, residual_args: dict) -> str:
     """The arm's label: 'residual (zero_init_residual=True)' when options are set on it alone."""
-    if arch != "residual" or not residual_args:
-        return arch
-    return f"{arch} ({', '.join(f'{k}={v}' for k, v in sorted(residual_args.items()))})"
+    options = ", ".join(f"{k}={v}" for k, v in sorted(residual_args.items()))
+    return f"{arch} ({options})" if arch == "residual" and options else arch
 
 
 def train_errors(study_dir: Path, rows: list[dict]) -> dict[str, float | None]:
@@ -116,10 +115,8 @@ def train_errors(study_dir: Path, rows: list[dict]) -> dict[str, float | None]:
     out = {}
     for e in rows:
         done = e["train_status"] == "completed" and e.get("run_dir")
-        summary = (runs.read_summary(study_dir / e["run_dir"]) if done else None) or {}
-        out[runs.cell_name(e["arch"], e["depth"], seed=seed_of(e))] = summary.get(
-            "final_train_error"
-        )
+        run = (runs.read_summary(study_dir / e["run_dir"]) if done else None) or {}
+        out[runs.cell_name(e["arch"], e["depth"], seed=seed_of(e))] = run.get("final_train_error")
     return out
 
 
@@ -143,40 +140,24 @@ def write_summary(study_dir: Path, measured: list[dict]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- text + html
 
-HEADER = [
-    "arch",
-    "depth",
-    "params",
-    "seeds",
-    "train error",
-    "|g| first/last W, init",
-    "profile",
-    "trained",
-    "profile",
-    "|g| first/last block input, init",
-    "acf(1) init ± std",
-    "acf(1) trained",
-    "neighbour corr init",
-    "loss trained",
-    "training",
-]
-
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
 
 
-def _ratio_cells(es: list[dict], phase: str) -> list[str]:
-    """The ratio over seeds with the seeds' range, and the profile every seed has (else 'mixed')."""
+def _ratio_cells(es: list[dict], phase: str, head: str) -> list[tuple[str, str]]:
+    """Column `head`: the ratio over seeds with the seeds' range; "profile": the one every seed has
+    (else 'mixed')."""
     x = seeds_profile({i: e[phase]["weight_ratio"] for i, e in enumerate(es) if e[phase]})
     if x is None:
-        return ["—", "—"]
+        return [(head, "—"), ("profile", "—")]
     spread = sorted(r for r in x["ratios"].values() if r is not None)
     each = f" [{_fmt(spread[0])}, {_fmt(spread[-1])}]" if len(spread) > 1 else ""
-    return [_fmt(x["ratio"]) + each, x["profile"] or "—"]
+    return [(head, _fmt(x["ratio"]) + each), ("profile", x["profile"] or "—")]
 
 
-def _rows(summary: dict) -> list[list[str]]:
+def _table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the numbers: one row per arch and depth, over its seeds."""
     errors = summary.get("claims", {}).get("train_errors", {})
     rows = []
     for e in summary["nets"]:
@@ -187,27 +168,27 @@ def _rows(summary: dict) -> list[list[str]]:
         counts = {k: f"{k} x{statuses.count(k)}" if len(es) > 1 else k for k in statuses}
         rows.append(
             [
-                _arm(e["arch"], summary.get("residual_args") or {}),
-                str(e["depth"]),
-                fmt_count(e["params"]),
-                str(len(es)),
-                fmt_mean_std(*mean_std([train_error(errors, x) for x in es])),
-                *_ratio_cells(es, "init"),
-                *_ratio_cells(es, "trained"),
-                _fmt(i["block_input_ratio"]),
-                f"{i['acf1']:.3f} ± {i['acf1_std']:.3f}",
-                _fmt(t.get("acf1"), ".3f"),
-                f"{i['neighbour_corr']:.3f}",
-                _fmt(t.get("loss"), ".3f"),
-                ", ".join(counts.values()),
+                ("arch", _arm(e["arch"], summary.get("residual_args") or {})),
+                ("depth", str(e["depth"])),
+                ("params", fmt_count(e["params"])),
+                ("seeds", str(len(es))),
+                ("train error", fmt_mean_std(*mean_std([train_error(errors, x) for x in es]))),
+                *_ratio_cells(es, "init", "|g| first/last W, init"),
+                *_ratio_cells(es, "trained", "trained"),
+                ("|g| first/last block input, init", _fmt(i["block_input_ratio"])),
+                ("acf(1) init ± std", f"{i['acf1']:.3f} ± {i['acf1_std']:.3f}"),
+                ("acf(1) trained", _fmt(t.get("acf1"), ".3f")),
+                ("neighbour corr init", f"{i['neighbour_corr']:.3f}"),
+                ("loss trained", _fmt(t.get("loss"), ".3f")),
+                ("training", ", ".join(counts.values())),
             ]
         )
-    return rows
+    return [h for h, _ in rows[0]] if rows else [], [[c for _, c in row] for row in rows]
 
 
 def format_table(summary: dict) -> str:
     """The per-net numbers, the verdict and the claims as plain text for the terminal."""
-    lines = [text_table(HEADER, _rows(summary))]
+    lines = [text_table(*_table(summary))]
     lines.append(f"verdict ({summary['verdict']['status']}): {summary['verdict']['text']}")
     if c := summary.get("claims"):  # absent from summaries written before the claims were judged
         lines.append(f"claims ({c['status']}): {c['text']}")
@@ -260,8 +241,7 @@ def build_report(study_dir: str | Path) -> Path:
         "for a shattered one.",
     )
     page.heading("Numbers").table(
-        HEADER,
-        _rows(summary),
+        *_table(summary),
         caption="Over seeds: train error is the mean ± std of the engine's final evaluation on the "
         "whole training set; first/last is the ratio of the first to the last layer's gradient norm, "
         "its geometric mean over seeds [lowest, highest seed], and its profile by the claims rule "
