@@ -73,11 +73,10 @@ class GradientsConfig(base.StudyConfig):
         if self.points < self.max_lag + 2:
             raise ValueError(f"points must be >= max_lag + 2, got {self.points} and {self.max_lag}")
         base.check_models(
-            (self.model_name(a, d), self.model_kwargs(a)) for d in self.depths for a in self.archs
+            (base.model_name(self.family, a, d), self.model_kwargs(a))
+            for d in self.depths
+            for a in self.archs
         )
-
-    def model_name(self, arch: str, depth: int) -> str:
-        return base.model_name(self.family, arch, depth)
 
     def model_kwargs(self, arch: str) -> dict:
         mlp = self.width and self.family == "mlp"  # conv families have no width option
@@ -94,7 +93,10 @@ class GradientsConfig(base.StudyConfig):
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
-        name, model = runs.cell_name(arch, depth, seed=seed), self.model_name(arch, depth)
+        name, model = (
+            runs.cell_name(arch, depth, seed=seed),
+            base.model_name(self.family, arch, depth),
+        )
         kwargs = self.model_kwargs(arch)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, iters=self.iters)
 
@@ -106,6 +108,7 @@ class GradientsConfig(base.StudyConfig):
 # nets. The residual nets keep the default init, so at initialisation each plain net and its twin
 # hold exactly the same weights (MLPs and option-A conv nets, which have no projection weights;
 # projections draw from the RNG first).
+CIFAR = dict(data="cifar10", family="cifar", depths=(20, 56, 110))  # the paper's CIFAR-10 depths
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
         data="digits",
@@ -115,25 +118,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         iters=1980,
         train=dict(preset="paper-digits"),
     ),
-    "cpu": dict(  # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes per seed
-        data="cifar10",
-        family="cifar",
-        depths=(20, 56, 110),
-        iters=50,
-        batches=2,
-        lines=4,
-        points=128,
-        train=dict(preset="cpu", schedule="constant", log_every=10),
-    ),
-    "paper": dict(  # CIFAR-10 with the paper's recipe (warm-up for 110+ layers), for a GPU
-        data="cifar10",
-        family="cifar",
-        depths=(20, 56, 110),
-        iters=500,
-        batches=8,
-        lines=16,
-        train=dict(preset="paper", schedule="constant", log_every=50),
-    ),
+    # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes per seed
+    "cpu": CIFAR
+    | dict(iters=50, batches=2, lines=4, points=128)
+    | dict(train=dict(preset="cpu", schedule="constant", log_every=10)),
+    # CIFAR-10 with the paper's recipe (warm-up for 110+ layers), for a GPU
+    "paper": CIFAR
+    | dict(iters=500, batches=8, lines=16)
+    | dict(train=dict(preset="paper", schedule="constant", log_every=50)),
 }
 STUDY = base.Study(
     name="gradients",

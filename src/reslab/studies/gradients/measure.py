@@ -42,9 +42,8 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def gradient_norms(model: Model, batches: Batches) -> dict:
-    """||dL/dW|| per main-path weight layer (forward order) and ||dL/da|| per block input a, with L the
-    mean cross-entropy of a batch, in train mode; each averaged over `batches`. The model is not changed
-    (a copy runs, so batch-norm statistics stay as they were)."""
+    """The gradient norms of item 1 of the module docstring; a copy runs, so the model's batch-norm
+    statistics stay as they were."""
     model = copy.deepcopy(model).train()
     names = {
         m: n
@@ -135,21 +134,15 @@ def neighbour_correlation(grads: torch.Tensor) -> float:
 
 def shattering(model: nn.Module, lines: list[tuple], points: int, max_lag: int) -> dict:
     """acf of the gradient along each line, and the neighbour correlation (module docstring)."""
-    acfs: list[torch.Tensor] = []
-    corrs: list[float] = []
-    example: list[float] = []
-    for x_a, x_b, unit in lines:
-        g, grads = line_gradients(model, x_a, x_b, unit, points)
-        acfs.append(autocorrelation(g, max_lag))
-        corrs.append(neighbour_correlation(grads))
-        example = example or g.tolist()
-    acf = torch.stack(acfs)  # (lines, max_lag + 1)
+    found = [line_gradients(model, x_a, x_b, unit, points) for x_a, x_b, unit in lines]
+    acf = torch.stack([autocorrelation(g, max_lag) for g, _ in found])  # (lines, max_lag + 1)
+    corrs = [neighbour_correlation(grads) for _, grads in found]
     return {
         "acf": acf.mean(0).tolist(),
         "acf1_lines": acf[:, 1].tolist(),
         "neighbour_corr": sum(corrs) / len(corrs),
         "neighbour_corr_lines": corrs,
-        "line_example": example,
+        "line_example": found[0][0].tolist(),
     }
 
 
