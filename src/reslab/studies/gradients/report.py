@@ -2,11 +2,6 @@
 (`measurements/<arch>-<depth>-s<seed>.json`), study.json and the run folders under `runs/` (each net's
 final training error; for a run that diverged, where, and its last finite loss). `build_report`
 writes summary.json, norms.png, activations.png, shattering.png, lines.png and report.html.
-
-Like for like (summary["like_for_like"]): at each depth and seed the plain net and its residual twin
-must share the seed, the run config apart from the model (name and options) and the initial weights
-(`init_digest` in the records; folders measured before it was recorded are "unknown"). Options on the
-residual arm only (`residual_args`, e.g. zero_init_residual) make it its own arm, labelled with them.
 """
 
 from __future__ import annotations
@@ -51,8 +46,10 @@ def collect(study_dir: Path) -> list[dict]:
 
 
 def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> dict:
-    """Whether each plain net and its residual twin (same depth and seed) share seed, recipe and
-    initial weights (module docstring), from the measurement records and the run configs."""
+    """Whether each plain net and its residual twin (same depth and seed) share the seed, the run
+    config apart from the model and the initial weights (`init_digest`; "unknown" for records
+    measured before it was recorded). Options on the residual arm only (`residual_args`, e.g.
+    zero_init_residual) make it its own arm, labelled with them."""
     by = {(r["arch"], r["depth"], seed_of(r)): r for r in measured}
     residual_args = study.get("residual_args") or {}
     pairs = []
