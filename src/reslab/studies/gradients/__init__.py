@@ -37,6 +37,11 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one per net
+PHASES = {"init": "at init", "trained": "after training"}  # the two measurements, as the text says
+
+
+def seed_of(record: dict) -> int:
+    return record.get("seed", 0)  # records of one seed had none
 
 
 @dataclass(frozen=True)

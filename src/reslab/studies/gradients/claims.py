@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reslab.studies.gradients.plots import PHASES
-from reslab.studies.gradients.rule import geomean, log10, ratio_text, seed_of, seed_range
+from reslab.studies.gradients import PHASES, seed_of
+from reslab.studies.gradients.rule import geomean, log10, ratio_text, seed_range
 from reslab.studies.stats import compare, mean_std
 from reslab.training import runs
 
@@ -182,9 +182,7 @@ def _phase_text(x: dict) -> str:
 
 def _claims_text(status: str, d: dict, prof: dict) -> str:
     phases = [(p, prof[p]) for p in PHASES if prof[p]]
-    seen = "; ".join(
-        f"{'at init' if p == 'init' else 'after training'} {_phase_text(x)}" for p, x in phases
-    )
+    seen = "; ".join(f"{PHASES[p]} {_phase_text(x)}" for p, x in phases)
     need = f"more than {100 * d['margin']:g} pp"
     if len(d["deep_errors"]) > 1 or len(d["shallow_errors"]) > 1:
         need = (

@@ -13,9 +13,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from reslab.report import figures
-
-ARCHS = ("plain", "residual")  # columns of the figures; the order of every list in the study
-PHASES = ("init", "trained")  # measured at initialisation and after the training steps
+from reslab.studies.base import ARCHS
+from reslab.studies.gradients import PHASES, seed_of
 
 
 def _per_net(
@@ -48,7 +47,7 @@ def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> 
                 # an exactly zero gradient has no log
                 _per_net(ax, [(d, np.where(y > 0, y, np.nan)) for d, y in ys], 1, colors)
                 ax.set_yscale("log")
-                ax.set_title(f"{arch}, {'at init' if phase == 'init' else 'after training'}")
+                ax.set_title(f"{arch}, {PHASES[phase]}")
                 ax.set_xlabel(xlabel)
             row[0].set_ylabel("gradient norm")
         return figures.save(fig, path)
@@ -74,7 +73,7 @@ def plot_shattering(records: list[dict], rows: list[dict], path: str | Path) -> 
                         ls=ls,
                         marker="o",
                         capsize=3,
-                        label=f"{arch}, {'init' if phase == 'init' else 'trained'}",
+                        label=f"{arch}, {phase}",
                     )
         figures.depth_axis(ax, [r["depth"] for r in records])
         ax.axhline(0, color="#888", lw=0.8)
@@ -95,11 +94,11 @@ def plot_lines(records: list[dict], path: str | Path) -> Path:
     """Fig. 1 style: the gradient along the first line (standardised), one trace per depth, stacked;
     brown-noise-like when smooth, white-noise-like when shattered."""
     colors = figures.depth_colors([r["depth"] for r in records])
-    first = min((r.get("seed", 0) for r in records), default=0)
+    first = min(map(seed_of, records), default=0)
     with figures.style():
         fig, axes = figures.figure(2, width=5.0, height=3.8, sharey=True)
         for ax, arch in zip(axes, ARCHS, strict=True):
-            rs = [r for r in records if r["arch"] == arch and r.get("seed", 0) == first]
+            rs = [r for r in records if r["arch"] == arch and seed_of(r) == first]
             for i, r in enumerate(rs):
                 g = np.asarray(r["phases"]["init"]["line_example"], dtype=float)
                 g = (g - g.mean()) / max(g.std(), 1e-30) / 3.0  # +-1 spans +-3 std

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, join_values
 from reslab.studies import records
-from reslab.studies.base import recipe
-from reslab.studies.gradients import MEASUREMENTS
+from reslab.studies.base import ARCHS, recipe
+from reslab.studies.gradients import MEASUREMENTS, seed_of
 from reslab.studies.gradients.claims import claims, seeds_profile, train_error
-from reslab.studies.gradients.plots import ARCHS, plot_lines, plot_norms, plot_shattering
-from reslab.studies.gradients.rule import combine, nets, seed_of, verdict
+from reslab.studies.gradients.plots import plot_lines, plot_norms, plot_shattering
+from reslab.studies.gradients.rule import combine, nets, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree, mean_std
 from reslab.training import runs

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from reslab.studies.gradients.plots import ARCHS, PHASES
+from reslab.studies.base import ARCHS
+from reslab.studies.gradients import PHASES, seed_of
 from reslab.studies.stats import mean_std, tolerance
 from reslab.training.runs import Verdict
 
@@ -32,10 +33,6 @@ LEADS = {
 
 
 # ---------------------------------------------------------------------------------------------- rows
-
-
-def seed_of(e: dict) -> int:
-    return e.get("seed", 0)  # records of one seed had none
 
 
 def _ratio(a: float, b: float) -> float:
