@@ -52,20 +52,15 @@ def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> d
     zero_init_residual) make it its own arm, labelled with them."""
     by = {(r["arch"], r["depth"], seed_of(r)): r for r in measured}
     residual_args = study.get("residual_args") or {}
+    twins = sorted((d, s) for a, d, s in by if a == "plain" and ("residual", d, s) in by)
     pairs = []
-    for _, depth, seed in sorted(k for k in by if k[0] == "plain" and ("residual", *k[1:]) in by):
+    for depth, seed in twins:
         p, r = by["plain", depth, seed], by["residual", depth, seed]
         cp, cr = (runs.read_config(Path(study_dir) / x["run_dir"]) for x in (p, r))
         digests = p.get("init_digest"), r.get("init_digest")
-        pairs.append(
-            {
-                "depth": depth,
-                "seed": seed,
-                "same_seed": cp.get("seed") == cr.get("seed"),
-                "same_recipe": recipe(cp) == recipe(cr),
-                "same_init": None if None in digests else digests[0] == digests[1],
-            }
-        )
+        same_init = None if None in digests else digests[0] == digests[1]
+        same = cp.get("seed") == cr.get("seed"), recipe(cp) == recipe(cr), same_init
+        pairs.append({"depth": depth, "seed": seed} | dict(zip(CHECKS, same, strict=True)))
     checks = [x[k] for x in pairs for k in CHECKS]
     if not pairs:
         status = "unknown"
