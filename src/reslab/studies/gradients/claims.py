@@ -63,6 +63,8 @@ PROFILE_WORDS = {
     "mixed": "mixed: the seeds fall in different classes",
 }
 CONCLUSIONS = {
+    "insufficient": "Cannot judge the two claims: both are about degradation, which needs plain nets "
+    "trained to completion at two depths or more.",
     "no_degradation": "No degradation in this setting, so neither claim about its cause is tested "
     "here.",
     "supports_he": "The numbers side with He et al. 2015: training error degrades while the "
@@ -98,12 +100,7 @@ def seeds_profile(ratios: dict[int, float | None]) -> dict | None:
     found = {s: profile(r) for s, r in ratios.items()}
     calls = set(found.values())
     one = calls.pop() if len(calls) == 1 else "mixed"
-    return {
-        "ratio": geomean([*ratios.values()]),
-        "ratios": ratios,
-        "profiles": found,
-        "profile": one,
-    }
+    return dict(ratio=geomean(list(ratios.values())), ratios=ratios, profiles=found, profile=one)
 
 
 def train_error(errors: dict, e: dict) -> float | None:
@@ -122,10 +119,7 @@ def claims(rows: list[dict], errors: dict[str, float | None], margin: float = DE
         if e["arch"] == "plain" and (error := train_error(errors, e)) is not None:
             plain.setdefault(e["depth"], {})[seed_of(e)] = (e, error)
     if len(plain) < 2:
-        text = (
-            "Cannot judge the two claims: both are about degradation, which needs plain nets trained "
-            "to completion at two depths or more."
-        )
+        text = CONCLUSIONS["insufficient"]
         return out | {"status": "insufficient", "text": text, "degradation": None, "profile": None}
     lo, hi = min(plain), max(plain)
     errs = {d: {s: x for s, (_, x) in plain[d].items()} for d in (lo, hi)}
