@@ -201,10 +201,9 @@ def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list,
     from reslab.training.build import build_model
 
     want, t0 = cfg.train.get("device", "auto"), time.perf_counter()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
-    )
-    mlp = cfg.family == "mlp" and not torch.cuda.is_available()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if want == "auto" else want)
+    mlp = cfg.family == "mlp" and auto == "cpu"
     if threads := cfg.train.get("num_threads", 0) or (1 if mlp else 0):
         torch.set_num_threads(threads)
     (folder / MEASUREMENTS).mkdir(exist_ok=True)
