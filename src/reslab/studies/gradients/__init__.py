@@ -1,9 +1,10 @@
 """The gradients study: vanishing/exploding and shattered gradients in plain vs residual twins.
 
-For each depth, a plain net and its residual twin (same class and seed, shortcut off in the plain one;
-the same initial weights where the shortcuts hold none) are measured on real data, at initialisation
-and after `iters` SGD steps of the engine (an ordinary run folder per net under `runs/`); `measure.py`
-defines the measures.
+For each depth and seed, a plain net and its residual twin (same class, seed, recipe and builder,
+shortcut off in the plain one; the same initial weights where the shortcuts hold none) are measured
+on real data (`measure.py`), at initialisation and after `iters` SGD steps of the engine (an ordinary
+run folder per net under `runs/`). Every net is measured once per seed, so the verdicts hold against
+the spread over seeds, not one draw.
 
 1. Gradient norms per layer and per block input. He et al. 2015 (§1) name vanishing/exploding
    gradients as the obstacle normalisation largely solved; here one sees how far the gradient norm
@@ -18,22 +19,11 @@ defines the measures.
    abstract: the correlation between gradients decays exponentially with depth in feedforward nets and
    sublinearly in resnets). Fig. 2 compares the sequences by their autocorrelation function; here the
    1-D input is a line between two real test images.
+3. Two claims about degradation, He et al. 2015's and the study note's, judged by the same numbers
+   (`claims.py`).
 
-3. Two claims about degradation, side by side with these numbers: He et al. 2015 (§4.1) find the deep
-   plain nets' gradients healthy with batch norm and the optimization difficulty "unlikely to be
-   caused by vanishing gradients"; the study note reslab starts from names vanishing gradients "an
-   important factor" of degradation. The report judges which one the numbers support here (the plain
-   nets' training error and first/last gradient-norm ratio, by a rule declared in `report.py`).
-
-Like for like: both arms get the same seed, recipe and builder; each record keeps a digest of the
-initial weights so the report can show they are equal. Options for the residual nets alone
-(`residual_args`) make the residual arm a different arm, which the report labels with them.
-
-Every net is measured once per seed (initial weights, data order, measured batches and lines), so
-the verdicts hold against the spread over seeds, not one draw.
-
-Measurements go to `measurements/<arch>-<depth>-s<seed>.json`; `report.py` turns them into
-summary.json (verdicts from the numbers), figures and report.html.
+`rule.py` judges the verdict and `report.py` writes summary.json, the figures and report.html from
+the measurement records and the run folders.
 """
 
 from __future__ import annotations
@@ -46,9 +36,12 @@ from reslab.studies.base import ARCHS, FAMILIES, option
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
-MEASUREMENTS = (
-    "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one record per net
-)
+MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.json, one per net
+PHASES = {"init": "at init", "trained": "after training"}  # the two measurements, as the text says
+
+
+def seed_of(record: dict) -> int:
+    return record.get("seed", 0)  # records of one seed had none
 
 
 @dataclass(frozen=True)
@@ -85,11 +78,10 @@ class GradientsConfig(base.StudyConfig):
         if self.points < self.max_lag + 2:
             raise ValueError(f"points must be >= max_lag + 2, got {self.points} and {self.max_lag}")
         base.check_models(
-            (self.model_name(a, d), self.model_kwargs(a)) for d in self.depths for a in self.archs
+            (base.model_name(self.family, a, d), self.model_kwargs(a))
+            for d in self.depths
+            for a in self.archs
         )
-
-    def model_name(self, arch: str, depth: int) -> str:
-        return base.model_name(self.family, arch, depth)
 
     def model_kwargs(self, arch: str) -> dict:
         mlp = self.width and self.family == "mlp"  # conv families have no width option
@@ -106,9 +98,11 @@ class GradientsConfig(base.StudyConfig):
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
-        name = runs.cell_name(arch, depth, seed=seed)
+        name, model = (
+            runs.cell_name(arch, depth, seed=seed),
+            base.model_name(self.family, arch, depth),
+        )
         kwargs = self.model_kwargs(arch)
-        model = self.model_name(arch, depth)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, iters=self.iters)
 
 
@@ -119,6 +113,7 @@ class GradientsConfig(base.StudyConfig):
 # nets. The residual nets keep the default init, so at initialisation each plain net and its twin
 # hold exactly the same weights (MLPs and option-A conv nets, which have no projection weights;
 # projections draw from the RNG first).
+CIFAR = dict(data="cifar10", family="cifar", depths=(20, 56, 110))  # the paper's CIFAR-10 depths
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(
         data="digits",
@@ -128,25 +123,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         iters=1980,
         train=dict(preset="paper-digits"),
     ),
-    "cpu": dict(  # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes per seed
-        data="cifar10",
-        family="cifar",
-        depths=(20, 56, 110),
-        iters=50,
-        batches=2,
-        lines=4,
-        points=128,
-        train=dict(preset="cpu", schedule="constant", log_every=10),
-    ),
-    "paper": dict(  # CIFAR-10 with the paper's recipe (warm-up for 110+ layers), for a GPU
-        data="cifar10",
-        family="cifar",
-        depths=(20, 56, 110),
-        iters=500,
-        batches=8,
-        lines=16,
-        train=dict(preset="paper", schedule="constant", log_every=50),
-    ),
+    # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes per seed
+    "cpu": CIFAR
+    | dict(iters=50, batches=2, lines=4, points=128)
+    | dict(train=dict(preset="cpu", schedule="constant", log_every=10)),
+    # CIFAR-10 with the paper's recipe (warm-up for 110+ layers), for a GPU
+    "paper": CIFAR
+    | dict(iters=500, batches=8, lines=16)
+    | dict(train=dict(preset="paper", schedule="constant", log_every=50)),
 }
 STUDY = base.Study(
     name="gradients",

@@ -38,61 +38,50 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-def gradient_norms(model: Model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """||dL/dW|| per main-path weight layer (forward order) and ||dL/da|| per block input a, with L the
-    mean cross-entropy of a batch, in train mode; each averaged over `batches`. The model is not changed
-    (a copy runs, so batch-norm statistics stay as they were)."""
+def gradient_norms(model: Model, batches: Batches) -> dict:
+    """The gradient norms of item 1 of the module docstring; a copy runs, so the model's batch-norm
+    statistics stay as they were."""
     model = copy.deepcopy(model).train()
-    layers = {
+    names = {
         m: n
         for n, m in model.named_modules()
         if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
     }
-    weight_of = {
-        n: m.weight
-        for n, m in model.named_modules()
-        if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
-    }
+    params = dict(model.named_parameters())
     order: list[str] = []
     inputs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: order.append(layers[m])) for m in layers]
+    hooks = [m.register_forward_hook(lambda m, i, o: order.append(names[m])) for m in names]
     hooks += [
         b.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
         for b in model.residual_blocks()
     ]
-    weight_sum: torch.Tensor | None = None
-    input_sum: torch.Tensor | None = None
-    loss_sum, names = 0.0, list[str]()
+    norms, losses, layers = [], [], list[str]()
     try:
         for x, y in batches:
             order.clear()
             inputs.clear()
             loss = F.cross_entropy(model(x), y)
-            names = list(dict.fromkeys(order))  # a layer run twice is measured once
-            weights = [weight_of[n] for n in names]
-            grads = torch.autograd.grad(loss, weights + inputs)
-            norms = torch.stack([g.norm() for g in grads]).double()
-            w, a = norms[: len(weights)], norms[len(weights) :]
-            weight_sum = w if weight_sum is None else weight_sum + w
-            input_sum = a if input_sum is None else input_sum + a
-            loss_sum += loss.item()
+            layers = list(dict.fromkeys(order))  # a layer run twice is measured once
+            grads = torch.autograd.grad(loss, [params[f"{n}.weight"] for n in layers] + inputs)
+            norms.append(torch.stack([g.norm() for g in grads]).double())
+            losses.append(loss.item())
     finally:
         for h in hooks:
             h.remove()
-    n = len(batches)
-    assert weight_sum is not None and input_sum is not None  # `batches` is not empty
+    mean = sum(norms, torch.zeros((), dtype=torch.float64)) / len(batches)
     return {
-        "loss": loss_sum / n,
-        "weight_names": names,
-        "weight_norms": (weight_sum / n).tolist(),
-        "block_input_norms": (input_sum / n).tolist(),
+        "loss": sum(losses) / len(batches),
+        "weight_names": layers,
+        "weight_norms": mean[: len(layers)].tolist(),
+        "block_input_norms": mean[len(layers) :].tolist(),
     }
 
 
 @torch.no_grad()
-def calibrate_norms(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def calibrate_norms(model: nn.Module, batches: Batches) -> None:
     """Re-estimate every batch norm's running statistics as the plain average over `batches` (train-mode
     forward passes that change no weight); leaves the model in eval mode."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -144,23 +133,16 @@ def neighbour_correlation(grads: torch.Tensor) -> float:
 
 
 def shattering(model: nn.Module, lines: list[tuple], points: int, max_lag: int) -> dict:
-    """acf of the gradient along each line, and the neighbour correlation (see the module docstring)."""
-    acfs: list[torch.Tensor] = []
-    corrs: list[float] = []
-    example: list[float] = []
-    for x_a, x_b, unit in lines:
-        g, grads = line_gradients(model, x_a, x_b, unit, points)
-        acfs.append(autocorrelation(g, max_lag))
-        corrs.append(neighbour_correlation(grads))
-        if not example:
-            example = g.tolist()
-    acf = torch.stack(acfs)  # (lines, max_lag + 1)
+    """acf of the gradient along each line, and the neighbour correlation (module docstring)."""
+    found = [line_gradients(model, x_a, x_b, unit, points) for x_a, x_b, unit in lines]
+    acf = torch.stack([autocorrelation(g, max_lag) for g, _ in found])  # (lines, max_lag + 1)
+    corrs = [neighbour_correlation(grads) for _, grads in found]
     return {
         "acf": acf.mean(0).tolist(),
         "acf1_lines": acf[:, 1].tolist(),
         "neighbour_corr": sum(corrs) / len(corrs),
         "neighbour_corr_lines": corrs,
-        "line_example": example,
+        "line_example": found[0][0].tolist(),
     }
 
 
@@ -178,7 +160,7 @@ def init_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def measure(model: Model, batches: list, lines: list, points: int, max_lag: int) -> dict:
+def measure(model: Model, batches: Batches, lines: list, points: int, max_lag: int) -> dict:
     """Gradient norms (train mode) and shattering (eval mode, norms calibrated on `batches`) of a copy."""
     model = copy.deepcopy(model)
     out = gradient_norms(model, batches)
@@ -186,95 +168,63 @@ def measure(model: Model, batches: list, lines: list, points: int, max_lag: int)
     return out | shattering(model, lines, points, max_lag)
 
 
-def net(
-    c: TrainConfig,
-    data,
-    batches: list,
-    lines: list,
-    points: int,
-    max_lag: int,
-    weights: Path | None,
-) -> tuple[int, str, dict]:
-    """(parameter count, `init_digest`, {"init": ..., "trained": ...}) of the net of run config `c`:
-    measured as the engine initialises it (same seed, same builder) and, given its trained `weights`,
-    after training."""
-    from reslab.models import count_params, load_weights
-    from reslab.training.build import build_model
-
-    device = batches[0][0].device
-    torch.manual_seed(c.seed)
-    model = build_model(c, data).to(device)
-    digest = init_digest(model)
-    phases = {"init": measure(model, batches, lines, points, max_lag)}
-    if weights is not None:
-        load_weights(model, weights)
-        phases["trained"] = measure(model, batches, lines, points, max_lag)
-    return count_params(model), digest, phases
-
-
-def inputs(run_cfg: TrainConfig, n_batches: int, n_lines: int, seed: int, device: torch.device):
+def inputs(c: TrainConfig, n_batches: int, n_lines: int, seed: int, device: torch.device):
     """(training data, `n_batches` fixed training batches, `n_lines` lines (x_a, x_b, class of x_a)
     between two test images) for the measures, on `device`."""
     from reslab.data import Loader
     from reslab.training.build import load_data
 
-    train_data, test_data, _ = load_data(run_cfg)
-    loader = Loader(
-        train_data, run_cfg.batch_size, train=True, augment=False, seed=seed, device=device
-    )
+    train_data, test_data, _ = load_data(c)
+    loader = Loader(train_data, c.batch_size, train=True, augment=False, seed=seed, device=device)
     if len(loader) == 0:
         raise ValueError(
-            f"batch size {run_cfg.batch_size} is larger than the training set ({len(train_data)})"
+            f"batch size {c.batch_size} is larger than the training set ({len(train_data)})"
         )
-    batches = list(itertools.islice(loader.epoch(0), n_batches))
     if len(test_data) < 2 * n_lines:
         raise ValueError(f"lines must be <= {len(test_data) // 2} for this test set")
+    batches = list(itertools.islice(loader.epoch(0), n_batches))
+    mean, std = train_data.mean, train_data.std  # the test images normalised as the training ones
     test = Loader(
-        test_data,
-        len(test_data),
-        train=False,
-        augment=False,
-        device=device,
-        mean=train_data.mean,
-        std=train_data.std,
+        test_data, len(test_data), train=False, augment=False, device=device, mean=mean, std=std
     )
     x, y = next(iter(test.epoch(0)))  # (N, C, H, W), (N,)
-    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    pick = pick[: 2 * n_lines].to(device)
-    lines = [(x[a], x[b], int(y[a])) for a, b in pick.view(2, -1).T.tolist()]
-    return train_data, batches, lines
+    pick = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: 2 * n_lines]
+    return train_data, batches, [(x[a], x[b], int(y[a])) for a, b in pick.view(2, -1).T.tolist()]
 
 
 def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list, jobs: int) -> None:
-    """Measure every net at initialisation and, where its run completed, after training, into
-    `<folder>/measurements/<cell>.json`. The measures run on the engine's `device`, with its
-    `num_threads` if set; small fully connected nets on a CPU use one thread, which measures faster
-    than two contending for shared cores."""
+    """Measure every net as the engine initialises it (same seed, same builder) and, where its run
+    completed, after training, into `<folder>/measurements/<cell>.json`. The measures run on the
+    engine's `device`, with its `num_threads` if set; small fully connected nets on a CPU use one
+    thread, which measures faster than two contending for shared cores."""
+    from reslab.models import count_params, load_weights
+    from reslab.training.build import build_model
+
     want, t0 = cfg.train.get("device", "auto"), time.perf_counter()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
-    )
-    mlp = cfg.family == "mlp" and not torch.cuda.is_available()
-    threads = cfg.train.get("num_threads", 0) or (1 if mlp else 0)
-    if threads:
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if want == "auto" else want)
+    mlp = cfg.family == "mlp" and auto == "cpu"
+    if threads := cfg.train.get("num_threads", 0) or (1 if mlp else 0):
         torch.set_num_threads(threads)
     (folder / MEASUREMENTS).mkdir(exist_ok=True)
-    seen: tuple = (None,)
+    data: dict[int, tuple] = {}
     for (arch, depth, seed), c, summary in zip(cfg.cells(), configs, trained, strict=True):
-        if seen[0] != seed:  # each seed measures on its own batches and lines
-            seen = (seed, *inputs(c, cfg.batches, cfg.lines, seed, device))
-        _, data, batches, lines = seen
+        if seed not in data:  # each seed measures on its own batches and lines
+            data = {seed: inputs(c, cfg.batches, cfg.lines, seed, device)}
+        train_data, batches, lines = data[seed]
         run_dir = Path(c.out) / c.run_name
         status = summary.get("status", "not_trained")
-        weights = run_dir / runs.WEIGHTS if status == "completed" else None
-        params, digest, phases = net(c, data, batches, lines, cfg.points, cfg.max_lag, weights)
+        torch.manual_seed(c.seed)
+        model = build_model(c, train_data).to(device)
         record = {"arch": arch, "depth": depth, "model": c.model, "model_kwargs": c.model_kwargs}
-        record |= {"params": params, "seed": c.seed, "init_digest": digest}
+        record |= {"params": count_params(model), "seed": c.seed, "init_digest": init_digest(model)}
         record |= {"run_dir": run_dir.relative_to(folder).as_posix(), "train_status": status}
-        runs.write_json(
-            folder / MEASUREMENTS / f"{c.run_name}.json",
-            record | {"iters": cfg.iters, "phases": phases},
-        )
+        phases = {"init": measure(model, batches, lines, cfg.points, cfg.max_lag)}
+        if status == "completed":
+            load_weights(model, run_dir / runs.WEIGHTS)
+            phases["trained"] = measure(model, batches, lines, cfg.points, cfg.max_lag)
+        path = folder / MEASUREMENTS / f"{c.run_name}.json"
+        runs.write_json(path, record | {"iters": cfg.iters, "phases": phases})
         w, acf = phases["init"]["weight_norms"], phases["init"]["acf"]
         print(
             f"  {c.run_name:<16} init: |dL/dW| first {w[0]:.3g} last {w[-1]:.3g}, "
