@@ -106,7 +106,8 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
     boom, fine = train_grid(configs, jobs=1)
     assert boom["status"] == "diverged" and fine["status"] == "completed"
     assert runs.status(tmp_path / "boom") == "diverged"
-    assert "boom" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "boom" in out and "diverged at step" in out
     # never retried on its own: a rerun leaves the diverged folder as it was
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "boom").iterdir()}
     again = train_grid(configs, jobs=1)
@@ -115,6 +116,41 @@ def test_a_diverged_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
         and again[1]["final_train_error"] == fine["final_train_error"]
     )
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "boom").iterdir()} == before
+
+
+def test_collect_reads_each_finished_cell_once_and_lists_the_unfinished(tmp_path):
+    for name, summary in [
+        ("residual-8-s1", {"steps": 3}),
+        ("plain-8-s0", {"steps": 5}),
+        ("plain-16-s0", None),  # still training
+        ("other-8-s0", {"steps": 7}),  # a cell this study does not know
+        ("notes", {"steps": 9}),  # not a cell at all
+    ]:
+        (tmp_path / runs.RUNS / name).mkdir(parents=True)
+        if summary:
+            runs.write_json(tmp_path / runs.RUNS / name / runs.SUMMARY, summary)
+
+    def row(run_dir, cell, summary):
+        return cell | {"iters": summary["steps"], "folder": run_dir.name}
+
+    rows, incomplete = records.collect(
+        tmp_path,
+        ("arch", "depth"),
+        row,
+        lambda r: r["seed"],
+        keep=lambda cell: cell["arch"] in ("plain", "residual"),
+    )
+    assert rows == [
+        {"arch": "plain", "depth": 8, "seed": 0, "iters": 5, "folder": "plain-8-s0",
+         "run_dir": "runs/plain-8-s0"},
+        {"arch": "residual", "depth": 8, "seed": 1, "iters": 3, "folder": "residual-8-s1",
+         "run_dir": "runs/residual-8-s1"},
+    ]  # fmt: skip
+    assert incomplete == ["runs/plain-16-s0"]
+    # without `keep` every folder is a run: one whose name is no cell gets an empty cell
+    rows, _ = records.collect(tmp_path, ("arch", "depth"), row, lambda r: r["folder"])
+    assert [r["folder"] for r in rows] == ["notes", "other-8-s0", "plain-8-s0", "residual-8-s1"]
+    assert rows[0] == {"iters": 9, "folder": "notes", "run_dir": "runs/notes"}
 
 
 def test_cell_names_round_trip():

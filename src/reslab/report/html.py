@@ -103,6 +103,11 @@ def fmt_pct(x: float | None, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f}%"
 
 
+def fmt_num(x: float | None, spec: str = ".3g") -> str:
+    """A number in the format `spec`: 0.012345 -> '0.0123'; None or NaN -> '—'."""
+    return "—" if x is None or not math.isfinite(x) else format(x, spec)
+
+
 def fmt_mean_std(mean: float | None, std: float | None, digits: int = 2, pct: bool = True) -> str:
     """'mean ± std' (fractions shown as percentages if `pct`); the ± part is dropped when std is None."""
     if mean is None or not math.isfinite(mean):

@@ -129,9 +129,7 @@ def print_run(s: dict, elapsed: float) -> None:
         what = f"failed ({s.get('error')})"
     elif s.get("status") == "diverged":
         step = s.get("diverged_at_step", s.get("steps"))
-        loss = s.get("last_finite_loss")
-        last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-        what = f"diverged at step {step}{last}"
+        what = runs.diverged_at(step, s.get("last_finite_loss"))
     else:
         what = f"train error {s['final_train_error']:7.2%}  test error {s['final_test_error']:7.2%}"
     print(f"  {s['name']:<24} {what}  [{elapsed:5.0f} s]", flush=True)

@@ -9,7 +9,7 @@ round)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,32 @@ _REQUIRED: dict[str, tuple[str, ...]] = {"shortcuts": ("paper_column",)}
 # What every summary.json holds beside its study.json's keys.
 _SUMMARY_KEYS: dict[str, Any] = {"verdict": dict}
 _VERDICT_KEYS: dict[str, Any] = {"status": str, "text": str}
+
+
+def collect(
+    study_dir: Path,
+    fields: tuple[str, ...],
+    row: Callable[[Path, dict, dict], dict],
+    order: Callable[[dict], Any],
+    keep: Callable[[dict], bool] | None = None,
+    dirs: Iterable[Path] | None = None,
+) -> tuple[list[dict], list[str]]:
+    """(`row(run_dir, cell, summary)` and its "run_dir" for each run folder with a summary.json,
+    sorted by `order`; the folders without one yet), paths relative to `study_dir`. The folders are
+    `dirs`, else those under runs/; a cell is the folder's name read as `fields` ({} if it is not
+    one); given `keep`, a folder whose name is not a cell that `keep` accepts is skipped."""
+    rows, incomplete = [], []
+    for run_dir in runs.run_dirs(study_dir) if dirs is None else dirs:
+        cell = runs.parse_cell(run_dir.name, fields)
+        if keep is not None and (cell is None or not keep(cell)):
+            continue
+        rel = run_dir.relative_to(study_dir).as_posix()
+        summary = runs.read_summary(run_dir)
+        if summary is None:
+            incomplete.append(rel)
+        else:
+            rows.append(row(run_dir, cell or {}, summary) | {"run_dir": rel})
+    return sorted(rows, key=order), incomplete
 
 
 def read_study(study_dir: str | Path, kind: str) -> dict:

@@ -186,6 +186,12 @@ def metric_record(line: str) -> dict | None:
 # ------------------------------------------------------------------------------------------ run folders
 
 
+def train_lines(run_dir: str | Path) -> list[dict]:
+    """The training lines ("kind": "train") a run logged; none while it has no metrics.jsonl."""
+    path = Path(run_dir) / METRICS
+    return [ln for ln in read_metrics(path) if ln.get("kind") == "train"] if path.is_file() else []
+
+
 def read_summary(run_dir: str | Path) -> dict | None:
     """A run's summary.json, or None while it has none (not started, or still training)."""
     path = Path(run_dir) / SUMMARY
@@ -223,6 +229,12 @@ def diverged_note(run_dir: str | Path) -> str:
     last = f" (last finite loss {loss:.4g})" if isinstance(loss, (int, float)) else ""
     step = summary.get("diverged_at_step", summary.get("steps", "?"))
     return f"{run_dir.name} at step {step}{last}"
+
+
+def diverged_at(step: object, loss: object) -> str:
+    """'diverged at step N, last finite loss L' (without the loss where the run recorded none)."""
+    last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+    return f"diverged at step {step}{last}"
 
 
 def run_dirs(study_dir: str | Path) -> list[Path]:

@@ -54,11 +54,10 @@ def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
     return listed or rf.run_dirs(study_dir)
 
 
-def _identify(run_dir: Path, config: dict, summary: dict) -> tuple[str, int, int]:
+def _identify(run_dir: Path, cell: dict, config: dict, summary: dict) -> tuple[str, int, int]:
     """(arm, depth, seed) from the cell name `<arm>-<depth>-s<seed>`, else from the run's model and
     seed. A residual net whose branches were zero-initialised (older studies did that to the
     residual arm) is the zeroinit arm, whatever its folder is called."""
-    cell = rf.parse_cell(run_dir.name, ("arch", "depth")) or {}
     if cell.get("arch") not in ARMS:
         model = str(summary.get("model") or config.get("model") or "")
         digits = re.search(r"(\d+)$", model)
@@ -87,32 +86,31 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     final_test_error, params, iters, run_dir, status and the late training error; the run folders
     without a summary.json yet), both relative to study_dir."""
     study_dir = Path(study_dir)
-    runs, incomplete = [], []
-    for run_dir in _run_dirs(study_dir, records.read_study(study_dir, "degradation")):
-        rel = run_dir.relative_to(study_dir).as_posix()
-        summary = rf.read_summary(run_dir)
-        if summary is None:
-            incomplete.append(rel)
-            continue
+
+    def run(run_dir: Path, cell: dict, summary: dict) -> dict:
         config = rf.read_config(run_dir)
-        arm, depth, seed = _identify(run_dir, config, summary)
-        runs.append(
-            {
-                "arch": arm,
-                "depth": depth,
-                "seed": seed,
-                "model": summary.get("model") or config.get("model"),
-                "final_train_error": finite_or_none(summary.get("final_train_error")),
-                "final_test_error": finite_or_none(summary.get("final_test_error")),
-                "params": summary.get("params"),
-                "iters": summary.get("steps"),
-                "run_dir": rel,
-                "status": summary.get("status", "completed"),
-                **_late(rf.read_metrics(run_dir), summary.get("steps")),
-            }
-        )
-    runs.sort(key=lambda r: (ARMS.index(r["arch"]), r["depth"], r["seed"]))
-    return runs, incomplete
+        arm, depth, seed = _identify(run_dir, cell, config, summary)
+        return {
+            "arch": arm,
+            "depth": depth,
+            "seed": seed,
+            "model": summary.get("model") or config.get("model"),
+            "final_train_error": finite_or_none(summary.get("final_train_error")),
+            "final_test_error": finite_or_none(summary.get("final_test_error")),
+            "params": summary.get("params"),
+            "iters": summary.get("steps"),
+            "run_dir": run_dir.relative_to(study_dir).as_posix(),  # here in the row's keys
+            "status": summary.get("status", "completed"),
+            **_late(rf.read_metrics(run_dir), summary.get("steps")),
+        }
+
+    return records.collect(
+        study_dir,
+        ("arch", "depth"),
+        run,
+        lambda r: (ARMS.index(r["arch"]), r["depth"], r["seed"]),
+        dirs=_run_dirs(study_dir, records.read_study(study_dir, "degradation")),
+    )
 
 
 def _late(lines: list[dict], steps: int | None) -> dict:

@@ -8,14 +8,15 @@ zero-initialised counts as `zeroinit`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from reslab.report.html import fmt_count, fmt_pct
+from reslab.report.html import fmt_count, fmt_num, fmt_pct
 from reslab.studies import records
 from reslab.studies.depth import arm_order, first_step_path, is_arm, label, plots
-from reslab.studies.depth.rule import fmt_loss, learned, verdict
+from reslab.studies.depth.rule import learned, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_or_none, mean_std
 from reslab.training import runs as rf
@@ -40,18 +41,14 @@ NUMBERS = (
 
 def _train_lines(run_dir: Path) -> list[dict]:
     """The run's logged training steps with a finite loss (none when it has no metrics yet)."""
-    lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
-    ok = [ln for ln in lines if ln.get("kind") == "train"]
-    return [ln for ln in ok if finite_or_none(ln.get("train_loss")) is not None]
+    return [
+        ln for ln in rf.train_lines(run_dir) if finite_or_none(ln.get("train_loss")) is not None
+    ]
 
 
-def _run_entry(study_dir: Path, run_dir: Path, cell: dict) -> dict:
+def _run_entry(study_dir: Path, run_dir: Path, cell: dict, s: dict) -> dict:
     """One run's numbers from its own files (summary, config, metrics) and its replayed first step."""
-    s, config, train = (
-        rf.read_summary(run_dir) or {},
-        rf.read_config(run_dir),
-        _train_lines(run_dir),
-    )
+    config, train = rf.read_config(run_dir), _train_lines(run_dir)
     path = first_step_path(study_dir, run_dir.name)
     step = rf.read_json(path) if path.is_file() else {}
     diverged, end = s.get("status") == "diverged", train[-END_WINDOW:]
@@ -82,7 +79,6 @@ def _run_entry(study_dir: Path, run_dir: Path, cell: dict) -> dict:
         "first_grad_nonfinite": step.get("grad_nonfinite"),
         "first_grad_entries": step.get("grad_entries"),
         "classes": step.get("classes"),
-        "run_dir": run_dir.relative_to(study_dir).as_posix(),
     }
 
 
@@ -90,17 +86,13 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(one entry per run with a summary, run folders without one yet), relative to study_dir."""
     study_dir = Path(study_dir)
     records.read_study(study_dir, "depth")
-    runs, incomplete = [], []
-    for run_dir in rf.run_dirs(study_dir):
-        cell = rf.parse_cell(run_dir.name, ("arm", "depth"))
-        if not cell or not is_arm(cell["arm"]):
-            continue
-        if rf.read_summary(run_dir) is None:
-            incomplete.append(run_dir.relative_to(study_dir).as_posix())
-        else:
-            runs.append(_run_entry(study_dir, run_dir, cell))
-    runs.sort(key=lambda r: (arm_order(r["arm"]), r["depth"], r["seed"]))
-    return runs, incomplete
+    return records.collect(
+        study_dir,
+        ("arm", "depth"),
+        functools.partial(_run_entry, study_dir),
+        lambda r: (arm_order(r["arm"]), r["depth"], r["seed"]),
+        keep=lambda cell: is_arm(cell["arm"]),
+    )
 
 
 def write_summary(study_dir: str | Path) -> dict:
@@ -132,7 +124,7 @@ def _status(r: dict) -> str:
     if r["status"] == "diverged":
         text, last = f"diverged at step {r['diverged_at']}", r["last_finite_loss"]
         if last is not None:
-            text += f" (last finite loss {fmt_loss(last)}, step {r['last_finite_step']})"
+            text += f" (last finite loss {fmt_num(last)}, step {r['last_finite_step']})"
         return text
     if r["final_train_loss"] is None:
         return "final loss not finite"
@@ -148,10 +140,10 @@ def _row(g: dict, runs: list[dict]) -> dict:
         "params": fmt_count(g["params"]),
         "clip": f"{g['grad_clip']:g}" if g["grad_clip"] else "—",
         "seeds": len(g["seeds"]),
-        "first |g|": "overflow" if g["first_grad_overflow"] else fmt_loss(g["first_grad_norm"]),
-        "start loss": fmt_loss(g["start_loss"]),
-        "final loss": fmt_loss(g["final_train_loss"]),
-        "end batch loss": fmt_loss(g["end_batch_loss"]),
+        "first |g|": "overflow" if g["first_grad_overflow"] else fmt_num(g["first_grad_norm"]),
+        "start loss": fmt_num(g["start_loss"]),
+        "final loss": fmt_num(g["final_train_loss"]),
+        "end batch loss": fmt_num(g["end_batch_loss"]),
         "train error": fmt_pct(g["final_train_error"]),
         "test error": fmt_pct(g["final_test_error"]),
         "train time": "—" if g["time_s"] is None else f"{g['time_s']:.0f} s",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from reslab.report.html import fmt_num
 from reslab.studies.depth import CLIP, CONTROLS, METHODS, arm_order
 from reslab.studies.stats import mean_std
 from reslab.training.runs import Verdict
@@ -104,15 +105,11 @@ def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
     return groups
 
 
-def fmt_loss(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"
-
-
 def describe(g: dict) -> str:
     """'2.44 → 0.21', '2.3 → 0.5, seed(s) 1 diverged' or 'diverged at step 2'."""
     if g["diverged"] and len(g["diverged"]) == len(g["seeds"]):
         return f"diverged at step {', '.join(map(str, g['diverged_at']))}"
-    text = f"{fmt_loss(g['start_loss'])} → {fmt_loss(g['final_train_loss'])}"
+    text = f"{fmt_num(g['start_loss'])} → {fmt_num(g['final_train_loss'])}"
     if g["diverged"]:
         text += f", seed(s) {', '.join(map(str, g['diverged']))} diverged"
     return text

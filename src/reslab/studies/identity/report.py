@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from reslab.report.html import fmt_pct
+from reslab.report.html import fmt_num, fmt_pct
 from reslab.studies import records
 from reslab.studies.identity import RESULTS
 from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
-from reslab.studies.identity.rule import CALLS, LABELS, fmt_loss, verdict
+from reslab.studies.identity.rule import CALLS, LABELS, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree
 from reslab.training import runs
@@ -20,8 +20,8 @@ FIT: Columns = {
     "arm": lambda r: r.get("arm", r["arch"]),
     "layers": lambda r: str(r["depth"]),
     "blocks": lambda r: str(r["blocks"]),
-    "train loss": lambda r: fmt_loss(r["train_loss"]),
-    "held-out loss": lambda r: fmt_loss(r["final_loss"]),
+    "train loss": lambda r: fmt_num(r["train_loss"]),
+    "held-out loss": lambda r: fmt_num(r["final_loss"]),
     "call at this depth": lambda r: r["call"],
 }
 APPEND: Columns = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reslab.report.html import fmt_pct
+from reslab.report.html import fmt_num, fmt_pct
 from reslab.studies.identity import PLAIN, ZERO_INIT
 from reslab.studies.stats import finite_or_none
 from reslab.training.runs import Verdict
@@ -111,7 +111,7 @@ def judge_fit(fit: dict) -> dict:
             "shown" if calls == {"residual"} else "partly" if "residual" in calls else "not_shown"
         )
     text = "learning the identity, residual stacks reach relative loss " + ", ".join(
-        f"{fmt_loss(r['residual'])} vs plain {fmt_loss(r['plain'])} ({r['depth']} layers: "
+        f"{fmt_num(r['residual'])} vs plain {fmt_num(r['plain'])} ({r['depth']} layers: "
         f"{CALLS[r['call']]})"
         for r in rows
     )
@@ -148,7 +148,3 @@ def verdict(results: dict, diverged: Sequence[str] = ()) -> Verdict:
     thresholds = {"floor": FLOOR, "factor": FACTOR}
     text = f"{LABELS[fit['status']][0].capitalize()}: {fit['text']}."
     return Verdict(fit["status"], numbers, thresholds, RULE.format(**thresholds), text)
-
-
-def fmt_loss(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"  # None: non-finite (written as null)

@@ -10,7 +10,7 @@ import numpy as np
 
 from reslab.report import figures
 from reslab.report.figures import Figure
-from reslab.report.html import fmt_pct
+from reslab.report.html import fmt_num, fmt_pct
 from reslab.studies import records
 from reslab.studies.base import ARCHS
 from reslab.studies.landscape import SURFACES
@@ -28,10 +28,10 @@ LABELS = {  # status -> (label, tone), as the page and `reslab report`'s index s
 
 def format_table(summary: dict) -> str:
     """The per-seed non-convexity of every (arch, depth), the nets without a surface and the verdict."""
-    rows = [
-        [r["arch"], str(r["depth"]), " ".join(map(_ratio, r["ratios"])), _ratio(r["mean"])]
-        for r in summary["rows"]
-    ]
+    rows = []
+    for r in summary["rows"]:
+        *seeds, mean = (fmt_num(x, ".3f") for x in [*r["ratios"], r["mean"]])
+        rows.append([r["arch"], str(r["depth"]), " ".join(seeds), mean])
     lines = [text_table(["arch", "depth", "|λmin/λmax| per seed", "mean"], rows)]
     lines += [
         f"{n['arch']} {n['depth']} seed {n['seed']}: {n['status']}, no surface"
@@ -39,10 +39,6 @@ def format_table(summary: dict) -> str:
     ]
     v = summary["verdict"]
     return "\n".join([*lines, "", f"verdict: {v['status']}", f"  {v['text']}"])
-
-
-def _ratio(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
 
 
 def write_summary(folder: Path, data: dict) -> dict:
@@ -92,7 +88,7 @@ def build_report(folder: str | Path) -> Path:
         [
             [n["arch"], n["depth"], n["seed"], fmt_pct(n["final_train_error"])]
             + [f"{n['lambda_max']:.4g}", f"{n['lambda_min']:.4g}"]
-            + [_ratio(ratio(n["lambda_max"], n["lambda_min"]))]
+            + [fmt_num(ratio(n["lambda_max"], n["lambda_min"]), ".3f")]
             for n in summary["nets"]
         ],
     )

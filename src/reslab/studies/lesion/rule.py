@@ -34,7 +34,7 @@ import numpy as np
 from reslab.report.html import fmt_pct, join_values
 from reslab.studies.base import ARCHS
 from reslab.studies.stats import tolerance
-from reslab.training.runs import Verdict
+from reslab.training.runs import Verdict, diverged_at
 
 ROBUST, BROKEN = 0.1, 0.5
 MIN_KS, FLOOR, CLIFF = 4, 0.005, 0.5
@@ -164,9 +164,8 @@ def _k_clause(arch: str, s: dict) -> str:
 
 def diverged_name(d: dict) -> str:
     """A net that diverged in training, as the verdict and the tables name it."""
-    loss = d.get("last_finite_loss")
-    last = f", last finite loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-    return f"{Path(d['run_dir']).name} ({d['model']}, diverged at step {d['step']}{last})"
+    at = diverged_at(d["step"], d.get("last_finite_loss"))
+    return f"{Path(d['run_dir']).name} ({d['model']}, {at})"
 
 
 def unlike_arms(nets: list[dict]) -> dict:

@@ -56,9 +56,7 @@ def plot_bars(groups: list[dict], path: str | Path) -> Path:
 
 def _curve(study_dir: Path, run: dict) -> tuple[list, list]:
     """(steps, training losses) a run logged (none when it diverged before logging any)."""
-    run_dir = study_dir / run["run_dir"]
-    lines = rf.read_metrics(run_dir) if (run_dir / rf.METRICS).is_file() else []
-    train = [ln for ln in lines if ln.get("kind") == "train"]
+    train = rf.train_lines(study_dir / run["run_dir"])
     return [ln["step"] for ln in train], [ln["train_loss"] for ln in train]
 
 

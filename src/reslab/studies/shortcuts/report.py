@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reslab.models.variants import VARIANTS
-from reslab.report.html import fmt_mean_std, fmt_pct
+from reslab.report.html import fmt_mean_std, fmt_num, fmt_pct
 from reslab.studies import records
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.shortcuts.plots import panel, plot_bars, plot_curves
@@ -26,22 +26,19 @@ ERRORS = ("final_train_error", "final_train_loss", "final_test_error")  # NaN wh
 
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
     """(runs with a summary.json, in the paper's order, run folders without one yet)."""
-    study_dir = Path(study_dir)
-    runs, incomplete = [], []
-    for run_dir in rf.run_dirs(study_dir):
-        cell = rf.parse_cell(run_dir.name, ("variant",))
-        if not cell or cell["variant"] not in VARIANTS:
-            continue
-        rel = run_dir.relative_to(study_dir).as_posix()
-        s = rf.read_summary(run_dir)
-        if s is None:
-            incomplete.append(rel)
-            continue
-        info = {"status": s.get("status", "completed"), "model": s.get("model")}
-        info |= {"params": s.get("params"), "iters": s.get("steps")}
-        runs.append(cell | info | {k: finite_or_none(s.get(k)) for k in ERRORS} | {"run_dir": rel})
-    runs.sort(key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))
-    return runs, incomplete
+    return records.collect(
+        Path(study_dir),
+        ("variant",),
+        _run,
+        lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]),
+        keep=lambda cell: cell["variant"] in VARIANTS,
+    )
+
+
+def _run(run_dir: Path, cell: dict, s: dict) -> dict:
+    info = {"status": s.get("status", "completed"), "model": s.get("model")}
+    info |= {"params": s.get("params"), "iters": s.get("steps")}
+    return cell | info | {k: finite_or_none(s.get(k)) for k in ERRORS}
 
 
 def write_summary(study_dir: str | Path) -> dict:
@@ -73,7 +70,7 @@ def _rows(v: dict, table: int) -> list[list[str]]:
                 fmt_mean_std(g["test_error_mean"], g["test_error_std"]),
                 fmt_pct(g["test_error_median"]),
                 fmt_mean_std(g["train_error_mean"], g["train_error_std"]),
-                "—" if g["train_loss_mean"] is None else f"{g['train_loss_mean']:.3g}",
+                fmt_num(g["train_loss_mean"]),
                 seeds,
                 vs,
                 paper_text(paper_finding(name, v["column"])),
