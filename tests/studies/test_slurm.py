@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reslab.studies.slurm import SlurmOptions, _log_tail, _sbatch_flags
+from reslab.studies.slurm import SlurmOptions, _log_tail, _queue, _sbatch_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ["degradation", "--depths", "2", "--seeds", "0", "--width", "16", "--eval-every", "15"]
@@ -96,6 +96,17 @@ def test_a_failed_job_is_explained_by_the_line_of_its_log_that_says_why(tmp_path
     assert found == why and path == tmp_path / "7" / "7_0_log.err"
     assert tail == [line.strip() for line in log.splitlines() if line.strip()][-3:]
     assert _log_tail(tmp_path, "8")[::2] == ([], None)  # a job that never started has no log
+
+
+def test_a_job_squeue_calls_invalid_has_ended_and_an_unanswered_squeue_ends_none(
+    slurm, tmp_path, monkeypatch
+):
+    assert _queue(["999999"]) == {}  # "Invalid job id specified": Slurm holds no such job
+    # squeue that cannot answer (here it cannot read its configuration) tells nothing about the
+    # jobs: None, and the waiting submitter takes no job for ended (a requeue once looked so)
+    (tmp_path / "slurm.conf").write_text("")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    assert _queue(["999999"]) is None
 
 
 @pytest.mark.slow

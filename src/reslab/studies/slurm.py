@@ -44,7 +44,11 @@ from reslab.training.config import TrainConfig
 JOBS = "jobs.json"  # in <study>/slurm/: {run name: Slurm job id}
 # --launcher slurm, set by `base.main` for the study it runs: `grid.train_grid` submits the cells
 LAUNCH: ContextVar[SlurmOptions | None] = ContextVar("LAUNCH", default=None)
-LIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+# the states of a job Slurm may still run (squeue's %T); a requeued job passes through several
+LIVE = set(
+    "PENDING CONFIGURING RUNNING COMPLETING REQUEUED REQUEUE_HOLD REQUEUE_FED SPECIAL_EXIT RESIZING "
+    "SUSPENDED STOPPED SIGNALING STAGE_OUT RESV_DEL_HOLD".split()
+)
 
 
 class CellsFailed(RuntimeError):
@@ -146,6 +150,11 @@ def run_grid(
     folder = Path(configs[0].out).parent / "slurm"
     recorded = _read_jobs(folder)
     live = _queue(recorded.values())
+    if live is None:  # submitting now could run a cell twice
+        raise OSError(
+            "--launcher slurm: squeue did not answer, so which cells are still queued is "
+            "not known; nothing was submitted: rerun the same command"
+        )
     todo = []
     for i, c in enumerate(configs):
         run_dir = Path(c.out) / c.run_name
@@ -166,6 +175,7 @@ def run_grid(
         print(f"  submitted {len(todo)} jobs to Slurm (logs in {folder / 'logs'})", flush=True)
     waiting = {i for i, c in enumerate(configs) if not runs.is_finished(Path(c.out) / c.run_name)}
     failed: list[str] = []
+    missing: dict[int, int] = {}  # polls in a row that found a waiting cell's job out of the queue
     last = None
     while waiting:
         queue = _queue(recorded[configs[i].run_name] for i in waiting)
@@ -175,7 +185,12 @@ def run_grid(
             if runs.is_finished(run_dir):
                 waiting.discard(i)
                 done(i, {"name": c.run_name, **(runs.read_summary(run_dir) or {}), "wall_s": 0.0})
-            elif recorded[c.run_name] not in queue:  # its job ended, its run did not
+            elif queue is not None and recorded[c.run_name] not in queue:
+                # its job ended, its run did not: seen twice, so that one look between two states
+                # of a requeued job is not taken for its end
+                missing[i] = missing.get(i, 0) + 1
+                if missing[i] < 2:
+                    continue
                 waiting.discard(i)
                 failed.append(c.run_name)
                 job = recorded[c.run_name]
@@ -185,7 +200,9 @@ def run_grid(
                 if why is None:
                     why = tail[-1] if tail else f"no log at {log} (it ended before it started)"
                 done(i, _fail(c, job, why))
-        states = list(queue.values())
+            else:
+                missing.pop(i, None)
+        states = list((queue or {}).values())
         counts = (
             len(configs) - len(waiting) - len(failed),
             sum(s == "RUNNING" for s in states),
@@ -287,8 +304,9 @@ def _submit(executor, cells: list[TrainCell]) -> list[str]:
     return [j.job_id for j in jobs]
 
 
-def _queue(job_ids) -> dict[str, str]:
-    """{job id: state} of those of `job_ids` Slurm still holds (pending, running, ...)."""
+def _queue(job_ids) -> dict[str, str] | None:
+    """{job id: state} of those of `job_ids` Slurm still holds (pending, running, ...); None when
+    squeue could not answer (slurmctld busy or restarting), so that no job is taken to have ended."""
     ids = sorted({j for j in job_ids if j})
     if not ids or shutil.which("squeue") is None:
         return {}
@@ -298,8 +316,8 @@ def _queue(job_ids) -> dict[str, str]:
         capture_output=True,
         text=True,
     )
-    if out.returncode != 0:  # every job of the list has left the queue (squeue then errs)
-        return {}
+    if out.returncode != 0:  # every job of the list has left the queue: squeue names them invalid
+        return {} if "Invalid job id" in out.stderr else None
     states = dict(line.split() for line in out.stdout.splitlines() if line.strip())
     return {j: s for j, s in states.items() if j in ids and s in LIVE}
 
