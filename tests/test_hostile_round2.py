@@ -184,7 +184,7 @@ def test_a_cell_named_twice_is_trained_once(tmp_path):
 
 
 def test_train_grid_trains_one_folder_once(tmp_path):
-    from reslab.studies.grid import train_grid
+    from reslab.launch.grid import train_grid
     from reslab.training.config import TrainConfig
 
     cfg = TrainConfig(model="resmlp-2", iters=2, out=str(tmp_path), name="c", progress=False)
@@ -203,7 +203,7 @@ def test_workers_die_with_the_study_process(tmp_path):
 
     script = (
         "import os, sys, time\n"
-        "from reslab.studies.grid import worker_pool\n"
+        "from reslab.launch.grid import worker_pool\n"
         "pool = worker_pool(1)\n"
         "print(pool.submit(os.getpid).result(), flush=True)\n"
         "pool.submit(time.sleep, 120)\n"

@@ -92,6 +92,15 @@ def test_report_toolkit_imports_no_study_and_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_the_launchers_import_no_study():
+    """`reslab.launch` runs TrainConfigs wherever they train; it knows no study's cells or rules."""
+    graph = import_graph()
+    launch = [m for m in graph if m.startswith("reslab.launch")]
+    assert launch
+    for mod in launch:
+        assert not any(t.startswith("reslab.studies") for t in graph[mod]), mod
+
+
 def test_the_command_line_help_imports_neither_torch_nor_matplotlib():
     """`reslab --help` builds every command's parser, each study's options shown with its default
     preset's values: none of it needs torch, numpy or matplotlib (3-7 s of imports on a laptop)."""

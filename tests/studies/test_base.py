@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reslab.launch.grid import Estimate, train_grid
 from reslab.studies import base, records, stats
-from reslab.studies.grid import Estimate, train_grid
 from reslab.training import TrainConfig, runs
 from reslab.training.timing import Timing
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reslab.studies.slurm import SlurmOptions, _log_tail, _queue, _sbatch_flags
+from reslab.launch.slurm import SlurmOptions, _log_tail, _queue, _sbatch_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = ["degradation", "--depths", "2", "--seeds", "0", "--width", "16", "--eval-every", "15"]

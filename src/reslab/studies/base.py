@@ -7,7 +7,7 @@ trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, j
 cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid -> measure ->
 report. `report.py` and `measure.py` are imported only when used, so the CLI can list every study
 and its options without importing torch or matplotlib.
-Training the grid, under one divergence policy, is `reslab.studies.grid`.
+Training the grid, under one divergence policy, is `reslab.launch.grid`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reslab.launch.grid import default_jobs, train_grid
+from reslab.launch.slurm import LAUNCH, SlurmOptions, launcher_options, raise_failed
 from reslab.studies import records
-from reslab.studies.grid import default_jobs, train_grid
-from reslab.studies.slurm import LAUNCH, SlurmOptions, launcher_options, raise_failed
 from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper

@@ -45,7 +45,7 @@ REPORT = "report.html"
 
 FINISHED = ("completed", "diverged")
 # ended without a trained net: a study counts either against its arm. A "failed" run (its Slurm job
-# died: `studies.slurm`) is not finished, so rerunning the study trains it again, from its checkpoint
+# died: `launch.slurm`) is not finished, so rerunning the study trains it again, from its checkpoint
 UNTRAINED = ("diverged", "failed")
 LOCK = ".lock"  # held (flock) by the process writing the run; the OS releases it when that process dies
 

@@ -1,7 +1,7 @@
 """How long a training run will take on this machine, timed before it starts: a few training steps
 of its model on its data, one evaluation batch, one checkpoint and the loading of its data, scaled
 to the run's steps, to the images its evaluations score and to its checkpoints. What
-`reslab.studies.grid.Estimate` says before a grid of runs trains.
+`reslab.launch.grid.Estimate` says before a grid of runs trains.
 
 Not timed: `--compile` (its compile time would cost as much as the measurement saves), and what a
 process pays once (importing torch, spawning a study's worker processes).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
-from reslab.studies import slurm
+from reslab.launch import slurm
 from reslab.training import runs
 from reslab.training.config import TrainConfig
 
