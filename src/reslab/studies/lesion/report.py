@@ -122,6 +122,8 @@ def _figures(folder: Path, nets: list[dict], v: dict) -> tuple[Path, Path]:
     with figures.style():
         fig3, (single,) = figures.figure(1, width=7.0, height=3.8)
         fig5, (multi,) = figures.figure(1, width=6.0, height=3.8)
+        single.set(title="deleting one block at test time", xlabel="deleted block")
+        multi.set(title="deleting random sets of k blocks", xlabel="number of blocks deleted (k)")
         shaded = set()
         for arch in ARCHS:
             group, c = [n for n in nets if n["arch"] == arch], figures.ARCH_COLORS[arch]
@@ -136,32 +138,21 @@ def _figures(folder: Path, nets: list[dict], v: dict) -> tuple[Path, Path]:
                 for m in n["multi"]:  # each random set a dot
                     k, errors = [m["k"]] * len(m["errors"]), 100 * np.array(m["errors"])
                     multi.scatter(k, errors, color=c, s=6, alpha=0.2, lw=0)
-            if s := v[arch]:  # the verdict's numbers: the mean and std over sets and nets
-                k = [0] + [m["k"] for m in s["multi"]]
-                mean = 100 * np.array(
-                    [s["intact_error_mean"]] + [m["error_mean"] for m in s["multi"]]
-                )
-                std = 100 * np.array([0.0] + [m["error_std"] for m in s["multi"]])
+            if s := v[arch]:  # the verdict's numbers: mean and std over the sets of all nets
+                curve = s["multi"]
+                k = [0] + [m["k"] for m in curve]
+                mean = 100 * np.array([s["intact_error_mean"]] + [m["error_mean"] for m in curve])
+                std = 100 * np.array([0.0] + [m["error_std"] for m in curve])
                 label = f"{arch} ({', '.join(s['models'])})"
                 multi.plot(k, mean, color=c, lw=2, marker="o", ms=3, label=label)
                 multi.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
         for b in sorted(shaded):
             single.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
-        for ax, title, xlabel, legend in (
-            (single, "deleting one block at test time", "deleted block", "center right"),
-            (
-                multi,
-                "deleting random sets of k blocks",
-                "number of blocks deleted (k)",
-                "lower right",
-            ),
-        ):
+        for ax, legend in ((single, "center right"), (multi, "lower right")):
             if nets:
                 chance = 100 * (1 - 1 / nets[0]["num_classes"])
                 ax.axhline(chance, color="#8a8f98", lw=1, ls=":", label="chance")
                 ax.legend(loc=legend)
-            ax.set_xlabel(xlabel)
             figures.percent_axis(ax, "test error")
             ax.set_ylim(bottom=0)
-            ax.set_title(title)
         return figures.save(fig3, folder / "single.png"), figures.save(fig5, folder / "multi.png")
