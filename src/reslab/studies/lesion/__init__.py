@@ -68,8 +68,7 @@ class LesionConfig(base.StudyConfig):
         return [] if self.runs else [(a, s) for s in self.seeds for a in ARCHS]
 
     def run_config(self, arch: str, seed: int) -> TrainConfig:
-        """The training config of the `arch` ("plain" | "residual") net of one pair."""
-        model = self.residual if arch == "residual" else self.plain
+        model = getattr(self, arch)  # the `residual` or the `plain` field
         options: dict[str, Any] = {"model_kwargs": {"width": self.width} if self.width else {}}
         if self.num_threads:
             options["num_threads"] = self.num_threads
@@ -84,25 +83,22 @@ class LesionConfig(base.StudyConfig):
 # warm-up (lr 0.01 until the training error is below 80%, at most 2,000 iterations), which the
 # engine's paper preset gives nets of 110 layers and more only, so the two arms share one recipe;
 # they still differ in depth, and the verdict says so.
+CIFAR = dict(data="cifar10", width=0, seeds=(0,))  # CIFAR nets have no width option
 PRESETS: dict[str, dict[str, Any]] = {
     # the fields' defaults; tiny matrices: more threads only contend for the cores
     "digits": dict(num_threads=1, train=dict(preset="paper-digits")),
     "cpu": dict(
-        data="cifar10",
+        CIFAR,
         residual="resnet-20",
         plain="plain-20",
-        width=0,  # CIFAR nets have no width option
-        seeds=(0,),
         samples=10,
         test_subset=2000,
         train=dict(preset="cpu", epochs=3.0, log_every=20),
     ),
     "paper": dict(
-        data="cifar10",
+        CIFAR,
         residual="resnet-110",
         plain="plain-20",
-        width=0,
-        seeds=(0,),
         samples=20,
         ks=tuple(range(1, 21)),
         train=dict(

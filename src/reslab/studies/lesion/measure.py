@@ -32,7 +32,7 @@ from reslab.training.trained import load_run
 
 
 class Lesioned(nn.Module):
-    """A deleted block: its shortcut path (residual) or the identity (plain), `block.shortcut_path`."""
+    """A deleted block: what `block.shortcut_path` leaves of it."""
 
     def __init__(self, block: ResidualBlock) -> None:
         super().__init__()
@@ -45,10 +45,7 @@ class Lesioned(nn.Module):
 @contextlib.contextmanager
 def lesioned(model: Model, blocks: Sequence[int]) -> Iterator[Model]:
     """`model` with the blocks at these indices of `model.residual_blocks()` deleted, restored on exit."""
-    all_blocks = model.residual_blocks()
-    if bad := [i for i in blocks if not 0 <= i < len(all_blocks)]:
-        raise ValueError(f"block index {bad[0]} out of range: the model has {len(all_blocks)}")
-    chosen = {id(all_blocks[i]) for i in blocks}
+    chosen = {id(model.residual_blocks()[i]) for i in blocks}
     swapped = [(name, m) for name, m in model.named_modules() if id(m) in chosen]
     try:
         for name, block in swapped:
@@ -60,22 +57,19 @@ def lesioned(model: Model, blocks: Sequence[int]) -> Iterator[Model]:
 
 
 @torch.no_grad()
-def block_shapes(model: Model, x: torch.Tensor) -> list[tuple[tuple, tuple]]:
-    """(input shape, output shape) of every block for the batch `x`, without the batch dimension."""
-    shapes: list[tuple[tuple, tuple]] = []
+def changes_shape(model: Model, x: torch.Tensor) -> list[bool]:
+    """Whether each block's output differs in shape from its input (`x`: any batch of inputs)."""
+    changes: list[bool] = []
     hooks = [
-        b.register_forward_hook(lambda m, a, o: shapes.append((a[0].shape[1:], o.shape[1:])))
+        b.register_forward_hook(lambda m, a, o: changes.append(a[0].shape != o.shape))
         for b in model.residual_blocks()
     ]
-    was_training = model.training
     try:
-        model.eval()
         model(x)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
-    return [(tuple(i), tuple(o)) for i, o in shapes]
+    return changes
 
 
 def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: int) -> dict:
@@ -95,31 +89,12 @@ def random_sets(eligible: Sequence[int], ks: Sequence[int], samples: int, seed: 
     return sets
 
 
-def diverged(run_dir: str | Path) -> dict:
-    """What a net that diverged in training leaves to report: where it stopped and its last finite
-    loss (None where the run folder predates that record); it has no finite weights to lesion."""
-    summary, config = runs.read_summary(run_dir) or {}, runs.read_config(run_dir)
-    model = str(summary.get("model") or config.get("model"))
-    with torch.device("meta"):  # plain or residual as built, model_kwargs included
-        net = create_model(model, **config.get("model_kwargs", {}))
-    return {
-        "run_dir": str(run_dir),
-        "model": model,
-        "arch": "residual" if is_residual(net) else "plain",
-        "seed": config.get("seed"),
-        "step": summary.get("diverged_at_step", summary.get("steps")),
-        "last_finite_loss": summary.get("last_finite_loss"),
-    }
-
-
-def measure(run_dir: str | Path, cfg: Any) -> dict:
-    """Test error of the intact net, with each single block deleted, and with random sets of k
-    (`cfg`: the study's config: ks, samples, test_subset, device, num_threads)."""
+def measure(run_dir: Path, cfg: Any) -> dict:
+    """Test error of the intact net, with each single block deleted, and with random sets of k."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model, tcfg = load_run(run_dir)
-    if tcfg is None:
-        raise ValueError(f"{run_dir} has no {runs.CONFIG}: cannot tell its data")
+    assert tcfg is not None  # LesionConfig checked that every run folder holds its config.json
     train_data, test_data, _ = load_data(tcfg)
     if cfg.test_subset:
         test_data = test_data.subset(torch.arange(min(cfg.test_subset, len(test_data.labels))))
@@ -131,8 +106,7 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
             r = evaluate(model, test_data, 256, d, mean=train_data.mean, std=train_data.std)
         return r["error"]
 
-    probe = test_data.images[:2].to(d.device, torch.float32)  # only its shape matters
-    changes = [i != o for i, o in block_shapes(model, probe)]
+    changes = changes_shape(model, test_data.images[:2].to(d.device, torch.float32))
     residual = is_residual(model)
     eligible = [i for i, c in enumerate(changes) if residual or not c]
     intact = error()
@@ -141,9 +115,7 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
         for i, c in enumerate(changes)
     ]
     sets = random_sets(eligible, cfg.ks or range(1, len(eligible) + 1), cfg.samples, seed=0)
-    multi = [{"k": k, "errors": [error(s) for s in ss], "sets": ss} for k, ss in sets.items()]
     return {
-        "run_dir": str(run_dir),
         "model": tcfg.model,
         "recipe": recipe(tcfg),  # how it was trained, less what differs per run (model, seed)
         "arch": "residual" if residual else "plain",
@@ -155,21 +127,38 @@ def measure(run_dir: str | Path, cfg: Any) -> dict:
         "intact_error": intact,
         "trained_test_error": (runs.read_summary(run_dir) or {}).get("final_test_error"),
         "single": single,
-        "multi": multi,
+        "multi": [{"k": k, "errors": [error(s) for s in ss], "sets": ss} for k, ss in sets.items()],
+    }
+
+
+def diverged(run_dir: Path) -> dict:
+    """What a net that diverged in training leaves to report: where it stopped and its last finite
+    loss (None where the run folder predates that record)."""
+    summary, config = runs.read_summary(run_dir) or {}, runs.read_config(run_dir)
+    model = str(summary.get("model") or config.get("model"))
+    with torch.device("meta"):  # plain or residual as built, model_kwargs included
+        net = create_model(model, **config.get("model_kwargs", {}))
+    return {
+        "model": model,
+        "arch": "residual" if is_residual(net) else "plain",
+        "seed": config.get("seed"),
+        "step": summary.get("diverged_at_step", summary.get("steps")),
+        "last_finite_loss": summary.get("last_finite_loss"),
     }
 
 
 def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: int) -> None:
-    """Lesion every net (the pair trained here, or the runs given with --from) that did not diverge
-    into `<folder>/lesions.json`; a diverged net, which has no finite weights, is listed apart."""
-    run_dirs = [Path(c.out) / c.run_name for c in configs] or [Path(r) for r in cfg.runs]
+    """Lesion every net (the pair trained here, or the runs given with --from) into
+    `<folder>/lesions.json`; a net that did not train (diverged, or its Slurm job failed) has no
+    finite weights and is listed apart."""
+    named = [(f"{runs.RUNS}/{c.run_name}", Path(c.out) / c.run_name) for c in configs]
     nets, lost = [], []
-    for run_dir in run_dirs:
-        if runs.status(run_dir) in runs.UNTRAINED:  # diverged, or its Slurm job failed
-            lost.append(diverged(run_dir) | {"run_dir": _relative(run_dir, folder)})
+    for name, run_dir in named or [(str(Path(r)), Path(r)) for r in cfg.runs]:
+        if runs.status(run_dir) in runs.UNTRAINED:
+            lost.append({"run_dir": name} | diverged(run_dir))
             continue
         t = time.perf_counter()
-        n = measure(run_dir, cfg) | {"run_dir": _relative(run_dir, folder)}
+        n = {"run_dir": name} | measure(run_dir, cfg)
         nets.append(n)
         print(
             f"  lesioned {n['model']:<14} s{n['seed']}: intact {n['intact_error']:.2%}, "
@@ -178,9 +167,3 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
             flush=True,
         )
     runs.write_json(folder / LESIONS, {"nets": nets, "diverged": lost})
-
-
-def _relative(run_dir: Path, folder: Path) -> str:
-    """A run folder relative to the study folder where it lies inside it (the pair trained here)."""
-    run, top = run_dir.resolve(), folder.resolve()
-    return run.relative_to(top).as_posix() if run.is_relative_to(top) else str(run_dir)

@@ -13,7 +13,7 @@ from reslab.report.html import fmt_mean_std, fmt_pct
 from reslab.studies import records
 from reslab.studies.base import ARCHS
 from reslab.studies.lesion import LESIONS
-from reslab.studies.lesion.rule import arch_stats, diverged_name, smoothness_verdict, verdict
+from reslab.studies.lesion.rule import diverged_name, smoothness_verdict, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import mean_std
 from reslab.training import runs
@@ -26,13 +26,15 @@ LABELS = {
     "insufficient": ("insufficient measurements", "neutral"),
 }
 NETS = ["model", "arch", "seed", "blocks", "intact error", "trained test error", "run"]
+# summary.json's nets: lesions.json's less what only the rules read
+KEYS = "run_dir model arch seed data blocks intact_error trained_test_error test_images".split()
 
 
 def _net_rows(summary: dict) -> list[list[str]]:
     """The nets as the page and the terminal show them: the lesioned, then the diverged."""
     rows = [
         [n["model"], n["arch"], str(n["seed"]), str(n["blocks"]), fmt_pct(n["intact_error"])]
-        + [fmt_pct(n.get("trained_test_error")), n["run_dir"]]
+        + [fmt_pct(n["trained_test_error"]), n["run_dir"]]
         for n in summary["nets"]
     ]
     return rows + [
@@ -42,31 +44,27 @@ def _net_rows(summary: dict) -> list[list[str]]:
 
 
 def format_table(summary: dict) -> str:
-    """The nets and the verdicts as plain text, for the terminal."""
-    v, lines = summary["verdict"], [text_table(NETS, _net_rows(summary))]
-    lines += ["", f"verdict: {v['status']}", v["text"]]
-    if smooth := summary.get("smoothness"):  # absent from summaries written before it was judged
-        lines += ["", f"smoothness: {smooth['status']}", smooth["text"]]
+    lines = [text_table(NETS, _net_rows(summary))]
+    for key in ("verdict", "smoothness"):  # no smoothness in summaries written before it was judged
+        if v := summary.get(key):
+            lines += ["", f"{key}: {v['status']}", v["text"]]
     return "\n".join(lines)
 
 
 def build_report(folder: str | Path) -> Path:
-    """Write summary.json, single.png, multi.png and report.html into `folder`; returns the page."""
     folder = Path(folder)
     study, path = records.read_study(folder, "lesion"), folder / LESIONS
     lesions = runs.read_json(path) if path.is_file() else {}  # none yet while the nets train
     nets, diverged = lesions.get("nets", []), lesions.get("diverged", [])
-    keys = "run_dir model arch seed data blocks intact_error trained_test_error test_images"
     summary = summary_head("lesion", study) | {
-        "nets": [{k: n.get(k) for k in keys.split()} for n in nets],  # less what the rules read
+        "nets": [{k: n.get(k) for k in KEYS} for n in nets],
         "diverged": diverged,
         "verdict": verdict(nets, diverged).to_json(),
         "smoothness": smoothness_verdict(nets).to_json(),
     }
     summary = runs.write_study_summary(folder, summary)
     v, smooth = summary["verdict"], summary["smoothness"]
-    single = _figure(_single, nets, folder / "single.png", 7.0, "deleted block", "center right")
-    multi = _figure(_multi, nets, folder / "multi.png", 6.0, "number of blocks deleted (k)")
+    single, multi = _figures(folder, nets, v)
 
     title = "Lesion study: residual networks behave like ensembles"
     source = "Veit et al. 2016, Figures 3 and 5(a)"
@@ -91,9 +89,15 @@ def build_report(folder: str | Path) -> Path:
         "Intact error is measured here in fp32; the trained test error is the training run's own. "
         "A net that diverged in training has no finite weights and is not lesioned.",
     )
+    per_block = []
+    for b in range(max((n["blocks"] for n in nets), default=0)):
+        at_b = [(n["arch"], s) for n in nets for s in n["single"] if s["block"] == b]
+        shape = "yes" if any(s["changes_shape"] for _, s in at_b) else ""
+        errors = [mean_std([s["error"] for a, s in at_b if a == arch]) for arch in ARCHS]
+        per_block.append([b + 1, shape, *(fmt_mean_std(*e) for e in errors)])
     page.heading("Test error per deleted block").table(
         ["block", "changes shape", *ARCHS],
-        _per_block_rows(nets),
+        per_block,
         "Mean ± std over nets of an arch; — where the block cannot be deleted or no such net was run.",
     )
     rule = (
@@ -113,61 +117,42 @@ def build_report(folder: str | Path) -> Path:
     return finish(page, folder, what, summary, ("smoothness", "nets", "diverged"), rule)
 
 
-def _per_block_rows(nets: list[dict]) -> list[list]:
-    rows = []
-    for b in range(max((n["blocks"] for n in nets), default=0)):
-        at_b = [(n["arch"], s) for n in nets for s in n["single"] if s["block"] == b]
-        shape = "yes" if any(s["changes_shape"] for _, s in at_b) else ""
-        errors = [mean_std([s["error"] for a, s in at_b if a == arch]) for arch in ARCHS]
-        rows.append([b + 1, shape, *(fmt_mean_std(*e) for e in errors)])
-    return rows
-
-
-def _figure(draw, nets: list[dict], path: Path, width: float, xlabel: str, legend="lower right"):
-    """A lesion figure: `draw(ax, nets)`, then the chance level, labels, legend and title."""
+def _figures(folder: Path, nets: list[dict], v: dict) -> tuple[Path, Path]:
+    """single.png (Veit et al. Fig. 3) and multi.png (Fig. 5(a)); what they show: their captions."""
     with figures.style():
-        fig, (ax,) = figures.figure(1, width=width, height=3.8)
-        title = draw(ax, nets)
-        if nets:
-            chance = 100 * (1 - 1 / nets[0]["num_classes"])
-            ax.axhline(chance, color="#8a8f98", lw=1, ls=":", label="chance")
-            ax.legend(loc=legend)
-        ax.set_xlabel(xlabel)
-        figures.percent_axis(ax, "test error")
-        ax.set_ylim(bottom=0)
-        ax.set_title(title)
-        return figures.save(fig, path)
-
-
-def _single(ax, nets: list[dict]) -> str:  # Fig. 3; what it shows: its caption in build_report
-    shaded = set()
-    for arch in ARCHS:
-        group, c = [n for n in nets if n["arch"] == arch], figures.ARCH_COLORS[arch]
-        lw, alpha = (1.8, 1.0) if len(group) == 1 else (1.0, 0.6)
-        for j, n in enumerate(group):
-            x = [s["block"] + 1 for s in n["single"]]
-            y = [np.nan if s["error"] is None else 100 * s["error"] for s in n["single"]]
-            label = f"{arch} ({n['model']}), one block deleted" if j == 0 else None
-            ax.plot(x, y, color=c, marker="o", ms=3, lw=lw, alpha=alpha, label=label)
-            ax.axhline(100 * n["intact_error"], color=c, lw=1, ls="--", alpha=0.7)
-            shaded |= {s["block"] + 1 for s in n["single"] if s["changes_shape"]}
-    for b in sorted(shaded):
-        ax.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
-    return "deleting one block at test time"
-
-
-def _multi(ax, nets: list[dict]) -> str:  # Fig. 5(a)
-    for arch in ARCHS:
-        if (s := arch_stats(nets, arch)) is None:
-            continue
-        c = figures.ARCH_COLORS[arch]
-        for m in (m for n in nets if n["arch"] == arch for m in n["multi"]):
-            x, y = [m["k"]] * len(m["errors"]), 100 * np.array(m["errors"])
-            ax.scatter(x, y, color=c, s=6, alpha=0.2, lw=0)
-        k = [0] + [m["k"] for m in s["multi"]]
-        mean = 100 * np.array([s["intact_error_mean"]] + [m["error_mean"] for m in s["multi"]])
-        std = 100 * np.array([0.0] + [m["error_std"] for m in s["multi"]])
-        label = f"{arch} ({', '.join(s['models'])})"
-        ax.plot(k, mean, color=c, lw=2, marker="o", ms=3, label=label)
-        ax.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
-    return "deleting random sets of k blocks"
+        fig3, (single,) = figures.figure(1, width=7.0, height=3.8)
+        fig5, (multi,) = figures.figure(1, width=6.0, height=3.8)
+        single.set(title="deleting one block at test time", xlabel="deleted block")
+        multi.set(title="deleting random sets of k blocks", xlabel="number of blocks deleted (k)")
+        shaded = set()
+        for arch in ARCHS:
+            group, c = [n for n in nets if n["arch"] == arch], figures.ARCH_COLORS[arch]
+            lw, alpha = (1.8, 1.0) if len(group) == 1 else (1.0, 0.6)
+            for j, n in enumerate(group):
+                x = [s["block"] + 1 for s in n["single"]]
+                y = [np.nan if s["error"] is None else 100 * s["error"] for s in n["single"]]
+                label = f"{arch} ({n['model']}), one block deleted" if j == 0 else None
+                single.plot(x, y, color=c, marker="o", ms=3, lw=lw, alpha=alpha, label=label)
+                single.axhline(100 * n["intact_error"], color=c, lw=1, ls="--", alpha=0.7)
+                shaded |= {s["block"] + 1 for s in n["single"] if s["changes_shape"]}
+                for m in n["multi"]:  # each random set a dot
+                    k, errors = [m["k"]] * len(m["errors"]), 100 * np.array(m["errors"])
+                    multi.scatter(k, errors, color=c, s=6, alpha=0.2, lw=0)
+            if s := v[arch]:  # the verdict's numbers: mean and std over the sets of all nets
+                curve = s["multi"]
+                k = [0] + [m["k"] for m in curve]
+                mean = 100 * np.array([s["intact_error_mean"]] + [m["error_mean"] for m in curve])
+                std = 100 * np.array([0.0] + [m["error_std"] for m in curve])
+                label = f"{arch} ({', '.join(s['models'])})"
+                multi.plot(k, mean, color=c, lw=2, marker="o", ms=3, label=label)
+                multi.fill_between(k, mean - std, mean + std, color=c, alpha=0.15, lw=0)
+        for b in sorted(shaded):
+            single.axvspan(b - 0.4, b + 0.4, color="#d9dde3", alpha=0.6, lw=0)
+        for ax, legend in ((single, "center right"), (multi, "lower right")):
+            if nets:
+                chance = 100 * (1 - 1 / nets[0]["num_classes"])
+                ax.axhline(chance, color="#8a8f98", lw=1, ls=":", label="chance")
+                ax.legend(loc=legend)
+            figures.percent_axis(ax, "test error")
+            ax.set_ylim(bottom=0)
+        return figures.save(fig3, folder / "single.png"), figures.save(fig5, folder / "multi.png")

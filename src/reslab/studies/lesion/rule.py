@@ -60,8 +60,7 @@ SMOOTH_HEADS = {
 
 
 def _damage(net: dict, error: float) -> float:
-    chance = 1 - 1 / net["num_classes"]
-    span = chance - net["intact_error"]
+    span = 1 - 1 / net["num_classes"] - net["intact_error"]  # chance - intact
     return (error - net["intact_error"]) / span if span > 0 else math.inf
 
 
@@ -79,7 +78,7 @@ def _pooled(nets: list[dict]) -> dict[int, list[tuple[dict, float]]]:
 
 
 def arch_stats(nets: list[dict], arch: str) -> dict | None:
-    """Single- and multi-deletion statistics of all nets of one arch, or None if there are none."""
+    """Single- and multi-deletion statistics of all nets of one arch (None: there are none)."""
     nets = [n for n in nets if n["arch"] == arch]
     if not nets:
         return None
@@ -115,8 +114,7 @@ def arch_stats(nets: list[dict], arch: str) -> dict | None:
 
 
 def verdict(nets: list[dict], diverged: Sequence[dict] = ()) -> Verdict:
-    """Judge the study by RULE from the measured errors only; the nets that diverged in training are
-    named in the text. Numbers: how unlike the arms are ("unlike") and each arm's `arch_stats`."""
+    """RULE on the lesioned nets; those that diverged in training are named in the text."""
     stats = {"residual": arch_stats(nets, "residual"), "plain": arch_stats(nets, "plain")}
     judged = {a: s for a, s in stats.items() if s and s["single_damage_median"] is not None}
     damage = {a: s["single_damage_median"] for a, s in judged.items()}
@@ -137,7 +135,13 @@ def verdict(nets: list[dict], diverged: Sequence[dict] = ()) -> Verdict:
         ks = "; ".join(_k_clause(a, s) for a, s in stats.items() if s and s["multi"])
         text += f" Deleting random sets of k blocks, {ks}." if ks else ""
     unlike = unlike_arms(nets)
-    text += _unlike_clause(unlike)
+    differ = ({"blocks": unlike["blocks"]} if unlike["blocks"] else {}) | unlike["recipe"]
+    if differ:
+        what = "; ".join(
+            f"{k}: residual {join_values(v['residual'])}, plain {join_values(v['plain'])}"
+            for k, v in differ.items()
+        )
+        text += f" Not like for like: the arms differ in more than their shortcuts ({what})."
     if diverged:
         text += f" Not lesioned, diverged in training: {'; '.join(map(diverged_name, diverged))}."
     thresholds = {"robust": ROBUST, "broken": BROKEN}
@@ -169,10 +173,10 @@ def diverged_name(d: dict) -> str:
 
 
 def unlike_arms(nets: list[dict]) -> dict:
-    """What, besides the shortcuts, differs between the residual and the plain nets: {"blocks":
-    {arch: [counts]}} where their block counts differ, {"recipe": {setting: {arch: [values]}}} for
-    every training setting (run config less model and seed) the arms do not share. Nets recorded
-    without a recipe (older folders) leave the recipe unknown ("recipe_known": False)."""
+    """What, besides the shortcuts, differs between the arms: {"blocks": {arch: [counts]}} where
+    their block counts differ, {"recipe": {setting: {arch: [values]}}} for each training setting
+    (run config less model and seed) they do not share; "recipe_known": False where a net was
+    recorded without its recipe (older folders)."""
     by = {a: [n for n in nets if n["arch"] == a] for a in ARCHS}
     out: dict = {"blocks": {}, "recipe": {}, "recipe_known": True}
     if not all(by.values()):
@@ -190,23 +194,9 @@ def unlike_arms(nets: list[dict]) -> dict:
     return out
 
 
-def _unlike_clause(u: dict) -> str:
-    differ = ({"blocks": u["blocks"]} if u["blocks"] else {}) | u["recipe"]
-    what = "; ".join(
-        f"{k}: residual {join_values(v['residual'])}, plain {join_values(v['plain'])}"
-        for k, v in differ.items()
-    )
-    return (
-        f" Not like for like: the arms differ in more than their shortcuts ({what})."
-        if what
-        else ""
-    )
-
-
 def smoothness(nets: list[dict], arch: str = "residual") -> dict:
-    """Judge the shape of one arch's multi-deletion curve by SMOOTH_RULE. "steepest" is the step
-    with the largest rise per deleted block; "worst_fall" the step closest to failing the fall test
-    (its fall minus its tolerance is the largest)."""
+    """SMOOTH_RULE on one arch's curve. "steepest": the step with the largest rise per deleted
+    block; "worst_fall": the step closest to failing the fall test (largest fall less tolerance)."""
     nets = [n for n in nets if n["arch"] == arch]
     by_k = {0: [n["intact_error"] for n in nets]} if nets else {}
     by_k |= {k: [e for _, e in v] for k, v in _pooled(nets).items()}
@@ -267,7 +257,7 @@ def _smooth_clause(s: dict) -> str:
 
 
 def smoothness_verdict(nets: list[dict]) -> Verdict:
-    """summary.json's "smoothness": the residual curve's status, and the plain curve's for contrast."""
+    """The residual curve's shape, and the plain curve's for contrast."""
     res, plain = smoothness(nets, "residual"), smoothness(nets, "plain")
     text = f"{SMOOTH_HEADS[res['status']]} (Veit et al. Fig. 5(a)): {_smooth_clause(res)}."
     if plain["ks"]:
