@@ -99,6 +99,15 @@ def test_plain_deletion_passes_input_on_only_where_shape_is_kept():
     assert changes_shape(create_model("plain-8"), torch.randn(2, 3, 16, 16)) == [False, True, True]
 
 
+def test_a_block_index_outside_the_model_is_refused_and_nothing_is_swapped():
+    model = _eval_model("resmlp-6", in_chans=1, img_size=8, width=16)
+    blocks = model.residual_blocks()
+    for bad in (-1, len(blocks)):  # -1 would silently delete the last block
+        with pytest.raises(ValueError, match="out of range"), lesioned(model, [0, bad]):
+            pass
+    assert model.residual_blocks() == blocks
+
+
 def test_random_sets_are_distinct_and_reproducible():
     sets = random_sets(list(range(10)), [1, 3, 9, 10, 11], samples=5, seed=0)
     assert set(sets) == {1, 3, 9, 10}  # 11 > 10 blocks: left out

@@ -45,7 +45,10 @@ class Lesioned(nn.Module):
 @contextlib.contextmanager
 def lesioned(model: Model, blocks: Sequence[int]) -> Iterator[Model]:
     """`model` with the blocks at these indices of `model.residual_blocks()` deleted, restored on exit."""
-    chosen = {id(model.residual_blocks()[i]) for i in blocks}
+    all_blocks = model.residual_blocks()
+    if bad := [i for i in blocks if not 0 <= i < len(all_blocks)]:
+        raise ValueError(f"block index {bad[0]} out of range: the model has {len(all_blocks)}")
+    chosen = {id(all_blocks[i]) for i in blocks}
     swapped = [(name, m) for name, m in model.named_modules() if id(m) in chosen]
     try:
         for name, block in swapped:
