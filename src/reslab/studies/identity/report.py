@@ -95,9 +95,8 @@ def build_report(study_dir: str | Path) -> Path:
     """summary.json, the figures and report.html, from the study folder alone."""
     study_dir = Path(study_dir)
     summary, results = write_summary(study_dir)
-    v = summary["verdict"]
     title = "Identity: does a residual block learn the identity more easily than a plain one?"
-    notes = [v["rule"], v["construction"]["text"]]
+    notes = [summary["verdict"]["rule"], summary["verdict"]["construction"]["text"]]
     page = verdict_page(study_dir, summary, title, "He et al. 2015, §3.1", LABELS, notes)
     if "fit" in results:
         f = results["fit"]
