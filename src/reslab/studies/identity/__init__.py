@@ -38,8 +38,12 @@ METHODS = {  # how a branch is zeroed -> the model overrides it needs
     "rezero": {"branch_scale": "rezero"},
     "skipinit": {"branch_scale": "skipinit"},
 }
-# the blocks appended in check 3
-ZERO_INIT, PLAIN, RESIDUAL = "residual, zero-init", "plain, default init", "residual, default init"
+VARIANTS = {  # the blocks appended in check 3 -> (arch, overrides)
+    "residual, zero-init": ("residual", {"zero_init_residual": True}),
+    "plain, default init": ("plain", {}),
+    "residual, default init": ("residual", {}),
+}
+ZERO_INIT, PLAIN, RESIDUAL = VARIANTS
 
 
 @dataclass(frozen=True)
@@ -89,23 +93,15 @@ class IdentityConfig(base.StudyConfig):
             for d in (self.check_depth, self.base_depth)
         )
 
-    def model_kwargs(self, **overrides: Any) -> dict:
-        """The overrides every net of the study's family gets (and its width), then `overrides`."""
+    def model_kwargs(self) -> dict:
+        """The overrides every net of the study's family gets, and its width."""
         width = {"width": self.width} if self.width and self.family == "mlp" else {}
-        return dict(FAMILY_SHAPE[self.family][1], **width, **overrides)
-
-    def build(self, arch: str, depth: int, num_classes: int, in_chans: int, img_size, **kw):
-        """A net of the study's family (plain or residual) with the study's width and overrides."""
-        from reslab.models import create_model
-
-        name = base.model_name(self.family, arch, depth)
-        return create_model(name, num_classes, in_chans, img_size, **self.model_kwargs(**kw))
+        return FAMILY_SHAPE[self.family][1] | width
 
     def cells(self) -> list[tuple]:
-        return [()]  # one engine run: the net check 3 appends to
+        return [()]  # one engine run: the net check 3 appends to, trained `base_iters` iterations
 
     def run_config(self) -> TrainConfig:
-        """The engine run of check 3: the shallow residual net, trained `base_iters` iterations."""
         return base.run_config(
             self,
             runs.cell_name("base", self.base_depth, seed=self.seed),

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +17,10 @@ from reslab.models import append_blocks, create_model, load_weights, to_plain
 from reslab.models.registry import Model
 from reslab.models.scaled import ScaledBlock
 from reslab.studies.base import model_name
-from reslab.studies.identity import FAMILY_SHAPE, METHODS, PLAIN, RESIDUAL, RESULTS, ZERO_INIT
+from reslab.studies.identity import FAMILY_SHAPE, METHODS, RESULTS, VARIANTS
 from reslab.training import runs
 from reslab.training.build import build_run
 from reslab.training.config import TrainConfig
-
-VARIANTS = {  # appended blocks -> (arch, overrides)
-    ZERO_INIT: ("residual", {"zero_init_residual": True}),
-    PLAIN: ("plain", {}),
-    RESIDUAL: ("residual", {}),
-}
 
 
 @torch.no_grad()
@@ -57,7 +51,6 @@ def zero_branches(model: Model, method: str) -> Model:
     return model
 
 
-@torch.no_grad()
 def _block_io(model: Model, x: torch.Tensor) -> tuple[list, torch.Tensor]:
     """[(block, input, output)] for every block, and the logits, of one forward pass."""
     seen = []
@@ -77,59 +70,58 @@ def _is_identity(block: nn.Module) -> bool:
     return block.downsample is None and not block.both_preact
 
 
-def _mean_norm(t: torch.Tensor) -> float:
-    return float(t.flatten(1).norm(dim=1).mean())
-
-
 @torch.no_grad()
 def structural_check(model: Model, x: torch.Tensor) -> dict:
     """Run `x` through `model` (branches zeroed) and its plain twin, in eval and train mode, and count
     exact (torch.equal) equalities: a block whose shortcut is the identity must output its input, any
     other block without a projection (option A, `both_preact`) its own `shortcut_path`, the plain
     twin zero after every block, so the same logits for every input."""
-    out: dict[str, Any] = {"modes": {}}
+    modes = {}
     for mode in ("eval", "train"):
-        res, plain = copy.deepcopy(model).train(mode == "train"), to_plain(model)
-        seen, _ = _block_io(res, x)
-        seen_plain, logits_plain = _block_io(plain.train(mode == "train"), x)
-        ident = [(b, a, o) for b, a, o in seen if _is_identity(b)]
+        seen, _ = _block_io(copy.deepcopy(model).train(mode == "train"), x)
+        plain, logits = _block_io(to_plain(model).train(mode == "train"), x)
+        ident = [(a, o) for b, a, o in seen if _is_identity(b)]
         shaped = [(b, a, o) for b, a, o in seen if not _is_identity(b) and not b.projects]
-        out["modes"][mode] = {
+        modes[mode] = {
             "blocks": len(seen),
             "identity_blocks": len(ident),
-            "identity_exact": sum(torch.equal(o, a) for _, a, o in ident),
-            "max_abs_diff": max((float((o - a).abs().max()) for _, a, o in ident), default=0.0),
+            "identity_exact": sum(torch.equal(o, a) for a, o in ident),
+            "max_abs_diff": max((float((o - a).abs().max()) for a, o in ident), default=0.0),
             "shape_blocks": len(shaped),
             "shape_exact": sum(torch.equal(o, b.shortcut_path(a)) for b, a, o in shaped),
             "projection_blocks": sum(b.projects for b, _, _ in seen),
-            "plain_zero_blocks": sum(not o.any().item() for _, _, o in seen_plain),
-            "plain_constant_output": torch.equal(
-                logits_plain, logits_plain[:1].expand_as(logits_plain)
-            ),
-            "residual_norms": [_mean_norm(o) for _, _, o in seen],
-            "plain_norms": [_mean_norm(o) for _, _, o in seen_plain],
+            "plain_zero_blocks": sum(not o.any().item() for *_, o in plain),
+            "plain_constant_output": torch.equal(logits, logits[:1].expand_as(logits)),
+            "residual_norms": [float(o.flatten(1).norm(dim=1).mean()) for *_, o in seen],
+            "plain_norms": [float(o.flatten(1).norm(dim=1).mean()) for *_, o in plain],
         }
+    out: dict = {"modes": modes}
     first = next(((b, a) for b, a, _ in seen if _is_identity(b)), None)
     if first is not None:  # a signed input: the block gives g(a), which is a only where a >= 0
         block, a = first[0].eval(), torch.randn_like(first[1])
-        o, g = block(a), torch.relu if block.relu_after_add else (lambda t: t)
+        o, relu = block(a), block.relu_after_add
         out["signed_input"] = {
-            "g": "relu" if block.relu_after_add else "identity",
+            "g": "relu" if relu else "identity",
             "equals_input": torch.equal(o, a),
-            "equals_g_of_input": torch.equal(o, g(a)),
+            "equals_g_of_input": torch.equal(o, a.relu() if relu else a),
         }
     return out
 
 
+def build(cfg, arch: str, depth: int, num_classes: int, chw: Sequence[int], **kw) -> Model:
+    """A plain or residual net of the study's family (its overrides, then `kw`) for (C, H, W)."""
+    name, (c, h, w) = model_name(cfg.family, arch, depth), chw
+    return create_model(name, num_classes, c, (h, w), **cfg.model_kwargs(), **kw)
+
+
 def structure(cfg, x: torch.Tensor, num_classes: int) -> dict:
     """Check 1 for every method, on freshly built nets of depth `check_depth`."""
-    _, c, h, w = x.shape
     results = {}
     for method in cfg.methods:
         torch.manual_seed(cfg.seed)
-        model = cfg.build("residual", cfg.check_depth, num_classes, c, (h, w), **METHODS[method])
-        zero_branches(model, method)
-        results[method] = {"overrides": METHODS[method]} | structural_check(model, x)
+        kw = METHODS[method]
+        model = build(cfg, "residual", cfg.check_depth, num_classes, x.shape[1:], **kw)
+        results[method] = {"overrides": kw} | structural_check(zero_branches(model, method), x)
     return {"depth": cfg.check_depth, "model": model.model_name, "methods": results}
 
 
@@ -143,7 +135,6 @@ def identity_stack(arch: str, depth: int, cfg) -> nn.Sequential:
 
 
 def same_init(depth: int, cfg) -> bool:
-    """Whether the plain and residual stacks of `depth` layers start from identical weights."""
     a, b = (identity_stack(arch, depth, cfg).state_dict() for arch in ("plain", "residual"))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -202,37 +193,31 @@ def fit(cfg, device: torch.device) -> dict:
     }
 
 
-def fresh_blocks(cfg, arch: str, k: int, like: Model, **kw) -> list[nn.Module]:
+def fresh_blocks(cfg, arch: str, k: int, like: Model, **kw) -> list:
     """k new blocks shaped like the last stage of `like`: the last k blocks of a new net of the
     family with k + 1 blocks per stage (so none of them changes shape)."""
-    depth = 2 * FAMILY_SHAPE[cfg.family][0] * (k + 1) + 2
-    c, h, w = like.default_cfg["input_size"]
-    net = cfg.build(arch, depth, like.default_cfg["num_classes"], c, (h, w), **kw)
+    depth, spec = 2 * FAMILY_SHAPE[cfg.family][0] * (k + 1) + 2, like.default_cfg
+    net = build(cfg, arch, depth, spec["num_classes"], spec["input_size"], **kw)
     return net.residual_blocks()[-k:]
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    xs = [(model(x), y) for x, y in loader.epoch(0)]
-    return torch.cat([a for a, _ in xs]), torch.cat([b for _, b in xs])
-
-
 def append(cfg, base_cfg: TrainConfig, trained: dict, device: torch.device) -> dict:
     """Check 3: append k blocks of each variant to the trained net of `base_cfg` (its summary
     `trained`) and evaluate on the test set before any further training."""
     base, train_data, test_data, _ = build_run(base_cfg)
     load_weights(base, Path(base_cfg.out) / base_cfg.run_name / runs.WEIGHTS)
-    base = base.to(device)
+    base = base.to(device).eval()
     mean, std = train_data.mean, train_data.std
     test = Loader(test_data, 500, train=False, augment=False, device=device, mean=mean, std=std)
-    ref, y = _logits(base, test)
+    y = test_data.labels.to(device)  # an eval Loader keeps the dataset's order
+    ref = torch.cat([base(x) for x, _ in test.epoch(0)])
     results = []
     for variant, (arch, kw) in VARIANTS.items():
         for k in cfg.append:
             torch.manual_seed(cfg.seed + k)
-            model = append_blocks(base, fresh_blocks(cfg, arch, k, base, **kw)).to(device)
-            logits, _ = _logits(model, test)
+            model = append_blocks(base, fresh_blocks(cfg, arch, k, base, **kw)).to(device).eval()
+            logits = torch.cat([model(x) for x, _ in test.epoch(0)])
             results.append(
                 {
                     "variant": variant,
@@ -260,13 +245,13 @@ def after_training(cfg, folder: Path, configs: list[TrainConfig], trained: list,
     """The three parts, into `<folder>/results/<part>.json`; check 3 only where the training of its
     net completed (the report names a diverged one)."""
     t0 = time.perf_counter()
-    (folder / RESULTS).mkdir(exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     threads = cfg.train.get("num_threads") or (1 if device.type == "cpu" else 0)
     if threads:  # the stacks of check 2 are small: one thread beats two contending for the cores
         torch.set_num_threads(threads)
     data = load_dataset(cfg.data, "train", root=cfg.data_dir)
     x, _ = next(iter(Loader(data, 64, train=False, augment=False, device=device).epoch(0)))
+    (folder / RESULTS).mkdir(exist_ok=True)
     runs.write_json(folder / RESULTS / "structure.json", structure(cfg, x, len(data.classes)))
     _say(f"1 structure (construction): {len(cfg.methods)} ways of zeroing the branches", t0)
     runs.write_json(folder / RESULTS / "fit.json", fit(cfg, device))

@@ -6,15 +6,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
+
+from reslab.report import figures
+from reslab.report.figures import ARCH_COLORS as COLORS
 from reslab.report.html import fmt_num, fmt_pct
 from reslab.studies import records
-from reslab.studies.identity import RESULTS
-from reslab.studies.identity.plots import plot_append, plot_fit, plot_structure
-from reslab.studies.identity.rule import CALLS, LABELS, verdict
+from reslab.studies.identity import PLAIN, RESIDUAL, RESULTS, ZERO_INIT
+from reslab.studies.identity.rule import CALLS, LABELS, mode_failures, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_tree
 from reslab.training import runs
 
+# the blocks appended in check 3, in the order and colours of the figure
+VARIANT_COLORS = {ZERO_INIT: COLORS["residual"], PLAIN: COLORS["plain"], RESIDUAL: "#7f8c8d"}
 Columns = dict[str, Callable[[dict], str]]  # header -> the cell of one row
 FIT: Columns = {
     "arm": lambda r: r.get("arm", r["arch"]),
@@ -30,7 +35,7 @@ APPEND: Columns = {
     "blocks": lambda r: str(r["blocks"]),
     "test error": lambda r: fmt_pct(r["test_error"]),
     "predictions changed": lambda r: str(r["changed_predictions"]),
-    "logits equal": lambda r: _yes(r["logits_equal"]),
+    "logits equal": lambda r: "yes" if r["logits_equal"] else "no",
 }
 STRUCTURE: Columns = {
     "zeroing": lambda m: m["method"],
@@ -39,29 +44,8 @@ STRUCTURE: Columns = {
     "other shortcuts exact": lambda m: f"{m['shape_exact']}/{m['shape_blocks']}",
     "max |out - in|": lambda m: f"{m['max_abs_diff']:.1e}",
     "plain blocks zero": lambda m: f"{m['plain_zero_blocks']}/{m['blocks']}",
-    "plain output constant": lambda m: _yes(m["plain_constant_output"]),
+    "plain output constant": lambda m: "yes" if m["plain_constant_output"] else "no",
 }
-
-
-def collect(study_dir: str | Path) -> dict:
-    """The results of the three checks, {part: dict}; a part not run yet is left out."""
-    folder = Path(study_dir) / RESULTS
-    if not folder.is_dir():
-        raise FileNotFoundError(f"not an identity study folder (no {RESULTS}/): {study_dir}")
-    return {path.stem: runs.read_json(path) for path in folder.glob("*.json")}
-
-
-def write_summary(study_dir: Path, results: dict) -> dict:
-    """Judge the results and write `<study_dir>/summary.json`; returns the summary."""
-    summary = summary_head("identity", records.read_study(study_dir, "identity"))
-    untrained = [d for d in runs.run_dirs(study_dir) if runs.status(d) in runs.UNTRAINED]
-    summary["verdict"] = verdict(results, [runs.diverged_note(d) for d in untrained]).to_json()
-    summary["append_results"] = results.get("append", {}).get("results", [])
-    summary["fit_results"] = [
-        {k: v for k, v in r.items() if k != "curve"}
-        for r in results.get("fit", {}).get("results", [])
-    ]
-    return runs.write_study_summary(study_dir, finite_tree(summary))
 
 
 def table(columns: Columns, rows: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
@@ -92,14 +76,27 @@ def format_table(summary: dict) -> str:
     return "\n\n".join(parts)
 
 
+def write_summary(study_dir: Path) -> tuple[dict, dict]:
+    """Judge the results (`results/<part>.json`, a part not run yet left out) and write
+    `<study_dir>/summary.json`; returns the summary and the results."""
+    if not (study_dir / RESULTS).is_dir():
+        raise FileNotFoundError(f"not an identity study folder (no {RESULTS}/): {study_dir}")
+    results = {path.stem: runs.read_json(path) for path in (study_dir / RESULTS).glob("*.json")}
+    summary = summary_head("identity", records.read_study(study_dir, "identity"))
+    untrained = [d for d in runs.run_dirs(study_dir) if runs.status(d) in runs.UNTRAINED]
+    summary["verdict"] = verdict(results, [runs.diverged_note(d) for d in untrained]).to_json()
+    summary["append_results"] = results.get("append", {}).get("results", [])
+    fit = results.get("fit", {}).get("results", [])
+    summary["fit_results"] = [{k: v for k, v in r.items() if k != "curve"} for r in fit]
+    return runs.write_study_summary(study_dir, finite_tree(summary)), results
+
+
 def build_report(study_dir: str | Path) -> Path:
     """summary.json, the figures and report.html, from the study folder alone."""
     study_dir = Path(study_dir)
-    results = collect(study_dir)
-    summary = write_summary(study_dir, results)
-    v = summary["verdict"]
+    summary, results = write_summary(study_dir)
     title = "Identity: does a residual block learn the identity more easily than a plain one?"
-    notes = [v["rule"], v["construction"]["text"]]
+    notes = [summary["verdict"]["rule"], summary["verdict"]["construction"]["text"]]
     page = verdict_page(study_dir, summary, title, "He et al. 2015, §3.1", LABELS, notes)
     if "fit" in results:
         f = results["fit"]
@@ -171,5 +168,79 @@ def build_report(study_dir: str | Path) -> Path:
     return finish(page, study_dir, what, summary, ("study", "append_results", "fit_results"))
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
+def plot_structure(structure: dict, path: Path) -> Path:
+    """Mean norm of each block's output (eval mode) with zeroed branches: residual flat, plain zero."""
+    methods = structure["methods"]
+    with figures.style():
+        fig, axes = figures.figure(len(methods), width=3.4, height=3.0, sharey=True)
+        for ax, (method, r) in zip(axes, methods.items(), strict=True):
+            m = r["modes"]["eval"]
+            blocks = np.arange(1, m["blocks"] + 1)
+            for arch, ls in (("residual", "-"), ("plain", "--")):
+                norms = m[f"{arch}_norms"]
+                ax.plot(blocks, norms, color=COLORS[arch], ls=ls, marker="o", ms=3, label=arch)
+            exact = not any(mode_failures(mode) for mode in r["modes"].values())
+            ax.set_title(f"{method}: {'exact' if exact else 'NOT exact'}")
+            ax.set_xlabel("block")
+        evals = [r["modes"]["eval"] for r in methods.values()]
+        top = max(max(m["residual_norms"] + m["plain_norms"]) for m in evals)
+        axes[0].set_ylim(0, 1.1 * top if top > 0 else 1.0)  # set once: the y axis is shared
+        axes[0].set_ylabel("mean ||block output||")
+        axes[0].legend()
+        return figures.save(fig, path)
+
+
+def plot_fit(fit: dict, path: Path) -> Path:
+    """Final relative loss against depth, and the training curves of each arch (log y); arms with
+    weight decay (not judged) dashed."""
+    results = fit["results"]
+    depths = [r["depth"] for r in results]
+    colors = figures.depth_colors(depths)
+    arms: dict[str, list[dict]] = {}  # arm -> its rows, shallow to deep
+    for r in sorted(results, key=lambda r: r["depth"]):
+        arms.setdefault(r.get("arm", r["arch"]), []).append(r)
+    with figures.style():
+        fig, axes = figures.figure(3, width=4.0, height=3.4)
+        for arm, rs in arms.items():
+            x, loss = [r["depth"] for r in rs], [max(r["final_loss"], 1e-12) for r in rs]
+            ls, color = "--" if rs[0].get("weight_decay") else "-", COLORS[rs[0]["arch"]]
+            axes[0].plot(x, loss, marker="o", color=color, ls=ls, lw=2, label=arm)
+        figures.depth_axis(axes[0], depths)
+        axes[0].set_ylabel("MSE / mean square of the data")
+        axes[0].set_title("loss reached (held-out data)")
+        for ax, arch in zip(axes[1:], ("plain", "residual"), strict=True):
+            for r in (r for r in results if r["arch"] == arch):
+                step, loss = np.asarray(r["curve"], dtype=float).T
+                decay = ", decay" if r.get("weight_decay") else ""
+                style = dict(color=colors[r["depth"]], ls="--" if decay else "-")
+                ax.plot(step, np.maximum(loss, 1e-12), **style, label=f"{r['depth']} layers{decay}")
+            ax.set_xlabel("step")
+            ax.set_title(f"{arch} stacks: training loss")
+        axes[2].sharey(axes[1])
+        for ax in axes:
+            ax.set_yscale("log")
+            ax.legend(fontsize=7.5)
+        return figures.save(fig, path)
+
+
+def plot_append(append: dict, path: Path) -> Path:
+    """Test error against the number of appended blocks, before any further training; one line per
+    variant of appended blocks."""
+    with figures.style():
+        fig, (ax,) = figures.figure(1, width=5.6, height=3.8)
+        for variant, color in VARIANT_COLORS.items():
+            rs = sorted(
+                (r for r in append["results"] if r["variant"] == variant), key=lambda r: r["k"]
+            )
+            k, error = [r["k"] for r in rs], [100 * r["test_error"] for r in rs]
+            ax.plot(k, error, marker="o", color=color, lw=2, label=f"+k {variant}")
+        label = "trained net, nothing appended"
+        ax.axhline(100 * append["base_test_error"], color="#333", ls=":", label=label)
+        ax.axhline(100 * append["chance_error"], color="#999", ls="--", lw=0.8, label="chance")
+        figures.depth_axis(ax, [r["k"] for r in append["results"]])
+        ax.set_xlabel("blocks appended (k)")
+        figures.percent_axis(ax, "test error")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"appending to a trained {append['base_model']}")
+        ax.legend(fontsize=7.5)
+        return figures.save(fig, path)

@@ -46,19 +46,19 @@ def mode_failures(m: dict) -> list[str]:
 
 def judge_structure(structure: dict) -> dict:
     """The zeroed-branch check of construction, over every method and mode."""
+    methods = structure["methods"]
     failures = [
         f"{method}/{mode}: {failure}"
-        for method, r in structure["methods"].items()
+        for method, r in methods.items()
         for mode, m in r["modes"].items()
         for failure in mode_failures(m)
     ]
-    some = next(iter(structure["methods"].values()))["modes"]["eval"]
+    n = next(iter(methods.values()))["modes"]["eval"]["identity_blocks"]
     text = (
-        f"with zeroed branches ({', '.join(structure['methods'])}) all {some['identity_blocks']} "
-        f"identity blocks of {structure['model']} output their input exactly and the plain twin "
-        "outputs zero"
-        if not failures
-        else f"not every zeroed block is exact: {'; '.join(failures)}"
+        f"not every zeroed block is exact: {'; '.join(failures)}"
+        if failures
+        else f"with zeroed branches ({', '.join(methods)}) all {n} identity blocks of "
+        f"{structure['model']} output their input exactly and the plain twin outputs zero"
     )
     return {"holds": not failures, "failures": failures, "text": text}
 
@@ -89,36 +89,30 @@ def fit_call(plain: float | None, residual: float | None) -> str:
 
 def judge_fit(fit: dict) -> dict:
     """The measurement, from the arms without weight decay: a row per depth and the status."""
-    loss = {
-        (r["depth"], r["arch"]): finite_or_none(r["final_loss"])
-        for r in fit["results"]
-        if not r.get("weight_decay")
-    }
-    same = fit.get("same_init", {})
+    arms = [r for r in fit["results"] if not r.get("weight_decay")]
+    loss = {(r["depth"], r["arch"]): finite_or_none(r["final_loss"]) for r in arms}
     rows = []
     for d in sorted({d for d, arch in loss if arch == "plain" and (d, "residual") in loss}):
         plain, residual = loss[d, "plain"], loss[d, "residual"]
-        row = {"depth": d, "plain": plain, "residual": residual}
-        rows.append(row | {"call": fit_call(plain, residual), "same_init": same.get(str(d))})
+        row = {"depth": d, "plain": plain, "residual": residual, "call": fit_call(plain, residual)}
+        rows.append(row | {"same_init": fit.get("same_init", {}).get(str(d))})
     calls = {r["call"] for r in rows}
-    unlike = [str(r["depth"]) for r in rows if r["same_init"] is False]
+    unlike = ", ".join(str(r["depth"]) for r in rows if r["same_init"] is False)
     if not rows or unlike:
         status = "insufficient"
     elif "plain" in calls:
         status = "reversed"
+    elif calls == {"residual"}:
+        status = "shown"
     else:
-        status = (
-            "shown" if calls == {"residual"} else "partly" if "residual" in calls else "not_shown"
-        )
+        status = "partly" if "residual" in calls else "not_shown"
     text = "learning the identity, residual stacks reach relative loss " + ", ".join(
         f"{fmt_num(r['residual'])} vs plain {fmt_num(r['plain'])} ({r['depth']} layers: "
         f"{CALLS[r['call']]})"
         for r in rows
     )
     if unlike:
-        text += (
-            f"; not like with like: the arms start from other weights at {', '.join(unlike)} layers"
-        )
+        text += f"; not like with like: the arms start from other weights at {unlike} layers"
     return {"status": status, "depths": rows, "text": text}
 
 
