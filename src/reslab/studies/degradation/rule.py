@@ -73,65 +73,62 @@ def failed(run: dict) -> bool:
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Per (arm, depth): n runs, seeds, per-seed errors (None: failed), how many failed, the mean,
-    median and std over seeds of the scores and of the finite test errors, and `fall`: the mean over
-    its finished seeds of how far the training error fell over the last tenth of the run (late -
-    final; None when no seed has a late measurement)."""
-    cells = sorted({(ARMS.index(r["arch"]), r["depth"]) for r in runs})
-    return [_group([r for r in runs if (r["arch"], r["depth"]) == (ARMS[a], d)]) for a, d in cells]
-
-
-def _group(rs: list[dict]) -> dict:
-    scores = [FAILED if failed(r) else r["final_train_error"] for r in rs]
-    train, test = mean_std(scores), mean_std([r["final_test_error"] for r in rs])
-    falls = [
-        r["late_train_error"] - r["final_train_error"]
-        for r in rs
-        if not failed(r) and r.get("late_train_error") is not None
-    ]
-    return {
-        "arch": rs[0]["arch"],
-        "depth": rs[0]["depth"],
-        "n": len(rs),
-        "failed": sum(failed(r) for r in rs),
-        "seeds": [r["seed"] for r in rs],
-        "model": next((r["model"] for r in rs if r["model"]), None),
-        "params": next((r["params"] for r in rs if r["params"] is not None), None),
-        "train_errors": [r["final_train_error"] for r in rs],
-        "test_errors": [r["final_test_error"] for r in rs],
-        "train_error_mean": train[0],
-        "train_error_median": float(np.median(scores)),
-        "train_error_std": train[1],
-        "test_error_mean": test[0],
-        "test_error_std": test[1],
-        "fall": float(np.mean(falls)) if falls else None,
-    }
+    """Per (arm, depth), in ARMS order and shallowest first: the runs' seeds and errors (None: failed),
+    how many failed, mean, median and std over seeds of the scores and of the finite test errors, and
+    `fall`: how far the training error fell over the last tenth of the run (late - final), the mean
+    over the finished seeds that measured it (None when none did)."""
+    groups = []
+    for a, d in sorted({(ARMS.index(r["arch"]), r["depth"]) for r in runs}):
+        rs = [r for r in runs if (r["arch"], r["depth"]) == (ARMS[a], d)]
+        scores = [FAILED if failed(r) else r["final_train_error"] for r in rs]
+        train, test = mean_std(scores), mean_std([r["final_test_error"] for r in rs])
+        falls = [
+            r["late_train_error"] - r["final_train_error"]
+            for r in rs
+            if not failed(r) and r.get("late_train_error") is not None
+        ]
+        groups.append(
+            {
+                "arch": ARMS[a],
+                "depth": d,
+                "n": len(rs),
+                "failed": sum(failed(r) for r in rs),
+                "seeds": [r["seed"] for r in rs],
+                "model": next((r["model"] for r in rs if r["model"]), None),
+                "params": next((r["params"] for r in rs if r["params"] is not None), None),
+                "train_errors": [r["final_train_error"] for r in rs],
+                "test_errors": [r["final_test_error"] for r in rs],
+                "train_error_mean": train[0],
+                "train_error_median": float(np.median(scores)),
+                "train_error_std": train[1],
+                "test_error_mean": test[0],
+                "test_error_std": test[1],
+                "fall": float(np.mean(falls)) if falls else None,
+            }
+        )
+    return groups
 
 
 def _compare(groups: list[dict], arm: str, floor: float) -> dict | None:
-    """Deepest vs shallowest group of one arm (None with fewer than two depths): rise of the mean
-    and of the median, the shallow seed std (the noise), tolerance, the depths where a run failed."""
+    """One arm's deepest group against its shallowest (None with fewer than two depths)."""
     gs = [g for g in groups if g["arch"] == arm]
     if len(gs) < 2:
         return None
     shallow, deep = gs[0], gs[-1]
     noise = shallow["train_error_std"] or 0.0
-    tol = tolerance(noise, floor)
-    margin = deep["train_error_mean"] - shallow["train_error_mean"]
-    median_margin = deep["train_error_median"] - shallow["train_error_median"]
-    lost = [g["depth"] for g in gs[1:] if g["failed"]]
-    return {
+    c = {
         "shallow_depth": shallow["depth"],
         "deep_depth": deep["depth"],
         "shallow_mean": shallow["train_error_mean"],
         "deep_mean": deep["train_error_mean"],
-        "margin": margin,
-        "median_margin": median_margin,
+        "margin": deep["train_error_mean"] - shallow["train_error_mean"],
+        "median_margin": deep["train_error_median"] - shallow["train_error_median"],
         "noise_std": noise,
-        "tolerance": tol,
-        "failed_depths": lost,
-        "degrades": (margin > tol and median_margin > tol) or bool(lost),
+        "tolerance": tolerance(noise, floor),
+        "failed_depths": [g["depth"] for g in gs[1:] if g["failed"]],
     }
+    rises = c["margin"] > c["tolerance"] and c["median_margin"] > c["tolerance"]
+    return c | {"degrades": rises or bool(c["failed_depths"])}
 
 
 def _deepest(groups: list[dict], floor: float) -> dict | None:
@@ -141,16 +138,14 @@ def _deepest(groups: list[dict], floor: float) -> dict | None:
     if not common:
         return None
     p, r = by["plain", max(common)], by["residual", max(common)]
-    tol = tolerance(pooled_std([(g["n"], g["train_error_std"]) for g in (p, r)]), floor)
-    diff = p["train_error_mean"] - r["train_error_mean"]
-    return {
+    c = {
         "depth": max(common),
         "plain_mean": p["train_error_mean"],
         "residual_mean": r["train_error_mean"],
-        "difference": diff,
-        "tolerance": tol,
-        "residual_better": diff > tol,
+        "difference": p["train_error_mean"] - r["train_error_mean"],
+        "tolerance": tolerance(pooled_std([(g["n"], g["train_error_std"]) for g in (p, r)]), floor),
     }
+    return c | {"residual_better": c["difference"] > c["tolerance"]}
 
 
 def _gates(groups: list[dict], fit: float | None) -> dict:
