@@ -64,14 +64,9 @@ def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
             )
         config, steps = rf.read_config(run_dir), summary.get("steps")
         zero = (config.get("model_kwargs") or {}).get("zero_init_residual") is True
-        evals = [
-            ln
-            for ln in rf.read_metrics(run_dir)
-            if ln.get("kind") == "eval" and "train_eval_error" in ln  # the engine's eval_train
-        ]
-        late: dict = next(
-            (ln for ln in reversed(evals) if steps and ln["step"] <= LATE * steps), {}
-        )
+        evals = [ln for ln in rf.read_metrics(run_dir) if "train_eval_error" in ln]  # eval_train
+        before = [ln for ln in evals if steps and ln["step"] <= LATE * steps]
+        late = before[-1] if before else {}
         n_train = evals[-1].get("train_eval_n") if evals else None
         return {
             "arch": "zeroinit" if cell["arch"] == "residual" and zero else cell["arch"],
@@ -100,8 +95,9 @@ def setting(summary: dict) -> str:
     what this verdict says next to the paper."""
     data, iters = summary.get("data"), _iters(summary) or 0
     if data == "digits" or summary.get("family") == "mlp":
-        status = str((summary.get("verdict") or {}).get("status"))
-        said = _ANALOGUE.get(status, "here it gives no verdict, so it says nothing either way.")
+        said = _ANALOGUE.get(
+            summary["verdict"]["status"], "here it gives no verdict, so it says nothing either way."
+        )
         return (
             "A small analogue of the paper's experiment: fully connected nets on the 8x8 digits, "
             f"not the paper's CIFAR-10 conv nets; {said}"
@@ -117,7 +113,7 @@ def setting(summary: dict) -> str:
 
 
 def write_summary(study_dir: str | Path) -> dict:
-    """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
+    """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary."""
     study_dir = Path(study_dir)
     runs, incomplete = collect_runs(study_dir)
     study = records.read_study(study_dir, "degradation")
@@ -132,9 +128,8 @@ def write_summary(study_dir: str | Path) -> dict:
 
 def _iters(summary: dict) -> int | None:
     """Iterations per run as measured (study.json may say 0 when the recipe counts epochs)."""
-    return (
-        max((r["iters"] or 0 for r in summary["runs"]), default=0) or summary.get("iters") or None
-    )
+    measured = max((r["iters"] or 0 for r in summary["runs"]), default=0)
+    return measured or summary.get("iters") or None
 
 
 def _row(g: dict, page: bool = False) -> list:
