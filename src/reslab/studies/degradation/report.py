@@ -39,16 +39,16 @@ _ANALOGUE = {
     "residual_degrades_too": "here the residual nets degrade too, which the paper's Fig. 6 does "
     "not show: this setting does not reproduce the cure.",
     "not_shown": "here the plain nets do not degrade, so it does not show the paper's effect.",
-    "plain_degrades": "here the plain nets degrade; without residual twins it cannot show the cure.",
+    "plain_degrades": "here the plain nets degrade; without residual twins it cannot show the "
+    "cure.",
 }
 HEAD = ["arm", "depth", "model", "params", "seeds", "train error", "test error"]
 
 
 def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """(one row per finished run: its arm, depth, seed, model, final errors, params, iters, run_dir,
-    status, and its last training-set evaluation at or before LATE of the run with the training
-    set's size, None where it has none; the run folders not finished yet). The run folders are
-    those study.json lists under "runs" (names, or {"run_dir"/"name": ...}), else all of runs/."""
+    """(one row per finished run, with its last training-set evaluation at or before LATE of the
+    run; the folders not finished yet), from the run folders study.json lists under "runs" (names,
+    or {"run_dir"/"name": ...}), else from all of runs/."""
     study_dir = Path(study_dir)
     listed = [
         str(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r
@@ -174,16 +174,16 @@ def build_report(study_dir: str | Path) -> Path:
     page.heading("Training curves").figure(
         curves,
         "Training error (thin dashed) and test error (bold) against iterations, mean over seeds "
-        "(faint lines: test error of each seed). One panel per arm; one colour per depth in every "
-        "panel. In the paper (Fig. 6, at convergence), deeper plain nets sit higher, deeper residual "
-        "nets lower.",
+        "(faint lines: test error of each seed). One panel per arm; one colour per depth in "
+        "every panel. In the paper (Fig. 6, at convergence), deeper plain nets sit higher, deeper "
+        "residual nets lower.",
     )
     page.heading("Final error against depth").figure(
         depth,
         max_width=760,
-        caption="Final training error (solid, mean ± seed std, dots = single seeds; a diverged run is "
-        "drawn at 100%) and test error (dashed) against depth. Degradation is the plain curve rising "
-        "with depth while the residual curve does not.",
+        caption="Final training error (solid, mean ± seed std, dots = single seeds; a diverged run "
+        "is drawn at 100%) and test error (dashed) against depth. Degradation is the plain curve "
+        "rising with depth while the residual curve does not.",
     )
     page.heading("Runs").table(
         [*HEAD, "train, per seed", "test, per seed"],
@@ -200,9 +200,9 @@ def build_report(study_dir: str | Path) -> Path:
     )
     if "zeroinit" in arms:
         what += (
-            " The zero-init arm is the residual net with the last BN weight of each branch at zero "
-            "(Goyal et al. 2017), so each block starts as the identity; a plain net cannot start so "
-            "(it would output zeros), so this arm is shown but not judged."
+            " The zero-init arm is the residual net with the last BN weight of each branch at "
+            "zero (Goyal et al. 2017), so each block starts as the identity; a plain net cannot "
+            "start so (it would output zeros), so this arm is shown but not judged."
         )
     rule = (
         f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "

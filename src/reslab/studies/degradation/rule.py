@@ -1,8 +1,7 @@
 """The degradation study's verdict, as data: `verdict(runs)`, a pure function from the study's
-rows (one per finished run, `report.collect_runs`) to a `Verdict`: status, the numbers compared, the
-thresholds, and the rule (`RULE`) and text rendered from them. A run's score is its final training
-error (in eval mode, on the whole training set); a run that failed to train scores FAILED and makes
-its arm fail at that depth: it is never left out.
+rows (one per finished run, `report.collect_runs`) to a `Verdict`. A run's score is its final
+training error (in eval mode, on the whole training set); a run that failed to train scores FAILED
+and makes its arm fail at that depth: it is never left out.
 
 Why the rule reads as it does. The question per arm is whether its deepest nets train worse than
 seed noise explains, the noise measured where the arm trains reliably, on its shallowest nets: the
