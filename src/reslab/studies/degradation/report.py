@@ -95,9 +95,8 @@ def setting(summary: dict) -> str:
     what this verdict says next to the paper."""
     data, iters = summary.get("data"), _iters(summary) or 0
     if data == "digits" or summary.get("family") == "mlp":
-        said = _ANALOGUE.get(
-            summary["verdict"]["status"], "here it gives no verdict, so it says nothing either way."
-        )
+        status = summary["verdict"]["status"]
+        said = _ANALOGUE.get(status, "here it gives no verdict, so it says nothing either way.")
         return (
             "A small analogue of the paper's experiment: fully connected nets on the 8x8 digits, "
             f"not the paper's CIFAR-10 conv nets; {said}"
