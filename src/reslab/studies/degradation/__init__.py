@@ -69,7 +69,6 @@ class DegradationConfig(base.StudyConfig):
         return [(a, d, s) for d in self.depths for a in self.archs for s in self.seeds]
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
-        """The ordinary training config of one cell of the grid."""
         kwargs = {"width": self.width} if self.width else {}
         if arch != "plain":
             kwargs.update(self.residual_args)

@@ -1,5 +1,5 @@
-"""Figures of the degradation study, from the study folder's numbers: training curves in the style of
-He et al. 2015 Figure 6, and final error against depth."""
+"""Figures of the degradation study, from the study folder's numbers: training curves in the style
+of He et al. 2015 Figure 6, and final error against depth."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ LABELS = {"zeroinit": "zero-init residual"}
 
 def _curve(lines: list[dict], kind: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, error in %) of the `kind` lines that hold `key`."""
-    pts = [
-        (ln["step"], ln[key]) for ln in lines if ln.get("kind") == kind and ln.get(key) is not None
-    ]
+    pts = [(ln["step"], ln[key]) for ln in lines if ln["kind"] == kind and ln.get(key) is not None]
     xy = np.array(pts, dtype=float).reshape(-1, 2)
     return xy[:, 0], 100 * xy[:, 1]
 

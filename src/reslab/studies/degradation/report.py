@@ -6,7 +6,6 @@ before the arms existed whose residual nets were zero-initialised count as `zero
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from reslab.report.html import fmt_count, fmt_mean_std, fmt_pct
@@ -40,99 +39,63 @@ _ANALOGUE = {
     "residual_degrades_too": "here the residual nets degrade too, which the paper's Fig. 6 does "
     "not show: this setting does not reproduce the cure.",
     "not_shown": "here the plain nets do not degrade, so it does not show the paper's effect.",
-    "plain_degrades": "here the plain nets degrade; without residual twins it cannot show the cure.",
+    "plain_degrades": "here the plain nets degrade; without residual twins it cannot show the "
+    "cure.",
 }
+HEAD = ["arm", "depth", "model", "params", "seeds", "train error", "test error"]
 
 
-def _run_dirs(study_dir: Path, study: dict) -> list[Path]:
-    """Run folders listed in study.json ("runs": names or {"run_dir"/"name": ...}), else all of runs/."""
-    names = [
+def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """(one row per finished run, with its last training-set evaluation at or before LATE of the
+    run; the folders not finished yet), from the run folders study.json lists under "runs" (names,
+    or {"run_dir"/"name": ...}), else from all of runs/."""
+    study_dir = Path(study_dir)
+    listed = [
         str(r.get("run_dir") or r.get("name")) if isinstance(r, dict) else r
-        for r in study.get("runs") or []
+        for r in records.read_study(study_dir, "degradation").get("runs") or []
     ]
-    listed = [study_dir / n if (study_dir / n).is_dir() else study_dir / rf.RUNS / n for n in names]
-    return listed or rf.run_dirs(study_dir)
+    dirs = [study_dir / n if (study_dir / n).is_dir() else study_dir / rf.RUNS / n for n in listed]
 
-
-def _identify(run_dir: Path, cell: dict, config: dict, summary: dict) -> tuple[str, int, int]:
-    """(arm, depth, seed) from the cell name `<arm>-<depth>-s<seed>`, else from the run's model and
-    seed. A residual net whose branches were zero-initialised (older studies did that to the
-    residual arm) is the zeroinit arm, whatever its folder is called."""
-    if cell.get("arch") not in ARMS:
-        model = str(summary.get("model") or config.get("model") or "")
-        digits = re.search(r"(\d+)$", model)
-        cell = {"arch": _arch_of(model), "depth": digits and digits[1], "seed": config.get("seed")}
-        if None in cell.values():
+    def row(run_dir: Path, cell: dict, summary: dict) -> dict:
+        if cell.get("arch") not in ARMS:
             raise ValueError(
                 f"cannot tell arm/depth/seed of run folder {run_dir}: name it "
                 f"<{'|'.join(ARMS)}>-<depth>-s<seed>"
             )
-    zero = (config.get("model_kwargs") or {}).get("zero_init_residual") is True
-    arm = "zeroinit" if cell["arch"] == "residual" and zero else cell["arch"]
-    return arm, int(cell["depth"]), int(cell["seed"])
-
-
-def _arch_of(model: str) -> str | None:
-    from reslab.models import is_residual  # only for run folders not named as cells
-
-    try:
-        return "residual" if is_residual(model) else "plain"
-    except ValueError:  # not a registered model name
-        return None
-
-
-def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """(one entry per finished run: arch -- the arm --, depth, seed, model, final_train_error,
-    final_test_error, params, iters, run_dir, status and the late training error; the run folders
-    without a summary.json yet), both relative to study_dir."""
-    study_dir = Path(study_dir)
-
-    def run(run_dir: Path, cell: dict, summary: dict) -> dict:
-        config = rf.read_config(run_dir)
-        arm, depth, seed = _identify(run_dir, cell, config, summary)
+        config, steps = rf.read_config(run_dir), summary.get("steps")
+        zero = (config.get("model_kwargs") or {}).get("zero_init_residual") is True
+        evals = [ln for ln in rf.read_metrics(run_dir) if "train_eval_error" in ln]  # eval_train
+        before = [ln for ln in evals if steps and ln["step"] <= LATE * steps]
+        late = before[-1] if before else {}
+        n_train = evals[-1].get("train_eval_n") if evals else None
         return {
-            "arch": arm,
-            "depth": depth,
-            "seed": seed,
+            "arch": "zeroinit" if cell["arch"] == "residual" and zero else cell["arch"],
+            "depth": cell["depth"],
+            "seed": cell["seed"],
             "model": summary.get("model") or config.get("model"),
             "final_train_error": finite_or_none(summary.get("final_train_error")),
             "final_test_error": finite_or_none(summary.get("final_test_error")),
             "params": summary.get("params"),
-            "iters": summary.get("steps"),
+            "iters": steps,
             "run_dir": run_dir.relative_to(study_dir).as_posix(),  # here in the row's keys
             "status": summary.get("status", "completed"),
-            **_late(rf.read_metrics(run_dir), summary.get("steps")),
+            "late_step": late.get("step"),
+            "late_train_error": finite_or_none(late.get("train_eval_error")),
+            "n_train": n_train if isinstance(n_train, int) else None,
         }
 
-    return records.collect(
-        study_dir,
-        ("arch", "depth"),
-        run,
-        lambda r: (ARMS.index(r["arch"]), r["depth"], r["seed"]),
-        dirs=_run_dirs(study_dir, records.read_study(study_dir, "degradation")),
-    )
+    def order(r: dict) -> tuple:
+        return ARMS.index(r["arch"]), r["depth"], r["seed"]
 
-
-def _late(lines: list[dict], steps: int | None) -> dict:
-    """The training-set evaluation (`train_eval_error`, written with the engine's `eval_train`) at
-    the last evaluation at or before LATE of the run's `steps`: {"late_step", "late_train_error",
-    "n_train"}, each None when the run has none (older runs, runs without eval_train)."""
-    evals = [ln for ln in lines if ln.get("kind") == "eval" and "train_eval_error" in ln]
-    pick = next((ln for ln in reversed(evals) if steps and ln["step"] <= LATE * steps), None)
-    n = evals[-1].get("train_eval_n") if evals else None
-    return {
-        "late_step": pick and pick["step"],
-        "late_train_error": pick and finite_or_none(pick["train_eval_error"]),
-        "n_train": n if isinstance(n, int) else None,
-    }
+    return records.collect(study_dir, ("arch", "depth"), row, order, dirs=dirs or None)
 
 
 def setting(summary: dict) -> str:
-    """How the study's setting relates to the paper's Figure 6: what its results may be compared with,
-    and (for the analogue) what this verdict says next to the paper."""
+    """What the study's results may be compared with in the paper's Figure 6 and, for the analogue,
+    what this verdict says next to the paper."""
     data, iters = summary.get("data"), _iters(summary) or 0
     if data == "digits" or summary.get("family") == "mlp":
-        status = str((summary.get("verdict") or {}).get("status"))
+        status = summary["verdict"]["status"]
         said = _ANALOGUE.get(status, "here it gives no verdict, so it says nothing either way.")
         return (
             "A small analogue of the paper's experiment: fully connected nets on the 8x8 digits, "
@@ -149,10 +112,10 @@ def setting(summary: dict) -> str:
 
 
 def write_summary(study_dir: str | Path) -> dict:
-    """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
+    """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary."""
     study_dir = Path(study_dir)
-    study = records.read_study(study_dir, "degradation")
     runs, incomplete = collect_runs(study_dir)
+    study = records.read_study(study_dir, "degradation")
     summary = summary_head("degradation", study, ("runs",), data=None, family=None)
     if summary["data"] is None and runs:
         summary["data"] = (rf.read_summary(study_dir / runs[0]["run_dir"]) or {}).get("data")
@@ -164,90 +127,24 @@ def write_summary(study_dir: str | Path) -> dict:
 
 def _iters(summary: dict) -> int | None:
     """Iterations per run as measured (study.json may say 0 when the recipe counts epochs)."""
-    return (
-        max((r["iters"] or 0 for r in summary["runs"]), default=0) or summary.get("iters") or None
-    )
+    measured = max((r["iters"] or 0 for r in summary["runs"]), default=0)
+    return measured or summary.get("iters") or None
 
 
-def _arms(summary: dict) -> list[str]:
-    runs = summary["runs"]
-    return [a for a in ARMS if any(r["arch"] == a for r in runs)] or list(summary.get("archs", []))
-
-
-HEAD = ["arm", "depth", "model", "params", "seeds", "train error", "test error"]
-
-
-def _row(g: dict) -> list[str]:
-    """A group's columns under HEAD, as the page and the terminal show them."""
+def _row(g: dict, page: bool = False) -> list:
+    """A group's cells under HEAD; on the page, with the arm in words and each seed's errors."""
     errors = [fmt_mean_std(g[f"{k}_error_mean"], g[f"{k}_error_std"]) for k in ("train", "test")]
     failed = f" ({g['failed']} diverged)" if g["failed"] else ""
-    cells = [g["arch"], g["depth"], g["model"] or "—", fmt_count(g["params"]), g["n"]]
-    return [*map(str, cells), errors[0] + failed, errors[1]]
+    arm = ARM_LABELS.get(g["arch"], g["arch"]) if page else g["arch"]
+    cells = [arm, g["depth"], g["model"] or "—", fmt_count(g["params"]), g["n"]]
+    row: list = [*map(str, cells), errors[0] + failed, errors[1]]
+    return [*row, _per_seed(g, "train"), _per_seed(g, "test")] if page else row
 
 
 def _per_seed(g: dict, key: str) -> list[str]:
-    lost = "diverged" if key == "train_errors" else fmt_pct(None)
-    pairs = zip(g["seeds"], g[key], strict=True)
+    lost = "diverged" if key == "train" else fmt_pct(None)
+    pairs = zip(g["seeds"], g[f"{key}_errors"], strict=True)
     return [f"seed {s}: {lost if e is None else fmt_pct(e)}" for s, e in pairs]
-
-
-def _what_was_run(summary: dict) -> str:
-    """The paragraph above the settings (which list the grid, the data and the recipe)."""
-    arms = _arms(summary)
-    text = (
-        f"{len(summary['runs'])} finished training runs of the arms {', '.join(arms) or '—'}, "
-        f"{_iters(summary)} iterations each. A plain net is its residual twin with the shortcuts "
-        "removed: same layers, same parameters, the same (He) initialisation, recipe and seeds. "
-        "Training error is measured after training on the whole training set in eval mode, without "
-        "augmentation; test error on the test set."
-    )
-    if "zeroinit" in arms:
-        text += (
-            " The zero-init arm is the residual net with the last BN weight of each branch at zero "
-            "(Goyal et al. 2017), so each block starts as the identity; a plain net cannot start so "
-            "(it would output zeros), so this arm is shown but not judged."
-        )
-    return text
-
-
-def _write_html(study_dir: Path, summary: dict, curves: Path, depth: Path) -> Path:
-    v = summary["verdict"]
-    title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
-    sentence, *facts = v["text"].splitlines()  # the verdict's sentence, then its facts as notes
-    shown = summary | {"verdict": v | {"text": sentence}}
-    page = verdict_page(study_dir, shown, title, source, LABELS, facts)
-    page.paragraph(summary["setting"])
-    page.heading("Training curves").figure(
-        curves,
-        "Training error (thin dashed) and test error (bold) against iterations, mean over seeds "
-        "(faint lines: test error of each seed). One panel per arm; one colour per depth in every "
-        "panel. In the paper (Fig. 6, at convergence), deeper plain nets sit higher, deeper residual "
-        "nets lower.",
-    )
-    page.heading("Final error against depth").figure(
-        depth,
-        max_width=760,
-        caption="Final training error (solid, mean ± seed std, dots = single seeds; a diverged run is "
-        "drawn at 100%) and test error (dashed) against depth. Degradation is the plain curve rising "
-        "with depth while the residual curve does not.",
-    )
-    rows = [
-        [ARM_LABELS.get(g["arch"], g["arch"]), *_row(g)[1:]]
-        + [_per_seed(g, "train_errors"), _per_seed(g, "test_errors")]
-        for g in v["groups"]
-    ]
-    page.heading("Runs").table(
-        [*HEAD, "train, per seed", "test, per seed"],
-        rows,
-        "Errors as mean ± sample std over seeds. A run that diverged counts as 100% training error "
-        "in the mean; — marks a missing or non-finite value.",
-    )
-    rule = (
-        f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "
-        "described by the same numbers but never decides the verdict."
-    )
-    settings = summary | {"iters": _iters(summary)}
-    return finish(page, study_dir, _what_was_run(summary), settings, ("runs", "setting"), rule)
 
 
 def format_table(summary: dict) -> str:
@@ -259,10 +156,56 @@ def format_table(summary: dict) -> str:
 
 
 def build_report(study_dir: str | Path) -> Path:
-    """Write summary.json, curves.png, depth.png and report.html into `study_dir`; returns the report path."""
+    """Write summary.json, curves.png, depth.png and report.html into `study_dir`; returns the
+    report's path."""
     study_dir = Path(study_dir)
     summary = write_summary(study_dir)
-    arms = _arms(summary) or list(JUDGED)
-    curves = plot_curves(study_dir, summary["runs"], study_dir / "curves.png", arms)
-    depth = plot_depth(summary["verdict"]["groups"], study_dir / "depth.png", arms)
-    return _write_html(study_dir, summary, curves, depth)
+    v, runs = summary["verdict"], summary["runs"]
+    arms = [a for a in ARMS if any(r["arch"] == a for r in runs)] or list(summary.get("archs", []))
+    curves = plot_curves(study_dir, runs, study_dir / "curves.png", arms or list(JUDGED))
+    depth = plot_depth(v["groups"], study_dir / "depth.png", arms or list(JUDGED))
+
+    sentence, *facts = v["text"].splitlines()  # the verdict's sentence, then its facts as notes
+    shown = summary | {"verdict": v | {"text": sentence}}
+    title, source = "Degradation: plain vs residual networks", "He et al. 2015, Figures 1 and 6"
+    page = verdict_page(study_dir, shown, title, source, LABELS, facts)
+    page.paragraph(summary["setting"])
+    page.heading("Training curves").figure(
+        curves,
+        "Training error (thin dashed) and test error (bold) against iterations, mean over seeds "
+        "(faint lines: test error of each seed). One panel per arm; one colour per depth in "
+        "every panel. In the paper (Fig. 6, at convergence), deeper plain nets sit higher, deeper "
+        "residual nets lower.",
+    )
+    page.heading("Final error against depth").figure(
+        depth,
+        max_width=760,
+        caption="Final training error (solid, mean ± seed std, dots = single seeds; a diverged run "
+        "is drawn at 100%) and test error (dashed) against depth. Degradation is the plain curve "
+        "rising with depth while the residual curve does not.",
+    )
+    page.heading("Runs").table(
+        [*HEAD, "train, per seed", "test, per seed"],
+        [_row(g, page=True) for g in v["groups"]],
+        "Errors as mean ± sample std over seeds. A run that diverged counts as 100% training error "
+        "in the mean; — marks a missing or non-finite value.",
+    )
+    what = (
+        f"{len(runs)} finished training runs of the arms {', '.join(arms) or '—'}, "
+        f"{_iters(summary)} iterations each. A plain net is its residual twin with the shortcuts "
+        "removed: same layers, same parameters, the same (He) initialisation, recipe and seeds. "
+        "Training error is measured after training on the whole training set in eval mode, without "
+        "augmentation; test error on the test set."
+    )
+    if "zeroinit" in arms:
+        what += (
+            " The zero-init arm is the residual net with the last BN weight of each branch at "
+            "zero (Goyal et al. 2017), so each block starts as the identity; a plain net cannot "
+            "start so (it would output zeros), so this arm is shown but not judged."
+        )
+    rule = (
+        f"Declared before the numbers ({__package__}.rule): {v['rule']}. The zero-init arm is "
+        "described by the same numbers but never decides the verdict."
+    )
+    settings = summary | {"iters": _iters(summary)}
+    return finish(page, study_dir, what, settings, ("runs", "setting"), rule)
