@@ -60,8 +60,7 @@ class LandscapeConfig(base.StudyConfig):
                 f"{self.subset} and {self.hessian_images}"
             )
         self.twins()  # checks depths, width and the recipe as the main job would
-        # a --source study of other data has no twin to reuse: say which preset draws its nets,
-        # rather than train this preset's twins beside it
+        # a --source of other data has no twins to reuse: name the preset that draws its nets
         path = Path(self.source) / runs.STUDY
         source = records.read_record(path, "degradation") if path.is_file() else {}
         if source.get("data", self.data) != self.data:
@@ -91,9 +90,8 @@ class LandscapeConfig(base.StudyConfig):
         cfg = self.twins().run_config(arch, depth, seed)
         reused = Path(self.source) / runs.RUNS / cfg.run_name
         old, new = runs.read_config(reused), cfg.to_dict()
-        if runs.is_finished(reused) and all(old.get(k) == new[k] for k in SAME_RECIPE):
-            return replace(cfg, out=str(reused.parent))
-        return replace(cfg, out=str(base.study_dir(self) / runs.RUNS))
+        same = runs.is_finished(reused) and all(old.get(k) == new[k] for k in SAME_RECIPE)
+        return replace(cfg, out=str(reused.parent if same else base.study_dir(self) / runs.RUNS))
 
     def facts(self, configs) -> dict:
         here = str(base.study_dir(self) / runs.RUNS)
@@ -105,8 +103,15 @@ PRESETS = {
     "digits": dict(),
     # the conv twins of `reslab degradation --data cifar10 --preset cpu`, 2.5 epochs, on a coarser
     # grid and fewer images: every point is a forward pass of a conv net on the CPU
-    "cpu": dict(data="cifar10", depths=(20, 56), seeds=(0, 1), source="runs/degradation/cpu")
-    | dict(points=11, subset=500, hessian_images=128),
+    "cpu": dict(
+        data="cifar10",
+        depths=(20, 56),
+        seeds=(0, 1),
+        source="runs/degradation/cpu",
+        points=11,
+        subset=500,
+        hessian_images=128,
+    ),
 }
 
 STUDY = base.Study(

@@ -1,15 +1,10 @@
-"""The landscape study's measurements, into `<study>/landscape.json`: for every net that did not
-diverge, its loss and top-1 error on the first `subset` images of its training split (normalised as
-it was trained, batch norm in eval mode) over the (points x points) grid [-span, span]^2 of two
-random directions (`reslab.landscape.directions`: the same Gaussian draws for a plain net and its
-residual twin, filter-normalised to each), and the largest and smallest eigenvalue of its Hessian
-at the trained weights (`reslab.landscape.hessian_extremes`). The other nets are listed apart.
-"""
+"""The landscape study's measurements, into `<study>/landscape.json`: each completed net's loss and
+top-1 error over the grid of two random directions through its trained weights (`reslab.landscape`:
+the same draws for a plain net and its residual twin, filter-normalised to each), and the extreme
+eigenvalues of its Hessian there. The nets that did not complete are listed apart."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import os
 import time
 from functools import partial
@@ -21,6 +16,7 @@ import torch
 
 from reslab import landscape
 from reslab.data import Loader
+from reslab.launch.grid import worker_pool
 from reslab.studies.landscape import SURFACES
 from reslab.training import runs
 from reslab.training.build import load_data
@@ -40,7 +36,7 @@ def after_training(cfg: Any, folder: Path, configs: list, trained: list, jobs: i
         else:
             lost.append(net | {"status": summary.get("status", "missing")})
     measure = partial(_measure, cfg=cfg, xs=xs, threads=max(1, (os.cpu_count() or 1) // jobs))
-    with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(jobs) as pool:
         for net, grid in zip(nets, pool.map(measure, [n["run_dir"] for n in nets]), strict=True):
             net.update(grid)
             centre = grid["loss"][len(xs) // 2][len(xs) // 2]

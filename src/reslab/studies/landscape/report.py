@@ -1,6 +1,5 @@
-"""Report of the landscape study, from its folder alone: summary.json (rows and verdict),
-contours.png (plain above residual, shallow to deep, the same levels everywhere), slices.png,
-surface.png (the deepest twins in 3D), nonconvexity.png and report.html."""
+"""Report of the landscape study, from its folder alone: summary.json, the four figures and
+report.html."""
 
 from __future__ import annotations
 
@@ -50,9 +49,8 @@ def build_report(folder: str | Path) -> Path:
     v = verdict(table).to_json()
     summary = study | {"rows": table, "nets": nets, "lost": data["lost"], "verdict": v}
     summary = runs.write_study_summary(folder, summary)
-    xs, loss = np.asarray(data["xs"]), {}  # (arch, depth) -> the first seed's loss, the one drawn
-    for n in sorted(data["nets"], key=lambda n: n["seed"]):
-        loss.setdefault((n["arch"], n["depth"]), np.asarray(n["loss"]))
+    xs, drawn = np.asarray(data["xs"]), sorted(data["nets"], key=lambda n: -n["seed"])
+    loss = {(n["arch"], n["depth"]): np.asarray(n["loss"]) for n in drawn}  # the first seed's
     depths = sorted({d for _, d in loss})
     with figures.style():
         contours = figures.save(_contours(loss, depths, xs), folder / "contours.png")
@@ -142,9 +140,8 @@ def _nonconvexity(table: list[dict]) -> figures.Figure:
     fig, (ax,) = figures.figure(1, width=5.0, height=3.4)
     for arch in ARCHS:
         color, rs = figures.ARCH_COLORS[arch], [r for r in table if r["arch"] == arch]
-        for r in rs:
-            ys = [x for x in r["ratios"] if x is not None]
-            ax.plot([r["depth"]] * len(ys), ys, "o", color=color, alpha=0.4, ms=4)
+        for r in rs:  # a None ratio (no minimum) is not drawn
+            ax.plot([r["depth"]] * len(r["ratios"]), r["ratios"], "o", color=color, alpha=0.4, ms=4)
         means = [(r["depth"], r["mean"]) for r in rs if r["mean"] is not None]
         if means:
             ax.plot(*zip(*means, strict=True), "-", color=color, label=arch)
