@@ -19,6 +19,7 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 SURFACES = "landscape.json"  # in the study folder: every net's grid and Hessian extremes
+TWINS_SHARE = ("data", "data_dir", "train", "depths", "seeds", "iters")  # as the twins' config's
 # what a finished run of --source must share (in its config.json) with a cell's to be reused
 SAME_RECIPE = ("model", "model_kwargs", "data", "seed", "iters", "lr", "batch_size", "weight_decay")
 
@@ -76,9 +77,7 @@ class LandscapeConfig(base.StudyConfig):
         """The degradation study's config of the same grid and recipe: the twins' source."""
         from reslab.studies import degradation
 
-        same = {
-            k: getattr(self, k) for k in ("data", "data_dir", "train", "depths", "seeds", "iters")
-        }
+        same = {k: getattr(self, k) for k in TWINS_SHARE}
         width = {"width": self.width} if self.width else {}  # 0: the preset's
         return degradation.STUDY.make_config(self.preset, archs=ARCHS, **same, **width)
 

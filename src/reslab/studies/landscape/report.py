@@ -1,5 +1,4 @@
-"""Report of the landscape study, from its folder alone: summary.json, the four figures and
-report.html."""
+"""Report of the landscape study, from its folder alone: summary.json, four figures, report.html."""
 
 from __future__ import annotations
 
@@ -26,11 +25,10 @@ LABELS = {  # status -> (label, tone), as the page and `reslab report`'s index s
 
 def format_table(summary: dict) -> str:
     """The per-seed non-convexity of every (arch, depth), the nets without a surface and the verdict."""
-    table = [
-        [r["arch"], str(r["depth"]), " ".join(fmt_num(x, ".3f") for x in r["ratios"])]
-        + [fmt_num(r["mean"], ".3f")]
-        for r in summary["rows"]
-    ]
+    table = []
+    for r in summary["rows"]:
+        *seeds, mean = (fmt_num(x, ".3f") for x in [*r["ratios"], r["mean"]])
+        table.append([r["arch"], str(r["depth"]), " ".join(seeds), mean])
     lines = [text_table(["arch", "depth", "|λmin/λmax| per seed", "mean"], table)]
     for n in summary["lost"]:
         lines.append(f"{n['arch']} {n['depth']} seed {n['seed']}: {n['status']}, no surface")
