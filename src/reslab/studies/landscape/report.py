@@ -15,12 +15,9 @@ from reslab.studies.landscape.rule import ratio, rows, verdict
 from reslab.studies.pages import finish, text_table, verdict_page
 from reslab.training import runs
 
-LABELS = {  # status -> (label, tone), as the page and `reslab report`'s index show it
-    "shown": ("shown", "good"),
-    "residual_too": ("residual too", "bad"),
-    "not_shown": ("not shown", "bad"),
-    "insufficient": ("insufficient", "neutral"),
-}
+TONES = {"shown": "good", "residual_too": "bad", "not_shown": "bad", "insufficient": "neutral"}
+# status -> (label, tone), as the page and `reslab report`'s index show it: the status in words
+LABELS = {status: (status.replace("_", " "), tone) for status, tone in TONES.items()}
 
 
 def format_table(summary: dict) -> str:
