@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from reslab.cli import main
 from reslab.studies import run_study
 from reslab.studies.landscape import SURFACES
-from reslab.studies.landscape.measure import load
 from reslab.training import runs
+from reslab.training.build import load_data
+from reslab.training.evaluation import evaluate
+from reslab.training.trained import load_run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from data_files import write_cifar  # noqa: E402
@@ -51,13 +52,14 @@ def test_the_cpu_preset_draws_the_conv_twins_of_a_cifar_degradation_study(cifar_
         ("residual", str(source / "runs" / "residual-8-s0")),
     ]
     for n in nets:  # the centre of the grid is the conv net's own loss on the same 16 images
-        model, images, labels = load(source / "runs" / f"{n['arch']}-8-s0", 16)
-        assert images.shape == (16, 3, 32, 32)
+        model, cfg = load_run(n["run_dir"])
+        first = load_data(cfg)[0].subset(torch.arange(16))  # evaluate normalises them as trained
+        assert first.images.shape == (16, 3, 32, 32)
         assert any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-        with torch.no_grad():
-            own = F.cross_entropy(model(images).float(), labels).item()
         assert np.asarray(n["loss"]).shape == (3, 3)
-        assert n["loss"][1][1] == pytest.approx(own, rel=1e-5)
+        assert n["loss"][1][1] == pytest.approx(
+            evaluate(model, first, fold=False)["loss"], rel=1e-5
+        )
     assert {r["arch"] for r in summary["rows"]} == {"plain", "residual"}
 
 

@@ -5,9 +5,7 @@ Li et al. draw ResNet-56's loss over a plane of two filter-normalised random dir
 trained weights: smooth and nearly convex; the same net without shortcuts is chaotic, more so the
 deeper it is. Here the nets are the main job's plain and residual twins (`reslab degradation`: the
 same layers, He initialisation, recipe and seeds), reused from its study folder (`--source`) where
-they are finished there and trained here with the same recipe where not. `measure.py` draws every
-net's surface and Hessian extremes, `rule.py` judges the non-convexity against depth, `report.py`
-draws the surfaces.
+they are finished there and trained here with the same recipe where not.
 """
 
 from __future__ import annotations
@@ -21,6 +19,9 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig
 
 SURFACES = "landscape.json"  # in the study folder: every net's grid and Hessian extremes
+TWINS_SHARE = ("data", "data_dir", "train", "depths", "seeds", "iters")  # as the twins' config's
+# what a finished run of --source must share (in its config.json) with a cell's to be reused
+SAME_RECIPE = ("model", "model_kwargs", "data", "seed", "iters", "lr", "batch_size", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ class LandscapeConfig(base.StudyConfig):
                 f"{self.subset} and {self.hessian_images}"
             )
         self.twins()  # checks depths, width and the recipe as the main job would
-        # a --source study of other data has no twin to reuse: say which preset draws its nets,
-        # rather than train this preset's twins beside it
+        # a --source of other data has no twins to reuse: name the preset that draws its nets
         path = Path(self.source) / runs.STUDY
         source = records.read_record(path, "degradation") if path.is_file() else {}
         if source.get("data", self.data) != self.data:
@@ -77,12 +77,9 @@ class LandscapeConfig(base.StudyConfig):
         """The degradation study's config of the same grid and recipe: the twins' source."""
         from reslab.studies import degradation
 
-        options = dict(depths=self.depths, seeds=self.seeds, archs=ARCHS, iters=self.iters)
-        if self.width:
-            options["width"] = self.width
-        return degradation.STUDY.make_config(
-            self.preset, data=self.data, data_dir=self.data_dir, train=self.train, **options
-        )
+        same = {k: getattr(self, k) for k in TWINS_SHARE}
+        width = {"width": self.width} if self.width else {}  # 0: the preset's
+        return degradation.STUDY.make_config(self.preset, archs=ARCHS, **same, **width)
 
     def cells(self) -> list[tuple[str, int, int]]:
         return [(a, d, s) for d in self.depths for a in ARCHS for s in self.seeds]
@@ -90,34 +87,21 @@ class LandscapeConfig(base.StudyConfig):
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The main job's run of this cell: in --source where it finished there, else here."""
         cfg = self.twins().run_config(arch, depth, seed)
-        reused = Path(self.source) / "runs" / cfg.run_name
-        if runs.is_finished(reused) and _same_recipe(reused, cfg):
-            return replace(cfg, out=str(reused.parent))
-        return replace(cfg, out=str(base.study_dir(self) / "runs"))
+        reused = Path(self.source) / runs.RUNS / cfg.run_name
+        old, new = runs.read_config(reused), cfg.to_dict()
+        same = runs.is_finished(reused) and all(old.get(k) == new[k] for k in SAME_RECIPE)
+        return replace(cfg, out=str(reused.parent if same else base.study_dir(self) / runs.RUNS))
 
     def facts(self, configs) -> dict:
-        here = str(base.study_dir(self) / "runs")
-        reused = sum(c.out != here for c in configs)
-        return {"recipe": base.recipe(configs[0]), "reused": reused} if configs else {}
-
-
-def _same_recipe(run_dir: Path, cfg: TrainConfig) -> bool:
-    """Whether a finished run was trained as `cfg` asks (its config.json, volatile keys aside)."""
-    try:
-        old = runs.read_config(run_dir)
-    except (OSError, ValueError):
-        return False
-    new = cfg.to_dict()
-    keys = ("model", "model_kwargs", "data", "seed", "iters", "lr", "batch_size", "weight_decay")
-    return all(old.get(k) == new.get(k) for k in keys)
+        here = str(base.study_dir(self) / runs.RUNS)
+        return {"recipe": base.recipe(configs[0]), "reused": sum(c.out != here for c in configs)}
 
 
 PRESETS = {
     # the main job's nets (`reslab degradation`'s digits preset), 21 x 21 points over [-1, 1]^2
     "digits": dict(),
-    # the conv twins of `reslab degradation --data cifar10 --preset cpu` (ResNet-20/56 and their plain
-    # twins, 2.5 epochs), on a coarser grid and fewer images: every point is a forward pass of a conv
-    # net on the CPU
+    # the conv twins of `reslab degradation --data cifar10 --preset cpu`, 2.5 epochs, on a coarser
+    # grid and fewer images: every point is a forward pass of a conv net on the CPU
     "cpu": dict(
         data="cifar10",
         depths=(20, 56),

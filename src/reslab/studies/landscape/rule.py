@@ -17,14 +17,14 @@ from reslab.training import runs
 FLOOR = 0.05  # the smallest rise of |lambda_min / lambda_max| the rule calls real
 RULE = (
     "shown when the plain nets' mean |lambda_min/lambda_max| at the deepest depth is above the "
-    "shallowest's by more than max(2 x pooled seed std, {floor}) and the residual nets' is not; "
+    f"shallowest's by more than max(2 x pooled seed std, {FLOOR}) and the residual nets' is not; "
     "residual_too when both rise; not_shown when the plain nets' does not; insufficient with fewer "
     "than two depths measured in an arm. Nets that diverged in training have no surface: they are "
     "named, not scored"
 )
 
 
-def ratio(lambda_max: float, lambda_min: float) -> float | None:
+def ratio(lambda_max: float | None, lambda_min: float | None) -> float | None:
     """|lambda_min / lambda_max|, or None when lambda_max is not positive (no minimum to speak of)."""
     if lambda_max is None or lambda_min is None or not lambda_max > 0:
         return None
@@ -44,12 +44,11 @@ def rows(nets: list[dict]) -> list[dict]:
 
 
 def verdict(table: list[dict]) -> runs.Verdict:
-    """RULE on the rows of `rows`: each arm's deepest nets against its shallowest (`stats.compare`)."""
+    """RULE on the rows of `rows`: each arm's deepest nets against its shallowest."""
     thresholds = {"floor": FLOOR}
-    rule = RULE.format(**thresholds)
     arms = {a: [r for r in table if r["arch"] == a] for a in ("plain", "residual")}
     if any(len(rs) < 2 for rs in arms.values()):
-        return runs.Verdict("insufficient", {}, thresholds, rule, "fewer than two depths per arm")
+        return runs.Verdict("insufficient", {}, thresholds, RULE, "fewer than two depths per arm")
     numbers = {}
     for arch, rs in arms.items():
         c = stats.compare(rs[0]["ratios"], rs[-1]["ratios"], floor=FLOOR)
@@ -61,4 +60,4 @@ def verdict(table: list[dict]) -> runs.Verdict:
         f"{n['deep']} ({'rises' if n['higher'] else 'does not rise'}; tolerance {n['tolerance']:.3f})"
         for arch, n in numbers.items()
     )
-    return runs.Verdict(status, numbers, thresholds, rule, text)
+    return runs.Verdict(status, numbers, thresholds, RULE, text)
