@@ -1,12 +1,9 @@
 """The shortcut study (He et al. 2016, "Identity Mappings in Deep Residual Networks", §3.1 Table 1 and
-§4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units.
-
-Each variant of `reslab.models.variants` is trained once per seed as an ordinary run folder
-`runs/shortcuts/<name>/runs/<variant>-s<seed>/`; `report.py` turns them into the paper's tables (test
-error, mean ± std over seeds), a bar figure, training curves and the verdict of `rule.py`. A run that
-diverges is recorded as such (its variant "fails", the paper's word) and the study goes on. All
-presets but the paper's are far smaller than its experiment, and the report says so.
-"""
+§4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units
+(`reslab.models.variants`), each trained once per seed as an ordinary run folder
+`runs/shortcuts/<name>/runs/<variant>-s<seed>/`. A run that diverges is recorded as such (its
+variant "fails", the paper's word) and the study goes on. All presets but the paper's are far
+smaller than its experiment, and the report says so."""
 
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ class ShortcutsConfig(base.StudyConfig):
         base.check_among("variants", self.variants, VARIANTS)
         if not self.seeds:
             raise ValueError("give at least one seed")
-        # fail before any training if the base does not take the variants
         base.check_models((f"{self.base}+{v}", self.model_kwargs()) for v in self.variants)
 
     def model_kwargs(self) -> dict:

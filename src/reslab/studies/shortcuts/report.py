@@ -131,15 +131,14 @@ def panel(groups: list[dict], table: int) -> list[dict]:
 
 
 def plot(study_dir: Path, groups: list[dict], runs: list[dict]) -> tuple[Path, Path]:
-    """bars.png (test error per variant) and curves.png (training loss against iterations, mean over
-    seeds), both with Table 1's variants left and Table 2's right."""
+    """bars.png (test error per variant) and curves.png (training loss, mean over seeds), by table."""
     top = max([100 * e for g in groups for e in g["test_errors"] if e is not None] + [1.0])
     curves: dict[str, list] = {g["variant"]: [] for g in groups}  # (steps, losses) of each seed
     for r in runs:
         log = rf.train_lines(study_dir / r["run_dir"])  # none when it diverged before logging any
         curves[r["variant"]].append([[ln[k] for ln in log] for k in ("step", "train_loss")])
-    cmap = matplotlib.colormaps["tab10"]
     titles = ("shortcut variants (Table 1)", "activation placements (Table 2)")
+    cmap = matplotlib.colormaps["tab10"]
     with figures.style():
         bars, bar_axes = figures.figure(2, width=5.4, height=4.0, sharey=True)
         lines, line_axes = figures.figure(2, width=5.4, height=3.8, sharey=True)
@@ -150,9 +149,9 @@ def plot(study_dir: Path, groups: list[dict], runs: list[dict]) -> tuple[Path, P
             for i, (g, name, label) in enumerate(zip(gs, names, labels, strict=True)):
                 seeds = [100 * e for e in g["test_errors"] if e is not None]
                 if seeds:
-                    color = IDENTITY if name == "identity" else OTHER
+                    fill = IDENTITY if name == "identity" else OTHER
                     std = 100 * (g["test_error_std"] or 0)
-                    ax.bar(i, 100 * g["test_error_mean"], 0.7, color=color, yerr=std, capsize=3)
+                    ax.bar(i, 100 * g["test_error_mean"], 0.7, color=fill, yerr=std, capsize=3)
                 ax.scatter([i] * len(seeds), seeds, color="#1d2430", s=10, zorder=3)
                 if n := len(g["diverged"]):
                     ax.scatter([i] * n, [top * 1.02] * n, marker="x", color=DIVERGED, zorder=3)

@@ -1,7 +1,6 @@
-"""The shortcut study's verdict, a pure function of its run rows (`report.write_summary`): each
-variant's class against the identity shortcut under `RULE`, next to the class the paper's own numbers
-(`PAPER`) fall in under the same rule (`paper_finding`; for a base of bottleneck units, study.json
-"paper_column": 164, Table 2's ResNet-164 column where it has a number).
+"""The shortcut study's verdict, a pure function of its run rows: each variant's class against the
+identity shortcut under `RULE`, next to the class the paper's own numbers (`PAPER`) fall in under the
+same rule (`paper_finding`; Table 2's ResNet-164 column for a base of bottleneck units).
 
 Why these margins: relative to identity's error, one rule serves CIFAR-10 and the digits alike.
 FAIL_RATIO: the paper's "fail" is over 20% test error (Table 1 caption), 3.0x its identity's 6.61%;
@@ -34,8 +33,7 @@ RULE = (
     "seed std); else about equal. Agrees: the class the paper's numbers fall in."
 )
 CLASSES = {"fails": "fails", "worse": "clearly worse", "equal": "about equal", "better": "better"}
-# He et al. 2016's CIFAR-10 test errors (%; "fail": over 20%): the ResNet-110 column of Tables 1-2
-# and Table 2's ResNet-164 column
+# He et al. 2016's CIFAR-10 test errors (%; "fail": over 20%): ResNet-110 (Tables 1-2), 164 (Table 2)
 PAPER = {
     110: {name: v.paper for name, v in VARIANTS.items()},
     164: dict(zip(("identity", *TABLE_2), ("5.93", "6.50", "6.14", "5.91", "5.46"), strict=True)),
@@ -64,8 +62,7 @@ def group_runs(runs: list[dict]) -> list[dict]:
     """One group per variant run, in the paper's order; its stats over the finished seeds."""
     groups = []
     for name, v in VARIANTS.items():
-        rs = [r for r in runs if r["variant"] == name]
-        if not rs:
+        if not (rs := [r for r in runs if r["variant"] == name]):
             continue
         test = [r["final_test_error"] for r in rs]
         done = [e for e in test if e is not None]
