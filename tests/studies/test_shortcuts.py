@@ -248,6 +248,13 @@ PAPER_164 = {
 }
 
 
+def _findings(column: int) -> dict:
+    """The class the paper's own number of each variant falls in (ResNet-`column` column)."""
+    return {
+        v: rule.paper_finding(v, column)["class"] for v in rule.PAPER[column] if v != "identity"
+    }
+
+
 @pytest.mark.parametrize(
     "base, column, errors", [("resnet-110", 110, PAPER_110), ("resnet-164", 164, PAPER_164)]
 )
@@ -257,7 +264,7 @@ def test_the_papers_own_numbers_agree_with_the_paper(tmp_path, base, column, err
     assert v["status"] == "agrees" and v["agree"] == len(errors) - 1 == len(v["judged"]), v["text"]
     assert v["column"] == column and v["best"] == "full-preact" and v["scale_note"] is None
     got = {j["variant"]: j["class"] for j in v["judged"]}
-    assert got == {k: rule.FINDINGS[column][k] for k in errors if k != "identity"}
+    assert got == _findings(column)
     assert all(j["agrees"] for j in v["judged"])
 
 
@@ -266,12 +273,12 @@ def test_findings_follow_the_papers_words():
     BN and ReLU after/before addition worse, ReLU-only pre-activation "very similar", full
     pre-activation "improved by healthy margins", at both depths."""
     t1 = {n for n, v in variants.VARIANTS.items() if v.table == 1 and n != "identity"}
-    f110 = rule.FINDINGS[110]
+    f110 = _findings(110)
     assert {n for n in t1 if variants.VARIANTS[n].paper == "fail"} == {
         n for n in t1 if f110[n] == "fails"
     } and all(f110[n] in ("worse", "fails") for n in t1)
     for column in (110, 164):
-        f = rule.FINDINGS[column]
+        f = _findings(column)
         assert (f["bn-after-add"], f["relu-before-add"]) == ("worse", "worse")
         assert (f["relu-preact"], f["full-preact"]) == ("equal", "better")
     assert rule.paper_finding("scale-both", 164) == {
@@ -382,7 +389,7 @@ def test_paper_presets_hold_resnet_110_and_164_against_their_columns(tmp_path):
     assert cfg.facts([]) == {"base_units": 54, "paper_column": 110}
     cfg = make_config("paper-164", out=str(tmp_path), variants=("identity",))
     assert cfg.facts([]) == {"base_units": 54, "paper_column": 164}  # 18 bottlenecks a stage
-    assert set(PRESETS["paper-164"]["variants"]) == {"identity", *rule.FINDINGS[164]}
+    assert set(PRESETS["paper-164"]["variants"]) == set(rule.PAPER[164])
     assert TABLE_2 == tuple(n for n, v in variants.VARIANTS.items() if v.table == 2)
     with torch.device("meta"):
         model = create_model("resnet-164+full-preact")

@@ -1,12 +1,9 @@
 """The shortcut study (He et al. 2016, "Identity Mappings in Deep Residual Networks", §3.1 Table 1 and
-§4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units.
-
-Each variant of `reslab.models.variants` is trained once per seed as an ordinary run folder
-`runs/shortcuts/<name>/runs/<variant>-s<seed>/`; `report.py` turns them into the paper's tables (test
-error, mean ± std over seeds), a bar figure, training curves and the verdict of `rule.py`. A run that
-diverges is recorded as such (its variant "fails", the paper's word) and the study goes on. All
-presets but the paper's are far smaller than its experiment, and the report says so.
-"""
+§4.1 Table 2): the same network and recipe with every shortcut and activation variant of its units
+(`reslab.models.variants`), each trained once per seed as an ordinary run folder
+`runs/shortcuts/<name>/runs/<variant>-s<seed>/`. A run that diverges is recorded as such (its
+variant "fails", the paper's word) and the study goes on. All presets but the paper's are far
+smaller than its experiment, and the report says so."""
 
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ class ShortcutsConfig(base.StudyConfig):
         base.check_among("variants", self.variants, VARIANTS)
         if not self.seeds:
             raise ValueError("give at least one seed")
-        # fail before any training if the base does not take the variants
         base.check_models((f"{self.base}+{v}", self.model_kwargs()) for v in self.variants)
 
     def model_kwargs(self) -> dict:
@@ -63,40 +59,33 @@ class ShortcutsConfig(base.StudyConfig):
         kwargs = {"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **self.model_kwargs()}
         with torch.device("meta"):
             blocks = create_model(self.base, **kwargs).residual_blocks()
-        bottleneck = len(blocks[0].branch_layers()) == 3
-        facts = {"base_units": len(blocks), "paper_column": 164 if bottleneck else 110}
-        return super().facts(configs) | facts
+        column = 164 if len(blocks[0].branch_layers()) == 3 else 110
+        return super().facts(configs) | {"base_units": len(blocks), "paper_column": column}
 
     def cells(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every run, in the order of the variants given."""
         return [(v, s) for v in self.variants for s in self.seeds]
 
     def run_config(self, variant: str, seed: int) -> TrainConfig:
-        """The ordinary training config of one variant and seed."""
-        name = runs.cell_name(variant, seed=seed)
-        threads = {"num_threads": self.num_threads} if self.num_threads else {}
+        name, threads = runs.cell_name(variant, seed=seed), self.num_threads
         model, kwargs = f"{self.base}+{variant}", self.model_kwargs()
-        return base.run_config(self, name, model, seed, model_kwargs=kwargs, **threads)
+        return base.run_config(self, name, model, seed, model_kwargs=kwargs, num_threads=threads)
 
 
 # digits: a fully connected net of 27 two-layer units (half the units of the paper's ResNet-110;
-# depth is what makes a multiplicative shortcut compound) on the digits with the paper's recipe scaled
-# (`paper-digits`: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 after a warm-up at 0.01,
-# / 10 at 50% and 75% of the run), trained to convergence before any variant is judged. The base
-# and the length were fixed on the identity arm alone, before any other variant was trained (issue
-# 21), by a rule declared before its runs: a schedule of N iterations (warm-up 5% of N) has trained
-# the identity arm to convergence when, in seeds 0-2, (a) every seed ends at 0.00% training error,
-# as at the full 1,980 iterations, and (b) its mean final test error is about equal to the
-# 1,980-iteration one's by this study's own rule. resmlp-110 needs the full 1,980 (990, 660, 495 and
-# 396 all fail (a)), and its 39 runs at 1,980 take over half an hour on a 2-core CPU; so the base was
-# scaled down instead, among those whose 39 runs fit 10 minutes (resmlp-56 at 990, resmlp-32 at
-# 1,980 or 990), taking the most units that converge: resmlp-56 at 990 does.
+# depth is what makes a multiplicative shortcut compound) on the digits with the paper's recipe
+# scaled (the engine's `paper-digits`), trained to convergence before any variant is judged. The
+# base and the length were fixed on the identity arm alone, before any other variant was trained
+# (issue 21), by a rule declared before its runs: a schedule of N iterations (warm-up 5% of N) has
+# trained the identity arm to convergence when, in seeds 0-2, (a) every seed ends at 0.00% training
+# error, as at the full 1,980 iterations, and (b) its mean final test error is about equal to the
+# 1,980-iteration one's by this study's own rule. resmlp-110 needs the full 1,980 (990, 660, 495
+# and 396 all fail (a)), and its 39 runs at 1,980 take over half an hour on a 2-core CPU; so the
+# base was scaled down instead, among those whose 39 runs fit 10 minutes (resmlp-56 at 990,
+# resmlp-32 at 1,980 or 990), taking the most units that converge: resmlp-56 at 990 does.
 # paper: ResNet-110 on CIFAR-10 with He et al.'s recipe (64k iterations, lr 0.1 divided by 10 at 32k
 # and 48k, lr 0.01 for the first 400 iterations), five seeds as the paper's medians of five runs.
 # paper-164: the same for ResNet-164 (bottleneck units, 1.7M parameters, Table 4) and the activation
 # placements of Table 2, the only variants the paper trained on it.
-# The engine's automatic warm-up reads the depth from the model name's last number, which a variant
-# name like "resnet-110+gate-shortcut-b0" hides, so it is set here.
 _PAPER_TRAIN = dict(
     preset="paper", warmup_iters=400, warmup_lr=0.01, log_every=100, eval_every=2000
 )

@@ -1,7 +1,6 @@
-"""The shortcut study's verdict, a pure function of its rows (`report.collect_runs`): each variant's
-class against the identity shortcut under `RULE`, next to the class the paper's own numbers (`PAPER`)
-fall in under the same rule (`FINDINGS`; for a base of bottleneck units, study.json "paper_column":
-164, Table 2's ResNet-164 column where it has a number).
+"""The shortcut study's verdict, a pure function of its run rows: each variant's class against the
+identity shortcut under `RULE`, next to the class the paper's own numbers (`PAPER`) fall in under the
+same rule (`paper_finding`; Table 2's ResNet-164 column for a base of bottleneck units).
 
 Why these margins: relative to identity's error, one rule serves CIFAR-10 and the digits alike.
 FAIL_RATIO: the paper's "fail" is over 20% test error (Table 1 caption), 3.0x its identity's 6.61%;
@@ -29,13 +28,12 @@ from reslab.training.runs import UNTRAINED, Verdict
 FAIL_RATIO = 3.0
 EQUAL = 0.03
 RULE = (
-    "vs identity: fails if a run diverged or error > {fail_ratio:g}x identity's; clearly worse / "
-    "better if higher / lower by more than max({equal:g}% of identity's error, 2 x pooled seed "
-    "std); else about equal. Agrees: the class the paper's numbers fall in."
+    f"vs identity: fails if a run diverged or error > {FAIL_RATIO:g}x identity's; clearly worse / "
+    f"better if higher / lower by more than max({100 * EQUAL:g}% of identity's error, 2 x pooled "
+    "seed std); else about equal. Agrees: the class the paper's numbers fall in."
 )
 CLASSES = {"fails": "fails", "worse": "clearly worse", "equal": "about equal", "better": "better"}
-# He et al. 2016's CIFAR-10 test errors (%; "fail": over 20%): the ResNet-110 column of Tables 1-2
-# and Table 2's ResNet-164 column
+# He et al. 2016's CIFAR-10 test errors (%; "fail": over 20%): ResNet-110 (Tables 1-2), 164 (Table 2)
 PAPER = {
     110: {name: v.paper for name, v in VARIANTS.items()},
     164: dict(zip(("identity", *TABLE_2), ("5.93", "6.50", "6.14", "5.91", "5.46"), strict=True)),
@@ -50,33 +48,21 @@ def judge(e0: float, e: float | None, tol: float) -> str:
     return "worse" if e - e0 > tol else "better" if e - e0 < -tol else "equal"
 
 
-def _paper_class(error: str, identity: str) -> str:
-    """The class of the paper's number under RULE (one run each: the tolerance is EQUAL * e0)."""
-    e0 = float(identity) / 100
-    return judge(e0, None if error == "fail" else float(error) / 100, EQUAL * e0)
-
-
-FINDINGS = {
-    column: {v: _paper_class(e, errors["identity"]) for v, e in errors.items() if v != "identity"}
-    for column, errors in PAPER.items()
-}
-
-
 def paper_finding(variant: str, column: int = 110) -> dict:
-    """The paper's test error (%, "fail") and class of `variant` in the ResNet-`column` column,
-    falling back to ResNet-110 where the paper gives no ResNet-164 number (class None: identity)."""
+    """The paper's test error (%, "fail") of `variant` in the ResNet-`column` column (else 110) and
+    its class under RULE, one run each: the tolerance is EQUAL * identity's (None: identity)."""
     column = column if variant in PAPER[column] else 110
-    error, cls = PAPER[column][variant], FINDINGS[column].get(variant)
+    error, e0 = PAPER[column][variant], float(PAPER[column]["identity"]) / 100
+    e = None if error == "fail" else float(error) / 100
+    cls = None if variant == "identity" else judge(e0, e, EQUAL * e0)
     return {"column": column, "error": error, "class": cls}
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Per variant run, in the paper's order: its seeds, per-seed test errors, mean, std and median
-    over the finished seeds, mean train loss and the seeds that diverged (or failed)."""
+    """One group per variant run, in the paper's order; its stats over the finished seeds."""
     groups = []
     for name, v in VARIANTS.items():
-        rs = [r for r in runs if r["variant"] == name]
-        if not rs:
+        if not (rs := [r for r in runs if r["variant"] == name]):
             continue
         test = [r["final_test_error"] for r in rs]
         done = [e for e in test if e is not None]
@@ -102,65 +88,53 @@ def group_runs(runs: list[dict]) -> list[dict]:
     return groups
 
 
-def classify(identity: dict, g: dict) -> dict:
-    """One variant's group against identity's: margin, relative margin, pooled seed std, tolerance
-    and class (RULE)."""
+def classify(identity: dict, g: dict, column: int = 110) -> dict:
+    """One variant's group against identity's (RULE) and the paper's finding for it."""
     e0, e = identity["test_error_mean"], g["test_error_mean"]
     pooled = pooled_std([(x["n"], x["test_error_std"]) for x in (identity, g)])
     tol = tolerance(pooled, floor=EQUAL * e0)
     margin = None if e is None else e - e0
+    cls, paper = judge(e0, None if g["diverged"] else e, tol), paper_finding(g["variant"], column)
     return {
         "variant": g["variant"],
         "margin": margin,
         "relative": None if margin is None or e0 == 0 else margin / e0,
         "pooled_std": pooled,
         "tolerance": tol,
-        "class": judge(e0, None if g["diverged"] else e, tol),
+        "class": cls,
+        "paper": paper,
+        "agrees": cls == paper["class"],
     }
 
 
 def verdict(runs: list[dict], column: int = 110) -> Verdict:
-    """Judge every variant against the paper's finding for it in the ResNet-`column` column: the
-    numbers are the column, the groups, each judged variant ("judged"), how many agree and the best."""
+    """Judge every variant against the paper's finding for it in the ResNet-`column` column."""
     groups = group_runs(runs)
     identity = next((g for g in groups if g["variant"] == "identity"), None)
     thresholds = {"equal": EQUAL, "fail_ratio": FAIL_RATIO}
-    rule = RULE.format(fail_ratio=FAIL_RATIO, equal=100 * EQUAL)
     if identity is None or not identity["n"] or identity["diverged"]:
         text = "Cannot judge: the identity shortcut has no finished run to compare with."
         numbers = {"groups": groups, "judged": [], "column": column}
-        return Verdict("insufficient", numbers, thresholds, rule, text)
-    judged = []
-    for g in groups[1:]:  # identity is the first
-        paper, c = paper_finding(g["variant"], column), classify(identity, g)
-        judged.append(c | {"paper": paper, "agrees": c["class"] == paper["class"]})
-    agree = sum(j["agrees"] for j in judged)
-    if not judged:
-        status = "insufficient"
-    elif agree == len(judged):
-        status = "agrees"
-    else:
-        status = "mostly_agrees" if agree > len(judged) / 2 else "disagrees"
+        return Verdict("insufficient", numbers, thresholds, RULE, text)
+    judged = [classify(identity, g, column) for g in groups[1:]]  # identity is the first
+    agree, n = sum(j["agrees"] for j in judged), len(judged)
     finished = [g for g in groups if g["n"] and not g["diverged"]]
     best = min(finished, key=lambda g: g["test_error_mean"])
-    numbers = {"agree": agree, "best": best["variant"], "groups": groups, "judged": judged}
-    text = _sentence(identity, best, judged, column)
-    return Verdict(status, numbers | {"column": column}, thresholds, rule, text)
-
-
-def _sentence(identity: dict, best: dict, judged: list[dict], column: int) -> str:
+    numbers = dict(agree=agree, best=best["variant"], groups=groups, judged=judged, column=column)
     if not judged:
-        return "Cannot judge: no variant besides identity was run."
+        text = "Cannot judge: no variant besides identity was run."
+        return Verdict("insufficient", numbers, thresholds, RULE, text)
+    status = "agrees" if agree == n else "mostly_agrees" if agree > n / 2 else "disagrees"
     ident = fmt_mean_std(identity["test_error_mean"], identity["test_error_std"])
+    lowest = fmt_mean_std(best["test_error_mean"], best["test_error_std"])
+    off = "; ".join(_off(j) for j in judged if not j["agrees"])
     text = (
-        f"{sum(j['agrees'] for j in judged)} of {len(judged)} variants land where He et al. 2016 "
-        f"found them (ResNet-{column} column, Tables 1-2); identity reaches {ident} test error."
+        f"{agree} of {n} variants land where He et al. 2016 found them (ResNet-{column} column, "
+        f"Tables 1-2); identity reaches {ident} test error."
+        + (f" Not as in the paper: {off}." if off else "")
+        + f" Lowest error: {best['variant']} ({lowest})."
     )
-    off = [j for j in judged if not j["agrees"]]
-    if off:
-        text += " Not as in the paper: " + "; ".join(map(_off, off)) + "."
-    best_err = fmt_mean_std(best["test_error_mean"], best["test_error_std"])
-    return text + f" Lowest error: {best['variant']} ({best_err})."
+    return Verdict(status, numbers, thresholds, RULE, text)
 
 
 def _off(j: dict) -> str:
