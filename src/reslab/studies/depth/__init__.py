@@ -87,7 +87,7 @@ class DepthConfig(base.StudyConfig):
 
     def __post_init__(self) -> None:
         base.check_family(self.family)
-        if not self.arms or not all(map(is_arm, self.arms)):
+        if not self.arms or any(split_arm(a)[0] not in ARMS for a in self.arms):
             raise ValueError(
                 f"arms must be among {', '.join(ARMS)} (each also as <arm>{CLIP}), "
                 f"got {list(self.arms)}"
@@ -104,11 +104,8 @@ class DepthConfig(base.StudyConfig):
         # residual twin with the shortcut off, built by the same function with the same depth rule):
         # building a 10,000-layer net takes seconds even on the meta device.
         shallow, *deeper = sorted(set(self.depths))
-        first = self.arms[0]
-        base.check_models(
-            [(self.model_name(a, shallow), self.model_kwargs(a)) for a in self.arms]
-            + [(self.model_name(first, d), self.model_kwargs(first)) for d in deeper]
-        )
+        cells = [(a, shallow) for a in self.arms] + [(self.arms[0], d) for d in deeper]
+        base.check_models((self.model_name(a, d), self.model_kwargs(a)) for a, d in cells)
 
     def model_name(self, arm: str, depth: int | str) -> str:
         """The registry name of an arm's net of `depth` layers ("D" gives the pattern)."""
@@ -162,10 +159,6 @@ def split_arm(arm: str) -> tuple[str, bool]:
     return base, base != arm
 
 
-def is_arm(arm: str) -> bool:
-    return split_arm(arm)[0] in ARMS
-
-
 def arm_order(arm: str) -> tuple[int, bool]:
     """Sort key: the order of ARMS (an unknown arm last), each arm's +clip twin right after it."""
     base, clipped = split_arm(arm)
@@ -173,13 +166,12 @@ def arm_order(arm: str) -> tuple[int, bool]:
 
 
 def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
-    """What the arm is, in words, naming its clip and its learning-rate multipliers (`lr_scales`)."""
+    """What the arm is, in words, naming its learning-rate multipliers (`lr_scales`) and its clip."""
     text = LABELS[split_arm(arm)[0]]
     if lr_scales:
         scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
         text += f"; parameters whose name holds {scales}"
-    clip = f" + gradient norm clipped at {grad_clip:g}" if grad_clip else " + clipping"
-    return text + (clip if split_arm(arm)[1] or grad_clip else "")
+    return text + (f" + gradient norm clipped at {grad_clip:g}" if grad_clip else "")
 
 
 def first_step_path(study_dir: str | Path, run_name: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib import ticker
 from matplotlib.axes import Axes
 
@@ -108,22 +109,25 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
         return figures.save(fig, path)
 
 
-def plot_curves(deep: int | None, series: list[tuple], path: str | Path) -> Path:
-    """curves.png (`CURVES_CAPTION`): the mean over seeds of each arm at depth `deep`; `series` is
-    [(arm, [(steps, losses) per seed], the step it diverged at or None)]."""
+def plot_curves(runs: list[dict], lines: dict[str, list[dict]], path: str | Path) -> Path:
+    """curves.png (`CURVES_CAPTION`): the mean over seeds of each arm of `runs` (those at the
+    deepest depth), from their logged training lines (`lines`, by run folder)."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=6.4, height=3.9)
-        for arm, curves, diverged_at in series:
-            st = _style(arm)
+        for arm in dict.fromkeys(r["arm"] for r in runs):  # the report's arm order
+            rs, st = [r for r in runs if r["arm"] == arm], _style(arm)
+            points = [[(ln["step"], ln["train_loss"]) for ln in lines[r["run_dir"]]] for r in rs]
+            curves = [np.array(p, dtype=float).reshape(-1, 2).T for p in points]  # (steps, losses)
+            at = [r["diverged_at"] or 0 for r in rs if r["status"] == "diverged"]
             x, y, _ = figures.mean_curve(curves)
-            name = arm if diverged_at is None else f"{arm} (diverged at step {diverged_at})"
+            name = f"{arm} (diverged at step {min(at)})" if at else arm
             ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
-            for cx, cy in curves if diverged_at is not None else ():
+            for cx, cy in curves if at else ():
                 if len(cx):
                     ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
         _log_axis(ax, "training loss (mini-batch)")
         ax.set_xlabel("iterations")
-        ax.set_title(f"training loss at {deep} layers" if deep else "no runs")
-        if series:
+        ax.set_title(f"training loss at {runs[0]['depth']} layers" if runs else "no runs")
+        if runs:
             ax.legend(fontsize=7)
         return figures.save(fig, path)

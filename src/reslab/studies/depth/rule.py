@@ -17,6 +17,7 @@ counts against its arm.
 from __future__ import annotations
 
 import math
+from itertools import groupby
 from typing import Any
 
 from reslab.report.html import fmt_num
@@ -66,25 +67,23 @@ WHY = {
 }
 
 
-def learned(run: dict, ratio: float = LEARNED) -> bool:
-    """Finished with a final training loss at most `ratio` times its starting loss and, where the
-    number of classes K is known, at most `ratio` times ln K (the loss of a uniform guess)."""
-    start, final = run["start_loss"], run["final_train_loss"]
+def learned(run: dict) -> bool:
+    """Finished with a final training loss at most LEARNED times its starting loss and, where the
+    number of classes K is known, at most LEARNED times ln K (the loss of a uniform guess)."""
+    start, final, classes = run["start_loss"], run["final_train_loss"], run.get("classes")
     if run["status"] != "completed" or None in (start, final):
         return False
-    classes = run.get("classes")
-    return final <= ratio * (min(start, math.log(classes)) if classes else start)
+    return final <= LEARNED * (min(start, math.log(classes)) if classes else start)
 
 
-def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
-    """Per (arm, depth): seeds, diverged seeds, means over seeds, and whether every/no seed learned."""
+def group_runs(runs: list[dict]) -> list[dict]:
+    """Per (arm, depth), in arm order: seeds, diverged seeds, means over seeds, and whether every/no
+    seed learned."""
     groups = []
-    for arm, depth in sorted(
-        {(r["arm"], r["depth"]) for r in runs}, key=lambda k: (arm_order(k[0]), k[1])
-    ):
-        rs = [r for r in runs if (r["arm"], r["depth"]) == (arm, depth)]
-        ok = [learned(r, ratio) for r in rs]
-        diverged = [r for r in rs if r["status"] == "diverged"]
+    ordered = sorted(runs, key=lambda r: (arm_order(r["arm"]), r["depth"]))
+    for (arm, depth), same in groupby(ordered, key=lambda r: (r["arm"], r["depth"])):
+        rs = list(same)
+        ok, diverged = [learned(r) for r in rs], [r for r in rs if r["status"] == "diverged"]
         groups.append(
             {
                 "arm": arm,
@@ -107,7 +106,7 @@ def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
 
 def describe(g: dict) -> str:
     """'2.44 → 0.21', '2.3 → 0.5, seed(s) 1 diverged' or 'diverged at step 2'."""
-    if g["diverged"] and len(g["diverged"]) == len(g["seeds"]):
+    if len(g["diverged"]) == len(g["seeds"]):
         return f"diverged at step {', '.join(map(str, g['diverged_at']))}"
     text = f"{fmt_num(g['start_loss'])} → {fmt_num(g['final_train_loss'])}"
     if g["diverged"]:
@@ -115,20 +114,20 @@ def describe(g: dict) -> str:
     return text
 
 
-def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
+def verdict(runs: list[dict]) -> Verdict:
     """Judge the study from the measured numbers only (`RULE`). Numbers: the deepest and shallowest
     depth, the step budget (the most steps a completed run took), the seeds, the groups, why runs
     diverged, the checks the status rests on, the methods that needed clipping and those that
     failed with and without it ("unrescued")."""
-    groups = group_runs(runs, ratio)
+    groups = group_runs(runs)
     at = {(g["arm"], g["depth"]): g for g in groups}
-    depths = sorted({g["depth"] for g in groups})
+    depths = sorted(d for _, d in at)
     deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
     steps = max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=0) or None
     seeds = sorted({r["seed"] for r in runs})
-    thresholds, rule = {"ratio": ratio}, RULE.format(ratio=ratio)
     n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
     n["diverged_notes"] = diverged_notes(runs, deep)
+    thresholds, rule = {"ratio": LEARNED}, RULE.format(ratio=LEARNED)
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     if not methods or any((c, deep) not in at for c in CONTROLS):
         text = LEADS["insufficient"].format(deep=deep or "none")
@@ -156,10 +155,10 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
         status = "partly_shown"
     else:
         status = "shown_with_clipping" if n["needed_clipping"] else "shown"
-    return Verdict(status, n, thresholds, rule, _text(status, at, n, ratio))
+    return Verdict(status, n, thresholds, rule, _text(status, at, n))
 
 
-def _text(status: str, at: dict, n: dict, ratio: float) -> str:
+def _text(status: str, at: dict, n: dict) -> str:
     """The verdict's sentence: its lead (`LEADS`), each arm's losses at the deepest depth and the
     controls' at the shallowest (`describe`), and the budget every "learned" is relative to."""
     deep, shallow, methods = n["deep"], n["shallow"], list(n["checks"]["methods_learned"])
@@ -177,16 +176,15 @@ def _text(status: str, at: dict, n: dict, ratio: float) -> str:
     if low:
         ctrl += f"; at {shallow} layers {low}"
     bn = join(("residual", "zeroinit"))
-    missing = (
-        [f"{', '.join(n['unrescued'])} failed with and without clipping"] if n["unrescued"] else []
-    )
+    missing = [f"{', '.join(n['unrescued'])} failed with and without clipping"]
+    missing = missing if n["unrescued"] else []
     bad = [c for c, ok in n["checks"]["controls_learned_shallow"].items() if not ok]
     if shallow == deep:
         missing.append("no shallower depth to show that the controls can learn")
     elif bad:
         missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
     lead = LEADS[status].format(
-        ratio=ratio, clipped=", ".join(n["needed_clipping"]), missing="; ".join(missing)
+        ratio=LEARNED, clipped=", ".join(n["needed_clipping"]), missing="; ".join(missing)
     )
     seeds = len(n["seeds"])
     return (
