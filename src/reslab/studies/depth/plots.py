@@ -23,7 +23,7 @@ START = dict(ls=":", lw=0.8, marker="o", mfc="none", ms=4, alpha=0.7)  # a start
 def _style(arm: str) -> dict:
     base, clipped = split_arm(arm)
     ls = (0, (4, 2)) if clipped else "-." if base == "skipinit" else "-"
-    return {"color": COLORS.get(base, "#999999"), "ls": ls}
+    return {"color": COLORS[base], "ls": ls}
 
 
 def _log_axis(ax: Axes, label: str) -> None:
@@ -69,25 +69,24 @@ CURVES_CAPTION = (
 
 def plot_depth(groups: list[dict], path: str | Path) -> Path:
     """depth.png (`DEPTH_CAPTION`) from the verdict's (arm, depth) groups."""
+    losses = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
+    grads = [  # an overflowed first gradient is a cross; one never replayed is left out
+        {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
+        for g in groups
+        if g["first_grad_norm"] is not None or g["first_grad_overflow"]
+    ]
+    norms = [g["first_grad_norm"] for g in grads if g["first_grad_norm"]]
     with figures.style():
         fig, (ax, ax_err, ax_g) = figures.figure(3, width=4.2, height=3.9)
         for a in (ax, ax_g):  # log scales first: _panel places its crosses by the scale
             a.set_yscale("log")
-        finite = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
-        _panel(ax, groups, "final_train_loss", 2.0 * max(finite, default=10.0), 1.35)
+        _panel(ax, groups, "final_train_loss", 2.0 * max(losses, default=10.0), 1.35)
         for arm in dict.fromkeys(g["arm"] for g in groups if not g["arm"].endswith(CLIP)):
-            gs = [g for g in groups if g["arm"] == arm and g["start_loss"]]
-            if gs:  # a +clip arm starts where its arm does
-                x, y = [g["depth"] for g in gs], [g["start_loss"] for g in gs]
-                ax.plot(x, y, color=_style(arm)["color"], **START)
+            gs = [g for g in groups if g["arm"] == arm and g["start_loss"]]  # +clip: the same start
+            x, y = [g["depth"] for g in gs], [g["start_loss"] for g in gs]
+            ax.plot(x, y, color=_style(arm)["color"], **START)
         _panel(ax_err, groups, "final_train_error", 104.0, 4.0, scale=100.0)
-        norms = [
-            {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
-            for g in groups
-            if g["first_grad_norm"] is not None or g["first_grad_overflow"]
-        ]
-        finite = [g["first_grad_norm"] for g in norms if g["first_grad_norm"]]
-        _panel(ax_g, norms, "first_grad_norm", 10.0 * max(finite, default=1.0), 4.0)
+        _panel(ax_g, grads, "first_grad_norm", 10.0 * max(norms, default=1.0), 4.0)
         for a in (ax, ax_err, ax_g):
             figures.depth_axis(a, [g["depth"] for g in groups] or [1])
         _log_axis(ax, "training loss")

@@ -1,4 +1,4 @@
-"""The depth study's verdict, a pure function of its rows (one per run, `report.collect_runs`): which
+"""The depth study's verdict, a pure function of its rows (one per run, `report.write_summary`): which
 arms learn at the deepest depth D (judged against the shallowest, d), and why those that diverged did.
 `RULE` states it, rendered with its threshold; `verdict` returns the numbers it rests on.
 
@@ -121,8 +121,7 @@ def verdict(runs: list[dict]) -> Verdict:
     failed with and without it ("unrescued")."""
     groups = group_runs(runs)
     at = {(g["arm"], g["depth"]): g for g in groups}
-    depths = sorted(d for _, d in at)
-    deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
+    deep, shallow = max((d for _, d in at), default=None), min((d for _, d in at), default=None)
     steps = max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=0) or None
     seeds = sorted({r["seed"] for r in runs})
     n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
@@ -161,32 +160,30 @@ def verdict(runs: list[dict]) -> Verdict:
 def _text(status: str, at: dict, n: dict) -> str:
     """The verdict's sentence: its lead (`LEADS`), each arm's losses at the deepest depth and the
     controls' at the shallowest (`describe`), and the budget every "learned" is relative to."""
-    deep, shallow, methods = n["deep"], n["shallow"], list(n["checks"]["methods_learned"])
+    deep, shallow, checks = n["deep"], n["shallow"], n["checks"]
 
     def join(arms, depth: int = deep) -> str:
         return ", ".join(f"{a} {describe(at[(a, depth)])}" for a in arms if (a, depth) in at)
 
-    clipped = [m + CLIP for m in methods if (m + CLIP, deep) in at]
-    bare, low = join(methods), join(CONTROLS, shallow) if shallow != deep else ""
+    methods = list(checks["methods_learned"])
+    bare, clipped = join(methods), [m + CLIP for m in methods if (m + CLIP, deep) in at]
     run = f"without clipping: {bare}" if bare else "no method arm without clipping"
     if clipped:
         clip = at[(clipped[0], deep)]["grad_clip"]
         run += f"; with gradient clipping (at {clip:g}): {join(clipped)}"
     ctrl = join(c + s for c in CONTROLS for s in ("", CLIP))
+    low = join(CONTROLS, shallow) if shallow != deep else ""
     if low:
         ctrl += f"; at {shallow} layers {low}"
     bn = join(("residual", "zeroinit"))
-    missing = [f"{', '.join(n['unrescued'])} failed with and without clipping"]
-    missing = missing if n["unrescued"] else []
-    bad = [c for c, ok in n["checks"]["controls_learned_shallow"].items() if not ok]
+    unrescued = ", ".join(n["unrescued"])
+    missing = [f"{unrescued} failed with and without clipping"] if unrescued else []
     if shallow == deep:
         missing.append("no shallower depth to show that the controls can learn")
-    elif bad:
+    elif bad := [c for c, ok in checks["controls_learned_shallow"].items() if not ok]:
         missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
-    lead = LEADS[status].format(
-        ratio=LEARNED, clipped=", ".join(n["needed_clipping"]), missing="; ".join(missing)
-    )
-    seeds = len(n["seeds"])
+    clipped_only, seeds = ", ".join(n["needed_clipping"]), len(n["seeds"])
+    lead = LEADS[status].format(ratio=LEARNED, clipped=clipped_only, missing="; ".join(missing))
     return (
         f"{lead} At {deep} layers (training loss start → final, mean over seeds) — methods {run}; "
         f"negative control and plain net: {ctrl}."
@@ -200,9 +197,7 @@ def _text(status: str, at: dict, n: dict) -> str:
 def diverged_notes(runs: list[dict], depth: int | None) -> list[str]:
     """Why each run at `depth` diverged (`WHY`), from its replayed first step."""
     notes = []
-    for r in runs:
-        if r["depth"] != depth or r["status"] != "diverged":
-            continue
+    for r in (r for r in runs if r["depth"] == depth and r["status"] == "diverged"):
         loss, bad = r["first_loss"], r["first_grad_nonfinite"]
         if loss is None:
             why = "not_replayed" if bad is None else "forward"
