@@ -98,8 +98,8 @@ class DepthConfig(base.StudyConfig):
         base.check_at_least(self, 0, "iters", "width", "jobs")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0 (the {CLIP} arms clip at it), got {self.clip}")
-        # Every arm at the shallowest depth, then every other depth once (a plain net is its residual
-        # twin without shortcut): building a 10,000-layer net takes seconds even on the meta device.
+        # Every arm at the shallowest depth, then every other depth once (a plain net is its
+        # residual twin less the shortcut): a 10,000-layer net takes seconds even on meta tensors.
         shallow, *deeper = sorted(set(self.depths))
         cells = [(a, shallow) for a in self.arms] + [(self.arms[0], d) for d in deeper]
         base.check_models((self.model_name(a, d), self.model_kwargs(a)) for a, d in cells)
@@ -114,20 +114,18 @@ class DepthConfig(base.StudyConfig):
         return {**ARM_MODELS[split_arm(arm)[0]][1], **width, **self.model_args}
 
     def cells(self) -> list[tuple[str, int, int]]:
-        """(arm, depth, seed) of every run: deepest first, and at each depth the longest arms first."""
+        """(arm, depth, seed) of every run: deepest first, at each depth the longest arms first."""
         arms = sorted(self.arms, key=lambda a: (_LONGEST_FIRST.index(split_arm(a)[0]), a))
         depths = sorted(self.depths, reverse=True)
         return [(a, d, s) for d in depths for a in arms for s in self.seeds]
 
     def run_config(self, arm: str, depth: int, seed: int) -> TrainConfig:
-        """One cell's config: the recipe, the arm's own options (`ARM_TRAIN`), a +clip arm's clip."""
         name, (base_arm, clipped) = runs.cell_name(arm, depth, seed=seed), split_arm(arm)
         options = {**ARM_TRAIN.get(base_arm, {}), **({"grad_clip": self.clip} if clipped else {})}
         model, kwargs = self.model_name(arm, depth), self.model_kwargs(arm)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
-        """Each arm's model and own training options, and the recipe they share (the plain arm's)."""
         models = {a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms}
         train = {a: ARM_TRAIN[split_arm(a)[0]] for a in self.arms if split_arm(a)[0] in ARM_TRAIN}
         recipe = base.recipe(self.run_config("plain", *self.cells()[0][1:]))
@@ -147,19 +145,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def split_arm(arm: str) -> tuple[str, bool]:
-    """(the arm without "+clip", whether it is clipped): split_arm("rezero+clip") == ("rezero", True)."""
     base = arm.removesuffix(CLIP)
     return base, base != arm
 
 
 def arm_order(arm: str) -> tuple[int, bool]:
-    """Sort key: the order of ARMS (an unknown arm last), each arm's +clip twin right after it."""
+    """Sort key: the order of ARMS (an unknown arm last), each +clip arm right after its arm."""
     base, clipped = split_arm(arm)
     return ARMS.index(base) if base in ARMS else len(ARMS), clipped
 
 
 def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
-    """What the arm is, in words, naming its learning-rate multipliers (`lr_scales`) and its clip."""
     text = LABELS[split_arm(arm)[0]]
     if lr_scales:
         scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
@@ -168,7 +164,6 @@ def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
 
 
 def first_step_path(study_dir: str | Path, run_name: str) -> Path:
-    """Where the study keeps the replayed first step of run `run_name` (`measure.first_step`)."""
     return Path(study_dir) / FIRST_STEP / f"{run_name}.json"
 
 

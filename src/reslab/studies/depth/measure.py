@@ -1,11 +1,11 @@
-"""The depth study's one measurement besides training: each run's first step, replayed, to tell why a
-run diverged where it did (an overflow at init, or an instability later).
+"""The depth study's one measurement besides training: each run's first step, replayed, to tell why
+a run diverged where it did (an overflow at init, or an instability later).
 
-The replay is the engine's first step (`reslab.training.loop`): the same seed, model builder and first
-mini-batch of the same loader, in train mode, in fp32 with denormals flushed as the engine does. The
-gradient's global L2 norm (before any clipping) is summed in float64, so that a norm beyond fp32's
-range (3.4e38) is still a number; an entry not finite in fp32 is an overflow of the backward pass,
-which no clipping can repair.
+The replay is the engine's first step (`reslab.training.loop`): the same seed, model builder and
+first mini-batch of the same loader, in train mode, in fp32 with denormals flushed as the engine
+does. The gradient's global L2 norm (before any clipping) is summed in float64, so that a norm
+beyond fp32's range (3.4e38) is still a number; an entry not finite in fp32 is an overflow of the
+backward pass, which no clipping can repair.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""The depth study's figures, from the numbers `report.py` reads out of the study folder: depth.png
-and curves.png, each with its caption (what the page says of it)."""
+"""The depth study's figures, depth.png and curves.png, each with its caption (`*_CAPTION`)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,8 @@ from reslab.report import figures
 from reslab.studies.depth import CLIP, split_arm
 
 # plain and the batch-norm residual arms as in every study; the negative control in grey, the
-# norm-free methods in their own colours. ReZero and SkipInit build the same network when there is no
-# norm, so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
+# norm-free methods in their own colours. ReZero and SkipInit build the same network without norms,
+# so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
 COLORS = {"nonorm": "#555555", "rezero": "#2e8b57", "skipinit": "#d98c00", "fixup": "#7b3294"}
 COLORS |= figures.ARCH_COLORS
 START = dict(ls=":", lw=0.8, marker="o", mfc="none", ms=4, alpha=0.7)  # a starting loss
@@ -109,8 +108,7 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
 
 
 def plot_curves(runs: list[dict], lines: dict[str, list[dict]], path: str | Path) -> Path:
-    """curves.png (`CURVES_CAPTION`): the mean over seeds of each arm of `runs` (those at the
-    deepest depth), from their logged training lines (`lines`, by run folder)."""
+    """curves.png (`CURVES_CAPTION`): each arm's mean curve over its `runs` (the deepest)."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=6.4, height=3.9)
         for arm in dict.fromkeys(r["arm"] for r in runs):  # the report's arm order

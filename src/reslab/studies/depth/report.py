@@ -1,9 +1,6 @@
-"""Report for the depth study, from the study folder alone: study.json, the run folders
-`runs/<arm>-<depth>-s<seed>/` and the replayed first steps `first_step/<arm>-<depth>-s<seed>.json`.
-`build_report` writes, beside study.json: summary.json (one row per run, `collect_runs`, and the
-verdict, `rule.verdict`), depth.png, curves.png and report.html. What each number of a row is, is the
-runs table's caption (`NUMBERS`). A `residual` run of an older folder whose branches were
-zero-initialised counts as `zeroinit`.
+"""Report for the depth study, from the study folder alone (study.json, the run folders and the
+replayed first steps): summary.json (a row per run and the verdict, `rule.verdict`), depth.png,
+curves.png and report.html. What each number of a row is, is the runs table's caption (`NUMBERS`).
 """
 
 from __future__ import annotations
@@ -37,14 +34,13 @@ NUMBERS = (
 
 
 def _train_lines(run_dir: Path) -> list[dict]:
-    """The run's logged training steps with a finite loss (none when it has no metrics yet)."""
     return [
         ln for ln in rf.train_lines(run_dir) if finite_or_none(ln.get("train_loss")) is not None
     ]
 
 
 def _run_entry(run_dir: Path, cell: dict, s: dict) -> dict:
-    """One run's numbers from its own files (summary, config, metrics) and its replayed first step."""
+    """One run's row, from its own files (summary, config, metrics) and its replayed first step."""
     config, train = rf.read_config(run_dir), _train_lines(run_dir)
     path = first_step_path(run_dir.parents[1], run_dir.name)
     step = rf.read_json(path) if path.is_file() else {}
@@ -111,6 +107,7 @@ def _table(summary: dict) -> tuple[list[str], list[list]]:
     rows = []
     for g in summary["verdict"]["groups"]:
         rs = [r for r in summary["runs"] if (r["arm"], r["depth"]) == (g["arm"], g["depth"])]
+        status = [_status(r) if len(rs) == 1 else f"seed {r['seed']}: {_status(r)}" for r in rs]
         row = {
             "arm": g["arm"],
             "depth": g["depth"],
@@ -124,9 +121,7 @@ def _table(summary: dict) -> tuple[list[str], list[list]]:
             "train error": fmt_pct(g["final_train_error"]),
             "test error": fmt_pct(g["final_test_error"]),
             "train time": "—" if g["time_s"] is None else f"{g['time_s']:.0f} s",
-            "status": [
-                _status(r) if len(rs) == 1 else f"seed {r['seed']}: {_status(r)}" for r in rs
-            ],
+            "status": status,
         }
         rows.append(row)
     return (list(rows[0]) if rows else ["arm"]), [list(r.values()) for r in rows]
@@ -182,7 +177,7 @@ def format_table(summary: dict) -> str:
 
 
 def build_report(study_dir: str | Path) -> Path:
-    """Write summary.json, depth.png, curves.png and report.html into `study_dir`; returns the report."""
+    """Write summary.json, depth.png, curves.png and report.html into `study_dir`."""
     study_dir = Path(study_dir)
     summary = write_summary(study_dir)
     v = summary["verdict"]

@@ -1,6 +1,6 @@
-"""The depth study's verdict, a pure function of its rows (one per run, `report.write_summary`): which
-arms learn at the deepest depth D (judged against the shallowest, d), and why those that diverged did.
-`RULE` states it, rendered with its threshold; `verdict` returns the numbers it rests on.
+"""The depth study's verdict, a pure function of its rows (one per run, `report.write_summary`):
+which arms learn at the deepest depth D (judged against the shallowest, d), and why those that
+diverged did. `RULE` states it, with its threshold; `verdict` returns the numbers it rests on.
 
 History. Issue 6 declared "learned: final <= 0.5 x start; shown: every norm-free arm learned at D,
 the plain net failed at D and learned at d", with the gradient clipped at 1 in the recipe. Its runs
@@ -27,8 +27,8 @@ from reslab.training.runs import Verdict
 
 LEARNED = 0.5
 RULE = (
-    "learned: finished and final training loss <= {ratio:g} x the smaller of its starting loss and "
-    "ln(classes), the loss of a uniform guess (every seed); shown: at the deepest depth every "
+    f"learned: finished and final training loss <= {LEARNED:g} x the smaller of its starting loss "
+    "and ln(classes), the loss of a uniform guess (every seed); shown: at the deepest depth every "
     "method (rezero, skipinit, fixup) learned without clipping while the negative control (nonorm) "
     "and the plain net failed (a diverged run fails), and both learned at the shallowest depth; "
     "shown with clipping: the same, but some method learned only with gradient clipping; not "
@@ -41,13 +41,14 @@ LEADS = {
     "negative control (nonorm) and the plain net at the deepest depth ({deep}).",
     "shown": "Shown. Every norm-free method learned without clipping; the control and plain did "
     "not.",
-    "shown_with_clipping": "Shown with gradient clipping: {clipped} learned only with clipping; the "
-    "control and plain failed.",
-    "not_shown": "Not shown. No method got down to {ratio:g} times its starting loss (or chance), "
-    "with or without clipping.",
+    "shown_with_clipping": "Shown with gradient clipping: {clipped} learned only with clipping; "
+    "the control and plain failed.",
+    "not_shown": f"Not shown. No method got down to {LEARNED:g} times its starting loss (or "
+    "chance), with or without clipping.",
     "not_attributable": "Not attributable to the method: a control learned at this depth as well.",
     "partly_shown": "Partly shown: {missing}.",
 }
+CONTROL_ARMS = tuple(c + s for c in CONTROLS for s in ("", CLIP))  # with and without clipping
 # the numbers averaged over the seeds of an (arm, depth) group
 MEANS: tuple[str, ...] = ("start_loss", "final_train_loss", "end_batch_loss", "final_train_error")
 MEANS += ("final_test_error", "first_grad_norm", "time_s")
@@ -57,8 +58,8 @@ WHY = {
     "forward": ": its loss is not finite at the first step, before any update: the forward pass "
     "overflows fp32.",
     "gradient": ": an overflow of its first gradient. Replayed, the first loss is {loss:.3g} but "
-    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes NaN "
-    "into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
+    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes "
+    "NaN into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
     "exploding": ": an exploding first gradient. Replayed, the first loss is {loss:.3g} and the "
     "gradient is finite but its norm is {norm:.3g} before clipping; the first update is that times "
     "the learning rate, and the loss after it is not finite.",
@@ -77,8 +78,7 @@ def learned(run: dict) -> bool:
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Per (arm, depth), in arm order: seeds, diverged seeds, means over seeds, and whether every/no
-    seed learned."""
+    """Per (arm, depth), in arm order: seeds, diverged seeds, means, whether all/no seed learned."""
     groups = []
     ordered = sorted(runs, key=lambda r: (arm_order(r["arm"]), r["depth"]))
     for (arm, depth), same in groupby(ordered, key=lambda r: (r["arm"], r["depth"])):
@@ -126,20 +126,18 @@ def verdict(runs: list[dict]) -> Verdict:
     seeds = sorted({r["seed"] for r in runs})
     n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
     n["diverged_notes"] = diverged_notes(runs, deep)
-    thresholds, rule = {"ratio": LEARNED}, RULE.format(ratio=LEARNED)
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     if not methods or any((c, deep) not in at for c in CONTROLS):
         text = LEADS["insufficient"].format(deep=deep or "none")
-        return Verdict("insufficient", {**n, "checks": {}}, thresholds, rule, text)
+        return Verdict("insufficient", {**n, "checks": {}}, {"ratio": LEARNED}, RULE, text)
 
     def ok(arm: str, depth: int | None = deep) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None
 
-    controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
     n["checks"] = checks = {
         "methods_learned": {m: ok(m) for m in methods},
         "methods_learned_with_clipping": {m: ok(m + CLIP) for m in methods},
-        "controls_failed": {c: at[(c, deep)]["failed"] for c in controls},
+        "controls_failed": {c: at[(c, deep)]["failed"] for c in CONTROL_ARMS if (c, deep) in at},
         "controls_learned_shallow": {
             c: ok(c, shallow) if shallow != deep else None for c in CONTROLS
         },
@@ -154,7 +152,7 @@ def verdict(runs: list[dict]) -> Verdict:
         status = "partly_shown"
     else:
         status = "shown_with_clipping" if n["needed_clipping"] else "shown"
-    return Verdict(status, n, thresholds, rule, _text(status, at, n))
+    return Verdict(status, n, {"ratio": LEARNED}, RULE, _text(status, at, n))
 
 
 def _text(status: str, at: dict, n: dict) -> str:
@@ -171,7 +169,7 @@ def _text(status: str, at: dict, n: dict) -> str:
     if clipped:
         clip = at[(clipped[0], deep)]["grad_clip"]
         run += f"; with gradient clipping (at {clip:g}): {join(clipped)}"
-    ctrl = join(c + s for c in CONTROLS for s in ("", CLIP))
+    ctrl = join(CONTROL_ARMS)
     low = join(CONTROLS, shallow) if shallow != deep else ""
     if low:
         ctrl += f"; at {shallow} layers {low}"
@@ -183,7 +181,7 @@ def _text(status: str, at: dict, n: dict) -> str:
     elif bad := [c for c, ok in checks["controls_learned_shallow"].items() if not ok]:
         missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
     clipped_only, seeds = ", ".join(n["needed_clipping"]), len(n["seeds"])
-    lead = LEADS[status].format(ratio=LEARNED, clipped=clipped_only, missing="; ".join(missing))
+    lead = LEADS[status].format(clipped=clipped_only, missing="; ".join(missing))
     return (
         f"{lead} At {deep} layers (training loss start → final, mean over seeds) — methods {run}; "
         f"negative control and plain net: {ctrl}."
