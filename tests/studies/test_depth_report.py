@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from reslab.studies import build_report as build_any
-from reslab.studies.depth.report import collect_runs, first_step_path, format_table, write_summary
+from reslab.studies.depth import first_step_path
+from reslab.studies.depth.report import format_table, write_summary
 from reslab.studies.depth.rule import diverged_notes, learned, verdict
 
 ITERS = 40
@@ -148,7 +149,8 @@ def test_run_entries_hold_what_the_run_folders_say(tmp_path):
     first_step_path(study_dir, "rezero-1000-s0").write_text(
         json.dumps({"loss": 2.4, "grad_norm": 0.75, "grad_nonfinite": 0, "grad_entries": 1000})
     )
-    runs, incomplete = collect_runs(study_dir)
+    summary = write_summary(study_dir)
+    runs, incomplete = summary["runs"], summary["incomplete"]
     assert incomplete == [] and len(runs) == len(CLIPPED)
     by = {(r["arm"], r["depth"]): r for r in runs}
     clipped = by[("rezero+clip", 1000)]
@@ -173,7 +175,7 @@ def test_zero_initialised_residual_runs_of_older_folders_are_the_zeroinit_arm(tm
     study_dir = write_study(tmp_path, {("plain", 10): (2.3, 0.05, None)})
     write_run(study_dir, "residual", 10, 0, 2.4, 0.1, kwargs={"zero_init_residual": True})
     write_run(study_dir, "residual", 12, 0, 2.4, 0.1, kwargs={"width": 8})
-    arms = {(r["arm"], r["depth"]) for r in collect_runs(study_dir)[0]}
+    arms = {(r["arm"], r["depth"]) for r in write_summary(study_dir)["runs"]}
     assert arms == {("plain", 10), ("zeroinit", 10), ("residual", 12)}
 
 

@@ -9,17 +9,15 @@ x + alpha * F(x) with alpha = 0 (Bachlechner et al. 2020); Fixup's scalar biases
 rescaled init (Zhang et al. 2019, §3), its scalars trained at lr/10 as the official code does
 (hongyi-zhang/Fixup, cifar_train.py: every parameter whose name holds "bias" or "scale", the
 classifier's bias included; `ARM_TRAIN`); SkipInit (De & Smith 2020), which without norms is the
-same network as ReZero and so is not in the default arms.
+same network as ReZero and so is not in the default arms. The recipe clips no gradient, as neither
+the ReZero nor the Fixup paper does; an arm name with "+clip" (`rezero+clip`) is that arm with the
+global gradient norm clipped at `clip`, so an arm that trains only with clipping is shown with and
+without it, next to the controls (nonorm, plain) given the same help.
 
-The recipe clips no gradient, as neither the ReZero nor the Fixup paper does. An arm name with
-"+clip" (`rezero+clip`) is that arm with the global gradient norm clipped at `clip`, so an arm that
-trains only with clipping is shown with and without it, next to the controls (nonorm, plain) given
-the same help.
-
-Each (arm, depth, seed) cell is one ordinary run folder `runs/<arm>-<depth>-s<seed>/`, trained under
-the one policy of `reslab.studies.base`. The loss is logged at every step, so the first logged loss
-is the first mini-batch's before any update, the start the report compares the final loss with;
-the first step of every cell is also replayed (`measure`) to tell why a run diverged.
+Each (arm, depth, seed) cell is one run folder `runs/<arm>-<depth>-s<seed>/`. The loss is logged at
+every step, so the first logged loss is the first mini-batch's before any update, the start the
+report compares the final loss with; the first step of every cell is also replayed (`measure`) to
+tell why a run diverged.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ LABELS = {  # each arm in words, for the page
 }
 # arm -> training options of its own (TrainConfig fields), on top of the study's recipe
 ARM_TRAIN: dict[str, dict[str, Any]] = {"fixup": {"lr_scales": {"bias": 0.1, "scale": 0.1}}}
-# every arm but skipinit (rezero without norms); each method and control also with clipping
+# every arm but skipinit; each method and control also with clipping
 DEFAULT_ARMS: tuple[str, ...] = ("plain", "plain+clip", "residual", "zeroinit", "nonorm")
 DEFAULT_ARMS += ("nonorm+clip", "rezero", "rezero+clip", "fixup", "fixup+clip")
 # longest runs first, so the short ones fill the gaps: Fixup's scalar biases are the most ops per
@@ -87,7 +85,7 @@ class DepthConfig(base.StudyConfig):
 
     def __post_init__(self) -> None:
         base.check_family(self.family)
-        if not self.arms or not all(map(is_arm, self.arms)):
+        if not self.arms or any(split_arm(a)[0] not in ARMS for a in self.arms):
             raise ValueError(
                 f"arms must be among {', '.join(ARMS)} (each also as <arm>{CLIP}), "
                 f"got {list(self.arms)}"
@@ -100,15 +98,11 @@ class DepthConfig(base.StudyConfig):
         base.check_at_least(self, 0, "iters", "width", "jobs")
         if not self.clip > 0:
             raise ValueError(f"clip must be > 0 (the {CLIP} arms clip at it), got {self.clip}")
-        # Every arm's options at the shallowest depth, then every other depth once (a plain net is its
-        # residual twin with the shortcut off, built by the same function with the same depth rule):
-        # building a 10,000-layer net takes seconds even on the meta device.
+        # Every arm at the shallowest depth, then every other depth once (a plain net is its
+        # residual twin less the shortcut): a 10,000-layer net takes seconds even on meta tensors.
         shallow, *deeper = sorted(set(self.depths))
-        first = self.arms[0]
-        base.check_models(
-            [(self.model_name(a, shallow), self.model_kwargs(a)) for a in self.arms]
-            + [(self.model_name(first, d), self.model_kwargs(first)) for d in deeper]
-        )
+        cells = [(a, shallow) for a in self.arms] + [(self.arms[0], d) for d in deeper]
+        base.check_models((self.model_name(a, d), self.model_kwargs(a)) for a, d in cells)
 
     def model_name(self, arm: str, depth: int | str) -> str:
         """The registry name of an arm's net of `depth` layers ("D" gives the pattern)."""
@@ -120,34 +114,28 @@ class DepthConfig(base.StudyConfig):
         return {**ARM_MODELS[split_arm(arm)[0]][1], **width, **self.model_args}
 
     def cells(self) -> list[tuple[str, int, int]]:
-        """(arm, depth, seed) of every run: deepest first, and at each depth the longest arms first."""
+        """(arm, depth, seed) of every run: deepest first, at each depth the longest arms first."""
         arms = sorted(self.arms, key=lambda a: (_LONGEST_FIRST.index(split_arm(a)[0]), a))
         depths = sorted(self.depths, reverse=True)
         return [(a, d, s) for d in depths for a in arms for s in self.seeds]
 
     def run_config(self, arm: str, depth: int, seed: int) -> TrainConfig:
-        """The ordinary training config of one cell of the grid: the recipe, the arm's own training
-        options (`ARM_TRAIN`) and, for a +clip arm, clipping at `clip`."""
         name, (base_arm, clipped) = runs.cell_name(arm, depth, seed=seed), split_arm(arm)
         options = {**ARM_TRAIN.get(base_arm, {}), **({"grad_clip": self.clip} if clipped else {})}
         model, kwargs = self.model_name(arm, depth), self.model_kwargs(arm)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, **options)
 
     def facts(self, configs: Sequence[TrainConfig]) -> dict:
-        """Each arm's model and training options, and the recipe (the plain arm's, the same for all
-        but the arms' own options)."""
         models = {a: {"model": self.model_name(a, "D"), **self.model_kwargs(a)} for a in self.arms}
         train = {a: ARM_TRAIN[split_arm(a)[0]] for a in self.arms if split_arm(a)[0] in ARM_TRAIN}
         recipe = base.recipe(self.run_config("plain", *self.cells()[0][1:]))
         return {"arm_models": models, "arm_train": train, "recipe": recipe}
 
 
-# digits: fully connected nets of width 32 on the built-in 8x8 digits, 60 steps of SGD each (about 5
-# epochs), the engine's digits recipe (lr 0.02, momentum 0.9, batch 128, no weight decay) without
-# gradient clipping, three seeds; 10 to 1,000 layers, which fit in 10 minutes on a 2-core CPU.
-# digits-10k: the same up to 10,000 layers, the papers' deepest nets (`preset_help` says how long).
-# Evaluating every 30 steps and checkpointing once, at the end, keeps the pauses (and the folder: a
-# 10,000-layer net's checkpoint is ~90 MB) small.
+# digits: MLPs on the built-in 8x8 digits, 60 steps (about 5 epochs) of the engine's digits recipe
+# (lr 0.02, momentum 0.9, batch 128, no weight decay) without clipping; 10 to 1,000 layers fit in 10
+# minutes on a 2-core CPU. Evaluating every 30 steps and checkpointing once, at the end, keeps the
+# pauses (and the folder: a 10,000-layer net's checkpoint is ~90 MB) small.
 _TRAIN = dict(preset="digits", log_every=1, eval_every=30, checkpoint_every=60)
 _DIGITS = dict(data="digits", family="mlp", seeds=(0, 1, 2), width=32, iters=60, train=_TRAIN)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -157,33 +145,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def split_arm(arm: str) -> tuple[str, bool]:
-    """(the arm without "+clip", whether it is clipped): split_arm("rezero+clip") == ("rezero", True)."""
     base = arm.removesuffix(CLIP)
     return base, base != arm
 
 
-def is_arm(arm: str) -> bool:
-    return split_arm(arm)[0] in ARMS
-
-
 def arm_order(arm: str) -> tuple[int, bool]:
-    """Sort key: the order of ARMS (an unknown arm last), each arm's +clip twin right after it."""
+    """Sort key: the order of ARMS (an unknown arm last), each +clip arm right after its arm."""
     base, clipped = split_arm(arm)
     return ARMS.index(base) if base in ARMS else len(ARMS), clipped
 
 
 def label(arm: str, grad_clip: float, lr_scales: dict) -> str:
-    """What the arm is, in words, naming its clip and its learning-rate multipliers (`lr_scales`)."""
     text = LABELS[split_arm(arm)[0]]
     if lr_scales:
         scales = ", ".join(f'"{k}" {v:g} x lr' for k, v in lr_scales.items())
         text += f"; parameters whose name holds {scales}"
-    clip = f" + gradient norm clipped at {grad_clip:g}" if grad_clip else " + clipping"
-    return text + (clip if split_arm(arm)[1] or grad_clip else "")
+    return text + (f" + gradient norm clipped at {grad_clip:g}" if grad_clip else "")
 
 
 def first_step_path(study_dir: str | Path, run_name: str) -> Path:
-    """Where the study keeps the replayed first step of run `run_name` (`measure.first_step`)."""
     return Path(study_dir) / FIRST_STEP / f"{run_name}.json"
 
 

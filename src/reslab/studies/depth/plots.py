@@ -1,10 +1,10 @@
-"""The depth study's figures, from the numbers `report.py` reads out of the study folder: depth.png
-and curves.png, each with its caption (what the page says of it)."""
+"""The depth study's figures, depth.png and curves.png, each with its caption (`*_CAPTION`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from matplotlib import ticker
 from matplotlib.axes import Axes
 
@@ -12,8 +12,8 @@ from reslab.report import figures
 from reslab.studies.depth import CLIP, split_arm
 
 # plain and the batch-norm residual arms as in every study; the negative control in grey, the
-# norm-free methods in their own colours. ReZero and SkipInit build the same network when there is no
-# norm, so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
+# norm-free methods in their own colours. ReZero and SkipInit build the same network without norms,
+# so SkipInit is dash-dotted to stay visible; a "+clip" arm is its arm's colour, dashed.
 COLORS = {"nonorm": "#555555", "rezero": "#2e8b57", "skipinit": "#d98c00", "fixup": "#7b3294"}
 COLORS |= figures.ARCH_COLORS
 START = dict(ls=":", lw=0.8, marker="o", mfc="none", ms=4, alpha=0.7)  # a starting loss
@@ -22,7 +22,7 @@ START = dict(ls=":", lw=0.8, marker="o", mfc="none", ms=4, alpha=0.7)  # a start
 def _style(arm: str) -> dict:
     base, clipped = split_arm(arm)
     ls = (0, (4, 2)) if clipped else "-." if base == "skipinit" else "-"
-    return {"color": COLORS.get(base, "#999999"), "ls": ls}
+    return {"color": COLORS[base], "ls": ls}
 
 
 def _log_axis(ax: Axes, label: str) -> None:
@@ -68,25 +68,24 @@ CURVES_CAPTION = (
 
 def plot_depth(groups: list[dict], path: str | Path) -> Path:
     """depth.png (`DEPTH_CAPTION`) from the verdict's (arm, depth) groups."""
+    losses = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
+    grads = [  # an overflowed first gradient is a cross; one never replayed is left out
+        {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
+        for g in groups
+        if g["first_grad_norm"] is not None or g["first_grad_overflow"]
+    ]
+    norms = [g["first_grad_norm"] for g in grads if g["first_grad_norm"]]
     with figures.style():
         fig, (ax, ax_err, ax_g) = figures.figure(3, width=4.2, height=3.9)
         for a in (ax, ax_g):  # log scales first: _panel places its crosses by the scale
             a.set_yscale("log")
-        finite = [g[k] for g in groups for k in ("start_loss", "final_train_loss") if g[k]]
-        _panel(ax, groups, "final_train_loss", 2.0 * max(finite, default=10.0), 1.35)
+        _panel(ax, groups, "final_train_loss", 2.0 * max(losses, default=10.0), 1.35)
         for arm in dict.fromkeys(g["arm"] for g in groups if not g["arm"].endswith(CLIP)):
-            gs = [g for g in groups if g["arm"] == arm and g["start_loss"]]
-            if gs:  # a +clip arm starts where its arm does
-                x, y = [g["depth"] for g in gs], [g["start_loss"] for g in gs]
-                ax.plot(x, y, color=_style(arm)["color"], **START)
+            gs = [g for g in groups if g["arm"] == arm and g["start_loss"]]  # +clip: the same start
+            x, y = [g["depth"] for g in gs], [g["start_loss"] for g in gs]
+            ax.plot(x, y, color=_style(arm)["color"], **START)
         _panel(ax_err, groups, "final_train_error", 104.0, 4.0, scale=100.0)
-        norms = [
-            {**g, "first_grad_norm": None if g["first_grad_overflow"] else g["first_grad_norm"]}
-            for g in groups
-            if g["first_grad_norm"] is not None or g["first_grad_overflow"]
-        ]
-        finite = [g["first_grad_norm"] for g in norms if g["first_grad_norm"]]
-        _panel(ax_g, norms, "first_grad_norm", 10.0 * max(finite, default=1.0), 4.0)
+        _panel(ax_g, grads, "first_grad_norm", 10.0 * max(norms, default=1.0), 4.0)
         for a in (ax, ax_err, ax_g):
             figures.depth_axis(a, [g["depth"] for g in groups] or [1])
         _log_axis(ax, "training loss")
@@ -108,22 +107,24 @@ def plot_depth(groups: list[dict], path: str | Path) -> Path:
         return figures.save(fig, path)
 
 
-def plot_curves(deep: int | None, series: list[tuple], path: str | Path) -> Path:
-    """curves.png (`CURVES_CAPTION`): the mean over seeds of each arm at depth `deep`; `series` is
-    [(arm, [(steps, losses) per seed], the step it diverged at or None)]."""
+def plot_curves(runs: list[dict], lines: dict[str, list[dict]], path: str | Path) -> Path:
+    """curves.png (`CURVES_CAPTION`): each arm's mean curve over its `runs` (the deepest)."""
     with figures.style():
         fig, (ax,) = figures.figure(1, width=6.4, height=3.9)
-        for arm, curves, diverged_at in series:
-            st = _style(arm)
+        for arm in dict.fromkeys(r["arm"] for r in runs):  # the report's arm order
+            rs, st = [r for r in runs if r["arm"] == arm], _style(arm)
+            points = [[(ln["step"], ln["train_loss"]) for ln in lines[r["run_dir"]]] for r in rs]
+            curves = [np.array(p, dtype=float).reshape(-1, 2).T for p in points]  # (steps, losses)
+            at = [r["diverged_at"] or 0 for r in rs if r["status"] == "diverged"]
             x, y, _ = figures.mean_curve(curves)
-            name = arm if diverged_at is None else f"{arm} (diverged at step {diverged_at})"
+            name = f"{arm} (diverged at step {min(at)})" if at else arm
             ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
-            for cx, cy in curves if diverged_at is not None else ():
+            for cx, cy in curves if at else ():
                 if len(cx):
                     ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
         _log_axis(ax, "training loss (mini-batch)")
         ax.set_xlabel("iterations")
-        ax.set_title(f"training loss at {deep} layers" if deep else "no runs")
-        if series:
+        ax.set_title(f"training loss at {runs[0]['depth']} layers" if runs else "no runs")
+        if runs:
             ax.legend(fontsize=7)
         return figures.save(fig, path)

@@ -1,21 +1,15 @@
-"""Report for the depth study, from the study folder alone: study.json, the run folders
-`runs/<arm>-<depth>-s<seed>/` and the replayed first steps `first_step/<arm>-<depth>-s<seed>.json`.
-`build_report` writes, beside study.json: summary.json (one row per run, `collect_runs`, and the
-verdict, `rule.verdict`), depth.png, curves.png and report.html. What each number of a row is, is the
-runs table's caption (`NUMBERS`). A `residual` run of an older folder whose branches were
-zero-initialised counts as `zeroinit`.
+"""Report for the depth study, from the study folder alone (study.json, the run folders and the
+replayed first steps): summary.json (a row per run and the verdict, `rule.verdict`), depth.png,
+curves.png and report.html. What each number of a row is, is the runs table's caption (`NUMBERS`).
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-
-import numpy as np
 
 from reslab.report.html import fmt_count, fmt_num, fmt_pct
 from reslab.studies import records
-from reslab.studies.depth import arm_order, first_step_path, is_arm, label, plots
+from reslab.studies.depth import ARMS, arm_order, first_step_path, label, plots, split_arm
 from reslab.studies.depth.rule import learned, verdict
 from reslab.studies.pages import finish, summary_head, text_table, verdict_page
 from reslab.studies.stats import finite_or_none, mean_std
@@ -40,16 +34,15 @@ NUMBERS = (
 
 
 def _train_lines(run_dir: Path) -> list[dict]:
-    """The run's logged training steps with a finite loss (none when it has no metrics yet)."""
     return [
         ln for ln in rf.train_lines(run_dir) if finite_or_none(ln.get("train_loss")) is not None
     ]
 
 
-def _run_entry(study_dir: Path, run_dir: Path, cell: dict, s: dict) -> dict:
-    """One run's numbers from its own files (summary, config, metrics) and its replayed first step."""
+def _run_entry(run_dir: Path, cell: dict, s: dict) -> dict:
+    """One run's row, from its own files (summary, config, metrics) and its replayed first step."""
     config, train = rf.read_config(run_dir), _train_lines(run_dir)
-    path = first_step_path(study_dir, run_dir.name)
+    path = first_step_path(run_dir.parents[1], run_dir.name)
     step = rf.read_json(path) if path.is_file() else {}
     diverged, end = s.get("status") == "diverged", train[-END_WINDOW:]
     first, last = (train[0], train[-1]) if train else ({}, {})
@@ -82,42 +75,20 @@ def _run_entry(study_dir: Path, run_dir: Path, cell: dict, s: dict) -> dict:
     }
 
 
-def collect_runs(study_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """(one entry per run with a summary, run folders without one yet), relative to study_dir."""
+def write_summary(study_dir: str | Path) -> dict:
+    """Collect the runs (one row each), judge them and write `<study_dir>/summary.json`."""
     study_dir = Path(study_dir)
-    records.read_study(study_dir, "depth")
-    return records.collect(
+    study = records.read_study(study_dir, "depth")
+    runs, incomplete = records.collect(
         study_dir,
         ("arm", "depth"),
-        functools.partial(_run_entry, study_dir),
+        _run_entry,
         lambda r: (arm_order(r["arm"]), r["depth"], r["seed"]),
-        keep=lambda cell: is_arm(cell["arm"]),
+        keep=lambda cell: split_arm(cell["arm"])[0] in ARMS,
     )
-
-
-def write_summary(study_dir: str | Path) -> dict:
-    """Collect the runs, judge them and write `<study_dir>/summary.json`; returns the summary dict."""
-    study = records.read_study(study_dir, "depth")
-    runs, incomplete = collect_runs(study_dir)
     summary = summary_head("depth", study, ("runs",), data=None, family=None)
     summary.update(runs=runs, incomplete=incomplete, verdict=verdict(runs).to_json())
     return rf.write_study_summary(study_dir, summary)
-
-
-def _curves(study_dir: Path, runs: list[dict]) -> tuple[int | None, list[tuple]]:
-    """(deepest depth, [(arm, (steps, losses) per seed, step it diverged at or None)]) for curves.png."""
-    deep = max((r["depth"] for r in runs), default=None)
-    series = []
-    for arm in dict.fromkeys(r["arm"] for r in runs if r["depth"] == deep):  # runs in arm order
-        rs = [r for r in runs if r["arm"] == arm and r["depth"] == deep]
-        points = [
-            [(ln["step"], ln["train_loss"]) for ln in _train_lines(study_dir / r["run_dir"])]
-            for r in rs
-        ]
-        curves = [np.array(p, dtype=float).reshape(-1, 2).T for p in points]  # (steps, losses)
-        at = [r["diverged_at"] or 0 for r in rs if r["status"] == "diverged"]
-        series.append((arm, curves, min(at) if at else None))
-    return deep, series
 
 
 def _status(r: dict) -> str:
@@ -131,38 +102,51 @@ def _status(r: dict) -> str:
     return "learned" if learned(r) else "did not learn"
 
 
-def _row(g: dict, runs: list[dict]) -> dict:
-    """One (arm, depth) group as table cells, keyed by column name."""
-    rs = [r for r in runs if (r["arm"], r["depth"]) == (g["arm"], g["depth"])]
-    return {
-        "arm": g["arm"],
-        "depth": g["depth"],
-        "params": fmt_count(g["params"]),
-        "clip": f"{g['grad_clip']:g}" if g["grad_clip"] else "—",
-        "seeds": len(g["seeds"]),
-        "first |g|": "overflow" if g["first_grad_overflow"] else fmt_num(g["first_grad_norm"]),
-        "start loss": fmt_num(g["start_loss"]),
-        "final loss": fmt_num(g["final_train_loss"]),
-        "end batch loss": fmt_num(g["end_batch_loss"]),
-        "train error": fmt_pct(g["final_train_error"]),
-        "test error": fmt_pct(g["final_test_error"]),
-        "train time": "—" if g["time_s"] is None else f"{g['time_s']:.0f} s",
-        "status": [_status(r) if len(rs) == 1 else f"seed {r['seed']}: {_status(r)}" for r in rs],
-    }
-
-
 def _table(summary: dict) -> tuple[list[str], list[list]]:
-    """The runs table: a row per (arm, depth), each seed's status in its last cell."""
-    rows = [_row(g, summary["runs"]) for g in summary["verdict"]["groups"]]
+    """The runs table: a row per (arm, depth) group, each seed's status in its last cell."""
+    rows = []
+    for g in summary["verdict"]["groups"]:
+        rs = [r for r in summary["runs"] if (r["arm"], r["depth"]) == (g["arm"], g["depth"])]
+        status = [_status(r) if len(rs) == 1 else f"seed {r['seed']}: {_status(r)}" for r in rs]
+        row = {
+            "arm": g["arm"],
+            "depth": g["depth"],
+            "params": fmt_count(g["params"]),
+            "clip": f"{g['grad_clip']:g}" if g["grad_clip"] else "—",
+            "seeds": len(g["seeds"]),
+            "first |g|": "overflow" if g["first_grad_overflow"] else fmt_num(g["first_grad_norm"]),
+            "start loss": fmt_num(g["start_loss"]),
+            "final loss": fmt_num(g["final_train_loss"]),
+            "end batch loss": fmt_num(g["end_batch_loss"]),
+            "train error": fmt_pct(g["final_train_error"]),
+            "test error": fmt_pct(g["final_test_error"]),
+            "train time": "—" if g["time_s"] is None else f"{g['time_s']:.0f} s",
+            "status": status,
+        }
+        rows.append(row)
     return (list(rows[0]) if rows else ["arm"]), [list(r.values()) for r in rows]
 
 
-def _what_was_run(summary: dict) -> str:
-    runs = summary["runs"]
+def _write_html(study_dir: Path, summary: dict) -> Path:
+    v, runs = summary["verdict"], summary["runs"]
+    source = "norm-free residual nets (ReZero, SkipInit, Fixup) against the same net without the "
+    source += "method, plain and batch-norm nets"
+    page = verdict_page(
+        study_dir, summary, "Extreme depth without normalisation", source, LABELS, [v["rule"]]
+    )
+    arms = {g["arm"]: label(g["arm"], g["grad_clip"], g["lr_scales"]) for g in v["groups"]}
+    page.heading("Arms").bullets([f"{a}: {text}" for a, text in arms.items()])
+    page.heading("Loss, error and first gradient against depth")
+    page.figure(study_dir / "depth.png", plots.DEPTH_CAPTION)
+    if v["diverged_notes"]:
+        page.heading(f"Why runs diverged at {v['deep']} layers").bullets(v["diverged_notes"])
+    page.heading("Training curves of the deepest nets")
+    page.figure(study_dir / "curves.png", plots.CURVES_CAPTION, max_width=820)
+    page.heading("Runs").table(*_table(summary), NUMBERS)
     iters = max((r["iters"] or 0 for r in runs), default=0) or summary.get("iters")
-    arms = ", ".join(dict.fromkeys(r["arm"] for r in runs)) or "no arms"
-    text = (
-        f"{len(runs)} finished or diverged training runs ({arms}) of depth "
+    what = (
+        f"{len(runs)} finished or diverged training runs "
+        f"({', '.join(dict.fromkeys(r['arm'] for r in runs)) or 'no arms'}) of depth "
         f"{', '.join(map(str, sorted({r['depth'] for r in runs})))} on {summary.get('data')}, "
         f"{iters} iterations each with one recipe (listed below; a +clip arm adds gradient "
         "clipping to it). Depth counts weight layers. The first step of every run is replayed "
@@ -170,35 +154,16 @@ def _what_was_run(summary: dict) -> str:
     )
     steps = sorted({r["start_steps"] for r in runs if r["start_steps"] not in (None, 1)})
     if steps:  # the starting loss is not the first mini-batch's alone
-        text += (
+        what += (
             f" The training loss was logged every {', '.join(map(str, steps))} steps, so the "
             "starting loss is the mean over the first of them, not the loss before any update."
         )
-    return text
-
-
-def _write_html(study_dir: Path, summary: dict, depth_png: Path, curves_png: Path) -> Path:
-    v = summary["verdict"]
-    source = "norm-free residual nets (ReZero, SkipInit, Fixup) against the same net without the "
-    source += "method, plain and batch-norm nets"
-    title = "Extreme depth without normalisation"
-    page = verdict_page(study_dir, summary, title, source, LABELS, [v["rule"]])
-    arms = {g["arm"]: label(g["arm"], g["grad_clip"], g["lr_scales"]) for g in v["groups"]}
-    page.heading("Arms").bullets([f"{a}: {text}" for a, text in arms.items()])
-    page.heading("Loss, error and first gradient against depth").figure(
-        depth_png, plots.DEPTH_CAPTION
-    )
-    if v.get("diverged_notes"):
-        page.heading(f"Why runs diverged at {v['deep']} layers").bullets(v["diverged_notes"])
-    page.heading("Training curves of the deepest nets")
-    page.figure(curves_png, plots.CURVES_CAPTION, max_width=820)
-    page.heading("Runs").table(*_table(summary), NUMBERS)
     keep = ("data", "family", "arms", "depths", "seeds", "iters", "width", "clip", "model_args")
     settings = {k: summary[k] for k in keep if k in summary}
     settings |= {f"arm {a}": m for a, m in summary.get("arm_models", {}).items()}
     settings |= {k: summary.get(k) for k in ("recipe", "incomplete")}
     rule = f"Declared before the numbers ({__package__}.rule): {v['rule']}."
-    return finish(page, study_dir, _what_was_run(summary), settings, rule=rule)
+    return finish(page, study_dir, what, settings, rule=rule)
 
 
 def format_table(summary: dict) -> str:
@@ -212,9 +177,12 @@ def format_table(summary: dict) -> str:
 
 
 def build_report(study_dir: str | Path) -> Path:
-    """Write summary.json, depth.png, curves.png and report.html into `study_dir`; returns the report."""
+    """Write summary.json, depth.png, curves.png and report.html into `study_dir`."""
     study_dir = Path(study_dir)
     summary = write_summary(study_dir)
-    depth_png = plots.plot_depth(summary["verdict"]["groups"], study_dir / "depth.png")
-    curves_png = plots.plot_curves(*_curves(study_dir, summary["runs"]), study_dir / "curves.png")
-    return _write_html(study_dir, summary, depth_png, curves_png)
+    v = summary["verdict"]
+    deep = [r for r in summary["runs"] if r["depth"] == v["deep"]]
+    lines = {r["run_dir"]: _train_lines(study_dir / r["run_dir"]) for r in deep}
+    plots.plot_depth(v["groups"], study_dir / "depth.png")
+    plots.plot_curves(deep, lines, study_dir / "curves.png")
+    return _write_html(study_dir, summary)

@@ -1,6 +1,6 @@
-"""The depth study's verdict, a pure function of its rows (one per run, `report.collect_runs`): which
-arms learn at the deepest depth D (judged against the shallowest, d), and why those that diverged did.
-`RULE` states it, rendered with its threshold; `verdict` returns the numbers it rests on.
+"""The depth study's verdict, a pure function of its rows (one per run, `report.write_summary`):
+which arms learn at the deepest depth D (judged against the shallowest, d), and why those that
+diverged did. `RULE` states it, with its threshold; `verdict` returns the numbers it rests on.
 
 History. Issue 6 declared "learned: final <= 0.5 x start; shown: every norm-free arm learned at D,
 the plain net failed at D and learned at d", with the gradient clipped at 1 in the recipe. Its runs
@@ -17,6 +17,7 @@ counts against its arm.
 from __future__ import annotations
 
 import math
+from itertools import groupby
 from typing import Any
 
 from reslab.report.html import fmt_num
@@ -26,8 +27,8 @@ from reslab.training.runs import Verdict
 
 LEARNED = 0.5
 RULE = (
-    "learned: finished and final training loss <= {ratio:g} x the smaller of its starting loss and "
-    "ln(classes), the loss of a uniform guess (every seed); shown: at the deepest depth every "
+    f"learned: finished and final training loss <= {LEARNED:g} x the smaller of its starting loss "
+    "and ln(classes), the loss of a uniform guess (every seed); shown: at the deepest depth every "
     "method (rezero, skipinit, fixup) learned without clipping while the negative control (nonorm) "
     "and the plain net failed (a diverged run fails), and both learned at the shallowest depth; "
     "shown with clipping: the same, but some method learned only with gradient clipping; not "
@@ -40,13 +41,14 @@ LEADS = {
     "negative control (nonorm) and the plain net at the deepest depth ({deep}).",
     "shown": "Shown. Every norm-free method learned without clipping; the control and plain did "
     "not.",
-    "shown_with_clipping": "Shown with gradient clipping: {clipped} learned only with clipping; the "
-    "control and plain failed.",
-    "not_shown": "Not shown. No method got down to {ratio:g} times its starting loss (or chance), "
-    "with or without clipping.",
+    "shown_with_clipping": "Shown with gradient clipping: {clipped} learned only with clipping; "
+    "the control and plain failed.",
+    "not_shown": f"Not shown. No method got down to {LEARNED:g} times its starting loss (or "
+    "chance), with or without clipping.",
     "not_attributable": "Not attributable to the method: a control learned at this depth as well.",
     "partly_shown": "Partly shown: {missing}.",
 }
+CONTROL_ARMS = tuple(c + s for c in CONTROLS for s in ("", CLIP))  # with and without clipping
 # the numbers averaged over the seeds of an (arm, depth) group
 MEANS: tuple[str, ...] = ("start_loss", "final_train_loss", "end_batch_loss", "final_train_error")
 MEANS += ("final_test_error", "first_grad_norm", "time_s")
@@ -56,8 +58,8 @@ WHY = {
     "forward": ": its loss is not finite at the first step, before any update: the forward pass "
     "overflows fp32.",
     "gradient": ": an overflow of its first gradient. Replayed, the first loss is {loss:.3g} but "
-    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes NaN "
-    "into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
+    "{bad:,} of {entries:,} gradient entries are not finite in fp32, so the first update writes "
+    "NaN into the weights (clipping cannot help: an infinite norm scales the gradient to NaN).",
     "exploding": ": an exploding first gradient. Replayed, the first loss is {loss:.3g} and the "
     "gradient is finite but its norm is {norm:.3g} before clipping; the first update is that times "
     "the learning rate, and the loss after it is not finite.",
@@ -66,25 +68,22 @@ WHY = {
 }
 
 
-def learned(run: dict, ratio: float = LEARNED) -> bool:
-    """Finished with a final training loss at most `ratio` times its starting loss and, where the
-    number of classes K is known, at most `ratio` times ln K (the loss of a uniform guess)."""
-    start, final = run["start_loss"], run["final_train_loss"]
+def learned(run: dict) -> bool:
+    """Finished with a final training loss at most LEARNED times its starting loss and, where the
+    number of classes K is known, at most LEARNED times ln K (the loss of a uniform guess)."""
+    start, final, classes = run["start_loss"], run["final_train_loss"], run.get("classes")
     if run["status"] != "completed" or None in (start, final):
         return False
-    classes = run.get("classes")
-    return final <= ratio * (min(start, math.log(classes)) if classes else start)
+    return final <= LEARNED * (min(start, math.log(classes)) if classes else start)
 
 
-def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
-    """Per (arm, depth): seeds, diverged seeds, means over seeds, and whether every/no seed learned."""
+def group_runs(runs: list[dict]) -> list[dict]:
+    """Per (arm, depth), in arm order: seeds, diverged seeds, means, whether all/no seed learned."""
     groups = []
-    for arm, depth in sorted(
-        {(r["arm"], r["depth"]) for r in runs}, key=lambda k: (arm_order(k[0]), k[1])
-    ):
-        rs = [r for r in runs if (r["arm"], r["depth"]) == (arm, depth)]
-        ok = [learned(r, ratio) for r in rs]
-        diverged = [r for r in rs if r["status"] == "diverged"]
+    ordered = sorted(runs, key=lambda r: (arm_order(r["arm"]), r["depth"]))
+    for (arm, depth), same in groupby(ordered, key=lambda r: (r["arm"], r["depth"])):
+        rs = list(same)
+        ok, diverged = [learned(r) for r in rs], [r for r in rs if r["status"] == "diverged"]
         groups.append(
             {
                 "arm": arm,
@@ -107,7 +106,7 @@ def group_runs(runs: list[dict], ratio: float = LEARNED) -> list[dict]:
 
 def describe(g: dict) -> str:
     """'2.44 → 0.21', '2.3 → 0.5, seed(s) 1 diverged' or 'diverged at step 2'."""
-    if g["diverged"] and len(g["diverged"]) == len(g["seeds"]):
+    if len(g["diverged"]) == len(g["seeds"]):
         return f"diverged at step {', '.join(map(str, g['diverged_at']))}"
     text = f"{fmt_num(g['start_loss'])} → {fmt_num(g['final_train_loss'])}"
     if g["diverged"]:
@@ -115,33 +114,30 @@ def describe(g: dict) -> str:
     return text
 
 
-def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
+def verdict(runs: list[dict]) -> Verdict:
     """Judge the study from the measured numbers only (`RULE`). Numbers: the deepest and shallowest
     depth, the step budget (the most steps a completed run took), the seeds, the groups, why runs
     diverged, the checks the status rests on, the methods that needed clipping and those that
     failed with and without it ("unrescued")."""
-    groups = group_runs(runs, ratio)
+    groups = group_runs(runs)
     at = {(g["arm"], g["depth"]): g for g in groups}
-    depths = sorted({g["depth"] for g in groups})
-    deep, shallow = (depths[-1], depths[0]) if depths else (None, None)
+    deep, shallow = max((d for _, d in at), default=None), min((d for _, d in at), default=None)
     steps = max((r["iters"] or 0 for r in runs if r["status"] == "completed"), default=0) or None
     seeds = sorted({r["seed"] for r in runs})
-    thresholds, rule = {"ratio": ratio}, RULE.format(ratio=ratio)
     n: dict[str, Any] = dict(deep=deep, shallow=shallow, steps=steps, seeds=seeds, groups=groups)
     n["diverged_notes"] = diverged_notes(runs, deep)
     methods = [m for m in METHODS if (m, deep) in at or (m + CLIP, deep) in at]
     if not methods or any((c, deep) not in at for c in CONTROLS):
         text = LEADS["insufficient"].format(deep=deep or "none")
-        return Verdict("insufficient", {**n, "checks": {}}, thresholds, rule, text)
+        return Verdict("insufficient", {**n, "checks": {}}, {"ratio": LEARNED}, RULE, text)
 
     def ok(arm: str, depth: int | None = deep) -> bool | None:
         return at[(arm, depth)]["learned"] if (arm, depth) in at else None
 
-    controls = [c + s for c in CONTROLS for s in ("", CLIP) if (c + s, deep) in at]
     n["checks"] = checks = {
         "methods_learned": {m: ok(m) for m in methods},
         "methods_learned_with_clipping": {m: ok(m + CLIP) for m in methods},
-        "controls_failed": {c: at[(c, deep)]["failed"] for c in controls},
+        "controls_failed": {c: at[(c, deep)]["failed"] for c in CONTROL_ARMS if (c, deep) in at},
         "controls_learned_shallow": {
             c: ok(c, shallow) if shallow != deep else None for c in CONTROLS
         },
@@ -156,39 +152,36 @@ def verdict(runs: list[dict], ratio: float = LEARNED) -> Verdict:
         status = "partly_shown"
     else:
         status = "shown_with_clipping" if n["needed_clipping"] else "shown"
-    return Verdict(status, n, thresholds, rule, _text(status, at, n, ratio))
+    return Verdict(status, n, {"ratio": LEARNED}, RULE, _text(status, at, n))
 
 
-def _text(status: str, at: dict, n: dict, ratio: float) -> str:
+def _text(status: str, at: dict, n: dict) -> str:
     """The verdict's sentence: its lead (`LEADS`), each arm's losses at the deepest depth and the
     controls' at the shallowest (`describe`), and the budget every "learned" is relative to."""
-    deep, shallow, methods = n["deep"], n["shallow"], list(n["checks"]["methods_learned"])
+    deep, shallow, checks = n["deep"], n["shallow"], n["checks"]
 
     def join(arms, depth: int = deep) -> str:
         return ", ".join(f"{a} {describe(at[(a, depth)])}" for a in arms if (a, depth) in at)
 
-    clipped = [m + CLIP for m in methods if (m + CLIP, deep) in at]
-    bare, low = join(methods), join(CONTROLS, shallow) if shallow != deep else ""
+    methods = list(checks["methods_learned"])
+    bare, clipped = join(methods), [m + CLIP for m in methods if (m + CLIP, deep) in at]
     run = f"without clipping: {bare}" if bare else "no method arm without clipping"
     if clipped:
         clip = at[(clipped[0], deep)]["grad_clip"]
         run += f"; with gradient clipping (at {clip:g}): {join(clipped)}"
-    ctrl = join(c + s for c in CONTROLS for s in ("", CLIP))
+    ctrl = join(CONTROL_ARMS)
+    low = join(CONTROLS, shallow) if shallow != deep else ""
     if low:
         ctrl += f"; at {shallow} layers {low}"
     bn = join(("residual", "zeroinit"))
-    missing = (
-        [f"{', '.join(n['unrescued'])} failed with and without clipping"] if n["unrescued"] else []
-    )
-    bad = [c for c, ok in n["checks"]["controls_learned_shallow"].items() if not ok]
+    unrescued = ", ".join(n["unrescued"])
+    missing = [f"{unrescued} failed with and without clipping"] if unrescued else []
     if shallow == deep:
         missing.append("no shallower depth to show that the controls can learn")
-    elif bad:
+    elif bad := [c for c, ok in checks["controls_learned_shallow"].items() if not ok]:
         missing.append(f"{', '.join(bad)} did not learn at {shallow} layers either")
-    lead = LEADS[status].format(
-        ratio=ratio, clipped=", ".join(n["needed_clipping"]), missing="; ".join(missing)
-    )
-    seeds = len(n["seeds"])
+    clipped_only, seeds = ", ".join(n["needed_clipping"]), len(n["seeds"])
+    lead = LEADS[status].format(clipped=clipped_only, missing="; ".join(missing))
     return (
         f"{lead} At {deep} layers (training loss start → final, mean over seeds) — methods {run}; "
         f"negative control and plain net: {ctrl}."
@@ -202,9 +195,7 @@ def _text(status: str, at: dict, n: dict, ratio: float) -> str:
 def diverged_notes(runs: list[dict], depth: int | None) -> list[str]:
     """Why each run at `depth` diverged (`WHY`), from its replayed first step."""
     notes = []
-    for r in runs:
-        if r["depth"] != depth or r["status"] != "diverged":
-            continue
+    for r in (r for r in runs if r["depth"] == depth and r["status"] == "diverged"):
         loss, bad = r["first_loss"], r["first_grad_nonfinite"]
         if loss is None:
             why = "not_replayed" if bad is None else "forward"
