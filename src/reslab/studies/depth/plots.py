@@ -119,8 +119,8 @@ def plot_curves(runs: list[dict], lines: dict[str, list[dict]], path: str | Path
             x, y, _ = figures.mean_curve(curves)
             name = f"{arm} (diverged at step {min(at)})" if at else arm
             ax.plot(x, figures.smooth(y, max(1, len(y) // 25)), lw=1.8, label=name, **st)
-            for cx, cy in curves if at else ():
-                if len(cx):
+            for r, (cx, cy) in zip(rs, curves, strict=True):
+                if r["status"] == "diverged" and len(cx):  # the run's last finite loss
                     ax.scatter(cx[-1:], cy[-1:], marker="x", s=60, color=st["color"], zorder=4)
         _log_axis(ax, "training loss (mini-batch)")
         ax.set_xlabel("iterations")
