@@ -40,10 +40,6 @@ MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.jso
 PHASES = {"init": "at init", "trained": "after training"}  # the two measurements, as the text says
 
 
-def seed_of(record: dict) -> int:
-    return record.get("seed", 0)  # records of one seed had none
-
-
 @dataclass(frozen=True)
 class GradientsConfig(base.StudyConfig):
     """Which twins to measure, on what data, and how long to train them between the two measurements."""
@@ -98,11 +94,8 @@ class GradientsConfig(base.StudyConfig):
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
-        name, model = (
-            runs.cell_name(arch, depth, seed=seed),
-            base.model_name(self.family, arch, depth),
-        )
-        kwargs = self.model_kwargs(arch)
+        name = runs.cell_name(arch, depth, seed=seed)
+        model, kwargs = base.model_name(self.family, arch, depth), self.model_kwargs(arch)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, iters=self.iters)
 
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from reslab.report import figures
 from reslab.studies.base import ARCHS
-from reslab.studies.gradients import PHASES, seed_of
+from reslab.studies.gradients import PHASES
 
 
 def _per_net(
@@ -94,11 +94,11 @@ def plot_lines(records: list[dict], path: str | Path) -> Path:
     """Fig. 1 style: the gradient along the first line (standardised), one trace per depth, stacked;
     brown-noise-like when smooth, white-noise-like when shattered."""
     colors = figures.depth_colors([r["depth"] for r in records])
-    first = min(map(seed_of, records), default=0)
+    first = min((r["seed"] for r in records), default=0)
     with figures.style():
         fig, axes = figures.figure(2, width=5.0, height=3.8, sharey=True)
         for ax, arch in zip(axes, ARCHS, strict=True):
-            rs = [r for r in records if r["arch"] == arch and seed_of(r) == first]
+            rs = [r for r in records if r["arch"] == arch and r["seed"] == first]
             for i, r in enumerate(rs):
                 g = np.asarray(r["phases"]["init"]["line_example"], dtype=float)
                 g = (g - g.mean()) / max(g.std(), 1e-30) / 3.0  # +-1 spans +-3 std
