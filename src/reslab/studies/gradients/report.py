@@ -62,12 +62,9 @@ def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> d
         same = cp.get("seed") == cr.get("seed"), recipe(cp) == recipe(cr), same_init
         pairs.append({"depth": depth, "seed": seed} | dict(zip(CHECKS, same, strict=True)))
     checks = [x[k] for x in pairs for k in CHECKS]
-    if not pairs:
-        status = "unknown"
-    elif residual_args or False in checks:
+    status = "same" if pairs and None not in checks else "unknown"
+    if pairs and (residual_args or False in checks):
         status = "differs"
-    else:
-        status = "unknown" if None in checks else "same"
     text = _like_text(status, pairs, residual_args)
     return {"status": status, "residual_args": residual_args, "pairs": pairs, "text": text}
 

@@ -32,9 +32,6 @@ LEADS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- rows
-
-
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else math.inf
 
@@ -105,13 +102,8 @@ def _combine_phase(phases: list[dict]) -> dict | None:
 
 
 def log10(x: float) -> float:
-    """log10 of a ratio of norms, -inf for 0 and inf for inf."""
+    """log10 of a ratio of norms, -inf for 0 and inf for inf; its abs is the orders of magnitude."""
     return math.log10(x) if 0 < x < math.inf else -math.inf if x <= 0 else math.inf
-
-
-def orders(ratio: float) -> float:
-    """|log10 ratio|: the orders of magnitude between two norms (inf if one of them is zero)."""
-    return abs(log10(ratio))
 
 
 def geomean(xs: list[float | None]) -> float | None:
@@ -139,9 +131,6 @@ def seed_range(ratios: list[float | None]) -> str:
     return f", seeds {ratio_text(xs[0])} to {ratio_text(xs[-1])}" if len(xs) > 1 else ""
 
 
-# ---------------------------------------------------------------------------------------------- verdict
-
-
 def _drift(rows: list[dict]) -> dict | None:
     """The drift part over the seeds that measured both arms: ratios over seeds, the call seed by seed."""
     deepest = {(e["seed"], e["arch"]): e for e in sorted(rows, key=lambda e: e["depth"])}
@@ -153,15 +142,15 @@ def _drift(rows: list[dict]) -> dict | None:
     trained = [[(e["trained"] or {}).get("weight_ratio") for e in es] for es in (plain, res)]
     p, r = geomean(init[0]), geomean(init[1])
     assert p is not None and r is not None  # every pair measured both nets at init
-    diffs = [orders(a) - orders(b) for a, b in zip(*init, strict=True)]
+    diffs = [abs(log10(a)) - abs(log10(b)) for a, b in zip(*init, strict=True)]
     p_trained, r_trained = (None if None in t else geomean(t) for t in trained)
     return {
         "plain_depth": plain[0]["depth"],
         "residual_depth": res[0]["depth"],
         "plain_ratio": p,
         "residual_ratio": r,
-        "plain_orders": orders(p),
-        "residual_orders": orders(r),
+        "plain_orders": abs(log10(p)),
+        "residual_orders": abs(log10(r)),
         "plain_direction": "explode" if p > 1 else "vanish",
         "shown": all(d >= ORDERS for d in diffs),
         "plain_ratio_trained": p_trained,
