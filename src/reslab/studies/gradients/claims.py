@@ -102,8 +102,9 @@ def seeds_profile(ratios: dict[int, float | None]) -> dict | None:
 
 
 def train_error(errors: dict, e: dict) -> float | None:
-    """A net's training error by its cell name (or, as summaries of one seed had it, '<arch>-<depth>')."""
-    cell = runs.cell_name(e["arch"], e["depth"], seed=e["seed"])
+    """A net's training error by its cell name (or, as summaries of one seed had it, '<arch>-<depth>';
+    their rows have no seed)."""
+    cell = runs.cell_name(e["arch"], e["depth"], seed=e.get("seed", 0))
     return errors[cell] if cell in errors else errors.get(f"{e['arch']}-{e['depth']}")
 
 

@@ -40,7 +40,8 @@ def collect(study_dir: Path) -> list[dict]:
     folder = study_dir / MEASUREMENTS
     if not folder.is_dir():
         raise FileNotFoundError(f"not a gradients study folder (no {MEASUREMENTS}/): {study_dir}")
-    found = [{"seed": 0} | runs.read_json(p) for p in sorted(folder.glob("*.json"))]  # 0: one seed
+    # a study of one seed wrote its records without a "seed"
+    found = [{"seed": 0} | runs.read_json(p) for p in sorted(folder.glob("*.json"))]
     return sorted(found, key=lambda r: (ARCHS.index(r["arch"]), r["depth"], r["seed"]))
 
 
