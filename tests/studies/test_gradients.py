@@ -208,7 +208,7 @@ def test_bad_options_fail_before_anything_is_written(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def _entry(arch, depth, first, last, acf1s=(0.5, 0.5), trained_ratio=None):
+def _entry(arch, depth, first, last, acf1s=(0.5, 0.5), trained_ratio=None, seed=0):
     init = dict(
         loss=2.3,
         weight_ratio=first / last,
@@ -219,7 +219,7 @@ def _entry(arch, depth, first, last, acf1s=(0.5, 0.5), trained_ratio=None):
         neighbour_corr=0.5,
     )
     trained = None if trained_ratio is None else dict(init, weight_ratio=trained_ratio)
-    return dict(arch=arch, depth=depth, init=init, trained=trained)
+    return dict(arch=arch, depth=depth, seed=seed, init=init, trained=trained)
 
 
 def test_verdict_follows_the_numbers():
@@ -413,8 +413,8 @@ def test_drift_is_shown_only_when_every_seed_shows_it():
 
 
 def test_combine_pools_the_seeds_and_leaves_one_seed_as_it_is():
-    one = [_entry("plain", 8, 2.0, 1.0) | {"seed": 0}]
-    assert combine(one) == [_entry("plain", 8, 2.0, 1.0)]
+    one = _entry("plain", 8, 2.0, 1.0)
+    assert combine([one]) == [{k: v for k, v in one.items() if k != "seed"}]
     two = [
         _entry("plain", 8, 1e2, 1.0, acf1s=[0.5, 0.7]) | {"seed": 0, "train_status": "completed"},
         _entry("plain", 8, 1e4, 1.0, acf1s=[0.1, 0.3]) | {"seed": 1, "train_status": "diverged"},
@@ -454,7 +454,10 @@ def _pair_records(tmp_path, digests, seeds=(0, 0), lr=(0.1, 0.1)):
         run_dir.mkdir(parents=True)
         config = dict(model=f"{arch}-6", model_kwargs={}, seed=seed, lr=rate, name=run_dir.name)
         runs.write_json(run_dir / runs.CONFIG, config)
-        records.append(dict(arch=arch, depth=6, run_dir=f"runs/{run_dir.name}", init_digest=digest))
+        record = dict(
+            arch=arch, depth=6, seed=0, run_dir=f"runs/{run_dir.name}", init_digest=digest
+        )
+        records.append(record)
     return records
 
 

@@ -40,10 +40,6 @@ MEASUREMENTS = "measurements"  # <study>/measurements/<arch>-<depth>-s<seed>.jso
 PHASES = {"init": "at init", "trained": "after training"}  # the two measurements, as the text says
 
 
-def seed_of(record: dict) -> int:
-    return record.get("seed", 0)  # records of one seed had none
-
-
 @dataclass(frozen=True)
 class GradientsConfig(base.StudyConfig):
     """Which twins to measure, on what data, and how long to train them between the two measurements."""
@@ -98,11 +94,8 @@ class GradientsConfig(base.StudyConfig):
 
     def run_config(self, arch: str, depth: int, seed: int) -> TrainConfig:
         """The ordinary training config of one net (its first `iters` steps)."""
-        name, model = (
-            runs.cell_name(arch, depth, seed=seed),
-            base.model_name(self.family, arch, depth),
-        )
-        kwargs = self.model_kwargs(arch)
+        name = runs.cell_name(arch, depth, seed=seed)
+        model, kwargs = base.model_name(self.family, arch, depth), self.model_kwargs(arch)
         return base.run_config(self, name, model, seed, model_kwargs=kwargs, iters=self.iters)
 
 
@@ -115,14 +108,8 @@ class GradientsConfig(base.StudyConfig):
 # projections draw from the RNG first).
 CIFAR = dict(data="cifar10", family="cifar", depths=(20, 56, 110))  # the paper's CIFAR-10 depths
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        data="digits",
-        family="mlp",
-        depths=(8, 32, 128),
-        width=64,
-        iters=1980,
-        train=dict(preset="paper-digits"),
-    ),
+    "digits": dict(data="digits", family="mlp", depths=(8, 32, 128), width=64, iters=1980)
+    | dict(train=dict(preset="paper-digits")),
     # CIFAR-10 on a 2-core CPU: 50 steps per net, tens of minutes per seed
     "cpu": CIFAR
     | dict(iters=50, batches=2, lines=4, points=128)
@@ -137,18 +124,9 @@ STUDY = base.Study(
     help="gradient norms per layer and shattered gradients, plain vs residual (Balduzzi et al. 2017)",
     config=GradientsConfig,
     presets=PRESETS,
-    toy=dict(
-        depths=(2, 4),
-        seeds=(0, 1),  # two, so the toy goes through the spread over seeds
-        iters=5,
-        width=8,
-        batches=1,
-        lines=2,
-        points=12,
-        max_lag=4,
-        jobs=1,
-        train=dict(num_threads=1, eval_every=5),
-    ),
+    # two seeds, so the toy goes through the spread over seeds
+    toy=dict(depths=(2, 4), seeds=(0, 1), iters=5, width=8, batches=1, lines=2, points=12)
+    | dict(max_lag=4, jobs=1, train=dict(num_threads=1, eval_every=5)),
     preset_help="cpu: CIFAR-10 on a 2-core CPU; paper: CIFAR-10 with the paper's recipe, for a GPU",
     # a rerun may add depths, archs or seeds, not change what a measurement means
     must_match=("data", "family", "iters", "width", "model_args", "residual_args", "recipe")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reslab.studies.gradients import PHASES, seed_of
+from reslab.studies.gradients import PHASES
 from reslab.studies.gradients.rule import geomean, log10, ratio_text, seed_range
 from reslab.studies.stats import compare, mean_std
 from reslab.training import runs
@@ -82,8 +82,7 @@ YANG_2019 = " (with batch norm a deep plain net's gradient grows toward the inpu
 
 
 def profile(ratio: float | None) -> str | None:
-    """'vanishing', 'exploding', 'healthy' or 'borderline' for a first/last gradient-norm ratio, by
-    `CLAIMS_RULE`; None when there is no ratio to judge."""
+    """The class of a first/last gradient-norm ratio by `CLAIMS_RULE` (None: no ratio to judge)."""
     if ratio is None or math.isnan(ratio):
         return None
     o = log10(ratio)
@@ -93,36 +92,37 @@ def profile(ratio: float | None) -> str | None:
 
 
 def seeds_profile(ratios: dict[int, float | None]) -> dict | None:
-    """The ratios of one phase by seed (None: not finite): their geometric mean and the profile
-    every seed has (else "mixed"); None when no seed measured the phase."""
+    """One phase's ratios by seed: their geometric mean and the profile every seed has (else
+    "mixed"); None when no seed measured the phase."""
     if not ratios:
         return None
     found = {s: profile(r) for s, r in ratios.items()}
-    calls = set(found.values())
-    one = calls.pop() if len(calls) == 1 else "mixed"
+    one = found[next(iter(found))] if len(set(found.values())) == 1 else "mixed"
     return dict(ratio=geomean(list(ratios.values())), ratios=ratios, profiles=found, profile=one)
 
 
 def train_error(errors: dict, e: dict) -> float | None:
-    """A net's training error by its cell name (or, as summaries of one seed had it, '<arch>-<depth>')."""
-    cell = runs.cell_name(e["arch"], e["depth"], seed=seed_of(e))
+    """A net's training error by its cell name (or, as summaries of one seed had it, '<arch>-<depth>';
+    their rows have no seed)."""
+    cell = runs.cell_name(e["arch"], e["depth"], seed=e.get("seed", 0))
     return errors[cell] if cell in errors else errors.get(f"{e['arch']}-{e['depth']}")
 
 
 def claims(rows: list[dict], errors: dict[str, float | None], margin: float = DEGRADE) -> dict:
     """Which claim, He et al. 2015's or the note's, the numbers support, by `CLAIMS_RULE`. `rows`:
-    one per net and seed; `errors`: `report.train_errors`."""
+    one per net and seed; `errors`: each net's final training error by cell name."""
     out = {"he_2015": HE_2015, "note": NOTE, "rule": CLAIMS_RULE.format(margin=margin)}
     out["train_errors"] = errors
-    plain: dict[int, dict[int, tuple[dict, float]]] = {}  # depth -> seed -> (row, training error)
-    for e in sorted(rows, key=lambda e: (e["depth"], seed_of(e))):
+    errs: dict[int, dict[int, float]] = {}  # depth -> seed -> the plain net's training error
+    plain: dict[int, dict[int, dict]] = {}  # depth -> seed -> the plain net's row
+    for e in sorted(rows, key=lambda e: (e["depth"], e["seed"])):
         if e["arch"] == "plain" and (error := train_error(errors, e)) is not None:
-            plain.setdefault(e["depth"], {})[seed_of(e)] = (e, error)
-    if len(plain) < 2:
+            errs.setdefault(e["depth"], {})[e["seed"]] = error
+            plain.setdefault(e["depth"], {})[e["seed"]] = e
+    if len(errs) < 2:
         text = CONCLUSIONS["insufficient"]
         return out | {"status": "insufficient", "text": text, "degradation": None, "profile": None}
-    lo, hi = min(plain), max(plain)
-    errs = {d: {s: x for s, (_, x) in plain[d].items()} for d in (lo, hi)}
+    lo, hi = min(errs), max(errs)
     c = compare(list(errs[lo].values()), list(errs[hi].values()), margin)
     degradation = {
         "shallow_depth": lo,
@@ -138,7 +138,7 @@ def claims(rows: list[dict], errors: dict[str, float | None], margin: float = DE
         "shown": c["higher"],
     }
     prof: dict[str, Any] = {"depth": hi} | {
-        p: seeds_profile({s: e[p]["weight_ratio"] for s, (e, _) in plain[hi].items() if e[p]})
+        p: seeds_profile({s: e[p]["weight_ratio"] for s, e in plain[hi].items() if e[p]})
         for p in PHASES
     }
     found = [prof[p]["profile"] for p in PHASES if prof[p]]

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from reslab.models.registry import Model
 from reslab.studies.gradients import MEASUREMENTS
@@ -42,15 +43,14 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def gradient_norms(model: Model, batches: Batches) -> dict:
-    """The gradient norms of item 1 of the module docstring; a copy runs, so the model's batch-norm
-    statistics stay as they were."""
-    model = copy.deepcopy(model).train()
+    """The gradient norms of item 1 of the module docstring (train mode: the model's batch-norm
+    statistics move)."""
+    model.train()
     names = {
         m: n
         for n, m in model.named_modules()
         if isinstance(m, WEIGHT_LAYERS) and "downsample" not in n.split(".")
     }
-    params = dict(model.named_parameters())
     order: list[str] = []
     inputs: list[torch.Tensor] = []
     hooks = [m.register_forward_hook(lambda m, i, o: order.append(names[m])) for m in names]
@@ -65,7 +65,8 @@ def gradient_norms(model: Model, batches: Batches) -> dict:
             inputs.clear()
             loss = F.cross_entropy(model(x), y)
             layers = list(dict.fromkeys(order))  # a layer run twice is measured once
-            grads = torch.autograd.grad(loss, [params[f"{n}.weight"] for n in layers] + inputs)
+            weights = [model.get_parameter(f"{n}.weight") for n in layers]
+            grads = torch.autograd.grad(loss, weights + inputs)
             norms.append(torch.stack([g.norm() for g in grads]).double())
             losses.append(loss.item())
     finally:
@@ -78,23 +79,6 @@ def gradient_norms(model: Model, batches: Batches) -> dict:
         "weight_norms": mean[: len(layers)].tolist(),
         "block_input_norms": mean[len(layers) :].tolist(),
     }
-
-
-@torch.no_grad()
-def calibrate_norms(model: nn.Module, batches: Batches) -> None:
-    """Re-estimate every batch norm's running statistics as the plain average over `batches` (train-mode
-    forward passes that change no weight); leaves the model in eval mode."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for x, _ in batches:
-        model(x)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
 
 
 def line_gradients(
@@ -161,11 +145,13 @@ def init_digest(model: nn.Module) -> str:
 
 
 def measure(model: Model, batches: Batches, lines: list, points: int, max_lag: int) -> dict:
-    """Gradient norms (train mode) and shattering (eval mode, norms calibrated on `batches`) of a copy."""
+    """Gradient norms (train mode) and shattering (eval mode, batch-norm statistics re-estimated as
+    the plain average over `batches`) of a copy of `model`."""
     model = copy.deepcopy(model)
     out = gradient_norms(model, batches)
-    calibrate_norms(model, batches)
-    return out | shattering(model, lines, points, max_lag)
+    with torch.no_grad():
+        update_bn(batches, model)
+    return out | shattering(model.eval(), lines, points, max_lag)
 
 
 def inputs(c: TrainConfig, n_batches: int, n_lines: int, seed: int, device: torch.device):

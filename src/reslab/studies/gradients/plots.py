@@ -14,11 +14,11 @@ from matplotlib.figure import Figure
 
 from reslab.report import figures
 from reslab.studies.base import ARCHS
-from reslab.studies.gradients import PHASES, seed_of
+from reslab.studies.gradients import PHASES
 
 
 def _per_net(
-    ax: Axes, nets: Sequence[tuple[int, Sequence[float] | np.ndarray]], start: int, colors: dict
+    ax: Axes, nets: Sequence[tuple[int, Sequence[float]]], start: int, colors: dict
 ) -> None:
     """One line per net, its (depth, y) against the index from `start`, in its depth's colour; one
     legend entry per depth."""
@@ -39,13 +39,12 @@ def plot_norms(records: list[dict], key: str, xlabel: str, path: str | Path) -> 
         axes = fig.subplots(len(phases), 2, sharey="row", squeeze=False)
         for row, phase in zip(axes, phases, strict=True):
             for ax, arch in zip(row, ARCHS, strict=True):
-                ys = [
-                    (r["depth"], np.asarray(r["phases"][phase][key], dtype=float))
+                nets = [
+                    (r["depth"], [x if x > 0 else np.nan for x in r["phases"][phase][key]])
                     for r in records
                     if r["arch"] == arch and phase in r["phases"]
                 ]
-                # an exactly zero gradient has no log
-                _per_net(ax, [(d, np.where(y > 0, y, np.nan)) for d, y in ys], 1, colors)
+                _per_net(ax, nets, 1, colors)  # an exactly zero gradient has no log: NaN
                 ax.set_yscale("log")
                 ax.set_title(f"{arch}, {PHASES[phase]}")
                 ax.set_xlabel(xlabel)
@@ -94,11 +93,11 @@ def plot_lines(records: list[dict], path: str | Path) -> Path:
     """Fig. 1 style: the gradient along the first line (standardised), one trace per depth, stacked;
     brown-noise-like when smooth, white-noise-like when shattered."""
     colors = figures.depth_colors([r["depth"] for r in records])
-    first = min(map(seed_of, records), default=0)
+    first = min((r["seed"] for r in records), default=0)
     with figures.style():
         fig, axes = figures.figure(2, width=5.0, height=3.8, sharey=True)
         for ax, arch in zip(axes, ARCHS, strict=True):
-            rs = [r for r in records if r["arch"] == arch and seed_of(r) == first]
+            rs = [r for r in records if r["arch"] == arch and r["seed"] == first]
             for i, r in enumerate(rs):
                 g = np.asarray(r["phases"]["init"]["line_example"], dtype=float)
                 g = (g - g.mean()) / max(g.std(), 1e-30) / 3.0  # +-1 spans +-3 std

@@ -6,13 +6,12 @@ writes summary.json, norms.png, activations.png, shattering.png, lines.png and r
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from reslab.report.html import fmt_count, fmt_mean_std, join_values
+from reslab.report.html import fmt_count, fmt_mean_std, fmt_num, join_values
 from reslab.studies import records
 from reslab.studies.base import ARCHS, recipe
-from reslab.studies.gradients import MEASUREMENTS, seed_of
+from reslab.studies.gradients import MEASUREMENTS
 from reslab.studies.gradients.claims import claims, seeds_profile, train_error
 from reslab.studies.gradients.plots import plot_lines, plot_norms, plot_shattering
 from reslab.studies.gradients.rule import combine, nets, verdict
@@ -41,8 +40,9 @@ def collect(study_dir: Path) -> list[dict]:
     folder = study_dir / MEASUREMENTS
     if not folder.is_dir():
         raise FileNotFoundError(f"not a gradients study folder (no {MEASUREMENTS}/): {study_dir}")
-    found = [runs.read_json(p) for p in sorted(folder.glob("*.json"))]
-    return sorted(found, key=lambda r: (ARCHS.index(r["arch"]), r["depth"], seed_of(r)))
+    # a study of one seed wrote its records without a "seed"
+    found = [{"seed": 0} | runs.read_json(p) for p in sorted(folder.glob("*.json"))]
+    return sorted(found, key=lambda r: (ARCHS.index(r["arch"]), r["depth"], r["seed"]))
 
 
 def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> dict:
@@ -50,11 +50,12 @@ def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> d
     config apart from the model and the initial weights (`init_digest`; "unknown" for records
     measured before it was recorded). Options on the residual arm only (`residual_args`, e.g.
     zero_init_residual) make it its own arm, labelled with them."""
-    by = {(r["arch"], r["depth"], seed_of(r)): r for r in measured}
+    by = {(r["arch"], r["depth"], r["seed"]): r for r in measured}
     residual_args = study.get("residual_args") or {}
-    twins = sorted((d, s) for a, d, s in by if a == "plain" and ("residual", d, s) in by)
     pairs = []
-    for depth, seed in twins:
+    for depth, seed in sorted(
+        (d, s) for a, d, s in by if a == "plain" and ("residual", d, s) in by
+    ):
         p, r = by["plain", depth, seed], by["residual", depth, seed]
         cp, cr = (runs.read_config(Path(study_dir) / x["run_dir"]) for x in (p, r))
         digests = p.get("init_digest"), r.get("init_digest")
@@ -62,12 +63,9 @@ def like_for_like(study_dir: str | Path, measured: list[dict], study: dict) -> d
         same = cp.get("seed") == cr.get("seed"), recipe(cp) == recipe(cr), same_init
         pairs.append({"depth": depth, "seed": seed} | dict(zip(CHECKS, same, strict=True)))
     checks = [x[k] for x in pairs for k in CHECKS]
-    if not pairs:
-        status = "unknown"
-    elif residual_args or False in checks:
+    status = "same" if pairs and None not in checks else "unknown"
+    if pairs and (residual_args or False in checks):
         status = "differs"
-    else:
-        status = "unknown" if None in checks else "same"
     text = _like_text(status, pairs, residual_args)
     return {"status": status, "residual_args": residual_args, "pairs": pairs, "text": text}
 
@@ -100,41 +98,29 @@ def _arm(arch: str, residual_args: dict) -> str:
     return f"{arch} ({options})" if arch == "residual" and options else arch
 
 
-def train_errors(study_dir: Path, rows: list[dict]) -> dict[str, float | None]:
-    """'<arch>-<depth>-s<seed>' (the run's cell name) -> the final training error of each net and seed
-    (whole training set, the engine's last evaluation, from its run folder); None where training did
-    not complete."""
-    out = {}
-    for e in rows:
-        done = e["train_status"] == "completed" and e.get("run_dir")
-        run = (runs.read_summary(study_dir / e["run_dir"]) if done else None) or {}
-        out[runs.cell_name(e["arch"], e["depth"], seed=seed_of(e))] = run.get("final_train_error")
-    return out
-
-
 def write_summary(study_dir: Path, measured: list[dict]) -> dict:
-    """Judge the `measured` records (verdict, claims, like for like) and write summary.json."""
+    """Judge the `measured` records (verdict, claims, like for like) and write summary.json. The
+    claims read each net's final training error (the engine's last evaluation on the whole training
+    set) from its run folder, by cell name; None where training did not complete."""
     study = records.read_study(study_dir, "gradients")
     rows = nets(measured)
     summary = summary_head("gradients", study, ("nets", "seed_nets"))
     summary.update(nets=combine(rows), seed_nets=rows)
     like = like_for_like(study_dir, measured, study)
-    diverged = [
+    notes = [
         runs.diverged_note(study_dir / e["run_dir"])
         for e in rows
         if e["train_status"] == "diverged"
     ]
-    summary["verdict"] = verdict(rows, like=like, diverged=diverged).to_json()
-    summary["claims"] = claims(rows, train_errors(study_dir, rows))
+    summary["verdict"] = verdict(rows, like=like, diverged=notes).to_json()
+    errors = {}
+    for e in rows:
+        done = e["train_status"] == "completed" and e["run_dir"]
+        run = (runs.read_summary(study_dir / e["run_dir"]) if done else None) or {}
+        errors[runs.cell_name(e["arch"], e["depth"], seed=e["seed"])] = run.get("final_train_error")
+    summary["claims"] = claims(rows, errors)
     summary["like_for_like"] = like
     return runs.write_study_summary(study_dir, finite_tree(summary))
-
-
-# ---------------------------------------------------------------------------------------------- text + html
-
-
-def _fmt(x: float | None, spec: str = ".3g") -> str:
-    return "—" if x is None or not math.isfinite(x) else format(x, spec)
 
 
 def _ratio_cells(es: list[dict], phase: str, head: str) -> list[tuple[str, str]]:
@@ -144,8 +130,8 @@ def _ratio_cells(es: list[dict], phase: str, head: str) -> list[tuple[str, str]]
     if x is None:
         return [(head, "—"), ("profile", "—")]
     spread = sorted(r for r in x["ratios"].values() if r is not None)
-    each = f" [{_fmt(spread[0])}, {_fmt(spread[-1])}]" if len(spread) > 1 else ""
-    return [(head, _fmt(x["ratio"]) + each), ("profile", x["profile"] or "—")]
+    each = f" [{fmt_num(spread[0])}, {fmt_num(spread[-1])}]" if len(spread) > 1 else ""
+    return [(head, fmt_num(x["ratio"]) + each), ("profile", x["profile"] or "—")]
 
 
 def _table(summary: dict) -> tuple[list[str], list[list[str]]]:
@@ -167,11 +153,11 @@ def _table(summary: dict) -> tuple[list[str], list[list[str]]]:
                 ("train error", fmt_mean_std(*mean_std([train_error(errors, x) for x in es]))),
                 *_ratio_cells(es, "init", "|g| first/last W, init"),
                 *_ratio_cells(es, "trained", "trained"),
-                ("|g| first/last block input, init", _fmt(i["block_input_ratio"])),
+                ("|g| first/last block input, init", fmt_num(i["block_input_ratio"])),
                 ("acf(1) init ± std", f"{i['acf1']:.3f} ± {i['acf1_std']:.3f}"),
-                ("acf(1) trained", _fmt(t.get("acf1"), ".3f")),
+                ("acf(1) trained", fmt_num(t.get("acf1"), ".3f")),
                 ("neighbour corr init", f"{i['neighbour_corr']:.3f}"),
-                ("loss trained", _fmt(t.get("loss"), ".3f")),
+                ("loss trained", fmt_num(t.get("loss"), ".3f")),
                 ("training", ", ".join(counts.values())),
             ]
         )
@@ -191,11 +177,11 @@ def build_report(study_dir: str | Path) -> Path:
     """summary.json, the four figures and report.html, from the study folder alone."""
     study_dir = Path(study_dir)
     measured = collect(study_dir)
-    summary = write_summary(study_dir, measured)
-    v, c = summary["verdict"], summary["claims"]
+    s = write_summary(study_dir, measured)
+    c = s["claims"]
     title = "Gradients: plain vs residual networks"
     source = "gradient norms per layer and shattered gradients (Balduzzi et al. 2017, Figs. 1-2)"
-    page = verdict_page(study_dir, summary, title, source, LABELS, [v["rule"]])
+    page = verdict_page(study_dir, s, title, source, LABELS, [s["verdict"]["rule"]])
     label, tone = CLAIM_LABELS[c["status"]]
     page.heading("Vanishing gradients and degradation: two claims")
     page.verdict(label, c["text"], tone, [c["rule"]])
@@ -203,13 +189,14 @@ def build_report(study_dir: str | Path) -> Path:
         [
             f"{c['he_2015']['source']}: “{c['he_2015']['quote']}”",
             f"{c['note']['source']}: “{c['note']['original']}” (“{c['note']['translation']}”)",
-            summary["like_for_like"]["text"],
+            s["like_for_like"]["text"],
         ]
     )
+    norms = plot_norms(
+        measured, "weight_norms", "weight layer (forward order)", study_dir / "norms.png"
+    )
     page.heading("Gradient norm per layer").figure(
-        plot_norms(
-            measured, "weight_norms", "weight layer (forward order)", study_dir / "norms.png"
-        ),
+        norms,
         "||dL/dW|| of every weight layer on the main path against its index (log scale), "
         "one line per depth and seed; left plain, right residual; top at init, bottom after "
         "training. A flat line is a gradient that neither vanishes nor explodes on its way to the "
@@ -220,7 +207,7 @@ def build_report(study_dir: str | Path) -> Path:
         "||dL/da|| of the input a of every block against the block index (log scale).",
     )
     page.heading("Shattered gradients").figure(
-        plot_shattering(measured, summary["seed_nets"], study_dir / "shattering.png"),
+        plot_shattering(measured, s["seed_nets"], study_dir / "shattering.png"),
         "Left: acf(1), the correlation between the gradients of neighbouring inputs on a line, "
         "against depth (bars: std over the lines of every seed). Middle and right: the "
         "autocorrelation against lag at init, one line per depth and seed. In the paper (Fig. 2) "
@@ -233,19 +220,13 @@ def build_report(study_dir: str | Path) -> Path:
         "for a shattered one.",
     )
     page.heading("Numbers").table(
-        *_table(summary),
+        *_table(s),
         caption="Over seeds: train error is the mean ± std of the engine's final evaluation on the "
         "whole training set; first/last is the ratio of the first to the last layer's gradient norm, "
         "its geometric mean over seeds [lowest, highest seed], and its profile by the claims rule "
         "when every seed has it (else mixed); acf(1) ± std over the lines of every seed.",
     )
-    return finish(
-        page, study_dir, _what_was_measured(summary), summary, ("study", "nets", "seed_nets")
-    )
-
-
-def _what_was_measured(s: dict) -> str:
-    return (
+    what = (
         f"Plain nets and their residual twins ({s.get('family')} family, depths "
         f"{join_values(s.get('depths', []))}, seeds {join_values(s.get('seeds', [0]))}) with the same "
         f"initial weights, on {s.get('data')}, each seed on its own batches and lines: at "
@@ -255,3 +236,4 @@ def _what_was_measured(s: dict) -> str:
         f"lines between two test images ({s.get('points')} points each), in eval mode with "
         "batch-norm statistics re-estimated on the same batches."
     )
+    return finish(page, study_dir, what, s, ("study", "nets", "seed_nets"))

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from reslab.studies.base import ARCHS
-from reslab.studies.gradients import PHASES, seed_of
+from reslab.studies.gradients import PHASES
 from reslab.studies.stats import mean_std, tolerance
 from reslab.training.runs import Verdict
 
@@ -30,9 +30,6 @@ LEADS = {
     "partly": "Partly shown:",
     "not_shown": "Not shown:",
 }
-
-
-# ---------------------------------------------------------------------------------------------- rows
 
 
 def _ratio(a: float, b: float) -> float:
@@ -58,10 +55,9 @@ def phase_numbers(phase: dict) -> dict:
 
 def nets(records: list[dict]) -> list[dict]:
     """One row per measured net and seed (summary.json "seed_nets")."""
-    keys = ("arch", "depth", "model", "params", "train_status", "run_dir")
+    keys = ("arch", "depth", "model", "params", "train_status", "run_dir", "seed")
     return [
         {k: r.get(k) for k in keys}
-        | {"seed": seed_of(r)}
         | {p: phase_numbers(r["phases"][p]) if p in r["phases"] else None for p in PHASES}
         for r in records
     ]
@@ -73,18 +69,16 @@ def combine(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for e in rows:
         groups.setdefault((e["arch"], e["depth"]), []).append(e)
-    return [_combine(sorted(es, key=seed_of)) for es in groups.values()]
-
-
-def _combine(es: list[dict]) -> dict:
-    if len(es) == 1:
-        return {k: v for k, v in es[0].items() if k != "seed"}
-    status = [e.get("train_status", "completed") for e in es]
-    return {k: es[0].get(k) for k in ("arch", "depth", "model", "params")} | {
-        "train_status": next((x for x in status if x != "completed"), "completed"),
-        "run_dir": es[0].get("run_dir"),
-        **{p: _combine_phase([e[p] for e in es if e[p]]) for p in PHASES},
-    }
+    out = []
+    for es in groups.values():
+        es = sorted(es, key=lambda e: e["seed"])
+        row = {k: v for k, v in es[0].items() if k != "seed"}
+        if len(es) > 1:
+            status = [e.get("train_status", "completed") for e in es]
+            row["train_status"] = next((x for x in status if x != "completed"), "completed")
+            row |= {p: _combine_phase([e[p] for e in es if e[p]]) for p in PHASES}
+        out.append(row)
+    return out
 
 
 def _combine_phase(phases: list[dict]) -> dict | None:
@@ -108,13 +102,8 @@ def _combine_phase(phases: list[dict]) -> dict | None:
 
 
 def log10(x: float) -> float:
-    """log10 of a ratio of norms, -inf for 0 and inf for inf."""
+    """log10 of a ratio of norms, -inf for 0 and inf for inf; its abs is the orders of magnitude."""
     return math.log10(x) if 0 < x < math.inf else -math.inf if x <= 0 else math.inf
-
-
-def orders(ratio: float) -> float:
-    """|log10 ratio|: the orders of magnitude between two norms (inf if one of them is zero)."""
-    return abs(log10(ratio))
 
 
 def geomean(xs: list[float | None]) -> float | None:
@@ -142,51 +131,33 @@ def seed_range(ratios: list[float | None]) -> str:
     return f", seeds {ratio_text(xs[0])} to {ratio_text(xs[-1])}" if len(xs) > 1 else ""
 
 
-# ---------------------------------------------------------------------------------------------- verdict
-
-
-def _deepest(rows: list[dict], arch: str) -> dict | None:
-    return max((e for e in rows if e["arch"] == arch), key=lambda e: e["depth"], default=None)
-
-
 def _drift(rows: list[dict]) -> dict | None:
     """The drift part over the seeds that measured both arms: ratios over seeds, the call seed by seed."""
-    pairs: dict[int, tuple[dict, dict]] = {}  # seed -> each arch's deepest net
-    for seed in sorted({seed_of(e) for e in rows}):
-        plain, res = (_deepest([e for e in rows if seed_of(e) == seed], a) for a in ARCHS)
-        if plain and res:
-            pairs[seed] = plain, res
-    if not pairs:
+    deepest = {(e["seed"], e["arch"]): e for e in sorted(rows, key=lambda e: e["depth"])}
+    seeds = sorted(s for s, a in deepest if a == "plain" and (s, "residual") in deepest)
+    if not seeds:
         return None
-    ratios = {
-        (a, p): [(pair[i][p] or {}).get("weight_ratio") for pair in pairs.values()]
-        for i, a in enumerate(ARCHS)
-        for p in PHASES
-    }
-    diffs = [
-        orders(p["init"]["weight_ratio"]) - orders(r["init"]["weight_ratio"])
-        for p, r in pairs.values()
-    ]
-    p, r = geomean(ratios["plain", "init"]), geomean(ratios["residual", "init"])
+    plain, res = ([deepest[s, a] for s in seeds] for a in ARCHS)
+    init = [[e["init"]["weight_ratio"] for e in es] for es in (plain, res)]
+    trained = [[(e["trained"] or {}).get("weight_ratio") for e in es] for es in (plain, res)]
+    p, r = geomean(init[0]), geomean(init[1])
     assert p is not None and r is not None  # every pair measured both nets at init
-    trained = {
-        a: None if None in ratios[a, "trained"] else geomean(ratios[a, "trained"]) for a in ARCHS
-    }
-    plain, res = next(iter(pairs.values()))
+    diffs = [abs(log10(a)) - abs(log10(b)) for a, b in zip(*init, strict=True)]
+    p_trained, r_trained = (None if None in t else geomean(t) for t in trained)
     return {
-        "plain_depth": plain["depth"],
-        "residual_depth": res["depth"],
+        "plain_depth": plain[0]["depth"],
+        "residual_depth": res[0]["depth"],
         "plain_ratio": p,
         "residual_ratio": r,
-        "plain_orders": orders(p),
-        "residual_orders": orders(r),
+        "plain_orders": abs(log10(p)),
+        "residual_orders": abs(log10(r)),
         "plain_direction": "explode" if p > 1 else "vanish",
         "shown": all(d >= ORDERS for d in diffs),
-        "plain_ratio_trained": trained["plain"],
-        "residual_ratio_trained": trained["residual"],
-        "seeds": list(pairs),
-        "plain_ratios": ratios["plain", "init"],
-        "residual_ratios": ratios["residual", "init"],
+        "plain_ratio_trained": p_trained,
+        "residual_ratio_trained": r_trained,
+        "seeds": seeds,
+        "plain_ratios": init[0],
+        "residual_ratios": init[1],
         "orders_differences": diffs,
     }
 
