@@ -42,9 +42,15 @@ def study_kind(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not (folder / runs.STUDY).is_file():
         return None
-    record = runs.read_json(folder / runs.STUDY)
-    kind = (record.get("study") if isinstance(record, dict) else None) or folder.parent.name
+    kind = runs.read_json(folder / runs.STUDY).get("study") or folder.parent.name
     return kind if kind in NAMES else None
+
+
+def study_folders(path: Path) -> list[Path]:
+    """The study folders at or below `path`, in the registry's order, then by path."""
+    found = [path] if study_kind(path) else [p.parent for p in path.rglob(runs.STUDY)]
+    kinds = {p: kind for p in found if (kind := study_kind(p))}
+    return sorted(kinds, key=lambda p: (NAMES.index(kinds[p]), p.as_posix()))
 
 
 def build_report(path: str | Path) -> Path:
@@ -62,7 +68,7 @@ def build_report(path: str | Path) -> Path:
         raise ValueError(
             f"{path}/{runs.STUDY} names an unknown study kind; reports exist for {', '.join(NAMES)}"
         )
-    found = [r.parent for r in sorted(path.rglob(runs.STUDY)) if study_kind(r.parent)]
+    found = study_folders(path)
     if not found and not any(path.rglob(runs.CONFIG)):
         raise FileNotFoundError(
             f"no study folder (with a {runs.STUDY}) or run folder below {path}; nothing written"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import importlib
 import json
 import shutil
@@ -31,35 +32,16 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper
 
-# TrainConfig fields a study sets itself for every run (not offered as engine options).
-OWNED: tuple[str, ...] = (
-    "model",
-    "model_kwargs",
-    "data",
-    "data_dir",
-    "iters",
-    "seed",
-    "name",
-    "out",
-    "resume",
-)
-OWNED += ("progress", "log_lines")
+# TrainConfig fields a study's `run_config` sets for each run; with `data`, `data_dir` and `iters`
+# (also set by the study, but the same for every run) they are not offered as engine options.
+_SET_PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
+OWNED: tuple[str, ...] = (*_SET_PER_RUN, "data", "data_dir", "iters")
+# Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
+# (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
+PER_RUN = (*_SET_PER_RUN, "log_to")
 # The model families the studies train (the registry's families that take any depth), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
-# Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
-# (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
-PER_RUN = (
-    "model",
-    "model_kwargs",
-    "seed",
-    "name",
-    "out",
-    "resume",
-    "progress",
-    "log_lines",
-    "log_to",
-)
 
 
 @dataclass(frozen=True)
@@ -96,7 +78,7 @@ class Study:
 
     name: str
     help: str  # one line, for `reslab --help`
-    config: type  # frozen StudyConfig subclass with `out`, `cells()` and `run_config(*cell)`
+    config: type[StudyConfig]  # a frozen subclass with `out`, `cells()` and `run_config(*cell)`
     presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
     toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
     must_match: tuple[str, ...] = ()  # study.json keys a rerun in the same folder must agree on
@@ -115,7 +97,6 @@ class Study:
         return importlib.import_module(f"{self.config.__module__}.{module}")
 
     def make_config(self, preset: str | None = None, **options: Any) -> Any:
-        """This study's config: defaults < preset < options (see `make_config`)."""
         return make_config(self, preset, **options)
 
     def run(self, cfg: Any) -> dict:
@@ -131,9 +112,6 @@ class Study:
         return self.part("report").format_table(summary)
 
 
-# ------------------------------------------------------------------------------------ configuration
-
-
 def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
     """defaults < preset < options; `train` overrides are merged, not replaced. The study folder's
     name defaults to the preset's (`<preset>-<data>` when `data` is not the preset's own)."""
@@ -143,49 +121,40 @@ def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
             f"unknown {study.name} preset {preset!r}; choose from {', '.join(study.presets)}"
         )
     values = dict(study.presets[preset])
-    fields = {f.name: f for f in dataclasses.fields(study.config)}
-    preset_data = values.get("data", fields["data"].default if "data" in fields else None)
+    preset_data = values.get("data", study.config.data)
     values["train"] = dict(values.get("train", {}), **options.pop("train", {}))
     values.update(options)
-    if not values.get("name"):
-        if study.default_name:
-            values["name"] = study.default_name(preset, values)
-        else:
-            other = options.get("data", preset_data) != preset_data
-            values["name"] = f"{preset}-{options['data']}" if other else preset
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if not values.get("name") and study.default_name:
+        values["name"] = study.default_name(preset, values)
+    elif not values.get("name"):
+        data = values.get("data", preset_data)
+        values["name"] = preset if data == preset_data else f"{preset}-{data}"
     for key, value in values.items():  # `--depths 2 2`: a cell named twice is one cell
-        if isinstance(value, tuple) and len(set(map(repr, value))) < len(value):
+        if isinstance(value, (list, tuple)):
             values[key] = tuple({repr(v): v for v in value}.values())
-            warnings.warn(
-                f"--{key.replace('_', '-')} lists a value twice; each is used once", stacklevel=2
-            )
+            if len(values[key]) < len(value):
+                flag = "--" + key.replace("_", "-")
+                warnings.warn(f"{flag} lists a value twice; each is used once", stacklevel=2)
     runs.check_name(values["name"], "study name")
-    train = dict(values["train"])
-    resolve(train.pop("preset", None), **train)  # a bad engine option fails first, in one line
+    _engine(values["train"])  # a bad engine option fails first, in one line
     return study.config(preset=preset, **values)
 
 
-def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> TrainConfig:
-    """The ordinary training config of one cell: the study's `train` recipe (its `preset` key names a
-    TrainConfig preset), the study's data and iterations, then this cell's model, seed and name,
-    written to `<out>/<study name>/runs/<name>/` and resumed if it is there."""
-    values = dict(
-        cfg.train,
-        model=model,
-        data=cfg.data,
-        data_dir=cfg.data_dir,
-        seed=seed,
-        name=name,
-        out=str(study_dir(cfg) / runs.RUNS),
-        resume=True,
-        progress=False,
-        log_lines=False,  # the study prints a line per run
-    )
-    if getattr(cfg, "iters", 0):
-        values["iters"] = cfg.iters
-    values.update(options)
+def _engine(values: dict) -> TrainConfig:
+    """A `train` recipe (engine options, its `preset` key naming a TrainConfig preset) resolved."""
+    values = dict(values)
     return resolve(values.pop("preset", None), **values)
+
+
+def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> TrainConfig:
+    """The ordinary training config of one cell: the study's `train` recipe, the study's data and
+    iterations, then this cell's model, seed and name, written to `<out>/<study name>/runs/<name>/`
+    and resumed if it is there."""
+    cell = dict(model=model, seed=seed, name=name, data=cfg.data, data_dir=cfg.data_dir)
+    # quiet runs: the study prints a line per run
+    where = dict(out=str(study_dir(cfg) / runs.RUNS), resume=True, progress=False, log_lines=False)
+    iters = {"iters": cfg.iters} if getattr(cfg, "iters", 0) else {}
+    return _engine({**cfg.train, **cell, **where, **iters, **options})
 
 
 def recipe(run_cfg: TrainConfig | dict) -> dict:
@@ -244,18 +213,10 @@ def check_models(models: Iterable[tuple[str, dict]]) -> None:
 
     from reslab.models import create_model
 
-    seen = set()
-    for name, kwargs in models:
-        key = (name, json.dumps(kwargs, sort_keys=True, default=str))
-        if key not in seen:
-            seen.add(key)
-            with torch.device("meta"):
-                create_model(
-                    name, **{"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **kwargs}
-                )
-
-
-# ------------------------------------------------------------------------------------ the runner
+    unique = {(n, json.dumps(kw, sort_keys=True, default=str)): (n, kw) for n, kw in models}
+    with torch.device("meta"):
+        for name, kwargs in unique.values():
+            create_model(name, **{"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **kwargs})
 
 
 def run(study: Study, cfg: Any) -> dict:
@@ -268,22 +229,21 @@ def run(study: Study, cfg: Any) -> dict:
     records.write_study(folder, record, study.must_match, study.grows)
     jobs = getattr(cfg, "jobs", 1) or default_jobs(all("mlp" in c.model for c in configs))
     t0 = time.perf_counter()
-    if configs and cfg.trains:
-        print(
-            f"{study.name}: {len(configs)} runs on {cfg.data}, {jobs} at a time -> {folder}",
-            flush=True,
-        )
-        trained = train_grid(configs, jobs)
-    else:
-        print(f"{study.name}: on {cfg.data} -> {folder}", flush=True)
-        trained = [{} for _ in configs]
+    train = bool(configs) and cfg.trains
+    what = f"{len(configs)} runs on {cfg.data}, {jobs} at a time" if train else f"on {cfg.data}"
+    print(f"{study.name}: {what} -> {folder}", flush=True)
+    trained = train_grid(configs, jobs) if train else [{} for _ in configs]
     if study.measures:
         study.part("measure").after_training(cfg, folder, configs, trained, jobs)
     report = study.report(folder)
-    from reslab.training.tracking import write_results_csv  # imports torch: not before it is needed
+    import torch  # not before it is needed (`reslab --help` imports this module)
+
+    from reslab.training.tracking import provenance, write_results_csv
 
     write_results_csv(folder)
-    write_env(folder)
+    # env.json as a run's, with the date it ended: the results page of a study that owns no runs
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
@@ -291,38 +251,21 @@ def run(study: Study, cfg: Any) -> dict:
     return summary
 
 
-def write_env(folder: Path) -> None:
-    """`<study>/env.json`: the command that ran the study, the machine it ran on and when it ended,
-    as a run's env.json records them, for the results page of a study that owns no runs."""
-    import datetime as dt
-
-    import torch
-
-    from reslab.training.tracking import provenance
-
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
-
-
-# ------------------------------------------------------------------------------------ command line
-
-
 def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
     less the fields the study sets per run), each showing its default preset's value."""
     from reslab.options import add_dataclass_options
 
-    others = [p for p in study.presets if p != study.default_preset]
     parser.add_argument(
         "--preset",
         default=argparse.SUPPRESS,
         help=f"{', '.join(study.presets)} (default: {study.default_preset}"
-        + (f"; {study.preset_help}" if study.preset_help and others else "")
+        + (f"; {study.preset_help}" if study.preset_help and len(study.presets) > 1 else "")
         + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
     # the default preset's values over the fields' defaults, without building the config (whose
     # checks would import torch for `reslab --help`)
-    shown = {
+    shown: dict[str, Any] = {
         f.name: f.default_factory() if callable(f.default_factory) else f.default
         for f in dataclasses.fields(study.config)
     }
@@ -332,7 +275,7 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
         parser.add_argument_group("training engine options (override the study's recipe)"),
         TrainConfig,
         exclude=OWNED + study.owns,
-        shown=engine_recipe(argparse.Namespace(train=shown.get("train") or {})),
+        shown=_engine(shown.get("train") or {}).to_dict(),
     )
     add_dataclass_options(
         parser.add_argument_group(
@@ -345,20 +288,18 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
 def engine_recipe(cfg: Any) -> dict:
     """The engine options every run of study config `cfg` trains with (its `train` recipe resolved
     over TrainConfig's defaults; the cells set the model, seed and name)."""
-    train = dict(cfg.train)
-    return resolve(train.pop("preset", None), **train).to_dict()
+    return _engine(cfg.train).to_dict()
 
 
 def config_from_options(study: Study, opts: dict) -> Any:
     """The study config of parsed options: the study's own fields, the rest engine overrides (the
     launcher's options, which change no run, left out)."""
     launcher = {f.name for f in dataclasses.fields(SlurmOptions)}
-    opts = {k: v for k, v in opts.items() if k not in launcher}
-    fields = {f.name for f in dataclasses.fields(study.config)}
-    train = {k: v for k, v in opts.items() if k not in fields}
-    own = {k: v for k, v in opts.items() if k in fields}
-    train = {**own.pop("train", {}), **train}
-    return make_config(study, own.pop("preset", None), train=train, **own)
+    own = {f.name for f in dataclasses.fields(study.config)} - launcher
+    values = {k: v for k, v in opts.items() if k in own}
+    train = {k: v for k, v in opts.items() if k not in own | launcher}
+    train = {**values.pop("train", {}), **train}
+    return make_config(study, values.pop("preset", None), train=train, **values)
 
 
 def main(study: Study, opts: dict) -> dict:

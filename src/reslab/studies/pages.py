@@ -38,12 +38,11 @@ def verdict_page(
 ) -> Page:
     """A study's report page, subtitled "<folder> · <data> · <source>", that opens with its verdict
     (`labels` maps a status to the (label, tone) shown)."""
-    v = summary["verdict"]
-    label, tone = labels[v["status"]]
-    page = Page(
-        title, f"{folder.name} · {summary.get('data') if data is None else data} · {source}"
-    )
-    return page.verdict(label, v["text"], tone, notes)
+    verdict = summary["verdict"]
+    label, tone = labels[verdict["status"]]
+    data = summary.get("data") if data is None else data
+    page = Page(title, f"{folder.name} · {data} · {source}")
+    return page.verdict(label, verdict["text"], tone, notes)
 
 
 def finish(

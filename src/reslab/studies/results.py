@@ -14,7 +14,7 @@ import datetime as dt
 import shlex
 from pathlib import Path
 
-from reslab.studies import records
+from reslab.studies import get, records, study_folders, study_kind
 from reslab.training import runs
 
 _ENTRY = ("reslab", "__main__.py")  # argv[0] of `reslab ...` and of `python -m reslab ...`
@@ -28,15 +28,6 @@ command printed them. The README's table of headline results quotes this page.
 """
 
 
-def study_folders(path: Path) -> list[Path]:
-    """The study folders at or below `path`, in the registry's order, then by path."""
-    from reslab.studies import NAMES, study_kind
-
-    found = [path] if study_kind(path) else [p.parent for p in path.rglob(runs.STUDY)]
-    found = [p for p in found if study_kind(p)]
-    return sorted(set(found), key=lambda p: (NAMES.index(study_kind(p)), p.as_posix()))
-
-
 def provenance(folder: Path) -> dict:
     """The study's command, machine and date, from the newest run folder's env.json and summary.json;
     for a study whose folder holds no run of its own (one that measures another study's runs), from
@@ -44,10 +35,10 @@ def provenance(folder: Path) -> dict:
     summaries = sorted(folder.rglob(runs.SUMMARY), key=lambda p: p.stat().st_mtime)
     envs = [p.parent / runs.ENV for p in summaries if p.parent != folder]
     envs = [p for p in envs if p.is_file()]
-    own = folder / runs.ENV
-    if not envs and not own.is_file():
+    path = envs[-1] if envs else folder / runs.ENV
+    if not path.is_file():
         return {}
-    env = runs.read_json(envs[-1] if envs else own)
+    env = runs.read_json(path)
     argv = env.get("argv") or []
     command = ["reslab", *argv[1:]] if argv and Path(argv[0]).name in _ENTRY else argv
     newest = dt.datetime.fromtimestamp(summaries[-1].stat().st_mtime, dt.timezone.utc)
@@ -66,16 +57,21 @@ def provenance(folder: Path) -> dict:
 
 def section(folder: Path, root: Path) -> str:
     """One study's section: heading, provenance, its table and verdict."""
-    from reslab.studies import get, study_kind
-
     kind = study_kind(folder)
     if kind is None:
         raise ValueError(f"{folder} holds no study.json of a study reslab knows")
-    summary_path = folder / runs.SUMMARY
-    if not summary_path.is_file():  # trained but never reported: build it from the folder first
+    path = folder / runs.SUMMARY
+    if not path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = records.read_record(summary_path, kind)  # whichever reslab wrote it, checked
+    summary = records.read_record(path, kind)  # whichever reslab wrote it, checked
     where = provenance(folder)
+    try:  # the summary is the report's output: one whose rows the table cannot read is rebuilt
+        table = get(kind).table(summary).rstrip()
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path} is not a {kind} summary as reslab writes it ({what}); {records.rebuild(path)}"
+        ) from e
     status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     lines = [f"## `{kind}`: {name}", ""]
@@ -83,23 +79,8 @@ def section(folder: Path, root: Path) -> str:
     lines += [f"- machine: {where.get('machine', 'unknown')}; date: {where.get('date', 'unknown')}"]
     if where.get("commit"):
         lines += [f"- reslab commit: {where['commit']}"]
-    lines += [f"- verdict: **{status}**", "", "```", _table(kind, summary, summary_path), "```", ""]
+    lines += [f"- verdict: **{status}**", "", "```", table, "```", ""]
     return "\n".join(lines)
-
-
-def _table(kind: str, summary: dict, path: Path) -> str:
-    """The study's own table of a summary read from disk; one line naming the file when its rows
-    are not what the study's report writes (the summary is the report's output: rebuilt, not fixed)."""
-    from reslab.studies import get
-
-    try:
-        return get(kind).table(summary).rstrip()
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-        raise ValueError(
-            f"{path} is not a {kind} summary as reslab writes it ({what}); "
-            f"`reslab report {path.parent}` writes it anew from the study folder"
-        ) from e
 
 
 def write_results(path: str | Path, out: str | Path, command: str | None = None) -> Path:

@@ -70,11 +70,7 @@ def compare(a: Sequence[float | None], b: Sequence[float | None], floor: float) 
     pooled = pooled_std([(na, sa), (nb, sb)])
     tol = tolerance(pooled, floor)
     margin = None if ma is None or mb is None else mb - ma
-    return {
-        "mean_a": ma,
-        "mean_b": mb,
-        "margin": margin,
-        "pooled_std": pooled,
-        "tolerance": tol,
-        "higher": margin is not None and margin > tol,
-    }
+    higher = margin is not None and margin > tol
+    return dict(
+        mean_a=ma, mean_b=mb, margin=margin, pooled_std=pooled, tolerance=tol, higher=higher
+    )
