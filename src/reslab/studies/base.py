@@ -4,10 +4,9 @@ A study is a package `reslab/studies/<name>/`: its config dataclass (its fields,
 `run_config(*cell)`) and presets in `__init__.py` with a `Study` record, the verdict rule, table and
 page in `report.py` (`build_report(folder)`, `format_table(summary)`), and, when it measures the
 trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, jobs)`. `run(study,
-cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid -> measure ->
-report. `report.py` and `measure.py` are imported only when used, so the CLI can list every study
-and its options without importing torch or matplotlib.
-Training the grid, under one divergence policy, is `reslab.launch.grid`.
+cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid (under one
+divergence policy: `reslab.launch.grid`) -> measure -> report. `report.py` and `measure.py` are
+imported only when used, so the CLI lists every study and its options without torch or matplotlib.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ OWNED: tuple[str, ...] = (*_SET_PER_RUN, "data", "data_dir", "iters")
 # Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
 # (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
 PER_RUN = (*_SET_PER_RUN, "log_to")
-# The model families the studies train (the registry's families that take any depth), plain or residual.
+# The model families the studies train (the registry's any-depth families), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
 
@@ -88,10 +87,6 @@ class Study:
     owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
     default_name: Callable[[str, dict], str] | None = None  # (preset, values) -> folder name
 
-    @property
-    def default_preset(self) -> str:
-        return next(iter(self.presets))
-
     def part(self, module: str) -> Any:
         """The study package's `report` or `measure` module, imported on first use."""
         return importlib.import_module(f"{self.config.__module__}.{module}")
@@ -115,7 +110,7 @@ class Study:
 def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
     """defaults < preset < options; `train` overrides are merged, not replaced. The study folder's
     name defaults to the preset's (`<preset>-<data>` when `data` is not the preset's own)."""
-    preset = preset or study.default_preset
+    preset = preset or next(iter(study.presets))  # the first is the default
     if preset not in study.presets:
         raise ValueError(
             f"unknown {study.name} preset {preset!r}; choose from {', '.join(study.presets)}"
@@ -158,7 +153,7 @@ def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> Tr
 
 
 def recipe(run_cfg: TrainConfig | dict) -> dict:
-    """What every run of a study shares: a run config (or its config.json) without its per-run fields."""
+    """What the runs of a study share: a run config (or its config.json) less its per-run fields."""
     values = run_cfg if isinstance(run_cfg, dict) else run_cfg.to_dict()
     return {k: v for k, v in values.items() if k not in PER_RUN}
 
@@ -169,21 +164,19 @@ def study_dir(cfg: Any) -> Path:
 
 
 def model_name(family: str, arch: str, depth: int) -> str:
-    """The registered name of a `family` net ("mlp", "cifar", "preact": the registry's any-depth
-    families) of `depth` weight layers, plain or residual: model_name("cifar", "plain", 20) == "plain-20"."""
+    """The registered name of a `family` net of `depth` weight layers, plain or residual:
+    model_name("cifar", "plain", 20) == "plain-20"."""
     from reslab.models.registry import FAMILIES as REGISTERED
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be plain or residual, got {arch!r}")
-    fam = next((f for f in REGISTERED if f.name == family and f.any_depth), None)
-    if fam is None:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    check_family(family)
+    fam = next(f for f in REGISTERED if f.name == family and f.any_depth)
     return f"{fam.residual if arch == 'residual' else fam.plain}-{depth}"
 
 
 def check_among(name: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
-    """A one-line ValueError unless `values` (a config field's, called `name`) is not empty and each
-    of them is among `allowed`."""
+    """A one-line ValueError unless field `name`'s `values` are some, and all among `allowed`."""
     allowed = list(allowed)
     if not values or any(v not in allowed for v in values):
         raise ValueError(f"{name} must be among {', '.join(map(str, allowed))}, got {list(values)}")
@@ -252,24 +245,19 @@ def run(study: Study, cfg: Any) -> dict:
 
 
 def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
-    """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
+    """The study's options (from its config dataclass), then the training engine's (TrainConfig's,
     less the fields the study sets per run), each showing its default preset's value."""
     from reslab.options import add_dataclass_options
 
+    default = next(iter(study.presets))
     parser.add_argument(
         "--preset",
         default=argparse.SUPPRESS,
-        help=f"{', '.join(study.presets)} (default: {study.default_preset}"
+        help=f"{', '.join(study.presets)} (default: {default}"
         + (f"; {study.preset_help}" if study.preset_help and len(study.presets) > 1 else "")
         + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
-    # the default preset's values over the fields' defaults, without building the config (whose
-    # checks would import torch for `reslab --help`)
-    shown: dict[str, Any] = {
-        f.name: f.default_factory() if callable(f.default_factory) else f.default
-        for f in dataclasses.fields(study.config)
-    }
-    shown.update(study.presets[study.default_preset])
+    shown = study.presets[default]  # over the fields' defaults (the config is not built: no torch)
     add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
     add_dataclass_options(
         parser.add_argument_group("training engine options (override the study's recipe)"),

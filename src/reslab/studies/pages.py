@@ -21,7 +21,7 @@ def summary_head(
 
 
 def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """`header` and `rows` as plain text for the terminal: columns right-aligned, two spaces apart."""
+    """`header` and `rows` as plain text, columns right-aligned two spaces apart (the terminal)."""
     rows = [header, *rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -53,10 +53,10 @@ def finish(
     skip: Iterable[str] = (),
     rule: str | None = None,
 ) -> Path:
-    """Close a study's page and write `<folder>/report.html`: the run folders left out as not finished
-    (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how the study
-    was run: `what`, the `settings` (its study.json or summary) less the verdict, the recipe,
-    `incomplete` and `skip`, and the recipe every run shares. Returns the page's path."""
+    """Close a study's page and write `<folder>/report.html`: the run folders left out as not
+    finished (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how
+    the study was run: `what`, the `settings` (its study.json or summary) less the verdict, the
+    recipe, `incomplete` and `skip`, and the recipe every run shares."""
     if settings.get("incomplete"):
         left_out = ", ".join(settings["incomplete"])
         page.paragraph(f"Not finished (no {runs.SUMMARY}), left out: {left_out}.", small=True)

@@ -1,13 +1,12 @@
-"""A study's own files, in one module: study.json written where a study claims its folder
-(`write_study`: a rerun must agree with the settings it holds, and may add cells), and study.json and
-summary.json checked where they are read, against the types the study's config dataclass declares and
-the keys every study adds (`read_record`), so a field of the wrong type or a key a report needs that is
-missing is one line naming the file and the field, never a traceback or a silently wrong report.
-Run folders are `reslab.training.runs`'s, which this module builds on."""
+"""A study's own files: study.json written where a study claims its folder (`write_study`: a rerun
+must agree with the settings it holds, and may add cells), and study.json and summary.json checked
+where they are read (`read_record`), against the types the study's config dataclass declares and
+the keys every study adds: a field of the wrong type or a missing key a report needs is one line
+naming the file and the field, never a traceback or a silently wrong report. Run folders are
+`reslab.training.runs`'s, which this module builds on."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
@@ -30,7 +29,7 @@ _RECORD_KEYS: dict[str, Any] = {
     "arm_models": dict,
     "arm_train": dict,
 }
-# Keys each study's reports read from study.json without a default (`upgrade` adds them to old ones).
+# Keys a study's report reads from study.json without a default (`upgrade` adds them to old ones).
 _REQUIRED: dict[str, tuple[str, ...]] = {"shortcuts": ("paper_column",)}
 
 
@@ -83,10 +82,8 @@ def read_record(path: str | Path, kind: str) -> dict:
     record = upgrade(read_json(path), kind)
     summary = path.name == SUMMARY
     schema = dict(_RECORD_KEYS)
-    if kind in studies.NAMES:
-        config = studies.get(kind).config
-        hints = typing.get_type_hints(config)
-        schema.update({f.name: hints[f.name] for f in dataclasses.fields(config)})
+    if kind in studies.NAMES:  # the config's fields (a dataclass's annotations are its fields)
+        schema.update(typing.get_type_hints(studies.get(kind).config))
     if summary:
         schema["verdict"] = dict
     else:
@@ -108,7 +105,7 @@ def write_study(
 ) -> dict:
     """Write `<folder>/study.json`. If the folder already holds a study, the keys in `must_match`
     must agree (else a one-line ValueError) and the keys in `grows` are extended (`merge`), so a
-    rerun may add seeds or depths to a study but not change what its runs share. Returns the record."""
+    rerun may add seeds or depths to a study but not change what its runs share."""
     # as JSON holds it: lists for tuples
     record = json.loads(json.dumps({**record, "schema": runs.SCHEMA}, default=list))
     path = folder / runs.STUDY
@@ -140,11 +137,10 @@ def merge(old: dict, new: dict, **orders: Any) -> dict:
     merge(old, new, seeds=None, archs=ARCHS)."""
     out = {**old, **new}
     for key, order in orders.items():
+        both = {*old.get(key, ()), *new.get(key, ())}
         if isinstance(new.get(key), dict):
             out[key] = {**old.get(key, {}), **new[key]}
-            continue
-        both = {*old.get(key, ()), *new.get(key, ())}
-        if order is None or callable(order):
+        elif order is None or callable(order):
             out[key] = sorted(both, key=order)
         else:
             out[key] = [x for x in order if x in both]
@@ -159,8 +155,6 @@ def _is(value: Any, expected: Any) -> bool:
         return any(_is(value, a) for a in args)
     if expected is Any:
         return True
-    if expected is type(None):
-        return value is None
     if isinstance(value, bool):
         return expected is bool
     if expected is float:
@@ -168,9 +162,7 @@ def _is(value: Any, expected: Any) -> bool:
     if origin in (tuple, list):
         item = args[0] if args else Any
         return isinstance(value, list) and all(_is(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, origin or expected)
+    return isinstance(value, origin or expected)  # dict[str, Any]: any object
 
 
 def _wrong(path: Path, field: str, value: Any, expected: Any) -> None:

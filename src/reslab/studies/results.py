@@ -1,11 +1,9 @@
-"""`reslab report PATH --results FILE`: one Markdown page of every study's results, written from the
-study folders alone, so that the published numbers are the runs' numbers and cannot drift from them.
+"""`reslab report PATH --results FILE`: one Markdown page of every study's results, written from
+the study folders alone, so that the published numbers are the runs' numbers and cannot drift.
 
 For each study folder below PATH (in the registry's order, then by name) the page gives the command
-that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, the study's
-own plain-text table and verdict (`Study.table`, as the terminal shows it) and the verdict's status.
-Everything comes from the folder: study.json, summary.json, and the env.json of its run folders
-(or, for a study that trains nothing of its own, the env.json its command wrote in the folder).
+that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, and the
+study's own table and verdict (`Study.table`, as the terminal shows it), all read from the folder.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import datetime as dt
 import shlex
 from pathlib import Path
 
-from reslab.studies import get, records, study_folders, study_kind
+from reslab.studies import get, records, study_folders
 from reslab.training import runs
 
 _ENTRY = ("reslab", "__main__.py")  # argv[0] of `reslab ...` and of `python -m reslab ...`
@@ -29,9 +27,9 @@ command printed them. The README's table of headline results quotes this page.
 
 
 def provenance(folder: Path) -> dict:
-    """The study's command, machine and date, from the newest run folder's env.json and summary.json;
-    for a study whose folder holds no run of its own (one that measures another study's runs), from
-    the env.json its command left in the study folder; `{}` where there is neither."""
+    """The study's command, machine and date, from the newest run folder's env.json and
+    summary.json; for a study whose folder holds no run of its own (one that measures another
+    study's runs), from the env.json its command left in the study folder; `{}` where neither is."""
     summaries = sorted(folder.rglob(runs.SUMMARY), key=lambda p: p.stat().st_mtime)
     envs = [p.parent / runs.ENV for p in summaries if p.parent != folder]
     envs = [p for p in envs if p.is_file()]
@@ -55,11 +53,8 @@ def provenance(folder: Path) -> dict:
     }
 
 
-def section(folder: Path, root: Path) -> str:
+def section(folder: Path, kind: str, root: Path) -> str:
     """One study's section: heading, provenance, its table and verdict."""
-    kind = study_kind(folder)
-    if kind is None:
-        raise ValueError(f"{folder} holds no study.json of a study reslab knows")
     path = folder / runs.SUMMARY
     if not path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
@@ -72,14 +67,13 @@ def section(folder: Path, root: Path) -> str:
         raise ValueError(
             f"{path} is not a {kind} summary as reslab writes it ({what}); {records.rebuild(path)}"
         ) from e
-    status = (summary.get("verdict") or {}).get("status", "—")
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     lines = [f"## `{kind}`: {name}", ""]
     lines += [f"- command: `{where['command']}`" if where.get("command") else "- command: unknown"]
     lines += [f"- machine: {where.get('machine', 'unknown')}; date: {where.get('date', 'unknown')}"]
     if where.get("commit"):
         lines += [f"- reslab commit: {where['commit']}"]
-    lines += [f"- verdict: **{status}**", "", "```", table, "```", ""]
+    lines += [f"- verdict: **{summary['verdict']['status']}**", "", "```", table, "```", ""]
     return "\n".join(lines)
 
 
@@ -92,6 +86,10 @@ def write_results(path: str | Path, out: str | Path, command: str | None = None)
             f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
         )
     command = command or f"reslab report {path} --results {out}"
-    text = HEADER.format(command=command) + "\n" + "\n".join(section(f, path) for f in folders)
+    text = (
+        HEADER.format(command=command)
+        + "\n"
+        + "\n".join(section(f, kind, path) for f, kind in folders.items())
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     return runs.write_text(out, text)
