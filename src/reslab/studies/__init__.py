@@ -47,7 +47,7 @@ def study_kind(folder: str | Path) -> str | None:
 
 
 def study_folders(path: Path) -> dict[Path, str]:
-    """The study folders at or below `path` and their kinds, in the registry's order, then by path."""
+    """Each study folder at or below `path` and its kind, in the registry's order, then by path."""
     found = [path] if study_kind(path) else [p.parent for p in path.rglob(runs.STUDY)]
     kinds = {p: kind for p in found if (kind := study_kind(p))}
     return dict(sorted(kinds.items(), key=lambda pk: (NAMES.index(pk[1]), pk[0].as_posix())))

@@ -1,12 +1,12 @@
 """What every study shares: one `Study` record, one runner, and the plain functions they use.
 
-A study is a package `reslab/studies/<name>/`: its config dataclass (its fields, `cells()` and
-`run_config(*cell)`) and presets in `__init__.py` with a `Study` record, the verdict rule, table and
-page in `report.py` (`build_report(folder)`, `format_table(summary)`), and, when it measures the
-trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, jobs)`. `run(study,
-cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid (under one
-divergence policy: `reslab.launch.grid`) -> measure -> report. `report.py` and `measure.py` are
-imported only when used, so the CLI lists every study and its options without torch or matplotlib.
+A study is a package `reslab/studies/<name>/`: its config dataclass (fields, `cells()`,
+`run_config(*cell)`), presets and `Study` record in `__init__.py`; its verdict rule, table and page
+in `report.py` (`build_report(folder)`, `format_table(summary)`); and, when it measures the trained
+nets, `after_training(cfg, folder, configs, trained, jobs)` in `measure.py`. `run(study, cfg)` is
+the one runner: study folder -> run configs -> study.json -> train the grid (one divergence policy:
+`reslab.launch.grid`) -> measure -> report. `report.py` and `measure.py` are imported only when
+used, so the CLI lists every study and its options without importing torch or matplotlib.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper
 
-# TrainConfig fields a study's `run_config` sets for each run; with `data`, `data_dir` and `iters`
-# (also set by the study, but the same for every run) they are not offered as engine options.
+# TrainConfig fields `run_config` sets for each run. OWNED, with those the study sets for all its
+# runs alike, are not engine options; PER_RUN, with --log-to (which changes no number), are not
+# part of the recipe the runs share (a rerun may change them).
 _SET_PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
 OWNED: tuple[str, ...] = (*_SET_PER_RUN, "data", "data_dir", "iters")
-# Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
-# (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
 PER_RUN = (*_SET_PER_RUN, "log_to")
 # The model families the studies train (the registry's any-depth families), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
@@ -259,18 +258,11 @@ def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
     )
     shown = study.presets[default]  # over the fields' defaults (the config is not built: no torch)
     add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
-    add_dataclass_options(
-        parser.add_argument_group("training engine options (override the study's recipe)"),
-        TrainConfig,
-        exclude=OWNED + study.owns,
-        shown=_engine(shown.get("train") or {}).to_dict(),
-    )
-    add_dataclass_options(
-        parser.add_argument_group(
-            "where the runs train (a Slurm cluster: pip install -e '.[slurm]')"
-        ),
-        SlurmOptions,
-    )
+    engine = parser.add_argument_group("training engine options (override the study's recipe)")
+    defaults = _engine(shown.get("train") or {}).to_dict()
+    add_dataclass_options(engine, TrainConfig, exclude=OWNED + study.owns, shown=defaults)
+    slurm = "where the runs train (a Slurm cluster: pip install -e '.[slurm]')"
+    add_dataclass_options(parser.add_argument_group(slurm), SlurmOptions)
 
 
 def engine_recipe(cfg: Any) -> dict:

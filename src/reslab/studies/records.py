@@ -1,9 +1,8 @@
-"""A study's own files: study.json written where a study claims its folder (`write_study`: a rerun
-must agree with the settings it holds, and may add cells), and study.json and summary.json checked
-where they are read (`read_record`), against the types the study's config dataclass declares and
-the keys every study adds: a field of the wrong type or a missing key a report needs is one line
-naming the file and the field, never a traceback or a silently wrong report. Run folders are
-`reslab.training.runs`'s, which this module builds on."""
+"""A study's own files, on top of `reslab.training.runs`: study.json, written where a study claims
+its folder (`write_study`: a rerun must agree with the settings it holds, and may add cells), and
+study.json and summary.json checked where they are read (`read_record`) against the types the
+study's config declares and the keys every study adds: a wrong type or a missing key is one line
+naming the file and the field, never a traceback or a silently wrong report."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from typing import Any
 
 from reslab import studies
 from reslab.training import runs
-from reslab.training.runs import SUMMARY, read_json, upgrade
 
 # Keys of study.json and a study's summary.json beside the study config's fields, with their types.
 _RECORD_KEYS: dict[str, Any] = {
@@ -60,9 +58,8 @@ def collect(
 
 
 def read_study(study_dir: str | Path, kind: str) -> dict:
-    """A `kind` study folder's study.json in today's form (`read_record`; {} for a folder that holds
-    only runs/); a one-line FileNotFoundError when it holds neither, or a ValueError when study.json
-    is not a JSON object or a field of it has the wrong type."""
+    """A `kind` study folder's study.json, read and checked (`read_record`), or {} for a folder that
+    holds only runs/; a one-line FileNotFoundError when it holds neither."""
     study_dir = Path(study_dir)
     if (study_dir / runs.STUDY).is_file():
         return read_record(study_dir / runs.STUDY, kind)
@@ -79,8 +76,8 @@ def read_record(path: str | Path, kind: str) -> dict:
     the keys every study adds) and no key its report needs is missing; else a one-line ValueError
     naming the file, the field, what it holds and what is allowed. Nothing is written."""
     path = Path(path)
-    record = upgrade(read_json(path), kind)
-    summary = path.name == SUMMARY
+    record = runs.upgrade(runs.read_json(path), kind)
+    summary = path.name == runs.SUMMARY
     schema = dict(_RECORD_KEYS)
     if kind in studies.NAMES:  # the config's fields (a dataclass's annotations are its fields)
         schema.update(typing.get_type_hints(studies.get(kind).config))
@@ -106,8 +103,7 @@ def write_study(
     """Write `<folder>/study.json`. If the folder already holds a study, the keys in `must_match`
     must agree (else a one-line ValueError) and the keys in `grows` are extended (`merge`), so a
     rerun may add seeds or depths to a study but not change what its runs share."""
-    # as JSON holds it: lists for tuples
-    record = json.loads(json.dumps({**record, "schema": runs.SCHEMA}, default=list))
+    record = json.loads(json.dumps({**record, "schema": runs.SCHEMA}, default=list))  # as read back
     path = folder / runs.STUDY
     if path.exists():  # read in today's form, whichever reslab wrote it, and checked
         old = read_record(path, record.get("study", ""))
@@ -160,8 +156,7 @@ def _is(value: Any, expected: Any) -> bool:
     if expected is float:
         return isinstance(value, (int, float))
     if origin in (tuple, list):
-        item = args[0] if args else Any
-        return isinstance(value, list) and all(_is(v, item) for v in value)
+        return isinstance(value, list) and all(_is(v, args[0] if args else Any) for v in value)
     return isinstance(value, origin or expected)  # dict[str, Any]: any object
 
 
@@ -196,6 +191,6 @@ _PLURAL = {str: "texts", int: "whole numbers", float: "numbers", str | dict: "na
 
 def rebuild(path: Path) -> str:
     """What to do about a bad study.json or summary.json, for the end of a one-line message."""
-    if path.name == SUMMARY:
+    if path.name == runs.SUMMARY:
         return f"`reslab report {path.parent}` writes it anew from the study folder"
     return "fix or restore that field (nothing was written)"

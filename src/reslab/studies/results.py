@@ -3,8 +3,7 @@ the study folders alone, so that the published numbers are the runs' numbers and
 
 For each study folder below PATH (in the registry's order, then by name) the page gives the command
 that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, and the
-study's own table and verdict (`Study.table`, as the terminal shows it), all read from the folder.
-"""
+study's own table and verdict (`Study.table`, as the terminal shows it), all from the folder."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@ tolerance every rule compares a difference with, and the comparison of two group
 
 The tolerance is `max(K * spread, floor)`, K = 2: a difference counts when it is more than twice
 the spread the seeds show (a std, a pooled std or a standard error, as each rule says), and never
-less than the rule's floor, the smallest difference it calls real (with one seed the spread is 0, so
-only the floor applies).
+less than the rule's floor, the smallest difference it calls real (all there is with one seed).
 """
 
 from __future__ import annotations
