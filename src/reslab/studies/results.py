@@ -85,10 +85,7 @@ def write_results(path: str | Path, out: str | Path, command: str | None = None)
             f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
         )
     command = command or f"reslab report {path} --results {out}"
-    text = (
-        HEADER.format(command=command)
-        + "\n"
-        + "\n".join(section(f, kind, path) for f, kind in folders.items())
-    )
+    sections = [section(folder, kind, path) for folder, kind in folders.items()]
+    text = HEADER.format(command=command) + "\n" + "\n".join(sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     return runs.write_text(out, text)
