@@ -1,8 +1,8 @@
 """Studies: the experiments that make the claims about residual networks visible, one package each.
 
-`NAMES` is the registry: the CLI adds one command per name, `reslab report` finds each study folder's
-report through it, and the tests iterate it. A study package `reslab.studies.<name>` exposes `STUDY`
-(a `reslab.studies.base.Study`), `make_config(preset, **options)` and `run(cfg)`.
+`NAMES` is the registry: the CLI adds one command per name, `reslab report` finds each study
+folder's report through it, and the tests iterate it. A study package `reslab.studies.<name>`
+exposes `STUDY` (a `reslab.studies.base.Study`), `make_config(preset, **options)` and `run(cfg)`.
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ def study_kind(folder: str | Path) -> str | None:
     folder = Path(folder)
     if not (folder / runs.STUDY).is_file():
         return None
-    record = runs.read_json(folder / runs.STUDY)
-    kind = (record.get("study") if isinstance(record, dict) else None) or folder.parent.name
+    kind = runs.read_json(folder / runs.STUDY).get("study") or folder.parent.name
     return kind if kind in NAMES else None
+
+
+def study_folders(path: Path) -> dict[Path, str]:
+    """Each study folder at or below `path` and its kind, in the registry's order, then by path."""
+    found = [path] if study_kind(path) else [p.parent for p in path.rglob(runs.STUDY)]
+    kinds = {p: kind for p in found if (kind := study_kind(p))}
+    return dict(sorted(kinds.items(), key=lambda pk: (NAMES.index(pk[1]), pk[0].as_posix())))
 
 
 def build_report(path: str | Path) -> Path:
@@ -62,22 +68,18 @@ def build_report(path: str | Path) -> Path:
         raise ValueError(
             f"{path}/{runs.STUDY} names an unknown study kind; reports exist for {', '.join(NAMES)}"
         )
-    found = [r.parent for r in sorted(path.rglob(runs.STUDY)) if study_kind(r.parent)]
+    found = study_folders(path)
     if not found and not any(path.rglob(runs.CONFIG)):
         raise FileNotFoundError(
             f"no study folder (with a {runs.STUDY}) or run folder below {path}; nothing written"
         )
-    for folder in found:
-        get(study_kind(folder)).report(folder)
+    for folder, kind in found.items():
+        get(kind).report(folder)
     return build_index(path, status_label)
 
 
 def status_label(study: str, status: str) -> str:
-    """A verdict's status key in the words of its study's report ("residual_degrades_too" ->
-    "residual degrades too"), for the index page; the key with spaces for one it does not know."""
-    if study in NAMES:
-        report = importlib.import_module(f"reslab.studies.{study}.report")
-        labels = getattr(report, "LABELS", {})  # status -> (label, tone), as its page shows it
-        if status in labels:
-            return labels[status][0]
-    return status.replace("_", " ")
+    """A verdict's status key in its study's words (its report's `LABELS`: status -> (label, tone)),
+    for the index page; the key with spaces ("not_shown" -> "not shown") where it has none."""
+    labels = getattr(get(study).part("report"), "LABELS", {}) if study in NAMES else {}
+    return labels[status][0] if status in labels else status.replace("_", " ")

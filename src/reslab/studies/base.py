@@ -1,19 +1,19 @@
 """What every study shares: one `Study` record, one runner, and the plain functions they use.
 
-A study is a package `reslab/studies/<name>/`: its config dataclass (its fields, `cells()` and
-`run_config(*cell)`) and presets in `__init__.py` with a `Study` record, the verdict rule, table and
-page in `report.py` (`build_report(folder)`, `format_table(summary)`), and, when it measures the
-trained nets, `measure.py` with `after_training(cfg, folder, configs, trained, jobs)`. `run(study,
-cfg)` is the one runner: study folder -> run configs -> study.json -> train the grid -> measure ->
-report. `report.py` and `measure.py` are imported only when used, so the CLI can list every study
-and its options without importing torch or matplotlib.
-Training the grid, under one divergence policy, is `reslab.launch.grid`.
+A study is a package `reslab/studies/<name>/`: its config dataclass (fields, `cells()`,
+`run_config(*cell)`), presets and `Study` record in `__init__.py`; its verdict rule, table and page
+in `report.py` (`build_report(folder)`, `format_table(summary)`); and, when it measures the trained
+nets, `after_training(cfg, folder, configs, trained, jobs)` in `measure.py`. `run(study, cfg)` is
+the one runner: study folder -> run configs -> study.json -> train the grid (one divergence policy:
+`reslab.launch.grid`) -> measure -> report. `report.py` and `measure.py` are imported only when
+used, so the CLI lists every study and its options without importing torch or matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import importlib
 import json
 import shutil
@@ -31,35 +31,15 @@ from reslab.training import runs
 from reslab.training.config import TrainConfig, resolve
 from reslab.training.config import _f as option  # option(default, help): TrainConfig's own helper
 
-# TrainConfig fields a study sets itself for every run (not offered as engine options).
-OWNED: tuple[str, ...] = (
-    "model",
-    "model_kwargs",
-    "data",
-    "data_dir",
-    "iters",
-    "seed",
-    "name",
-    "out",
-    "resume",
-)
-OWNED += ("progress", "log_lines")
-# The model families the studies train (the registry's families that take any depth), plain or residual.
+# TrainConfig fields `run_config` sets for each run. OWNED, with those the study sets for all its
+# runs alike, are not engine options; PER_RUN, with --log-to (which changes no number), are not
+# part of the recipe the runs share (a rerun may change them).
+_SET_PER_RUN = ("model", "model_kwargs", "seed", "name", "out", "resume", "progress", "log_lines")
+OWNED: tuple[str, ...] = (*_SET_PER_RUN, "data", "data_dir", "iters")
+PER_RUN = (*_SET_PER_RUN, "log_to")
+# The model families the studies train (the registry's any-depth families), plain or residual.
 FAMILIES = ("mlp", "cifar", "preact")
 ARCHS = ("plain", "residual")
-# Fields of a run's TrainConfig that differ between the cells of one study, or that change no number
-# (where a run also logs to), so not part of its recipe: a rerun may add --log-to.
-PER_RUN = (
-    "model",
-    "model_kwargs",
-    "seed",
-    "name",
-    "out",
-    "resume",
-    "progress",
-    "log_lines",
-    "log_to",
-)
 
 
 @dataclass(frozen=True)
@@ -96,7 +76,7 @@ class Study:
 
     name: str
     help: str  # one line, for `reslab --help`
-    config: type  # frozen StudyConfig subclass with `out`, `cells()` and `run_config(*cell)`
+    config: type[StudyConfig]  # a frozen subclass with `out`, `cells()` and `run_config(*cell)`
     presets: dict[str, dict[str, Any]]  # preset -> field values; the first is the default
     toy: dict[str, Any]  # overrides of the default preset that run the whole study in seconds
     must_match: tuple[str, ...] = ()  # study.json keys a rerun in the same folder must agree on
@@ -106,16 +86,11 @@ class Study:
     owns: tuple[str, ...] = ()  # TrainConfig fields the study sets beyond OWNED
     default_name: Callable[[str, dict], str] | None = None  # (preset, values) -> folder name
 
-    @property
-    def default_preset(self) -> str:
-        return next(iter(self.presets))
-
     def part(self, module: str) -> Any:
         """The study package's `report` or `measure` module, imported on first use."""
         return importlib.import_module(f"{self.config.__module__}.{module}")
 
     def make_config(self, preset: str | None = None, **options: Any) -> Any:
-        """This study's config: defaults < preset < options (see `make_config`)."""
         return make_config(self, preset, **options)
 
     def run(self, cfg: Any) -> dict:
@@ -131,65 +106,53 @@ class Study:
         return self.part("report").format_table(summary)
 
 
-# ------------------------------------------------------------------------------------ configuration
-
-
 def make_config(study: Study, preset: str | None = None, **options: Any) -> Any:
     """defaults < preset < options; `train` overrides are merged, not replaced. The study folder's
     name defaults to the preset's (`<preset>-<data>` when `data` is not the preset's own)."""
-    preset = preset or study.default_preset
+    preset = preset or next(iter(study.presets))  # the first is the default
     if preset not in study.presets:
         raise ValueError(
             f"unknown {study.name} preset {preset!r}; choose from {', '.join(study.presets)}"
         )
     values = dict(study.presets[preset])
-    fields = {f.name: f for f in dataclasses.fields(study.config)}
-    preset_data = values.get("data", fields["data"].default if "data" in fields else None)
+    preset_data = values.get("data", study.config.data)
     values["train"] = dict(values.get("train", {}), **options.pop("train", {}))
     values.update(options)
-    if not values.get("name"):
-        if study.default_name:
-            values["name"] = study.default_name(preset, values)
-        else:
-            other = options.get("data", preset_data) != preset_data
-            values["name"] = f"{preset}-{options['data']}" if other else preset
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if not values.get("name") and study.default_name:
+        values["name"] = study.default_name(preset, values)
+    elif not values.get("name"):
+        data = values.get("data", preset_data)
+        values["name"] = preset if data == preset_data else f"{preset}-{data}"
     for key, value in values.items():  # `--depths 2 2`: a cell named twice is one cell
-        if isinstance(value, tuple) and len(set(map(repr, value))) < len(value):
+        if isinstance(value, (list, tuple)):
             values[key] = tuple({repr(v): v for v in value}.values())
-            warnings.warn(
-                f"--{key.replace('_', '-')} lists a value twice; each is used once", stacklevel=2
-            )
+            if len(values[key]) < len(value):
+                flag = "--" + key.replace("_", "-")
+                warnings.warn(f"{flag} lists a value twice; each is used once", stacklevel=2)
     runs.check_name(values["name"], "study name")
-    train = dict(values["train"])
-    resolve(train.pop("preset", None), **train)  # a bad engine option fails first, in one line
+    _engine(values["train"])  # a bad engine option fails first, in one line
     return study.config(preset=preset, **values)
 
 
-def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> TrainConfig:
-    """The ordinary training config of one cell: the study's `train` recipe (its `preset` key names a
-    TrainConfig preset), the study's data and iterations, then this cell's model, seed and name,
-    written to `<out>/<study name>/runs/<name>/` and resumed if it is there."""
-    values = dict(
-        cfg.train,
-        model=model,
-        data=cfg.data,
-        data_dir=cfg.data_dir,
-        seed=seed,
-        name=name,
-        out=str(study_dir(cfg) / runs.RUNS),
-        resume=True,
-        progress=False,
-        log_lines=False,  # the study prints a line per run
-    )
-    if getattr(cfg, "iters", 0):
-        values["iters"] = cfg.iters
-    values.update(options)
+def _engine(values: dict) -> TrainConfig:
+    """A `train` recipe (engine options, its `preset` key naming a TrainConfig preset) resolved."""
+    values = dict(values)
     return resolve(values.pop("preset", None), **values)
 
 
+def run_config(cfg: Any, name: str, model: str, seed: int, **options: Any) -> TrainConfig:
+    """The ordinary training config of one cell: the study's `train` recipe, the study's data and
+    iterations, then this cell's model, seed and name, written to `<out>/<study name>/runs/<name>/`
+    and resumed if it is there."""
+    cell = dict(model=model, seed=seed, name=name, data=cfg.data, data_dir=cfg.data_dir)
+    # quiet runs: the study prints a line per run
+    where = dict(out=str(study_dir(cfg) / runs.RUNS), resume=True, progress=False, log_lines=False)
+    iters = {"iters": cfg.iters} if getattr(cfg, "iters", 0) else {}
+    return _engine({**cfg.train, **cell, **where, **iters, **options})
+
+
 def recipe(run_cfg: TrainConfig | dict) -> dict:
-    """What every run of a study shares: a run config (or its config.json) without its per-run fields."""
+    """What the runs of a study share: a run config (or its config.json) less its per-run fields."""
     values = run_cfg if isinstance(run_cfg, dict) else run_cfg.to_dict()
     return {k: v for k, v in values.items() if k not in PER_RUN}
 
@@ -200,21 +163,19 @@ def study_dir(cfg: Any) -> Path:
 
 
 def model_name(family: str, arch: str, depth: int) -> str:
-    """The registered name of a `family` net ("mlp", "cifar", "preact": the registry's any-depth
-    families) of `depth` weight layers, plain or residual: model_name("cifar", "plain", 20) == "plain-20"."""
+    """The registered name of a `family` net of `depth` weight layers, plain or residual:
+    model_name("cifar", "plain", 20) == "plain-20"."""
     from reslab.models.registry import FAMILIES as REGISTERED
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be plain or residual, got {arch!r}")
-    fam = next((f for f in REGISTERED if f.name == family and f.any_depth), None)
-    if fam is None:
-        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    check_family(family)
+    fam = next(f for f in REGISTERED if f.name == family and f.any_depth)
     return f"{fam.residual if arch == 'residual' else fam.plain}-{depth}"
 
 
 def check_among(name: str, values: Sequence[Any], allowed: Iterable[Any]) -> None:
-    """A one-line ValueError unless `values` (a config field's, called `name`) is not empty and each
-    of them is among `allowed`."""
+    """A one-line ValueError unless field `name`'s `values` are some, and all among `allowed`."""
     allowed = list(allowed)
     if not values or any(v not in allowed for v in values):
         raise ValueError(f"{name} must be among {', '.join(map(str, allowed))}, got {list(values)}")
@@ -244,18 +205,10 @@ def check_models(models: Iterable[tuple[str, dict]]) -> None:
 
     from reslab.models import create_model
 
-    seen = set()
-    for name, kwargs in models:
-        key = (name, json.dumps(kwargs, sort_keys=True, default=str))
-        if key not in seen:
-            seen.add(key)
-            with torch.device("meta"):
-                create_model(
-                    name, **{"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **kwargs}
-                )
-
-
-# ------------------------------------------------------------------------------------ the runner
+    unique = {(n, json.dumps(kw, sort_keys=True, default=str)): (n, kw) for n, kw in models}
+    with torch.device("meta"):
+        for name, kwargs in unique.values():
+            create_model(name, **{"num_classes": 10, "in_chans": 1, "img_size": (8, 8), **kwargs})
 
 
 def run(study: Study, cfg: Any) -> dict:
@@ -268,22 +221,21 @@ def run(study: Study, cfg: Any) -> dict:
     records.write_study(folder, record, study.must_match, study.grows)
     jobs = getattr(cfg, "jobs", 1) or default_jobs(all("mlp" in c.model for c in configs))
     t0 = time.perf_counter()
-    if configs and cfg.trains:
-        print(
-            f"{study.name}: {len(configs)} runs on {cfg.data}, {jobs} at a time -> {folder}",
-            flush=True,
-        )
-        trained = train_grid(configs, jobs)
-    else:
-        print(f"{study.name}: on {cfg.data} -> {folder}", flush=True)
-        trained = [{} for _ in configs]
+    train = bool(configs) and cfg.trains
+    what = f"{len(configs)} runs on {cfg.data}, {jobs} at a time" if train else f"on {cfg.data}"
+    print(f"{study.name}: {what} -> {folder}", flush=True)
+    trained = train_grid(configs, jobs) if train else [{} for _ in configs]
     if study.measures:
         study.part("measure").after_training(cfg, folder, configs, trained, jobs)
     report = study.report(folder)
-    from reslab.training.tracking import write_results_csv  # imports torch: not before it is needed
+    import torch  # not before it is needed (`reslab --help` imports this module)
+
+    from reslab.training.tracking import provenance, write_results_csv
 
     write_results_csv(folder)
-    write_env(folder)
+    # env.json as a run's, with the date it ended: the results page of a study that owns no runs
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
     summary = runs.read_json(folder / runs.SUMMARY)
     print(study.table(summary))
     print(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
@@ -291,74 +243,43 @@ def run(study: Study, cfg: Any) -> dict:
     return summary
 
 
-def write_env(folder: Path) -> None:
-    """`<study>/env.json`: the command that ran the study, the machine it ran on and when it ended,
-    as a run's env.json records them, for the results page of a study that owns no runs."""
-    import datetime as dt
-
-    import torch
-
-    from reslab.training.tracking import provenance
-
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    runs.write_json(folder / runs.ENV, provenance(torch.device("cpu")) | {"date": now})
-
-
-# ------------------------------------------------------------------------------------ command line
-
-
 def add_arguments(study: Study, parser: argparse.ArgumentParser) -> None:
-    """The study's options (from its config dataclass), then the training engine's (from TrainConfig,
+    """The study's options (from its config dataclass), then the training engine's (TrainConfig's,
     less the fields the study sets per run), each showing its default preset's value."""
     from reslab.options import add_dataclass_options
 
-    others = [p for p in study.presets if p != study.default_preset]
+    default = next(iter(study.presets))
     parser.add_argument(
         "--preset",
         default=argparse.SUPPRESS,
-        help=f"{', '.join(study.presets)} (default: {study.default_preset}"
-        + (f"; {study.preset_help}" if study.preset_help and others else "")
+        help=f"{', '.join(study.presets)} (default: {default}"
+        + (f"; {study.preset_help}" if study.preset_help and len(study.presets) > 1 else "")
         + "). The defaults shown below are the default preset's; --print-config shows any preset's",
     )
-    # the default preset's values over the fields' defaults, without building the config (whose
-    # checks would import torch for `reslab --help`)
-    shown = {
-        f.name: f.default_factory() if callable(f.default_factory) else f.default
-        for f in dataclasses.fields(study.config)
-    }
-    shown.update(study.presets[study.default_preset])
+    shown = study.presets[default]  # over the fields' defaults (the config is not built: no torch)
     add_dataclass_options(parser, study.config, exclude=("preset", "train"), shown=shown)
-    add_dataclass_options(
-        parser.add_argument_group("training engine options (override the study's recipe)"),
-        TrainConfig,
-        exclude=OWNED + study.owns,
-        shown=engine_recipe(argparse.Namespace(train=shown.get("train") or {})),
-    )
-    add_dataclass_options(
-        parser.add_argument_group(
-            "where the runs train (a Slurm cluster: pip install -e '.[slurm]')"
-        ),
-        SlurmOptions,
-    )
+    engine = parser.add_argument_group("training engine options (override the study's recipe)")
+    defaults = _engine(shown.get("train") or {}).to_dict()
+    add_dataclass_options(engine, TrainConfig, exclude=OWNED + study.owns, shown=defaults)
+    slurm = "where the runs train (a Slurm cluster: pip install -e '.[slurm]')"
+    add_dataclass_options(parser.add_argument_group(slurm), SlurmOptions)
 
 
 def engine_recipe(cfg: Any) -> dict:
     """The engine options every run of study config `cfg` trains with (its `train` recipe resolved
     over TrainConfig's defaults; the cells set the model, seed and name)."""
-    train = dict(cfg.train)
-    return resolve(train.pop("preset", None), **train).to_dict()
+    return _engine(cfg.train).to_dict()
 
 
 def config_from_options(study: Study, opts: dict) -> Any:
     """The study config of parsed options: the study's own fields, the rest engine overrides (the
     launcher's options, which change no run, left out)."""
     launcher = {f.name for f in dataclasses.fields(SlurmOptions)}
-    opts = {k: v for k, v in opts.items() if k not in launcher}
-    fields = {f.name for f in dataclasses.fields(study.config)}
-    train = {k: v for k, v in opts.items() if k not in fields}
-    own = {k: v for k, v in opts.items() if k in fields}
-    train = {**own.pop("train", {}), **train}
-    return make_config(study, own.pop("preset", None), train=train, **own)
+    own = {f.name for f in dataclasses.fields(study.config)} - launcher
+    values = {k: v for k, v in opts.items() if k in own}
+    train = {k: v for k, v in opts.items() if k not in own | launcher}
+    train = {**values.pop("train", {}), **train}
+    return make_config(study, values.pop("preset", None), train=train, **values)
 
 
 def main(study: Study, opts: dict) -> dict:

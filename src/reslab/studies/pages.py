@@ -21,7 +21,7 @@ def summary_head(
 
 
 def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """`header` and `rows` as plain text for the terminal: columns right-aligned, two spaces apart."""
+    """`header` and `rows` as plain text, columns right-aligned two spaces apart (the terminal)."""
     rows = [header, *rows]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -38,12 +38,11 @@ def verdict_page(
 ) -> Page:
     """A study's report page, subtitled "<folder> · <data> · <source>", that opens with its verdict
     (`labels` maps a status to the (label, tone) shown)."""
-    v = summary["verdict"]
-    label, tone = labels[v["status"]]
-    page = Page(
-        title, f"{folder.name} · {summary.get('data') if data is None else data} · {source}"
-    )
-    return page.verdict(label, v["text"], tone, notes)
+    verdict = summary["verdict"]
+    label, tone = labels[verdict["status"]]
+    data = summary.get("data") if data is None else data
+    page = Page(title, f"{folder.name} · {data} · {source}")
+    return page.verdict(label, verdict["text"], tone, notes)
 
 
 def finish(
@@ -54,10 +53,10 @@ def finish(
     skip: Iterable[str] = (),
     rule: str | None = None,
 ) -> Path:
-    """Close a study's page and write `<folder>/report.html`: the run folders left out as not finished
-    (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how the study
-    was run: `what`, the `settings` (its study.json or summary) less the verdict, the recipe,
-    `incomplete` and `skip`, and the recipe every run shares. Returns the page's path."""
+    """Close a study's page and write `<folder>/report.html`: the run folders left out as not
+    finished (`settings["incomplete"]`), "How the verdict is decided" (`rule`, when given), then how
+    the study was run: `what`, the `settings` (its study.json or summary) less the verdict, the
+    recipe, `incomplete` and `skip`, and the recipe every run shares."""
     if settings.get("incomplete"):
         left_out = ", ".join(settings["incomplete"])
         page.paragraph(f"Not finished (no {runs.SUMMARY}), left out: {left_out}.", small=True)

@@ -1,20 +1,20 @@
-"""A study's own files, in one module: study.json written where a study claims its folder
-(`write_study`: a rerun must agree with the settings it holds, and may add cells), and study.json and
-summary.json checked where they are read, against the types the study's config dataclass declares and
-the keys every study adds (`read_record`), so a field of the wrong type or a key a report needs that is
-missing is one line naming the file and the field, never a traceback or a silently wrong report.
-Run-side files are checked in `reslab.training.runs` (which this module builds on, not the other way
-round)."""
+"""A study's own files, on top of `reslab.training.runs`: study.json, written where a study claims
+its folder (`write_study`: a rerun must agree with the settings it holds, and may add cells), and
+study.json and summary.json checked where they are read (`read_record`) against the types the
+study's config declares and the keys every study adds: a wrong type or a missing key is one line
+naming the file and the field, never a traceback or a silently wrong report."""
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from reslab import studies
 from reslab.training import runs
-from reslab.training.runs import SUMMARY, read_json, upgrade
 
 # Keys of study.json and a study's summary.json beside the study config's fields, with their types.
 _RECORD_KEYS: dict[str, Any] = {
@@ -27,14 +27,8 @@ _RECORD_KEYS: dict[str, Any] = {
     "arm_models": dict,
     "arm_train": dict,
 }
-# A study.json's "runs" where the config has no such field: the run folders to read (degradation).
-_LISTED_RUNS = list[str | dict]
-# Keys each study's reports read from study.json without a default (older folders get them from
-# `upgrade`).
+# Keys a study's report reads from study.json without a default (`upgrade` adds them to old ones).
 _REQUIRED: dict[str, tuple[str, ...]] = {"shortcuts": ("paper_column",)}
-# What every summary.json holds beside its study.json's keys.
-_SUMMARY_KEYS: dict[str, Any] = {"verdict": dict}
-_VERDICT_KEYS: dict[str, Any] = {"status": str, "text": str}
 
 
 def collect(
@@ -64,9 +58,8 @@ def collect(
 
 
 def read_study(study_dir: str | Path, kind: str) -> dict:
-    """A `kind` study folder's study.json in today's form (`read_record`; {} for a folder that holds
-    only runs/); a one-line FileNotFoundError when it holds neither, or a ValueError when study.json
-    is not a JSON object or a field of it has the wrong type."""
+    """A `kind` study folder's study.json, read and checked (`read_record`), or {} for a folder that
+    holds only runs/; a one-line FileNotFoundError when it holds neither."""
     study_dir = Path(study_dir)
     if (study_dir / runs.STUDY).is_file():
         return read_record(study_dir / runs.STUDY, kind)
@@ -78,11 +71,30 @@ def read_study(study_dir: str | Path, kind: str) -> dict:
 
 
 def read_record(path: str | Path, kind: str) -> dict:
-    """A `kind` study's study.json or summary.json (by its file name), in today's form (`upgrade`)
-    and checked (`check_record`): one line naming the file and the field when it is not as reslab
-    writes it. Nothing is written."""
+    """A `kind` study's study.json or summary.json (by its file name), in today's form (`upgrade`),
+    if each field it holds has the type the study writes there (its config dataclass's fields, then
+    the keys every study adds) and no key its report needs is missing; else a one-line ValueError
+    naming the file, the field, what it holds and what is allowed. Nothing is written."""
     path = Path(path)
-    return check_record(upgrade(read_json(path), kind), kind, path)
+    record = runs.upgrade(runs.read_json(path), kind)
+    summary = path.name == runs.SUMMARY
+    schema = dict(_RECORD_KEYS)
+    if kind in studies.NAMES:  # the config's fields (a dataclass's annotations are its fields)
+        schema.update(typing.get_type_hints(studies.get(kind).config))
+    if summary:
+        schema["verdict"] = dict
+    else:
+        schema.setdefault("runs", list[str | dict])  # the run folders to read (degradation)
+    for key in _REQUIRED.get(kind, ()) + (("verdict",) if summary else ()):
+        if key not in record:
+            raise ValueError(f"{path} has no {key!r} field; {rebuild(path)}")
+    for key, expected in schema.items():
+        if key in record and not _is(record[key], expected):
+            _wrong(path, key, record[key], expected)
+    for key in ("status", "text") if summary else ():
+        if not isinstance(record["verdict"].get(key), str):
+            _wrong(path, f"verdict.{key}", record["verdict"].get(key, "missing"), str)
+    return record
 
 
 def write_study(
@@ -90,10 +102,8 @@ def write_study(
 ) -> dict:
     """Write `<folder>/study.json`. If the folder already holds a study, the keys in `must_match`
     must agree (else a one-line ValueError) and the keys in `grows` are extended (`merge`), so a
-    rerun may add seeds or depths to a study but not change what its runs share. Returns the record."""
-    record = json.loads(
-        json.dumps({**record, "schema": runs.SCHEMA}, default=list)
-    )  # tuples: lists
+    rerun may add seeds or depths to a study but not change what its runs share."""
+    record = json.loads(json.dumps({**record, "schema": runs.SCHEMA}, default=list))  # as read back
     path = folder / runs.STUDY
     if path.exists():  # read in today's form, whichever reslab wrote it, and checked
         old = read_record(path, record.get("study", ""))
@@ -110,9 +120,8 @@ def write_study(
 
 
 def _agree(key: str, old: Any, new: Any) -> bool:
-    """Whether a setting recorded in study.json agrees with the new one. Two recipes agree on the keys
-    both hold: a folder written before "recipe" meant the resolved run config everywhere (gradients and
-    identity recorded only their overrides, shortcuts also the model's options) can still be resumed."""
+    """Whether a setting in study.json agrees with the new one; two recipes agree on the keys both
+    hold, so a folder whose recipe has fewer keys can still be resumed."""
     if key == "recipe" and isinstance(old, dict) and isinstance(new, dict):
         return all(old[k] == new[k] for k in old.keys() & new.keys())
     return old == new
@@ -124,94 +133,43 @@ def merge(old: dict, new: dict, **orders: Any) -> dict:
     merge(old, new, seeds=None, archs=ARCHS)."""
     out = {**old, **new}
     for key, order in orders.items():
+        both = {*old.get(key, ()), *new.get(key, ())}
         if isinstance(new.get(key), dict):
             out[key] = {**old.get(key, {}), **new[key]}
-            continue
-        both = {*old.get(key, ()), *new.get(key, ())}
-        if order is None or callable(order):
+        elif order is None or callable(order):
             out[key] = sorted(both, key=order)
         else:
             out[key] = [x for x in order if x in both]
     return out
 
 
-def check_record(record: dict, kind: str, path: str | Path) -> dict:
-    """`record` (a `kind` study's study.json or, when `path` is a summary.json, its summary) if each
-    field it holds has the type the study writes there (its config dataclass's fields, then the keys
-    every study adds) and no key its report needs is missing; else a one-line ValueError naming the
-    file, the field, what it holds and what is allowed."""
-    path = Path(path)
-    summary = path.name == SUMMARY
-    types = dict(_RECORD_KEYS, **_config_types(kind))
-    if "runs" not in types and not summary:
-        types["runs"] = _LISTED_RUNS
-    if summary:
-        types.update(_SUMMARY_KEYS)
-    for key in _REQUIRED.get(kind, ()) + (("verdict",) if summary else ()):
-        if key not in record:
-            raise ValueError(f"{path} has no {key!r} field; {_rebuild(path)}")
-    for key, expected in types.items():
-        if key in record and not _is(record[key], expected):
-            _wrong(path, key, record[key], expected)
-    for key, expected in _VERDICT_KEYS.items() if summary else ():
-        verdict = record["verdict"]
-        if key not in verdict or not _is(verdict[key], expected):
-            _wrong(path, f"verdict.{key}", verdict.get(key, "missing"), expected)
-    return record
-
-
-def _config_types(kind: str) -> dict[str, Any]:
-    """The study config's fields and their types ({} for a kind reslab does not know)."""
-    import dataclasses
-    import typing
-
-    from reslab import studies
-
-    if kind not in studies.NAMES:
-        return {}
-    config = studies.get(kind).config
-    hints = typing.get_type_hints(config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(config)}
-
-
 def _is(value: Any, expected: Any) -> bool:
     """Whether a JSON `value` has the type `expected` (a config field's annotation; tuples are
     JSON lists, a float field takes a whole number, no number field takes true or false)."""
-    import types
-    import typing
-
     origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return any(_is(value, a) for a in args)
     if expected is Any:
         return True
-    if expected is type(None):
-        return value is None
     if isinstance(value, bool):
         return expected is bool
     if expected is float:
         return isinstance(value, (int, float))
     if origin in (tuple, list):
-        item = args[0] if args else Any
-        return isinstance(value, list) and all(_is(v, item) for v in value)
-    if origin is dict:
-        return isinstance(value, dict)
-    return isinstance(value, origin or expected)
+        return isinstance(value, list) and all(_is(v, args[0] if args else Any) for v in value)
+    return isinstance(value, origin or expected)  # dict[str, Any]: any object
 
 
 def _wrong(path: Path, field: str, value: Any, expected: Any) -> None:
     shown = json.dumps(value, default=str)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
     raise ValueError(
-        f"{path}: field {field!r} should be {_describe(expected)}, got {shown}; {_rebuild(path)}"
+        f"{path}: field {field!r} should be {_describe(expected)}, got {shown}; {rebuild(path)}"
     )
 
 
 def _describe(expected: Any) -> str:
     """A type as the user sees it: "a list of whole numbers", "text or null"."""
-    import types
-    import typing
-
     origin, args = typing.get_origin(expected), typing.get_args(expected)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
@@ -220,12 +178,19 @@ def _describe(expected: Any) -> str:
     return _NAMES.get(origin or expected, getattr(expected, "__name__", str(expected)))
 
 
-_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
-          dict: "an object", type(None): "null"}  # fmt: skip
+_NAMES = {
+    str: "text",
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    dict: "an object",
+    type(None): "null",
+}
 _PLURAL = {str: "texts", int: "whole numbers", float: "numbers", str | dict: "names or objects"}
 
 
-def _rebuild(path: Path) -> str:
-    if path.name == SUMMARY:
+def rebuild(path: Path) -> str:
+    """What to do about a bad study.json or summary.json, for the end of a one-line message."""
+    if path.name == runs.SUMMARY:
         return f"`reslab report {path.parent}` writes it anew from the study folder"
     return "fix or restore that field (nothing was written)"

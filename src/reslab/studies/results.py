@@ -1,12 +1,9 @@
-"""`reslab report PATH --results FILE`: one Markdown page of every study's results, written from the
-study folders alone, so that the published numbers are the runs' numbers and cannot drift from them.
+"""`reslab report PATH --results FILE`: one Markdown page of every study's results, written from
+the study folders alone, so that the published numbers are the runs' numbers and cannot drift.
 
 For each study folder below PATH (in the registry's order, then by name) the page gives the command
-that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, the study's
-own plain-text table and verdict (`Study.table`, as the terminal shows it) and the verdict's status.
-Everything comes from the folder: study.json, summary.json, and the env.json of its run folders
-(or, for a study that trains nothing of its own, the env.json its command wrote in the folder).
-"""
+that ran it, the machine (CPU, its instruction set, torch), the date of its newest run, and the
+study's own table and verdict (`Study.table`, as the terminal shows it), all from the folder."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ import datetime as dt
 import shlex
 from pathlib import Path
 
-from reslab.studies import records
+from reslab.studies import get, records, study_folders
 from reslab.training import runs
 
 _ENTRY = ("reslab", "__main__.py")  # argv[0] of `reslab ...` and of `python -m reslab ...`
@@ -28,26 +25,17 @@ command printed them. The README's table of headline results quotes this page.
 """
 
 
-def study_folders(path: Path) -> list[Path]:
-    """The study folders at or below `path`, in the registry's order, then by path."""
-    from reslab.studies import NAMES, study_kind
-
-    found = [path] if study_kind(path) else [p.parent for p in path.rglob(runs.STUDY)]
-    found = [p for p in found if study_kind(p)]
-    return sorted(set(found), key=lambda p: (NAMES.index(study_kind(p)), p.as_posix()))
-
-
 def provenance(folder: Path) -> dict:
-    """The study's command, machine and date, from the newest run folder's env.json and summary.json;
-    for a study whose folder holds no run of its own (one that measures another study's runs), from
-    the env.json its command left in the study folder; `{}` where there is neither."""
+    """The study's command, machine and date, from the newest run folder's env.json and
+    summary.json; for a study whose folder holds no run of its own (one that measures another
+    study's runs), from the env.json its command left in the study folder; `{}` where neither is."""
     summaries = sorted(folder.rglob(runs.SUMMARY), key=lambda p: p.stat().st_mtime)
     envs = [p.parent / runs.ENV for p in summaries if p.parent != folder]
     envs = [p for p in envs if p.is_file()]
-    own = folder / runs.ENV
-    if not envs and not own.is_file():
+    path = envs[-1] if envs else folder / runs.ENV
+    if not path.is_file():
         return {}
-    env = runs.read_json(envs[-1] if envs else own)
+    env = runs.read_json(path)
     argv = env.get("argv") or []
     command = ["reslab", *argv[1:]] if argv and Path(argv[0]).name in _ENTRY else argv
     newest = dt.datetime.fromtimestamp(summaries[-1].stat().st_mtime, dt.timezone.utc)
@@ -64,42 +52,28 @@ def provenance(folder: Path) -> dict:
     }
 
 
-def section(folder: Path, root: Path) -> str:
+def section(folder: Path, kind: str, root: Path) -> str:
     """One study's section: heading, provenance, its table and verdict."""
-    from reslab.studies import get, study_kind
-
-    kind = study_kind(folder)
-    if kind is None:
-        raise ValueError(f"{folder} holds no study.json of a study reslab knows")
-    summary_path = folder / runs.SUMMARY
-    if not summary_path.is_file():  # trained but never reported: build it from the folder first
+    path = folder / runs.SUMMARY
+    if not path.is_file():  # trained but never reported: build it from the folder first
         get(kind).report(folder)
-    summary = records.read_record(summary_path, kind)  # whichever reslab wrote it, checked
+    summary = records.read_record(path, kind)  # whichever reslab wrote it, checked
     where = provenance(folder)
-    status = (summary.get("verdict") or {}).get("status", "—")
+    try:  # the summary is the report's output: one whose rows the table cannot read is rebuilt
+        table = get(kind).table(summary).rstrip()
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise ValueError(
+            f"{path} is not a {kind} summary as reslab writes it ({what}); {records.rebuild(path)}"
+        ) from e
     name = folder.relative_to(root).as_posix() if folder != root else folder.name
     lines = [f"## `{kind}`: {name}", ""]
     lines += [f"- command: `{where['command']}`" if where.get("command") else "- command: unknown"]
     lines += [f"- machine: {where.get('machine', 'unknown')}; date: {where.get('date', 'unknown')}"]
     if where.get("commit"):
         lines += [f"- reslab commit: {where['commit']}"]
-    lines += [f"- verdict: **{status}**", "", "```", _table(kind, summary, summary_path), "```", ""]
+    lines += [f"- verdict: **{summary['verdict']['status']}**", "", "```", table, "```", ""]
     return "\n".join(lines)
-
-
-def _table(kind: str, summary: dict, path: Path) -> str:
-    """The study's own table of a summary read from disk; one line naming the file when its rows
-    are not what the study's report writes (the summary is the report's output: rebuilt, not fixed)."""
-    from reslab.studies import get
-
-    try:
-        return get(kind).table(summary).rstrip()
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-        what = f"no field {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-        raise ValueError(
-            f"{path} is not a {kind} summary as reslab writes it ({what}); "
-            f"`reslab report {path.parent}` writes it anew from the study folder"
-        ) from e
 
 
 def write_results(path: str | Path, out: str | Path, command: str | None = None) -> Path:
@@ -111,6 +85,7 @@ def write_results(path: str | Path, out: str | Path, command: str | None = None)
             f"no study folder (with a {runs.STUDY}) below {path}; nothing written"
         )
     command = command or f"reslab report {path} --results {out}"
-    text = HEADER.format(command=command) + "\n" + "\n".join(section(f, path) for f in folders)
+    sections = [section(folder, kind, path) for folder, kind in folders.items()]
+    text = HEADER.format(command=command) + "\n" + "\n".join(sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     return runs.write_text(out, text)
