@@ -66,3 +66,18 @@ def test_a_study_without_runs_of_its_own_gives_the_provenance_its_command_left(t
     assert (
         "- machine: AMD EPYC (family/model 25/17), AVX512, torch 2.14.1; date: 2026-12-05" in page
     )
+
+
+def test_the_date_is_the_newest_runs_not_the_last_report_rebuild(make_study, tmp_path):
+    """`reslab report` rewrites the study's own summary.json; the date stays its runs' (mtime)."""
+    import os
+
+    a = make_study(FINALS, name="a")
+    _env(a / "runs" / "plain-64-s1", ["reslab", "degradation", "--name", "a"])
+    day = 1_700_000_000  # 2023-11-14 UTC
+    for run in (a / "runs").iterdir():
+        os.utime(run / "summary.json", (day, day))
+    for _ in range(2):  # the page, and the page again after the report was rebuilt
+        cli.main(["report", str(a)])
+        page = write_results(a, tmp_path / "results.md").read_text()
+        assert "; date: 2023-11-14" in page

@@ -29,25 +29,27 @@ def provenance(folder: Path) -> dict:
     """The study's command, machine and date, from the newest run folder's env.json and
     summary.json; for a study whose folder holds no run of its own (one that measures another
     study's runs), from the env.json its command left in the study folder; `{}` where neither is."""
-    summaries = sorted(folder.rglob(runs.SUMMARY), key=lambda p: p.stat().st_mtime)
-    envs = [p.parent / runs.ENV for p in summaries if p.parent != folder]
-    envs = [p for p in envs if p.is_file()]
+    # the runs' own summaries: the study's summary.json is rewritten by every `reslab report`
+    found = (p for p in folder.rglob(runs.SUMMARY) if p.parent != folder)
+    summaries = sorted(found, key=lambda p: p.stat().st_mtime)
+    envs = [p.parent / runs.ENV for p in summaries if (p.parent / runs.ENV).is_file()]
     path = envs[-1] if envs else folder / runs.ENV
     if not path.is_file():
         return {}
     env = runs.read_json(path)
     argv = env.get("argv") or []
     command = ["reslab", *argv[1:]] if argv and Path(argv[0]).name in _ENTRY else argv
-    newest = dt.datetime.fromtimestamp(summaries[-1].stat().st_mtime, dt.timezone.utc)
-    if not envs and isinstance(env.get("date"), str):
-        newest = dt.datetime.fromisoformat(env["date"])
+    if envs:
+        date = dt.datetime.fromtimestamp(summaries[-1].stat().st_mtime, dt.timezone.utc).isoformat()
+    else:  # the study's env.json, written when its command ended
+        date = env.get("date") or "unknown"
     cpu = env.get("device_name") or "unknown CPU"
     if env.get("cpu_family_model"):
         cpu += f" (family/model {env['cpu_family_model']})"
     return {
         "command": shlex.join(str(a) for a in command) if command else None,
         "machine": f"{cpu}, {env.get('cpu_capability') or '?'}, torch {env.get('torch') or '?'}",
-        "date": newest.strftime("%Y-%m-%d"),
+        "date": str(date)[:10],
         "commit": (env.get("git_commit") or "")[:10] or None,
     }
 
